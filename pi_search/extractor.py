@@ -158,8 +158,8 @@ class Extractor:
             return (out.astype(np.float32) - self.output.zero_point) * self.output.scale
         return out.astype(np.float32, copy=False)
 
-    def embed(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 [size, size, 3] -> float32 [dim], L2-normalised."""
+    def features(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 [size, size, 3] -> the model's raw pooled features, float32 [dim] (not normalised)."""
         if rgb.shape != (self.size, self.size, 3) or rgb.dtype != np.uint8:
             raise ValueError(f"expected RGB uint8 [{self.size}, {self.size}, 3], got {rgb.dtype} {rgb.shape}")
         x = self._quantize_input(rgb)[np.newaxis]
@@ -167,7 +167,11 @@ class Extractor:
             self._interp.set_tensor(self._in_index, x)
             self._interp.invoke()
             out = self._interp.get_tensor(self._out_index)[0]
-        vec = self._dequantize_output(out)
+        return self._dequantize_output(out)
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 [size, size, 3] -> float32 [dim], L2-normalised."""
+        vec = self.features(rgb)
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm > 0 else vec
 
