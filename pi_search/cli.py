@@ -36,7 +36,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def main(verbose: int) -> None:
     """Offline visual search: point an item at the camera, see the most similar catalog items."""
-    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
