@@ -1,0 +1,295 @@
+"""Builds a bundle from a catalog: reads rows, embeds photos in resumable chunks, writes it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .catalog_reader import Problem, Row, read_catalog
+from .errors import CatalogError, ImageError
+from .index import BuildOptions, Item, write_bundle
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 256
+THUMB_QUALITY = 80
+CHUNK = 64           # rows embedded between two resume checkpoints
+PARTIAL_VERSION = 1
+
+
+@dataclass
+class BuildReport:
+    """What a build did: items indexed, rows skipped (with reasons), items embedded now or resumed."""
+
+    out_dir: Path
+    manifest: dict
+    items: int
+    skipped: list[Problem] = field(default_factory=list)
+    embedded: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out_dir), "items": self.items, "skipped": len(self.skipped),
+                "problems": [str(p) for p in self.skipped], "embedded": self.embedded,
+                "resumed": self.resumed, "seconds": round(self.seconds, 2),
+                "search": self.manifest["search"]["mode"], "projection": self.manifest["projection"]}
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """Where an unfinished build keeps the embeddings computed so far: ``OUT.partial`` beside ``OUT``."""
+    return out_dir.parent / f"{out_dir.name}.partial"
+
+
+def row_key(row: Row) -> str:
+    """Identity of a row's embedding: id, image path, and the image file's size and modification time."""
+    try:
+        st = row.image.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "?"
+    return hashlib.sha256(f"{row.id}\x00{row.image}\x00{stamp}".encode()).hexdigest()[:32]
+
+
+def thumbnail(rgb: np.ndarray, size: int = THUMB_SIZE, quality: int = THUMB_QUALITY) -> bytes:
+    """JPEG bytes of an RGB uint8 [H, W, 3] image scaled to fit ``size`` x ``size``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, size / max(h, w))
+    if scale < 1.0:
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA)
+    return images.encode_jpeg(rgb, quality)
+
+
+class _Checkpoints:
+    """Embeddings computed so far, in chunk files under ``OUT.partial/``, keyed by model sha256 and row."""
+
+    def __init__(self, directory: Path, model_sha256: str, dim: int):
+        self.dir = directory
+        self.done: dict[str, tuple[np.ndarray, bytes | None]] = {}
+        self._next = 0
+        state = {"version": PARTIAL_VERSION, "model_sha256": model_sha256, "dim": dim}
+        state_file = directory / "state.json"
+        if directory.is_dir():
+            try:
+                old = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old != state:
+                log.warning("%s: left by a build with another model or format; starting again", directory)
+                shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state))
+        for f in sorted(directory.glob("chunk-*.npz")):
+            try:
+                self._load(f, dim)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("%s: unreadable checkpoint (%s); its items will be embedded again", f, exc)
+            self._next = max(self._next, int(f.stem.split("-")[1]) + 1)
+
+    def _load(self, f: Path, dim: int) -> None:
+        with np.load(f, allow_pickle=False) as z:
+            keys, vecs, blob, offs = z["keys"], z["vectors"], z["thumbs"], z["offsets"]
+        if vecs.shape != (len(keys), dim) or len(offs) != len(keys) + 1:
+            raise ValueError("shapes do not match")
+        for i, k in enumerate(keys.tolist()):
+            a, b = int(offs[i]), int(offs[i + 1])
+            self.done[k] = (vecs[i], blob[a:b].tobytes() if b > a else None)
+
+    def save(self, keys: list[str], vecs: list[np.ndarray], thumbs: list[bytes | None]) -> None:
+        if not keys:
+            return
+        sizes = [len(t or b"") for t in thumbs]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        blob = np.frombuffer(b"".join(t or b"" for t in thumbs), dtype=np.uint8)
+        path = self.dir / f"chunk-{self._next:06d}.npz"
+        tmp = self.dir / f".chunk-{self._next:06d}.tmp.npz"
+        np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32), thumbs=blob,
+                 offsets=offsets)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self._next += 1
+        for k, v, t in zip(keys, vecs, thumbs, strict=True):
+            self.done[k] = (v, t)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; log lines with items/s and ETA otherwise."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.total, self.count, self.start_count = total, initial, initial
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="item", desc="embedding", file=sys.stderr,
+                            smoothing=0.1)
+        elif enabled:
+            log.info("embedding %d items (%d already done)", total, initial)
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= 5.0 or self.count == self.total:
+            self.last = now
+            rate = (self.count - self.start_count) / max(now - self.t0, 1e-9)
+            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+            log.info("embedded %d/%d items (%.1f items/s, ETA %s)", self.count, self.total, rate,
+                     time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report(problems: list[Problem], strict: bool) -> None:
+    for p in problems:
+        log.warning("skipped %s", p)
+    if strict and problems:
+        raise CatalogError(f"{len(problems)} bad catalog row(s) and --strict; first: {problems[0]}")
+
+
+def _load_vectors(embeddings: Path, ids_file: Path, dim: int) -> dict[str, np.ndarray]:
+    try:
+        vecs = np.load(embeddings, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"{embeddings}: not a readable .npy file ({exc})") from exc
+    try:
+        text = ids_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{ids_file}: cannot read ({exc})") from exc
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if vecs.ndim != 2 or vecs.shape[1] != dim:
+        raise CatalogError(f"{embeddings}: shape {tuple(vecs.shape)}, expected [n, {dim}] from the model "
+                           "in use")
+    if len(ids) != vecs.shape[0]:
+        raise CatalogError(f"{ids_file}: {len(ids)} ids for {vecs.shape[0]} embeddings; one id per line, "
+                           "in order")
+    if len(set(ids)) != len(ids):
+        raise CatalogError(f"{ids_file}: duplicate ids")
+    if not np.isfinite(np.asarray(vecs, dtype=np.float32)).all():
+        raise CatalogError(f"{embeddings}: contains NaN or infinite values")
+    return {i: np.asarray(vecs[n], dtype=np.float32) for n, i in enumerate(ids)}
+
+
+def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dims: int | None = -1,
+                 whiten: bool = False, strict: bool = False, options: BuildOptions | None = None,
+                 embeddings: str | Path | None = None, ids: str | Path | None = None,
+                 chunk: int = CHUNK, progress: bool = True,
+                 on_chunk: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Read ``catalog_dir``, embed every good row (or take ``embeddings``/``ids``), write ``out_dir``.
+
+    Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning; ``strict``
+    makes any of them a CatalogError before anything is written. Embeddings are checkpointed every ``chunk``
+    rows in ``OUT.partial/`` so an interrupted build resumes; the checkpoint is deleted after success.
+    ``on_chunk(done, total)`` is called after each checkpoint. ``dims``: PCA dimensions (-1: automatic,
+    None: no projection).
+    """
+    t0 = time.perf_counter()
+    catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
+    rows, problems = read_catalog(catalog_dir)
+    _report(problems, strict)
+    opts = options or BuildOptions()
+    opts = BuildOptions(dims, whiten, opts.n_trees, opts.search, opts.candidates, opts.search_k,
+                        opts.store_dtype, opts.backend)
+    given = None
+    if (embeddings is None) != (ids is None):
+        raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
+    if embeddings is not None:
+        given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
+    ckpt = None if given is not None else _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim)
+    keys = [row_key(r) for r in rows]
+    resumed = 0 if ckpt is None else sum(k in ckpt.done for k in keys)
+    if resumed:
+        log.info("resuming: %d of %d items already embedded in %s", resumed, len(rows), ckpt.dir)
+    bar = _Progress(len(rows), resumed, progress)
+    kept_rows: list[Row] = []
+    vectors: list[np.ndarray] = []
+    thumbs: list[bytes | None] = []
+    late: list[Problem] = []
+    pending: tuple[list, list, list] = ([], [], [])
+    embedded = 0
+    try:
+        for row, key in zip(rows, keys, strict=True):
+            if ckpt is not None and key in ckpt.done:
+                vec, thumb = ckpt.done[key]
+            else:
+                if given is not None and row.id not in given:
+                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
+                                        f"no embedding for id {row.id!r} in {ids}"))
+                    continue
+                try:
+                    rgb = images.read(row.image)
+                    thumb = thumbnail(rgb)
+                    if given is not None:
+                        vec = given[row.id]
+                    else:
+                        from .views import embed_catalog_image
+
+                        vec = embed_catalog_image(extractor, rgb)
+                        embedded += 1
+                except ImageError as exc:
+                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
+                                        f"unreadable image ({str(exc).split(': ', 1)[-1]})"))
+                    bar.update()
+                    continue
+                except Exception as exc:  # one bad image must not stop a long build
+                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
+                                        f"cannot process image ({type(exc).__name__}: {exc})"))
+                    bar.update()
+                    continue
+                if ckpt is not None:
+                    for lst, val in zip(pending, (key, vec, thumb), strict=True):
+                        lst.append(val)
+                    if len(pending[0]) >= chunk:
+                        ckpt.save(*pending)
+                        pending = ([], [], [])
+                        if on_chunk:
+                            on_chunk(len(ckpt.done), len(rows))
+                bar.update()
+            kept_rows.append(row)
+            vectors.append(vec)
+            thumbs.append(thumb)
+        if ckpt is not None and pending[0]:
+            ckpt.save(*pending)
+            pending = ([], [], [])
+    finally:
+        bar.close()
+    if given is not None:
+        unused = set(given) - {r.id for r in rows}
+        if unused:
+            log.warning("%d embedding(s) in %s have no catalog row; ignored (first: %s)", len(unused), ids,
+                        sorted(unused)[0])
+    _report(late, strict)
+    total_rows = len(rows) + len(problems)
+    problems = problems + late
+    if not kept_rows:
+        raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); fix the rows above")
+    items = [Item(r.id, r.title, r.price, r.extra, t) for r, t in zip(kept_rows, thumbs, strict=True)]
+    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    manifest = write_bundle(out_dir, np.stack(vectors).astype(np.float32), items, model=model, options=opts,
+                            extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
+                                                        "skipped": len(problems)}})
+    if ckpt is not None:
+        shutil.rmtree(ckpt.dir, ignore_errors=True)
+    if problems:
+        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
+    return BuildReport(out_dir, manifest, len(items), problems, embedded, resumed, time.perf_counter() - t0)

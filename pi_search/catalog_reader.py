@@ -1,0 +1,198 @@
+"""Reads a catalog directory (catalog.csv or a plain folder of images) into rows, reporting every bad one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "catalog.csv"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+REQUIRED = ("id", "title", "image")
+MAX_FIELD = 1 << 20
+MAX_ID = 512
+
+
+@dataclass(frozen=True)
+class Row:
+    """One usable catalog item. ``line`` is its line in catalog.csv (0 for a plain folder)."""
+
+    line: int
+    id: str
+    title: str
+    price: str | None
+    image: Path
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A catalog row that cannot be indexed: where it is and why."""
+
+    line: int
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{CSV_NAME} line {self.line}" if self.line else "folder"
+        return f"{where}: {self.file}: {self.message}" if self.file else f"{where}: {self.message}"
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        log.warning("%s: not UTF-8 (byte %d); reading it as Latin-1: save it as UTF-8 to keep accents right",
+                    path, exc.start)
+        return data.decode("latin-1")
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` if it stays inside ``root`` (no absolute paths, no ``..`` escapes); else None."""
+    if not rel or "\x00" in rel:
+        return None
+    p = Path(rel)
+    if p.is_absolute():
+        return None
+    try:
+        full = (root / p).resolve()
+        full.relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return root / p
+
+
+def read_csv(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
+    """Rows of ``catalog.csv`` (id, title, price, image + extra columns) and the problems of the bad ones."""
+    path = catalog_dir / CSV_NAME
+    try:
+        text = _decode(path.read_bytes(), path)
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    text = text.replace("\x00", "")
+    csv.field_size_limit(MAX_FIELD)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise CatalogError(f"{path}: empty file; it needs a header line: id,title,price,image") from None
+    except csv.Error as exc:
+        raise CatalogError(f"{path}: header line unreadable ({exc})") from exc
+    header = [h.strip().lower() for h in header]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise CatalogError(f"{path}: missing column(s) {', '.join(missing)} in the header line "
+                           f"({','.join(header)[:200]}); expected id,title,price,image")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise CatalogError(f"{path}: column(s) {', '.join(dupes)} appear twice in the header line")
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.append(Problem(line, "", f"unreadable CSV ({exc})"))
+            continue
+        try:
+            row, problem = _parse_row(catalog_dir, header, values, line, seen)
+        except Exception as exc:  # a row must never stop the build: report it and go on
+            row, problem = None, Problem(line, "", f"cannot read this row ({type(exc).__name__}: {exc})")
+        if problem:
+            problems.append(problem)
+        if row:
+            rows.append(row)
+    return rows, problems
+
+
+def _parse_row(root: Path, header: list[str], values: list[str], line: int,
+               seen: dict[str, int]) -> tuple[Row | None, Problem | None]:
+    if not any(v.strip() for v in values):
+        return None, None  # blank line
+    if len(values) > len(header):
+        return None, Problem(line, "", f"{len(values)} fields but the header has {len(header)} "
+                                       "(a comma inside a value needs quotes)")
+    rec = dict(zip(header, [v.strip() for v in values], strict=False))
+    item_id = rec.get("id", "")
+    image = rec.get("image", "")
+    if not item_id:
+        return None, Problem(line, image, "empty id")
+    if len(item_id) > MAX_ID or any(ord(c) < 32 for c in item_id):
+        return None, Problem(line, image, f"id {item_id[:40]!r} is too long or has control characters")
+    if item_id in seen:
+        return None, Problem(line, image, f"duplicate id {item_id!r} (first on line {seen[item_id]})")
+    seen[item_id] = line
+    title = rec.get("title", "")
+    if not title:
+        return None, Problem(line, image, f"empty title for id {item_id!r}")
+    if not image:
+        return None, Problem(line, "", f"no image for id {item_id!r}")
+    path = _inside(root, image)
+    if path is None:
+        return None, Problem(line, image, "image path must be relative to the catalog directory and stay "
+                                          "inside it")
+    try:
+        is_file = path.is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
+        return None, Problem(line, image, "missing image file")
+    price = rec.get("price") or None
+    extra = {k: v for k, v in rec.items() if k not in ("id", "title", "price", "image")}
+    return Row(line, item_id, title, price, path, extra), None
+
+
+def _title_from_name(stem: str) -> str:
+    words = re.sub(r"[_\-.]+", " ", stem).split()
+    return " ".join(words) if words else stem
+
+
+def read_folder(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
+    """A plain folder of images: one item per image file (recursively); id and title from the file name."""
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    try:
+        files = sorted(p for p in catalog_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise CatalogError(f"{catalog_dir}: cannot list ({exc.strerror or exc})") from exc
+    for p in files:
+        rel = p.relative_to(catalog_dir).as_posix()
+        try:
+            if not p.is_file():
+                continue
+        except OSError:
+            problems.append(Problem(0, rel, "cannot read"))
+            continue
+        item_id = p.stem
+        if item_id in seen:
+            problems.append(Problem(0, rel, f"duplicate id {item_id!r} (also {seen[item_id]})"))
+            continue
+        seen[item_id] = rel
+        rows.append(Row(0, item_id, _title_from_name(item_id), None, p, {"file": rel}))
+    return rows, problems
+
+
+def read_catalog(catalog_dir: str | Path) -> tuple[list[Row], list[Problem]]:
+    """Rows and problems of a catalog directory; CatalogError only when the whole catalog is unusable."""
+    catalog_dir = Path(catalog_dir)
+    if not catalog_dir.is_dir():
+        raise CatalogError(f"{catalog_dir}: not a directory; give a folder with catalog.csv or images")
+    if (catalog_dir / CSV_NAME).is_file():
+        rows, problems = read_csv(catalog_dir)
+    else:
+        rows, problems = read_folder(catalog_dir)
+    if not rows and not problems:
+        raise CatalogError(f"{catalog_dir}: no catalog.csv and no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return rows, problems
