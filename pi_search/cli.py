@@ -68,3 +68,187 @@ def model_info(file: Path | None, threads: int, runtime: str | None, as_json: bo
     click.echo(f"output    {o['shape']} {o['dtype']}  scale {o['quantization']['scale']:.6g} "
                f"zero point {o['quantization']['zero_point']}  ({info['dim']}-d embedding)")
     click.echo(f"runtime   {info['runtime']['name']} {info['runtime']['version']}, {threads} thread(s)")
+
+
+# ---------------------------------------------------------------- index
+def _dims_option(value: str) -> int | None:
+    if value == "auto":
+        return -1
+    if value == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number of dimensions, auto or none") from None
+
+
+@main.group()
+def index() -> None:
+    """Build and inspect index bundles."""
+
+
+@index.command("build")
+@click.argument("catalog", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to write.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--dims", default="auto", show_default=True,
+              help="PCA dimensions of the Annoy index: a number, auto (256 for large catalogs) or none.")
+@click.option("--whiten/--no-whiten", default=False, show_default=True, help="Whiten the PCA projection.")
+@click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
+@click.option("--trees", default=None, type=int, help="Annoy trees (default: see README, Scale).")
+@click.option("--search", "search_mode", type=click.Choice(["auto", "exact", "ann"]), default="auto",
+              show_default=True, help="Query mode: exact (small catalogs) or ann (index + re-rank).")
+@click.option("--store", "store_dtype", type=click.Choice(["auto", "float32", "float16", "int8"]),
+              default="auto",
+              show_default=True, help="Precision of the full vectors kept for exact search and re-ranking.")
+@click.option("--backend", type=click.Choice(["annoy", "usearch"]), default="annoy", show_default=True,
+              help="Approximate index used for candidates.")
+@click.option("--embeddings", type=click.Path(path_type=Path), default=None,
+              help="Embeddings computed elsewhere (.npy float32 [n, dim]); needs --ids.")
+@click.option("--ids", type=click.Path(path_type=Path), default=None,
+              help="Catalog ids of the --embeddings rows, one per line.")
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
+def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
+                trees: int | None, search_mode: str, store_dtype: str, backend: str, embeddings: Path | None,
+                ids: Path | None, threads: int, as_json: bool) -> None:
+    """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
+    from .catalog import build_bundle
+    from .extractor import Extractor
+    from .index import DEFAULT_TREES, BuildOptions
+
+    extractor = Extractor(model_path, num_threads=threads)
+    options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
+                           backend=backend)
+    report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten, strict=strict,
+                          options=options, embeddings=embeddings, ids=ids)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(f"{out_dir}: {report.items} items indexed, {len(report.skipped)} bad row(s) skipped, "
+               f"{report.embedded} embedded, {report.resumed} resumed, {report.seconds:.1f} s", err=True)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@index.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def index_info(directory: Path, as_json: bool) -> None:
+    """Show a bundle's items, dimensions, model, projection, index, file sizes and creation time."""
+    from .index import info
+
+    data = info(directory)
+    if as_json:
+        emit_json(data)
+        return
+    m, ix, proj, s = data["model"], data["index"], data["projection"], data["search"]
+    click.echo(f"bundle      {data['directory']} (format {data['format_version']}, "
+               f"created {data['created']})")
+    click.echo(f"items       {data['items']}")
+    click.echo(f"model       {m['name']}  {m['dim']}-d  sha256 {m['sha256']}")
+    click.echo("projection  " + (f"PCA {proj['dims']}-d{' whitened' if proj['whiten'] else ''}, "
+                                 f"{proj['explained_variance']:.1%} of the variance" if proj else "none"))
+    click.echo(f"index       {ix['backend']} {ix['metric']} {ix['dim']}-d"
+               + (f", {ix['n_trees']} trees" if ix.get("n_trees") else ""))
+    detail = (f" ({s['candidates']} candidates re-ranked, search_k {s['search_k']})"
+              if s["mode"] == "ann" else "")
+    click.echo(f"search      {s['mode']}{detail}, store {data['store']['dtype']}")
+    for name, size in data["files"].items():
+        click.echo(f"  {name:<22} {_fmt_bytes(size):>10}")
+    click.echo(f"  {'total':<22} {_fmt_bytes(data['total_bytes']):>10}")
+
+
+# ---------------------------------------------------------------- query
+@main.command("query")
+@click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory.")
+@click.option("--k", "k", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="Matches per image.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path | None, threads: int,
+          as_json: bool) -> None:
+    """Find the catalog items most similar to each IMAGE (model and bundle are loaded once)."""
+    from .extractor import Extractor
+    from .index import Bundle, query_images
+
+    extractor = Extractor(model_path, num_threads=threads)
+    with Bundle.open(bundle_dir, extractor=extractor) as bundle:
+        results = query_images(extractor, bundle, images_, k)
+    failed = sum("error" in r for r in results)
+    if as_json:
+        emit_json({"results": results})
+    else:
+        for r in results:
+            click.echo(r["query"])
+            if "error" in r:
+                click.echo(f"  error: {r['error']}")
+            for i, mt in enumerate(r["matches"], 1):
+                price = f"  {mt['price']}" if mt["price"] else ""
+                click.echo(f"  {i:>2}. {mt['score']:.3f}  {mt['id']}  {mt['title']}{price}")
+    if failed:
+        log.warning("%d of %d image(s) could not be read", failed, len(results))
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- serve
+@main.command("serve")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config file (see config.example.toml); flags override it.")
+@click.option("--source", help="picamera2, opencv:N, opencv:PATH or folder:DIR [camera.source].")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Bundle directory [index.bundle].")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help=".tflite file [model.path].")
+@click.option("--threads", type=int, help="Interpreter threads [model.threads].")
+@click.option("--host", help="Address to bind [server.host] (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port [server.port] (default 8080).")
+@click.option("--fps", type=float, help="Camera or replay frame rate [camera.fps].")
+def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> None:
+    """Run the appliance: camera -> model -> index -> local web page (waitress); stops on SIGTERM."""
+    from .config import load_config
+
+    config = load_config(config_file, {
+        "camera.source": source, "camera.fps": fps, "index.bundle": str(bundle) if bundle else None,
+        "model.path": str(model_path) if model_path else None, "model.threads": threads,
+        "server.host": host, "server.port": port})
+    run_daemon(config)
+
+
+def run_daemon(config) -> None:
+    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT."""
+    from .camera import open_source
+    from .errors import ConfigError
+    from .extractor import Extractor
+    from .index import Bundle
+    from .service import Service
+    from .web import create_app
+    from .web.server import run
+
+    if not config.index.bundle:
+        raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
+                          "(make one with: pi-search index build CATALOG --out DIR)")
+    cam = config.camera
+    open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop)  # checks the spec
+    extractor = Extractor(config.model.path or None, num_threads=config.model.threads,
+                          runtime=config.model.runtime or None)
+    bundle = Bundle.open(config.index.bundle, extractor=extractor)
+    service = Service(lambda: open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps,
+                                          loop=cam.loop),
+                      extractor, bundle, config, source_name=cam.source)
+    app = create_app(service, config)
+    try:
+        run(app, service, host=config.server.host, port=config.server.port,
+            threads=config.server.max_viewers + 8)
+    finally:
+        bundle.close()
