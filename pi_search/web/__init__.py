@@ -1,0 +1,59 @@
+"""The local web page and JSON API: an app factory over a running Service (no camera access here)."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def create_app(service, config):
+    """A Flask app serving ``service`` (a ``pi_search.service.Service``) with settings from ``config``.
+
+    The app never captures or infers on its own: it reads the worker's latest result, and uploads go
+    through ``service.search_image``.
+    """
+    from flask import Flask
+
+    from .metrics import make_registry
+    from .routes import bp
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = int(config.server.max_upload_mb * 1024 * 1024)
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["pi_search"] = {"service": service, "config": config,
+                                   "registry": make_registry(service), "viewers": _Viewers()}
+    app.register_blueprint(bp)
+
+    @app.after_request
+    def _headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        return resp
+
+    return app
+
+
+class _Viewers:
+    """Counts open /stream.mjpg responses across request threads."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def enter(self, limit: int) -> bool:
+        with self._lock:
+            if self.count >= limit:
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1

@@ -1,0 +1,197 @@
+"""Routes: the page, the MJPEG preview, the JSON API, thumbnails, health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="templates",
+               static_url_path="/static")
+
+BOUNDARY = "frame"
+KEEPALIVE_S = 5.0
+TOKEN_COOKIE = "pi_search_token"
+
+
+def _ext() -> dict:
+    return current_app.extensions["pi_search"]
+
+
+def _error(status: int, message: str):
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
+
+
+@bp.before_app_request
+def _check_token():
+    token = _ext()["config"].server.token
+    if not token or request.endpoint in ("pi_search.healthz", "pi_search.static"):
+        return None
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
+        or request.cookies.get(TOKEN_COOKIE, "") or request.args.get("token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "a token is required: open the page as /?token=TOKEN "
+                           "or send 'Authorization: Bearer TOKEN'")
+    return None
+
+
+@bp.after_app_request
+def _remember_token(resp):
+    token = _ext()["config"].server.token
+    if token and request.args.get("token") == token:
+        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+    return resp
+
+
+@bp.app_errorhandler(413)
+def _too_large(_exc):
+    mb = _ext()["config"].server.max_upload_mb
+    return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
+
+
+@bp.app_errorhandler(404)
+def _not_found(_exc):
+    return _error(404, f"no such page: {request.path}")
+
+
+@bp.app_errorhandler(405)
+def _bad_method(_exc):
+    return _error(405, f"{request.method} is not allowed on {request.path}")
+
+
+def status() -> dict:
+    """The status line's data: camera state, fps, timings of the last result, catalog size, model."""
+    service, config = _ext()["service"], _ext()["config"]
+    up, reason = service.camera_state()
+    latest = service.latest()
+    s = service.stats
+    return {
+        "camera": {"up": up, "reason": reason, "source": service.source_name, "fps": round(service.fps(), 2)},
+        "model": getattr(service.extractor, "name", None),
+        "threads": config.model.threads,
+        "catalog_items": len(service.bundle) if service.bundle is not None else 0,
+        "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
+        "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
+        "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
+    }
+
+
+@bp.get("/")
+def page():
+    return render_template("index.html")
+
+
+@bp.get("/api/results")
+def results():
+    """The latest result; with ``?after=FRAME_ID&wait=S`` waits up to S (<= 5) seconds for a newer one."""
+    service = _ext()["service"]
+    latest = service.latest()
+    after = request.args.get("after", type=int)
+    wait = min(max(request.args.get("wait", 0.0, type=float), 0.0), 5.0)
+    if wait and latest is not None and after is not None and latest.frame_id == after:
+        latest = service.wait_for_result(latest, wait) or service.latest()
+    elif wait and latest is None:
+        latest = service.wait_for_result(None, wait)
+    body = latest.as_dict() if latest is not None else {"frame_id": None, "matches": []}
+    body["ready"] = latest is not None
+    body["status"] = status()
+    resp = jsonify(body)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/api/search")
+def search():
+    """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
+    from ..errors import ImageError
+    from ..images import decode
+
+    service = _ext()["service"]
+    upload = request.files.get("image")
+    if upload is None:
+        return _error(400, "send the photo as multipart/form-data field 'image'")
+    data = upload.read()
+    try:
+        rgb = decode(data, name=upload.filename or "upload")
+        k = request.args.get("k", type=int) or request.form.get("k", type=int)
+        matches, timings = service.search_image(rgb, k)
+    except ImageError as exc:
+        busy = "busy" in str(exc)
+        return _error(503 if busy else 400, str(exc))
+    return jsonify({"matches": [m.as_dict() for m in matches],
+                    "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+                    "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
+
+
+@bp.get("/thumbs/<path:item_id>")
+def thumb(item_id: str):
+    bundle = _ext()["service"].bundle
+    data = bundle.thumbnail(item_id) if bundle is not None else None
+    if data is None:
+        return _error(404, f"no thumbnail for item {item_id!r}")
+    resp = Response(data, mimetype="image/jpeg")
+    resp.headers["Cache-Control"] = "public, max-age=3600"
+    return resp
+
+
+@bp.get("/frame.jpg")
+def frame():
+    """The latest published frame as one JPEG (for a frozen view)."""
+    latest = _ext()["service"].latest()
+    if latest is None:
+        return _error(503, "no frame yet; the camera is starting")
+    resp = Response(latest.jpeg, mimetype="image/jpeg")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Frame-Id"] = str(latest.frame_id)
+    return resp
+
+
+@bp.get("/stream.mjpg")
+def stream():
+    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes."""
+    ext = _ext()
+    service, viewers = ext["service"], ext["viewers"]
+    if not viewers.enter(ext["config"].server.max_viewers):
+        return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
+    service.stats.viewers = viewers.count
+
+    def parts():
+        sent_at, last = 0.0, None
+        try:
+            current = service.latest()
+            while service.running:
+                if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
+                    yield (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                           + str(len(current.jpeg)).encode() + b"\r\n\r\n" + current.jpeg + b"\r\n")
+                    last, sent_at = current, time.monotonic()
+                current = service.wait_for_result(last, KEEPALIVE_S) or last
+        finally:
+            viewers.leave()
+            service.stats.viewers = viewers.count
+
+    resp = Response(parts(), content_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+@bp.get("/healthz")
+def healthz():
+    h = _ext()["service"].health()
+    resp = jsonify(h)
+    resp.status_code = 200 if h["ok"] else 503
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/metrics")
+def metrics():
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(_ext()["registry"]), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,50 @@
+"""Runs the app under waitress in the main thread; SIGTERM/SIGINT stop the worker, camera and server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from .. import notify
+
+log = logging.getLogger(__name__)
+
+
+def run(app, service, *, host: str, port: int, threads: int) -> None:
+    """Serve ``app`` on host:port until SIGTERM or SIGINT; then stop ``service`` (closing the camera).
+
+    Tells systemd READY=1 once the socket is bound and the worker runs, STOPPING=1 on the way out.
+    """
+    from waitress import create_server
+
+    server = create_server(app, host=host, port=port, threads=threads, channel_timeout=30, ident="pi-search")
+    stopping = threading.Event()
+
+    def _on_signal(signum, _frame):
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("%s: stopping", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    service.start()
+    log.info("serving on http://%s:%d/ (%d threads)", host, server.effective_port, threads)
+    notify.ready(f"serving on http://{host}:{server.effective_port}/")
+    try:
+        server.run()
+    except SystemExit:
+        pass
+    finally:
+        stopping.set()
+        notify.stopping("closing the camera")
+        service.stop(timeout=2.5)
+        try:
+            server.task_dispatcher.shutdown(timeout=1.0)  # viewers end once the service stops
+            server.close()
+        except Exception as exc:  # closing on shutdown must not mask the exit
+            log.warning("closing the server: %s", exc)
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.info("stopped")
