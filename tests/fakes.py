@@ -1,0 +1,194 @@
+"""Fakes at the hardware edge: a picamera2 module with the real calls, and frame sources that fail on cue."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import numpy as np
+
+from pi_search.camera import BaseSource, Frame
+from pi_search.errors import SourceError
+
+
+# ---------------------------------------------------------------- picamera2
+class FakeCameraState:
+    """What the fake camera was asked to do, and the scene it shows (RGB uint8 [H, W, 3] at full size)."""
+
+    def __init__(self, scene: np.ndarray, *, stride_pad: int = 32, fail_start: Exception | None = None,
+                 fail_capture_after: int | None = None):
+        self.scene = scene
+        self.stride_pad = stride_pad
+        self.fail_start = fail_start
+        self.fail_capture_after = fail_capture_after
+        self.calls: list[tuple] = []
+        self.config: dict | None = None
+        self.captures = 0
+        self.open_cameras = 0
+
+
+def fake_picamera2_module(state: FakeCameraState) -> types.ModuleType:
+    """A stand-in for ``picamera2`` (install with ``monkeypatch.setitem(sys.modules, "picamera2", ...)``).
+
+    Like libcamera, ``RGB888`` frames hold B,G,R bytes and ``BGR888`` frames hold R,G,B bytes; rows are
+    padded to a multiple of ``stride_pad`` pixels with junk, as the ISP's row stride does.
+    """
+
+    class Picamera2:
+        def __init__(self, camera_num: int = 0):
+            state.calls.append(("__init__", camera_num))
+            state.open_cameras += 1
+            self._started = False
+
+        def create_video_configuration(self, main=None, lores=None, raw=None, transform=None,
+                                       colour_space=None, buffer_count=6, controls=None, display="main",
+                                       encode="main", queue=True, **kwargs):
+            state.calls.append(("create_video_configuration", {"main": main, "buffer_count": buffer_count,
+                                                               "controls": controls}))
+            if kwargs:
+                raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+            return {"use_case": "video", "main": dict(main or {}), "buffer_count": buffer_count,
+                    "controls": dict(controls or {})}
+
+        def configure(self, config):
+            state.calls.append(("configure", config))
+            fmt = config["main"].get("format")
+            if fmt not in ("RGB888", "BGR888", "XRGB8888", "XBGR8888", "YUV420"):
+                raise RuntimeError(f"unsupported format {fmt}")
+            state.config = config
+
+        def start(self, config=None, show_preview=False):
+            state.calls.append(("start",))
+            if state.fail_start is not None:
+                raise state.fail_start
+            if state.config is None:
+                raise RuntimeError("Camera has not been configured")
+            self._started = True
+
+        def capture_array(self, name="main", wait=None, signal_function=None):
+            state.calls.append(("capture_array", name))
+            if not self._started:
+                raise RuntimeError("Camera is not running")
+            if state.fail_capture_after is not None and state.captures >= state.fail_capture_after:
+                raise RuntimeError("Device or resource busy: frame dequeue failed")
+            state.captures += 1
+            import cv2
+
+            w, h = state.config["main"]["size"]
+            rgb = cv2.resize(state.scene, (w, h), interpolation=cv2.INTER_AREA)
+            fmt = state.config["main"]["format"]
+            pixels = rgb[:, :, ::-1] if fmt == "RGB888" else rgb  # RGB888 is B,G,R in memory
+            stride = -(-w // state.stride_pad) * state.stride_pad
+            out = np.full((h, stride, 3), 77, np.uint8)  # junk in the padding
+            out[:, :w] = pixels
+            return out
+
+        def stop(self):
+            state.calls.append(("stop",))
+            self._started = False
+
+        def close(self):
+            state.calls.append(("close",))
+            state.open_cameras -= 1
+
+    mod = types.ModuleType("picamera2")
+    mod.Picamera2 = Picamera2
+    return mod
+
+
+# ---------------------------------------------------------------- sources
+class ListSource(BaseSource):
+    """Replays RGB uint8 frames from a list (optionally with per-frame noise), then fails or loops.
+
+    ``fail_reads``: frame numbers (counted over this source's life) at which ``read`` raises SourceError;
+    ``crash_reads``: at which it raises RuntimeError (a bug in a driver); ``fps=None`` means no pacing.
+    """
+
+    def __init__(self, frames, *, fps: float | None = None, loop: bool = True, fail_reads=(), crash_reads=(),
+                 noise: float = 0.0, seed: int = 0, name: str = "list"):
+        super().__init__(fps or 1.0)
+        self.frames = list(frames)
+        self.paced = fps is not None
+        self.loop = loop
+        self.fail_reads, self.crash_reads = set(fail_reads), set(crash_reads)
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.name = name
+        self.started = self.stopped = 0
+        self.reads = 0
+        self.running = False
+
+    def start(self) -> None:
+        self.started += 1
+        self.running = True
+
+    def read(self) -> Frame:
+        if not self.running:
+            raise SourceError(f"{self.name}: not started")
+        n = self.reads
+        self.reads += 1
+        if n in self.fail_reads:
+            raise SourceError(f"{self.name}: read error at frame {n}")
+        if n in self.crash_reads:
+            raise RuntimeError(f"{self.name}: driver crashed at frame {n}")
+        if n >= len(self.frames) and not self.loop:
+            raise SourceError(f"{self.name}: end of the frames")
+        rgb = self.frames[n % len(self.frames)]
+        if self.noise:
+            noisy = rgb.astype(np.float32) + self.rng.normal(0.0, self.noise, rgb.shape)
+            rgb = np.clip(noisy, 0, 255).astype(np.uint8)
+        if self.paced:
+            self._pace()
+        else:
+            time.sleep(0.001)  # yields the GIL, like a camera wait
+        return self._frame(rgb)
+
+    def stop(self) -> None:
+        self.stopped += 1
+        self.running = False
+
+
+class SourceFactory:
+    """Makes sources for the worker: the first ``failing_starts`` ones fail to start; records them all."""
+
+    def __init__(self, make, *, failing_starts: int = 0):
+        self.make = make
+        self.failing_starts = failing_starts
+        self.made: list = []
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            n = len(self.made)
+            src = self.make(n)
+            if n < self.failing_starts:
+                src = _FailingStart(src, f"camera {n} not found")
+            self.made.append(src)
+            return src
+
+
+class _FailingStart(BaseSource):
+    def __init__(self, inner, reason: str):
+        super().__init__()
+        self.inner, self.reason, self.name = inner, reason, "failing"
+        self.stopped = 0
+
+    def start(self) -> None:
+        raise SourceError(self.reason)
+
+    def read(self) -> Frame:
+        raise SourceError("not started")
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` s pass; returns its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
