@@ -1,0 +1,218 @@
+"""The worker with the real model and bundle: gate, smoothing, publication, failures, health and shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import camera_view, load_photo
+from fakes import ListSource, SourceFactory, wait_until
+
+from pi_search.config import load_config
+from pi_search.index import Bundle
+from pi_search.service import Gate, Histogram, Service, Smoother
+
+
+@pytest.fixture(scope="module")
+def shots():
+    """Camera-like frames (RGB uint8) of three catalog items, by catalog id."""
+    return {i: camera_view(load_photo(s)) for i, s in
+            [("coffee", "skimage:coffee"), ("cat", "skimage:chelsea"), ("rocket", "skimage:rocket")]}
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir, extractor):
+    b = Bundle.open(bundle_dir, extractor=extractor)
+    yield b
+    b.close()
+
+
+def make_service(extractor, bundle, factory, **overrides):
+    config = load_config(None, overrides)
+    return Service(factory, extractor, bundle, config, source_name="test")
+
+
+def test_worker_publishes_matches_timings_and_one_jpeg(extractor, bundle, shots):
+    factory = SourceFactory(lambda n: ListSource([shots["coffee"]], loop=True))
+    svc = make_service(extractor, bundle, factory).start()
+    try:
+        assert wait_until(lambda: svc.latest() is not None)
+        r = svc.latest()
+    finally:
+        svc.stop()
+    assert r.matches[0].id == "coffee"
+    assert len(r.matches) == 5
+    assert set(r.timings_ms) == {"capture", "gate", "preprocess", "extract", "search", "encode"}
+    assert all(v >= 0 for v in r.timings_ms.values()) and r.timings_ms["extract"] > 0
+    assert r.jpeg[:2] == b"\xff\xd8" and r.jpeg[-2:] == b"\xff\xd9"
+    assert (r.width, r.height) == (shots["coffee"].shape[1], shots["coffee"].shape[0])
+    d = r.as_dict()
+    assert d["matches"][0] == {"id": "coffee", "title": "Cup of coffee", "price": "3.20",
+                               "score": pytest.approx(r.matches[0].score, abs=1e-5)}
+    assert "jpeg" not in d and d["frame_id"] == r.frame_id
+
+
+def test_a_still_scene_is_inferred_once(extractor, bundle, shots):
+    src = ListSource([shots["cat"]], loop=True, noise=2.0)  # sensor noise on a still scene
+    svc = make_service(extractor, bundle, lambda: src, **{"gate.refresh_s": 0.0})
+    svc.start()
+    try:
+        assert wait_until(lambda: svc.stats.frames >= 30)
+    finally:
+        svc.stop()
+    assert svc.stats.inferences == 1
+    assert svc.stats.skipped == svc.stats.frames - 1
+    assert svc.latest().matches[0].id == "cat"
+
+
+def test_a_new_item_is_inferred_at_once(extractor, bundle, shots):
+    svc = make_service(extractor, bundle, None)
+    frames = ListSource([shots["cat"]] * 3 + [shots["rocket"]] * 3, loop=False)
+    frames.start()
+    published = [svc.process(frames.read()) for _ in range(6)]
+    assert [p is not None for p in published] == [True, False, False, True, False, False]
+    assert published[0].matches[0].id == "cat"
+    assert published[3].matches[0].id == "rocket"  # no smoothing lag across items
+
+
+def test_gate_disabled_infers_every_frame(extractor, bundle, shots):
+    svc = make_service(extractor, bundle, None, **{"gate.enabled": False})
+    src = ListSource([shots["cat"]])
+    src.start()
+    assert all(svc.process(src.read()) is not None for _ in range(4))
+    assert svc.stats.inferences == 4 and svc.stats.skipped == 0
+
+
+def test_gate_thresholds_on_mean_difference():
+    gate = Gate(load_config(None, {"gate.threshold": 5.0, "gate.refresh_s": 10.0}).gate)
+    base = np.full((48, 64, 3), 100, np.uint8)
+    ok, t = gate.check(base, 0.0)
+    assert ok
+    gate.accept(t, 0.0)
+    assert gate.check(base + 3, 1.0)[0] is False and gate.last_diff == pytest.approx(3.0)
+    assert gate.check(base + 6, 1.0)[0] is True
+    assert gate.check(base, 11.0)[0] is True  # refresh after 10 s of skipping
+
+
+def test_smoother_damps_noise_and_restarts_on_a_new_item():
+    rng = np.random.default_rng(1)
+    sm = Smoother(load_config(None, {"smoothing.alpha": 0.3, "smoothing.reset_below": 0.8}).smoothing)
+
+    def unit(v):
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    a, b = unit(rng.normal(size=64)), unit(rng.normal(size=64))
+    noisy = [unit(a + rng.normal(0, 0.03, 64)) for _ in range(20)]
+    out = [sm.update(v) for v in noisy]
+    raw_err = np.mean([1 - v @ a for v in noisy[5:]])
+    smooth_err = np.mean([1 - v @ a for v in out[5:]])
+    assert smooth_err < raw_err
+    assert sm.update(b) @ b == pytest.approx(1.0)  # a different item replaces the mean at once
+    assert sm.resets == 2
+
+
+def test_source_that_fails_to_start_is_retried(extractor, bundle, shots):
+    factory = SourceFactory(lambda n: ListSource([shots["coffee"]]), failing_starts=2)
+    svc = make_service(extractor, bundle, factory).start()
+    try:
+        assert wait_until(lambda: svc.latest() is not None)
+        assert svc.camera_state() == (True, "ok")
+    finally:
+        svc.stop()
+    assert svc.stats.source_errors == 2
+    assert len(factory.made) == 3
+    assert all(s.stopped >= 1 for s in factory.made)
+
+
+@pytest.mark.parametrize("failure", ["fail_reads", "crash_reads"])
+def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, bundle, shots, failure):
+    factory = SourceFactory(lambda n: ListSource([shots["coffee"]], **({failure: {2}} if n == 0 else {})))
+    svc = make_service(extractor, bundle, factory).start()
+    try:
+        assert wait_until(lambda: len(factory.made) >= 2 and factory.made[1].reads > 3)
+        assert svc.health()["worker"]["alive"]
+    finally:
+        svc.stop()
+    assert svc.stats.source_errors == 1
+    assert factory.made[0].stopped == 1  # the failed camera was closed before reopening
+
+
+def test_health_reports_the_camera_reason(extractor, bundle, shots):
+    factory = SourceFactory(lambda n: ListSource([shots["coffee"]], loop=False), failing_starts=99)
+    svc = make_service(extractor, bundle, factory)
+    h = svc.health()
+    assert h["ok"] is False and h["camera"]["reason"] == "not started"
+    svc.start()
+    try:
+        assert wait_until(lambda: "not found" in svc.health()["camera"]["reason"])
+        h = svc.health()
+        assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
+        assert h["model"]["up"] and h["index"] == {"up": True, "items": len(bundle)}
+    finally:
+        svc.stop()
+
+
+def test_camera_without_frames_for_timeout_counts_as_down(extractor, bundle, shots):
+    blocked = threading.Event()
+
+    class Stalls(ListSource):
+        def read(self):
+            if self.reads >= 2:
+                blocked.wait(30)  # a camera that stops delivering frames without an error
+            return super().read()
+
+    svc = make_service(extractor, bundle, lambda: Stalls([shots["cat"]]), **{"camera.timeout_s": 0.3})
+    svc.start()
+    try:
+        assert wait_until(lambda: svc.stats.frames >= 2)
+        assert wait_until(lambda: not svc.camera_state()[0])
+        assert svc.camera_state()[1].startswith("no frame for")
+        assert svc.health()["ok"] is False
+    finally:
+        blocked.set()
+        svc.stop()
+
+
+def test_stop_closes_the_camera_and_wakes_waiters(extractor, bundle, shots):
+    src = ListSource([shots["coffee"], shots["cat"]], fps=50.0)
+    svc = make_service(extractor, bundle, lambda: src).start()
+    assert wait_until(lambda: svc.latest() is not None)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(svc.wait_for_result(svc.latest(), 30.0)))
+    svc._stop.set()  # stop the frame loop first so no new result wakes the waiter
+    waiter.start()
+    svc.stop()
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [None]
+    assert src.stopped == 1 and not src.running
+    assert svc.camera_state() == (False, "stopped")
+    assert not svc.health()["worker"]["alive"]
+
+
+def test_wait_for_result_returns_the_next_one(extractor, bundle, shots):
+    svc = make_service(extractor, bundle, None, **{"gate.enabled": False})
+    src = ListSource([shots["coffee"]])
+    src.start()
+    first = svc.process(src.read())
+    timer = threading.Timer(0.05, lambda: svc.process(src.read()))
+    timer.start()
+    nxt = svc.wait_for_result(first, 20.0)
+    timer.join()
+    assert nxt is not None and nxt.frame_id == first.frame_id + 1
+
+
+def test_upload_search_uses_the_model_without_the_camera(extractor, bundle, shots):
+    svc = make_service(extractor, bundle, None)
+    matches, timings = svc.search_image(shots["rocket"], 3)
+    assert [m.id for m in matches][0] == "rocket" and len(matches) == 3
+    assert timings["embed"] > 0
+    assert svc.stats.uploads == 1 and svc.stats.frames == 0
+
+
+def test_histogram_is_cumulative():
+    h = Histogram((0.01, 0.1))
+    for s in (0.005, 0.05, 0.05, 3.0):
+        h.observe(s)
+    assert h.cumulative() == [("0.01", 1), ("0.1", 3), ("+Inf", 4)]
+    assert h.sum == pytest.approx(3.105)
