@@ -252,7 +252,8 @@ class Service:
 
     def _set_camera(self, up: bool, reason: str) -> None:
         if up != self._camera_up or reason != self._camera_reason:
-            (log.info if up else log.warning)("camera %s: %s", "up" if up else "down", reason)
+            quiet = up or reason in ("stopped", "waiting for the first frame")
+            (log.info if quiet else log.warning)("camera %s: %s", "up" if up else "down", reason)
         self._camera_up, self._camera_reason = up, reason
 
     def _ping(self) -> None:
