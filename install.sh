@@ -422,6 +422,7 @@ install_system() {
     if ensure_file "$m" "$(r "$OPT")/models/${m##*/}" 0644; then changed=1; fi
   done
   ensure_file "$SRC_DIR/systemd/pi-search-kiosk.sh" "$(r "$OPT")/bin/pi-search-kiosk" 0755 || true
+  ensure_file "$SRC_DIR/README.md" "$(r "$OPT")/README.md" 0644 || true
 
   local conf
   conf=$(r "$CONF")

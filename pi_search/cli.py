@@ -296,3 +296,51 @@ def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, q
         return
     click.echo(format_table(result))
     click.echo(f"report    {png}")
+
+
+# ---------------------------------------------------------------- doctor
+@main.command("doctor")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file to check [default: /etc/pi-search/config.toml if it exists].")
+@click.option("--source", help="Check this frame source instead of [camera.source].")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Check this bundle [index.bundle].")
+@click.option("--port", type=int, help="Check this port instead of [server.port].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
+    """Check camera access, runtime, model, bundle, config, disk and port; print OK or the fix for each.
+
+    Exits 1 if any check fails. It never opens the camera: a running daemon may hold it.
+    """
+    from . import doctor
+
+    path = config_file or doctor.default_config_path()
+    results = doctor.run_checks(path, {"camera.source": source, "server.port": port,
+                                       "index.bundle": str(bundle) if bundle else None})
+    if as_json:
+        emit_json({"ok": not doctor.failed(results), "config": str(path) if path else None,
+                   "checks": [c.as_dict() for c in results]})
+    else:
+        click.echo(doctor.format_checks(results))
+    if doctor.failed(results):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, help="Port.")
+@click.option("--fps", default=2.0, show_default=True, help="Replay rate of the demo camera frames.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo bundle is built [default: ~/.cache/pi-search].")
+@click.option("--rebuild", is_flag=True, help="Build the demo bundle again.")
+def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: bool) -> None:
+    """The whole appliance on any machine: the bundled demo catalog and a replayed camera."""
+    from .config import load_config
+    from .demo import demo_bundle, demo_data
+    from .extractor import Extractor
+
+    bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild)
+    config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
+                                "index.bundle": str(bundle), "server.host": host, "server.port": port})
+    click.echo(f"pi-search demo: open http://{host}:{port}/  (Ctrl+C stops)", err=True)
+    run_daemon(config)

@@ -1,0 +1,271 @@
+"""``pi-search doctor``: checks config, runtime, model, bundle, camera, disk and port, with a fix for each."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import PiSearchError
+
+log = logging.getLogger(__name__)
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+DEFAULT_CONFIG = Path("/etc/pi-search/config.toml")
+MIN_FREE_MB = 200     # below this a bundle rebuild (written beside the old one, then swapped) may not fit
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check: ``status`` is OK, WARN (works, but look) or FAIL; ``fix`` says what to do."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Context:
+    config_path: Path | None = None
+    config: object | None = None
+    extractor: object | None = None
+
+
+def check_python(_ctx: _Context) -> Check:
+    bits = 64 if sys.maxsize > 2**32 else 32
+    detail = f"Python {platform.python_version()} ({platform.machine()}, {bits}-bit)"
+    if bits != 64:
+        return Check("python", FAIL, detail, "install a 64-bit OS (Raspberry Pi OS 64-bit)")
+    return Check("python", OK, detail)
+
+
+def check_config(ctx: _Context, overrides: dict | None = None) -> Check:
+    from .config import load_config
+
+    try:
+        ctx.config = load_config(ctx.config_path, overrides)
+    except PiSearchError as exc:
+        fix = "fix the key named above; every key is documented in config.example.toml"
+        return Check("config", FAIL, str(exc), fix)
+    where = str(ctx.config_path) if ctx.config_path else "defaults (no config file)"
+    return Check("config", OK, where)
+
+
+def check_runtime(ctx: _Context) -> Check:
+    from .extractor import RUNTIMES, load_runtime
+
+    wanted = getattr(getattr(ctx.config, "model", None), "runtime", "") or None
+    try:
+        name, _cls, version = load_runtime(wanted)
+    except PiSearchError as exc:
+        return Check("runtime", FAIL, str(exc),
+                     "pip install ai-edge-litert (into the pi-search venv: rerun install.sh)")
+    others = [r for r in RUNTIMES if r != name and importlib.util.find_spec(r) is not None]
+    extra = f" (also installed: {', '.join(others)})" if others else ""
+    return Check("runtime", OK, f"{name} {version}{extra}")
+
+
+def check_model(ctx: _Context) -> Check:
+    from .extractor import Extractor
+
+    model = getattr(ctx.config, "model", None)
+    path = (model.path if model else "") or None
+    try:
+        ctx.extractor = Extractor(path, num_threads=model.threads if model else 1,
+                                  runtime=(model.runtime or None) if model else None)
+    except PiSearchError as exc:
+        return Check("model", FAIL, str(exc),
+                     "set [model] path to a .tflite file, or empty for the shipped model; rerun install.sh")
+    ex = ctx.extractor
+    return Check("model", OK, f"{ex.name}: {ex.size}x{ex.size} RGB -> {ex.dim}-d, sha256 {ex.sha256[:12]}")
+
+
+def check_bundle(ctx: _Context) -> Check:
+    from .index import Bundle
+
+    bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
+    if not bundle:
+        return Check("bundle", FAIL, "no bundle configured",
+                     "build one (pi-search index build CATALOG --out DIR) and set [index] bundle = DIR")
+    if not Path(bundle).is_dir():
+        return Check("bundle", FAIL, f"{bundle}: no such directory",
+                     f"build it: pi-search index build CATALOG --out {bundle}")
+    try:
+        b = Bundle.open(bundle, extractor=ctx.extractor)
+    except PiSearchError as exc:
+        return Check("bundle", FAIL, str(exc), f"rebuild it: pi-search index build CATALOG --out {bundle}")
+    try:
+        n = len(b)
+        model = b.manifest.get("model", {})
+        name = model.get("name", "?") if isinstance(model, dict) else model
+    finally:
+        b.close()
+    checked = "matches the model" if ctx.extractor is not None else "model not checked"
+    return Check("bundle", OK, f"{bundle}: {n} items, built with {name} ({checked})")
+
+
+def _device_access(paths: list[str]) -> tuple[list[str], list[str]]:
+    ok = [p for p in paths if os.access(p, os.R_OK | os.W_OK)]
+    return ok, [p for p in paths if p not in ok]
+
+
+def check_camera(ctx: _Context) -> Check:
+    """Checks the source can be opened without opening it: a running daemon may hold the camera."""
+    source = getattr(getattr(ctx.config, "camera", None), "source", "picamera2")
+    kind, _, arg = source.partition(":")
+    if kind == "folder":
+        folder = Path(arg)
+        if not folder.is_dir():
+            return Check("camera", FAIL, f"{source}: no such directory",
+                         "set [camera] source to an existing folder")
+        n = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if n == 0:
+            return Check("camera", FAIL, f"{source}: no images", "put JPEG/PNG frames in the folder")
+        return Check("camera", OK, f"{source}: {n} images to replay")
+    if kind == "opencv" and arg and not arg.isdigit():
+        if not Path(arg).is_file():
+            return Check("camera", FAIL, f"{source}: no such video file",
+                         "set [camera] source to a video file")
+        return Check("camera", OK, f"{source}: video file")
+    if kind == "opencv" and arg.isdigit():
+        dev = f"/dev/video{arg}"
+        if not os.path.exists(dev):
+            return Check("camera", FAIL, f"{source}: {dev} does not exist",
+                         "plug in the USB camera; list cameras with: ls /dev/video*")
+        if not os.access(dev, os.R_OK | os.W_OK):
+            return Check("camera", FAIL, f"{source}: no access to {dev}",
+                         "add the user to the video group: sudo usermod -aG video $USER (then log in again)")
+        return Check("camera", OK, f"{source}: {dev} accessible")
+    if kind == "picamera2":
+        if importlib.util.find_spec("picamera2") is None:
+            return Check("camera", FAIL, "picamera2: module not found",
+                         "sudo apt-get install python3-picamera2, and make the venv with "
+                         "--system-site-packages (install.sh does both)")
+        devices = sorted(glob.glob("/dev/media*") + glob.glob("/dev/video*"))
+        if not devices:
+            return Check("camera", FAIL, "picamera2: no /dev/media* or /dev/video* devices",
+                         "connect the camera cable with the Pi off; check: rpicam-hello --list-cameras")
+        ok, denied = _device_access(devices)
+        if not ok:
+            return Check("camera", FAIL, f"picamera2: no access to {', '.join(denied[:3])}",
+                         "add the user to the video group: sudo usermod -aG video $USER (then log in again)")
+        return Check("camera", OK, f"picamera2: {len(ok)} camera devices accessible")
+    return Check("camera", FAIL, f"{source}: unknown source",
+                 "use picamera2, opencv:N, opencv:PATH or folder:DIR in [camera] source")
+
+
+def check_disk(ctx: _Context) -> Check:
+    bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
+    place = Path(bundle).parent if bundle else Path.cwd()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    usage = shutil.disk_usage(place)
+    free_mb = usage.free / 1e6
+    detail = f"{free_mb:,.0f} MB free on {place}"
+    if free_mb < MIN_FREE_MB:
+        return Check("disk", FAIL, detail,
+                     f"free at least {MIN_FREE_MB} MB (old bundles, logs: journalctl --vacuum-size=50M)")
+    return Check("disk", OK, detail)
+
+
+def _probe_healthz(host: str, port: int) -> int | None:
+    """The HTTP status of /healthz on host:port, or None if nothing speaks HTTP there."""
+    probe = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{'[' + probe + ']' if ':' in probe else probe}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            json.loads(resp.read() or b"{}")
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def check_port(ctx: _Context) -> Check:
+    server = getattr(ctx.config, "server", None)
+    host, port = (server.host, server.port) if server else ("127.0.0.1", 8080)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            status = _probe_healthz(host, port)
+            if status is not None:
+                state = "healthy" if status == 200 else f"/healthz answers {status}"
+                return Check("port", OK if status == 200 else WARN,
+                             f"{host}:{port} in use by a running pi-search ({state})",
+                             "" if status == 200 else "see journalctl -u pi-search")
+            return Check("port", FAIL, f"{host}:{port} is in use by another program",
+                         f"stop it (sudo ss -ltnp 'sport = :{port}') or set another [server] port")
+        if exc.errno == errno.EACCES:
+            return Check("port", FAIL, f"{host}:{port}: permission denied",
+                         "use a port above 1023 in [server] port")
+        return Check("port", FAIL, f"{host}:{port}: {exc.strerror or exc}",
+                     "set [server] host to 127.0.0.1 or an address of this machine")
+    return Check("port", OK, f"{host}:{port} free")
+
+
+def run_checks(config_path: str | Path | None = None, overrides: dict | None = None) -> list[Check]:
+    """Run every check in order; later checks use what earlier ones loaded (config, model)."""
+    ctx = _Context(Path(config_path) if config_path else None)
+    checks: list[Callable[[_Context], Check]] = [
+        check_python,
+        lambda c: check_config(c, overrides),
+        check_runtime,
+        check_model,
+        check_bundle,
+        check_camera,
+        check_disk,
+        check_port,
+    ]
+    results = []
+    for fn in checks:
+        if ctx.config is None and results and results[-1].name == "config":
+            break  # the rest depends on a valid config
+        try:
+            results.append(fn(ctx))
+        except Exception as exc:  # a check must never crash the doctor
+            log.debug("check failed", exc_info=True)
+            name = getattr(fn, "__name__", "check").removeprefix("check_")
+            results.append(Check(name, FAIL, f"{type(exc).__name__}: {exc}",
+                                 "report this with the output above"))
+    return results
+
+
+def default_config_path() -> Path | None:
+    """/etc/pi-search/config.toml when it exists (the appliance), else None (built-in defaults)."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def format_checks(results: list[Check]) -> str:
+    lines = []
+    for c in results:
+        lines.append(f"{c.status:<4}  {c.name:<8} {c.detail}")
+        if c.fix and c.status != OK:
+            lines.append(f"      {'':<8} fix: {c.fix}")
+    return "\n".join(lines)
+
+
+def failed(results: list[Check]) -> bool:
+    return any(c.status == FAIL for c in results)
+

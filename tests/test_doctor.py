@@ -1,0 +1,176 @@
+"""`pi-search doctor`: each check says OK or what to fix, and the exit status tells if anything failed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from click.testing import CliRunner
+
+from pi_search import doctor
+from pi_search.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def frames_dir(tmp_path, catalog_dir):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted((catalog_dir / "images").iterdir())[:3]:
+        (frames / p.name).write_bytes(p.read_bytes())
+    return frames
+
+
+def _config(tmp_path, body: str):
+    path = tmp_path / "config.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def good_config(tmp_path, bundle_dir, frames_dir):
+    port = _free_port()
+    return _config(tmp_path, f"""
+[camera]
+source = "folder:{frames_dir}"
+[index]
+bundle = "{bundle_dir}"
+[server]
+port = {port}
+""")
+
+
+def _by_name(results):
+    return {c.name: c for c in results}
+
+
+def test_all_ok(good_config, bundle_dir):
+    results = _by_name(doctor.run_checks(good_config))
+    assert list(results) == ["python", "config", "runtime", "model", "bundle", "camera", "disk", "port"]
+    assert {c.status for c in results.values()} == {"OK"}, doctor.format_checks(list(results.values()))
+    assert "16 items" in results["bundle"].detail
+    assert "3 images" in results["camera"].detail
+    assert "1280-d" in results["model"].detail
+
+
+def test_cli_exit_zero_and_json(good_config):
+    res = CliRunner().invoke(main, ["doctor", "--config", str(good_config), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["ok"] is True
+    assert [c["name"] for c in data["checks"]][:2] == ["python", "config"]
+
+
+def test_bad_config_names_key_and_fails(tmp_path):
+    cfg = _config(tmp_path, '[camera]\nsource = "picamera2"\nframerate = 10\n')
+    res = CliRunner().invoke(main, ["doctor", "--config", str(cfg)])
+    assert res.exit_code == 1
+    assert "FAIL" in res.output and "framerate" in res.output and "line 3" in res.output
+
+
+def test_missing_bundle_says_how_to_build(tmp_path, frames_dir):
+    cfg = _config(tmp_path, f'[camera]\nsource = "folder:{frames_dir}"\n'
+                            f'[index]\nbundle = "{tmp_path}/nope"\n')
+    results = _by_name(doctor.run_checks(cfg))
+    assert results["bundle"].status == "FAIL"
+    assert "pi-search index build" in results["bundle"].fix
+    assert doctor.failed(results.values())
+
+
+def test_no_bundle_configured(tmp_path, frames_dir):
+    cfg = _config(tmp_path, f'[camera]\nsource = "folder:{frames_dir}"\n')
+    results = _by_name(doctor.run_checks(cfg))
+    assert results["bundle"].status == "FAIL"
+    assert "[index] bundle" in results["bundle"].fix
+
+
+def test_bad_model_path(tmp_path, frames_dir, bundle_dir):
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(b"not a model at all")
+    cfg = _config(tmp_path, f'[model]\npath = "{bogus}"\n[index]\nbundle = "{bundle_dir}"\n'
+                            f'[camera]\nsource = "folder:{frames_dir}"\n')
+    results = _by_name(doctor.run_checks(cfg))
+    assert results["model"].status == "FAIL"
+    assert str(bogus) in results["model"].detail
+
+
+@pytest.mark.parametrize("source, expect", [
+    ("opencv:97", "/dev/video97 does not exist"),
+    ("opencv:/no/such/clip.mp4", "no such video file"),
+    ("folder:/no/such/dir", "no such directory"),
+])
+def test_camera_sources_fail_clearly(tmp_path, source, expect):
+    cfg = _config(tmp_path, f'[camera]\nsource = "{source}"\n')
+    results = _by_name(doctor.run_checks(cfg))
+    assert results["camera"].status == "FAIL"
+    assert expect in results["camera"].detail
+    assert results["camera"].fix
+
+
+def test_empty_frames_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = _config(tmp_path, f'[camera]\nsource = "folder:{tmp_path / "empty"}"\n')
+    assert _by_name(doctor.run_checks(cfg))["camera"].detail.endswith("no images")
+
+
+def test_picamera2_missing_module(tmp_path, monkeypatch):
+    real = doctor.importlib.util.find_spec
+    monkeypatch.setattr(doctor.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "picamera2" else real(name, *a))
+    cfg = _config(tmp_path, '[camera]\nsource = "picamera2"\n')
+    check = _by_name(doctor.run_checks(cfg))["camera"]
+    assert check.status == "FAIL"
+    assert "python3-picamera2" in check.fix and "--system-site-packages" in check.fix
+
+
+def test_port_taken_by_another_program(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = _config(tmp_path, f"[server]\nport = {port}\n")
+        check = _by_name(doctor.run_checks(cfg))["port"]
+    assert check.status == "FAIL"
+    assert "another program" in check.detail
+
+
+def test_port_held_by_running_pi_search(tmp_path):
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"ok": true}'
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = _config(tmp_path, f"[server]\nport = {server.server_address[1]}\n")
+        check = _by_name(doctor.run_checks(cfg))["port"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert check.status == "OK"
+    assert "running pi-search" in check.detail
+
+
+def test_low_disk_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "MIN_FREE_MB", 10**15)
+    cfg = _config(tmp_path, f'[index]\nbundle = "{tmp_path}/b"\n')
+    check = _by_name(doctor.run_checks(cfg))["disk"]
+    assert check.status == "FAIL"
+    assert str(tmp_path) in check.detail
