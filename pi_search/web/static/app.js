@@ -49,18 +49,17 @@ function showMatches(matches, heading) {
 }
 
 function showStatus(s) {
-  const cam = s.camera.up
-    ? "camera " + s.camera.source + " " + s.camera.fps.toFixed(1) + " fps"
-    : "camera down: " + s.camera.reason;
+  const cam = s.camera.up ? "camera " + s.camera.fps.toFixed(1) + " fps" : "camera down: " + s.camera.reason;
   const ms = s.extract_ms == null ? "" : " · extract " + s.extract_ms.toFixed(1) + " ms · search "
     + s.search_ms.toFixed(1) + " ms";
   const el = $("status");
+  el.title = s.camera.source;
   el.replaceChildren();
   const c = document.createElement("span");
   c.textContent = cam;
   if (!s.camera.up) c.className = "down";
-  el.append(c, document.createTextNode(ms + " · " + s.catalog_items + " items · model " + s.model
-    + " · " + s.inferences + " inferred, " + s.skipped + " unchanged frames skipped"));
+  el.append(c, document.createTextNode(ms + " · " + s.catalog_items + " items · " + s.model
+    + " · " + s.inferences + " inferred, " + s.skipped + " unchanged skipped"));
 }
 
 async function follow() {

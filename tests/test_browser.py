@@ -1,0 +1,152 @@
+"""The appliance as a person sees it: `pi-search serve` replaying photos, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import camera_view, load_photo
+
+from pi_search import images
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None, b""
+
+
+@pytest.fixture
+def server(tmp_path, bundle_dir):
+    """`pi-search serve` on a free port, replaying camera-like shots of the catalog's coffee cup."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    coffee = load_photo("skimage:coffee")
+    frames.joinpath("coffee-1.jpg").write_bytes(images.encode_jpeg(camera_view(coffee)))
+    frames.joinpath("coffee-2.jpg").write_bytes(images.encode_jpeg(camera_view(coffee[:, ::-1])))
+    port = _free_port()
+    exe = Path(sys.executable).with_name("pi-search")
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(exe), "-v", "serve", "--source", f"folder:{frames}", "--bundle", str(bundle_dir),
+           "--port", str(port), "--fps", "5"]
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _get(url + "/healthz")[0] == 200:
+                    break
+                time.sleep(0.2)
+            assert _get(url + "/healthz")[0] == 200, (tmp_path / "serve.log").read_text()
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=800,480", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    # The page as the Pi's 7-inch 800x480 screen shows it (the viewport, not the window).
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                        {"width": 800, "height": 480, "deviceScaleFactor": 1, "mobile": False})
+    yield drv
+    drv.quit()
+
+
+def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, proc = server
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    first = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card .title") or False)[0]
+    assert first.text == "Cup of coffee"
+    card = browser.find_element(By.CSS_SELECTOR, "#matches .card")
+    assert "3.20" in card.text and "% similar" in card.text
+    # The live preview and the thumbnails really loaded (decoded images have a size).
+    wait.until(lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") > 0)
+    wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth > 0)"))
+    status = wait.until(lambda d: "fps" in d.find_element(By.ID, "status").text
+                        and d.find_element(By.ID, "status").text)
+    assert "items" in status and "efficientnet" in status
+    # No console errors (CSP violations or failed requests would show here).
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+    shot = Path(os.environ.get("PI_SEARCH_SCREENSHOT", tmp_path / "screenshot.png"))
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    # Freeze holds the result: the button flips, the badge shows, the still frame loads.
+    browser.find_element(By.ID, "freeze").click()
+    wait.until(lambda d: d.find_element(By.ID, "freeze").get_attribute("aria-pressed") == "true")
+    assert browser.find_element(By.ID, "badge").is_displayed()
+    wait.until(lambda d: d.execute_script("const p = document.getElementById('preview');"
+                                          "return p.src.includes('/frame.jpg') && p.naturalWidth > 0"))
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+
+
+def test_upload_from_the_page(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    photo = tmp_path / "rocket.jpg"
+    photo.write_bytes(images.encode_jpeg(camera_view(load_photo("skimage:rocket"))))
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card"))
+    browser.find_element(By.ID, "photo").send_keys(str(photo))
+    wait.until(lambda d: "rocket.jpg" in d.find_element(By.ID, "heading").text)
+    first = browser.find_element(By.CSS_SELECTOR, "#matches .card .title")
+    assert first.text == "Rocket on the pad"
+    assert "pi_search_uploads_total 1.0" in _get(url + "/metrics")[1].decode()
+
+
+@pytest.fixture(autouse=True)
+def _needs_chromium():
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists() and not shutil.which(p.name)]
+    assert not missing, f"install Debian's chromium and chromium-driver (./install.sh --dev): {missing}"
