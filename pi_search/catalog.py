@@ -248,7 +248,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                         embedded += 1
                 except ImageError as exc:
                     late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
-                                        f"unreadable image ({str(exc).split(': ', 1)[-1]})"))
+                                        f"unreadable image: {str(exc).split(': ', 1)[-1]}"))
                     bar.update()
                     continue
                 except Exception as exc:  # one bad image must not stop a long build

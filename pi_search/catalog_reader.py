@@ -46,8 +46,10 @@ class Problem:
 
 
 def _decode(data: bytes, path: Path) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         log.warning("%s: not UTF-8 (byte %d); reading it as Latin-1: save it as UTF-8 to keep accents right",
                     path, exc.start)

@@ -411,12 +411,21 @@ class Bundle:
         self._db: sqlite3.Connection | None = None
 
     @classmethod
-    def open(cls, directory: str | Path, *, extractor=None) -> Bundle:
-        """Map a bundle; with ``extractor`` the manifest must match its model (sha256 and dim)."""
+    def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None) -> Bundle:
+        """Map a bundle; with ``extractor`` the manifest must match its model (sha256 and dim).
+
+        ``search`` overrides the manifest's query settings (``mode``, ``candidates``, ``search_k``).
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
         if extractor is not None:
             check_model(manifest, extractor, directory)
+        if search:
+            unknown = set(search) - {"mode", "candidates", "search_k"}
+            if unknown or search.get("mode", "exact") not in ("exact", "ann"):
+                raise BundleError(f"search settings {sorted(search)}: use mode (exact or ann), candidates, "
+                                  "search_k")
+            manifest = {**manifest, "search": {**manifest["search"], **search}}
         self = cls(directory, manifest)
         try:
             self._load()

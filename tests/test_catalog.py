@@ -1,0 +1,242 @@
+"""Catalog reading and bundle building with the real model: bad rows, resume, atomic replacement, imports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pi_search import index as ix
+from pi_search.catalog import build_bundle, partial_dir
+from pi_search.catalog_reader import read_catalog
+from pi_search.errors import CatalogError, PiSearchError
+
+
+class CountingExtractor:
+    """The real extractor, counting how many images it embeds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed(self, rgb):
+        self.calls += 1
+        return self.inner.embed(rgb)
+
+
+def _catalog_with_rows(catalog_dir, tmp_path, extra_rows, keep=6):
+    """A copy of the first ``keep`` rows of the shared catalog plus ``extra_rows`` (lists of fields)."""
+    root = tmp_path / "cat"
+    shutil.copytree(catalog_dir / "images", root / "images")
+    with open(catalog_dir / "catalog.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(root / "catalog.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows(rows[: keep + 1])
+        w.writerows(extra_rows)
+    return root
+
+
+def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extractor, tmp_path, caplog):
+    root = _catalog_with_rows(catalog_dir, tmp_path, [
+        ["ghost", "Ghost", "1", "images/ghost.jpg", ""],          # line 8: missing file
+        ["coffee", "Coffee again", "1", "images/coffee.jpg", ""],  # line 9: duplicate id
+        ["untitled", "", "1", "images/rocket.jpg", ""],           # line 10: empty title
+        ["broken", "Broken", "1", "images/broken.jpg", ""],       # line 11: unreadable image
+        ["escape", "Escape", "1", "../outside.jpg", ""],          # line 12: outside the catalog
+        ["rocket2", "Rocket copy", "9", "images/rocket.jpg", ""],  # line 13: fine
+    ])
+    (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    (tmp_path / "outside.jpg").write_bytes((root / "images" / "apple.jpg").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        report = build_bundle(root, tmp_path / "out", extractor, progress=False)
+    assert report.items == 7
+    assert len(report.skipped) == 5
+    text = "\n".join(str(p) for p in report.skipped)
+    assert "line 8: images/ghost.jpg: missing image file" in text
+    assert "line 9: images/coffee.jpg: duplicate id 'coffee' (first on line 4)" in text
+    assert "line 10: images/rocket.jpg: empty title" in text
+    assert "line 11: images/broken.jpg: unreadable image" in text
+    assert "line 12: ../outside.jpg: image path must be relative" in text
+    assert "5 bad row(s) skipped, 7 items indexed" in caplog.text
+    assert "line 11: images/broken.jpg" in caplog.text
+    with ix.Bundle.open(tmp_path / "out", extractor=extractor) as b:
+        assert len(b) == 7
+        assert b.item("rocket2")["title"] == "Rocket copy"
+        assert b.item("ghost") is None and b.item("broken") is None
+        assert b.item("coffee")["title"] == "Cup of coffee"
+
+
+def test_strict_makes_a_bad_row_fatal_and_writes_nothing(catalog_dir, extractor, tmp_path):
+    root = _catalog_with_rows(catalog_dir, tmp_path, [["", "No id", "1", "images/apple.jpg", ""]])
+    with pytest.raises(CatalogError, match=r"--strict; first: catalog.csv line 8: images/apple.jpg: empty"):
+        build_bundle(root, tmp_path / "out", extractor, strict=True, progress=False)
+    assert not (tmp_path / "out").exists()
+    (root / "images" / "bad.jpg").write_bytes(b"")
+    root2 = _catalog_with_rows(catalog_dir, tmp_path / "b", [["bad", "Bad", "", "images/bad.jpg", ""]])
+    (root2 / "images" / "bad.jpg").write_bytes(b"")
+    with pytest.raises(CatalogError, match="unreadable image"):
+        build_bundle(root2, tmp_path / "out", extractor, strict=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_plain_folder_catalog_takes_id_and_title_from_file_names(catalog_dir, extractor, tmp_path):
+    root = tmp_path / "folder"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(catalog_dir / "images" / "apple.jpg", root / "green_apple.jpg")
+    shutil.copy(catalog_dir / "images" / "coffee.jpg", root / "sub" / "coffee-cup.JPG")
+    shutil.copy(catalog_dir / "images" / "rocket.jpg", root / "sub" / "green_apple.png")  # duplicate id
+    (root / "notes.txt").write_text("not an image")
+    report = build_bundle(root, tmp_path / "out", extractor, progress=False)
+    assert report.items == 2 and len(report.skipped) == 1
+    assert "duplicate id 'green_apple'" in str(report.skipped[0])
+    with ix.Bundle.open(tmp_path / "out") as b:
+        assert b.item("green_apple")["title"] == "green apple"
+        assert b.item("coffee-cup")["title"] == "coffee cup"
+        assert b.item("coffee-cup")["extra"] == {"file": "sub/coffee-cup.JPG"}
+
+
+def test_catalog_level_problems_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CatalogError, match="no catalog.csv and no images"):
+        read_catalog(tmp_path / "empty")
+    with pytest.raises(CatalogError, match="not a directory"):
+        read_catalog(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "catalog.csv").write_text("sku,name,picture\n1,a,b.jpg\n")
+    with pytest.raises(CatalogError, match=r"missing column\(s\) id, title, image"):
+        read_catalog(bad)
+
+
+def test_csv_oddities_are_rows_not_crashes(tmp_path):
+    root = tmp_path / "odd"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.jpg").write_bytes(b"x")
+    text = ("ID, Title ,price,image,notes\n"
+            "a1,Caf\xe9,2,img/a.jpg,\"multi\nline\"\n"
+            "\n"
+            "a2,Too,many,img/a.jpg,x,y\n"
+            "a3,Short\n"
+            "a4,Abs,1,/etc/passwd\n")
+    (root / "catalog.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("latin-1"))
+    rows, problems = read_catalog(root)
+    assert [(r.id, r.title) for r in rows] == [("a1", "Caf\xe9")]
+    assert rows[0].extra == {"notes": "multi\nline"}
+    msgs = [str(p) for p in problems]
+    assert any("line 5" in m and "6 fields but the header has 5" in m for m in msgs)
+    assert any("line 6" in m and "no image" in m for m in msgs)
+    assert any("line 7" in m and "/etc/passwd" in m and "relative" in m for m in msgs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400) | st.text(alphabet=st.sampled_from("id,title,price,image\n\"\r\x00a./é"),
+                                          max_size=200).map(lambda s: s.encode()))
+def test_any_bytes_in_catalog_csv_give_rows_problems_or_a_catalog_error(tmp_path, data):
+    (tmp_path / "catalog.csv").write_bytes(data)
+    try:
+        rows, problems = read_catalog(tmp_path)
+    except CatalogError as exc:
+        assert "\n" not in str(exc).strip() or "catalog.csv" in str(exc)
+        return
+    assert all(r.image.is_file() for r in rows)
+
+
+def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bundle_dir, tmp_path):
+    out = tmp_path / "out"
+    counting = CountingExtractor(extractor)
+
+    def stop_after_two_chunks(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(catalog_dir, out, counting, chunk=4, progress=False, on_chunk=stop_after_two_chunks)
+    assert counting.calls == 8
+    assert not out.exists()
+    chunks = sorted(partial_dir(out).glob("chunk-*.npz"))
+    assert len(chunks) == 2
+
+    counting.calls = 0
+    report = build_bundle(catalog_dir, out, counting, chunk=4, progress=False)
+    assert (report.resumed, report.embedded, counting.calls) == (8, 8, 8)
+    assert not partial_dir(out).exists()
+    # The resumed bundle holds the same vectors as one built in a single run.
+    np.testing.assert_allclose(np.load(out / ix.STORE_FILE), np.load(bundle_dir / ix.STORE_FILE), atol=1e-6)
+    with ix.Bundle.open(out, extractor=extractor) as b:
+        assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
+
+
+def test_checkpoints_of_another_model_are_discarded(catalog_dir, extractor, tmp_path):
+    out = tmp_path / "out"
+    part = partial_dir(out)
+    part.mkdir()
+    (part / "state.json").write_text(json.dumps({"version": 1, "model_sha256": "f" * 64, "dim": 1280}))
+    (part / "chunk-000000.npz").write_bytes(b"junk")
+    counting = CountingExtractor(extractor)
+    report = build_bundle(catalog_dir, out, counting, progress=False)
+    assert report.resumed == 0 and counting.calls == report.items == 16
+
+
+def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extractor, tmp_path, monkeypatch):
+    small = _catalog_with_rows(catalog_dir, tmp_path, [], keep=5)
+    out = tmp_path / "live"
+    build_bundle(small, out, extractor, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # A failure while the new bundle is being written (here: the index cannot be built).
+    def broken_annoy(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ix, "_build_annoy", broken_annoy)
+    with pytest.raises(OSError, match="disk full"):
+        build_bundle(catalog_dir, out, extractor, progress=False)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".live")) == []
+
+    # A successful build replaces it whole, and nothing else is left beside it.
+    build_bundle(catalog_dir, out, extractor, progress=False)
+    with ix.Bundle.open(out, extractor=extractor) as b:
+        assert len(b) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "live"]
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extractor, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(PiSearchError, match="is not a bundle"):
+        build_bundle(catalog_dir, out, extractor, progress=False)
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle_dir, tmp_path):
+    with ix.Bundle.open(bundle_dir) as b:
+        ids = [b.search(v, 1)[0].id for v in np.load(bundle_dir / ix.STORE_FILE)]
+    vecs = np.load(bundle_dir / ix.STORE_FILE)
+    order = np.arange(len(ids))[::-1]  # any order: rows are matched by id
+    np.save(tmp_path / "emb.npy", vecs[order])
+    (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\nnot-in-catalog\n")
+    with pytest.raises(CatalogError, match="17 ids for 16 embeddings"):
+        build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
+                     ids=tmp_path / "ids.txt", progress=False)
+    (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\n")
+    counting = CountingExtractor(extractor)
+    report = build_bundle(catalog_dir, tmp_path / "out", counting, embeddings=tmp_path / "emb.npy",
+                          ids=tmp_path / "ids.txt", progress=False)
+    assert counting.calls == 0 and report.items == 16
+    np.testing.assert_allclose(np.load(tmp_path / "out" / ix.STORE_FILE), vecs, atol=1e-6)
+    np.save(tmp_path / "wrong.npy", vecs[:, :100])
+    with pytest.raises(CatalogError, match=r"expected \[n, 1280\]"):
+        build_bundle(catalog_dir, tmp_path / "out2", extractor, embeddings=tmp_path / "wrong.npy",
+                     ids=tmp_path / "ids.txt", progress=False)
