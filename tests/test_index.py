@@ -214,3 +214,22 @@ def test_info_lists_files_and_sizes(bundle_dir):
     assert data["items"] == len(CATALOG_PHOTOS)
     assert set(data["files"]) >= {ix.MANIFEST, ix.ANNOY_FILE, ix.ITEMS_FILE, ix.STORE_FILE}
     assert data["total_bytes"] == sum(p.stat().st_size for p in bundle_dir.iterdir())
+
+
+def test_usearch_backend_behind_the_same_interface(tmp_path):
+    x = _clustered(2000, 48)
+    exact = _write(tmp_path, x, "exact", search="exact")
+    us = _write(tmp_path, x, "us", search="ann", dims=24, backend="usearch", candidates=60)
+    m = json.loads((us / ix.MANIFEST).read_text())
+    assert m["index"]["backend"] == "usearch" and (us / ix.USEARCH_FILE).is_file()
+    assert not (us / ix.ANNOY_FILE).exists()
+    rng = np.random.default_rng(2)
+    hits = 0
+    with ix.Bundle.open(exact) as be, ix.Bundle.open(us) as bu:
+        for i in rng.choice(len(x), 40, replace=False):
+            q = x[i] + 0.05 * rng.standard_normal(x.shape[1]).astype(np.float32)
+            e, _ = be.search_indices(q, 10)
+            matches = bu.search(q, 10)
+            assert matches[0].id == f"id{e[0]}"
+            hits += len({m.index for m in matches} & set(e.tolist()))
+    assert hits / 400 >= 0.9
