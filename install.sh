@@ -85,8 +85,9 @@ done
 [ "$MODE" = system ] && [ "$EXPORT" = 1 ] && die "--export is for --dev (the Pi never needs TensorFlow)"
 if [ -n "$ROOT" ]; then
   [ "$MODE" = dev ] && die "--root is for the system install, not --dev"
-  mkdir -p -- "$ROOT" 2>/dev/null || [ "$DRY_RUN" = 1 ] || die "cannot create --root $ROOT"
-  ROOT=$(cd -- "$ROOT" 2>/dev/null && pwd || printf '%s' "$ROOT")
+  case "$ROOT" in /*) ;; *) ROOT=$PWD/$ROOT ;; esac
+  ROOT=${ROOT%/}
+  [ -n "$ROOT" ] || die "--root / is the real system: leave --root out"
   USE_APT=0
 fi
 
@@ -315,7 +316,8 @@ system_apt_packages() {
 # pip must keep the numpy that apt's picamera2 (and its C extensions) were built against.
 numpy_constraint() {
   local file=$1 ver
-  ver=$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
+  ver=$("$PYTHON" -c 'import numpy
+if numpy.__file__.startswith("/usr/lib/python3/dist-packages/"): print(numpy.__version__)' 2>/dev/null || true)
   if [ -z "$ver" ]; then
     return 1
   fi

@@ -1,0 +1,193 @@
+"""install.sh: refusals, dry runs, the development venv and the system install in a sandbox root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL = ROOT / "install.sh"
+SHELL_SCRIPTS = [INSTALL, *sorted((ROOT / "systemd").glob("*.sh")), *sorted((ROOT / "ci").glob("*.sh"))]
+
+
+def run(args, *, cwd=None, env=None, script=INSTALL, timeout=600):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def fake_bin(tmp_path: Path, **commands: str) -> dict:
+    """A PATH with fake commands first: name=shell body."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir(exist_ok=True)
+    for name, body in commands.items():
+        p = bindir / name
+        p.write_text(f"#!/bin/sh\n{body}\n")
+        p.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The files install.sh needs, copied so a run never touches the real checkout."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("pyproject.toml", "README.md", "install.sh", "config.example.toml"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("pi_search", "systemd", "models"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    return dest
+
+
+# Installs only the project itself, not its dependencies: the layout is under test here, not PyPI.
+NO_DEPS = {"PIP_NO_DEPS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_clean(script):
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck not found: ./install.sh --dev as root installs it")
+    res = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout
+
+
+def test_help():
+    res = run(["--help"])
+    assert res.returncode == 0
+    for flag in ("--dev", "--export", "--kiosk", "--dry-run", "--uninstall", "--purge", "--root"):
+        assert flag in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frobnicate"], "unknown option: --frobnicate"),
+    (["--purge"], "--purge only goes with --uninstall"),
+    (["--dev", "--kiosk"], "--kiosk is for the system install"),
+    (["--export"], "--export is for --dev"),
+    (["--dev", "--root", "/tmp/x"], "--root is for the system install"),
+])
+def test_refuses_bad_combinations(args, message):
+    res = run(args)
+    assert res.returncode != 0
+    assert message in res.stderr
+
+
+@pytest.mark.parametrize("machine, dpkg_arch", [("armv7l", "armhf"), ("aarch64", "armhf"), ("i686", "i386")])
+def test_refuses_32_bit(tmp_path, machine, dpkg_arch):
+    env = fake_bin(tmp_path, uname=f"echo {machine}", dpkg=f"echo {dpkg_arch}")
+    res = run(["--dev", "--dry-run", "--no-apt"], env=env)
+    assert res.returncode == 1
+    assert "32-bit OS" in res.stderr
+    assert "64-bit" in res.stderr
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.10", "2.7", "3.15"])
+def test_refuses_unsupported_python(tmp_path, version):
+    fake = tmp_path / "python-fake"
+    fake.write_text(f"#!/bin/sh\necho {version}\n")
+    fake.chmod(0o755)
+    res = run(["--dev", "--dry-run", "--no-apt", "--python", str(fake)])
+    assert res.returncode == 1
+    assert f"unsupported Python {version}" in res.stderr
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    target = tmp_path / "root"
+    res = run(["--root", str(target), "--dry-run", "--python", sys.executable])
+    assert res.returncode == 0, res.stderr
+    assert "would: create venv" in res.stdout
+    assert f"would: write {target}/etc/pi-search/config.toml" in res.stdout
+    assert f"would: install {target}/etc/systemd/system/pi-search.service" in res.stdout
+    assert "nothing was changed" in res.stdout
+    assert not target.exists()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "/venv/" not in str(p)}
+
+
+@pytest.mark.slow
+def test_sandboxed_system_install(tmp_path):
+    src = copy_checkout(tmp_path / "src")
+    target = tmp_path / "root"
+    args = ["--root", str(target), "--python", sys.executable]
+    script = src / "install.sh"
+    first = run(args, script=script, env=NO_DEPS)
+    assert first.returncode == 0, first.stdout + first.stderr
+    opt = target / "opt/pi-search"
+    venv = opt / "venv"
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    assert (venv / "bin/pi-search").is_file()
+    dist = subprocess.run([str(venv / "bin/python"), "-c",
+                           "import importlib.metadata as m; print(m.version('pi-search'))"],
+                          capture_output=True, text=True)
+    assert dist.returncode == 0 and dist.stdout.strip(), dist.stderr
+    assert (opt / "models/efficientnet_lite0_int8.tflite").read_bytes() == \
+        (src / "models/efficientnet_lite0_int8.tflite").read_bytes()
+    assert os.access(opt / "bin/pi-search-kiosk", os.X_OK)
+    conf = target / "etc/pi-search/config.toml"
+    assert conf.read_text() == (src / "config.example.toml").read_text()
+    unit = target / "etc/systemd/system/pi-search.service"
+    assert unit.read_text() == (src / "systemd/pi-search.service").read_text()
+    assert (target / "var/lib/pi-search").is_dir()
+    if shutil.which("systemctl"):
+        link = target / "etc/systemd/system/multi-user.target.wants/pi-search.service"
+        assert link.is_symlink()
+    assert "Page:     http://127.0.0.1:8080/" in first.stdout
+
+    # A second run changes nothing, and says so.
+    before = _files(target)
+    second = run(args, script=script, env=NO_DEPS)
+    assert second.returncode == 0, second.stderr
+    assert "Nothing to change" in second.stdout
+    assert "\n  do:" not in second.stdout
+    assert _files(target) == before
+
+    # The admin's config survives a reinstall.
+    conf.write_text(conf.read_text().replace("top_k = 5", "top_k = 7"))
+    (src / "systemd/pi-search.service").write_text(unit.read_text() + "# changed\n")
+    third = run(args, script=script, env=NO_DEPS)
+    assert third.returncode == 0, third.stderr
+    assert "top_k = 7" in conf.read_text()
+    assert unit.read_text().endswith("# changed\n")
+    assert "kept as it is" in third.stdout
+    assert "do:    install " + str(unit) in third.stdout
+
+    # Uninstall keeps config and bundles; --purge removes them.
+    (target / "var/lib/pi-search/bundle").mkdir()
+    gone = run(["--root", str(target), "--uninstall"], script=script)
+    assert gone.returncode == 0, gone.stderr
+    assert not unit.exists() and not opt.exists()
+    assert conf.is_file() and (target / "var/lib/pi-search/bundle").is_dir()
+    purged = run(["--root", str(target), "--uninstall", "--purge"], script=script)
+    assert purged.returncode == 0, purged.stderr
+    assert not (target / "etc/pi-search").exists() and not (target / "var/lib/pi-search").exists()
+
+
+@pytest.mark.slow
+def test_dev_install(tmp_path):
+    src = copy_checkout(tmp_path / "src")
+    first = run(["--dev", "--no-apt", "--python", sys.executable], cwd=tmp_path, script=src / "install.sh",
+                env=NO_DEPS)
+    assert first.returncode == 0, first.stdout + first.stderr
+    venv = src / ".venv"
+    assert (venv / "bin/pi-search").is_file()
+    # Editable: the package is imported from the checkout itself.
+    origin = subprocess.run([str(venv / "bin/python"), "-c",
+                             "import importlib.util as u; print(u.find_spec('pi_search').origin)"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert origin.stdout.strip() == str(src / "pi_search/__init__.py"), origin.stderr
+    assert "Run the tests:  .venv/bin/python -m pytest" in first.stdout
+
+    second = run(["--dev", "--no-apt", "--python", sys.executable], script=src / "install.sh", env=NO_DEPS)
+    assert second.returncode == 0
+    assert "Nothing to change" in second.stdout
+
+    gone = run(["--dev", "--uninstall"], script=src / "install.sh")
+    assert gone.returncode == 0
+    assert not venv.exists()
