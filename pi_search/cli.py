@@ -70,6 +70,39 @@ def model_info(file: Path | None, threads: int, runtime: str | None, as_json: bo
     click.echo(f"runtime   {info['runtime']['name']} {info['runtime']['version']}, {threads} thread(s)")
 
 
+@model.command("export")
+@click.option("--arch", type=click.Choice(["efficientnet_lite0", "mobilenet_v2_140"]),
+              default="efficientnet_lite0", show_default=True, help="Network to build.")
+@click.option("--weights", type=click.Choice(["imagenet", "random"]), default="imagenet", show_default=True,
+              help="imagenet: real weights (efficientnet_lite0 ships them; mobilenet_v2_140 needs the "
+                   "internet); random: offline, proves the path.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
+              help="Directory for <arch>_float32.tflite, <arch>_int8.tflite and the reference embeddings.")
+@click.option("--calibration-per-photo", default=4, show_default=True,
+              help="Augmented views per calibration photo for int8 quantisation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON.")
+def model_export(arch: str, weights: str, out_dir: Path, calibration_per_photo: int, as_json: bool) -> None:
+    """Build, convert (float32 and int8) and verify an extractor; needs pip install 'pi-search[export]'."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as exc:
+        raise PiSearchError("model export needs TensorFlow: pip install 'pi-search[export]'") from exc
+    from .export.convert import export
+
+    report = export(arch, weights, out_dir, calibration_per_photo=calibration_per_photo)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    for name, top5 in report.top5.items():
+        click.echo(f"top-5 {name}: {', '.join(top5)}")
+    click.echo(f"float32  {report.float_path}  {report.float_bytes / 1e6:.2f} MB  "
+               f"max abs diff vs Keras {report.float_max_abs_diff:.2e}")
+    click.echo(f"int8     {report.int8_path}  {report.int8_bytes / 1e6:.2f} MB  cosine vs float on "
+               f"{report.held_out} held-out photos: mean {report.int8_cosine_mean:.4f}, "
+               f"min {report.int8_cosine_min:.4f}")
+    click.echo(f"{report.dim}-d output, {report.calibration_images} calibration images, {report.seconds} s")
+
+
 # ---------------------------------------------------------------- index
 def _dims_option(value: str) -> int | None:
     if value == "auto":

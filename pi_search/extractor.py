@@ -117,7 +117,7 @@ class Extractor:
         self.output = _tensor_info(outputs[0])
         shape = self.input.shape
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
-            raise ModelError(f"{path}: input must be NHWC with 3 channels and a square image, got {list(shape)}")
+            raise ModelError(f"{path}: input must be NHWC, 3 channels, square; got {list(shape)}")
         if self.input.dtype not in ("uint8", "int8", "float32"):
             raise ModelError(f"{path}: unsupported input dtype {self.input.dtype}")
         if len(self.output.shape) != 2:

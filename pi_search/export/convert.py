@@ -67,9 +67,13 @@ def build_keras(arch: str, weights: str):
         classifier, features = load_models()
         return features, classifier
     if arch == "mobilenet_v2_140":
-        from .mobilenet import build
+        from .mobilenet import build, set_batchnorm_statistics
 
-        return build(weights), None
+        model = build(weights)
+        if weights == "random":
+            sample = [_model_input(p.rgb) for p in photo_sets.calibration_photos()[:32]]
+            set_batchnorm_statistics(model, np.stack(sample).astype(np.float32))
+        return model, None
     raise PiSearchError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
@@ -93,13 +97,22 @@ def check_classifier(classifier, report: ExportReport) -> None:
 
 
 def convert(features, calibration: list[np.ndarray], *, quantize: bool) -> bytes:
-    """TFLite flatbuffer of ``features``: float32 in/out, or full-integer int8 with uint8 input, float32 output."""
+    """TFLite flatbuffer of ``features``: float32 in and out, or full-integer int8 (uint8 in, float32 out)."""
     import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    # A fixed batch of 1 (the daemon embeds one frame at a time); Keras 3 models convert via a concrete function.
+    # A fixed batch of 1 (the daemon embeds one frame at a time). Variables are frozen into constants
+    # explicitly: the converter leaves some Keras 3 models' variables as resources otherwise.
     fn = tf.function(lambda x: features(x, training=False),
                      input_signature=[tf.TensorSpec([1, 224, 224, 3], tf.float32, name="image")])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], features)
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    return _finish(converter, calibration, quantize)
+
+
+def _finish(converter, calibration: list[np.ndarray], quantize: bool) -> bytes:
+    import tensorflow as tf
+
     if quantize:
         def representative():
             for img in calibration:
@@ -167,10 +180,10 @@ def export(arch: str, weights: str, out_dir: Path, *, calibration_per_photo: int
                  report.float_max_abs_diff, report.int8_cosine_mean, report.int8_cosine_min, len(held_out))
         threshold = min_cosine if min_cosine is not None else (
             MIN_INT8_COSINE if weights == "imagenet" else MIN_INT8_COSINE_RANDOM)
-        if report.float_max_abs_diff > MAX_FLOAT_DIFF:
+        if not report.float_max_abs_diff <= MAX_FLOAT_DIFF:
             raise PiSearchError(f"float model differs from Keras by {report.float_max_abs_diff:.2e} "
                                 f"(limit {MAX_FLOAT_DIFF}); nothing written")
-        if report.int8_cosine_mean < threshold:
+        if not report.int8_cosine_mean >= threshold:  # NaN (all-zero features) fails too
             raise PiSearchError(f"int8 vs float cosine {report.int8_cosine_mean:.4f} is below {threshold}; "
                                 "nothing written")
         float_path, int8_path = out_dir / f"{arch}_float32.tflite", out_dir / f"{arch}_int8.tflite"
