@@ -396,6 +396,17 @@ def check_model(manifest: dict, extractor, directory: Path) -> None:
                           f"{rebuild}")
 
 
+def _advise_random(array: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped array is read at random (keeps the resident set to the rows used)."""
+    import contextlib
+    import mmap
+
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_RANDOM"):
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_RANDOM)
+
+
 class Bundle:
     """A built bundle opened for queries: the index file and the vector store are memory-mapped, not read."""
 
@@ -458,6 +469,8 @@ class Bundle:
                                           bool(proj.get("whiten")), float(proj.get("explained_variance", 0)))
         store = m["store"]
         self._store = np.load(self._file(store["file"]), mmap_mode="r")
+        if m["search"]["mode"] == "ann":
+            _advise_random(self._store)  # re-ranking reads scattered rows: no read-ahead around them
         if self._store.shape != (int(m["items"]), dim):
             raise BundleError(f"{self.directory}: vector store is {self._store.shape}, manifest says "
                               f"{m['items']} x {dim}; rebuild the bundle")
