@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -75,13 +76,16 @@ def thumbnail(rgb: np.ndarray, size: int = THUMB_SIZE, quality: int = THUMB_QUAL
 
 
 class _Checkpoints:
-    """Embeddings computed so far, in chunk files under ``OUT.partial/``, keyed by model sha256 and row."""
+    """Work saved so far under ``OUT.partial/``: embeddings in chunk files, thumbnails in ``thumbs.sqlite``.
 
-    def __init__(self, directory: Path, model_sha256: str, dim: int):
+    Keyed by row (``row_key``) and valid only for the same model sha256 and vector source.
+    """
+
+    def __init__(self, directory: Path, model_sha256: str, dim: int, source: str = "extractor"):
         self.dir = directory
-        self.done: dict[str, tuple[np.ndarray, bytes | None]] = {}
+        self.done: dict[str, np.ndarray] = {}
         self._next = 0
-        state = {"version": PARTIAL_VERSION, "model_sha256": model_sha256, "dim": dim}
+        state = {"version": PARTIAL_VERSION, "model_sha256": model_sha256, "dim": dim, "source": source}
         state_file = directory / "state.json"
         if directory.is_dir():
             try:
@@ -89,10 +93,12 @@ class _Checkpoints:
             except (OSError, ValueError):
                 old = None
             if old != state:
-                log.warning("%s: left by a build with another model or format; starting again", directory)
+                log.warning("%s: left by a build with another model or vectors; starting again", directory)
                 shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state))
+        self._db = sqlite3.connect(directory / "thumbs.sqlite")
+        self._db.execute("CREATE TABLE IF NOT EXISTS thumbs (key TEXT PRIMARY KEY, thumb BLOB)")
         for f in sorted(directory.glob("chunk-*.npz")):
             try:
                 self._load(f, dim)
@@ -102,29 +108,49 @@ class _Checkpoints:
 
     def _load(self, f: Path, dim: int) -> None:
         with np.load(f, allow_pickle=False) as z:
-            keys, vecs, blob, offs = z["keys"], z["vectors"], z["thumbs"], z["offsets"]
-        if vecs.shape != (len(keys), dim) or len(offs) != len(keys) + 1:
+            keys, vecs = z["keys"], z["vectors"]
+        if vecs.shape != (len(keys), dim):
             raise ValueError("shapes do not match")
         for i, k in enumerate(keys.tolist()):
-            a, b = int(offs[i]), int(offs[i + 1])
-            self.done[k] = (vecs[i], blob[a:b].tobytes() if b > a else None)
+            self.done[k] = vecs[i]
 
     def save(self, keys: list[str], vecs: list[np.ndarray], thumbs: list[bytes | None]) -> None:
+        """Thumbnails first (committed), then the chunk file: a key in a chunk always has its thumbnail."""
         if not keys:
             return
-        sizes = [len(t or b"") for t in thumbs]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        blob = np.frombuffer(b"".join(t or b"" for t in thumbs), dtype=np.uint8)
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)",
+                                 zip(keys, thumbs, strict=True))
         path = self.dir / f"chunk-{self._next:06d}.npz"
         tmp = self.dir / f".chunk-{self._next:06d}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32), thumbs=blob,
-                 offsets=offsets)
+        np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         self._next += 1
-        for k, v, t in zip(keys, vecs, thumbs, strict=True):
-            self.done[k] = (v, t)
+        for k, v in zip(keys, vecs, strict=True):
+            self.done[k] = v
+
+    def thumbnail(self, key: str) -> bytes | None:
+        r = self._db.execute("SELECT thumb FROM thumbs WHERE key = ?", (key,)).fetchone()
+        return None if r is None or r[0] is None else bytes(r[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Items:
+    """The kept rows as index Items, thumbnails read from the checkpoint one at a time (not all in RAM)."""
+
+    def __init__(self, rows: list[Row], keys: list[str], ckpt: _Checkpoints):
+        self.rows, self.keys, self.ckpt = rows, keys, ckpt
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        for r, k in zip(self.rows, self.keys, strict=True):
+            yield Item(r.id, r.title, r.price, r.extra, self.ckpt.thumbnail(k))
 
 
 class _Progress:
@@ -215,26 +241,30 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
     if embeddings is not None:
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
-    ckpt = None if given is not None else _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim)
+    if embeddings is not None:
+        st = Path(embeddings).stat()
+        source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    else:
+        source = "extractor"
+    ckpt = _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim, source)
     keys = [row_key(r) for r in rows]
-    resumed = 0 if ckpt is None else sum(k in ckpt.done for k in keys)
+    resumed = sum(k in ckpt.done for k in keys)
     if resumed:
-        log.info("resuming: %d of %d items already embedded in %s", resumed, len(rows), ckpt.dir)
+        log.info("resuming: %d of %d items already done in %s", resumed, len(rows), ckpt.dir)
     bar = _Progress(len(rows), resumed, progress)
-    kept_rows: list[Row] = []
-    vectors: list[np.ndarray] = []
-    thumbs: list[bytes | None] = []
+    kept: list[int] = []
+    vectors = np.empty((len(rows), extractor.dim), np.float32)
     late: list[Problem] = []
     pending: tuple[list, list, list] = ([], [], [])
     embedded = 0
     try:
-        for row, key in zip(rows, keys, strict=True):
-            if ckpt is not None and key in ckpt.done:
-                vec, thumb = ckpt.done[key]
+        for n, (row, key) in enumerate(zip(rows, keys, strict=True)):
+            if key in ckpt.done:
+                vec = ckpt.done[key]
             else:
+                rel = str(row.image.relative_to(catalog_dir))
                 if given is not None and row.id not in given:
-                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
-                                        f"no embedding for id {row.id!r} in {ids}"))
+                    late.append(Problem(row.line, rel, f"no embedding for id {row.id!r} in {ids}"))
                     continue
                 try:
                     rgb = images.read(row.image)
@@ -247,30 +277,27 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                         vec = embed_catalog_image(extractor, rgb)
                         embedded += 1
                 except ImageError as exc:
-                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
-                                        f"unreadable image: {str(exc).split(': ', 1)[-1]}"))
+                    late.append(Problem(row.line, rel, f"unreadable image: {str(exc).split(': ', 1)[-1]}"))
                     bar.update()
                     continue
                 except Exception as exc:  # one bad image must not stop a long build
-                    late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)),
-                                        f"cannot process image ({type(exc).__name__}: {exc})"))
+                    late.append(Problem(row.line, rel, f"cannot process image ({type(exc).__name__}: {exc})"))
                     bar.update()
                     continue
-                if ckpt is not None:
-                    for lst, val in zip(pending, (key, vec, thumb), strict=True):
-                        lst.append(val)
-                    if len(pending[0]) >= chunk:
-                        ckpt.save(*pending)
-                        pending = ([], [], [])
-                        if on_chunk:
-                            on_chunk(len(ckpt.done), len(rows))
+                for lst, val in zip(pending, (key, vec, thumb), strict=True):
+                    lst.append(val)
+                if len(pending[0]) >= chunk:
+                    ckpt.save(*pending)
+                    pending = ([], [], [])
+                    if on_chunk:
+                        on_chunk(len(ckpt.done), len(rows))
                 bar.update()
-            kept_rows.append(row)
-            vectors.append(vec)
-            thumbs.append(thumb)
-        if ckpt is not None and pending[0]:
-            ckpt.save(*pending)
-            pending = ([], [], [])
+            vectors[len(kept)] = vec
+            kept.append(n)
+        ckpt.save(*pending)
+    except BaseException:
+        ckpt.close()
+        raise
     finally:
         bar.close()
     if given is not None:
@@ -278,18 +305,21 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
         if unused:
             log.warning("%d embedding(s) in %s have no catalog row; ignored (first: %s)", len(unused), ids,
                         sorted(unused)[0])
-    _report(late, strict)
-    total_rows = len(rows) + len(problems)
-    problems = problems + late
-    if not kept_rows:
-        raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); fix the rows above")
-    items = [Item(r.id, r.title, r.price, r.extra, t) for r, t in zip(kept_rows, thumbs, strict=True)]
-    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-    manifest = write_bundle(out_dir, np.stack(vectors).astype(np.float32), items, model=model, options=opts,
-                            extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
-                                                        "skipped": len(problems)}})
-    if ckpt is not None:
-        shutil.rmtree(ckpt.dir, ignore_errors=True)
+    try:
+        _report(late, strict)
+        total_rows = len(rows) + len(problems)
+        problems = problems + late
+        if not kept:
+            raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); "
+                               "fix the rows above")
+        items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
+        model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts,
+                                extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
+                                                            "skipped": len(problems)}})
+    finally:
+        ckpt.close()
+    shutil.rmtree(ckpt.dir, ignore_errors=True)
     if problems:
-        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
-    return BuildReport(out_dir, manifest, len(items), problems, embedded, resumed, time.perf_counter() - t0)
+        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(kept))
+    return BuildReport(out_dir, manifest, len(kept), problems, embedded, resumed, time.perf_counter() - t0)

@@ -18,19 +18,20 @@ from pi_search.catalog_reader import read_catalog
 from pi_search.errors import CatalogError, PiSearchError
 
 
-class CountingExtractor:
-    """The real extractor, counting how many images it embeds."""
+@pytest.fixture()
+def embedded_photos(monkeypatch):
+    """Counts the catalog photos embedded (through the real views.embed_catalog_image and the real model)."""
+    from pi_search import views
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls = 0
+    seen = []
+    real = views.embed_catalog_image
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def counting(extractor, rgb):
+        seen.append(rgb.shape)
+        return real(extractor, rgb)
 
-    def embed(self, rgb):
-        self.calls += 1
-        return self.inner.embed(rgb)
+    monkeypatch.setattr(views, "embed_catalog_image", counting)
+    return seen
 
 
 def _catalog_with_rows(catalog_dir, tmp_path, extra_rows, keep=6):
@@ -151,24 +152,24 @@ def test_any_bytes_in_catalog_csv_give_rows_problems_or_a_catalog_error(tmp_path
     assert all(r.image.is_file() for r in rows)
 
 
-def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bundle_dir, tmp_path):
+def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bundle_dir, tmp_path,
+                                                    embedded_photos):
     out = tmp_path / "out"
-    counting = CountingExtractor(extractor)
 
     def stop_after_two_chunks(done, total):
         if done >= 8:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_bundle(catalog_dir, out, counting, chunk=4, progress=False, on_chunk=stop_after_two_chunks)
-    assert counting.calls == 8
+        build_bundle(catalog_dir, out, extractor, chunk=4, progress=False, on_chunk=stop_after_two_chunks)
+    assert len(embedded_photos) == 8
     assert not out.exists()
     chunks = sorted(partial_dir(out).glob("chunk-*.npz"))
     assert len(chunks) == 2
 
-    counting.calls = 0
-    report = build_bundle(catalog_dir, out, counting, chunk=4, progress=False)
-    assert (report.resumed, report.embedded, counting.calls) == (8, 8, 8)
+    embedded_photos.clear()
+    report = build_bundle(catalog_dir, out, extractor, chunk=4, progress=False)
+    assert (report.resumed, report.embedded, len(embedded_photos)) == (8, 8, 8)
     assert not partial_dir(out).exists()
     # The resumed bundle holds the same vectors as one built in a single run.
     np.testing.assert_allclose(np.load(out / ix.STORE_FILE), np.load(bundle_dir / ix.STORE_FILE), atol=1e-6)
@@ -176,15 +177,14 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
         assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
 
 
-def test_checkpoints_of_another_model_are_discarded(catalog_dir, extractor, tmp_path):
+def test_checkpoints_of_another_model_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
     out = tmp_path / "out"
     part = partial_dir(out)
     part.mkdir()
     (part / "state.json").write_text(json.dumps({"version": 1, "model_sha256": "f" * 64, "dim": 1280}))
     (part / "chunk-000000.npz").write_bytes(b"junk")
-    counting = CountingExtractor(extractor)
-    report = build_bundle(catalog_dir, out, counting, progress=False)
-    assert report.resumed == 0 and counting.calls == report.items == 16
+    report = build_bundle(catalog_dir, out, extractor, progress=False)
+    assert report.resumed == 0 and len(embedded_photos) == report.items == 16
 
 
 def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extractor, tmp_path, monkeypatch):
@@ -220,7 +220,8 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extrac
     assert (out / "holiday.jpg").read_bytes() == b"precious"
 
 
-def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle_dir, tmp_path):
+def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle_dir, tmp_path,
+                                                  embedded_photos):
     with ix.Bundle.open(bundle_dir) as b:
         ids = [b.search(v, 1)[0].id for v in np.load(bundle_dir / ix.STORE_FILE)]
     vecs = np.load(bundle_dir / ix.STORE_FILE)
@@ -231,10 +232,9 @@ def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle
         build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
                      ids=tmp_path / "ids.txt", progress=False)
     (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\n")
-    counting = CountingExtractor(extractor)
-    report = build_bundle(catalog_dir, tmp_path / "out", counting, embeddings=tmp_path / "emb.npy",
+    report = build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
                           ids=tmp_path / "ids.txt", progress=False)
-    assert counting.calls == 0 and report.items == 16
+    assert embedded_photos == [] and report.items == 16
     np.testing.assert_allclose(np.load(tmp_path / "out" / ix.STORE_FILE), vecs, atol=1e-6)
     np.save(tmp_path / "wrong.npy", vecs[:, :100])
     with pytest.raises(CatalogError, match=r"expected \[n, 1280\]"):
