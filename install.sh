@@ -192,7 +192,7 @@ ensure_venv() {
     if [ -e "$dir" ] && [ "$DRY_RUN" = 0 ]; then
       note "  note:  $dir exists but does not run; making it anew"
     fi
-    run "create venv $dir ($PYTHON $*)" "$PYTHON" -m venv --clear "$@" "$dir"
+    run "create venv $dir ($PYTHON${*:+ $*})" "$PYTHON" -m venv --clear "$@" "$dir"
   fi
 }
 
