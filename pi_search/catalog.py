@@ -154,7 +154,7 @@ class _Items:
 
 
 class _Progress:
-    """A tqdm bar on a terminal; log lines with items/s and ETA otherwise."""
+    """A tqdm bar on a terminal; plain stderr lines with items/s and ETA (every 5 s) otherwise."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         self.total, self.count, self.start_count = total, initial, initial
@@ -166,7 +166,8 @@ class _Progress:
             self.bar = tqdm(total=total, initial=initial, unit="item", desc="embedding", file=sys.stderr,
                             smoothing=0.1)
         elif enabled:
-            log.info("embedding %d items (%d already done)", total, initial)
+            self._line(f"embedding {total} items ({initial} already done)")
+        self.enabled = enabled
 
     def update(self, n: int = 1) -> None:
         self.count += n
@@ -178,8 +179,14 @@ class _Progress:
             self.last = now
             rate = (self.count - self.start_count) / max(now - self.t0, 1e-9)
             eta = (self.total - self.count) / rate if rate > 0 else float("inf")
-            log.info("embedded %d/%d items (%.1f items/s, ETA %s)", self.count, self.total, rate,
-                     time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?")
+            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
+            if self.enabled:
+                self._line(f"embedded {self.count}/{self.total} items ({rate:.1f} items/s, ETA {eta_text})")
+
+    @staticmethod
+    def _line(text: str) -> None:
+        """Progress for logs and pipes (no terminal): one plain line on stderr."""
+        print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

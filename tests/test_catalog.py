@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -90,15 +91,17 @@ def test_strict_makes_a_bad_row_fatal_and_writes_nothing(catalog_dir, extractor,
     assert not (tmp_path / "out").exists()
 
 
-def test_plain_folder_catalog_takes_id_and_title_from_file_names(catalog_dir, extractor, tmp_path):
+def test_plain_folder_catalog_takes_id_and_title_from_file_names(catalog_dir, extractor, tmp_path, capsys):
     root = tmp_path / "folder"
     (root / "sub").mkdir(parents=True)
     shutil.copy(catalog_dir / "images" / "apple.jpg", root / "green_apple.jpg")
     shutil.copy(catalog_dir / "images" / "coffee.jpg", root / "sub" / "coffee-cup.JPG")
     shutil.copy(catalog_dir / "images" / "rocket.jpg", root / "sub" / "green_apple.png")  # duplicate id
     (root / "notes.txt").write_text("not an image")
-    report = build_bundle(root, tmp_path / "out", extractor, progress=False)
+    report = build_bundle(root, tmp_path / "out", extractor)
     assert report.items == 2 and len(report.skipped) == 1
+    # Without a terminal, progress is plain lines on stderr with the rate and the time left.
+    assert re.search(r"embedded 2/2 items \(\d+\.\d items/s, ETA 00:00:00\)", capsys.readouterr().err)
     assert "duplicate id 'green_apple'" in str(report.skipped[0])
     with ix.Bundle.open(tmp_path / "out") as b:
         assert b.item("green_apple")["title"] == "green apple"
