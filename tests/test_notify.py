@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -87,3 +88,46 @@ def test_watchdog_interval(monkeypatch):
     assert notify.watchdog_interval() is None
     monkeypatch.setenv("WATCHDOG_USEC", "0")
     assert notify.watchdog_interval() is None
+
+
+@pytest.mark.slow
+def test_daemon_speaks_the_notify_protocol(tmp_path):
+    """Under a notify unit: READY=1 once serving, WATCHDOG=1 from the frame loop, STOPPING=1 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(90)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("pi-search")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from pi_search.cli import main; main()"]
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "3000000"}
+    env.pop("WATCHDOG_PID", None)
+    with open(tmp_path / "daemon.log", "w") as log:
+        proc = subprocess.Popen([*cmd, "demo", "--port", str(port), "--state-dir", str(tmp_path / "state")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            first = sock.recv(4096).decode()
+            assert first.startswith("READY=1\nSTATUS=serving on http://127.0.0.1:"), first
+            # Ready means serving: the page answers at once, with the bundle loaded.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+                health = json.loads(resp.read())
+            assert health, health
+            pings = [sock.recv(4096).decode() for _ in range(2)]
+            assert pings == ["WATCHDOG=1", "WATCHDOG=1"]
+            proc.send_signal(signal.SIGTERM)
+            rest = []
+            while not any(m.startswith("STOPPING=1") for m in rest):
+                rest.append(sock.recv(4096).decode())
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sock.close()
+    assert (tmp_path / "state" / "demo-bundle").is_dir(), (tmp_path / "daemon.log").read_text()
