@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_sandboxed_system_install(tmp_path):
     src = copy_checkout(tmp_path / "src")
     target = tmp_path / "root"
-    args = ["--root", str(target), "--python", sys.executable]
+    args = ["--root", str(target), "--python", sys.executable, "--kiosk", "--kiosk-user", "alice"]
     script = src / "install.sh"
     first = run(args, script=script, env=NO_DEPS)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -139,6 +140,8 @@ def test_sandboxed_system_install(tmp_path):
         link = target / "etc/systemd/system/multi-user.target.wants/pi-search.service"
         assert link.is_symlink()
     assert "Page:     http://127.0.0.1:8080/" in first.stdout
+    autostart = target / "home/alice/.config/labwc/autostart"
+    assert autostart.read_text() == "/opt/pi-search/bin/pi-search-kiosk &  # pi-search kiosk\n"
 
     # A second run changes nothing, and says so.
     before = _files(target)
@@ -160,9 +163,10 @@ def test_sandboxed_system_install(tmp_path):
 
     # Uninstall keeps config and bundles; --purge removes them.
     (target / "var/lib/pi-search/bundle").mkdir()
-    gone = run(["--root", str(target), "--uninstall"], script=script)
+    gone = run(["--root", str(target), "--uninstall", "--kiosk-user", "alice"], script=script)
     assert gone.returncode == 0, gone.stderr
     assert not unit.exists() and not opt.exists()
+    assert autostart.read_text() == ""
     assert conf.is_file() and (target / "var/lib/pi-search/bundle").is_dir()
     purged = run(["--root", str(target), "--uninstall", "--purge"], script=script)
     assert purged.returncode == 0, purged.stderr
@@ -191,3 +195,49 @@ def test_dev_install(tmp_path):
     gone = run(["--dev", "--uninstall"], script=src / "install.sh")
     assert gone.returncode == 0
     assert not venv.exists()
+
+
+def _kiosk(tmp_path, url, wait):
+    args_file = tmp_path / "chromium-args"
+    env = fake_bin(tmp_path, chromium=f'printf "%s\\n" "$@" > {args_file}')
+    env.update(PI_SEARCH_URL=url, PI_SEARCH_KIOSK_WAIT=str(wait))
+    res = subprocess.run(["sh", str(ROOT / "systemd/pi-search-kiosk.sh")], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=120)
+    return res, args_file.read_text().splitlines() if args_file.exists() else []
+
+
+def test_kiosk_waits_for_healthz_then_opens_chromium(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200 if len(seen) >= 3 else 503)  # healthy from the third probe on
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        res, args = _kiosk(tmp_path, url, wait=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 0, res.stderr
+    assert seen == ["/healthz"] * 3
+    assert "--kiosk" in args and args[-1] == url + "/"
+
+
+def test_kiosk_opens_the_page_anyway_after_the_wait(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    res, args = _kiosk(tmp_path, f"http://127.0.0.1:{port}", wait=2)
+    assert res.returncode == 0, res.stderr
+    assert args[-1] == f"http://127.0.0.1:{port}/"
