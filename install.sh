@@ -326,10 +326,14 @@ if numpy.__file__.startswith("/usr/lib/python3/dist-packages/"): print(numpy.__v
   return 0
 }
 
-config_port() {
-  local file=$1 port=""
-  [ -f "$file" ] && port=$(sed -n 's/^[[:space:]]*port[[:space:]]*=[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$file" | head -n1)
-  printf '%s' "${port:-$PORT}"
+# config_value FILE KEY DEFAULT: the first "KEY = value" of a config file (quotes dropped), else DEFAULT.
+config_value() {
+  local file=$1 key=$2 value=""
+  if [ -f "$file" ]; then
+    value=$(sed -n "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$file" \
+      | head -n1 | sed 's/[[:space:]]*$//')
+  fi
+  printf '%s' "${value:-$3}"
 }
 
 kiosk_autostart() {
@@ -383,6 +387,14 @@ ensure_unit_enabled() {
   if systemctl is-enabled "$UNIT" >/dev/null 2>&1; then ok "$UNIT enabled"
   else run "enable $UNIT" systemctl --quiet enable "$UNIT"; fi
   [ "$START" = 1 ] || return 0
+  local bundle
+  bundle=$(config_value "$CONF" bundle "")
+  if [ -z "$bundle" ] || [ ! -f "$bundle/manifest.json" ]; then
+    note "  wait:  not starting $UNIT: no bundle at ${bundle:-(none configured)} yet; build one, then start it:"
+    note "         sudo -u $SERVICE_USER $VENV/bin/pi-search index build CATALOG --out ${bundle:-$STATE/bundle}"
+    note "         sudo systemctl start $UNIT"
+    return 0
+  fi
   if [ "$changed" = 1 ] && systemctl is-active "$UNIT" >/dev/null 2>&1; then
     run "restart $UNIT (new version)" systemctl restart "$UNIT"
   elif systemctl is-active "$UNIT" >/dev/null 2>&1; then
@@ -440,7 +452,7 @@ install_system() {
 
   finish
   local port
-  port=$(config_port "$conf")
+  port=$(config_value "$conf" port "$PORT")
   note ""
   note "Config:   $CONF  (edit, then: sudo systemctl restart pi-search)"
   note "Bundles:  $STATE  (pi-search index build CATALOG --out $STATE/bundle)"
