@@ -215,10 +215,11 @@ def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path 
           as_json: bool) -> None:
     """Find the catalog items most similar to each IMAGE (model and bundle are loaded once)."""
     from .extractor import Extractor
-    from .index import Bundle, query_images
+    from .index import query_images
+    from .live import Catalog
 
     extractor = Extractor(model_path, num_threads=threads)
-    with Bundle.open(bundle_dir, extractor=extractor) as bundle:
+    with Catalog.open(bundle_dir, extractor=extractor, readonly=True) as bundle:
         results = query_images(extractor, bundle, images_, k)
     failed = sum("error" in r for r in results)
     if as_json:
@@ -275,7 +276,8 @@ def run_daemon(config) -> None:
     open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop)  # checks the spec
     extractor = Extractor(config.model.path or None, num_threads=config.model.threads,
                           runtime=config.model.runtime or None)
-    bundle = Bundle.open(config.index.bundle, extractor=extractor)
+    bundle = _live_catalog(config.index.bundle, extractor) or Bundle.open(config.index.bundle,
+                                                                          extractor=extractor)
     service = Service(lambda: open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps,
                                           loop=cam.loop),
                       extractor, bundle, config, source_name=cam.source)
@@ -285,6 +287,18 @@ def run_daemon(config) -> None:
             threads=config.server.max_viewers + 8)
     finally:
         bundle.close()
+
+
+def _live_catalog(bundle_dir, extractor):
+    """The bundle with its change store (taught items), or None if the store cannot be opened."""
+    from .errors import CatalogError
+    from .live import Catalog
+
+    try:
+        return Catalog.open(bundle_dir, extractor=extractor)
+    except CatalogError as exc:
+        log.warning("serving the bundle without taught items: %s", exc)
+        return None
 
 
 # ---------------------------------------------------------------- eval
@@ -377,3 +391,135 @@ def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: 
                                 "index.bundle": str(bundle), "server.host": host, "server.port": port})
     click.echo(f"pi-search demo: open http://{host}:{port}/  (Ctrl+C stops)", err=True)
     run_daemon(config)
+
+
+# ---------------------------------------------------------------- item
+def _open_catalog(bundle_dir: Path, model_path: Path | None, threads: int = 1, *, extractor: bool = True):
+    """The bundle and its change store; with ``extractor`` also the model (checked against the bundle)."""
+    from .extractor import Extractor
+    from .live import Catalog
+
+    ex = Extractor(model_path, num_threads=threads) if extractor else None
+    return Catalog.open(bundle_dir, extractor=ex), ex
+
+
+def _shots(paths: tuple[Path, ...], kind: str) -> list:
+    from . import images
+
+    return [(images.read(p), kind) for p in paths]
+
+
+_bundle_option = click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+                              help="Bundle directory (changes are kept in NAME.changes.sqlite beside it).")
+_kind_option = click.option("--camera", "camera", is_flag=True,
+                            help="The images are camera shots (framed like live queries) instead of product "
+                                 "photos.")
+
+
+@main.group()
+def item() -> None:
+    """Teach, edit and remove catalog items without rebuilding the bundle (searchable at once)."""
+
+
+@item.command("add")
+@click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_bundle_option
+@click.option("--title", required=True, help="Item title.")
+@click.option("--price", default=None, help="Price, as shown.")
+@click.option("--id", "item_id", default=None, help="Item id (default: a new unique id).")
+@_kind_option
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def item_add(images_, bundle_dir, title, price, item_id, camera, model_path, as_json) -> None:
+    """Teach a new item from one or more photos of it (each photo is one more view of the item)."""
+    from .live import embed_shots
+
+    cat, ex = _open_catalog(bundle_dir, model_path)
+    with cat:
+        vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"))
+        new_id = cat.add(title, price, vecs, item_id=item_id, thumb=thumb)
+        info = cat.item(new_id)
+    if as_json:
+        emit_json({"item": info})
+    else:
+        click.echo(new_id)
+
+
+@item.command("list")
+@_bundle_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def item_list(bundle_dir, as_json) -> None:
+    """List the items taught, edited or removed since the bundle was last built or compacted."""
+    cat, _ = _open_catalog(bundle_dir, None, extractor=False)
+    with cat:
+        rows = [it.as_dict() for it in cat.changes()]
+        total = len(cat)
+    if as_json:
+        emit_json({"items": rows, "catalog_items": total})
+        return
+    for r in rows:
+        state = "removed" if r["deleted"] else ("edited" if r["in_bundle"] else "taught")
+        price = f"  {r['price']}" if r["price"] else ""
+        click.echo(f"{state:<8} {r['id']}  {r['title']}{price}  ({r['shots']} shot(s))")
+    click.echo(f"{len(rows)} change(s); {total} items in the catalog", err=True)
+
+
+@item.command("edit")
+@click.argument("item_id")
+@_bundle_option
+@click.option("--title", default=None, help="New title.")
+@click.option("--price", default=None, help="New price ('' clears it).")
+@click.option("--image", "images_", multiple=True, type=click.Path(path_type=Path),
+              help="Add a photo as one more view of the item (repeat).")
+@_kind_option
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def item_edit(item_id, bundle_dir, title, price, images_, camera, model_path, as_json) -> None:
+    """Change an item's title or price, or add views of it (taught items and bundle items alike)."""
+    from .live import embed_shots
+
+    if title is None and price is None and not images_:
+        raise click.UsageError("nothing to change: give --title, --price or --image")
+    cat, ex = _open_catalog(bundle_dir, model_path, extractor=bool(images_))
+    with cat:
+        vecs = None
+        if images_:
+            vecs, _ = embed_shots(ex, _shots(images_, "camera" if camera else "photo"))
+        cat.edit(item_id, title=title, price=price or None, vectors=vecs, clear_price=price == "")
+        info = cat.item(item_id)
+    if as_json:
+        emit_json({"item": info})
+    else:
+        click.echo(item_id)
+
+
+@item.command("remove")
+@click.argument("item_id")
+@_bundle_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def item_remove(item_id, bundle_dir, as_json) -> None:
+    """Remove an item (taught, or from the bundle): it stops matching at once."""
+    cat, _ = _open_catalog(bundle_dir, None, extractor=False)
+    with cat:
+        cat.remove(item_id)
+    if as_json:
+        emit_json({"removed": item_id})
+    else:
+        click.echo(item_id)
+
+
+@index.command("compact")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def index_compact(directory: Path, as_json: bool) -> None:
+    """Fold taught, edited and removed items into a new bundle, swapped in while the daemon serves."""
+    from .compact import compact_path
+
+    report = compact_path(directory)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"{directory}: {report['folded']} change(s) folded, {report['items']} items, "
+               f"{report['seconds']:.1f} s", err=True)

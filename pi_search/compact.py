@@ -1,0 +1,332 @@
+"""Compaction: folds the change store into a new bundle built beside the live one, then swaps it in."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .changes import ChangeStore, Snapshot
+from .errors import BundleError, CatalogError
+from .index import MANIFEST, BuildOptions, Item, read_manifest, write_bundle
+
+log = logging.getLogger(__name__)
+
+_RENAME_EXCHANGE = 2
+_CHUNK = 8192
+
+
+def _staging(bundle_dir: Path, seq: int) -> Path:
+    return bundle_dir.parent / f".{bundle_dir.name}.compact-{seq}"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def swap(new: Path, bundle_dir: Path) -> None:
+    """Put the complete bundle ``new`` at ``bundle_dir``; the old bundle is deleted afterwards.
+
+    Atomic where the file system can exchange two names; otherwise two renames, and a crash between them
+    is finished by ``recover`` (the complete new bundle is renamed into place).
+    """
+    if _exchange(new, bundle_dir):
+        _fsync_dir(bundle_dir.parent)
+        shutil.rmtree(new, ignore_errors=True)   # ``new`` now names the old bundle
+        return
+    old = bundle_dir.parent / f".{bundle_dir.name}.old-{new.name.rsplit('-', 1)[-1]}"
+    os.rename(bundle_dir, old)
+    os.rename(new, bundle_dir)
+    _fsync_dir(bundle_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(bundle_dir: str | Path) -> None:
+    """Finish or undo a compaction that a crash interrupted; safe to call at any time, and cheap.
+
+    No bundle at ``bundle_dir`` but a complete staged one: it is renamed into place (else the previous
+    bundle is put back). Leftover staging and old directories are deleted. Changes are never touched here.
+    Does nothing while another process compacts.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.parent.is_dir():
+        return
+    try:
+        with _lock(bundle_dir):
+            _recover(bundle_dir)
+    except CatalogError:
+        log.info("%s: a compaction is running; leaving its files alone", bundle_dir)
+    except OSError as exc:
+        log.warning("%s: cannot check for an interrupted compaction (%s)", bundle_dir, exc)
+
+
+def _recover(bundle_dir: Path) -> None:
+    parent = bundle_dir.parent
+    staged = sorted(parent.glob(f".{bundle_dir.name}.compact-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(parent.glob(f".{bundle_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not (bundle_dir / MANIFEST).is_file() and not bundle_dir.exists():
+        complete = [p for p in staged if p.is_dir() and (p / MANIFEST).is_file()]
+        source = complete[-1] if complete else (olds[-1] if olds else None)
+        if source is not None:
+            log.warning("%s: missing after an interrupted compaction; putting %s in place", bundle_dir,
+                        source.name)
+            os.rename(source, bundle_dir)
+            _fsync_dir(parent)
+    for p in [*staged, *olds, *parent.glob(f"..{bundle_dir.name}.compact-*.tmp-*")]:
+        if p.exists() and p != bundle_dir:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in parent.glob(f".{bundle_dir.name}.fold-*.npy"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def _lock(bundle_dir: Path) -> Iterator[None]:
+    import fcntl
+
+    path = bundle_dir.parent / f".{bundle_dir.name}.compact.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CatalogError(f"{bundle_dir}: another compaction is running; try again later") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_store(directory: Path, manifest: dict) -> np.ndarray:
+    """The bundle's full vectors as stored (float32, float16 or int8 [n, dim], memory-mapped)."""
+    return np.load(directory / Path(manifest["store"]["file"]).name, mmap_mode="r")
+
+
+def _rows(directory: Path, manifest: dict) -> list[tuple]:
+    """``(idx, id, title, price, extra)`` of every bundle row, in index order."""
+    db = sqlite3.connect(f"file:{directory / manifest.get('items_file', 'items.sqlite')}?mode=ro&immutable=1",
+                         uri=True)
+    try:
+        return db.execute("SELECT idx, id, title, price, extra FROM items ORDER BY idx").fetchall()
+    finally:
+        db.close()
+
+
+def _options(manifest: dict) -> BuildOptions:
+    """The old bundle's build settings, so a compacted bundle searches like the one it replaces."""
+    proj, ix, s = manifest.get("projection"), manifest["index"], manifest["search"]
+    return BuildOptions(dims=int(proj["dims"]) if proj else None, whiten=bool(proj and proj.get("whiten")),
+                        n_trees=int(ix.get("n_trees") or manifest.get("n_trees") or 50), search=s["mode"],
+                        candidates=int(s.get("candidates", 100)), search_k=int(s.get("search_k", 10_000)),
+                        store_dtype=manifest["store"]["dtype"], backend=ix.get("backend", "annoy"))
+
+
+class _Plan:
+    """The rows of the new bundle: kept bundle rows (by old index) and taught shots (by snapshot row)."""
+
+    def __init__(self, rows: list[tuple], snap: Snapshot):
+        from .live import VIEW_SEP, item_of
+
+        items = snap.items
+        self.meta: list[tuple] = []      # (id, title, price, extra_json, "bundle" or "taught", row)
+        have: dict[str, int] = {}        # item id -> next view number
+        self.views = 0
+        for idx, rid, title, price, extra in rows:
+            iid = item_of(rid)
+            it = items.get(iid)
+            if it is not None and it.masks_bundle:
+                continue
+            if it is not None:
+                title, price = it.title, it.price
+                if rid == iid:
+                    extra = json.dumps(it.extra, ensure_ascii=False)
+            if rid != iid:
+                self.views += 1
+                n = int(rid.split(VIEW_SEP, 1)[1])
+                have[iid] = max(have.get(iid, 1), n + 1)
+            else:
+                have.setdefault(iid, 1)
+            self.meta.append((rid, title, price, extra, "bundle", idx))
+        self.taught: list[str] = []
+        for r, owner in enumerate(snap.owners.tolist()):
+            it = items.get(owner)
+            if it is None or it.deleted:
+                continue
+            if owner in have:
+                rid = f"{owner}{VIEW_SEP}{have[owner]}"
+                have[owner] += 1
+                self.views += 1
+                extra = json.dumps({"view_of": owner})
+            else:
+                rid = owner
+                have[owner] = 1
+                extra = json.dumps(it.extra, ensure_ascii=False)
+                self.taught.append(owner)
+            self.meta.append((rid, it.title, it.price, extra, "taught", r))
+
+
+def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dict:
+    """Fold every change in ``store`` into a new bundle at ``bundle_dir`` while the old one keeps serving.
+
+    Order (each step survives a crash at any point, nothing is lost or counted twice): the new bundle is
+    written and synced beside the live one, its manifest recording the last folded change (``folded_seq``);
+    it is swapped in; only then are the folded changes deleted from the store. Anyone opening the bundle
+    later forgets changes up to its ``folded_seq`` (``Catalog.open``). Returns a report.
+    """
+    bundle_dir = Path(bundle_dir)
+    t0 = time.perf_counter()
+    with _lock(bundle_dir):
+        _recover(bundle_dir)
+        manifest = read_manifest(bundle_dir)
+        store.forget(int((manifest.get("changes") or {}).get("folded_seq", 0)))
+        snap = store.snapshot()
+        if not snap.items:
+            return {"bundle": str(bundle_dir), "folded": 0, "items": int(manifest["items"]),
+                    "seconds": round(time.perf_counter() - t0, 3)}
+        rows = _rows(bundle_dir, manifest)
+        plan = _Plan(rows, snap)
+        if not plan.meta:
+            raise CatalogError(f"{bundle_dir}: every item would be removed; a bundle needs at least one item "
+                               "(teach one first)")
+        dim = int(manifest["model"]["dim"])
+        stored = _read_store(bundle_dir, manifest)
+        scale = None
+        if manifest["store"].get("scale"):
+            scale = np.load(bundle_dir / Path(manifest["store"]["scale"]).name, mmap_mode="r")
+        staging = _staging(bundle_dir, snap.seq)
+        shutil.rmtree(staging, ignore_errors=True)
+        tmp_vecs = bundle_dir.parent / f".{bundle_dir.name}.fold-{snap.seq}.npy"
+        try:
+            vecs = np.lib.format.open_memmap(tmp_vecs, mode="w+", dtype=np.float32,
+                                             shape=(len(plan.meta), dim))
+            bundle_rows = [(n, m[5]) for n, m in enumerate(plan.meta) if m[4] == "bundle"]
+            for i in range(0, len(bundle_rows), _CHUNK):
+                part = bundle_rows[i:i + _CHUNK]
+                dst = np.array([p[0] for p in part], np.int64)
+                src = np.array([p[1] for p in part], np.int64)
+                block = np.asarray(stored[src], dtype=np.float32)
+                if scale is not None:
+                    block *= np.asarray(scale[src], dtype=np.float32)[:, None]
+                vecs[dst] = block
+            for n, m in enumerate(plan.meta):
+                if m[4] == "taught":
+                    vecs[n] = snap.vectors[m[5]]
+            vecs.flush()
+            thumbs = store.thumbnails()
+            old_thumbs = _Thumbs(bundle_dir, manifest)
+            try:
+                items = _CompactedItems(plan.meta, thumbs, old_thumbs)
+                model = manifest["model"]
+                extra = {"catalog": manifest.get("catalog"),
+                         "changes": {"folded_seq": snap.seq, "views": plan.views,
+                                     "compacted": datetime.now(UTC).isoformat(timespec="seconds"),
+                                     "folded_items": len(snap.items)}}
+                new_manifest = write_bundle(staging, vecs, items, model=model, options=_options(manifest),
+                                            extra_manifest=extra)
+            finally:
+                old_thumbs.close()
+            del vecs
+        finally:
+            with contextlib.suppress(OSError):
+                tmp_vecs.unlink()
+        if progress:
+            progress("swap")
+        swap(staging, bundle_dir)
+        if progress:
+            progress("forget")
+        store.forget(snap.seq)
+        store.mark_in_bundle(plan.taught)
+    report = {"bundle": str(bundle_dir), "folded": len(snap.items), "folded_seq": snap.seq,
+              "items": int(new_manifest["items"]) - plan.views, "rows": int(new_manifest["items"]),
+              "views": plan.views, "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("compacted %s: %d change(s) folded, %d items, %.1f s", bundle_dir, report["folded"],
+             report["items"], report["seconds"])
+    return report
+
+
+class _Thumbs:
+    """Thumbnails of the old bundle read one at a time by id."""
+
+    def __init__(self, directory: Path, manifest: dict):
+        path = directory / manifest.get("items_file", "items.sqlite")
+        self._db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+
+    def get(self, item_id: str) -> bytes | None:
+        r = self._db.execute("SELECT thumb FROM items WHERE id = ?", (item_id,)).fetchone()
+        return None if r is None or r[0] is None else bytes(r[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _CompactedItems:
+    """The new bundle's Items in row order; thumbnails read lazily (a taught thumbnail wins)."""
+
+    def __init__(self, meta: list[tuple], taught_thumbs: dict, old: _Thumbs):
+        self.meta, self.taught_thumbs, self.old = meta, taught_thumbs, old
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __iter__(self):
+        from .live import VIEW_SEP
+
+        for rid, title, price, extra, _source, _ref in self.meta:
+            thumb = None
+            if VIEW_SEP not in rid:
+                thumb = self.taught_thumbs.get(rid) or self.old.get(rid)
+            yield Item(rid, title, price, json.loads(extra or "{}"), thumb)
+
+
+def compact_path(bundle_dir: str | Path, store_file: str | Path | None = None) -> dict:
+    """``pi-search index compact``: open the store beside ``bundle_dir`` and compact it."""
+    from .changes import store_path
+
+    bundle_dir = Path(bundle_dir)
+    recover(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    path = Path(store_file) if store_file else store_path(bundle_dir)
+    if not path.is_file():
+        return {"bundle": str(bundle_dir), "folded": 0, "items": int(manifest["items"]), "seconds": 0.0}
+    store = ChangeStore(path, dim=int(manifest["model"]["dim"]), model_sha256=manifest["model"].get("sha256"))
+    try:
+        return compact(bundle_dir, store)
+    except OSError as exc:
+        raise BundleError(f"{bundle_dir}: compaction failed ({exc}); the live bundle and the changes are "
+                          "untouched; free disk space and try again") from exc
+    finally:
+        store.close()

@@ -1,0 +1,362 @@
+"""The live catalog: the bundle's matches merged with the change store's taught items, edits and removals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .changes import ChangeStore, Snapshot, TaughtItem, check_id, store_path
+from .errors import BundleError, CatalogError
+from .index import MANIFEST, Bundle, Match, Projection
+
+log = logging.getLogger(__name__)
+
+VIEW_SEP = "\x1f"          # bundle rows holding further shots of one item are named "<id>\x1f<n>"
+EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection precedes the exact scores
+COARSE_MIN = 64            # shots kept by the pre-selection (at least; 8 per requested match otherwise)
+REFRESH_S = 1.0            # how often another process's changes are looked for
+
+
+def item_of(bundle_id: str) -> str:
+    """The item id of a bundle row id (a row holding an extra shot is named ``<id>\\x1f<n>``)."""
+    return bundle_id.split(VIEW_SEP, 1)[0]
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(n > 0, n, 1.0)
+
+
+def manifest_key(directory: Path) -> tuple | None:
+    """Identity of the bundle currently at ``directory`` (changes when a compaction swaps it)."""
+    try:
+        st = os.stat(directory / MANIFEST)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def folded_seq(manifest: dict) -> int:
+    """The last change a bundle holds (0 for a bundle built from a catalog)."""
+    return int((manifest.get("changes") or {}).get("folded_seq", 0))
+
+
+def load_projection(bundle: Bundle) -> Projection | None:
+    """The bundle's PCA projection (from the files its manifest names), or None."""
+    proj = bundle.manifest.get("projection")
+    if not proj:
+        return None
+    mean = np.load(bundle.directory / Path(proj["mean"]).name)
+    comps = np.load(bundle.directory / Path(proj["components"]).name)
+    return Projection(mean.astype(np.float32), comps.astype(np.float32), bool(proj.get("whiten")), 0.0)
+
+
+@dataclass(frozen=True)
+class _State:
+    """One consistent view: a bundle and the store's changes it does not hold yet."""
+
+    bundle: Bundle
+    key: tuple | None
+    items: dict               # id -> TaughtItem, changes after the bundle's folded_seq
+    masked: frozenset         # bundle item ids hidden from search (removed or taught afresh)
+    vectors: np.ndarray       # float32 [m, dim] taught shots, L2-normalised
+    owners: np.ndarray        # object [m]: item id of each shot
+    coarse: np.ndarray | None  # float32 [m, dims]: shots projected by the bundle's PCA (large m only)
+    projection: Projection | None
+    size: int
+
+
+class Catalog:
+    """A Bundle plus a ChangeStore, searched as one catalog with the Bundle's interface.
+
+    ``search(vector, k)`` takes float32 [dim], L2-normalised, and returns ``Match`` objects best first, each
+    item once (its best shot). Changes made through this object are searchable when the call returns;
+    changes made by another process, and a bundle swapped by a compaction, are picked up within
+    ``refresh_s`` seconds.
+    """
+
+    def __init__(self, bundle: Bundle, store: ChangeStore, *, extractor=None, refresh_s: float = REFRESH_S):
+        self.store = store
+        self.extractor = extractor
+        self.refresh_s = refresh_s
+        self._dir = Path(bundle.directory)
+        self._reload_lock = threading.RLock()
+        self._checked = time.monotonic()
+        self._version = store.data_version()
+        self._projection_cache: tuple[int, Projection | None] = (0, None)
+        self._state = self._build(bundle, manifest_key(self._dir), store.snapshot())
+
+    @classmethod
+    def open(cls, directory: str | Path, *, extractor=None, store: str | Path | None = None,
+             refresh_s: float = REFRESH_S, readonly: bool = False) -> Catalog:
+        """Open the bundle at ``directory`` and its change store (``NAME.changes.sqlite`` beside it).
+
+        Finishes or undoes a compaction interrupted by a crash first, and forgets changes the bundle holds.
+        ``readonly``: for queries only; no store file is created when there is none.
+        """
+        from .compact import recover
+
+        directory = Path(directory)
+        recover(directory)
+        bundle = Bundle.open(directory, extractor=extractor)
+        path = Path(store or store_path(directory))
+        if readonly and not path.is_file():
+            path = Path(":memory:")
+        try:
+            cs = ChangeStore(path, dim=bundle.dim,
+                             model_sha256=bundle.manifest["model"].get("sha256"))
+        except BaseException:
+            bundle.close()
+            raise
+        cs.forget(folded_seq(bundle.manifest))
+        return cls(bundle, cs, extractor=extractor, refresh_s=refresh_s)
+
+    # ------------------------------------------------------------ state
+    def _projection(self, bundle: Bundle) -> Projection | None:
+        if self._projection_cache[0] != id(bundle):
+            self._projection_cache = (id(bundle), load_projection(bundle))
+        return self._projection_cache[1]
+
+    def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
+        done = folded_seq(bundle.manifest)
+        items = {}
+        for i, it in snap.items.items():
+            if it.seq <= done:
+                continue
+            if 0 < it.own <= done:
+                it = TaughtItem(it.id, it.title, it.price, it.extra, it.created, it.updated, it.deleted, True,
+                                it.seq, it.shots, 0)
+            items[i] = it
+        keep = (snap.vector_seqs > done) & np.array(
+            [o in items and not items[o].deleted for o in snap.owners], dtype=bool).reshape(-1)
+        vecs, owners = np.ascontiguousarray(snap.vectors[keep]), snap.owners[keep]
+        masked = frozenset(i for i, it in items.items() if it.masks_bundle)
+        proj = self._projection(bundle) if len(vecs) > EXACT_TAUGHT_MAX else None
+        coarse = proj.apply(vecs) if proj is not None else None
+        views = int((bundle.manifest.get("changes") or {}).get("views", 0))
+        size = len(bundle) - views
+        size -= sum(1 for it in items.values() if it.base and it.deleted)
+        size += sum(1 for it in items.values() if not it.base and not it.deleted)
+        return _State(bundle, key, items, masked, vecs, owners, coarse, proj, size)
+
+    def reload(self) -> None:
+        """Read the store again and, if a compaction swapped the bundle, map the new one."""
+        with self._reload_lock:
+            self._version = self.store.data_version()
+            snap = self.store.snapshot()   # first the store, then the bundle: see compact.compact
+            key = manifest_key(self._dir)
+            bundle = self._state.bundle
+            if key is not None and key != self._state.key:
+                try:
+                    bundle = Bundle.open(self._dir, extractor=self.extractor)
+                    log.info("bundle %s reopened: %d items", self._dir, len(bundle))
+                except BundleError as exc:
+                    log.warning("keeping the bundle in use: %s", exc)
+                    key = self._state.key
+            # the replaced Bundle is not closed: a search may still run on it; it unmaps when dropped
+            self._state = self._build(bundle, key, snap)
+
+    def maybe_refresh(self) -> None:
+        """Reload if another process changed the store or swapped the bundle (checked every refresh_s)."""
+        now = time.monotonic()
+        if now - self._checked < self.refresh_s:
+            return
+        self._checked = now
+        try:
+            changed = (self.store.data_version() != self._version
+                       or manifest_key(self._dir) not in (None, self._state.key))
+            if changed:
+                self.reload()
+        except Exception as exc:  # a failed refresh keeps serving the last good state
+            log.warning("refreshing the catalog failed: %s", exc)
+
+    # ------------------------------------------------------------ the Bundle interface
+    @property
+    def bundle(self) -> Bundle:
+        return self._state.bundle
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def manifest(self) -> dict:
+        return self._state.bundle.manifest
+
+    @property
+    def dim(self) -> int:
+        return self._state.bundle.dim
+
+    def __len__(self) -> int:
+        return self._state.size
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once."""
+        self.maybe_refresh()
+        st = self._state
+        q = _normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
+        k = max(1, int(k))
+        best: dict[str, Match] = {}
+        self._search_bundle(st, q, k, best)
+        self._search_taught(st, q, k, best)
+        return sorted(best.values(), key=lambda m: -m.score)[:k]
+
+    def _search_bundle(self, st: _State, q: np.ndarray, k: int, best: dict) -> None:
+        bundle, n = st.bundle, len(st.bundle)
+        views = int((bundle.manifest.get("changes") or {}).get("views", 0))
+        want = min(n, k + min(len(st.masked), 4 * k) + (2 * k if views else 0))
+        while True:
+            found = bundle.search(q, want)
+            kept = 0
+            for m in found:
+                iid = item_of(m.id)
+                if iid in st.masked:
+                    continue
+                over = st.items.get(iid)
+                title, price = (over.title, over.price) if over is not None else (m.title, m.price)
+                old = best.get(iid)
+                if old is None:
+                    kept += 1
+                if old is None or m.score > old.score:
+                    best[iid] = Match(iid, title, price, m.score, m.index)
+            if kept >= k or len(found) < want or want >= n:
+                return
+            want = min(n, want * 4)
+
+    def _search_taught(self, st: _State, q: np.ndarray, k: int, best: dict) -> None:
+        m = len(st.vectors)
+        if m == 0:
+            return
+        from .changes import MAX_SHOTS
+
+        if st.coarse is not None:
+            c = min(m, max(COARSE_MIN, 16 * k))
+            s0 = st.coarse @ st.projection.apply(q)
+            rows = np.argpartition(-s0, c - 1)[:c] if c < m else np.arange(m)
+        else:
+            rows = None
+        vecs = st.vectors if rows is None else st.vectors[rows]
+        s = vecs @ q
+        t = min(len(s), k * MAX_SHOTS)
+        top = np.argpartition(-s, t - 1)[:t] if t < len(s) else np.arange(len(s))
+        for j in top[np.argsort(-s[top], kind="stable")].tolist():
+            r = j if rows is None else int(rows[j])
+            iid = st.owners[r]
+            score = float(min(1.0, max(-1.0, s[j])))
+            old = best.get(iid)
+            if old is None or score > old.score:
+                it = st.items[iid]
+                best[iid] = Match(iid, it.title, it.price, score, -1)
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """JPEG bytes of an item's thumbnail (a taught one first), looked up by id; None if unknown."""
+        st = self._state
+        item_id = str(item_id)
+        it = st.items.get(item_id)
+        if it is not None and it.deleted:
+            return None
+        if it is not None:
+            data = self.store.thumbnail(item_id)
+            if data is not None:
+                return data
+        return st.bundle.thumbnail(item_id)
+
+    def item(self, item_id: str) -> dict | None:
+        """Metadata of one item (id, title, price, extra, taught, shots) or None if unknown or removed."""
+        st = self._state
+        it = st.items.get(str(item_id))
+        if it is not None:
+            if it.deleted:
+                return None
+            return {"id": it.id, "title": it.title, "price": it.price, "extra": it.extra, "taught": True,
+                    "in_bundle": it.base, "shots": it.shots}
+        b = st.bundle.item(str(item_id))
+        if b is None:
+            return None
+        return {**b, "taught": False, "in_bundle": True, "shots": 0}
+
+    def close(self) -> None:
+        self._state.bundle.close()
+        self.store.close()
+
+    # ------------------------------------------------------------ changes
+    def changes(self) -> list[TaughtItem]:
+        """Items taught, edited or removed since the bundle was built, most recent first."""
+        return sorted(self._state.items.values(), key=lambda it: (it.updated, it.seq), reverse=True)
+
+    def add(self, title: str, price: str | None, vectors: np.ndarray, *, item_id: str | None = None,
+            thumb: bytes | None = None, extra: dict | None = None) -> str:
+        """Teach an item from shot embeddings (float32 [n, dim]); searchable on return. Returns its id."""
+        item_id = check_id(item_id) if item_id else f"item-{uuid.uuid4().hex[:8]}"
+        with self._reload_lock:
+            st = self._state
+            in_bundle = st.bundle.item(item_id) is not None
+            if in_bundle and item_id not in st.masked and item_id not in st.items:
+                raise CatalogError(f"item {item_id!r} is already in the catalog; add shots to it with "
+                                   f"pi-search item edit {item_id} --image PHOTO, or choose another id")
+            self.store.add(item_id, title, price, vectors, thumb=thumb, extra=extra, base=in_bundle)
+            self.reload()
+        return item_id
+
+    def _base(self, item_id: str) -> dict | None:
+        st = self._state
+        if item_id in st.items:
+            return None
+        return st.bundle.item(item_id)
+
+    def edit(self, item_id: str, *, title: str | None = None, price: str | None = None,
+             vectors: np.ndarray | None = None, thumb: bytes | None = None, extra: dict | None = None,
+             clear_price: bool = False) -> None:
+        """Change an item's title/price/extra and/or add shots (float32 [n, dim]); searchable on return."""
+        item_id = check_id(item_id)
+        with self._reload_lock:
+            base = self._base(item_id)
+            if base is None and item_id not in self._state.items:
+                raise CatalogError(f"no item {item_id!r} in the catalog; list them: pi-search item list")
+            self.store.edit(item_id, title=title, price=price, vectors=vectors, thumb=thumb, extra=extra,
+                            base_item=base, clear_price=clear_price)
+            self.reload()
+
+    def remove(self, item_id: str) -> None:
+        """Remove an item (taught or from the bundle); it stops matching on return."""
+        item_id = check_id(item_id)
+        with self._reload_lock:
+            base = self._base(item_id)
+            if base is None and item_id not in self._state.items:
+                raise CatalogError(f"no item {item_id!r} in the catalog; list them: pi-search item list")
+            self.store.remove(item_id, base_item=base)
+            self.reload()
+
+
+def embed_shots(extractor, shots: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, bytes]:
+    """Embeddings of one item's shots and a thumbnail of the first.
+
+    ``shots``: ``(rgb, kind)`` pairs, rgb uint8 [H, W, 3]; kind ``"camera"`` (a frame from the kiosk camera,
+    framed like a query) or ``"photo"`` (a product photo, framed like a catalog photo). Returns float32
+    [n, dim] (L2-normalised rows) and JPEG bytes.
+    """
+    from .catalog import thumbnail
+    from .views import embed_catalog_image, embed_query_image
+
+    if not shots:
+        raise CatalogError("no shots: capture or upload at least one photo of the item")
+    vecs = []
+    for rgb, kind in shots:
+        if kind not in ("camera", "photo"):
+            raise CatalogError(f"shot kind {kind!r}: use camera or photo")
+        vecs.append((embed_query_image if kind == "camera" else embed_catalog_image)(extractor, rgb))
+    return np.stack(vecs).astype(np.float32), thumbnail(shots[0][0])
