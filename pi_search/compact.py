@@ -205,7 +205,8 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
     Order (each step survives a crash at any point, nothing is lost or counted twice): the new bundle is
     written and synced beside the live one, its manifest recording the last folded change (``folded_seq``);
     it is swapped in; only then are the folded changes deleted from the store. Anyone opening the bundle
-    later forgets changes up to its ``folded_seq`` (``Catalog.open``). Returns a report.
+    later forgets changes up to its ``folded_seq`` (``Catalog.open``). ``progress(step)`` is called with
+    "built" (the new bundle is complete beside the live one) and "swapped". Returns a report.
     """
     bundle_dir = Path(bundle_dir)
     t0 = time.perf_counter()
@@ -264,10 +265,10 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
             with contextlib.suppress(OSError):
                 tmp_vecs.unlink()
         if progress:
-            progress("swap")
+            progress("built")
         swap(staging, bundle_dir)
         if progress:
-            progress("forget")
+            progress("swapped")
         store.forget(snap.seq)
         store.mark_in_bundle(plan.taught)
     report = {"bundle": str(bundle_dir), "folded": len(snap.items), "folded_seq": snap.seq,

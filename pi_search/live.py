@@ -22,6 +22,7 @@ VIEW_SEP = "\x1f"          # bundle rows holding further shots of one item are n
 EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection precedes the exact scores
 COARSE_MIN = 64            # shots kept by the pre-selection (at least; 8 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
+COMPACT_AFTER = 200        # default: pending changes that start a background compaction in the daemon
 
 
 def item_of(bundle_id: str) -> str:
@@ -83,10 +84,16 @@ class Catalog:
     ``refresh_s`` seconds.
     """
 
-    def __init__(self, bundle: Bundle, store: ChangeStore, *, extractor=None, refresh_s: float = REFRESH_S):
+    def __init__(self, bundle: Bundle, store: ChangeStore, *, extractor=None, refresh_s: float = REFRESH_S,
+                 compact_after: int = 0, compact_every_s: float = 0.0):
         self.store = store
         self.extractor = extractor
         self.refresh_s = refresh_s
+        self.compact_after = compact_after
+        self.compact_every_s = compact_every_s
+        self._compactor: threading.Thread | None = None
+        self._last_compact = time.monotonic()
+        self.last_compaction: dict | None = None
         self._dir = Path(bundle.directory)
         self._reload_lock = threading.RLock()
         self._checked = time.monotonic()
@@ -96,11 +103,14 @@ class Catalog:
 
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, store: str | Path | None = None,
-             refresh_s: float = REFRESH_S, readonly: bool = False) -> Catalog:
+             refresh_s: float = REFRESH_S, readonly: bool = False, compact_after: int = 0,
+             compact_every_s: float = 0.0) -> Catalog:
         """Open the bundle at ``directory`` and its change store (``NAME.changes.sqlite`` beside it).
 
         Finishes or undoes a compaction interrupted by a crash first, and forgets changes the bundle holds.
-        ``readonly``: for queries only; no store file is created when there is none.
+        ``readonly``: for queries only; no store file is created when there is none. ``compact_after``
+        pending changes (0: never) or ``compact_every_s`` seconds with pending changes (0: never) start a
+        compaction in a background thread.
         """
         from .compact import recover
 
@@ -117,7 +127,8 @@ class Catalog:
             bundle.close()
             raise
         cs.forget(folded_seq(bundle.manifest))
-        return cls(bundle, cs, extractor=extractor, refresh_s=refresh_s)
+        return cls(bundle, cs, extractor=extractor, refresh_s=refresh_s, compact_after=compact_after,
+                   compact_every_s=compact_every_s)
 
     # ------------------------------------------------------------ state
     def _projection(self, bundle: Bundle) -> Projection | None:
@@ -170,6 +181,9 @@ class Catalog:
         if now - self._checked < self.refresh_s:
             return
         self._checked = now
+        if (self.compact_every_s > 0 and now - self._last_compact >= self.compact_every_s
+                and self._state.items):
+            self.compact_in_background()
         try:
             changed = (self.store.data_version() != self._version
                        or manifest_key(self._dir) not in (None, self._state.key))
@@ -293,6 +307,46 @@ class Catalog:
         self._state.bundle.close()
         self.store.close()
 
+    # ------------------------------------------------------------ compaction
+    def compact(self) -> dict:
+        """Fold the changes into a new bundle (built beside the live one, then swapped in) and map it.
+
+        Searches keep running on the current state meanwhile. Returns the compaction report.
+        """
+        from .compact import compact
+
+        self._last_compact = time.monotonic()
+        report = compact(self._dir, self.store)
+        self.reload()
+        self.last_compaction = {**report, "finished": time.time()}
+        return report
+
+    def compact_in_background(self) -> bool:
+        """Start ``compact`` in a thread unless one runs; True if started."""
+        with self._reload_lock:
+            if self._compactor is not None and self._compactor.is_alive():
+                return False
+            self._last_compact = time.monotonic()
+            self._compactor = threading.Thread(target=self._compact_quietly, name="pi-search-compact",
+                                               daemon=True)
+            self._compactor.start()
+            return True
+
+    @property
+    def compacting(self) -> bool:
+        return self._compactor is not None and self._compactor.is_alive()
+
+    def _compact_quietly(self) -> None:
+        try:
+            self.compact()
+        except Exception as exc:  # the live catalog keeps serving; the changes stay in the store
+            log.warning("background compaction failed: %s", exc)
+            self.last_compaction = {"error": str(exc), "finished": time.time()}
+
+    def _after_change(self) -> None:
+        if self.compact_after and len(self._state.items) >= self.compact_after:
+            self.compact_in_background()
+
     # ------------------------------------------------------------ changes
     def changes(self) -> list[TaughtItem]:
         """Items taught, edited or removed since the bundle was built, most recent first."""
@@ -310,6 +364,7 @@ class Catalog:
                                    f"pi-search item edit {item_id} --image PHOTO, or choose another id")
             self.store.add(item_id, title, price, vectors, thumb=thumb, extra=extra, base=in_bundle)
             self.reload()
+        self._after_change()
         return item_id
 
     def _base(self, item_id: str) -> dict | None:
@@ -330,6 +385,7 @@ class Catalog:
             self.store.edit(item_id, title=title, price=price, vectors=vectors, thumb=thumb, extra=extra,
                             base_item=base, clear_price=clear_price)
             self.reload()
+        self._after_change()
 
     def remove(self, item_id: str) -> None:
         """Remove an item (taught or from the bundle); it stops matching on return."""
@@ -340,6 +396,7 @@ class Catalog:
                 raise CatalogError(f"no item {item_id!r} in the catalog; list them: pi-search item list")
             self.store.remove(item_id, base_item=base)
             self.reload()
+        self._after_change()
 
 
 def embed_shots(extractor, shots: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, bytes]:
