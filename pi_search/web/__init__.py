@@ -18,6 +18,7 @@ def create_app(service, config):
     """
     from flask import Flask
 
+    from .items import bp as items_bp
     from .metrics import make_registry
     from .routes import bp
 
@@ -27,6 +28,7 @@ def create_app(service, config):
     app.extensions["pi_search"] = {"service": service, "config": config,
                                    "registry": make_registry(service), "viewers": _Viewers()}
     app.register_blueprint(bp)
+    app.register_blueprint(items_bp)  # teaching items: the "add item" page and /api/items
 
     @app.after_request
     def _headers(resp):

@@ -1,0 +1,201 @@
+"""Teaching items on the kiosk: the "add item" page and the API that adds, edits and removes items."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import threading
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("pi_search_items", __name__, template_folder="templates")
+
+TOKEN_HEADER = "X-Pi-Search-Token"
+TOKEN_COOKIE = "pi_search_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
+
+
+def _ext() -> dict:
+    return current_app.extensions["pi_search"]
+
+
+def _error(status: int, message: str):
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _given_token() -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth.removeprefix("Bearer ").strip()
+    return (request.headers.get(TOKEN_HEADER, "") or request.cookies.get(TOKEN_COOKIE, "")
+            or request.form.get("token", ""))
+
+
+@bp.before_request
+def _guard():
+    """State changes: same-origin only; with a non-loopback bind, only with the configured token."""
+    if request.method in SAFE_METHODS:
+        return None
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        return _error(403, f"a change from another site ({origin}) was refused")
+    server = _ext()["config"].server
+    if is_loopback(server.host):
+        return None
+    if not server.token:
+        return _error(403, f"the daemon listens on {server.host}: changing items needs a token; set [server] "
+                           "token in the config and restart")
+    if not hmac.compare_digest(_given_token().encode(), server.token.encode()):
+        return _error(401, "changing items needs the token: send 'Authorization: Bearer TOKEN' or open "
+                           "the page once as /?token=TOKEN")
+    return None
+
+
+def _catalog():
+    """The service's live catalog, or None when it has no change store (a bare bundle)."""
+    cat = _ext()["service"].bundle
+    return cat if hasattr(cat, "add") and hasattr(cat, "changes") else None
+
+
+def _no_store():
+    return _error(503, "this daemon serves a bundle without a change store, so items cannot be taught; "
+                       "check that the bundle's directory is writable and restart")
+
+
+def _shots() -> list:
+    """The uploaded shots as ``(rgb, kind)``: multipart fields ``image`` (repeated) and ``kind`` (same order,
+    ``camera`` or ``photo``; default photo)."""
+    from ..changes import MAX_SHOTS
+    from ..errors import ImageError
+    from ..images import decode
+
+    files = request.files.getlist("image")
+    kinds = request.form.getlist("kind")
+    if len(files) > MAX_SHOTS:
+        raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
+    out = []
+    for n, f in enumerate(files):
+        kind = kinds[n] if n < len(kinds) else "photo"
+        out.append((decode(f.read(), name=f.filename or f"shot {n + 1}"), kind))
+    return out
+
+
+def _item_json(cat, item_id: str) -> dict | None:
+    info = cat.item(item_id)
+    if info is not None:
+        info["thumb"] = f"/thumbs/{item_id}"
+    return info
+
+
+def _embed(shots):
+    from ..live import embed_shots
+
+    with _embedding:
+        return embed_shots(_ext()["service"].extractor, shots)
+
+
+@bp.get("/teach")
+def page():
+    return render_template("teach.html")
+
+
+@bp.get("/api/items")
+def list_items():
+    """The items taught, edited or removed since the bundle was built or compacted, newest first."""
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    rows = []
+    for it in cat.changes():
+        d = it.as_dict()
+        d["thumb"] = None if it.deleted else f"/thumbs/{it.id}"
+        rows.append(d)
+    resp = jsonify({"items": rows, "catalog_items": len(cat), "compacting": cat.compacting,
+                    "last_compaction": cat.last_compaction})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/api/items")
+def add_item():
+    """Teach an item: multipart ``title``, ``price``, ``id`` (optional) and one or more ``image`` shots."""
+    from ..errors import CatalogError, ImageError
+
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    try:
+        shots = _shots()
+        if not shots:
+            return _error(400, "no shots: capture or upload at least one photo of the item")
+        vecs, thumb = _embed(shots)
+        item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
+                          item_id=request.form.get("id") or None, thumb=thumb)
+    except (CatalogError, ImageError) as exc:
+        return _error(409 if "already" in str(exc) else 400, str(exc))
+    log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
+    resp = jsonify({"item": _item_json(cat, item_id)})
+    resp.status_code = 201
+    return resp
+
+
+@bp.route("/api/items/<path:item_id>", methods=["PATCH", "POST"])
+def edit_item(item_id: str):
+    """Edit an item: any of ``title``, ``price`` (empty clears it) and further ``image`` shots."""
+    from ..errors import CatalogError, ImageError
+
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    try:
+        shots = _shots()
+        vecs = _embed(shots)[0] if shots else None
+        price = request.form.get("price")
+        cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
+                 clear_price=price == "")
+    except (CatalogError, ImageError) as exc:
+        return _error(404 if "no item" in str(exc) else 400, str(exc))
+    return jsonify({"item": _item_json(cat, item_id)})
+
+
+@bp.delete("/api/items/<path:item_id>")
+def remove_item(item_id: str):
+    from ..errors import CatalogError
+
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    try:
+        cat.remove(item_id)
+    except CatalogError as exc:
+        return _error(404 if "no item" in str(exc) else 409, str(exc))
+    return jsonify({"removed": item_id, "catalog_items": len(cat)})
+
+
+@bp.post("/api/compact")
+def compact():
+    """Start folding the changes into a new bundle in the background (the catalog keeps answering)."""
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    started = cat.compact_in_background()
+    resp = jsonify({"started": started, "compacting": cat.compacting})
+    resp.status_code = 202
+    return resp

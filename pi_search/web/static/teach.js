@@ -1,0 +1,193 @@
+// pi-search "add item" mode: capture shots from the live camera (or add photos), name the item, save it;
+// list the recent changes with edit and remove.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let shots = [];          // {blob, kind, url}
+let editing = null;      // id of the item being edited, or null when adding
+
+function say(text, kind) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = "message " + (kind || "");
+}
+
+function renderShots() {
+  const list = $("shots");
+  list.replaceChildren(...shots.map((s, i) => {
+    const li = document.createElement("li");
+    const img = document.createElement("img");
+    img.src = s.url;
+    img.alt = "Shot " + (i + 1);
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = "×";
+    del.title = "Drop this shot";
+    del.addEventListener("click", () => {
+      URL.revokeObjectURL(s.url);
+      shots.splice(i, 1);
+      renderShots();
+    });
+    li.append(img, del);
+    return li;
+  }));
+  $("save").textContent = (editing ? "Save changes" : "Save item")
+    + (shots.length ? " (" + shots.length + " shot" + (shots.length > 1 ? "s" : "") + ")" : "");
+}
+
+function addShot(blob, kind) {
+  shots.push({ blob, kind, url: URL.createObjectURL(blob) });
+  renderShots();
+}
+
+async function capture() {
+  try {
+    const r = await fetch("/frame.jpg?t=" + Date.now(), { cache: "no-store" });
+    if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+    addShot(await r.blob(), "camera");
+    say("Shot " + shots.length + " captured; turn the item and capture another, or save.", "ok");
+  } catch (e) {
+    say("Capture failed: " + e.message, "error");
+  }
+}
+
+function clearForm() {
+  editing = null;
+  shots.forEach((s) => URL.revokeObjectURL(s.url));
+  shots = [];
+  $("item-form").reset();
+  $("item-id").readOnly = false;
+  $("title").required = true;
+  $("mode").textContent = "Add an item";
+  $("cancel").hidden = true;
+  renderShots();
+}
+
+function startEdit(item) {
+  clearForm();
+  editing = item.id;
+  $("mode").textContent = "Edit " + item.title;
+  $("title").value = item.title;
+  $("price").value = item.price || "";
+  $("item-id").value = item.id;
+  $("item-id").readOnly = true;
+  $("cancel").hidden = false;
+  say("Change the title or price, or capture more shots of the item; then save.", "");
+  renderShots();
+}
+
+async function save(e) {
+  e.preventDefault();
+  if (!editing && !shots.length) {
+    say("Capture at least one shot of the item first.", "error");
+    return;
+  }
+  const form = new FormData();
+  form.append("title", $("title").value);
+  form.append("price", $("price").value);
+  if (!editing) form.append("id", $("item-id").value);
+  shots.forEach((s, i) => {
+    form.append("image", s.blob, "shot-" + (i + 1) + ".jpg");
+    form.append("kind", s.kind);
+  });
+  $("save").disabled = true;
+  say(editing ? "Saving…" : "Learning the item…", "");
+  try {
+    const url = editing ? "/api/items/" + encodeURIComponent(editing) : "/api/items";
+    const r = await fetch(url, { method: editing ? "PATCH" : "POST", body: form });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    const it = body.item;
+    say((editing ? "Saved changes to " : "Saved ") + "“" + it.title + "” (" + it.id + "): it is searchable now.",
+      "ok");
+    clearForm();
+    await loadRecent();
+  } catch (err) {
+    say("Not saved: " + err.message, "error");
+  } finally {
+    $("save").disabled = false;
+  }
+}
+
+async function remove(item, button) {
+  if (button.dataset.confirm !== "1") {
+    button.dataset.confirm = "1";
+    button.textContent = "Confirm remove";
+    return;
+  }
+  try {
+    const r = await fetch("/api/items/" + encodeURIComponent(item.id), { method: "DELETE" });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    say("Removed “" + item.title + "”.", "ok");
+    await loadRecent();
+  } catch (err) {
+    say("Not removed: " + err.message, "error");
+  }
+}
+
+function row(item) {
+  const li = document.createElement("li");
+  li.className = "card" + (item.deleted ? " removed" : "");
+  li.dataset.id = item.id;
+  const img = document.createElement("img");
+  img.alt = "";
+  if (item.thumb) img.src = item.thumb;
+  const text = document.createElement("div");
+  text.className = "text";
+  const title = document.createElement("div");
+  title.className = "title";
+  title.textContent = item.title;
+  const price = document.createElement("div");
+  price.className = "price";
+  price.textContent = item.price || "";
+  const info = document.createElement("div");
+  info.className = "score";
+  const what = item.deleted ? "removed" : (item.in_bundle ? "edited" : "taught");
+  info.textContent = what + " · " + item.id + (item.shots ? " · " + item.shots + " shot(s)" : "");
+  text.append(title, price, info);
+  li.append(img, text);
+  if (!item.deleted) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "edit";
+    edit.textContent = "Edit";
+    edit.addEventListener("click", () => startEdit(item));
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "danger remove";
+    del.textContent = "Remove";
+    del.addEventListener("click", () => remove(item, del));
+    actions.append(edit, del);
+    li.append(actions);
+  }
+  return li;
+}
+
+async function loadRecent() {
+  try {
+    const r = await fetch("/api/items", { cache: "no-store" });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    $("recent").replaceChildren(...body.items.map(row));
+    $("hint").textContent = body.catalog_items + " items in the catalog"
+      + (body.items.length ? ", " + body.items.length + " changed since the last compaction" : "")
+      + (body.compacting ? " · compacting…" : "") + ".";
+  } catch (err) {
+    say("Cannot list the items: " + err.message, "error");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("capture").addEventListener("click", capture);
+  $("files").addEventListener("change", () => {
+    for (const f of $("files").files) addShot(f, "photo");
+    $("files").value = "";
+  });
+  $("item-form").addEventListener("submit", save);
+  $("cancel").addEventListener("click", () => { clearForm(); say("", ""); });
+  renderShots();
+  loadRecent();
+});

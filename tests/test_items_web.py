@@ -1,0 +1,177 @@
+"""The teaching API and page through Flask's test client, over a real worker, model, bundle and store."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+
+import cv2
+import pytest
+from conftest import camera_view
+from fakes import ListSource, SourceFactory, wait_until
+
+from pi_search import images
+from pi_search.benchmark_data import load_rgba, on_white
+from pi_search.config import load_config
+from pi_search.index import Bundle
+from pi_search.live import Catalog
+from pi_search.service import Service
+from pi_search.web import create_app
+from pi_search.web.items import is_loopback
+
+OSTRICH = "/usr/share/tuxpaint/stamps/animals/birds/ostrich.png"
+
+
+@pytest.fixture(scope="module")
+def ostrich():
+    """A photo of an object the test catalog does not hold (RGB uint8 [H, W, 3])."""
+    return on_white(load_rgba(OSTRICH), 400)
+
+
+def jpeg(rgb) -> io.BytesIO:
+    return io.BytesIO(images.encode_jpeg(rgb, 90))
+
+
+def other_view(rgb):
+    h, w = rgb.shape[:2]
+    return cv2.flip(rgb, 1)[int(h * 0.1):, int(w * 0.05):int(w * 0.9)]
+
+
+@pytest.fixture
+def make(tmp_path, bundle_dir, extractor, ostrich):
+    """Builds (service, client) over a private copy of the bundle; the camera shows the ostrich."""
+    made = []
+
+    def _make(start=True, bare=False, **overrides):
+        live = tmp_path / f"bundle{len(made)}"
+        shutil.copytree(bundle_dir, live)
+        cat = Bundle.open(live, extractor=extractor) if bare else Catalog.open(live, extractor=extractor)
+        config = load_config(None, {"gate.enabled": False, **overrides})
+        frame = camera_view(ostrich)
+        svc = Service(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config,
+                      source_name="test")
+        made.append((svc, cat))
+        if start:
+            svc.start()
+            assert wait_until(lambda: svc.latest() is not None)
+        return svc, create_app(svc, config).test_client()
+
+    yield _make
+    for svc, cat in made:
+        svc.stop()
+        cat.close()
+
+
+def test_teach_from_the_camera_frame_then_search_another_view(make, ostrich):
+    svc, client = make()
+    frame = client.get("/frame.jpg")
+    assert frame.status_code == 200
+    before = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
+    assert before["matches"][0]["id"] != "ostrich"
+    r = client.post("/api/items", data={
+        "title": "Ostrich figure", "price": "24.00", "id": "ostrich",
+        "image": [(io.BytesIO(frame.data), "shot-1.jpg"), (jpeg(ostrich), "photo.jpg")],
+        "kind": ["camera", "photo"]})
+    assert r.status_code == 201, r.get_json()
+    item = r.get_json()["item"]
+    assert (item["id"], item["title"], item["price"], item["shots"]) == ("ostrich", "Ostrich figure", "24.00",
+                                                                         2)
+    query = {"image": (jpeg(other_view(ostrich)), "q.jpg")}
+    top = client.post("/api/search", data=query).get_json()["matches"]
+    assert top[0]["id"] == "ostrich" and top[0]["title"] == "Ostrich figure"
+    assert [m["id"] for m in top].count("ostrich") == 1
+    # the live camera result follows without a restart
+    assert wait_until(lambda: svc.latest().matches[0].id == "ostrich", timeout=20)
+    thumb = client.get("/thumbs/ostrich")
+    assert thumb.status_code == 200 and thumb.data[:2] == b"\xff\xd8"
+    listed = client.get("/api/items").get_json()
+    assert [i["id"] for i in listed["items"]] == ["ostrich"] and listed["catalog_items"] == 17
+    assert client.get("/api/results").get_json()["status"]["catalog_items"] == 17
+
+
+def test_edit_remove_and_refusals(make, ostrich):
+    _, client = make(start=False)
+    photo = [(jpeg(ostrich), "p.jpg")]
+    assert client.post("/api/items", data={"title": "Ostrich", "id": "o1", "image": photo}).status_code == 201
+    r = client.post("/api/items", data={"title": "Again", "id": "o1", "image": [(jpeg(ostrich), "p.jpg")]})
+    assert r.status_code == 409 and "already" in r.get_json()["error"]
+    r = client.post("/api/items", data={"title": "No shots", "id": "o2"})
+    assert r.status_code == 400 and "no shots" in r.get_json()["error"]
+    r = client.post("/api/items", data={"title": "", "id": "o3", "image": [(jpeg(ostrich), "p.jpg")]})
+    assert r.status_code == 400 and "title is empty" in r.get_json()["error"]
+    r = client.post("/api/items", data={"title": "Bad", "image": [(io.BytesIO(b"not a jpeg"), "x.jpg")]})
+    assert r.status_code == 400
+    r = client.patch("/api/items/o1", data={"title": "Tall ostrich", "price": "30.00"})
+    assert r.status_code == 200 and r.get_json()["item"]["title"] == "Tall ostrich"
+    r = client.patch("/api/items/cat", data={"price": "1.00"})   # a bundle item can be edited too
+    assert r.status_code == 200 and r.get_json()["item"]["price"] == "1.00"
+    assert client.patch("/api/items/nope", data={"title": "x"}).status_code == 404
+    r = client.delete("/api/items/o1")
+    assert r.status_code == 200 and r.get_json()["catalog_items"] == 16
+    assert client.delete("/api/items/o1").status_code == 409
+    assert client.delete("/api/items/nope").status_code == 404
+    assert client.get("/thumbs/o1").status_code == 404
+    states = {i["id"]: i["deleted"] for i in client.get("/api/items").get_json()["items"]}
+    assert states == {"o1": True, "cat": False}
+
+
+def test_compaction_from_the_api_keeps_the_item(make, ostrich):
+    svc, client = make(start=False)
+    client.post("/api/items", data={"title": "Ostrich", "id": "ostrich", "image": [(jpeg(ostrich), "p.jpg")]})
+    r = client.post("/api/compact")
+    assert r.status_code == 202 and r.get_json()["started"] is True
+    assert wait_until(lambda: not client.get("/api/items").get_json()["compacting"], timeout=60)
+    body = client.get("/api/items").get_json()
+    assert body["items"] == [] and body["last_compaction"]["folded"] == 1 and body["catalog_items"] == 17
+    top = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
+    assert top["matches"][0]["id"] == "ostrich"
+
+
+@pytest.mark.parametrize("host, token, headers, status", [
+    ("0.0.0.0", "s3cret", {"Authorization": "Bearer s3cret"}, 201),
+    ("0.0.0.0", "s3cret", {"Authorization": "Bearer wrong"}, 401),
+    ("0.0.0.0", "s3cret", {}, 401),
+    ("0.0.0.0", "", {}, 403),
+    ("192.168.1.20", "", {"Authorization": "Bearer anything"}, 403),
+    ("127.0.0.1", "", {}, 201),
+    ("127.0.0.1", "", {"Origin": "http://evil.example"}, 403),
+])
+def test_state_changes_need_the_token_off_loopback(make, ostrich, host, token, headers, status):
+    _, client = make(start=False, **{"server.host": host, "server.token": token})
+    r = client.post("/api/items", headers=headers,
+                    data={"title": "Ostrich", "id": "o", "image": [(jpeg(ostrich), "p.jpg")]})
+    assert r.status_code == status, r.get_json()
+    listing = client.get("/api/items", headers={"Authorization": f"Bearer {token}"} if token else {})
+    assert listing.status_code == 200
+    assert [i["id"] for i in listing.get_json()["items"]] == (["o"] if status == 201 else [])
+    if status != 201:
+        assert client.delete("/api/items/cat", headers=headers).status_code == status
+
+
+def test_loopback_addresses():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert is_loopback("127.0.0.2") and not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+    assert not is_loopback("pi.local")
+
+
+def test_teach_page_and_link(make):
+    _, client = make(start=False)
+    r = client.get("/teach")
+    assert r.status_code == 200 and "unsafe-inline" not in r.headers["Content-Security-Policy"]
+    html = r.get_data(as_text=True)
+    assert re.search(r"<script[^>]*>\s*[^<\s]", html) is None
+    for tag in ('id="capture"', 'id="shots"', 'id="title"', 'id="price"', 'id="item-id"', 'id="recent"',
+                'src="/static/teach.js"', 'src="/stream.mjpg"'):
+        assert tag in html
+    assert 'href="/teach"' in client.get("/").get_data(as_text=True)
+    for path in ("/static/teach.js", "/static/teach.css"):
+        asset = client.get(path)
+        assert asset.status_code == 200 and not re.search(rb"https?://", asset.data)
+
+
+def test_a_bare_bundle_cannot_be_taught(make, ostrich):
+    _, client = make(start=False, bare=True)
+    r = client.post("/api/items", data={"title": "Ostrich", "image": [(jpeg(ostrich), "p.jpg")]})
+    assert r.status_code == 503 and "change store" in r.get_json()["error"]
+    assert client.get("/api/items").status_code == 503
