@@ -83,6 +83,9 @@ class SmoothingConfig:
     alpha: float = field(default=0.5, metadata=_check(0.01, 1.0))
     # Cosine similarity of a new embedding to the running mean below which the mean restarts (a new item).
     reset_below: float = field(default=0.8, metadata=_check(-1.0, 1.0))
+    # Consecutive inferred frames a new best match must lead before it replaces the shown one (1: at once).
+    # A restarted mean (a new item) is shown at once.
+    agree: int = field(default=3, metadata=_check(1, 10))
 
 
 @dataclass(frozen=True)

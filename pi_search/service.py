@@ -148,9 +148,11 @@ class Smoother:
 
     def update(self, v: np.ndarray) -> np.ndarray:
         a = self.config.alpha
-        if self._mean is None or a >= 1.0 or float(v @ self._mean) < self.config.reset_below:
-            self._mean = v
+        new_item = self._mean is None or float(v @ self._mean) < self.config.reset_below
+        if new_item:
             self.resets += 1
+        if new_item or a >= 1.0:
+            self._mean = v
             return v
         m = (1.0 - a) * self._mean + a * v
         n = float(np.linalg.norm(m))
@@ -159,6 +161,38 @@ class Smoother:
 
     def reset(self) -> None:
         self._mean = None
+
+
+class Agreement:
+    """Holds the shown matches until a new best match has led ``agree`` consecutive inferred frames.
+
+    Near-ties (an item that is not in the catalog, or two similar items) would otherwise swap places from
+    frame to frame. ``fresh=True`` (a new item came into view) shows the new matches at once.
+    """
+
+    def __init__(self, agree: int):
+        self.agree = agree
+        self._shown: tuple = ()
+        self._candidate: str | None = None
+        self._streak = 0
+
+    def update(self, matches: tuple, fresh: bool) -> tuple:
+        top = matches[0].id if matches else None
+        shown_top = self._shown[0].id if self._shown else None
+        if fresh or self.agree <= 1 or not self._shown or top == shown_top:
+            self._shown, self._candidate, self._streak = matches, None, 0
+            return matches
+        self._streak = self._streak + 1 if top == self._candidate else 1
+        self._candidate = top
+        if self._streak >= self.agree:
+            self._shown, self._candidate, self._streak = matches, None, 0
+            return matches
+        # Keep the shown order, with this frame's scores where the items are still among the matches.
+        scores = {m.id: m for m in matches}
+        return tuple(scores.get(m.id, m) for m in self._shown)
+
+    def reset(self) -> None:
+        self._shown, self._candidate, self._streak = (), None, 0
 
 
 class _TimedExtractor:
@@ -200,6 +234,7 @@ class Service:
         self.stats = Stats()
         self.gate = Gate(config.gate)
         self.smoother = Smoother(config.smoothing)
+        self.agreement = Agreement(config.smoothing.agree)
         self._cond = threading.Condition()
         self._latest: LatestResult | None = None
         self._stop = threading.Event()
@@ -287,6 +322,7 @@ class Service:
                 log.info("reopening the camera in %.1f s", backoff)
             self.gate.reset()
             self.smoother.reset()
+            self.agreement.reset()
             self._ping()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -332,8 +368,10 @@ class Service:
         t_extract = timed.seconds
         t_pre = max(0.0, t_embed - t_extract)
         t2 = time.perf_counter()
+        resets = self.smoother.resets
         vec = self.smoother.update(vec)
         matches = tuple(self.bundle.search(vec, self.config.index.top_k))
+        matches = self.agreement.update(matches, fresh=self.smoother.resets != resets)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
         jpeg = images.encode_jpeg(frame.rgb, self.config.server.jpeg_quality)

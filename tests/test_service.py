@@ -216,3 +216,24 @@ def test_histogram_is_cumulative():
         h.observe(s)
     assert h.cumulative() == [("0.01", 1), ("0.1", 3), ("+Inf", 4)]
     assert h.sum == pytest.approx(3.105)
+
+
+def test_agreement_holds_a_near_tie_until_the_new_leader_repeats():
+    from pi_search.index import Match
+    from pi_search.service import Agreement
+
+    def ms(*ids):
+        return tuple(Match(i, i.upper(), None, 0.5 - n * 0.01) for n, i in enumerate(ids))
+
+    ag = Agreement(3)
+    assert [m.id for m in ag.update(ms("a", "b"), fresh=True)] == ["a", "b"]
+    # b edges ahead for two frames: still a, with this frame's scores.
+    held = ag.update(ms("b", "a"), fresh=False)
+    assert [m.id for m in held] == ["a", "b"] and held[0].score == pytest.approx(0.49)
+    assert [m.id for m in ag.update(ms("b", "a"), fresh=False)] == ["a", "b"]
+    assert [m.id for m in ag.update(ms("b", "a"), fresh=False)] == ["b", "a"]  # third frame in a row
+    # A single-frame blip does not switch, and a new item (fresh) switches at once.
+    assert ag.update(ms("a", "b"), fresh=False)[0].id == "b"
+    assert ag.update(ms("b", "a"), fresh=False)[0].id == "b"
+    assert ag.update(ms("c", "d"), fresh=True)[0].id == "c"
+    assert Agreement(1).update(ms("x"), fresh=False)[0].id == "x"
