@@ -204,11 +204,14 @@ class Shot:
     jpeg: int
 
 
-def random_shot(rng: np.random.Generator, n_backgrounds: int) -> Shot:
+SCALE = (0.45, 0.85)  # object's long side / frame height: an item held up in front of the camera
+
+
+def random_shot(rng: np.random.Generator, n_backgrounds: int, scale: tuple[float, float] = SCALE) -> Shot:
     return Shot(
         bg=int(rng.integers(n_backgrounds)),
         bg_box=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.4, 1.0))),
-        scale=float(rng.uniform(0.45, 0.85)),
+        scale=float(rng.uniform(*scale)),
         centre=(float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.10, 0.10))),
         angle=float(rng.uniform(-25, 25)),
         corners=tuple(float(x) for x in rng.uniform(-0.10, 0.10, 8)),
@@ -313,7 +316,7 @@ def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
 # ------------------------------------------------------------------ benchmark
 def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0, scenes: int = 2,
                    burst: int = 3, limit: int | None = None, stamps_root: str | Path = STAMPS_ROOT,
-                   catalog_side: int = 512) -> dict:
+                   catalog_side: int = 512, scale: tuple[float, float] = SCALE) -> dict:
     """Write the benchmark to ``out_dir`` and return its summary.
 
     Layout: ``catalog/catalog.csv`` + ``catalog/images/<id>.jpg`` (each photo on white);
@@ -340,7 +343,7 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
                         max(rgba.shape[:2]))), 92)
             cat.writerow([st.id, st.title, "", f"images/{st.id}.jpg", st.rel])
             for sc in range(scenes):
-                shot = random_shot(rng, len(backgrounds))
+                shot = random_shot(rng, len(backgrounds), scale)
                 for fr in range(burst):
                     name = f"queries/{st.id}_s{sc}_f{fr}.jpg"
                     _write_jpeg(out / name, render(rgba, backgrounds, shot, rng), 95)
@@ -351,6 +354,7 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     _write_csv(out / "truth.csv", ["query_path", "item_id"], truth)
     _write_csv(out / "bursts.csv", ["query_path", "item_id", "scene"], bursts)
     summary = {"seed": seed, "items": len(stamps), "scenes_per_item": scenes, "frames_per_scene": burst,
+               "object_scale": list(scale),
                "queries": len(truth), "frames": len(bursts), "stamps_root": str(stamps_root),
                "selection": {"min_side": MIN_SIDE, "min_texture": MIN_TEXTURE, "drawn": sorted(DRAWN),
                              "duplicate_distance": DUPLICATE_DISTANCE}}
@@ -400,7 +404,8 @@ def demo_stamps(stamps: list[Stamp], n: int = DEMO_ITEMS) -> list[tuple[Stamp, t
 
 def make_demo(out_dir: str | Path = DEMO_DIR, *, seed: int = 7, n_items: int = DEMO_ITEMS,
               frames: tuple[int, int] = DEMO_FRAMES, stamps_root: str | Path = STAMPS_ROOT,
-              side: int = 256, quality: int = 85, frame_quality: int = 75) -> dict:
+              side: int = 256, quality: int = 85, frame_quality: int = 75,
+              scale: tuple[float, float] = (0.6, 0.9)) -> dict:
     """Write the demo catalog (``catalog.csv``, ``images/*.jpg`` on white, ``side`` px on the long side),
     a replayed camera (``frames/frame_NNN.jpg`` 640x480 with ``frames/truth.csv``) and ``CREDITS.md``."""
     import shutil
@@ -429,11 +434,16 @@ def make_demo(out_dir: str | Path = DEMO_DIR, *, seed: int = 7, n_items: int = D
             title = f"{title} {titles[title]}"
         rows.append((item_id, title, price, f"images/{item_id}.jpg", st.rel))
     _write_csv(out / "catalog.csv", ["id", "title", "price", "image", "source"], rows)
-    shown = rng.choice(len(chosen), size=min(frames[0], len(chosen)), replace=False)
+    # One object from each of the first groups (fruit, household, instrument, ...), then any others.
+    groups = [[i for i, (st, _) in enumerate(chosen) if st.rel.startswith(g)] for g, _ in DEMO_GROUPS]
+    shown = [int(rng.choice(g)) for g in groups if g][: frames[0]]
+    rest = [i for i in range(len(chosen)) if i not in shown]
+    extra = max(0, min(frames[0] - len(shown), len(rest)))
+    shown += [int(i) for i in rng.choice(rest, size=extra, replace=False)]
     truth, k = [], 0
     for i in shown:
         rgba = load_rgba(chosen[i][0].path)
-        shot = random_shot(rng, len(backgrounds))
+        shot = random_shot(rng, len(backgrounds), scale)  # held up close to the camera
         for _ in range(frames[1]):
             name = f"frame_{k:03d}.jpg"
             _write_jpeg(out / "frames" / name, render(rgba, backgrounds, shot, rng), frame_quality)
@@ -486,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--scenes", type=int, default=2, help="camera scenes per catalog item")
     b.add_argument("--burst", type=int, default=3, help="consecutive frames per scene")
     b.add_argument("--limit", type=int, default=None, help="only the first N selected stamps")
+    b.add_argument("--scale", type=float, nargs=2, default=SCALE, metavar=("MIN", "MAX"),
+                   help="object size range as a fraction of the frame height")
     d = sub.add_parser("demo", help="rewrite the committed demo catalog and camera frames")
     d.add_argument("--out", type=Path, default=DEMO_DIR)
     d.add_argument("--seed", type=int, default=7)
@@ -494,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.what == "benchmark":
             summary = make_benchmark(args.out, seed=args.seed, scenes=args.scenes, burst=args.burst,
-                                     limit=args.limit)
+                                     limit=args.limit, scale=tuple(args.scale))
         else:
             summary = make_demo(args.out, seed=args.seed)
     except PiSearchError as exc:
