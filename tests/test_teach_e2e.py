@@ -269,3 +269,100 @@ def test_kill_9_during_compaction_loses_nothing(tmp_path, setup, where):
     r = _cli("index", "compact", str(live), "--json")
     assert r.returncode == 0, r.stderr
     assert consistent() == (13, 0)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=800,480", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                        {"width": 800, "height": 480, "deviceScaleFactor": 1, "mobile": False})
+    yield drv
+    drv.quit()
+
+
+def text(browser, css: str) -> str:
+    """textContent of the first element matching ``css`` ('' if none), read in one script call."""
+    return browser.execute_script("const e = document.querySelector(arguments[0]); "
+                                  "return e ? e.textContent : ''", css)
+
+
+@pytest.mark.browser
+def test_add_an_item_through_the_page(tmp_path, bundle_dir, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    live = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, live)
+    photo = on_white(load_rgba(OSTRICH), 400)
+    frames = tmp_path / "frames"     # the camera shows the new object from two sides
+    frames.mkdir()
+    frames.joinpath("a.jpg").write_bytes(images.encode_jpeg(camera_view(photo)))
+    frames.joinpath("b.jpg").write_bytes(images.encode_jpeg(camera_view(photo[:, ::-1])))
+    upload = tmp_path / "ostrich.jpg"
+    upload.write_bytes(images.encode_jpeg(photo, 92))
+    d = Daemon(tmp_path, live, frames)
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(d.url + "/")
+        first = wait.until(lambda b: text(b, "#matches .card .title"))
+        assert first != "Ostrich figure"
+        browser.find_element(By.ID, "teach").click()
+        wait.until(lambda b: b.current_url.endswith("/teach"))
+        wait.until(lambda b: b.execute_script("return document.getElementById('preview').naturalWidth") > 0)
+        for n in (1, 2):
+            browser.find_element(By.ID, "capture").click()
+            wait.until(lambda b, n=n: len(b.find_elements(By.CSS_SELECTOR, "#shots img")) == n)
+        browser.find_element(By.ID, "files").send_keys(str(upload))
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#shots img")) == 3)
+        # the shots are shown before saving, and one can be dropped
+        wait.until(lambda b: b.execute_script("return [...document.querySelectorAll('#shots img')]"
+                                              ".every(i => i.complete && i.naturalWidth > 0)"))
+        browser.find_elements(By.CSS_SELECTOR, "#shots button")[1].click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#shots img")) == 2)
+        assert "2 shots" in browser.find_element(By.ID, "save").text
+        browser.find_element(By.ID, "title").send_keys("Ostrich figure")
+        browser.find_element(By.ID, "price").send_keys("24.00")
+        browser.find_element(By.ID, "item-id").send_keys("ostrich")
+        shot = Path(os.environ.get("PI_SEARCH_TEACH_SCREENSHOT", tmp_path / "teach.png"))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(shot))
+        browser.find_element(By.ID, "save").click()
+        wait.until(lambda b: "searchable now" in b.find_element(By.ID, "message").text)
+        row = wait.until(lambda b: text(b, "#recent .card[data-id='ostrich']"))
+        assert "Ostrich figure" in row and "2 shot(s)" in row
+        assert browser.find_elements(By.CSS_SELECTOR, "#shots img") == []
+        # the live page now finds it in front of the camera
+        browser.get(d.url + "/")
+        wait.until(lambda b: text(b, "#matches .card .title") == "Ostrich figure")
+        # edit the price, then remove it (two taps)
+        browser.get(d.url + "/teach")
+        edit = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#recent .card[data-id='ostrich'] .edit")
+                          or False)[0]
+        edit.click()
+        assert browser.find_element(By.ID, "item-id").get_attribute("readonly") is not None
+        price = browser.find_element(By.ID, "price")
+        price.clear()
+        price.send_keys("19.50")
+        browser.find_element(By.ID, "save").click()
+        wait.until(lambda b: "Saved changes" in b.find_element(By.ID, "message").text)
+        wait.until(lambda b: "19.50" in text(b, "#recent .card[data-id='ostrich']"))
+        remove = browser.find_element(By.CSS_SELECTOR, "#recent .card[data-id='ostrich'] .remove")
+        remove.click()
+        assert remove.text == "Confirm remove"
+        remove.click()
+        wait.until(lambda b: "removed" in text(b, "#recent .card[data-id='ostrich']"))
+        assert d.items() == 16
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        d.stop()
