@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -61,3 +62,19 @@ def test_bad_override_names_the_key():
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no bundle to search: pass --bundle DIR"),
+    (["--bundle", "b", "--source", "webcam"], "unknown source 'webcam'"),
+    (["--bundle", "b", "--port", "0"], r"\[server\] port: 0 is outside 1..65535"),
+])
+def test_serve_refuses_bad_settings_in_one_line(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from pi_search.cli import main
+
+    res = CliRunner().invoke(main, ["serve", *args])
+    assert res.exit_code == 2
+    assert re.search(message, res.output)
+    assert res.output.startswith("error: ") and "Traceback" not in res.output

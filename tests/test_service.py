@@ -237,3 +237,66 @@ def test_agreement_holds_a_near_tie_until_the_new_leader_repeats():
     assert ag.update(ms("b", "a"), fresh=False)[0].id == "b"
     assert ag.update(ms("c", "d"), fresh=True)[0].id == "c"
     assert Agreement(1).update(ms("x"), fresh=False)[0].id == "x"
+
+
+FAKE_PICAMERA2 = '''
+"""picamera2 stand-in for a child process: the fake of tests/fakes.py, logging its calls to a file."""
+import atexit, json, os, sys
+sys.path.insert(0, os.environ["FAKES_DIR"])
+import numpy as np
+from fakes import FakeCameraState, fake_picamera2_module
+y, x = np.mgrid[0:480, 0:640]
+scene = np.stack([x * 255 // 639, y * 255 // 479, np.full_like(x, 90)], -1).astype(np.uint8)
+_state = FakeCameraState(scene)
+Picamera2 = fake_picamera2_module(_state).Picamera2
+_log = os.environ["FAKE_CAMERA_LOG"]
+def _write():
+    with open(_log, "w") as f:
+        calls = [c[0] for c in _state.calls if c[0] != "capture_array"]
+        json.dump(calls + [f"open={_state.open_cameras}"], f)
+atexit.register(_write)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_serve_closes_the_camera_on_signal(tmp_path, bundle_dir, sig):
+    """`pi-search serve --source picamera2` in a child process, against the fake camera module."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "picamera2.py").write_text(FAKE_PICAMERA2)
+    log = tmp_path / "camera.json"
+    env = {**os.environ, "PYTHONPATH": str(mod_dir), "FAKES_DIR": str(Path(__file__).parent),
+           "FAKE_CAMERA_LOG": str(log)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("pi-search")
+    proc = subprocess.Popen([str(exe), "serve", "--source", "picamera2", "--bundle", str(bundle_dir),
+                             "--port", str(port)], env=env, stderr=subprocess.PIPE)
+    try:
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return proc.poll() is not None
+        assert wait_until(healthy, 60) and proc.poll() is None
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    calls = json.loads(log.read_text())
+    assert calls == ["__init__", "create_video_configuration", "configure", "start", "stop", "close",
+                     "open=0"]
