@@ -284,7 +284,7 @@ def run_daemon(config) -> None:
     app = create_app(service, config)
     try:
         run(app, service, host=config.server.host, port=config.server.port,
-            threads=config.server.max_viewers + 8)
+            threads=2 * config.server.max_viewers + 8)  # each page holds a preview and a long poll
     finally:
         bundle.close()
 
@@ -292,8 +292,9 @@ def run_daemon(config) -> None:
 def _live_catalog(bundle_dir, extractor):
     """The bundle with its change store (taught items), or None if the store cannot be opened."""
     from .errors import CatalogError
-    from .live import Catalog
+    from .live import Catalog, single_threaded_blas
 
+    single_threaded_blas()
     try:
         return Catalog.open(bundle_dir, extractor=extractor)
     except CatalogError as exc:

@@ -118,6 +118,16 @@ def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
 
+    # On a phone the preview and the matches stack, and the cards fit the screen's width.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    browser.refresh()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card .title"))
+    preview = browser.find_element(By.ID, "preview").rect
+    card = browser.find_element(By.CSS_SELECTOR, "#matches .card").rect
+    assert card["y"] >= preview["y"] + preview["height"]
+    assert card["x"] >= 0 and card["x"] + card["width"] <= 390
+
     # Freeze holds the result: the button flips, the badge shows, the still frame loads.
     browser.find_element(By.ID, "freeze").click()
     wait.until(lambda d: d.find_element(By.ID, "freeze").get_attribute("aria-pressed") == "true")
