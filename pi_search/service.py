@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 # Histogram bucket upper bounds in seconds, shared by every stage (Prometheus convention).
+MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -247,6 +248,8 @@ class Service:
         self._upload_slots = threading.BoundedSemaphore(2)
         self._watchdog_s = notify.watchdog_interval()
         self._last_ping = 0.0
+        self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
+        self._wedged_logged = False
         self.started_time = time.time()
 
     # ------------------------------------------------------------ lifecycle
@@ -263,6 +266,9 @@ class Service:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        src = self._source
+        if src is not None and hasattr(src, "abort"):
+            src.abort()  # a worker waiting on a hung camera returns at once
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
@@ -291,17 +297,40 @@ class Service:
             (log.info if quiet else log.warning)("camera %s: %s", "up" if up else "down", reason)
         self._camera_up, self._camera_reason = up, reason
 
+    def read_timeout(self) -> float:
+        """Seconds a camera start or read may take before the camera counts as hung and is reopened."""
+        cam = self.config.camera
+        return max(cam.timeout_s, 3.0 / cam.fps)
+
+    def wedged(self) -> int:
+        """Camera reads abandoned after a timeout that are still blocked in the driver."""
+        self._hung = [s for s in self._hung if s.stuck]
+        return len(self._hung)
+
     def _ping(self) -> None:
-        """systemd watchdog keep-alive from the worker loop (a camera read that hangs stops the pings)."""
+        """systemd watchdog keep-alive from the worker loop.
+
+        A stuck frame loop stops the pings, and so does a camera driver with ``MAX_HUNG_READS`` reads that
+        never returned (reopening it no longer helps): systemd then restarts the daemon.
+        """
+        if self.wedged() >= MAX_HUNG_READS:
+            if not self._wedged_logged:
+                self._wedged_logged = True
+                log.error("%d camera reads never returned: stopping the watchdog pings so systemd restarts "
+                          "the daemon", len(self._hung))
+            return
         if self._watchdog_s and time.monotonic() - self._last_ping >= self._watchdog_s / 3:
             self._last_ping = time.monotonic()
             notify.watchdog()
 
     def _run(self) -> None:
+        from .camera.guard import GuardedSource
+
         backoff = 0.5
         while not self._stop.is_set():
+            frames_before, src = self.stats.frames, None
             try:
-                src = self.source_factory()
+                src = GuardedSource(self.source_factory(), self.read_timeout())
                 self.source_name = getattr(src, "name", self.source_name)
                 self._source = src
                 src.start()
@@ -315,9 +344,13 @@ class Service:
                 log.exception("frame source failed")
                 self._set_camera(False, f"{type(exc).__name__}: {exc}")
             finally:
+                if src is not None and src.hung:
+                    self._hung.append(src)
                 self._close_source()
             if self._stop.is_set():
                 break
+            if self.stats.frames > frames_before:
+                backoff = 0.5  # the camera worked for a while: retry soon again
             if self._camera_reason != "stopped":
                 log.info("reopening the camera in %.1f s", backoff)
             self.gate.reset()
@@ -333,6 +366,8 @@ class Service:
             t0 = time.perf_counter()
             frame = src.read()
             capture = time.perf_counter() - t0
+            if getattr(frame, "rgb", None) is None:
+                raise SourceError(f"{getattr(src, 'name', 'source')}: the camera returned no frame")
             if self._stop.is_set():
                 return
             self._last_frame_time = time.time()
@@ -434,6 +469,9 @@ class Service:
             reasons.append(f"camera: {cam_reason}")
         if not alive and self.running:
             reasons.append("worker: not running")
+        if self.wedged() >= MAX_HUNG_READS:
+            reasons.append(f"camera: {len(self._hung)} reads never returned (driver wedged); "
+                           "the daemon restarts under systemd")
         if not model_up:
             reasons.append("model: not loaded")
         if not index_up:

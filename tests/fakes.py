@@ -192,3 +192,63 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.01) -> bool
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# ---------------------------------------------------------------- fault injection
+class FaultyCamera:
+    """A camera whose behaviour the test switches while the daemon runs (one per test, shared by opens).
+
+    ``mode``: ``"ok"`` (frames), ``"fail"`` (start and read raise SourceError: cable pulled), ``"empty"``
+    (read returns None: a driver that hands back nothing), ``"hang"`` (start and read block until the mode
+    changes: a wedged driver). ``opens`` counts sources made; ``blocked`` counts calls blocked right now.
+    """
+
+    def __init__(self, frames, fps: float = 30.0):
+        self.frames = list(frames)
+        self.fps = fps
+        self.mode = "ok"
+        self.opens = 0
+        self.blocked = 0
+        self._changed = threading.Condition()
+
+    def set(self, mode: str) -> None:
+        with self._changed:
+            self.mode = mode
+            self._changed.notify_all()
+
+    def _wait_while_hung(self) -> None:
+        with self._changed:
+            self.blocked += 1
+            try:
+                self._changed.wait_for(lambda: self.mode != "hang")
+            finally:
+                self.blocked -= 1
+
+    def __call__(self) -> BaseSource:
+        self.opens += 1
+        return _FaultySource(self)
+
+
+class _FaultySource(ListSource):
+    def __init__(self, cam: FaultyCamera):
+        super().__init__(cam.frames, fps=cam.fps, name="faulty")
+        self.cam = cam
+
+    def start(self) -> None:
+        if self.cam.mode == "hang":
+            self.cam._wait_while_hung()
+        if self.cam.mode == "fail":
+            raise SourceError("faulty: camera not found (cable unplugged?)")
+        super().start()
+
+    def read(self):
+        mode = self.cam.mode
+        if mode == "hang":
+            self.cam._wait_while_hung()
+            mode = self.cam.mode
+        if mode == "fail":
+            raise SourceError("faulty: read error (cable unplugged?)")
+        if mode == "empty":
+            time.sleep(0.01)
+            return None
+        return super().read()

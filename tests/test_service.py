@@ -167,7 +167,7 @@ def test_camera_without_frames_for_timeout_counts_as_down(extractor, bundle, sho
     try:
         assert wait_until(lambda: svc.stats.frames >= 2)
         assert wait_until(lambda: not svc.camera_state()[0])
-        assert svc.camera_state()[1].startswith("no frame for")
+        assert "took over 0.3 s" in svc.camera_state()[1] or svc.camera_state()[1].startswith("no frame for")
         assert svc.health()["ok"] is False
     finally:
         blocked.set()

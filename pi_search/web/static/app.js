@@ -49,7 +49,7 @@ function showMatches(matches, heading) {
 }
 
 function showStatus(s) {
-  const cam = s.camera.up ? "camera " + s.camera.fps.toFixed(1) + " fps" : "camera down: " + s.camera.reason;
+  const cam = s.camera.up ? "camera " + s.camera.fps.toFixed(1) + " fps" : "camera offline: " + s.camera.reason;
   const ms = s.extract_ms == null ? "" : " · extract " + s.extract_ms.toFixed(1) + " ms · search "
     + s.search_ms.toFixed(1) + " ms";
   const el = $("status");
