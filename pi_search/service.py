@@ -337,6 +337,8 @@ class Service:
                 self._set_camera(False, "waiting for the first frame")
                 self._frames(src)
             except SourceError as exc:
+                if self._stop.is_set():
+                    break  # stop() woke a read: not a camera failure
                 self.stats.source_errors += 1
                 self._set_camera(False, str(exc))
             except Exception as exc:  # the worker never dies: report and retry
