@@ -276,8 +276,7 @@ def run_daemon(config) -> None:
     open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop)  # checks the spec
     extractor = Extractor(config.model.path or None, num_threads=config.model.threads,
                           runtime=config.model.runtime or None)
-    bundle = _live_catalog(config.index.bundle, extractor) or Bundle.open(config.index.bundle,
-                                                                          extractor=extractor)
+    bundle = _live_catalog(config, extractor) or Bundle.open(config.index.bundle, extractor=extractor)
     service = Service(lambda: open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps,
                                           loop=cam.loop),
                       extractor, bundle, config, source_name=cam.source)
@@ -289,14 +288,17 @@ def run_daemon(config) -> None:
         bundle.close()
 
 
-def _live_catalog(bundle_dir, extractor):
+def _live_catalog(config, extractor):
     """The bundle with its change store (taught items), or None if the store cannot be opened."""
     from .errors import CatalogError
-    from .live import Catalog, single_threaded_blas
+    from .live import COMPACT_AFTER, Catalog, single_threaded_blas
 
     single_threaded_blas()
+    ix = config.index
     try:
-        return Catalog.open(bundle_dir, extractor=extractor)
+        return Catalog.open(ix.bundle, extractor=extractor,
+                            compact_after=getattr(ix, "compact_after", COMPACT_AFTER),
+                            compact_every_s=getattr(ix, "compact_every_s", 0.0))
     except CatalogError as exc:
         log.warning("serving the bundle without taught items: %s", exc)
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .changes import ChangeStore, Snapshot, TaughtItem, check_id, store_path
+from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, check_id, store_path
 from .errors import BundleError, CatalogError
 from .index import MANIFEST, Bundle, Match, Projection
 
@@ -20,9 +20,26 @@ log = logging.getLogger(__name__)
 
 VIEW_SEP = "\x1f"          # bundle rows holding further shots of one item are named "<id>\x1f<n>"
 EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection precedes the exact scores
-COARSE_MIN = 64            # shots kept by the pre-selection (at least; 8 per requested match otherwise)
+COARSE_DIMS = 64           # leading PCA components the pre-selection compares (a quarter of the bytes read)
+COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
 COMPACT_AFTER = 200        # default: pending changes that start a background compaction in the daemon
+
+
+def single_threaded_blas() -> bool:
+    """Run numpy's BLAS on one thread in this process; True if it could be set.
+
+    The daemon's products are small (one query against a few thousand rows), and waking BLAS threads for each
+    costs far more than it saves: on a busy 2-core machine a 10,000 x 256 product took 16 ms threaded and
+    0.44 ms on one thread (bench/bench_taught.py). Called once by the daemon's composition root.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.warning("threadpoolctl is missing: BLAS keeps its threads (slower searches on a busy machine)")
+        return False
+    threadpool_limits(limits=1, user_api="blas")
+    return True
 
 
 def item_of(bundle_id: str) -> str:
@@ -70,7 +87,7 @@ class _State:
     masked: frozenset         # bundle item ids hidden from search (removed or taught afresh)
     vectors: np.ndarray       # float32 [m, dim] taught shots, L2-normalised
     owners: np.ndarray        # object [m]: item id of each shot
-    coarse: np.ndarray | None  # float32 [m, dims]: shots projected by the bundle's PCA (large m only)
+    coarse: np.ndarray | None  # float32 [m, COARSE_DIMS]: shots projected by the bundle's PCA (large m)
     projection: Projection | None
     size: int
 
@@ -132,8 +149,12 @@ class Catalog:
 
     # ------------------------------------------------------------ state
     def _projection(self, bundle: Bundle) -> Projection | None:
+        """The bundle's PCA cut to its ``COARSE_DIMS`` leading components (for the pre-selection)."""
         if self._projection_cache[0] != id(bundle):
-            self._projection_cache = (id(bundle), load_projection(bundle))
+            p = load_projection(bundle)
+            if p is not None:
+                p = Projection(p.mean, np.ascontiguousarray(p.components[:COARSE_DIMS]), p.whiten, 0.0)
+            self._projection_cache = (id(bundle), p)
         return self._projection_cache[1]
 
     def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
@@ -255,26 +276,30 @@ class Catalog:
         m = len(st.vectors)
         if m == 0:
             return
-        from .changes import MAX_SHOTS
-
         if st.coarse is not None:
-            c = min(m, max(COARSE_MIN, 16 * k))
+            c = min(m, max(COARSE_MIN, MAX_SHOTS * k))
             s0 = st.coarse @ st.projection.apply(q)
             rows = np.argpartition(-s0, c - 1)[:c] if c < m else np.arange(m)
         else:
             rows = None
         vecs = st.vectors if rows is None else st.vectors[rows]
         s = vecs @ q
-        t = min(len(s), k * MAX_SHOTS)
+        t = min(len(s), k * MAX_SHOTS)   # holds k distinct items: an item has at most MAX_SHOTS shots
         top = np.argpartition(-s, t - 1)[:t] if t < len(s) else np.arange(len(s))
-        for j in top[np.argsort(-s[top], kind="stable")].tolist():
-            r = j if rows is None else int(rows[j])
-            iid = st.owners[r]
-            score = float(min(1.0, max(-1.0, s[j])))
+        top = top[np.argsort(-s[top], kind="stable")]
+        seen: set = set()
+        for j, score in zip(top.tolist(), s[top].tolist(), strict=True):
+            iid = st.owners[j if rows is None else rows[j]]
+            if iid in seen:
+                continue           # best first: this item's best shot was already taken
+            seen.add(iid)
+            score = min(1.0, max(-1.0, score))
             old = best.get(iid)
             if old is None or score > old.score:
                 it = st.items[iid]
                 best[iid] = Match(iid, it.title, it.price, score, -1)
+            if len(seen) == k:     # any further taught item ranks below these k
+                break
 
     def thumbnail(self, item_id: str) -> bytes | None:
         """JPEG bytes of an item's thumbnail (a taught one first), looked up by id; None if unknown."""

@@ -1,0 +1,268 @@
+"""Taught items: search latency over a 100k bundle with 0-10k taught items; recall with 1-3 taught views."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _pct(xs, p) -> float:
+    return round(float(np.percentile(np.asarray(xs) * 1000.0, p)), 3)
+
+
+# --------------------------------------------------------------------------------------------- latency
+def scale_bundle(work: Path, n: int) -> tuple[Path, np.ndarray]:
+    """The 100k synthetic bundle of bench_scale.py (PCA 256, Annoy, float16 store), built if missing."""
+    import bench_scale
+
+    x = np.load(bench_scale.synthetic(work, n, None), mmap_mode="r")
+    out = work / f"b-synth-{n}-pca256"
+    bench_scale.build(out, x, dims=256, search="ann")
+    return out, x
+
+
+def taught_vectors(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """New items shaped like the catalog: catalog items moved along the data's own differences (float32)."""
+    import bench_scale
+
+    return bench_scale.make_queries(x, n, seed=seed, noise=1.5)
+
+
+def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int) -> list[dict]:
+    from pi_search import live
+    from pi_search.changes import ChangeStore
+    from pi_search.index import Bundle
+    from pi_search.live import Catalog, single_threaded_blas
+
+    single_threaded_blas()   # as the daemon runs
+    bundle_dir, x = scale_bundle(work, n_bundle)
+    rows = []
+    for count in counts:
+        store_file = work / f"taught-{count}x{shots}.sqlite"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_file}{suffix}").unlink(missing_ok=True)
+        taught = taught_vectors(x, count * shots, seed=100 + count) if count else np.empty((0, x.shape[1]))
+        store = ChangeStore(store_file, dim=x.shape[1])
+        t0 = time.perf_counter()
+        for i in range(count):
+            store.add(f"t{i}", f"taught {i}", None, taught[i * shots:(i + 1) * shots])
+        fill_s = time.perf_counter() - t0
+        store.close()
+        t0 = time.perf_counter()
+        cat = Catalog.open(bundle_dir, store=store_file)
+        open_s = time.perf_counter() - t0
+        # queries: half near catalog items, half near taught shots
+        qb = bench_scale_queries(x, nq // 2 if count else nq, seed=7)
+        qt = (taught[np.random.default_rng(8).choice(len(taught), nq - len(qb), replace=False)]
+              + np.random.default_rng(9).normal(0, 0.01, (nq - len(qb), x.shape[1])).astype(np.float32)
+              if count else np.empty((0, x.shape[1]), np.float32))
+        queries = np.concatenate([qb, qt]).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        base = Bundle.open(bundle_dir)
+        for q in queries:   # warm both (page cache, allocator), then time them alternately
+            cat.search(q, 5)
+            base.search(q, 5)
+        times, base_times, found, got = [], [], 0, []
+        for j, q in enumerate(queries):
+            t0 = time.perf_counter()
+            res = cat.search(q, 5)
+            t1 = time.perf_counter()
+            base.search(q, 5)
+            base_times.append(time.perf_counter() - t1)
+            times.append(t1 - t0)
+            got.append([m.id for m in res])
+            if j >= len(qb):
+                found += res[0].id == f"t{_owner(taught, q, shots)}"
+        base.close()
+        # the same searches with every taught shot scored exactly (no PCA pre-selection)
+        exact_max, live.EXACT_TAUGHT_MAX = live.EXACT_TAUGHT_MAX, 10**9
+        cat.reload()
+        agree = np.mean([len(set(g) & {m.id for m in cat.search(q, 5)}) / 5 for g, q in zip(got, queries,
+                                                                                        strict=True)])
+        live.EXACT_TAUGHT_MAX = exact_max
+        cat.reload()
+        # one more add into the full store: the time until it is searchable (commit + state rebuild)
+        extra = taught_vectors(x, shots, seed=5)
+        t0 = time.perf_counter()
+        cat.add("one more", None, extra, item_id="one-more")
+        add_s = time.perf_counter() - t0
+        assert cat.search(extra[0], 1)[0].id == "one-more"
+        cat.close()
+        rows.append({"bundle_items": n_bundle, "taught_items": count, "shots_per_item": shots,
+                     "taught_vectors": count * shots, "search_p50_ms": _pct(times, 50),
+                     "search_p99_ms": _pct(times, 99), "bundle_only_p50_ms": _pct(base_times, 50),
+                     "merge_overhead_p50_ms": _pct(np.subtract(times, base_times), 50),
+                     "taught_top1": round(found / max(1, len(qt)), 4) if count else None,
+                     "recall5_vs_exact_taught": round(float(agree), 4),
+                     "add_searchable_ms": round(add_s * 1000, 1), "open_s": round(open_s, 3),
+                     "fill_s": round(fill_s, 2),
+                     "store_mb": round(store_file.stat().st_size / 1e6, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def bench_scale_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    import bench_scale
+
+    return bench_scale.make_queries(x, n, seed=seed)
+
+
+def _owner(taught: np.ndarray, q: np.ndarray, shots: int) -> int:
+    """The taught item whose shot a query was made from (exact nearest shot)."""
+    return int(np.argmax(taught @ q)) // shots
+
+
+# ----------------------------------------------------------------------------------------------- views
+def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "camera") -> list[dict]:
+    """Recall on the public benchmark when camera views of each item are taught (1..max_views).
+
+    The views are new renders of each item in a room (another seed than the queries); ``kind`` says how a
+    shot is embedded, as the page and the CLI do: ``camera`` (like a query) or ``photo`` (like a catalog
+    photo).
+    """
+    import csv
+
+    from pi_search import images
+    from pi_search.benchmark_data import load_backgrounds, load_rgba, random_shot, render, select_stamps
+    from pi_search.catalog import build_bundle
+    from pi_search.changes import ChangeStore
+    from pi_search.extractor import Extractor
+    from pi_search.live import Catalog
+    from pi_search.views import embed_catalog_image, embed_query_image
+
+    ex = Extractor()
+    bundle = work / "views-bundle"
+    if not (bundle / "manifest.json").is_file():
+        build_bundle(benchmark / "catalog", bundle, ex, progress=False)
+    with open(benchmark / "truth.csv", newline="") as f:
+        truth = [(r["query_path"], r["item_id"]) for r in csv.DictReader(f)]
+    qcache = work / "views-queries.npy"
+    if qcache.is_file():
+        qv = np.load(qcache)
+    else:
+        qv = np.stack([embed_query_image(ex, images.read(benchmark / p)) for p, _ in truth])
+        np.save(qcache, qv)
+    ids = [i for _, i in truth]
+    stamps = {s.id: s for s in select_stamps()}
+    vcache = work / f"views-taught-{kind}-{seed}-{max_views}.npz"
+    embed_shot = embed_query_image if kind == "camera" else embed_catalog_image
+    if vcache.is_file():
+        z = np.load(vcache)
+        tv, tids = z["vectors"], list(z["ids"])
+    else:
+        backgrounds = load_backgrounds()
+        rng = np.random.default_rng(seed)
+        tv, tids = [], []
+        for item in sorted(set(ids)):
+            rgba = load_rgba(stamps[item].path)
+            for _ in range(max_views):
+                frame = render(rgba, backgrounds, random_shot(rng, len(backgrounds)), rng)
+                tv.append(embed_shot(ex, frame))
+                tids.append(item)
+        tv = np.stack(tv)
+        np.savez(vcache, vectors=tv, ids=np.array(tids))
+    by_item: dict[str, list[np.ndarray]] = {}
+    for v, i in zip(tv, tids, strict=True):
+        by_item.setdefault(str(i), []).append(v)
+
+    def measure(name: str, n_views: int, keep_photo: bool) -> dict:
+        store_file = work / f"views-{name}.sqlite"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_file}{suffix}").unlink(missing_ok=True)
+        store = ChangeStore(store_file, dim=ex.dim)
+        for item, vs in by_item.items():
+            if not n_views:
+                continue
+            if keep_photo:
+                store.edit(item, vectors=np.stack(vs[:n_views]),
+                           base_item={"id": item, "title": item, "price": None, "extra": {}})
+            else:   # the item known only from its camera views: the catalog photo's vector is masked
+                store.remove(item, base_item={"id": item, "title": item, "price": None, "extra": {}})
+                store.add(item, item, None, np.stack(vs[:n_views]))
+        store.close()
+        cat = Catalog.open(bundle, store=store_file)
+        r1 = r5 = 0
+        for q, want in zip(qv, ids, strict=True):
+            got = [m.id for m in cat.search(q, 5)]
+            r1 += got[:1] == [want]
+            r5 += want in got
+        cat.close()
+        row = {"condition": name, "shot_kind": kind, "catalog_photo": keep_photo, "taught_views": n_views,
+               "queries": len(ids), "recall@1": round(r1 / len(ids), 4), "recall@5": round(r5 / len(ids), 4)}
+        print(json.dumps(row), file=sys.stderr)
+        return row
+
+    rows = [measure("photo", 0, True)] if kind == "camera" else []
+    rows += [measure(f"photo+{n}", n, True) for n in range(1, max_views + 1)]
+    rows += [measure(f"views-{n}", n, False) for n in range(1, max_views + 1)]
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pi-search-taught"),
+                    help="data and bundles (the 100k bundle is made as bench_scale.py makes it)")
+    ap.add_argument("--bundle-items", type=int, default=100_000)
+    ap.add_argument("--taught", default="0,1000,10000", help="taught item counts")
+    ap.add_argument("--shots", type=int, default=1, help="shots per taught item for the latency rows")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--benchmark", type=Path, default=ROOT / "var" / "benchmark",
+                    help="public benchmark folder (python -m pi_search.benchmark_data benchmark)")
+    ap.add_argument("--views", type=int, default=3, help="most taught camera views per item (0: skip)")
+    ap.add_argument("--shot-kinds", default="camera,photo", help="how taught shots are embedded")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "taught.json")
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    result = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version(), "numpy": np.__version__,
+                          "load_average_before": os.getloadavg()}}
+    if not a.skip_latency:
+        counts = [int(c) for c in a.taught.split(",") if c]
+        result["latency"] = latency(a.work, a.bundle_items, counts, a.shots, a.queries)
+    if a.views:
+        (a.work / "views").mkdir(exist_ok=True)
+        result["views"] = []
+        for kind in a.shot_kinds.split(","):
+            result["views"] += views(a.benchmark, a.work / "views", a.views, seed=1, kind=kind)
+    result["machine"]["load_average_after"] = os.getloadavg()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    print(f"JSON: {a.out}", file=sys.stderr)
+
+
+def table(result: dict) -> str:
+    lines = []
+    if result.get("latency"):
+        lines.append(f"{'bundle':>8} {'taught':>7} {'vectors':>8} {'p50 ms':>7} {'p99 ms':>7} "
+                     f"{'bundle p50':>10} {'overhead':>8} {'top1':>5} {'R@5 vs exact':>12} {'add ms':>7}")
+        for r in result["latency"]:
+            t1 = f"{r['taught_top1']:.2f}" if r["taught_top1"] is not None else "-"
+            lines.append(f"{r['bundle_items']:>8} {r['taught_items']:>7} {r['taught_vectors']:>8} "
+                         f"{r['search_p50_ms']:>7.3f} {r['search_p99_ms']:>7.3f} "
+                         f"{r['bundle_only_p50_ms']:>10.3f} {r['merge_overhead_p50_ms']:>8.3f} "
+                         f"{t1:>5} {r['recall5_vs_exact_taught']:>12.3f} {r['add_searchable_ms']:>7.1f}")
+    if result.get("views"):
+        lines.append("")
+        lines.append(f"{'condition':<10} {'shots as':>8} {'photo':>5} {'views':>5} {'R@1':>6} {'R@5':>6}")
+        for r in result["views"]:
+            photo = "yes" if r["catalog_photo"] else "no"
+            lines.append(f"{r['condition']:<10} {r['shot_kind']:>8} {photo:>5} "
+                         f"{r['taught_views']:>5} {r['recall@1']:>6.3f} {r['recall@5']:>6.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
