@@ -360,7 +360,19 @@ class ChangeStore:
         return sorted(out, key=lambda it: (it.updated, it.seq), reverse=True)
 
     def get(self, item_id: str) -> TaughtItem | None:
-        return self.snapshot().items.get(str(item_id))
+        return self.get_row(item_id)
+
+    def get_row(self, item_id: str) -> TaughtItem | None:
+        """One row of the store (deleted ones included) without reading any shot."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT i.id, i.title, i.price, i.extra, i.created, i.updated, i.deleted, i.base, i.seq, "
+                "(SELECT COUNT(*) FROM vectors v WHERE v.item_id = i.id), i.own FROM items i WHERE i.id = ?",
+                (str(item_id),)).fetchone()
+        if r is None:
+            return None
+        return TaughtItem(r[0], r[1], r[2], json.loads(r[3] or "{}"), r[4], r[5], bool(r[6]), bool(r[7]),
+                          int(r[8]), int(r[9]), int(r[10]))
 
     def thumbnail(self, item_id: str) -> bytes | None:
         with self._lock:

@@ -90,6 +90,8 @@ class _State:
     coarse: np.ndarray | None  # float32 [m, COARSE_DIMS]: shots projected by the bundle's PCA (large m)
     projection: Projection | None
     size: int
+    buffer: np.ndarray | None = None         # float32 [capacity, dim]: ``vectors`` is its first m rows
+    coarse_buffer: np.ndarray | None = None  # float32 [capacity, COARSE_DIMS]: the same for ``coarse``
 
 
 class Catalog:
@@ -169,15 +171,42 @@ class Catalog:
             items[i] = it
         keep = (snap.vector_seqs > done) & np.array(
             [o in items and not items[o].deleted for o in snap.owners], dtype=bool).reshape(-1)
-        vecs, owners = np.ascontiguousarray(snap.vectors[keep]), snap.owners[keep]
+        m = int(keep.sum())
+        # room to grow: an add writes its shots after row m, which no published state reads
+        vecs = np.empty((max(256, 2 * m), snap.vectors.shape[1]), np.float32)
+        vecs[:m] = snap.vectors[keep]
+        owners = snap.owners[keep]
         masked = frozenset(i for i, it in items.items() if it.masks_bundle)
-        proj = self._projection(bundle) if len(vecs) > EXACT_TAUGHT_MAX else None
-        coarse = proj.apply(vecs) if proj is not None else None
+        proj = self._projection(bundle) if m > EXACT_TAUGHT_MAX else None
+        coarse = None
+        if proj is not None:
+            coarse = np.empty((len(vecs), proj.dims), np.float32)
+            coarse[:m] = proj.apply(vecs[:m])
         views = int((bundle.manifest.get("changes") or {}).get("views", 0))
         size = len(bundle) - views
         size -= sum(1 for it in items.values() if it.base and it.deleted)
         size += sum(1 for it in items.values() if not it.base and not it.deleted)
-        return _State(bundle, key, items, masked, vecs, owners, coarse, proj, size)
+        return _State(bundle, key, items, masked, vecs[:m], owners, None if coarse is None else coarse[:m],
+                      proj, size, vecs, coarse)
+
+    def _appended(self, st: _State, it: TaughtItem, vectors: np.ndarray) -> _State | None:
+        """``st`` plus one new taught item and its shots (float32 [n, dim], L2-normalised), without reading
+        the store again; None when a full reload is needed (no room left, or the pre-selection starts)."""
+        m, n = len(st.vectors), len(vectors)
+        if st.buffer is None or m + n > len(st.buffer):
+            return None
+        if (st.coarse is None) != (m + n <= EXACT_TAUGHT_MAX):
+            return None
+        st.buffer[m:m + n] = vectors
+        if st.coarse is not None:
+            st.coarse_buffer[m:m + n] = st.projection.apply(vectors)
+        owners = np.empty(m + n, dtype=object)
+        owners[:m] = st.owners
+        owners[m:] = it.id
+        items = {**st.items, it.id: it}
+        return _State(st.bundle, st.key, items, st.masked, st.buffer[:m + n], owners,
+                      None if st.coarse is None else st.coarse_buffer[:m + n], st.projection, st.size + 1,
+                      st.buffer, st.coarse_buffer)
 
     def reload(self) -> None:
         """Read the store again and, if a compaction swapped the bundle, map the new one."""
@@ -387,8 +416,19 @@ class Catalog:
             if in_bundle and item_id not in st.masked and item_id not in st.items:
                 raise CatalogError(f"item {item_id!r} is already in the catalog; add shots to it with "
                                    f"pi-search item edit {item_id} --image PHOTO, or choose another id")
+            others = self.store.data_version() != self._version or manifest_key(self._dir) != st.key
             self.store.add(item_id, title, price, vectors, thumb=thumb, extra=extra, base=in_bundle)
-            self.reload()
+            fast = None
+            if not (others or in_bundle or item_id in st.items):
+                # a plain new item: append it to the published state instead of reading every shot again
+                row = self.store.get_row(item_id)
+                if row is not None:
+                    fast = self._appended(st, row, _normalise(np.asarray(vectors, np.float32).reshape(
+                        -1, st.bundle.dim)))
+            if fast is not None:
+                self._state = fast
+            else:
+                self.reload()
         self._after_change()
         return item_id
 

@@ -202,3 +202,29 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
         res = cat.search(near(taught[j], rng, 0.02), 3)
         assert res[0].id == f"t{j // 2}"
     cat.close()
+
+
+def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
+    import pi_search.live as live
+
+    rng = np.random.default_rng(6)
+    items = [Item(f"b{i}", f"B {i}") for i in range(200)]
+    write_bundle(tmp_path / "b", unit(rng.normal(size=(200, 32))), items,
+                 model={"name": "m", "sha256": "x", "dim": 32},
+                 options=BuildOptions(dims=8, search="ann", n_trees=4))
+    monkeypatch.setattr(live, "EXACT_TAUGHT_MAX", 150)
+    cat = Catalog.open(tmp_path / "b", refresh_s=3600)
+    taught = unit(rng.normal(size=(600, 32)))
+    reads = []
+    real_snapshot = cat.store.snapshot
+    monkeypatch.setattr(cat.store, "snapshot", lambda: reads.append(1) or real_snapshot())
+    for i in range(300):   # crosses the pre-selection threshold and the first buffer's capacity
+        cat.add(f"T {i}", None, taught[2 * i:2 * i + 2], item_id=f"t{i}")
+    assert len(reads) < 10      # most adds did not read the store again
+    queries = [near(taught[j], rng, 0.02) for j in range(0, 600, 7)]
+    appended = [[(m.id, round(m.score, 5)) for m in cat.search(q, 5)] for q in queries]
+    assert len(cat) == 500 and cat._state.coarse is not None and len(cat._state.vectors) == 600
+    cat.reload()
+    assert [[(m.id, round(m.score, 5)) for m in cat.search(q, 5)] for q in queries] == appended
+    assert [a[0][0] for a in appended] == [f"t{j // 2}" for j in range(0, 600, 7)]
+    cat.close()
