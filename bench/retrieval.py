@@ -268,6 +268,18 @@ def main(argv=None) -> int:
             m = metrics(exact_ranks(_norm(qv.mean(1)), _norm(c_cat), c_idx)[0])
             checks.append({"queries": "close-up benchmark", "crop": c, "recall@1": m["recall@1"]})
     result["crop_checks"] = checks
+
+    # Uploads: a product photo on white as the query (each catalog photo looked up in its own catalog).
+    own_idx = np.arange(len(ids))
+    uploads = []
+    for name, fn in (("whole photo (baseline framing)", lambda e, rgb: e.embed(to_model_input(rgb, e.size))),
+                     (f"centre crop {QUERY_CROP} only", lambda e, rgb: e.embed(to_model_input(rgb, e.size,
+                                                                                               QUERY_CROP))),
+                     ("kept: views.embed_query_image", embed_query_image)):
+        qv, _ = embed_files(ex, cat_paths, fn)
+        uploads.append({"framing": name, **metrics(exact_ranks(_norm(qv), _norm(cat_kept), own_idx)[0])})
+        print(uploads[-1], flush=True)
+    result["uploads"] = uploads
     for c in checks:
         print(c, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
