@@ -267,6 +267,7 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
                           "replaced)")
     opts = (options or BuildOptions()).resolved(n, dim)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     t0 = time.perf_counter()
@@ -334,6 +335,19 @@ class _ProjectedView:
 
     def __getitem__(self, sl):
         return self._p.apply(_normalise(self._v[sl]))
+
+
+def _remove_leftovers(out_dir: Path, min_age_s: float = 3600.0) -> None:
+    """Delete temporary or swapped-out directories of ``out_dir`` left by a killed build over an hour ago."""
+    now = time.time()
+    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        try:
+            old = now - p.stat().st_mtime > min_age_s
+        except OSError:
+            continue
+        if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name) and old:
+            log.warning("removing %s, left by an interrupted build", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:

@@ -233,3 +233,20 @@ def test_usearch_backend_behind_the_same_interface(tmp_path):
             assert matches[0].id == f"id{e[0]}"
             hits += len({m.index for m in matches} & set(e.tolist()))
     assert hits / 400 >= 0.9
+
+
+def test_leftovers_of_a_killed_build_are_removed(tmp_path):
+    import os
+    import time
+
+    x = _clustered(50, 16)
+    stale = tmp_path / ".b.tmp-deadbeef"
+    stale.mkdir()
+    (stale / "index.ann").write_bytes(b"half")
+    fresh = tmp_path / ".b.tmp-cafe0000"  # maybe another build still running: kept
+    fresh.mkdir()
+    hour_ago = time.time() - 7200
+    os.utime(stale, (hour_ago, hour_ago))
+    _write(tmp_path, x, "b", search="exact")
+    assert not stale.exists() and fresh.exists()
+    assert (tmp_path / "b" / ix.MANIFEST).is_file()
