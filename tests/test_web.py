@@ -113,7 +113,7 @@ def test_search_upload_answers_matches(make, coffee):
 
 
 @pytest.mark.parametrize("data, status, message", [
-    ({"image": (io.BytesIO(b"not an image"), "x.jpg")}, 400, "not a readable image"),
+    ({"image": (io.BytesIO(b"not an image"), "x.jpg")}, 415, "not a JPEG, PNG or WebP photo"),
     ({"image": (io.BytesIO(b""), "empty.jpg")}, 400, "empty"),
     ({"photo": (io.BytesIO(b"abc"), "x.jpg")}, 400, "field 'image'"),
 ])

@@ -25,6 +25,8 @@ def create_app(service, config):
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(config.server.max_upload_mb * 1024 * 1024)
     app.config["JSON_SORT_KEYS"] = False
+    app.config["MAX_FORM_PARTS"] = 64            # a teaching request holds up to 16 shots and a few fields
+    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024  # text fields; files are limited by MAX_CONTENT_LENGTH
     app.extensions["pi_search"] = {"service": service, "config": config,
                                    "registry": make_registry(service), "viewers": _Viewers()}
     app.register_blueprint(bp)

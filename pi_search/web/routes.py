@@ -52,6 +52,10 @@ def _remember_token(resp):
 @bp.app_errorhandler(413)
 def _too_large(_exc):
     mb = _ext()["config"].server.max_upload_mb
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None and limit and request.content_length <= limit:
+        return _error(413, f"the form has too many fields or files (at most "
+                           f"{current_app.config.get('MAX_FORM_PARTS')} parts)")
     return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
 
 
@@ -110,23 +114,35 @@ def results():
 def search():
     """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
     from ..errors import ImageError
-    from ..images import decode
+    from .uploads import UploadError, check_form, decode_upload
 
     service = _ext()["service"]
-    upload = request.files.get("image")
-    if upload is None:
-        return _error(400, "send the photo as multipart/form-data field 'image'")
-    data = upload.read()
     try:
-        rgb = decode(data, name=upload.filename or "upload")
-        k = request.args.get("k", type=int) or request.form.get("k", type=int)
+        upload = check_form(request)[0]
+        try:
+            data = upload.read()
+        finally:
+            upload.close()
+        rgb = decode_upload(data, name=_display_name(upload.filename))
+        k = request.args.get("k", type=int)
+        k = request.form.get("k", type=int) if k is None else k
+        if k is not None and not 1 <= k <= 100:
+            return _error(400, f"k={k}: ask for 1 to 100 matches")
         matches, timings = service.search_image(rgb, k)
+    except UploadError as exc:
+        return _error(exc.status, str(exc))
     except ImageError as exc:
         busy = "busy" in str(exc)
         return _error(503 if busy else 400, str(exc))
     return jsonify({"matches": [m.as_dict() for m in matches],
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
                     "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
+
+
+def _display_name(filename: str | None) -> str:
+    """The client's file name for messages: printable, at most 80 characters, never used as a path."""
+    name = "".join(c for c in (filename or "") if c.isprintable())[:80]
+    return name or "upload"
 
 
 @bp.get("/thumbs/<path:item_id>")

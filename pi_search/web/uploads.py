@@ -1,0 +1,86 @@
+"""Checks on an uploaded photo before decoding: form shape, file type, completeness; then a safe decode."""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import numpy as np
+
+from ..errors import ImageError
+
+log = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class UploadError(ImageError):
+    """A refused upload: ``status`` is the HTTP status to answer with (4xx)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def kind_of(data: bytes) -> str | None:
+    """``"jpeg"``, ``"png"`` or ``"webp"`` from the file's first bytes; None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == PNG_SIGNATURE:
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def truncated(data: bytes, kind: str) -> bool:
+    """True when a JPEG, PNG or WebP file ends before its image data does (a cut-off upload)."""
+    if kind == "jpeg":
+        sos = data.rfind(b"\xff\xda")
+        return sos < 0 or data.find(b"\xff\xd9", sos) < 0  # no end-of-image after the last scan
+    if kind == "png":
+        return data.rfind(b"IEND") < 0
+    if kind == "webp":
+        (size,) = struct.unpack("<I", data[4:8])
+        return len(data) < 8 + size
+    return False
+
+
+def check_form(request, field: str = "image", max_files: int = 1):
+    """The uploaded files of ``field`` in a multipart request; UploadError (4xx) for any other shape."""
+    if request.mimetype != "multipart/form-data":
+        raise UploadError(415, f"send the photo as multipart/form-data field '{field}' "
+                               f"(got {request.mimetype or 'no content type'})")
+    files = request.files.getlist(field)
+    if not files:
+        raise UploadError(400, f"send the photo as multipart/form-data field '{field}'")
+    total = sum(len(request.files.getlist(k)) for k in request.files)
+    if total > max_files:
+        raise UploadError(400, f"{total} files in one request: send at most {max_files} "
+                               f"photo{'s' if max_files > 1 else ''} as field '{field}'")
+    return files
+
+
+def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
+    """Bytes of an uploaded photo to RGB uint8 [H, W, 3]; UploadError (4xx) with the reason otherwise.
+
+    Only JPEG, PNG and WebP are decoded (other codecs are refused before any decoder sees them); a file cut
+    short is refused rather than shown half grey; huge dimensions are refused from the header.
+    """
+    from ..images import decode
+
+    if not data:
+        raise UploadError(400, f"{name}: empty file (0 bytes)")
+    kind = kind_of(data)
+    if kind is None:
+        raise UploadError(415, f"{name}: not a JPEG, PNG or WebP photo")
+    if truncated(data, kind):
+        raise UploadError(400, f"{name}: the {kind.upper()} file is truncated (cut off before its end); "
+                               "send the whole file")
+    try:
+        return decode(data, name=name)
+    except ImageError as exc:
+        raise UploadError(400, str(exc)) from None
+    except Exception as exc:  # a decoder error on hostile bytes is a bad upload, not a server fault
+        log.info("%s: decoder refused it: %s", name, exc)
+        raise UploadError(400, f"{name}: not a readable image ({type(exc).__name__})") from None
