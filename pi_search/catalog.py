@@ -123,10 +123,14 @@ class _Checkpoints:
                                  zip(keys, thumbs, strict=True))
         path = self.dir / f"chunk-{self._next:06d}.npz"
         tmp = self.dir / f".chunk-{self._next:06d}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # interrupted: no half-written chunk stays behind
+            raise
         self._next += 1
         for k, v in zip(keys, vecs, strict=True):
             self.done[k] = v

@@ -155,8 +155,11 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
                            backend=backend)
-    report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten, strict=strict,
-                          options=options, embeddings=embeddings, ids=ids)
+    from .shutdown import terminate_as_exit
+
+    with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
+        report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
+                              strict=strict, options=options, embeddings=embeddings, ids=ids)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -262,6 +265,7 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
 def run_daemon(config) -> None:
     """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT."""
     from .camera import open_source
+    from .config import check_bind
     from .errors import ConfigError
     from .extractor import Extractor
     from .index import Bundle
@@ -269,6 +273,7 @@ def run_daemon(config) -> None:
     from .web import create_app
     from .web.server import run
 
+    check_bind(config.server)  # a daemon open to the network needs a token
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
                           "(make one with: pi-search index build CATALOG --out DIR)")

@@ -229,6 +229,38 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return Config(**sections)
 
 
+MIN_TOKEN = 16  # characters of a token that guards a daemon reachable from the network
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(server: ServerConfig) -> None:
+    """Refuse a non-loopback bind address without a token of at least ``MIN_TOKEN`` characters.
+
+    On such an address everything that changes state needs the token; without one anybody on the network
+    could change the appliance, so the daemon does not start (ConfigError says what to set).
+    """
+    if is_loopback(server.host):
+        return
+    if not server.token:
+        raise ConfigError(f"[server] host = {server.host!r} is reachable from the network but no "
+                          f"[server] token is set: set token = \"<{MIN_TOKEN}+ random characters>\" "
+                          "(e.g. openssl rand -hex 16) in the config, or bind 127.0.0.1")
+    if len(server.token) < MIN_TOKEN:
+        raise ConfigError(f"[server] token is {len(server.token)} characters: use at least {MIN_TOKEN} "
+                          f"random characters (e.g. openssl rand -hex 16) to serve on {server.host}")
+
+
 def as_dict(config: Config) -> dict:
     """The configuration as plain data (for /healthz and logs); the server token is masked."""
     d = dataclasses.asdict(config)

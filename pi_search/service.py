@@ -246,6 +246,7 @@ class Service:
         self._last_frame_time = 0.0
         self._frame_times: deque[float] = deque(maxlen=60)
         self._upload_slots = threading.BoundedSemaphore(2)
+        self._reload_lock = threading.Lock()
         self._watchdog_s = notify.watchdog_interval()
         self._last_ping = 0.0
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
@@ -489,6 +490,27 @@ class Service:
             "index": {"up": index_up, "items": len(self.bundle) if index_up else 0},
             "worker": {"alive": alive},
         }
+
+    def reload_bundle(self) -> dict:
+        """Map the bundle now in the bundle's directory (after a rebuild); keep the old one if it is broken.
+
+        The new bundle is opened and checked against the model first: a half-written or mismatched one
+        raises BundleError and the bundle in use keeps serving. Searches already running finish on the old
+        bundle (it is unmapped once the last of them drops it). Returns ``{"items", "created"}``.
+        """
+        from .index import Bundle
+
+        with self._reload_lock:
+            current = self.bundle
+            fresh = Bundle.open(current.directory, extractor=self.extractor)  # BundleError: keep serving
+            if hasattr(current, "reload"):  # the live catalog swaps its own state (and its taught items)
+                fresh.close()
+                current.reload()
+            else:
+                self.bundle = fresh
+            log.info("bundle %s reloaded: %d items, built %s", current.directory, len(self.bundle),
+                     self.bundle.manifest.get("created"))
+            return {"items": len(self.bundle), "created": self.bundle.manifest.get("created")}
 
     def search_image(self, rgb: np.ndarray, k: int | None = None) -> tuple[list, dict]:
         """Matches for an uploaded photo (RGB uint8 [H, W, 3]) and timings in ms; never touches the camera.

@@ -197,6 +197,36 @@ def stream():
     return resp
 
 
+@bp.post("/api/reload")
+def reload_bundle():
+    """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
+    from urllib.parse import urlsplit
+
+    from ..config import is_loopback
+    from ..errors import PiSearchError
+
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        return _error(403, f"a change from another site ({origin}) was refused")
+    server = _ext()["config"].server
+    if not is_loopback(server.host) and not _token_given(server.token):
+        return _error(401, "reloading the bundle needs the token: send 'Authorization: Bearer TOKEN'")
+    try:
+        info = _ext()["service"].reload_bundle()
+    except PiSearchError as exc:
+        return _error(409, f"kept the bundle in use: {exc}")
+    return jsonify({"reloaded": True, **info})
+
+
+def _token_given(token: str) -> bool:
+    """True if the request carries ``token`` (compared in constant time); False when no token is set."""
+    if not token:
+        return False
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
+        or request.cookies.get(TOKEN_COOKIE, "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 @bp.get("/healthz")
 def healthz():
     h = _ext()["service"].health()

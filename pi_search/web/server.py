@@ -1,4 +1,4 @@
-"""Runs the app under waitress in the main thread; SIGTERM/SIGINT stop the worker, camera and server."""
+"""Runs the app under waitress in the main thread; SIGTERM/SIGINT stop it, SIGHUP reloads the bundle."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         raise SystemExit(0)
 
+    def _on_hangup(_signum, _frame):
+        threading.Thread(target=_reload, args=(service,), name="pi-search-reload", daemon=True).start()
+
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
     service.start()
     log.info("serving on http://%s:%d/ (%d threads)", host, server.effective_port, threads)
     notify.ready(f"serving on http://{host}:{server.effective_port}/")
@@ -48,3 +52,16 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
         for s, h in old.items():
             signal.signal(s, h)
         log.info("stopped")
+
+
+def _reload(service) -> None:
+    """SIGHUP: map the bundle rebuilt in place; a broken one is logged and the old one keeps serving."""
+    from ..errors import PiSearchError
+
+    try:
+        info = service.reload_bundle()
+        log.warning("SIGHUP: bundle reloaded, %d items (built %s)", info["items"], info["created"])
+    except PiSearchError as exc:
+        log.error("SIGHUP: keeping the bundle in use: %s", exc)
+    except Exception:  # a reload must never take the daemon down
+        log.exception("SIGHUP: reloading the bundle failed; keeping the bundle in use")

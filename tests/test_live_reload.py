@@ -1,0 +1,201 @@
+"""A bundle rebuilt while serving: picked up atomically, queries in flight finish, failures keep the old."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
+from fakes import wait_until
+
+from pi_search import images
+from pi_search.catalog import build_bundle
+from pi_search.config import load_config
+from pi_search.live import Catalog
+from pi_search.service import Service
+from pi_search.views import embed_query_image
+from pi_search.web import create_app
+
+SMALL = CATALOG_PHOTOS[:4]  # astronaut, cat, coffee, rocket
+SMALL_IDS = {p[0] for p in SMALL}
+ALL_IDS = {p[0] for p in CATALOG_PHOTOS}
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory):
+    return write_catalog(tmp_path_factory.mktemp("small-catalog"), SMALL)
+
+
+@pytest.fixture(scope="module")
+def queries(extractor):
+    """Embeddings of camera-like shots of an item in both catalogs and of one only in the big one."""
+    shots = [camera_view(load_photo(s)) for s in ("skimage:coffee", "skimage:chelsea")]
+    shots.append(camera_view(images.read("/usr/share/doc/opencv-doc/examples/data/orange.jpg")))
+    return [embed_query_image(extractor, s) for s in shots], shots
+
+
+class Hammer:
+    """Threads that query the catalog without pause and record every result and every error."""
+
+    def __init__(self, catalog, vectors, client=None, shot=None, threads: int = 3):
+        self.catalog, self.vectors, self.client, self.shot = catalog, vectors, client, shot
+        self.stop = threading.Event()
+        self.results: list[set] = []
+        self.by_thread: dict[int, list[set]] = {i: [] for i in range(threads)}
+        self.errors: list[BaseException] = []
+        self.http: list[int] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._query, args=(i,)) for i in range(threads)]
+        if client is not None:
+            self.threads.append(threading.Thread(target=self._upload))
+
+    def _query(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            try:
+                ids = {m.id for m in self.catalog.search(self.vectors[(i + n) % len(self.vectors)], 5)}
+                with self.lock:
+                    self.results.append(ids)
+                    self.by_thread[i].append(ids)
+            except BaseException as exc:  # recorded: the test fails on any
+                self.errors.append(exc)
+            n += 1
+
+    def _upload(self) -> None:
+        jpeg = images.encode_jpeg(self.shot)
+        while not self.stop.is_set():
+            r = self.client.post("/api/search", data={"image": (io.BytesIO(jpeg), "q.jpg")},
+                                 content_type="multipart/form-data")
+            self.http.append(r.status_code)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+
+@pytest.fixture
+def live(tmp_path, bundle_dir, extractor):
+    """A copy of the session bundle opened as the daemon opens it, a Service and a test client."""
+    def _make(refresh_s: float = 0.2):
+        d = tmp_path / "live" / "bundle"
+        shutil.copytree(bundle_dir, d)
+        cat = Catalog.open(d, extractor=extractor, refresh_s=refresh_s)
+        config = load_config(None, {})
+        svc = Service(lambda: None, extractor, cat, config)
+        made.append(cat)
+        return d, cat, svc, create_app(svc, config).test_client()
+
+    made = []
+    yield _make
+    for c in made:
+        c.close()
+
+
+@pytest.mark.parametrize("how", ["manifest", "api"])
+def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extractor, queries, how):
+    vectors, shots = queries
+    d, cat, svc, client = live(refresh_s=0.2 if how == "manifest" else 1e9)
+    assert len(cat) == len(CATALOG_PHOTOS)
+    with Hammer(cat, vectors, client, shots[0]) as h:
+        assert wait_until(lambda: h.count() > 50)
+        before = h.count()
+        build_bundle(small_catalog, d, extractor, progress=False)   # written beside, renamed into place
+        if how == "api":
+            r = client.post("/api/reload")
+            assert r.status_code == 200 and r.get_json()["items"] == len(SMALL)
+        assert wait_until(lambda: len(cat) == len(SMALL))
+        swapped = h.count()
+        assert wait_until(lambda: h.count() > swapped + 50)
+    assert h.errors == []
+    assert set(h.http) == {200}
+    assert all(ids <= ALL_IDS for ids in h.results)
+    assert any(ids - SMALL_IDS for ids in h.results[:before])  # the old bundle served first
+    for seen in h.by_thread.values():  # atomic: once a thread got the new bundle, it never sees the old
+        # (top 5 of the old bundle never fits in the 4 new items)
+        first_new = next(n for n, ids in enumerate(seen) if ids <= SMALL_IDS)
+        assert all(ids <= SMALL_IDS for ids in seen[first_new:])
+        assert seen[-1] <= SMALL_IDS
+    assert cat.search(vectors[0], 1)[0].id == "coffee"
+
+
+def test_a_failed_build_leaves_the_old_bundle_serving(live, small_catalog, extractor, queries, monkeypatch):
+    import pi_search.index as index
+
+    vectors, _ = queries
+    d, cat, svc, client = live()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index, "_write_items", full_disk)
+    with Hammer(cat, vectors) as h:
+        assert wait_until(lambda: h.count() > 20)
+        with pytest.raises(OSError, match="No space left"):
+            build_bundle(small_catalog, d, extractor, progress=False)
+        r = client.post("/api/reload")
+        assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
+        n = h.count()
+        assert wait_until(lambda: h.count() > n + 20)
+    assert h.errors == [] and len(cat) == len(CATALOG_PHOTOS)
+    assert any(ids - SMALL_IDS for ids in h.results[-10:])
+    leftovers = [p.name for p in d.parent.iterdir() if p.name not in ("bundle", "bundle.changes.sqlite")]
+    assert [n for n in leftovers if "tmp" in n] == []
+
+
+def test_a_half_copied_bundle_is_refused_and_the_old_one_serves(live, queries, caplog):
+    vectors, _ = queries
+    d, cat, svc, client = live()
+    with Hammer(cat, vectors) as h:
+        assert wait_until(lambda: h.count() > 20)
+        (d / "manifest.json.new").write_text('{"format_version": 1, "items": 3, "mod')  # cut short
+        (d / "manifest.json.new").replace(d / "manifest.json")  # the watcher sees a new manifest
+        r = client.post("/api/reload")
+        assert r.status_code == 409
+        assert "kept the bundle in use" in r.get_json()["error"] and "manifest.json" in r.get_json()["error"]
+        n = h.count()
+        assert wait_until(lambda: h.count() > n + 50)
+    assert h.errors == [] and len(cat) == len(CATALOG_PHOTOS)
+    assert cat.search(vectors[2], 1)[0].id == "orange"
+
+
+def test_reload_from_another_site_or_without_token_is_refused(live, tmp_path):
+    d, cat, svc, client = live()
+    r = client.post("/api/reload", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    config = load_config(None, {"server.host": "0.0.0.0", "server.token": "t" * 20})
+    open_client = create_app(svc, config).test_client()
+    assert open_client.post("/api/reload").status_code == 401
+    r = open_client.post("/api/reload", headers={"Authorization": "Bearer " + "t" * 20})
+    assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
+
+
+def test_plain_bundle_is_swapped_and_the_old_one_stays_usable(tmp_path, bundle_dir, small_catalog, extractor,
+                                                             queries):
+    from pi_search.index import Bundle
+
+    vectors, _ = queries
+    d = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, d)
+    old = Bundle.open(d, extractor=extractor)
+    svc = Service(lambda: None, extractor, old, load_config(None, {}))
+    build_bundle(small_catalog, d, extractor, progress=False)
+    info = svc.reload_bundle()
+    assert info["items"] == len(SMALL) and svc.bundle is not old
+    # A search that started on the old bundle still completes on it (its files stay mapped).
+    assert old.search(np.asarray(vectors[2]), 1)[0].id == "orange"
+    assert svc.bundle.search(vectors[0], 1)[0].id == "coffee"
+    old.close()
+    svc.bundle.close()
