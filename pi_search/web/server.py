@@ -34,7 +34,7 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
     service.start()
-    log.info("serving on http://%s:%d/ (%d threads)", host, server.effective_port, threads)
+    log.info("serving on http://%s:%s/ (%d threads)", host, server.effective_port, threads)
     notify.ready(f"serving on http://{host}:{server.effective_port}/")
     try:
         server.run()
