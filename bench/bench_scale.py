@@ -17,6 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 1280
 K = 10
+ONLY: list[str] = []  # --only: measure just the layouts whose names contain one of these
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -274,6 +275,8 @@ def configs(n: int, full: bool, usearch: bool) -> list[dict]:
     for sk, cand in ((5_000, 100), (10_000, 100), (20_000, 200)):
         c.append({"name": f"annoy pca256w 50t sk{sk // 1000}k +rerank{cand} f16", "bundle": "pca256w",
                   "search": {**ann, "search_k": sk, "candidates": cand}})
+    c.append({"name": "annoy pca256w 50t sk40k +rerank400 f16", "bundle": "pca256w",
+              "search": {**ann, "search_k": 40_000, "candidates": 400}, "min_n": 500_000})
     for sk, cand in ((10_000, 100), (20_000, 200)):
         c.append({"name": f"annoy pca256w 50t sk{sk // 1000}k +rerank{cand} int8", "bundle": "pca256w-i8",
                   "search": {**ann, "search_k": sk, "candidates": cand}})
@@ -286,7 +289,8 @@ def configs(n: int, full: bool, usearch: bool) -> list[dict]:
         for cand in (50, 100):
             c.append({"name": f"usearch pca256w f16 (view) +rerank{cand} f16", "bundle": "us-pca256w",
                       "search": {**ann, "candidates": cand}})
-    return [x for x in c if x.get("max_n", 1 << 62) >= n and x.get("min_n", 0) <= n]
+    c = [x for x in c if x.get("max_n", 1 << 62) >= n and x.get("min_n", 0) <= n]
+    return [x for x in c if not ONLY or any(o in x["name"] for o in ONLY)]
 
 
 def ensure_bundle(name: str, work: Path, tag: str, x: np.ndarray, built: dict) -> Path:
@@ -334,7 +338,7 @@ def run_set(name: str, x: np.ndarray, work: Path, nq: int, full: bool, usearch: 
     per_query = round((time.perf_counter() - t0) * 1e3 / nq, 3)
     rows = [{"set": name, "n": len(x), "name": "numpy exact f32 in RAM (reference)", "p50_ms": per_query,
              "recall10": 1.0, "note": "batched ground-truth pass, 2 threads"}]
-    if len(x) <= 200_000:
+    if len(x) <= 200_000 and not ONLY:
         for whiten in (False, True):
             label = f"pca256{'-whiten' if whiten else ''} exact (no re-rank)"
             rows.append({"set": name, "n": len(x), "name": label,
@@ -392,7 +396,9 @@ def main() -> None:
     ap.add_argument("--probe-queries", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--probe-truth", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--probe-search", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--only", default="", help="comma-separated name fragments of the layouts to measure")
     a = ap.parse_args()
+    ONLY.extend(o for o in a.only.split(",") if o)
     if a.probe:
         search = json.loads(a.probe_search)
         print(json.dumps(probe(a.probe, a.probe_queries, a.probe_truth, search, a.queries)))

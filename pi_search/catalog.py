@@ -19,7 +19,7 @@ import numpy as np
 from . import images
 from .catalog_reader import Problem, Row, read_catalog
 from .errors import CatalogError, ImageError
-from .index import BuildOptions, Item, write_bundle
+from .index import DEFAULT_WHITEN, BuildOptions, Item, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _load_vectors(embeddings: Path, ids_file: Path, dim: int) -> dict[str, np.nd
 
 
 def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dims: int | None = -1,
-                 whiten: bool = False, strict: bool = False, options: BuildOptions | None = None,
+                 whiten: bool = DEFAULT_WHITEN, strict: bool = False, options: BuildOptions | None = None,
                  embeddings: str | Path | None = None, ids: str | Path | None = None,
                  chunk: int = CHUNK, progress: bool = True,
                  on_chunk: Callable[[int, int], None] | None = None) -> BuildReport:

@@ -128,7 +128,7 @@ def index() -> None:
               help="Model file (default: the shipped model).")
 @click.option("--dims", default="auto", show_default=True,
               help="PCA dimensions of the Annoy index: a number, auto (256 for large catalogs) or none.")
-@click.option("--whiten/--no-whiten", default=False, show_default=True, help="Whiten the PCA projection.")
+@click.option("--whiten/--no-whiten", default=True, show_default=True, help="Whiten the PCA projection.")
 @click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
 @click.option("--trees", default=None, type=int, help="Annoy trees (default: see README, Scale).")
 @click.option("--search", "search_mode", type=click.Choice(["auto", "exact", "ann"]), default="auto",

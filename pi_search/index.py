@@ -32,8 +32,9 @@ PCA_MEAN_FILE = "pca_mean.npy"
 PCA_COMPONENTS_FILE = "pca_components.npy"
 
 # Defaults chosen from bench/bench_scale.py (see README, "Scale").
-EXACT_MAX_ITEMS = 20_000     # below this, exact search over the stored vectors is as fast as Annoy
+EXACT_MAX_ITEMS = 5_000      # below this, exact search over the stored vectors is as fast as Annoy
 DEFAULT_DIMS = 256           # PCA dimensions of the Annoy index for larger catalogs
+DEFAULT_WHITEN = True        # whitened PCA finds better candidates (README, "Scale")
 DEFAULT_TREES = 50
 DEFAULT_CANDIDATES = 100     # Annoy candidates re-ranked on the full vectors
 DEFAULT_SEARCH_K = 10_000    # Annoy nodes inspected per query
@@ -109,7 +110,7 @@ def fit_pca(vectors: np.ndarray, dims: int, *, whiten: bool = False, chunk: int 
     evals, comps = np.clip(evals[order], 0.0, None), evecs[:, order].T
     explained = float(evals.sum() / max(np.clip(np.linalg.eigvalsh(cov), 0, None).sum(), 1e-12))
     if whiten:
-        comps = comps / np.sqrt(evals + 1e-6 * max(evals[0], 1e-12))[:, None]
+        comps = comps / np.sqrt(np.maximum(evals, 1e-4 * max(evals[0], 1e-12)))[:, None]
     return Projection(mean.astype(np.float32), comps.astype(np.float32), whiten, explained)
 
 
@@ -211,7 +212,7 @@ class BuildOptions:
     """How the searchable part of a bundle is made (see README, "Scale", for how the defaults were chosen)."""
 
     dims: int | None = -1              # -1: automatic (none below EXACT_MAX_ITEMS, DEFAULT_DIMS above)
-    whiten: bool = False
+    whiten: bool = DEFAULT_WHITEN
     n_trees: int = DEFAULT_TREES
     search: str = "auto"              # "auto", "exact" or "ann"
     candidates: int = DEFAULT_CANDIDATES

@@ -101,7 +101,11 @@ def test_build_with_projection_options(run, catalog_dir, tmp_path):
             "--store", "int8", "--trees", 5, "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(run("index", "info", tmp_path / "b", "--json").stdout)
-    assert info["projection"]["dims"] == 8 and info["projection"]["whiten"] is False
+    assert info["projection"]["dims"] == 8 and info["projection"]["whiten"] is True  # the default
+    r = run("index", "build", catalog_dir, "--out", tmp_path / "b", "--dims", 8, "--search", "ann",
+            "--no-whiten", "--trees", 5)
+    assert r.exit_code == 0
+    assert json.loads(run("index", "info", tmp_path / "b", "--json").stdout)["projection"]["whiten"] is False
     assert info["index"]["dim"] == 8 and info["n_trees"] == 5 and info["store"]["dtype"] == "int8"
     r = run("index", "build", catalog_dir, "--out", tmp_path / "c", "--dims", "lots")
     assert r.exit_code == 2 and "'lots'" in r.stderr
