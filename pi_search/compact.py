@@ -84,7 +84,7 @@ def recover(bundle_dir: str | Path) -> None:
     Does nothing while another process compacts.
     """
     bundle_dir = Path(bundle_dir)
-    if not bundle_dir.parent.is_dir():
+    if not bundle_dir.parent.is_dir() or not _leftovers(bundle_dir):
         return
     try:
         with _lock(bundle_dir):
@@ -93,6 +93,13 @@ def recover(bundle_dir: str | Path) -> None:
         log.info("%s: a compaction is running; leaving its files alone", bundle_dir)
     except OSError as exc:
         log.warning("%s: cannot check for an interrupted compaction (%s)", bundle_dir, exc)
+
+
+def _leftovers(bundle_dir: Path) -> bool:
+    """True if a compaction left something behind (or the bundle is missing): worth taking the lock."""
+    parent, name = bundle_dir.parent, bundle_dir.name
+    patterns = (f".{name}.compact-*", f".{name}.old-*", f"..{name}.compact-*.tmp-*", f".{name}.fold-*.npy")
+    return not bundle_dir.exists() or any(next(parent.glob(p), None) is not None for p in patterns)
 
 
 def _recover(bundle_dir: Path) -> None:
@@ -119,7 +126,7 @@ def _recover(bundle_dir: Path) -> None:
 def _lock(bundle_dir: Path) -> Iterator[None]:
     import fcntl
 
-    path = bundle_dir.parent / f".{bundle_dir.name}.compact.lock"
+    path = bundle_dir.parent / f"{bundle_dir.name}.changes.lock"   # beside NAME.changes.sqlite
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -70,9 +70,7 @@ def test_compaction_keeps_every_result_and_empties_the_store(live_dir):
     manifest = read_manifest(live_dir)
     assert manifest["changes"]["folded_seq"] == 4 and manifest["items"] == 19
     assert manifest["catalog"] == read_manifest(live_dir)["catalog"] is not None
-    leftovers = [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".bundle.")
-                 and not p.name.endswith(".lock")]
-    assert leftovers == []
+    assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".")] == []
     cat.close()
     again = Catalog.open(live_dir, refresh_s=0.0)  # a fresh process sees the same catalog
     assert results(again, queries) == before and len(again) == n
@@ -167,7 +165,7 @@ def test_recover_puts_a_bundle_back_after_a_crash_between_renames(live_dir):
     cat = Catalog.open(live_dir, refresh_s=0.0)
     assert results(cat, queries) == before and cat.store.pending() == 0
     assert read_manifest(live_dir)["changes"]["folded_seq"] == 4
-    assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".")] == [".bundle.compact.lock"]
+    assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".")] == []
     cat.close()
 
 
