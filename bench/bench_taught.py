@@ -22,12 +22,13 @@ def _pct(xs, p) -> float:
 
 # --------------------------------------------------------------------------------------------- latency
 def scale_bundle(work: Path, n: int) -> tuple[Path, np.ndarray]:
-    """The 100k synthetic bundle of bench_scale.py (PCA 256, Annoy, float16 store), built if missing."""
+    """The 100k synthetic bundle of bench_scale.py as built by default (whitened PCA 256, Annoy, float16
+    store), built if missing."""
     import bench_scale
 
     x = np.load(bench_scale.synthetic(work, n, None), mmap_mode="r")
-    out = work / f"b-synth-{n}-pca256"
-    bench_scale.build(out, x, dims=256, search="ann")
+    out = work / f"b-synth-{n}-pca256w"
+    bench_scale.build(out, x, dims=256, whiten=True, search="ann")
     return out, x
 
 

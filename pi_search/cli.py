@@ -296,14 +296,13 @@ def run_daemon(config) -> None:
 def _live_catalog(config, extractor):
     """The bundle with its change store (taught items), or None if the store cannot be opened."""
     from .errors import CatalogError
-    from .live import COMPACT_AFTER, Catalog, single_threaded_blas
+    from .live import Catalog, single_threaded_blas
 
     single_threaded_blas()
     ix = config.index
     try:
-        return Catalog.open(ix.bundle, extractor=extractor,
-                            compact_after=getattr(ix, "compact_after", COMPACT_AFTER),
-                            compact_every_s=getattr(ix, "compact_every_s", 0.0))
+        return Catalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
+                            compact_every_s=ix.compact_every_s)
     except CatalogError as exc:
         log.warning("serving the bundle without taught items: %s", exc)
         return None

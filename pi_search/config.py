@@ -59,6 +59,11 @@ class IndexConfig:
     bundle: str = ""
     # How many matches to publish.
     top_k: int = field(default=5, metadata=_check(1, 100))
+    # Taught, edited or removed items pending in NAME.changes.sqlite beside the bundle that start a compaction
+    # in the background (folding them into a new bundle); 0: never by count.
+    compact_after: int = field(default=200, metadata=_check(0, 1_000_000))
+    # Also compact pending changes every this many seconds (e.g. 86400: daily); 0: no schedule.
+    compact_every_s: float = field(default=0.0, metadata=_check(0.0, 31_536_000.0))
 
 
 @dataclass(frozen=True)

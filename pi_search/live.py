@@ -23,7 +23,6 @@ EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection p
 COARSE_DIMS = 64           # leading PCA components the pre-selection compares (a quarter of the bytes read)
 COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
-COMPACT_AFTER = 200        # default: pending changes that start a background compaction in the daemon
 
 
 def single_threaded_blas() -> bool:
@@ -154,8 +153,10 @@ class Catalog:
         """The bundle's PCA cut to its ``COARSE_DIMS`` leading components (for the pre-selection)."""
         if self._projection_cache[0] != id(bundle):
             p = load_projection(bundle)
-            if p is not None:
-                p = Projection(p.mean, np.ascontiguousarray(p.components[:COARSE_DIMS]), p.whiten, 0.0)
+            if p is not None:   # rows back to unit length: plain PCA axes even if the bundle's are whitened
+                c = p.components[:COARSE_DIMS]
+                c = c / np.linalg.norm(c, axis=1, keepdims=True)
+                p = Projection(p.mean, np.ascontiguousarray(c, dtype=np.float32), False, 0.0)
             self._projection_cache = (id(bundle), p)
         return self._projection_cache[1]
 

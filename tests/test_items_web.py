@@ -13,12 +13,11 @@ from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search import images
 from pi_search.benchmark_data import load_rgba, on_white
-from pi_search.config import load_config
+from pi_search.config import is_loopback, load_config
 from pi_search.index import Bundle
 from pi_search.live import Catalog
 from pi_search.service import Service
 from pi_search.web import create_app
-from pi_search.web.items import is_loopback
 
 OSTRICH = "/usr/share/tuxpaint/stamps/animals/birds/ostrich.png"
 

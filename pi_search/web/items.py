@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import threading
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, render_template, request
+
+from ..config import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,6 @@ def _error(status: int, message: str):
     resp = jsonify({"error": message})
     resp.status_code = status
     return resp
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _given_token() -> str:
