@@ -91,6 +91,13 @@ def browser(tmp_path):
     drv.quit()
 
 
+def _cards(driver) -> list[dict]:
+    """Titles and texts of the match cards, read atomically (the page replaces cards on each result)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#matches .card')].map(c => ({"
+        "title: (c.querySelector('.title') || {}).textContent || '', text: c.innerText}));")
+
+
 def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -98,10 +105,13 @@ def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
     url, proc = server
     browser.get(url + "/")
     wait = WebDriverWait(browser, 30)
-    first = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card .title") or False)[0]
-    assert first.text == "Cup of coffee"
-    card = browser.find_element(By.CSS_SELECTOR, "#matches .card")
-    assert "3.20" in card.text and "% similar" in card.text
+    # Cards are re-rendered on every new result: read them in one script call, never hold elements.
+    wait.until(lambda d: _cards(d))
+    try:
+        cards = wait.until(lambda d: (c := _cards(d)) and c[0]["title"] == "Cup of coffee" and c)
+    except Exception:
+        raise AssertionError(f"the coffee cup never came first: {_cards(browser)}") from None
+    assert "3.20" in cards[0]["text"] and "% similar" in cards[0]["text"]
     # The live preview and the thumbnails really loaded (decoded images have a size).
     wait.until(lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") > 0)
     wait.until(lambda d: d.execute_script(
@@ -122,9 +132,11 @@ def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
     browser.refresh()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card .title"))
-    preview = browser.find_element(By.ID, "preview").rect
-    card = browser.find_element(By.CSS_SELECTOR, "#matches .card").rect
+    wait.until(lambda d: _cards(d))
+    preview, card = browser.execute_script(
+        "const r = e => { const b = e.getBoundingClientRect(); return {x: b.x, y: b.y, width: b.width,"
+        " height: b.height}; };"
+        "return [r(document.getElementById('preview')), r(document.querySelector('#matches .card'))];")
     assert card["y"] >= preview["y"] + preview["height"]
     assert card["x"] >= 0 and card["x"] + card["width"] <= 390
 
@@ -151,8 +163,7 @@ def test_upload_from_the_page(server, browser, tmp_path):
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card"))
     browser.find_element(By.ID, "photo").send_keys(str(photo))
     wait.until(lambda d: "rocket.jpg" in d.find_element(By.ID, "heading").text)
-    first = browser.find_element(By.CSS_SELECTOR, "#matches .card .title")
-    assert first.text == "Rocket on the pad"
+    assert _cards(browser)[0]["title"] == "Rocket on the pad"
     assert "pi_search_uploads_total 1.0" in _get(url + "/metrics")[1].decode()
 
 
