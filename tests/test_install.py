@@ -241,3 +241,11 @@ def test_kiosk_opens_the_page_anyway_after_the_wait(tmp_path):
     res, args = _kiosk(tmp_path, f"http://127.0.0.1:{port}", wait=2)
     assert res.returncode == 0, res.stderr
     assert args[-1] == f"http://127.0.0.1:{port}/"
+
+
+def test_arm64_script_usage():
+    script = ROOT / "ci/arm64.sh"
+    res = run(["--help"], script=script)
+    assert res.returncode == 0 and "--suite" in res.stdout and "SKIPPED" in res.stdout
+    res = run(["--suite", "buster"], script=script)
+    assert res.returncode == 2 and "unknown suite buster" in res.stderr
