@@ -174,7 +174,7 @@ class Catalog:
             [o in items and not items[o].deleted for o in snap.owners], dtype=bool).reshape(-1)
         m = int(keep.sum())
         # room to grow: an add writes its shots after row m, which no published state reads
-        vecs = np.empty((max(256, 2 * m), snap.vectors.shape[1]), np.float32)
+        vecs = np.empty((m + max(256, m // 4), snap.vectors.shape[1]), np.float32)
         vecs[:m] = snap.vectors[keep]
         owners = snap.owners[keep]
         masked = frozenset(i for i, it in items.items() if it.masks_bundle)
@@ -309,13 +309,13 @@ class Catalog:
         if st.coarse is not None:
             c = min(m, max(COARSE_MIN, MAX_SHOTS * k))
             s0 = st.coarse @ st.projection.apply(q)
-            rows = np.argpartition(-s0, c - 1)[:c] if c < m else np.arange(m)
+            rows = np.argpartition(s0, m - c)[m - c:] if c < m else np.arange(m)
         else:
             rows = None
         vecs = st.vectors if rows is None else st.vectors[rows]
         s = vecs @ q
         t = min(len(s), k * MAX_SHOTS)   # holds k distinct items: an item has at most MAX_SHOTS shots
-        top = np.argpartition(-s, t - 1)[:t] if t < len(s) else np.arange(len(s))
+        top = np.argpartition(s, len(s) - t)[len(s) - t:] if t < len(s) else np.arange(len(s))
         top = top[np.argsort(-s[top], kind="stable")]
         seen: set = set()
         for j, score in zip(top.tolist(), s[top].tolist(), strict=True):

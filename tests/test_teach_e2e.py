@@ -308,8 +308,8 @@ def test_add_an_item_through_the_page(tmp_path, bundle_dir, browser):
     frames.mkdir()
     frames.joinpath("a.jpg").write_bytes(images.encode_jpeg(camera_view(photo)))
     frames.joinpath("b.jpg").write_bytes(images.encode_jpeg(camera_view(photo[:, ::-1])))
-    upload = tmp_path / "ostrich.jpg"
-    upload.write_bytes(images.encode_jpeg(photo, 92))
+    upload = tmp_path / "ostrich.jpg"   # a phone-sized photo: the page shrinks it before sending
+    upload.write_bytes(images.encode_jpeg(cv2.resize(photo, (2400, 2400), interpolation=cv2.INTER_CUBIC), 95))
     d = Daemon(tmp_path, live, frames)
     try:
         wait = WebDriverWait(browser, 30)

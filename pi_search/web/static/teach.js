@@ -35,6 +35,24 @@ function renderShots() {
     + (shots.length ? " (" + shots.length + " shot" + (shots.length > 1 ? "s" : "") + ")" : "");
 }
 
+// Phone photos are several MB each: send them at most 1280 px on the long side (the model sees 224 px), so a
+// few shots stay within the daemon's upload limit.
+async function shrink(file, side = 1280) {
+  try {
+    const bmp = await createImageBitmap(file);
+    const scale = Math.min(1, side / Math.max(bmp.width, bmp.height));
+    if (scale === 1 && file.size < 1024 * 1024) return file;
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(bmp.width * scale);
+    canvas.height = Math.round(bmp.height * scale);
+    canvas.getContext("2d").drawImage(bmp, 0, 0, canvas.width, canvas.height);
+    const blob = await new Promise((ok) => canvas.toBlob(ok, "image/jpeg", 0.9));
+    return blob || file;
+  } catch (e) {
+    return file;   // not decodable here: let the daemon say what is wrong with it
+  }
+}
+
 function addShot(blob, kind) {
   shots.push({ blob, kind, url: URL.createObjectURL(blob) });
   renderShots();
@@ -182,9 +200,10 @@ async function loadRecent() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("capture").addEventListener("click", capture);
-  $("files").addEventListener("change", () => {
-    for (const f of $("files").files) addShot(f, "photo");
+  $("files").addEventListener("change", async () => {
+    const files = [...$("files").files];
     $("files").value = "";
+    for (const f of files) addShot(await shrink(f), "photo");
   });
   $("item-form").addEventListener("submit", save);
   $("cancel").addEventListener("click", () => { clearForm(); say("", ""); });
