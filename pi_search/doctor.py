@@ -65,6 +65,12 @@ def check_config(ctx: _Context, overrides: dict | None = None) -> Check:
         fix = "fix the key named above; every key is documented in config.example.toml"
         return Check("config", FAIL, str(exc), fix)
     where = str(ctx.config_path) if ctx.config_path else "defaults (no config file)"
+    from .config import check_bind
+
+    try:
+        check_bind(ctx.config.server)  # the daemon refuses a network bind without a token
+    except PiSearchError as exc:
+        return Check("config", FAIL, str(exc), "set [server] token, or host = \"127.0.0.1\"")
     return Check("config", OK, where)
 
 

@@ -174,3 +174,13 @@ def test_low_disk_fails(tmp_path, monkeypatch):
     check = _by_name(doctor.run_checks(cfg))["disk"]
     assert check.status == "FAIL"
     assert str(tmp_path) in check.detail
+
+
+def test_network_bind_without_a_token_fails_the_config_check(tmp_path, bundle_dir):
+    from pi_search import doctor
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[index]\nbundle = "{bundle_dir}"\n[server]\nhost = "0.0.0.0"\n')
+    checks = {c.name: c for c in doctor.run_checks(cfg, {})}
+    assert checks["config"].status == doctor.FAIL
+    assert "no [server] token is set" in checks["config"].detail and "token" in checks["config"].fix
