@@ -127,3 +127,9 @@ def test_config_example_documents_every_key():
         for key in dataclasses.fields(section.type if isinstance(section.type, type) else
                                       type(getattr(Config(), section.name))):
             assert parser.has_option(section.name, key.name), f"[{section.name}] {key.name}"
+
+
+def test_unit_reload_sends_sighup_and_denies_the_network():
+    svc = _unit()["Service"]
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the daemon reloads its bundle on SIGHUP
+    assert svc["IPAddressDeny"] == ["any"] and svc["IPAddressAllow"] == ["localhost"]
