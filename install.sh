@@ -102,7 +102,7 @@ run() {
     note "  would: $what"
   else
     note "  do:    $what"
-    "$@"
+    "$@" || die "failed: $what (exit status $?)"
   fi
 }
 
