@@ -143,6 +143,23 @@ def test_background_compaction_after_enough_changes(live_dir):
     cat.close()
 
 
+def test_scheduled_compaction_folds_pending_changes(live_dir):
+    import time
+
+    rng = np.random.default_rng(7)
+    cat = Catalog.open(live_dir, refresh_s=0.0, compact_every_s=0.2)
+    v = unit(rng.normal(size=(2, DIM)))
+    cat.add("Clock", None, v, item_id="clock")
+    assert cat.compacting is False          # not due yet
+    time.sleep(0.3)
+    assert cat.search(v[0], 1)[0].id == "clock"   # a search finds the schedule due and starts it
+    assert cat._compactor is not None
+    cat._compactor.join(60)
+    assert cat.last_compaction["folded"] == 1 and cat.store.pending() == 0
+    assert cat.search(v[1], 1)[0].id == "clock" and len(cat) == 17
+    cat.close()
+
+
 def test_recover_puts_a_bundle_back_after_a_crash_between_renames(live_dir):
     rng = np.random.default_rng(5)
     cat = Catalog.open(live_dir, refresh_s=0.0)
