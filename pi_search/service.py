@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 # Histogram bucket upper bounds in seconds, shared by every stage (Prometheus convention).
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
+WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -308,18 +309,28 @@ class Service:
         self._hung = [s for s in self._hung if s.stuck]
         return len(self._hung)
 
+    def driver_wedged(self) -> bool:
+        """True once ``MAX_HUNG_READS`` camera reads are blocked, or one for ``WEDGED_RESTART_S`` seconds.
+
+        Reopening the camera no longer helps then: only a new process releases the device.
+        """
+        n = self.wedged()
+        oldest = min((s.hung_since for s in self._hung if s.hung_since is not None), default=None)
+        return n >= MAX_HUNG_READS or (oldest is not None and time.monotonic() - oldest > WEDGED_RESTART_S)
+
     def _ping(self) -> None:
         """systemd watchdog keep-alive from the worker loop.
 
-        A stuck frame loop stops the pings, and so does a camera driver with ``MAX_HUNG_READS`` reads that
-        never returned (reopening it no longer helps): systemd then restarts the daemon.
+        A stuck frame loop stops the pings, and so does a wedged camera driver (``driver_wedged``): systemd
+        then restarts the daemon.
         """
-        if self.wedged() >= MAX_HUNG_READS:
+        if self.driver_wedged():
             if not self._wedged_logged:
                 self._wedged_logged = True
-                log.error("%d camera reads never returned: stopping the watchdog pings so systemd restarts "
+                log.error("%d camera read(s) never returned: stopping the watchdog pings so systemd restarts "
                           "the daemon", len(self._hung))
             return
+        self._wedged_logged = False
         if self._watchdog_s and time.monotonic() - self._last_ping >= self._watchdog_s / 3:
             self._last_ping = time.monotonic()
             notify.watchdog()
@@ -329,6 +340,9 @@ class Service:
 
         backoff = 0.5
         while not self._stop.is_set():
+            if self.wedged() >= MAX_HUNG_READS:  # no more reader threads for a wedged driver
+                self._stop.wait(1.0)
+                continue
             frames_before, src = self.stats.frames, None
             try:
                 src = GuardedSource(self.source_factory(), self.read_timeout())
@@ -472,8 +486,8 @@ class Service:
             reasons.append(f"camera: {cam_reason}")
         if not alive and self.running:
             reasons.append("worker: not running")
-        if self.wedged() >= MAX_HUNG_READS:
-            reasons.append(f"camera: {len(self._hung)} reads never returned (driver wedged); "
+        if self.driver_wedged():
+            reasons.append(f"camera: {len(self._hung)} read(s) never returned (driver wedged); "
                            "the daemon restarts under systemd")
         if not model_up:
             reasons.append("model: not loaded")

@@ -218,3 +218,26 @@ def test_a_wedged_camera_driver_stops_the_watchdog(extractor, bundle, coffee, no
     finally:
         cam.set("ok")
         svc.stop()
+
+
+def test_one_read_blocked_for_long_stops_the_watchdog(extractor, bundle, coffee, notify_socket, monkeypatch):
+    import pi_search.service as service
+
+    monkeypatch.setattr(service, "MAX_HUNG_READS", 100)  # only the age of the blocked read counts here
+    monkeypatch.setattr(service, "WEDGED_RESTART_S", 1.0)
+    cam = FaultyCamera([coffee])
+    svc, client = make(extractor, bundle, cam)
+    svc.start()
+    try:
+        assert wait_until(lambda: svc.latest() is not None)
+        cam.set("hang")
+        assert wait_until(svc.driver_wedged)
+        drain(notify_socket)
+        assert pings_within(notify_socket, 1.5) == []
+        assert any("never returned" in r for r in client.get("/healthz").get_json()["reasons"])
+        cam.set("ok")
+        assert wait_until(lambda: not svc.driver_wedged())
+        assert "WATCHDOG=1" in pings_within(notify_socket, 3.0)
+    finally:
+        cam.set("ok")
+        svc.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 from ..errors import SourceError
 
@@ -30,6 +31,7 @@ class GuardedSource:
         self.inner = inner
         self.timeout_s = float(timeout_s)
         self.hung = False
+        self.hung_since: float | None = None  # time.monotonic() when a call first timed out
         self._reply: queue.SimpleQueue | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"camera-reader {self.name}", daemon=True)
@@ -64,7 +66,7 @@ class GuardedSource:
         try:
             ok, value = reply.get(timeout=self.timeout_s)
         except queue.Empty:
-            self.hung = True
+            self.hung, self.hung_since = True, time.monotonic()
             raise SourceHung(f"{self.name}: {what} took over {self.timeout_s:g} s (camera hung or "
                              "disconnected); reopening it") from None
         if not ok:
