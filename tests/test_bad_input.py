@@ -200,8 +200,10 @@ def test_no_temporary_files_are_left(app_client, samples, tmp_path, monkeypatch)
 def live_server(app_client):
     from waitress import create_server
 
+    from pi_search.web.server import server_options
+
     _, app, _ = app_client
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    server = create_server(app, host="127.0.0.1", port=0, threads=4, **server_options(app))
 
     def serve():
         with contextlib.suppress(OSError):  # close() from the test thread ends the select loop with EBADF
@@ -249,6 +251,21 @@ def test_traversal_reads_nothing_outside(live_server, bundle_dir, method, path):
     manifest = (bundle_dir / "manifest.json").read_bytes()
     for secret in (b"root:", b"import ", b"format_version", manifest[:60], b"SQLite format"):
         assert secret not in body
+
+
+def test_a_huge_declared_body_is_refused_before_it_is_read(live_server):
+    """A client announcing 2 GB gets a 413 at once; the server never buffers it (no disk filled)."""
+    conn = http.client.HTTPConnection("127.0.0.1", live_server, timeout=10)
+    conn.putrequest("POST", "/api/search")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(2 * 1024**3))
+    conn.endheaders()
+    conn.send(b"--x\r\n" + b"\0" * 65536)
+    r = conn.getresponse()
+    assert r.status == 413
+    conn.close()
+    status, _, _ = raw_request(live_server, "GET", "/healthz")
+    assert status == 200
 
 
 # ---------------------------------------------------------------- fuzzing

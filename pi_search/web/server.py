@@ -11,6 +11,13 @@ from .. import notify
 log = logging.getLogger(__name__)
 
 
+def server_options(app) -> dict:
+    """waitress settings: a body larger than the upload limit is refused before it is buffered to disk."""
+    limit = app.config.get("MAX_CONTENT_LENGTH") or 8 * 1024 * 1024
+    return {"channel_timeout": 30, "ident": "pi-search", "max_request_body_size": limit + 64 * 1024,
+            "connection_limit": 200}
+
+
 def run(app, service, *, host: str, port: int, threads: int) -> None:
     """Serve ``app`` on host:port until SIGTERM or SIGINT; then stop ``service`` (closing the camera).
 
@@ -18,7 +25,7 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
     """
     from waitress import create_server
 
-    server = create_server(app, host=host, port=port, threads=threads, channel_timeout=30, ident="pi-search")
+    server = create_server(app, host=host, port=port, threads=threads, **server_options(app))
     stopping = threading.Event()
 
     def _on_signal(signum, _frame):
