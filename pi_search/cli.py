@@ -457,19 +457,24 @@ def item_add(images_, bundle_dir, title, price, item_id, camera, model_path, as_
 @_bundle_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def item_list(bundle_dir, as_json) -> None:
-    """List the items taught, edited or removed since the bundle was last built or compacted."""
+    """List the items taught, edited or removed since the last compaction, then the 50 taught most recently
+    that a compaction folded into the bundle."""
     cat, _ = _open_catalog(bundle_dir, None, extractor=False)
     with cat:
         rows = [it.as_dict() for it in cat.changes()]
+        folded = cat.folded(50)
         total = len(cat)
     if as_json:
-        emit_json({"items": rows, "catalog_items": total})
+        emit_json({"items": rows, "folded": folded, "catalog_items": total})
         return
     for r in rows:
         state = "removed" if r["deleted"] else ("edited" if r["in_bundle"] else "taught")
         price = f"  {r['price']}" if r["price"] else ""
         click.echo(f"{state:<8} {r['id']}  {r['title']}{price}  ({r['shots']} shot(s))")
-    click.echo(f"{len(rows)} change(s); {total} items in the catalog", err=True)
+    for r in folded:
+        price = f"  {r['price']}" if r["price"] else ""
+        click.echo(f"{'folded':<8} {r['id']}  {r['title']}{price}  (taught, now in the bundle)")
+    click.echo(f"{len(rows)} change(s) pending; {total} items in the catalog", err=True)
 
 
 @item.command("edit")

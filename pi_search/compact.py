@@ -201,7 +201,8 @@ class _Plan:
             else:
                 rid = owner
                 have[owner] = 1
-                extra = json.dumps(it.extra, ensure_ascii=False)
+                extra = it.extra if it.base else {**it.extra, "taught_at": round(it.created, 3)}
+                extra = json.dumps(extra, ensure_ascii=False)
                 self.taught.append(owner)
             self.meta.append((rid, it.title, it.price, extra, "taught", r))
 

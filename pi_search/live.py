@@ -407,6 +407,33 @@ class Catalog:
         """Items taught, edited or removed since the bundle was built, most recent first."""
         return sorted(self._state.items.values(), key=lambda it: (it.updated, it.seq), reverse=True)
 
+    def folded(self, limit: int = 50) -> list[dict]:
+        """Taught items a compaction already folded into the bundle, most recently taught first (at most
+        ``limit``): ``{"id", "title", "price", "extra", "taught_at"}``. Items changed since are left out
+        (``changes`` lists them)."""
+        import json
+        import sqlite3
+
+        st = self._state
+        path = st.bundle.directory / st.bundle.manifest.get("items_file", "items.sqlite")
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            rows = db.execute("SELECT id, title, price, extra FROM items WHERE extra LIKE '%\"taught_at\"%'"
+                              ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("%s: cannot list taught items (%s)", path, exc)
+            rows = []
+        finally:
+            db.close()
+        out = []
+        for rid, title, price, extra in rows:
+            extra = json.loads(extra or "{}")
+            if VIEW_SEP in rid or rid in st.items or "taught_at" not in extra:
+                continue
+            out.append({"id": rid, "title": title, "price": price, "extra": extra,
+                        "taught_at": float(extra["taught_at"])})
+        return sorted(out, key=lambda d: d["taught_at"], reverse=True)[:limit]
+
     def add(self, title: str, price: str | None, vectors: np.ndarray, *, item_id: str | None = None,
             thumb: bytes | None = None, extra: dict | None = None) -> str:
         """Teach an item from shot embeddings (float32 [n, dim]); searchable on return. Returns its id."""

@@ -217,5 +217,7 @@ def test_compact_cli_reports_and_empties_the_store(live_dir):
     report = json.loads(r.stdout)
     assert report["folded"] == 4 and report["items"] == 16
     r = CliRunner().invoke(main, ["item", "list", "--bundle", str(live_dir), "--json"])
-    assert json.loads(r.stdout) == {"items": [], "catalog_items": 16}
+    listing = json.loads(r.stdout)
+    assert listing["items"] == [] and listing["catalog_items"] == 16
+    assert [f["id"] for f in listing["folded"]] == ["lamp"] and listing["folded"][0]["taught_at"] > 0
     assert store_path(live_dir).is_file()

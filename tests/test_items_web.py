@@ -123,6 +123,12 @@ def test_compaction_from_the_api_keeps_the_item(make, ostrich):
     assert wait_until(lambda: not client.get("/api/items").get_json()["compacting"], timeout=60)
     body = client.get("/api/items").get_json()
     assert body["items"] == [] and body["last_compaction"]["folded"] == 1 and body["catalog_items"] == 17
+    # still listed (folded into the bundle), and still editable
+    assert [(f["id"], f["title"], f["in_bundle"]) for f in body["folded"]] == [("ostrich", "Ostrich", True)]
+    r = client.patch("/api/items/ostrich", data={"price": "26.00"})
+    assert r.status_code == 200 and r.get_json()["item"]["price"] == "26.00"
+    body = client.get("/api/items").get_json()
+    assert [i["id"] for i in body["items"]] == ["ostrich"] and body["folded"] == []
     top = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
     assert top["matches"][0]["id"] == "ostrich"
 

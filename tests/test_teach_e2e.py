@@ -152,7 +152,8 @@ def test_running_daemon_learns_items_and_keeps_them_through_compaction(tmp_path,
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["folded"] == 2
         listing = json.loads(_cli("item", "list", "--bundle", str(live), "--json").stdout)
-        assert listing == {"items": [], "catalog_items": 18}
+        assert listing["items"] == [] and listing["catalog_items"] == 18
+        assert [f["id"] for f in listing["folded"]] == ["yak", "ostrich"]   # most recently taught first
         time.sleep(1.5)  # the daemon looks for a swapped bundle once a second
         assert d.search(other)[0]["id"] == "ostrich" and d.search(camera_view(yak[:, ::-1]))[0]["id"] == "yak"
         assert d.items() == 18 and d.proc.poll() is None

@@ -109,7 +109,8 @@ def page():
 
 @bp.get("/api/items")
 def list_items():
-    """The items taught, edited or removed since the bundle was built or compacted, newest first."""
+    """The items taught, edited or removed since the bundle was built or compacted, newest first; and
+    (``folded``) the 50 items taught most recently that a compaction already folded into the bundle."""
     cat = _catalog()
     if cat is None:
         return _no_store()
@@ -118,7 +119,9 @@ def list_items():
         d = it.as_dict()
         d["thumb"] = None if it.deleted else f"/thumbs/{it.id}"
         rows.append(d)
-    resp = jsonify({"items": rows, "catalog_items": len(cat), "compacting": cat.compacting,
+    folded = [{**f, "thumb": f"/thumbs/{f['id']}", "in_bundle": True, "deleted": False}
+              for f in cat.folded(50)]
+    resp = jsonify({"items": rows, "folded": folded, "catalog_items": len(cat), "compacting": cat.compacting,
                     "last_compaction": cat.last_compaction})
     resp.headers["Cache-Control"] = "no-store"
     return resp

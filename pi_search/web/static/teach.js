@@ -161,7 +161,8 @@ function row(item) {
   price.textContent = item.price || "";
   const info = document.createElement("div");
   info.className = "score";
-  const what = item.deleted ? "removed" : (item.in_bundle ? "edited" : "taught");
+  const what = item.folded ? "taught, in the catalog"
+    : (item.deleted ? "removed" : (item.in_bundle ? "edited" : "taught"));
   info.textContent = what + " · " + item.id + (item.shots ? " · " + item.shots + " shot(s)" : "");
   text.append(title, price, info);
   li.append(img, text);
@@ -189,7 +190,8 @@ async function loadRecent() {
     const r = await fetch("/api/items", { cache: "no-store" });
     const body = await r.json();
     if (!r.ok) throw new Error(body.error || r.statusText);
-    $("recent").replaceChildren(...body.items.map(row));
+    const folded = (body.folded || []).map((f) => row({ ...f, folded: true }));
+    $("recent").replaceChildren(...body.items.map(row), ...folded);
     $("hint").textContent = body.catalog_items + " items in the catalog"
       + (body.items.length ? ", " + body.items.length + " changed since the last compaction" : "")
       + (body.compacting ? " · compacting…" : "") + ".";
