@@ -58,7 +58,7 @@ def manifest_key(directory: Path) -> tuple | None:
         st = os.stat(directory / MANIFEST)
     except OSError:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def folded_seq(manifest: dict) -> int:
@@ -117,6 +117,7 @@ class Catalog:
         self._checked = time.monotonic()
         self._version = store.data_version()
         self._projection_cache: tuple[int, Projection | None] = (0, None)
+        self._bad_key: tuple | None = None   # a bundle that failed to open: not retried until it changes
         self._state = self._build(bundle, manifest_key(self._dir), store.snapshot())
 
     @classmethod
@@ -221,7 +222,9 @@ class Catalog:
                     bundle = Bundle.open(self._dir, extractor=self.extractor)
                     log.info("bundle %s reopened: %d items", self._dir, len(bundle))
                 except BundleError as exc:
-                    log.warning("keeping the bundle in use: %s", exc)
+                    if key != self._bad_key:
+                        log.warning("keeping the bundle in use: %s", exc)
+                    self._bad_key = key
                     key = self._state.key
             # the replaced Bundle is not closed: a search may still run on it; it unmaps when dropped
             self._state = self._build(bundle, key, snap)
@@ -237,7 +240,7 @@ class Catalog:
             self.compact_in_background()
         try:
             changed = (self.store.data_version() != self._version
-                       or manifest_key(self._dir) not in (None, self._state.key))
+                       or manifest_key(self._dir) not in (None, self._state.key, self._bad_key))
             if changed:
                 self.reload()
         except Exception as exc:  # a failed refresh keeps serving the last good state

@@ -12,7 +12,7 @@ from conftest import camera_view
 from pi_search.changes import ChangeStore, store_path
 from pi_search.errors import CatalogError
 from pi_search.index import BuildOptions, Item, write_bundle
-from pi_search.live import Catalog, embed_shots
+from pi_search.live import Catalog, embed_shots, manifest_key
 
 DIM = 1280
 
@@ -228,3 +228,27 @@ def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
     assert [[(m.id, round(m.score, 5)) for m in cat.search(q, 5)] for q in queries] == appended
     assert [a[0][0] for a in appended] == [f"t{j // 2}" for j in range(0, 600, 7)]
     cat.close()
+
+
+def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalog, live_dir, tmp_path,
+                                                                          caplog):
+    import os
+
+    rng = np.random.default_rng(7)
+    v = unit(rng.normal(size=(1, DIM)))
+    catalog.add("Kettle", None, v, item_id="kettle")
+    cup = stored_vector(live_dir, "coffee")
+    broken = tmp_path / "broken"
+    shutil.copytree(live_dir, broken)
+    (broken / "vectors.npy").unlink()
+    os.rename(live_dir, tmp_path / "old")
+    os.rename(broken, live_dir)
+    for _ in range(3):
+        assert catalog.search(cup, 1)[0].id == "coffee" and catalog.search(v[0], 1)[0].id == "kettle"
+    assert sum("keeping the bundle in use" in r.message for r in caplog.records) == 1
+    shutil.rmtree(live_dir)
+    fixed = tmp_path / "fixed"
+    shutil.copytree(tmp_path / "old", fixed)
+    os.rename(fixed, live_dir)
+    assert catalog.search(v[0], 1)[0].id == "kettle" and catalog.search(cup, 1)[0].id == "coffee"
+    assert catalog._state.key == manifest_key(live_dir)   # the good replacement is mapped
