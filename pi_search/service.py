@@ -263,14 +263,18 @@ class Service:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Stop the worker and close the camera; wakes every waiting viewer. Safe to call twice."""
+    def request_stop(self) -> None:
+        """Start stopping without waiting: the worker leaves its loop, waiting viewers and pollers wake."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         src = self._source
         if src is not None and hasattr(src, "abort"):
             src.abort()  # a worker waiting on a hung camera returns at once
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the worker and close the camera; wakes every waiting viewer. Safe to call twice."""
+        self.request_stop()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)

@@ -339,3 +339,31 @@ def test_sigterm_during_uploads_exits_cleanly_and_closes_the_camera(tmp_path, bu
     assert calls[-3:] == ["stop", "close", "open=0"], calls
     assert list(spool.iterdir()) == []
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_with_previews_and_long_polls_open_ends_them_at_once(tmp_path, bundle_dir):
+    """Open /stream.mjpg viewers and long polls are woken by SIGTERM, so no server thread is left waiting."""
+    import http.client
+
+    proc, url, log = _daemon(tmp_path, bundle_dir)
+    port = int(url.rsplit(":", 1)[1])
+    conns = []
+    try:
+        frame = _json(url + "/api/results")["frame_id"]  # a still scene: no newer result for a while
+        for path in ("/stream.mjpg", "/stream.mjpg", f"/api/results?after={frame}&wait=5"):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            c.request("GET", path)
+            conns.append(c)
+        first = conns[0].getresponse()
+        assert first.read(100).startswith(b"--frame")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        _stop(proc)
+        for c in conns:
+            c.close()
+    text = log.read_text()
+    assert "still running" not in text and "Canceling" not in text, text
+    assert "stopped" in text.splitlines()[-1]

@@ -33,6 +33,7 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
             return
         stopping.set()
         log.info("%s: stopping", signal.Signals(signum).name)
+        service.request_stop()  # open previews and long polls end now, so the server threads finish at once
         raise SystemExit(0)
 
     def _on_hangup(_signum, _frame):
