@@ -191,11 +191,13 @@ def test_sigterm_while_the_bundle_is_written_removes_it(tmp_path, catalog_dir, b
 
 
 @pytest.mark.slow
-def test_sigterm_during_index_build_leaves_the_old_bundle_and_no_temporary_files(tmp_path, bundle_dir):
+def test_sigterm_during_index_build_keeps_the_old_bundle_serving_and_no_temp_files(tmp_path, bundle_dir):
     photos = [(f"{pid}-{n}", t, p, s) for n in range(12) for pid, t, p, s in CATALOG_PHOTOS]
     catalog = write_catalog(tmp_path / "big", photos)
     out = _copy(bundle_dir, tmp_path / "live")
     manifest = (out / "manifest.json").read_bytes()
+    (tmp_path / "d").mkdir()
+    daemon, url, log = _daemon(tmp_path / "d", out)  # serving the bundle being replaced
     proc = subprocess.Popen([str(EXE), "index", "build", str(catalog), "--out", str(out)],
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -210,7 +212,14 @@ def test_sigterm_during_index_build_leaves_the_old_bundle_and_no_temporary_files
     reader.join(5)
     assert "Traceback" not in "".join(lines)
     assert (out / "manifest.json").read_bytes() == manifest  # the old bundle, untouched
-    left = sorted(p.name for p in (tmp_path / "live").iterdir())
+    try:  # and still served, also after a reload
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "SIGHUP: bundle reloaded, 16 items" in log.read_text(), 30), log.read_text()
+        assert _status(url + "/healthz") == 200
+        assert _json(url + "/api/results")["status"]["catalog_items"] == len(CATALOG_PHOTOS)
+    finally:
+        assert _stop(daemon) == 0
+    left = sorted(p.name for p in (tmp_path / "live").iterdir() if not p.name.startswith("bundle.changes"))
     assert left in (["bundle"], ["bundle", "bundle.partial"]), left  # .partial: finished chunks, to resume
     partial = tmp_path / "live" / "bundle.partial"
     if partial.is_dir():
