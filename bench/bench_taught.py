@@ -39,7 +39,8 @@ def taught_vectors(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return bench_scale.make_queries(x, n, seed=seed, noise=1.5)
 
 
-def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int) -> list[dict]:
+def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, compact: bool = False
+            ) -> list[dict]:
     from pi_search import live
     from pi_search.changes import ChangeStore
     from pi_search.index import Bundle
@@ -118,8 +119,35 @@ def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int) -
                      "add_searchable_ms": round(add_s * 1000, 1), "open_s": round(open_s, 3),
                      "fill_s": round(fill_s, 2),
                      "store_mb": round(store_file.stat().st_size / 1e6, 1)})
+        if compact and count:
+            rows[-1].update(compaction(bundle_dir, store_file, work, taught, shots))
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
+
+
+def compaction(bundle_dir: Path, store_file: Path, work: Path, taught: np.ndarray, shots: int) -> dict:
+    """Fold a store into a copy of the bundle (hard links: the original stays as it is); time it."""
+    import shutil
+
+    from pi_search.compact import compact
+    from pi_search.live import Catalog
+
+    copy = work / "compacted"
+    for p in (copy, work / "compacted.changes.sqlite"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    shutil.copytree(bundle_dir, copy, copy_function=os.link)
+    shutil.copy(store_file, work / "compacted.changes.sqlite")
+    cat = Catalog.open(copy)
+    t0 = time.perf_counter()
+    report = compact(copy, cat.store)
+    seconds = time.perf_counter() - t0
+    cat.reload()
+    ok = all(cat.search(taught[i * shots], 1)[0].id == f"t{i}" for i in range(0, len(taught) // shots, 97))
+    out = {"compact_s": round(seconds, 1), "compacted_rows": report["rows"],
+           "pending_after": cat.store.pending(), "taught_found_after_compaction": ok}
+    cat.close()
+    shutil.rmtree(copy, ignore_errors=True)
+    return out
 
 
 def bench_scale_queries(x: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -233,6 +261,7 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=3, help="most taught camera views per item (0: skip)")
     ap.add_argument("--shot-kinds", default="camera,photo", help="how taught shots are embedded")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--compact", action="store_true", help="also time a compaction of each store")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "taught.json")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -241,7 +270,7 @@ def main() -> None:
                           "load_average_before": os.getloadavg()}}
     if not a.skip_latency:
         counts = [int(c) for c in a.taught.split(",") if c]
-        result["latency"] = latency(a.work, a.bundle_items, counts, a.shots, a.queries)
+        result["latency"] = latency(a.work, a.bundle_items, counts, a.shots, a.queries, a.compact)
     if a.views:
         (a.work / "views").mkdir(exist_ok=True)
         result["views"] = []
@@ -259,14 +288,15 @@ def table(result: dict) -> str:
     if result.get("latency"):
         lines.append(f"{'bundle':>8} {'taught':>7} {'vectors':>8} {'p50 ms':>7} {'p99 ms':>7} "
                      f"{'bundle p50':>10} {'overhead':>8} {'cpu p50':>7} {'bundle cpu':>10} {'top1':>5} "
-                     f"{'R@5 vs exact':>12} {'add ms':>7}")
+                     f"{'R@5 vs exact':>12} {'add ms':>7} {'compact s':>9}")
         for r in result["latency"]:
             t1 = f"{r['taught_top1']:.2f}" if r["taught_top1"] is not None else "-"
             lines.append(f"{r['bundle_items']:>8} {r['taught_items']:>7} {r['taught_vectors']:>8} "
                          f"{r['search_p50_ms']:>7.3f} {r['search_p99_ms']:>7.3f} "
                          f"{r['bundle_only_p50_ms']:>10.3f} {r['merge_overhead_p50_ms']:>8.3f} "
                          f"{r['search_cpu_p50_ms']:>7.3f} {r['bundle_only_cpu_p50_ms']:>10.3f} "
-                         f"{t1:>5} {r['recall5_vs_exact_taught']:>12.3f} {r['add_searchable_ms']:>7.1f}")
+                         f"{t1:>5} {r['recall5_vs_exact_taught']:>12.3f} {r['add_searchable_ms']:>7.1f} "
+                         f"{r.get('compact_s', float('nan')):>9.1f}")
     if result.get("views"):
         lines.append("")
         lines.append(f"{'condition':<10} {'shots as':>8} {'photo':>5} {'views':>5} {'R@1':>6} {'R@5':>6}")
