@@ -29,12 +29,12 @@ def bundle(bundle_dir, extractor):
 
 @pytest.fixture
 def notify_socket(tmp_path, monkeypatch):
-    """A datagram socket standing in for systemd's, with a 0.6 s watchdog (pings every 0.2 s)."""
+    """A datagram socket standing in for systemd's, with a 1 s watchdog (pings every 0.33 s)."""
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     yield sock
     sock.close()
@@ -164,18 +164,18 @@ def test_watchdog_pings_at_cadence_and_stop_while_the_loop_is_stuck(extractor, b
     svc.start()
     try:
         got, stamps = [], []
-        end = time.monotonic() + 1.5
+        end = time.monotonic() + 2.0
         while time.monotonic() < end:
             got += pings_within(notify_socket, 0.05)
             stamps += [time.monotonic()] * (len(got) - len(stamps))
         assert len(got) >= 3 and set(got) == {"WATCHDOG=1"}
         gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        assert max(gaps) < 0.6  # always within WatchdogSec
+        assert max(gaps) < 1.0  # always within WatchdogSec
 
         x.stall.set()
         assert x.stalled.wait(10)
         drain(notify_socket)
-        assert pings_within(notify_socket, 1.5) == []  # 2.5 watchdog periods: systemd would restart
+        assert pings_within(notify_socket, 2.0) == []  # 2 watchdog periods: systemd would restart
         x.stall.clear()
         x.release.set()
         assert "WATCHDOG=1" in pings_within(notify_socket, 1.0)  # the loop moves again
@@ -208,7 +208,7 @@ def test_a_wedged_camera_driver_stops_the_watchdog(extractor, bundle, coffee, no
         cam.set("hang")  # every read, after every reopen, blocks for good
         assert wait_until(lambda: svc.wedged() >= MAX_HUNG_READS)
         drain(notify_socket)
-        assert pings_within(notify_socket, 1.5) == []
+        assert pings_within(notify_socket, 2.0) == []
         body = client.get("/healthz").get_json()
         assert any("never returned" in r for r in body["reasons"])
         cam.set("ok")  # the driver comes back: the blocked reads return and the pings resume
@@ -233,7 +233,7 @@ def test_one_read_blocked_for_long_stops_the_watchdog(extractor, bundle, coffee,
         cam.set("hang")
         assert wait_until(svc.driver_wedged)
         drain(notify_socket)
-        assert pings_within(notify_socket, 1.5) == []
+        assert pings_within(notify_socket, 2.0) == []
         assert any("never returned" in r for r in client.get("/healthz").get_json()["reasons"])
         cam.set("ok")
         assert wait_until(lambda: not svc.driver_wedged())
