@@ -41,9 +41,11 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
+    # READY=1 first: the socket is bound and the model and the bundle are loaded; the worker's watchdog pings
+    # then follow it, never precede it.
+    notify.ready(f"serving on http://{host}:{server.effective_port}/")
     service.start()
     log.info("serving on http://%s:%s/ (%d threads)", host, server.effective_port, threads)
-    notify.ready(f"serving on http://{host}:{server.effective_port}/")
     try:
         server.run()
     except SystemExit:
