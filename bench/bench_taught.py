@@ -247,6 +247,69 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     return rows
 
 
+def rooms(benchmark: Path, work: Path, seed: int) -> dict:
+    """Why taught camera views can lower recall: with one view per item taught (``views``' "photo+1" store),
+    how many wrong top-1 answers were won by another item's shot, and how many of those shots were taken in
+    the query's room. Room numbers come from replaying the renders of the benchmark (seed 0, 2 scenes of 3
+    frames per item, as ``python -m pi_search.benchmark_data benchmark`` makes it) and of ``views``."""
+    import csv
+
+    from pi_search.benchmark_data import (
+        jitter,
+        load_backgrounds,
+        load_rgba,
+        random_shot,
+        render,
+        select_stamps,
+    )
+    from pi_search.live import Catalog
+
+    stamps = select_stamps()
+    backgrounds = load_backgrounds()
+    rng = np.random.default_rng(0)
+    query_room = {}
+    for st in stamps:
+        rgba = load_rgba(st.path)
+        for sc in range(2):
+            shot = random_shot(rng, len(backgrounds))
+            for fr in range(3):
+                render(rgba, backgrounds, shot, rng)
+                if fr == 0:
+                    query_room[f"queries/{st.id}_s{sc}_f0.jpg"] = shot.bg
+                shot = jitter(shot, rng)
+    with open(benchmark / "truth.csv", newline="") as f:
+        truth = [(r["query_path"], r["item_id"]) for r in csv.DictReader(f)]
+    by_id = {s.id: s for s in stamps}
+    rng = np.random.default_rng(seed)
+    shot_room = {}
+    for item in sorted({i for _, i in truth}):
+        rgba = load_rgba(by_id[item].path)
+        for v in range(3):
+            shot = random_shot(rng, len(backgrounds))
+            render(rgba, backgrounds, shot, rng)
+            if v == 0:
+                shot_room[item] = shot.bg
+    qv = np.load(work / "views-queries.npy")
+    cat = Catalog.open(work / "views-bundle", store=work / "views-photo+1.sqlite")
+    wrong = stolen = same = 0
+    for (path, want), q in zip(truth, qv, strict=True):
+        top = cat.search(q, 1)[0]
+        if top.id != want:
+            wrong += 1
+            if top.index == -1:       # won by a taught shot, not by a catalog photo
+                stolen += 1
+                same += shot_room[top.id] == query_room[path]
+    cat.close()
+    items = sorted(shot_room)
+    chance = float(np.mean([shot_room[items[(i * 7 + 3) % len(items)]] == query_room[p]
+                            for i, (p, _) in enumerate(truth)]))
+    out = {"queries": len(truth), "wrong_top1": wrong, "won_by_another_items_shot": stolen,
+           "that_shot_in_the_querys_room": same, "same_room_by_chance": round(chance, 4),
+           "rooms": len(backgrounds)}
+    print(json.dumps(out), file=sys.stderr)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -276,6 +339,8 @@ def main() -> None:
         result["views"] = []
         for kind in a.shot_kinds.split(","):
             result["views"] += views(a.benchmark, a.work / "views", a.views, seed=1, kind=kind)
+        if "camera" in a.shot_kinds.split(","):
+            result["rooms"] = rooms(a.benchmark, a.work / "views", seed=1)
     result["machine"]["load_average_after"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
