@@ -19,7 +19,7 @@ import numpy as np
 from . import images
 from .catalog_reader import Problem, Row, read_catalog
 from .errors import CatalogError, ImageError
-from .index import DEFAULT_WHITEN, BuildOptions, Item, write_bundle
+from .index import DEFAULT_WHITEN, BuildOptions, Item, check_out_dir, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     """
     t0 = time.perf_counter()
     catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
+    check_out_dir(out_dir)
     rows, problems = read_catalog(catalog_dir)
     _report(problems, strict)
     opts = options or BuildOptions()

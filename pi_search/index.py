@@ -244,6 +244,14 @@ class BuildOptions:
                             self.backend)
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace something that is not a bundle (a non-empty directory without a manifest, a file)."""
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (
+            not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise BundleError(f"{out_dir} exists and is not a bundle; choose another --out (nothing was "
+                          "replaced)")
+
+
 def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item], *, model: dict,
                  options: BuildOptions | None = None, extra_manifest: dict | None = None) -> dict:
     """Write a bundle for ``items`` (row i of ``vectors`` is item i) atomically into ``out_dir``.
@@ -262,10 +270,7 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     dim = int(vectors.shape[1])
     if int(model["dim"]) != dim:
         raise BundleError(f"embeddings have {dim} dims but the model {model['name']} gives {model['dim']}")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (
-            not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise BundleError(f"{out_dir} exists and is not a bundle; choose another --out (nothing was "
-                          "replaced)")
+    check_out_dir(out_dir)
     opts = (options or BuildOptions()).resolved(n, dim)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)

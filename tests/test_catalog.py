@@ -214,13 +214,15 @@ def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extracto
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "live"]
 
 
-def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extractor, tmp_path):
+def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extractor, tmp_path,
+                                                            embedded_photos):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
     with pytest.raises(PiSearchError, match="is not a bundle"):
         build_bundle(catalog_dir, out, extractor, progress=False)
     assert (out / "holiday.jpg").read_bytes() == b"precious"
+    assert embedded_photos == []  # refused before any work
 
 
 def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle_dir, tmp_path,
