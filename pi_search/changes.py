@@ -308,6 +308,27 @@ class ChangeStore:
                      folded_seq)
         return a + b
 
+    def background(self) -> np.ndarray | None:
+        """The empty scene's embedding (float32 [dim]) kept for camera shots, or None."""
+        with self._lock:
+            r = self._db.execute("SELECT value FROM meta WHERE key = 'background'").fetchone()
+        if r is None or not r[0]:
+            return None
+        return np.frombuffer(bytes.fromhex(r[0]), dtype=np.float32).copy()
+
+    def set_background(self, vector) -> None:
+        """Keep (or, with None, forget) the empty scene's embedding; not a change to the catalog."""
+        if vector is None:
+            value = ""
+        else:
+            v = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if v.shape != (self.dim,) or not np.isfinite(v).all():
+                raise CatalogError(f"background embedding of shape {v.shape}: expected finite float32 "
+                                   f"[{self.dim}]")
+            value = (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32).tobytes().hex()
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('background', ?)", (value,))
+
     def mark_in_bundle(self, ids) -> None:
         """Record that items ``ids`` now exist in the bundle (after a compaction folded them)."""
         ids = list(ids)

@@ -421,6 +421,16 @@ _bundle_option = click.option("--bundle", "bundle_dir", required=True, type=clic
 _kind_option = click.option("--camera", "camera", is_flag=True,
                             help="The images are camera shots (framed like live queries) instead of product "
                                  "photos.")
+_background_option = click.option("--background", type=click.Path(path_type=Path), default=None,
+                                  help="A shot of the empty scene, taken out of --camera shots (default: the "
+                                       "one captured on the page, if any).")
+
+
+def _background(cat, ex, path: Path | None):
+    from . import images
+    from .live import embed_background
+
+    return embed_background(ex, images.read(path)) if path else cat.background
 
 
 @main.group()
@@ -435,16 +445,18 @@ def item() -> None:
 @click.option("--price", default=None, help="Price, as shown.")
 @click.option("--id", "item_id", default=None, help="Item id (default: a new unique id).")
 @_kind_option
+@_background_option
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Model file (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def item_add(images_, bundle_dir, title, price, item_id, camera, model_path, as_json) -> None:
+def item_add(images_, bundle_dir, title, price, item_id, camera, background, model_path, as_json) -> None:
     """Teach a new item from one or more photos of it (each photo is one more view of the item)."""
     from .live import embed_shots
 
     cat, ex = _open_catalog(bundle_dir, model_path)
     with cat:
-        vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"))
+        vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
+                                  background=_background(cat, ex, background))
         new_id = cat.add(title, price, vecs, item_id=item_id, thumb=thumb)
         info = cat.item(new_id)
     if as_json:
@@ -485,10 +497,11 @@ def item_list(bundle_dir, as_json) -> None:
 @click.option("--image", "images_", multiple=True, type=click.Path(path_type=Path),
               help="Add a photo as one more view of the item (repeat).")
 @_kind_option
+@_background_option
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Model file (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def item_edit(item_id, bundle_dir, title, price, images_, camera, model_path, as_json) -> None:
+def item_edit(item_id, bundle_dir, title, price, images_, camera, background, model_path, as_json) -> None:
     """Change an item's title or price, or add views of it (taught items and bundle items alike)."""
     from .live import embed_shots
 
@@ -498,7 +511,8 @@ def item_edit(item_id, bundle_dir, title, price, images_, camera, model_path, as
     with cat:
         vecs = None
         if images_:
-            vecs, _ = embed_shots(ex, _shots(images_, "camera" if camera else "photo"))
+            vecs, _ = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
+                                  background=_background(cat, ex, background))
         cat.edit(item_id, title=title, price=price or None, vectors=vecs, clear_price=price == "")
         info = cat.item(item_id)
     if as_json:

@@ -252,3 +252,29 @@ def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalo
     os.rename(fixed, live_dir)
     assert catalog.search(v[0], 1)[0].id == "kettle" and catalog.search(cup, 1)[0].id == "coffee"
     assert catalog._state.key == manifest_key(live_dir)   # the good replacement is mapped
+
+
+def test_the_empty_scene_is_taken_out_of_camera_shots(tmp_path):
+    from pi_search.live import BACKGROUND_WEIGHT, without_background
+
+    rng = np.random.default_rng(8)
+    obj, scene = unit(rng.normal(size=(2, 64)))
+    shot = unit(obj + scene)
+    assert np.array_equal(without_background(shot[None], None)[0], shot)
+    cleaned = without_background(shot[None], scene)[0]
+    assert np.isclose(np.linalg.norm(cleaned), 1.0, atol=1e-5)
+    assert cleaned @ obj > shot @ obj and cleaned @ scene < shot @ scene
+    expected = shot - BACKGROUND_WEIGHT * scene
+    assert np.allclose(cleaned, expected / np.linalg.norm(expected), atol=1e-5)
+    # the store keeps it across processes, and forgets it on request
+    s = ChangeStore(tmp_path / "c.sqlite", dim=64)
+    assert s.background() is None
+    s.set_background(scene * 3)
+    s.close()
+    s = ChangeStore(tmp_path / "c.sqlite", dim=64)
+    assert np.allclose(s.background(), scene, atol=1e-6) and s.seq() == 0   # not a catalog change
+    with pytest.raises(CatalogError, match="background"):
+        s.set_background(np.ones(5, np.float32))
+    s.set_background(None)
+    assert s.background() is None
+    s.close()

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import cv2
+import numpy as np
 import pytest
 from conftest import camera_view
 from fakes import ListSource, SourceFactory, wait_until
@@ -131,6 +132,32 @@ def test_compaction_from_the_api_keeps_the_item(make, ostrich):
     assert [i["id"] for i in body["items"]] == ["ostrich"] and body["folded"] == []
     top = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
     assert top["matches"][0]["id"] == "ostrich"
+
+
+def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich, extractor):
+    from pi_search.live import embed_background, without_background
+    from pi_search.views import embed_query_image
+
+    svc, client = make()
+    assert client.get("/api/items").get_json()["background"] is False
+    room = np.full((240, 320, 3), (182, 160, 120), np.uint8)   # the counter with nothing on it
+    r = client.post("/api/background", data={"image": (jpeg(room), "empty.jpg")})
+    assert r.status_code == 200 and client.get("/api/items").get_json()["background"] is True
+    shot = camera_view(ostrich)
+    r = client.post("/api/items", data={"title": "Ostrich", "id": "o", "image": [(jpeg(shot), "s.jpg")],
+                                        "kind": ["camera"]})
+    assert r.status_code == 201
+    stored = svc.bundle.store.snapshot().vectors[0]
+    decoded = images.decode(images.encode_jpeg(shot, 90))
+    bg = embed_background(extractor, images.decode(images.encode_jpeg(room, 90)))
+    expected = without_background(embed_query_image(extractor, decoded)[None], bg)[0]
+    assert np.allclose(stored, expected, atol=1e-4)
+    top = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
+    assert top["matches"][0]["id"] == "o"
+    # without an upload, the camera's current frame is the empty scene; DELETE forgets it
+    assert client.post("/api/background").get_json() == {"background": True}
+    assert client.delete("/api/background").get_json() == {"background": False}
+    assert client.get("/api/items").get_json()["background"] is False
 
 
 @pytest.mark.parametrize("host, token, headers, status", [

@@ -95,11 +95,11 @@ def _item_json(cat, item_id: str) -> dict | None:
     return info
 
 
-def _embed(shots):
+def _embed(cat, shots):
     from ..live import embed_shots
 
     with _embedding:
-        return embed_shots(_ext()["service"].extractor, shots)
+        return embed_shots(_ext()["service"].extractor, shots, background=cat.background)
 
 
 @bp.get("/teach")
@@ -122,7 +122,7 @@ def list_items():
     folded = [{**f, "thumb": f"/thumbs/{f['id']}", "in_bundle": True, "deleted": False}
               for f in cat.folded(50)]
     resp = jsonify({"items": rows, "folded": folded, "catalog_items": len(cat), "compacting": cat.compacting,
-                    "last_compaction": cat.last_compaction})
+                    "last_compaction": cat.last_compaction, "background": cat.background is not None})
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
@@ -139,7 +139,7 @@ def add_item():
         shots = _shots()
         if not shots:
             return _error(400, "no shots: capture or upload at least one photo of the item")
-        vecs, thumb = _embed(shots)
+        vecs, thumb = _embed(cat, shots)
         item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
                           item_id=request.form.get("id") or None, thumb=thumb)
     except (CatalogError, ImageError) as exc:
@@ -160,7 +160,7 @@ def edit_item(item_id: str):
         return _no_store()
     try:
         shots = _shots()
-        vecs = _embed(shots)[0] if shots else None
+        vecs = _embed(cat, shots)[0] if shots else None
         price = request.form.get("price")
         cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
                  clear_price=price == "")
@@ -181,6 +181,43 @@ def remove_item(item_id: str):
     except CatalogError as exc:
         return _error(404 if "no item" in str(exc) else 409, str(exc))
     return jsonify({"removed": item_id, "catalog_items": len(cat)})
+
+
+@bp.post("/api/background")
+def set_background():
+    """Remember the empty scene (multipart ``image``, else the camera's current frame): it is taken out of
+    every camera shot taught afterwards, so items taught at the counter do not match each other's counter."""
+    from ..errors import ImageError
+    from ..images import decode
+    from ..live import embed_background
+
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    upload = request.files.get("image")
+    try:
+        if upload is not None:
+            rgb = decode(upload.read(), name=upload.filename or "background")
+        else:
+            latest = _ext()["service"].latest()
+            if latest is None:
+                return _error(503, "no camera frame yet; try again in a moment")
+            rgb = decode(latest.jpeg, name="the current frame")
+        with _embedding:
+            cat.set_background(embed_background(_ext()["service"].extractor, rgb))
+    except ImageError as exc:
+        return _error(400, str(exc))
+    log.info("empty scene captured for teaching")
+    return jsonify({"background": True})
+
+
+@bp.delete("/api/background")
+def clear_background():
+    cat = _catalog()
+    if cat is None:
+        return _no_store()
+    cat.set_background(None)
+    return jsonify({"background": False})
 
 
 @bp.post("/api/compact")

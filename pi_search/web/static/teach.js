@@ -58,6 +58,24 @@ function addShot(blob, kind) {
   renderShots();
 }
 
+function showScene(set) {
+  $("scene").textContent = set
+    ? "Empty scene: captured; it is taken out of every camera shot. Capture it again if the counter changes."
+    : "Empty scene: not captured. Capture it once with nothing held up: it is taken out of the shots.";
+}
+
+async function captureScene() {
+  try {
+    const r = await fetch("/api/background", { method: "POST" });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    showScene(body.background);
+    say("Empty scene captured. Now hold the item up and capture it.", "ok");
+  } catch (e) {
+    say("Empty scene not captured: " + e.message, "error");
+  }
+}
+
 async function capture() {
   try {
     const r = await fetch("/frame.jpg?t=" + Date.now(), { cache: "no-store" });
@@ -192,6 +210,7 @@ async function loadRecent() {
     if (!r.ok) throw new Error(body.error || r.statusText);
     const folded = (body.folded || []).map((f) => row({ ...f, folded: true }));
     $("recent").replaceChildren(...body.items.map(row), ...folded);
+    showScene(body.background);
     $("hint").textContent = body.catalog_items + " items in the catalog"
       + (body.items.length ? ", " + body.items.length + " changed since the last compaction" : "")
       + (body.compacting ? " · compacting…" : "") + ".";
@@ -202,6 +221,7 @@ async function loadRecent() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("capture").addEventListener("click", capture);
+  $("background").addEventListener("click", captureScene);
   $("files").addEventListener("change", async () => {
     const files = [...$("files").files];
     $("files").value = "";
