@@ -19,6 +19,10 @@ BINFMT_NAME=pi-search-aarch64
 BINFMT_DIR=/proc/sys/fs/binfmt_misc
 # Debian 12's qemu 7.2 crashes the LiteRT interpreter in allocate_tensors(); 8 and later run it.
 MIN_QEMU_MAJOR=8
+# The emulated CPU: a Raspberry Pi 4's Cortex-A72. QEMU's default ("max") offers SME, whose OpenBLAS kernels
+# give wrong float32 products under emulation; a real Pi's core has no SME either.
+QEMU_CPU=${PI_SEARCH_QEMU_CPU:-cortex-a72}
+export QEMU_CPU
 # The smoke subset (emulation runs Python some 50 times slower): the extractor on LiteRT, a bundle built and
 # queried with Annoy, the CLI's query --json, the Flask routes, config and notify. Selected by test name.
 SMOKE_FILES=(tests/test_extractor.py tests/test_index.py tests/test_query_cli.py tests/test_web.py
@@ -202,7 +206,8 @@ inner() {
 
   # One BLAS thread: spinning worker threads are very slow under emulation.
   local env=(HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin PIP_NO_COMPILE=1
-             PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)
+             PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+             "QEMU_CPU=$QEMU_CPU")
   local v
   for v in $(compgen -e); do
     case "$v" in PIP_*|http_proxy|https_proxy|no_proxy|HTTP_PROXY|HTTPS_PROXY|NO_PROXY) env+=("$v=${!v}") ;; esac
@@ -225,7 +230,7 @@ chroot_steps() {
   local suite=$1
   cat <<EOF
 cd /src
-echo "== \$(python3 --version) on \$(uname -m), $suite"
+echo "== \$(python3 --version) on \$(uname -m) (emulated $QEMU_CPU), $suite"
 t0=\$(date +%s)
 ./install.sh --dev --no-apt
 t1=\$(date +%s); echo "== install.sh --dev: \$((t1 - t0)) s"
