@@ -213,8 +213,34 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     by_item: dict[str, list[np.ndarray]] = {}
     for v, i in zip(tv, tids, strict=True):
         by_item.setdefault(str(i), []).append(v)
+    empty: dict[str, list[np.ndarray]] = {}
+    if kind == "camera":   # the empty scene of every shot (the same render without the item), cached
+        bcache = work / f"views-empty-{seed}-{max_views}.npy"
+        if bcache.is_file():
+            bv = np.load(bcache)
+        else:
+            from pi_search.live import embed_background
 
-    def measure(name: str, n_views: int, keep_photo: bool) -> dict:
+            backgrounds = load_backgrounds()
+            rng = np.random.default_rng(seed)
+            bv = []
+            for item in sorted(set(ids)):
+                rgba = load_rgba(stamps[item].path)
+                clear = rgba.copy()
+                clear[..., 3] = 0
+                for _ in range(max_views):
+                    shot = random_shot(rng, len(backgrounds))
+                    render(rgba, backgrounds, shot, rng)   # keeps the random stream in step with the shots
+                    scene = render(clear, backgrounds, shot, np.random.default_rng(99))
+                    bv.append(embed_background(ex, scene))
+            bv = np.stack(bv)
+            np.save(bcache, bv)
+        for v, i in zip(bv, tids, strict=True):
+            empty.setdefault(str(i), []).append(v)
+
+    def measure(name: str, n_views: int, keep_photo: bool, scene_out: bool = False) -> dict:
+        from pi_search.live import without_background
+
         store_file = work / f"views-{name}.sqlite"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_file}{suffix}").unlink(missing_ok=True)
@@ -222,6 +248,8 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
         for item, vs in by_item.items():
             if not n_views:
                 continue
+            if scene_out:   # each shot minus its own empty scene, as the page does after "Empty scene"
+                vs = [without_background(v[None], b)[0] for v, b in zip(vs, empty[item], strict=True)]
             if keep_photo:
                 store.edit(item, vectors=np.stack(vs[:n_views]),
                            base_item={"id": item, "title": item, "price": None, "extra": {}})
@@ -237,6 +265,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
             r5 += want in got
         cat.close()
         row = {"condition": name, "shot_kind": kind, "catalog_photo": keep_photo, "taught_views": n_views,
+               "empty_scene_out": scene_out,
                "queries": len(ids), "recall@1": round(r1 / len(ids), 4), "recall@5": round(r5 / len(ids), 4)}
         print(json.dumps(row), file=sys.stderr)
         return row
@@ -244,6 +273,9 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     rows = [measure("photo", 0, True)] if kind == "camera" else []
     rows += [measure(f"photo+{n}", n, True) for n in range(1, max_views + 1)]
     rows += [measure(f"views-{n}", n, False) for n in range(1, max_views + 1)]
+    if kind == "camera":
+        rows += [measure(f"photo+{n}-e", n, True, True) for n in range(1, max_views + 1)]
+        rows += [measure(f"views-{n}-e", n, False, True) for n in range(1, max_views + 1)]
     return rows
 
 
@@ -364,11 +396,13 @@ def table(result: dict) -> str:
                          f"{r.get('compact_s', float('nan')):>9.1f}")
     if result.get("views"):
         lines.append("")
-        lines.append(f"{'condition':<10} {'shots as':>8} {'photo':>5} {'views':>5} {'R@1':>6} {'R@5':>6}")
+        lines.append(f"{'condition':<11} {'shots as':>8} {'photo':>5} {'views':>5} {'empty out':>9} "
+                     f"{'R@1':>6} {'R@5':>6}")
         for r in result["views"]:
             photo = "yes" if r["catalog_photo"] else "no"
-            lines.append(f"{r['condition']:<10} {r['shot_kind']:>8} {photo:>5} "
-                         f"{r['taught_views']:>5} {r['recall@1']:>6.3f} {r['recall@5']:>6.3f}")
+            out = "yes" if r.get("empty_scene_out") else "no"
+            lines.append(f"{r['condition']:<11} {r['shot_kind']:>8} {photo:>5} {r['taught_views']:>5} "
+                         f"{out:>9} {r['recall@1']:>6.3f} {r['recall@5']:>6.3f}")
     return "\n".join(lines)
 
 
