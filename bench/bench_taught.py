@@ -241,7 +241,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     def measure(name: str, n_views: int, keep_photo: bool, scene_out: bool = False) -> dict:
         from pi_search.live import without_background
 
-        store_file = work / f"views-{name}.sqlite"
+        store_file = work / f"views-{kind}-{name}.sqlite"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_file}{suffix}").unlink(missing_ok=True)
         store = ChangeStore(store_file, dim=ex.dim)
@@ -280,7 +280,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
 
 
 def rooms(benchmark: Path, work: Path, seed: int) -> dict:
-    """Why taught camera views can lower recall: with one view per item taught (``views``' "photo+1" store),
+    """Why taught camera views can lower recall: with one camera view per item taught (``views``' "photo+1"),
     how many wrong top-1 answers were won by another item's shot, and how many of those shots were taken in
     the query's room. Room numbers come from replaying the renders of the benchmark (seed 0, 2 scenes of 3
     frames per item, as ``python -m pi_search.benchmark_data benchmark`` makes it) and of ``views``."""
@@ -322,7 +322,7 @@ def rooms(benchmark: Path, work: Path, seed: int) -> dict:
             if v == 0:
                 shot_room[item] = shot.bg
     qv = np.load(work / "views-queries.npy")
-    cat = Catalog.open(work / "views-bundle", store=work / "views-photo+1.sqlite")
+    cat = Catalog.open(work / "views-bundle", store=work / "views-camera-photo+1.sqlite")
     wrong = stolen = same = 0
     for (path, want), q in zip(truth, qv, strict=True):
         top = cat.search(q, 1)[0]
