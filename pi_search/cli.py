@@ -138,6 +138,9 @@ def index() -> None:
               show_default=True, help="Precision of the full vectors kept for exact search and re-ranking.")
 @click.option("--backend", type=click.Choice(["annoy", "usearch"]), default="annoy", show_default=True,
               help="Approximate index used for candidates.")
+@click.option("--candidates", default=None, type=click.IntRange(1, 100_000),
+              help="Index candidates re-ranked on the full vectors per query (default 100).")
+@click.option("--search-k", "search_k", default=None, type=int, help="Annoy nodes searched per query.")
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None,
               help="Embeddings computed elsewhere (.npy float32 [n, dim]); needs --ids.")
 @click.option("--ids", type=click.Path(path_type=Path), default=None,
@@ -145,16 +148,18 @@ def index() -> None:
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
-                trees: int | None, search_mode: str, store_dtype: str, backend: str, embeddings: Path | None,
-                ids: Path | None, threads: int, as_json: bool) -> None:
+                trees: int | None, search_mode: str, store_dtype: str, backend: str, candidates: int | None,
+                search_k: int | None, embeddings: Path | None, ids: Path | None, threads: int,
+                as_json: bool) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     from .catalog import build_bundle
     from .extractor import Extractor
-    from .index import DEFAULT_TREES, BuildOptions
+    from .index import DEFAULT_CANDIDATES, DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
 
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
-                           backend=backend)
+                           backend=backend, candidates=candidates or DEFAULT_CANDIDATES,
+                           search_k=search_k or DEFAULT_SEARCH_K)
     from .shutdown import terminate_as_exit
 
     with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays

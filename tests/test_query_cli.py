@@ -98,7 +98,7 @@ def test_build_reports_bad_rows_and_strict_fails(run, catalog_dir, tmp_path, cap
 
 def test_build_with_projection_options(run, catalog_dir, tmp_path):
     r = run("index", "build", catalog_dir, "--out", tmp_path / "b", "--dims", 8, "--search", "ann",
-            "--store", "int8", "--trees", 5, "--json")
+            "--store", "int8", "--trees", 5, "--candidates", 12, "--search-k", 500, "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(run("index", "info", tmp_path / "b", "--json").stdout)
     assert info["projection"]["dims"] == 8 and info["projection"]["whiten"] is True  # the default
@@ -107,6 +107,7 @@ def test_build_with_projection_options(run, catalog_dir, tmp_path):
     assert r.exit_code == 0
     assert json.loads(run("index", "info", tmp_path / "b", "--json").stdout)["projection"]["whiten"] is False
     assert info["index"]["dim"] == 8 and info["n_trees"] == 5 and info["store"]["dtype"] == "int8"
+    assert info["search"] == {"mode": "ann", "candidates": 12, "search_k": 500}
     r = run("index", "build", catalog_dir, "--out", tmp_path / "c", "--dims", "lots")
     assert r.exit_code == 2 and "'lots'" in r.stderr
 
