@@ -73,7 +73,8 @@ def write_catalog(root: Path, photos=CATALOG_PHOTOS) -> Path:
         w = csv.writer(f)
         w.writerow(["id", "title", "price", "image", "colour"])
         for item_id, title, price, source in photos:
-            (root / "images" / f"{item_id}.jpg").write_bytes(images.encode_jpeg(_small(load_photo(source)), 90))
+            jpeg = images.encode_jpeg(_small(load_photo(source)), 90)
+            (root / "images" / f"{item_id}.jpg").write_bytes(jpeg)
             w.writerow([item_id, title, price, f"images/{item_id}.jpg", "n/a"])
     return root
 
