@@ -81,6 +81,11 @@ class Hammer:
         for t in self.threads:
             t.join(30)
 
+    def saw_all(self, ids: set) -> bool:
+        """True once every query thread has had at least one answer within ``ids``."""
+        with self.lock:
+            return all(any(r <= ids for r in seen) for seen in self.by_thread.values())
+
     def count(self) -> int:
         with self.lock:
             return len(self.results)
@@ -119,6 +124,8 @@ def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extr
         assert wait_until(lambda: len(cat) == len(SMALL))
         swapped = h.count()
         assert wait_until(lambda: h.count() > swapped + 50)
+        # Every query thread gets answers from the new bundle (a starved thread may lag on a busy machine).
+        assert wait_until(lambda: h.saw_all(SMALL_IDS))
     assert h.errors == []
     assert set(h.http) == {200}
     assert all(ids <= ALL_IDS for ids in h.results)
