@@ -111,3 +111,19 @@ def query_photo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("queries") / "coffee-shot.jpg"
     path.write_bytes(images.encode_jpeg(camera_view(load_photo("skimage:coffee"))))
     return path
+
+
+@pytest.fixture(scope="module")
+def coffee() -> np.ndarray:
+    """A camera-like shot of the catalog's coffee cup: RGB uint8 [H, W, 3]."""
+    return camera_view(load_photo("skimage:coffee"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir, extractor):
+    """``bundle_dir`` opened (memory-mapped) for the module's tests."""
+    from pi_search.index import Bundle
+
+    b = Bundle.open(bundle_dir, extractor=extractor)
+    yield b
+    b.close()

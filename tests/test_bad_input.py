@@ -34,11 +34,6 @@ COUNTS = {"uploads": 0, "catalogs": 0}
 
 
 # ---------------------------------------------------------------- sample files
-@pytest.fixture(scope="module")
-def coffee():
-    return camera_view(load_photo("skimage:coffee"))
-
-
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

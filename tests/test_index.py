@@ -14,13 +14,6 @@ from pi_search.errors import BundleError
 from pi_search.views import embed_catalog_image, embed_query_image
 
 
-@pytest.fixture(scope="module")
-def bundle(bundle_dir, extractor):
-    b = ix.Bundle.open(bundle_dir, extractor=extractor)
-    yield b
-    b.close()
-
-
 def test_small_catalog_uses_exact_search_and_writes_every_file(bundle_dir):
     m = json.loads((bundle_dir / ix.MANIFEST).read_text())
     assert m["format_version"] == ix.FORMAT_VERSION

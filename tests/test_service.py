@@ -10,7 +10,6 @@ from conftest import camera_view, load_photo
 from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search.config import load_config
-from pi_search.index import Bundle
 from pi_search.service import Gate, Histogram, Service, Smoother
 
 
@@ -19,13 +18,6 @@ def shots():
     """Camera-like frames (RGB uint8) of three catalog items, by catalog id."""
     return {i: camera_view(load_photo(s)) for i, s in
             [("coffee", "skimage:coffee"), ("cat", "skimage:chelsea"), ("rocket", "skimage:rocket")]}
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir, extractor):
-    b = Bundle.open(bundle_dir, extractor=extractor)
-    yield b
-    b.close()
 
 
 def make_service(extractor, bundle, factory, **overrides):

@@ -6,26 +6,12 @@ import io
 import re
 
 import pytest
-from conftest import camera_view, load_photo
 from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.index import Bundle
 from pi_search.service import Service
 from pi_search.web import create_app
-
-
-@pytest.fixture(scope="module")
-def coffee():
-    return camera_view(load_photo("skimage:coffee"))
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir, extractor):
-    b = Bundle.open(bundle_dir, extractor=extractor)
-    yield b
-    b.close()
 
 
 @pytest.fixture
