@@ -23,6 +23,7 @@ EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection p
 COARSE_DIMS = 64           # leading PCA components the pre-selection compares (a quarter of the bytes read)
 COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
+RETRY_BAD_S = 10.0         # how often a bundle that failed to open is tried again
 BACKGROUND_WEIGHT = 0.8    # share of the empty scene taken out of a camera shot (bench/bench_taught.py)
 
 
@@ -118,7 +119,8 @@ class Catalog:
         self._checked = time.monotonic()
         self._version = store.data_version()
         self._projection_cache: tuple[int, Projection | None] = (0, None)
-        self._bad_key: tuple | None = None   # a bundle that failed to open: not retried until it changes
+        self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
+        self._bad_since = 0.0
         self._state = self._build(bundle, manifest_key(self._dir), store.snapshot())
 
     @classmethod
@@ -225,7 +227,8 @@ class Catalog:
                 except BundleError as exc:
                     if key != self._bad_key:
                         log.warning("keeping the bundle in use: %s", exc)
-                    self._bad_key = key
+                        self._bad_key = key
+                    self._bad_since = time.monotonic()
                     key = self._state.key
             # the replaced Bundle is not closed: a search may still run on it; it unmaps when dropped
             self._state = self._build(bundle, key, snap)
@@ -240,8 +243,10 @@ class Catalog:
                 and self._state.items):
             self.compact_in_background()
         try:
+            mk = manifest_key(self._dir)
             changed = (self.store.data_version() != self._version
-                       or manifest_key(self._dir) not in (None, self._state.key, self._bad_key))
+                       or (mk is not None and mk != self._state.key
+                           and (mk != self._bad_key or now - self._bad_since >= RETRY_BAD_S)))
             if changed:
                 self.reload()
         except Exception as exc:  # a failed refresh keeps serving the last good state
