@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,7 @@ class Catalog:
         self._reload_lock = threading.RLock()
         self._checked = time.monotonic()
         self._version = store.data_version()
-        self._projection_cache: tuple[int, Projection | None] = (0, None)
+        self._projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> Projection
         self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
         self._bad_since = 0.0
         self._state = self._build(bundle, manifest_key(self._dir), store.snapshot())
@@ -155,14 +156,14 @@ class Catalog:
     # ------------------------------------------------------------ state
     def _projection(self, bundle: Bundle) -> Projection | None:
         """The bundle's PCA cut to its ``COARSE_DIMS`` leading components (for the pre-selection)."""
-        if self._projection_cache[0] != id(bundle):
+        if bundle not in self._projections:
             p = load_projection(bundle)
             if p is not None:   # rows back to unit length: plain PCA axes even if the bundle's are whitened
                 c = p.components[:COARSE_DIMS]
                 c = c / np.linalg.norm(c, axis=1, keepdims=True)
                 p = Projection(p.mean, np.ascontiguousarray(c, dtype=np.float32), False, 0.0)
-            self._projection_cache = (id(bundle), p)
-        return self._projection_cache[1]
+            self._projections[bundle] = p
+        return self._projections[bundle]
 
     def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
         done = folded_seq(bundle.manifest)
