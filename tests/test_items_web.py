@@ -101,7 +101,10 @@ def test_edit_remove_and_refusals(make, ostrich):
     r = client.post("/api/items", data={"title": "", "id": "o3", "image": [(jpeg(ostrich), "p.jpg")]})
     assert r.status_code == 400 and "title is empty" in r.get_json()["error"]
     r = client.post("/api/items", data={"title": "Bad", "image": [(io.BytesIO(b"not a jpeg"), "x.jpg")]})
-    assert r.status_code == 400
+    assert r.status_code == 415 and "not a JPEG, PNG or WebP" in r.get_json()["error"]
+    cut = jpeg(ostrich).getvalue()[:3000]   # a shot cut short is refused, not taught half grey
+    r = client.post("/api/items", data={"title": "Cut", "image": [(io.BytesIO(cut), "cut.jpg")]})
+    assert r.status_code == 400 and "truncated" in r.get_json()["error"]
     r = client.patch("/api/items/o1", data={"title": "Tall ostrich", "price": "30.00"})
     assert r.status_code == 200 and r.get_json()["item"]["title"] == "Tall ostrich"
     r = client.patch("/api/items/cat", data={"price": "1.00"})   # a bundle item can be edited too

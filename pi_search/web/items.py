@@ -75,7 +75,7 @@ def _shots() -> list:
     ``camera`` or ``photo``; default photo)."""
     from ..changes import MAX_SHOTS
     from ..errors import ImageError
-    from ..images import decode
+    from .uploads import decode_upload
 
     files = request.files.getlist("image")
     kinds = request.form.getlist("kind")
@@ -84,7 +84,7 @@ def _shots() -> list:
     out = []
     for n, f in enumerate(files):
         kind = kinds[n] if n < len(kinds) else "photo"
-        out.append((decode(f.read(), name=f.filename or f"shot {n + 1}"), kind))
+        out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
     return out
 
 
@@ -143,7 +143,7 @@ def add_item():
         item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
                           item_id=request.form.get("id") or None, thumb=thumb)
     except (CatalogError, ImageError) as exc:
-        return _error(409 if "already" in str(exc) else 400, str(exc))
+        return _error(409 if "already" in str(exc) else getattr(exc, "status", 400), str(exc))
     log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
     resp = jsonify({"item": _item_json(cat, item_id)})
     resp.status_code = 201
@@ -165,7 +165,7 @@ def edit_item(item_id: str):
         cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
                  clear_price=price == "")
     except (CatalogError, ImageError) as exc:
-        return _error(404 if "no item" in str(exc) else 400, str(exc))
+        return _error(404 if "no item" in str(exc) else getattr(exc, "status", 400), str(exc))
     return jsonify({"item": _item_json(cat, item_id)})
 
 
@@ -190,6 +190,7 @@ def set_background():
     from ..errors import ImageError
     from ..images import decode
     from ..live import embed_background
+    from .uploads import decode_upload
 
     cat = _catalog()
     if cat is None:
@@ -197,7 +198,7 @@ def set_background():
     upload = request.files.get("image")
     try:
         if upload is not None:
-            rgb = decode(upload.read(), name=upload.filename or "background")
+            rgb = decode_upload(upload.read(), name=upload.filename or "background")
         else:
             latest = _ext()["service"].latest()
             if latest is None:
@@ -206,7 +207,7 @@ def set_background():
         with _embedding:
             cat.set_background(embed_background(_ext()["service"].extractor, rgb))
     except ImageError as exc:
-        return _error(400, str(exc))
+        return _error(getattr(exc, "status", 400), str(exc))
     log.info("empty scene captured for teaching")
     return jsonify({"background": True})
 
