@@ -197,7 +197,11 @@ def _build_annoy(path: Path, vectors: np.ndarray, n_trees: int, chunk: int = 65_
 
 
 def _build_usearch(path: Path, vectors: np.ndarray, dtype: str = "f16") -> None:
-    from usearch.index import Index
+    try:
+        from usearch.index import Index
+    except ImportError as exc:
+        raise BundleError("--backend usearch needs the usearch package: "
+                          "pip install 'pi-search[usearch]' (or use --backend annoy)") from exc
 
     idx = Index(ndim=vectors.shape[1], metric="cos", dtype=dtype)
     chunk = 65_536
@@ -515,7 +519,8 @@ class Bundle:
                     from usearch.index import Index
                 except ImportError as exc:
                     raise BundleError(f"{self.directory}: bundle uses the usearch backend; install it "
-                                      "(pip install usearch) or rebuild with --backend annoy") from exc
+                                      "(pip install 'pi-search[usearch]') or rebuild with --backend annoy"
+                                      ) from exc
                 self._usearch = Index.restore(str(self._file(index["file"])), view=True)
             else:
                 raise BundleError(f"{self.directory}: unknown index backend {index['backend']!r}; upgrade "
