@@ -43,7 +43,7 @@ def main(verbose: int) -> None:
 # ---------------------------------------------------------------- model
 @main.group()
 def model() -> None:
-    """Inspect, export and benchmark the feature extractor."""
+    """Inspect and export the feature extractor."""
 
 
 @model.command("info")
