@@ -7,28 +7,18 @@ import logging
 import threading
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 
 from ..config import is_loopback
+from .routes import TOKEN_COOKIE, _error, _ext
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
 TOKEN_HEADER = "X-Pi-Search-Token"
-TOKEN_COOKIE = "pi_search_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
-
-
-def _ext() -> dict:
-    return current_app.extensions["pi_search"]
-
-
-def _error(status: int, message: str):
-    resp = jsonify({"error": message})
-    resp.status_code = status
-    return resp
 
 
 def _given_token() -> str:
