@@ -252,3 +252,9 @@ class _FaultySource(ListSource):
             time.sleep(0.01)
             return None
         return super().read()
+
+
+def serve_command(exe, frames, bundle_dir, port: int, fps: float = 5) -> list[str]:
+    """The ``pi-search serve`` command line that replays ``frames`` against ``bundle_dir`` on ``port``."""
+    return [str(exe), "serve", "--source", f"folder:{frames}", "--bundle", str(bundle_dir),
+            "--port", str(port), "--fps", str(fps)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import wait_until
+from fakes import serve_command, wait_until
 
 from pi_search import images
 
@@ -44,18 +44,7 @@ def test_fifty_pollers_and_ten_viewers_hold(tmp_path, bundle_dir):
     log = tmp_path / "daemon.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [
-                str(exe),
-                "serve",
-                "--source",
-                f"folder:{frames}",
-                "--bundle",
-                str(bundle_dir),
-                "--port",
-                str(port),
-                "--fps",
-                "5",
-            ],
+            serve_command(exe, frames, bundle_dir, port),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

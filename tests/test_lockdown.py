@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import ListSource, SourceFactory, serve_command, wait_until
 
 from pi_search import images
 from pi_search.config import load_config
@@ -182,18 +182,7 @@ def test_the_daemon_makes_no_outbound_connections(tmp_path, bundle_dir, coffee):
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "daemon.log", "wb") as log:
         proc = subprocess.Popen(
-            [
-                str(EXE),
-                "serve",
-                "--source",
-                f"folder:{frames}",
-                "--bundle",
-                str(bundle_dir),
-                "--port",
-                str(port),
-                "--fps",
-                "5",
-            ],
+            serve_command(EXE, frames, bundle_dir, port),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -285,18 +274,7 @@ def test_page_works_in_a_browser_with_the_network_cut_off(tmp_path, bundle_dir, 
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "daemon.log", "wb") as log:
         proc = subprocess.Popen(
-            [
-                str(EXE),
-                "serve",
-                "--source",
-                f"folder:{frames}",
-                "--bundle",
-                str(bundle_dir),
-                "--port",
-                str(port),
-                "--fps",
-                "5",
-            ],
+            serve_command(EXE, frames, bundle_dir, port),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
