@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,6 +23,12 @@ STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class UploadsBusy(ImageError):
+    """No upload slot freed up in time: the photo was not looked at (HTTP 503, try again)."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -530,21 +537,34 @@ class Service:
                      self.bundle.manifest.get("created"))
             return {"items": len(self.bundle), "created": self.bundle.manifest.get("created")}
 
-    def search_image(self, rgb: np.ndarray, k: int | None = None) -> tuple[list, dict]:
-        """Matches for an uploaded photo (RGB uint8 [H, W, 3]) and timings in ms; never touches the camera.
-
-        Shares the extractor with the worker (its lock serialises the model); at most two uploads run at
-        once, others wait up to 10 s and then get ImageError("busy").
-        """
-        if not self._upload_slots.acquire(timeout=10.0):
-            raise ImageError("the appliance is busy with other uploads; try again in a moment")
+    @contextlib.contextmanager
+    def upload_slot(self, wait: float = 10.0):
+        """Hold one of the two upload slots while a photo is decoded and embedded (bounds the memory and
+        CPU that uploads take); UploadsBusy when none frees up within ``wait`` seconds."""
+        if not self._upload_slots.acquire(timeout=wait):
+            raise UploadsBusy("the appliance is busy with other uploads; try again in a moment")
         try:
-            t0 = time.perf_counter()
-            vec = self.embed_query(self.extractor, rgb)
-            t1 = time.perf_counter()
-            matches = self.bundle.search(vec, k or self.config.index.top_k)
-            t2 = time.perf_counter()
+            yield
         finally:
             self._upload_slots.release()
+
+    def search_image(self, image: np.ndarray | Callable[[], np.ndarray], k: int | None = None
+                     ) -> tuple[list, dict]:
+        """Matches for an uploaded photo and timings in ms; never touches the camera.
+
+        ``image`` is RGB uint8 [H, W, 3], or a function returning one (it decodes the upload): it is called
+        only once an upload slot is held, so no more than two photos are ever decoded at once. Shares the
+        extractor with the worker (its lock serialises the model); others wait up to 10 s for a slot and
+        then get UploadsBusy.
+        """
+        with self.upload_slot():
+            t0 = time.perf_counter()
+            rgb = image() if callable(image) else image
+            t1 = time.perf_counter()
+            vec = self.embed_query(self.extractor, rgb)
+            t2 = time.perf_counter()
+            matches = self.bundle.search(vec, k or self.config.index.top_k)
+            t3 = time.perf_counter()
         self.stats.uploads += 1
-        return matches, {"embed": (t1 - t0) * 1000.0, "search": (t2 - t1) * 1000.0}
+        return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,
+                         "search": (t3 - t2) * 1000.0}

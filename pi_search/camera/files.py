@@ -64,7 +64,8 @@ class FolderSource(BaseSource):
         if rgb is not None:
             return rgb
         try:
-            rgb = fit_within(images.read(path), self.width, self.height)
+            rgb = images.read(path, min_side=max(self.width, self.height))  # decoded no larger than needed
+            rgb = fit_within(rgb, self.width, self.height)
         except ImageError as exc:
             log.warning("skipping %s", exc)
             return None

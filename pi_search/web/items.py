@@ -72,9 +72,10 @@ def _shots() -> list:
     if len(files) > MAX_SHOTS:
         raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
     out = []
-    for n, f in enumerate(files):
-        kind = kinds[n] if n < len(kinds) else "photo"
-        out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
+    with _ext()["service"].upload_slot():  # like a search upload: two photos decoded at a time at most
+        for n, f in enumerate(files):
+            kind = kinds[n] if n < len(kinds) else "photo"
+            out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
     return out
 
 

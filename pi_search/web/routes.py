@@ -55,7 +55,8 @@ def _too_large(_exc):
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if request.content_length is not None and limit and request.content_length <= limit:
         return _error(413, f"the form has too many fields or files (at most "
-                           f"{current_app.config.get('MAX_FORM_PARTS')} parts)")
+                           f"{current_app.config.get('MAX_FORM_PARTS')} parts) or a text field over "
+                           f"{current_app.config.get('MAX_FORM_MEMORY_SIZE') // 1024} KB")
     return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
 
 
@@ -114,21 +115,28 @@ def results():
 def search():
     """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
     from ..errors import ImageError
+    from ..images import photo_size
     from .uploads import UploadError, check_form, decode_upload
 
     service = _ext()["service"]
     try:
         upload = check_form(request)[0]
-        try:
-            data = upload.read()
-        finally:
-            upload.close()
-        rgb = decode_upload(data, name=_display_name(upload.filename))
         k = request.args.get("k", type=int)
         k = request.form.get("k", type=int) if k is None else k
         if k is not None and not 1 <= k <= 100:
             return _error(400, f"k={k}: ask for 1 to 100 matches")
-        matches, timings = service.search_image(rgb, k)
+        photo = {}
+
+        def read_and_decode():  # runs once an upload slot is held: bytes and pixels held by two at most
+            try:
+                data = upload.read()
+            finally:
+                upload.close()
+            rgb = decode_upload(data, name=_display_name(upload.filename))
+            photo["size"] = list(photo_size(data) or (rgb.shape[1], rgb.shape[0]))  # as shown, not as decoded
+            return rgb
+
+        matches, timings = service.search_image(read_and_decode, k)
     except UploadError as exc:
         return _error(exc.status, str(exc))
     except ImageError as exc:
@@ -136,7 +144,7 @@ def search():
         return _error(503 if busy else 400, str(exc))
     return jsonify({"matches": [m.as_dict() for m in matches],
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
-                    "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
+                    "image_size": photo["size"]})
 
 
 def _display_name(filename: str | None) -> str:
