@@ -211,7 +211,9 @@ ensure_project() {
 }
 
 # ------------------------------------------------------------------ dev
-DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd)
+# lomiri-wallpapers-*: real photos at the size cameras write them (0.3-6.7 MB JPEGs) for the upload tests
+DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+         jq shellcheck systemd)
 
 install_dev() {
   local venv=$SRC_DIR/.venv extras=dev
