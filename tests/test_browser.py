@@ -171,3 +171,50 @@ def test_upload_from_the_page(server, browser, tmp_path):
 def _needs_chromium():
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists() and not shutil.which(p.name)]
     assert not missing, f"install Debian's chromium and chromium-driver (./install.sh --dev): {missing}"
+
+
+@pytest.fixture
+def photo_server(tmp_path, photo_bundle_dir):
+    """`pi-search serve` (this checkout's code) on the bundle of real-size photos, replaying a grey frame."""
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    frames.joinpath("empty.jpg").write_bytes(images.encode_jpeg(np.full((480, 640, 3), 120, np.uint8)))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(Path(sys.executable).with_name("pi-search")), "-v", "serve", "--source", f"folder:{frames}",
+           "--bundle", str(photo_bundle_dir), "--port", str(port), "--fps", "2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and _get(url + "/healthz")[0] != 200:
+                time.sleep(0.2)
+            assert _get(url + "/healthz")[0] == 200, (tmp_path / "serve.log").read_text()
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_a_5_mb_phone_photo_uploaded_from_the_page_is_matched(photo_server, browser, corpus):
+    """A 12 MP phone JPEG of 5 MB, stored sideways with EXIF orientation 6, sent as it is by the page."""
+    from corpus import PHONE_ITEM, PHOTO_ITEMS
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = corpus.phone_5mb
+    assert photo.stat().st_size >= 5_000_000 and images.orientation(photo.read_bytes()) == 6
+    browser.get(photo_server + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches .card"))
+    browser.find_element(By.ID, "photo").send_keys(str(photo))
+    wait.until(lambda d: photo.name in d.find_element(By.ID, "heading").text)
+    title = dict((i, t) for i, t, _ in PHOTO_ITEMS)[PHONE_ITEM]
+    assert _cards(browser)[0]["title"] == title, browser.find_element(By.TAG_NAME, "body").text
+    assert "pi_search_uploads_total 1.0" in _get(photo_server + "/metrics")[1].decode()
