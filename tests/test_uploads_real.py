@@ -24,7 +24,11 @@ from pi_search.service import Service
 from pi_search.web import create_app
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-PHONE_TITLE = dict((i, t) for i, t, _ in PHOTO_ITEMS)[PHONE_ITEM]
+# Two JPEG encodings of one view (stored upright, or turned with its EXIF orientation) already differ by
+# up to 0.011 in score (rounding in the encoder and the int8 model; measured over orientations 3, 6, 8 at
+# quality 95 and 97); ignoring the orientation costs the phone item 0.18.
+SAME = 0.015
+SAME_WEBP = 0.03  # lossy WebP (q90) turned or not: up to 0.017 apart; still far from 0.18
 
 
 @pytest.fixture
@@ -58,10 +62,10 @@ def scores(body: dict) -> dict[str, float]:
     return {m["id"]: m["score"] for m in body["matches"]}
 
 
-def assert_same_scores(a: dict[str, float], b: dict[str, float], what: str):
+def assert_same_scores(a: dict[str, float], b: dict[str, float], what: str, within: float = SAME):
     assert set(a) == set(b), what
     worst = max(abs(a[i] - b[i]) for i in a)
-    assert worst <= 0.01, f"{what}: scores differ by up to {worst:.3f}"
+    assert worst <= within, f"{what}: scores differ by up to {worst:.3f}"
 
 
 # ---------------------------------------------------------------- decoding
@@ -173,7 +177,7 @@ def test_packaged_photos_search_like_on_the_command_line(make, extractor):
     print(f"{top1} of {len(PHOTO_ITEMS)} packaged photos find their own item first")
 
 
-def test_sideways_phone_photos_match_like_upright(make, corpus):
+def test_sideways_phone_photos_match_like_upright(make, corpus, tmp_path):
     _, client = make()
     upright = search(client, corpus.phone[1]).get_json()
     assert upright["matches"][0]["id"] == PHONE_ITEM and upright["image_size"] == [4032, 3024]
@@ -183,9 +187,15 @@ def test_sideways_phone_photos_match_like_upright(make, corpus):
         body = r.get_json()
         assert body["image_size"] == [4032, 3024]  # as shown, not as stored
         assert_same_scores(scores(upright), scores(body), f"orientation {o}")
-    for path in (corpus.phone_5mb, corpus.phone_webp, corpus.turned_webp):
-        body = search(client, path).get_json()
-        assert_same_scores(scores(upright), scores(body), path.name)
+    body = search(client, corpus.phone_5mb).get_json()
+    assert_same_scores(scores(upright), scores(body), corpus.phone_5mb.name)
+    webp = search(client, corpus.phone_webp).get_json()  # another codec: compared with its own kind
+    assert_same_scores(scores(webp), scores(search(client, corpus.turned_webp).get_json()), "WebP EXIF",
+                       SAME_WEBP)
+    sideways = corpus.upright.transpose(1, 0, 2)[::-1]  # what searching the stored pixels as-is would see
+    (tmp_path / "no-exif.jpg").write_bytes(jpeg_bytes(sideways, 95))
+    ignored = scores(search(client, tmp_path / "no-exif.jpg").get_json())
+    assert ignored[PHONE_ITEM] < scores(upright)[PHONE_ITEM] - 0.1  # the check above can tell
     big = search(client, corpus.big).get_json()  # enlarged and saved at q85: a softer photo of the same
     assert big["image_size"] == [7296, 5472] and big["matches"][0]["id"] == PHONE_ITEM
     half = search(client, corpus.phone_png).get_json()
@@ -243,7 +253,7 @@ def test_no_free_slot_answers_503(make, corpus, monkeypatch):
         r = search(client, corpus.phone[1], k=3)
         assert r.status_code == 503 and "busy with other uploads; try again" in r.get_json()["error"]
         shot = [(io.BytesIO(corpus.phone[1].read_bytes()), "p.jpg")]
-        r = client.post("/api/items", data={"title": "Dragonfly", "image": shot})
+        r = client.post("/api/items", data={"title": "Nuthatch", "image": shot})
         assert r.status_code == 503 and "busy" in r.get_json()["error"]
     finally:
         for slot in held:
@@ -263,7 +273,7 @@ def test_teaching_sideways_photos_like_upright(make, corpus):
     found = scores(search(client, query, k=30).get_json())
     assert max(found, key=found.get) in {"taught-upright", "taught-turned", "taught-turned-png", "taught-5mb"}
     for item_id in ("taught-turned", "taught-turned-png", "taught-5mb"):
-        assert abs(found[item_id] - found["taught-upright"]) <= 0.01, (item_id, found)
+        assert abs(found[item_id] - found["taught-upright"]) <= SAME, (item_id, found)
     # two phone shots in one request (5.8 MB) are taken too
     shots = [(io.BytesIO(corpus.phone[o].read_bytes()), f"{o}.jpg") for o in (3, 8)]
     r = client.post("/api/items", data={"title": "Two shots", "id": "two", "image": shots})
@@ -285,18 +295,19 @@ def run():
 
 def test_cli_query_and_item_add_honour_orientation(run, corpus, photo_bundle_dir, tmp_path):
     res = run("query", "--bundle", photo_bundle_dir, "--k", 25, "--json", *corpus.phone.values(),
-              corpus.turned_webp)["results"]
-    upright = {m["id"]: m["score"] for m in res[0]["matches"]}
+              corpus.phone_webp, corpus.turned_webp)["results"]
+    found = [{m["id"]: m["score"] for m in entry["matches"]} for entry in res]
     assert res[0]["matches"][0]["id"] == PHONE_ITEM
-    for entry in res[1:]:
-        assert_same_scores(upright, {m["id"]: m["score"] for m in entry["matches"]}, entry["query"])
+    for n in (1, 2, 3):
+        assert_same_scores(found[0], found[n], res[n]["query"])
+    assert_same_scores(found[4], found[5], res[5]["query"], SAME_WEBP)
     live = tmp_path / "live"
     shutil.copytree(photo_bundle_dir, live)
     run("item", "add", "--bundle", live, "--title", "Upright", "--id", "up", corpus.phone[1])
     run("item", "add", "--bundle", live, "--title", "Turned", "--id", "turned", corpus.phone[8])
     res = run("query", "--bundle", live, "--k", 30, "--json", corpus.phone[1])["results"]
     found = {m["id"]: m["score"] for m in res[0]["matches"]}
-    assert max(found, key=found.get) in {"up", "turned"} and abs(found["up"] - found["turned"]) <= 0.01, found
+    assert max(found, key=found.get) in {"up", "turned"} and abs(found["up"] - found["turned"]) <= SAME, found
 
 
 @pytest.mark.slow
