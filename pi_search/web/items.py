@@ -189,7 +189,8 @@ def set_background():
     upload = request.files.get("image")
     try:
         if upload is not None:
-            rgb = decode_upload(upload.read(), name=upload.filename or "background")
+            with _ext()["service"].upload_slot():
+                rgb = decode_upload(upload.read(), name=upload.filename or "background")
         else:
             latest = _ext()["service"].latest()
             if latest is None:
