@@ -132,6 +132,13 @@ def viewers_ms_per_inference(run: dict) -> float:
     return 10 * run["cpu_percent_of_one_core"] / run["inferences_per_s"]
 
 
+def per_viewer_ms(r: Results) -> float:
+    """CPU ms per inferred frame that each MJPEG viewer adds (most viewers against none)."""
+    runs = {int(n): run for n, run in r["bench_daemon"]["viewers"]["runs"].items() if n.isdigit()}
+    most = max(runs)
+    return (viewers_ms_per_inference(runs[most]) - viewers_ms_per_inference(runs[0])) / most
+
+
 # ------------------------------------------------------------------------------------------------ tables
 def t_extractor(r: Results) -> str:
     rows = []
@@ -151,8 +158,9 @@ def t_daemon(r: Results) -> str:
         rows.append([name, num(run["frames_per_s"], 1), num(run["inferences_per_s"], 2),
                      f"{num(run['latency_ms']['p50'])} ({run['latency_ms']['n']})",
                      num(run["latency_ms"]["p95"]), num(run["cpu_cores"]), stages])
+    goals = "; ".join(f"{goal}: {'met' if ok else '**missed**'}" for goal, ok in d["goals"].items())
     return md(["run", "frames/s", "inferences/s", "p50 ms (results)", "p95 ms", "cores",
-               "mean ms: " + " / ".join(STAGES)], rows) + source("bench_daemon")
+               "mean ms: " + " / ".join(STAGES)], rows) + f"\nGoals: {goals}.\n" + source("bench_daemon")
 
 
 def t_flicker(r: Results) -> str:
@@ -385,6 +393,7 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "daemon.still_cpu": lambda r: num(r["bench_daemon"]["process"]["still"]["cpu_percent_of_one_core"], 1),
     "viewers.ms0": lambda r: num(viewers_ms_per_inference(r["bench_daemon"]["viewers"]["runs"]["0"]), 1),
     "viewers.ms20": lambda r: num(viewers_ms_per_inference(r["bench_daemon"]["viewers"]["runs"]["20"]), 1),
+    "viewers.per_viewer": lambda r: num(per_viewer_ms(r)),
     # quality
     "quality.r1": lambda r: num(kept(r)["recall@1"], 3),
     "quality.r5": lambda r: num(kept(r)["recall@5"], 3),
