@@ -335,6 +335,8 @@ def t_summary(r: Results) -> str:
     default100k = scale_row(r, 100_000, DEFAULT_LAYOUT)
     ld = r["load"]
     k = kept(r)
+    bench = r["retrieval"]["benchmark"]
+    ls = ld["setup"]
     last = max(v["runs"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1)
     rows = [
         ["model, one camera frame (int8, 1 / 2 threads)",
@@ -355,9 +357,10 @@ def t_summary(r: Results) -> str:
          "[taught items](#taught-items)"],
         ["recall@10 of that search against exact search", num(default100k["recall10"], 3),
          "[scale](scale.md)"],
-        ["recall@1 on the public benchmark (338 items, 676 camera shots)", num(k["recall@1"], 3),
+        [f"recall@1 on the public benchmark ({bench['items']} items, {bench['queries']} camera shots)",
+         num(k["recall@1"], 3),
          "[quality](quality.md)"],
-        ["50 pollers + 10 viewers for 60 s",
+        [f"{ls['results_clients']} pollers + {ls['stream_clients']} viewers for {num(ls['seconds'], 0)} s",
          f"{ld['errors']} errors, p99 {num(ld['results_ms']['p99'], 1)} ms", "[load](#load)"],
     ]
     return md(["what", "figure", "table"], rows)
