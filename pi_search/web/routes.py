@@ -80,6 +80,7 @@ def status() -> dict:
         "model": getattr(service.extractor, "name", None),
         "threads": config.model.threads,
         "catalog_items": len(service.bundle) if service.bundle is not None else 0,
+        "catalog_problem": getattr(service.bundle, "problem", None),
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
