@@ -150,6 +150,8 @@ def _display_name(filename: str | None) -> str:
 def thumb(item_id: str):
     bundle = _ext()["service"].bundle
     data = bundle.thumbnail(item_id) if bundle is not None else None
+    if data is None and not getattr(bundle, "serving", True):
+        return _error(503, f"no catalog is served right now: {bundle.problem}")
     if data is None:
         return _error(404, f"no thumbnail for item {item_id!r}")
     resp = Response(data, mimetype="image/jpeg")
