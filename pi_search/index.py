@@ -685,7 +685,8 @@ class Bundle:
         if self._deep:
             bad = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
             if bad:
-                raise BundleError(f"{db_path}: damaged ({bad[0]}); rebuild the bundle or copy it again")
+                first = " ".join(bad[0].split())[:200]
+                raise BundleError(f"{db_path}: damaged ({first}); rebuild the bundle or copy it again")
         rows = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
         if rows != int(m["items"]):
             raise BundleError(f"{db_path}: {rows} items, manifest says {m['items']}; the bundle is "

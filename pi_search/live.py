@@ -115,6 +115,17 @@ class _State:
     coarse_buffer: np.ndarray | None = None  # float32 [capacity, COARSE_DIMS]: the same for ``coarse``
 
 
+def _open_store(path: Path, bundle: Bundle) -> ChangeStore:
+    """The change store for ``bundle``, without the changes the bundle already holds."""
+    cs = ChangeStore(path, dim=bundle.dim, model_sha256=bundle.manifest["model"].get("sha256"))
+    try:
+        cs.forget(folded_seq(bundle.manifest))
+    except BaseException:
+        cs.close()
+        raise
+    return cs
+
+
 class Catalog:
     """A Bundle plus a ChangeStore, searched as one catalog with the Bundle's interface.
 
@@ -132,8 +143,10 @@ class Catalog:
 
     def __init__(self, bundle: Bundle | None, store: ChangeStore, *, directory: str | Path | None = None,
                  extractor=None, refresh_s: float = REFRESH_S, compact_after: int = 0,
-                 compact_every_s: float = 0.0, guard: bool = False, problem: str | None = None):
+                 compact_every_s: float = 0.0, guard: bool = False, problem: str | None = None,
+                 store_path: Path | None = None):
         self.store = store
+        self._store_path = store_path   # the store to open with the first good bundle (none served yet)
         self.extractor = extractor
         self.refresh_s = refresh_s
         self.compact_after = compact_after
@@ -187,21 +200,20 @@ class Catalog:
             if not wait or extractor is None:
                 raise
             bundle, problem = None, str(exc)
-        dim = bundle.dim if bundle is not None else int(extractor.dim)
-        sha = bundle.manifest["model"].get("sha256") if bundle is not None else extractor.sha256
         path = Path(store or store_path(directory))
         if readonly and not path.is_file():
             path = Path(":memory:")
-        try:
-            cs = ChangeStore(path, dim=dim, model_sha256=sha)
-        except BaseException:
-            if bundle is not None:
-                bundle.close()
-            raise
         if bundle is not None:
-            cs.forget(folded_seq(bundle.manifest))
+            try:
+                cs = _open_store(path, bundle)
+            except BaseException:
+                bundle.close()
+                raise
+        else:   # the store is opened with the first good bundle (its model decides whose items fit)
+            cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
         args = dict(directory=directory, extractor=extractor, refresh_s=refresh_s,
-                    compact_after=compact_after, compact_every_s=compact_every_s, guard=guard)
+                    compact_after=compact_after, compact_every_s=compact_every_s, guard=guard,
+                    store_path=None if bundle is not None else path)
         if bundle is not None:
             try:
                 return cls(bundle, cs, **args)
@@ -381,7 +393,10 @@ class Catalog:
                 bundle = Bundle.open(self._dir, extractor=self.extractor, deep=self.guard)
                 try:
                     lease = self._take_leases(bundle)
-                except BundleError:
+                    if self._store_path is not None:
+                        self._first_store(bundle)
+                        snap = self.store.snapshot()
+                except BaseException:
                     bundle.close()
                     raise
             except BundleError as exc:
@@ -399,6 +414,16 @@ class Catalog:
             self._bad_key = None
             log.info("bundle %s opened: %d items", self._dir, len(bundle))
             self._publish(self._build(bundle, key, snap), None, lease)
+
+    def _first_store(self, bundle: Bundle) -> None:
+        """Open the change store beside the directory now that a bundle says which model its items need."""
+        try:
+            cs = _open_store(self._store_path, bundle)
+        except CatalogError as exc:
+            raise BundleError(str(exc)) from exc
+        old, self.store, self._store_path = self.store, cs, None
+        self._version = cs.data_version()
+        old.close()
 
     def _settled(self, key: tuple, now: float) -> bool:
         """True when the bundle at ``key`` may be opened: a folder swapped in whole at once, or files that
