@@ -140,7 +140,10 @@ def test_stream_sends_the_shared_jpeg(make):
     chunk = next(iter(r.response))
     assert chunk.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n")
     head, jpeg = chunk.split(b"\r\n\r\n", 1)
-    jpeg = jpeg[: -2]  # the part ends with CRLF
+    # The part is closed by the next boundary in the same write: a browser shows it at once, even when the
+    # scene is still and no further part follows.
+    assert jpeg.endswith(b"\r\n--frame\r\n")
+    jpeg = jpeg[: -len(b"\r\n--frame\r\n")]
     assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(jpeg)
     assert jpeg == svc.latest().jpeg  # the worker's JPEG itself (a still scene publishes no new one)
     assert svc.stats.viewers == 1
@@ -162,6 +165,16 @@ def test_frame_jpeg(make):
     r = client.get("/frame.jpg")
     assert r.status_code == 200 and r.data[:2] == b"\xff\xd8"
     assert int(r.headers["X-Frame-Id"]) >= 0
+
+
+def test_frame_jpeg_by_id_is_that_frame(make):
+    svc, client = make()
+    latest = svc.latest()
+    r = client.get(f"/frame.jpg?id={latest.frame_id}")
+    assert r.status_code == 200 and r.data == latest.jpeg
+    assert r.headers["X-Frame-Id"] == str(latest.frame_id)
+    gone = client.get("/frame.jpg?id=999999")
+    assert gone.status_code == 404 and "no longer kept" in gone.get_json()["error"]
 
 
 def test_healthz_turns_503_when_the_camera_stops(make):
