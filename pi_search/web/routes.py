@@ -185,24 +185,24 @@ def frame():
 def stream():
     """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes.
 
-    Every part is followed at once by the boundary that closes it: browsers show a part only when its
-    boundary arrives, so a still scene (no new part) would otherwise keep showing the previous frame.
+    Every JPEG is followed at once by the boundary and the headers of the next part (parts carry no
+    Content-Length): Chromium shows a part only once the next part's headers have arrived, so a still scene
+    (no new part) would otherwise keep showing the previous frame.
     """
     ext = _ext()
     service, viewers = ext["service"], ext["viewers"]
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
     service.stats.viewers = viewers.count
-    boundary = b"--" + BOUNDARY.encode() + b"\r\n"
+    head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
 
     def parts():
-        sent_at, last, opening = 0.0, None, boundary
+        sent_at, last, opening = 0.0, None, head
         try:
             current = service.latest()
             while service.running:
                 if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
-                    head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(current.jpeg)
-                    yield opening + head + current.jpeg + b"\r\n" + boundary
+                    yield opening + current.jpeg + b"\r\n" + head
                     last, sent_at, opening = current, time.monotonic(), b""
                 current = service.wait_for_result(last, KEEPALIVE_S) or last
         finally:
