@@ -467,6 +467,9 @@ def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(daemon, browser, tm
         assert "on request" in _text(browser, "#recent .card[data-id='tea-set'] .price")
         assert _text(browser, "#recent .card[data-id='mug-blue'] .price") == "€7.90"
         scrollers = ["#shots"]
+    _wait(browser, lambda d: d.execute_script("return [...document.images].every(i => i.complete "
+                                              "&& i.naturalWidth > 0)"), what="loaded pictures")
+    assert browser.save_screenshot(str(tmp_path / f"{mode}-{size}.png"))   # kept by pytest for a look
     shot = SCREENSHOTS.get((mode, size))
     if shot:
         assert browser.save_screenshot(str(_shot_path(shot, tmp_path)))
@@ -509,6 +512,7 @@ def test_locked_kiosk_hides_teaching_and_the_daemon_refuses_it(tmp_path, bundle_
         assert d.post("/api/items", fields, {"X-Pi-Search-Pin": PIN})[0] == 201
 
         chrome.delete_all_cookies()
+        chrome.get_log("browser")   # drop what earlier tests logged
         _size(chrome, "kiosk")
         chrome.get(d.url + "/")
         _wait(chrome, lambda b: _text(b, "#matches .card .title"), what="matches")
