@@ -210,6 +210,21 @@ def daemon(tmp_path_factory, bundle_dir, scene):
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, bundle_dir):
+    """A daemon as in a shop: the camera sees a cup of coffee on the counter; prices in euros."""
+    tmp = tmp_path_factory.mktemp("shop")
+    live = tmp / "bundle"
+    shutil.copytree(bundle_dir, live)
+    frames = tmp / "frames"
+    frames.mkdir()
+    coffee = camera_view(load_photo("skimage:coffee"))
+    frames.joinpath("coffee.jpg").write_bytes(images.encode_jpeg(coffee, 90))
+    d = Daemon(tmp, live, frames, '[page]\ncurrency = "EUR"\nlocale = "en-GB"\n')
+    yield d
+    d.stop()
+
+
 def _chrome(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -339,7 +354,8 @@ def test_mjpeg_preview_shows_the_newest_frame_at_once(daemon, scene, browser):
 
 
 # ------------------------------------------------------------------ 2. failed uploads
-def test_failed_upload_says_why_and_shows_no_stale_matches(daemon, browser, tmp_path):
+def test_failed_upload_says_why_and_shows_no_stale_matches(shop, browser, tmp_path):
+    daemon = shop
     from selenium.webdriver.common.by import By
 
     good = images.encode_jpeg(camera_view(load_photo("skimage:chelsea")), 90)
@@ -374,7 +390,8 @@ def test_failed_upload_says_why_and_shows_no_stale_matches(daemon, browser, tmp_
     assert browser.find_element(By.ID, "problem").get_attribute("hidden") is not None
 
 
-def test_failed_teaching_upload_says_why_and_saves_nothing(daemon, browser, tmp_path):
+def test_failed_teaching_upload_says_why_and_saves_nothing(shop, browser, tmp_path):
+    daemon = shop
     from selenium.webdriver.common.by import By
 
     good = images.encode_jpeg(camera_view(load_photo("skimage:chelsea")), 90)
@@ -445,7 +462,8 @@ SCREENSHOTS = {("search", "kiosk"): "screenshot.png", ("teach", "kiosk"): "teach
 
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("mode", ["search", "teach"])
-def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(daemon, browser, tmp_path, mode, size):
+def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(shop, browser, tmp_path, mode, size):
+    daemon = shop
     _fill_teach_list(daemon)
     _size(browser, size)
     if mode == "search":
@@ -458,7 +476,7 @@ def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(daemon, browser, tm
         assert browser.execute_script("return document.getElementById('status').textContent") \
             .startswith("Camera OK · ")
         card = _text(browser, "#matches .card")
-        assert "€" in card and "match" in card.lower() and "cosine" not in card.lower()
+        assert "€3.20" in card and "Cup of coffee" in card and "match" in card and "cosine" not in card
         assert not browser.find_element("css selector", "#matches .num").is_displayed()
         scrollers = ["#matches"]
     else:
@@ -466,6 +484,10 @@ def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(daemon, browser, tm
         _wait(browser, lambda d: _text(d, "#recent .card[data-id='tea-set']"), what="the recent changes")
         assert "on request" in _text(browser, "#recent .card[data-id='tea-set'] .price")
         assert _text(browser, "#recent .card[data-id='mug-blue'] .price") == "€7.90"
+        browser.find_element("id", "capture").click()   # one shot in the strip, a title typed
+        _wait(browser, lambda d: d.find_elements("css selector", "#shots li"), what="a shot")
+        browser.find_element("id", "title").send_keys("Espresso cup")
+        browser.find_element("id", "price").send_keys("3.50")
         scrollers = ["#shots"]
     _wait(browser, lambda d: d.execute_script("return [...document.images].every(i => i.complete "
                                               "&& i.naturalWidth > 0)"), what="loaded pictures")
@@ -491,6 +513,34 @@ def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(daemon, browser, tm
         assert problems == [], f"{mode} with details at {SIZES[size]}: {problems}"
     assert _axe(browser) == []
     assert _severe(browser) == []
+
+
+def test_guide_box_and_hint_are_drawn_over_the_frame(shop, browser):
+    """An optional ``guide`` in a result: its target box lies over the picture (not the letterbox), the hint
+    shows under it; a result without one clears both."""
+    browser.get(shop.url + "/")
+    _wait(browser, lambda d: d.execute_script("return document.getElementById('preview').src"
+                                              ".startsWith('blob:')"), what="a result's frame")
+    browser.set_script_timeout(30)
+    box, stage, hint = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const r = await fetch('/api/results'); const body = await r.json();"
+        "body.guide = {hint: 'Hold the item closer', target: [0.25, 0.25, 0.75, 0.75], region: null};"
+        "latest = body; await showResult(body);"
+        "const q = (id) => { const b = document.getElementById(id).getBoundingClientRect();"
+        "  return [b.left, b.top, b.width, b.height]; };"
+        "done([q('target'), q('preview'), document.getElementById('guide').textContent]);")
+    assert hint == "Hold the item closer"
+    # The frame is 4:3 like the stage: the box is the middle half of it both ways.
+    assert abs(box[2] - stage[2] / 2) <= 2 and abs(box[3] - stage[3] / 2) <= 2
+    assert abs(box[0] - (stage[0] + stage[2] / 4)) <= 2 and abs(box[1] - (stage[1] + stage[3] / 4)) <= 2
+    assert browser.execute_script(OVERFLOW, ["#matches"]) == []
+    hidden = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const r = await fetch('/api/results'); const body = await r.json(); delete body.guide;"
+        "latest = body; await showResult(body);"
+        "done([document.getElementById('target').hidden, document.getElementById('guide').hidden]);")
+    assert hidden == [True, True]
 
 
 # ------------------------------------------------------------------ 3b. the kiosk lock

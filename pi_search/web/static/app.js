@@ -22,7 +22,7 @@ function scoreBlock(score) {
   bar.setAttribute("aria-hidden", "true");
   const fill = document.createElement("span");
   fill.className = "fill";
-  fill.style.width = Math.round(Math.max(0, Math.min(1, score)) * 100) + "%";
+  fill.style.width = Math.round(piSearch.fullness(score) * 100) + "%";
   bar.append(fill);
   const word = document.createElement("span");
   word.className = "word";
