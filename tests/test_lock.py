@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 
 import pytest
 from conftest import camera_view, load_photo
@@ -92,6 +93,15 @@ def test_unlock_sets_a_cookie_and_lock_forgets_it(make):
     assert teach(client, "cat-4").status_code == 201
     assert client.post("/api/lock").status_code == 200
     assert teach(client, "cat-5").status_code == 403
+    # The cookie proves the PIN only until it expires, whatever the browser keeps; its expiry cannot be moved.
+    state = client.application.extensions["pi_search"]["lock"]
+    client.set_cookie("pi_search_teach", state.cookie(PIN, int(time.time()) - 1))
+    assert teach(client, "cat-5").status_code == 403
+    expires = cookie.value.split(".")[0]
+    client.set_cookie("pi_search_teach", cookie.value.replace(expires, str(int(expires) + 10**6)))
+    assert teach(client, "cat-5").status_code == 403
+    client.set_cookie("pi_search_teach", cookie.value)
+    assert teach(client, "cat-5").status_code == 201
     # A cookie from another site's form is refused.
     r = client.post("/api/unlock", data={"pin": PIN}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403

@@ -543,6 +543,31 @@ def test_guide_box_and_hint_are_drawn_over_the_frame(shop, browser):
     assert hidden == [True, True]
 
 
+def test_staff_are_told_what_is_wrong_and_what_to_do(tmp_path, bundle_dir, chrome):
+    """The camera stops (a replay that ends), then the appliance itself: the page says so in plain words."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    coffee = camera_view(load_photo("skimage:coffee"))
+    frames.joinpath("coffee.jpg").write_bytes(images.encode_jpeg(coffee, 90))
+    live = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, live)
+    d = Daemon(tmp_path, live, frames, "[camera]\nloop = false\ntimeout_s = 1.0\n")
+    try:
+        chrome.delete_all_cookies()
+        _size(chrome, "kiosk")
+        chrome.get(d.url + "/")
+        _wait(chrome, lambda b: "Camera not working" in _text(b, "#status"), what="the camera message")
+        problem = _text(chrome, "#problem")
+        assert "camera sends no picture" in problem and "Check that it is plugged in" in problem
+        assert chrome.execute_script(OVERFLOW, ["#matches"]) == []
+        assert _axe(chrome) == []
+    finally:
+        d.stop()
+    _wait(chrome, lambda b: "No connection" in _text(b, "#status"), what="the connection message")
+    assert "restart the appliance" in _text(chrome, "#problem")
+    assert chrome.execute_script(OVERFLOW, ["#matches"]) == []
+
+
 # ------------------------------------------------------------------ 3b. the kiosk lock
 def test_locked_kiosk_hides_teaching_and_the_daemon_refuses_it(tmp_path, bundle_dir, scene, chrome):
     from selenium.webdriver.common.by import By

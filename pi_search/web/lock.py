@@ -19,6 +19,7 @@ PIN_COOKIE = "pi_search_teach"
 PIN_HEADER = "X-Pi-Search-Pin"
 MAX_TRIES = 5          # wrong PINs in a row before unlocking pauses
 PAUSE_S = 30.0         # how long unlocking pauses after MAX_TRIES wrong PINs
+UNLOCK_S = 1800.0      # the PIN unlocks teaching on one screen for this long (or until "Lock")
 
 
 class _State:
@@ -30,8 +31,16 @@ class _State:
         self.wrong = 0
         self.paused_until = 0.0
 
-    def cookie(self, pin: str) -> str:
-        return hmac.new(self.secret, pin.encode(), hashlib.sha256).hexdigest()
+    def cookie(self, pin: str, expires: int) -> str:
+        """``EXPIRES.MAC``: proves the PIN was given, until ``expires`` (Unix time)."""
+        mac = hmac.new(self.secret, f"{expires}:{pin}".encode(), hashlib.sha256).hexdigest()
+        return f"{expires}.{mac}"
+
+    def valid(self, cookie: str, pin: str) -> bool:
+        expires, _, _mac = cookie.partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(cookie.encode(), self.cookie(pin, int(expires)).encode())
 
 
 def _state() -> _State:
@@ -59,7 +68,7 @@ def teaching_state() -> str:
     if _same(token, server.token):
         return "unlocked"
     if page.pin and (_same(request.headers.get(PIN_HEADER, ""), page.pin)
-                     or _same(request.cookies.get(PIN_COOKIE, ""), _state().cookie(page.pin))):
+                     or _state().valid(request.cookies.get(PIN_COOKIE, ""), page.pin)):
         return "unlocked"
     return "locked"
 
@@ -77,7 +86,8 @@ def refuse_if_locked():
 
 @bp.post("/api/unlock")
 def unlock():
-    """Form field ``pin``: the right PIN sets a session cookie that unlocks teaching until ``/api/lock``."""
+    """Form field ``pin``: the right PIN sets a cookie that unlocks teaching for ``UNLOCK_S`` seconds, or
+    until ``POST /api/lock``."""
     from urllib.parse import urlsplit
 
     from .routes import _error
@@ -103,7 +113,9 @@ def unlock():
             return _error(403, "wrong PIN; ask the person who set up the appliance")
         state.wrong = 0
     resp = jsonify({"teach": "unlocked"})
-    resp.set_cookie(PIN_COOKIE, state.cookie(page.pin), httponly=True, samesite="Strict")
+    expires = int(time.time() + UNLOCK_S)
+    resp.set_cookie(PIN_COOKIE, state.cookie(page.pin, expires), max_age=int(UNLOCK_S), httponly=True,
+                    samesite="Strict")
     return resp
 
 
