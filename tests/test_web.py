@@ -42,7 +42,7 @@ def test_page_has_no_inline_script_and_a_strict_csp(make):
     csp = r.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert re.search(r"<script[^>]*>\s*[^<\s]", html) is None  # every script is an empty tag with src
-    assert 'src="/static/app.js"' in html and 'src="/stream.mjpg"' in html
+    assert 'src="/static/app.js"' in html and 'id="preview"' in html
     for tag in ('id="freeze"', 'name="image"', 'id="matches"', 'id="status"'):
         assert tag in html
 

@@ -101,15 +101,16 @@ function showStatus(s) {
 
 // Puts an image element on screen in place of the preview (same id), in the caller's task: the caller
 // changes the matches in that same task, so both are painted together.
-function swapPreview(img, url) {
+function swapPreview(img, url, alt) {
   img.id = "preview";
-  img.alt = $("preview").alt;
+  img.alt = alt;
   $("preview").replaceWith(img);
   if (shownUrl) URL.revokeObjectURL(shownUrl);
   shownUrl = url;
-  frameSize = [img.naturalWidth, img.naturalHeight];
-  $("stage").classList.add("sized");
-  $("stage").style.aspectRatio = img.naturalWidth + " / " + img.naturalHeight;
+  if (img.naturalWidth) {
+    frameSize = [img.naturalWidth, img.naturalHeight];
+    $("stage").style.aspectRatio = img.naturalWidth + " / " + img.naturalHeight;
+  }
   drawGuide();
 }
 
@@ -137,7 +138,7 @@ async function showResult(body) {
     return false;
   }
   guide = body.guide || null;
-  swapPreview(shot.img, shot.url);
+  swapPreview(shot.img, shot.url, "Camera view");
   $("stage").dataset.frame = body.frame_id;
   $("results").dataset.frame = body.frame_id;
   showMatches(body.matches, body.matches.length ? "Best matches" : "No match");
@@ -238,7 +239,11 @@ async function upload() {
     }
     if (!r.ok) throw new Error(body.error || r.statusText);
     const shot = await decoded(file);
-    if (shot) swapPreview(shot.img, shot.url);
+    if (shot) {
+      swapPreview(shot.img, shot.url, "Uploaded photo " + file.name);
+    } else {   // searched by the appliance, but a format this browser cannot show (HEIC, TIFF)
+      swapPreview(new Image(), null, "");
+    }
     setMode("upload", "Photo");
     showMatches(body.matches, "Matches for " + file.name);
   } catch (e) {
