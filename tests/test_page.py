@@ -497,6 +497,14 @@ def test_nothing_is_cut_off_and_axe_finds_no_serious_problem(shop, browser, tmp_
         assert browser.save_screenshot(str(_shot_path(shot, tmp_path)))
     problems = browser.execute_script(OVERFLOW, scrollers)
     assert problems == [], f"{mode} at {SIZES[size]}: {problems}"
+    # The buttons of a row look alike: same height, same weight, none underlined (links styled as buttons).
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('.controls')].filter(r => r.offsetWidth).map(r =>"
+        " [...r.querySelectorAll('button, .button')].filter(b => b.offsetWidth).map(b => {"
+        " const cs = getComputedStyle(b); return [Math.round(b.getBoundingClientRect().height),"
+        " cs.fontWeight, cs.textDecorationLine]; }))")
+    for row in rows:
+        assert len({tuple(b) for b in row}) == 1 and row[0][2] == "none", rows
     if mode == "teach":   # the whole page scrolls, so the end of the list can be reached
         last = browser.execute_script("const l = document.querySelector('#recent .card:last-child');"
                                       "l.scrollIntoView(); const r = l.getBoundingClientRect();"
