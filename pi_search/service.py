@@ -459,7 +459,9 @@ class Service:
 
     def recent(self, frame_id: int) -> LatestResult | None:
         """The published result of ``frame_id`` among the last ``RECENT_FRAMES`` (None once it is gone)."""
-        for result in reversed(tuple(self._recent)):
+        with self._cond:
+            recent = tuple(self._recent)
+        for result in reversed(recent):
             if result.frame_id == frame_id:
                 return result
         return None
