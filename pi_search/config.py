@@ -16,9 +16,10 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _check(low=None, high=None, choices=None):
-    """Field metadata: an inclusive numeric range or a set of allowed values."""
-    return {"low": low, "high": high, "choices": choices}
+def _check(low=None, high=None, choices=None, pattern=None, hint=""):
+    """Field metadata: an inclusive numeric range, a set of allowed values, or a regular expression a string
+    must match in full (``hint`` says what is expected)."""
+    return {"low": low, "high": high, "choices": choices, "pattern": pattern, "hint": hint}
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,24 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class PageConfig:
+    """[page]: what the kiosk page shows and who may teach items on it."""
+
+    # ISO 4217 code of the catalog's prices (e.g. "EUR", "GBP", "USD"); a price that is a plain number is
+    # shown in this currency. Empty: prices are shown as written in the catalog.
+    currency: str = field(default="", metadata=_check(pattern=r"[A-Z]{3}|", hint='a code like "EUR"'))
+    # Language tag for numbers and prices (e.g. "en-GB", "de-DE"); empty: the browser's own.
+    locale: str = field(default="", metadata=_check(pattern=r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*|",
+                                                     hint='a tag like "en-GB"'))
+    # true: the kiosk screen hides teaching (adding, editing, removing items), and the daemon refuses it,
+    # unless the PIN below (or the [server] token) is given.
+    lock_teaching: bool = False
+    # PIN that unlocks teaching on the page while lock_teaching is true (4 to 32 characters); empty: only
+    # the [server] token unlocks it.
+    pin: str = field(default="", metadata=_check(pattern=r"\S{4,32}|", hint="4 to 32 characters, no spaces"))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each attribute is one TOML section."""
 
@@ -121,10 +140,11 @@ class Config:
     gate: GateConfig = GateConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     server: ServerConfig = ServerConfig()
+    page: PageConfig = PageConfig()
 
 
 _SECTION_TYPES = {"camera": CameraConfig, "model": ModelConfig, "index": IndexConfig, "gate": GateConfig,
-                  "smoothing": SmoothingConfig, "server": ServerConfig}
+                  "smoothing": SmoothingConfig, "server": ServerConfig, "page": PageConfig}
 
 
 def _line_of(text: str | None, section: str, key: str | None = None) -> str:
@@ -183,6 +203,8 @@ def _build_section(name: str, values: dict, text: str | None, origin: str):
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}")
         if meta.get("low") is not None and not meta["low"] <= value <= meta["high"]:
             raise ConfigError(f"{where}: {value!r} is outside {meta['low']}..{meta['high']}")
+        if meta.get("pattern") is not None and not re.fullmatch(meta["pattern"], value):
+            raise ConfigError(f"{where}: {value!r} is not {meta['hint']}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -271,4 +293,6 @@ def as_dict(config: Config) -> dict:
     d = dataclasses.asdict(config)
     if d["server"]["token"]:
         d["server"]["token"] = "***"
+    if d["page"]["pin"]:
+        d["page"]["pin"] = "***"
     return d

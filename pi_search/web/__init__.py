@@ -19,6 +19,7 @@ def create_app(service, config):
     from flask import Flask
 
     from .items import bp as items_bp
+    from .lock import bp as lock_bp
     from .metrics import make_registry
     from .routes import bp
 
@@ -31,6 +32,7 @@ def create_app(service, config):
                                    "registry": make_registry(service), "viewers": _Viewers()}
     app.register_blueprint(bp)
     app.register_blueprint(items_bp)  # teaching items: the "add item" page and /api/items
+    app.register_blueprint(lock_bp)   # the kiosk lock: /api/unlock and /api/lock
 
     @app.after_request
     def _headers(resp):

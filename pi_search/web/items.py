@@ -31,7 +31,14 @@ def _given_token() -> str:
 
 @bp.before_request
 def _guard():
-    """State changes: same-origin only; with a non-loopback bind, only with the configured token."""
+    """State changes: same-origin only; with a non-loopback bind, only with the configured token.
+
+    With ``[page] lock_teaching`` every route here but the page itself needs the PIN or the token too.
+    """
+    from .lock import refuse_if_locked
+
+    if request.endpoint != "pi_search_items.page" and (refused := refuse_if_locked()) is not None:
+        return refused
     if request.method in SAFE_METHODS:
         return None
     origin = request.headers.get("Origin")
@@ -94,7 +101,9 @@ def _embed(cat, shots):
 
 @bp.get("/teach")
 def page():
-    return render_template("teach.html")
+    from .lock import teaching_state
+
+    return render_template("teach.html", page=_ext()["config"].page, teach=teaching_state())
 
 
 @bp.get("/api/items")

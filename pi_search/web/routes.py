@@ -89,7 +89,9 @@ def status() -> dict:
 
 @bp.get("/")
 def page():
-    return render_template("index.html")
+    from .lock import teaching_state
+
+    return render_template("index.html", page=_ext()["config"].page, teach=teaching_state())
 
 
 @bp.get("/api/results")
@@ -166,10 +168,21 @@ def thumb(item_id: str):
 
 @bp.get("/frame.jpg")
 def frame():
-    """The latest published frame as one JPEG (for a frozen view)."""
-    latest = _ext()["service"].latest()
-    if latest is None:
-        return _error(503, "no frame yet; the camera is starting")
+    """One published frame as JPEG: ``?id=N`` that frame (404 once it is no longer kept), else the latest.
+
+    The page loads the frame of each result by id, so the preview always shows the frame whose matches it
+    lists.
+    """
+    service = _ext()["service"]
+    frame_id = request.args.get("id", type=int)
+    if frame_id is not None:
+        latest = service.recent(frame_id)
+        if latest is None:
+            return _error(404, f"frame {frame_id} is no longer kept; ask /api/results for the latest")
+    else:
+        latest = service.latest()
+        if latest is None:
+            return _error(503, "no frame yet; the camera is starting")
     resp = Response(latest.jpeg, mimetype="image/jpeg")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Frame-Id"] = str(latest.frame_id)
@@ -178,22 +191,27 @@ def frame():
 
 @bp.get("/stream.mjpg")
 def stream():
-    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes."""
+    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes.
+
+    Every JPEG is followed at once by the boundary and the headers of the next part (parts carry no
+    Content-Length): Chromium shows a part only once the next part's headers have arrived, so a still scene
+    (no new part) would otherwise keep showing the previous frame.
+    """
     ext = _ext()
     service, viewers = ext["service"], ext["viewers"]
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
     service.stats.viewers = viewers.count
+    head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
 
     def parts():
-        sent_at, last = 0.0, None
+        sent_at, last, opening = 0.0, None, head
         try:
             current = service.latest()
             while service.running:
                 if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
-                    yield (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                           + str(len(current.jpeg)).encode() + b"\r\n\r\n" + current.jpeg + b"\r\n")
-                    last, sent_at = current, time.monotonic()
+                    yield opening + current.jpeg + b"\r\n" + head
+                    last, sent_at, opening = current, time.monotonic(), b""
                 current = service.wait_for_result(last, KEEPALIVE_S) or last
         finally:
             viewers.leave()
