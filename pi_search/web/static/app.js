@@ -89,6 +89,13 @@ function showStatus(s) {
       problem("The camera sends no picture (" + s.camera.reason + "). Check that it is plugged in; the "
         + "appliance keeps trying. Photos can still be searched.");
     }
+  } else if (s.catalog_problem) {
+    el.classList.add("down");
+    el.textContent = "Camera OK · no catalog";
+    if (mode === "live") {
+      problem("No catalog is loaded (" + s.catalog_problem + "). Install or build the catalog bundle; the "
+        + "appliance picks it up by itself.");
+    }
   } else {
     el.textContent = (s.catalog_items ? "Camera OK · " : "Camera OK · no items yet · ") + items;
     if (mode === "live") problem(s.catalog_items ? "" : "The catalog is empty: add items first.");
