@@ -13,7 +13,7 @@ import numpy as np
 
 from . import notify
 from .config import GateConfig, SmoothingConfig
-from .errors import ImageError, PiSearchError, SourceError
+from .errors import Busy, PiSearchError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -553,10 +553,10 @@ class Service:
         """Matches for an uploaded photo (RGB uint8 [H, W, 3]) and timings in ms; never touches the camera.
 
         Shares the extractor with the worker (its lock serialises the model); at most two uploads run at
-        once, others wait up to 10 s and then get ImageError("busy").
+        once, others wait up to 10 s and then get ``Busy`` (HTTP 503).
         """
         if not self._upload_slots.acquire(timeout=10.0):
-            raise ImageError("the appliance is busy with other uploads; try again in a moment")
+            raise Busy("the appliance is busy with other uploads; try again in a moment")
         try:
             t0 = time.perf_counter()
             vec = self.embed_query(self.extractor, rgb)

@@ -55,17 +55,16 @@ def teaching_state() -> str:
     """``open`` (no lock), ``unlocked`` (locked, and this request carries the PIN or token) or ``locked``.
 
     The PIN comes as the ``X-Pi-Search-Pin`` header or as the cookie ``POST /api/unlock`` sets; the server
-    token as ``Authorization: Bearer TOKEN`` or its cookie (the token check itself runs before this).
+    token from ``auth.given_token`` (the header, ``?token=`` on a page, or its cookie; the token check itself
+    runs before this).
     """
-    from .routes import TOKEN_COOKIE
+    from .auth import given_token
 
     ext = current_app.extensions["pi_search"]
     page, server = ext["config"].page, ext["config"].server
     if not page.lock_teaching:
         return "open"
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "") or request.args.get("token", "")
-    if _same(token, server.token):
+    if _same(given_token()[0], server.token):
         return "unlocked"
     if page.pin and (_same(request.headers.get(PIN_HEADER, ""), page.pin)
                      or _state().valid(request.cookies.get(PIN_COOKIE, ""), page.pin)):
@@ -87,14 +86,9 @@ def refuse_if_locked():
 @bp.post("/api/unlock")
 def unlock():
     """Form field ``pin``: the right PIN sets a cookie that unlocks teaching for ``UNLOCK_S`` seconds, or
-    until ``POST /api/lock``."""
-    from urllib.parse import urlsplit
-
+    until ``POST /api/lock``. (Another site's page is refused before this, by ``auth.check_origin``.)"""
     from .routes import _error
 
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return _error(403, f"a change from another site ({origin}) was refused")
     page = current_app.extensions["pi_search"]["config"].page
     if not page.lock_teaching:
         return jsonify({"teach": "open"})

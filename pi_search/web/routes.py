@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
+
+from .auth import page as _page
+from .auth import public as _public
+from .errors import error as _error
 
 log = logging.getLogger(__name__)
 
@@ -15,58 +18,10 @@ bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="t
 
 BOUNDARY = "frame"
 KEEPALIVE_S = 5.0
-TOKEN_COOKIE = "pi_search_token"
 
 
 def _ext() -> dict:
     return current_app.extensions["pi_search"]
-
-
-def _error(status: int, message: str):
-    resp = jsonify({"error": message})
-    resp.status_code = status
-    return resp
-
-
-@bp.before_app_request
-def _check_token():
-    token = _ext()["config"].server.token
-    if not token or request.endpoint in ("pi_search.healthz", "pi_search.static"):
-        return None
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "") or request.args.get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return _error(401, "a token is required: open the page as /?token=TOKEN "
-                           "or send 'Authorization: Bearer TOKEN'")
-    return None
-
-
-@bp.after_app_request
-def _remember_token(resp):
-    token = _ext()["config"].server.token
-    if token and request.args.get("token") == token:
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
-    return resp
-
-
-@bp.app_errorhandler(413)
-def _too_large(_exc):
-    mb = _ext()["config"].server.max_upload_mb
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is not None and limit and request.content_length <= limit:
-        return _error(413, f"the form has too many fields or files (at most "
-                           f"{current_app.config.get('MAX_FORM_PARTS')} parts)")
-    return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
-
-
-@bp.app_errorhandler(404)
-def _not_found(_exc):
-    return _error(404, f"no such page: {request.path}")
-
-
-@bp.app_errorhandler(405)
-def _bad_method(_exc):
-    return _error(405, f"{request.method} is not allowed on {request.path}")
 
 
 def status() -> dict:
@@ -88,6 +43,7 @@ def status() -> dict:
 
 
 @bp.get("/")
+@_page
 def page():
     from .lock import teaching_state
 
@@ -134,9 +90,8 @@ def search():
         matches, timings = service.search_image(rgb, k)
     except UploadError as exc:
         return _error(exc.status, str(exc))
-    except ImageError as exc:
-        busy = "busy" in str(exc)
-        return _error(503 if busy else 400, str(exc))
+    except ImageError as exc:  # a full upload slot is Busy (503): the error handler answers it
+        return _error(exc.status, str(exc))
     return jsonify({"matches": [m.as_dict() for m in matches],
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
                     "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
@@ -226,17 +181,8 @@ def stream():
 @bp.post("/api/reload")
 def reload_bundle():
     """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
-    from urllib.parse import urlsplit
-
-    from ..config import is_loopback
     from ..errors import PiSearchError
 
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return _error(403, f"a change from another site ({origin}) was refused")
-    server = _ext()["config"].server
-    if not is_loopback(server.host) and not _token_given(server.token):
-        return _error(401, "reloading the bundle needs the token: send 'Authorization: Bearer TOKEN'")
     try:
         info = _ext()["service"].reload_bundle()
     except PiSearchError as exc:
@@ -244,16 +190,8 @@ def reload_bundle():
     return jsonify({"reloaded": True, **info})
 
 
-def _token_given(token: str) -> bool:
-    """True if the request carries ``token`` (compared in constant time); False when no token is set."""
-    if not token:
-        return False
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "")
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 @bp.get("/healthz")
+@_public
 def healthz():
     h = _ext()["service"].health()
     resp = jsonify(h)
