@@ -125,13 +125,16 @@ def check_host(server):
 
 
 def _same_origin(origin: str) -> bool:
-    parts = urlsplit(origin)
-    if parts.scheme not in _DEFAULT_PORTS or parts.path not in ("", "/") or parts.query:
+    """True when ``origin`` is scheme://Host of this very request (default ports filled in)."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme.lower() != request.scheme or request.scheme not in _DEFAULT_PORTS:
+        return False
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
         return False
     theirs, ours = split_host(parts.netloc), split_host(request.headers.get("Host", ""))
     if theirs is None or ours is None:
         return False
-    default = _DEFAULT_PORTS[parts.scheme]
+    default = _DEFAULT_PORTS[request.scheme]
     return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
 
 

@@ -42,7 +42,7 @@ def _too_large_message() -> str:
     if request.content_length is not None and limit and request.content_length <= limit:
         return (f"the form has too many fields or files (at most {current_app.config.get('MAX_FORM_PARTS')} "
                 "parts)")
-    mb = (limit or 0) / (1024 * 1024)
+    mb = current_app.extensions["pi_search"]["config"].server.max_upload_mb
     return f"the upload is larger than {mb:g} MB; send a smaller photo"
 
 
