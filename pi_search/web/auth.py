@@ -147,22 +147,25 @@ def check_origin(server):
     slots or the model. Requests without these headers (curl, scripts) pass.
     """
     site = request.headers.get("Sec-Fetch-Site", "").lower()
+    origin = request.headers.get("Origin")
+    shown = (origin or "")[:80].encode("ascii", "backslashreplace").decode()
     if request.method in SAFE_METHODS:
         if site in OTHER_SITES and request.headers.get("Sec-Fetch-Mode", "").lower() != "navigate":
-            return error(403, f"{request.path} may not be loaded by another site's page")
+            message = f"{request.path} may not be loaded by another site's page"
+        else:
+            return None
+    elif origin is not None and origin.strip().lower() == "null":
+        message = ("a change from a page without an origin (a sandboxed frame or a local file) was refused; "
+                   "use the page served by this appliance")
+    elif origin is not None and not _same_origin(origin):
+        message = f"a change from another site ({shown}) was refused; use the page served by this appliance"
+    elif site in OTHER_SITES:
+        message = "a change sent by another site's page was refused; use the page served by this appliance"
+    else:
         return None
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.strip().lower() == "null":
-        return error(403, "a change from a page without an origin (a sandboxed frame or a local file) was "
-                          "refused; use the page served by this appliance")
-    if origin is not None and not _same_origin(origin):
-        shown = origin[:80].encode("ascii", "backslashreplace").decode()
-        return error(403, f"a change from another site ({shown}) was refused; use the page served by this "
-                          "appliance")
-    if site in OTHER_SITES:
-        return error(403, "a change sent by another site's page was refused; use the page served by this "
-                          "appliance")
-    return None
+    log.info("refused %s %s from another site (Origin %r, Sec-Fetch-Site %r)", request.method, request.path,
+             shown or None, site or None)
+    return error(403, message)
 
 
 def check_token(server):
