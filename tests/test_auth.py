@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 
@@ -263,3 +264,28 @@ def test_allowed_hosts_are_checked_with_their_line(tmp_path):
         where = r"\[server\] allowed_hosts \(line 3\): .*"
         with pytest.raises(ConfigError, match=where + re.escape(message)):
             load_config(cfg)
+
+
+def test_the_example_config_documents_the_server_keys_as_config_py_reads_them():
+    from pathlib import Path
+
+    from pi_search.config import ServerConfig
+
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    text = example.read_text()
+    server = load_config(example).server
+    assert server.allowed_hosts == ServerConfig().allowed_hosts and server.token == ServerConfig().token
+    section = text[text.index("[server]"):]
+    # the example value shown in the comment is one config.py accepts
+    shown = re.search(r"^#.*e\.g\. (\[[^\]]*\])", section[:section.index("allowed_hosts =")], re.M)
+    cfg = load_config(None, {"server.allowed_hosts": json.loads(shown.group(1))})
+    names = cfg.server.allowed_hosts
+    assert names and all(auth.host_allowed(h, cfg.server) for h in names)
+    # the token rules the comment lists are the ones token_problem applies
+    comment = section[:section.index("token =")]
+    for rule, weak in (("fewer than 16", "4f9c2e7a1b8d3f6"), ("whitespace", "4f9c2e7a 1b8d3f60c"),
+                       ("one character repeated", "e" * 16), ("fewer than 5 different", "abcd" * 4),
+                       ("a run like abcdef", "abcdefghijklmnop"), ('"password"', "my-password-4f9c2e7a")):
+        assert rule in comment.replace("\n# ", " "), rule
+        assert token_problem(weak), weak
+    assert "openssl rand -hex 16" in comment

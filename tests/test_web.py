@@ -212,11 +212,11 @@ def test_unknown_route_is_json_404(make):
 
 
 def test_token_guards_everything_but_health(make):
-    _, client = make(**{"server.token": "s3cret"})
+    _, client = make(**{"server.token": "b7e1c94a0f3d6e28"})
     assert client.get("/api/results").status_code == 401
     assert client.get("/healthz").status_code == 200
-    assert client.get("/api/results", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/api/results", headers={"Authorization": "Bearer b7e1c94a0f3d6e28"}).status_code == 200
     assert client.get("/api/results", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    r = client.get("/?token=s3cret")
+    r = client.get("/?token=b7e1c94a0f3d6e28")
     assert r.status_code == 200 and "pi_search_token" in r.headers["Set-Cookie"]
     assert client.get("/api/results").status_code == 200  # the cookie now carries it

@@ -2,7 +2,8 @@
 
 One ``before_request`` hook runs ``CHECKS`` in order for every request; the first that answers refuses it.
 docs/security.md explains what each check defends against. A further check (e.g. a PIN for teaching) is one
-more function of the same shape, ``check(server) -> Response | None``, added to ``CHECKS``.
+more function of the same shape, ``check(config) -> Response | None`` (``config``: the daemon's ``Config``),
+added to ``CHECKS``.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def token_matches(given: str, token: str) -> bool:
 
 
 # ---------------------------------------------------------------- the checks
-def check_host(server):
+def check_host(config):
     """Every route: the Host header must name this appliance (a DNS-rebinding page sends its own name)."""
+    server = config.server
     value = request.headers.get("Host")
     if value is None:
         return None  # HTTP/1.0 without Host: no browser sends that
@@ -138,7 +140,7 @@ def _same_origin(origin: str) -> bool:
     return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
 
 
-def check_origin(server):
+def check_origin(config):
     """State changes come only from the page's own origin; nothing is loaded by another site's page.
 
     Refused: a change whose ``Origin`` is ``null`` (a sandboxed frame, a file) or another origin, or whose
@@ -168,9 +170,10 @@ def check_origin(server):
     return error(403, message)
 
 
-def check_token(server):
+def check_token(config):
     """With a token set, every route but health and static files needs it. Without one (loopback only), a
     daemon bound to another address still refuses changes."""
+    server = config.server
     if not server.token:
         if request.method not in SAFE_METHODS and not is_loopback(server.host):
             return error(403, f"the daemon listens on {server.host} without a token, so it takes no changes; "
@@ -190,9 +193,9 @@ CHECKS = [check_host, check_origin, check_token]
 
 
 def _guard():
-    server = current_app.extensions["pi_search"]["config"].server
+    config = current_app.extensions["pi_search"]["config"]
     for check in CHECKS:
-        refused = check(server)
+        refused = check(config)
         if refused is not None:
             return refused
     return None
