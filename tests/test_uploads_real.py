@@ -332,3 +332,23 @@ def test_catalog_photos_shot_on_phones_build_like_upright(run, corpus, tmp_path)
         ta = images.decode(a.thumbnail(PHONE_ITEM), min_side=None)
         tb = images.decode(b.thumbnail(PHONE_ITEM), min_side=None)
         assert ta.shape == tb.shape and ta.shape[1] > ta.shape[0]  # the thumbnail is upright too
+
+
+def test_over_40_mp_is_still_refused_from_the_header(make, corpus):
+    """The pixel cap stays: a JPEG declaring 8000x6000 (48 MP) is refused before any decoding."""
+    _, client = make()
+    data = bytearray(corpus.phone[1].read_bytes())
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0 and images.photo_size(bytes(data)) == (4032, 3024)
+    data[sof + 5: sof + 9] = (6000).to_bytes(2, "big") + (8000).to_bytes(2, "big")
+    r = client.post("/api/search", data={"image": (io.BytesIO(bytes(data)), "huge.jpg")})
+    assert r.status_code == 400 and "8000x6000 pixels is larger than the limit" in r.get_json()["error"]
+
+
+def test_orientation_of_cut_or_damaged_metadata_is_as_stored(corpus):
+    data = corpus.phone[6].read_bytes()
+    assert images.orientation(data) == 6
+    for cut in range(0, 64):  # EXIF cut anywhere: never an exception, never a made-up turn
+        assert images.orientation(data[:cut]) in (1, 6)
+    bad = data.replace(b"Exif\x00\x00II*\x00\x08\x00\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\x00\x00", 1)
+    assert bad != data and images.orientation(bad) == 1
