@@ -24,9 +24,10 @@ from pi_search.service import Service
 from pi_search.web import create_app
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-# Two JPEG encodings of one view (stored upright, or turned with its EXIF orientation) already differ by
-# up to 0.011 in score (rounding in the encoder and the int8 model; measured over orientations 3, 6, 8 at
-# quality 95 and 97); ignoring the orientation costs the phone item 0.18.
+# The int8 model moves scores by about 0.01 for pixels 1-2 levels apart. Two JPEG encodings of one upright
+# view (quality 95 and 98) already differ by up to 0.008; the same view stored turned (6 or 8) by up to
+# 0.011, and even a lossless turn of the same file differs by 0.010 once decoded at 1/8 scale (the
+# decoder's chroma upsampling rounds by column). Ignoring the orientation costs the phone item 0.18.
 SAME = 0.015
 SAME_WEBP = 0.03  # lossy WebP (q90) turned or not: up to 0.017 apart; still far from 0.18
 
