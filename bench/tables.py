@@ -366,7 +366,21 @@ def t_summary(r: Results) -> str:
     return md(["what", "figure", "table"], rows)
 
 
+def t_uploads(r: Results) -> str:
+    rows = []
+    for name, label in (("uploads", "baseline JPEG"), ("uploads-progressive", "progressive JPEG")):
+        u = r[name]
+        rows.append([f"{u['uploads']} at once, {u['photo']['megapixels']} MP {label}",
+                     ", ".join(f"{n} x {k}" for k, n in sorted(u["statuses"].items())),
+                     num(u["idle_vmhwm_mb"], 0), num(u["peak_vmhwm_mb"], 0),
+                     f"+{num(u['peak_over_idle_mb'], 0)} (budget +{u['budget_over_idle_mb']})",
+                     num(u["latency_ms"]["p50"] / 1000, 1), num(u["latency_ms"]["p95"] / 1000, 1)])
+    return md(["uploads", "answers", "idle VmHWM MB", "peak VmHWM MB", "over idle MB", "p50 s", "p95 s"],
+              rows) + "\n" + source("uploads", "uploads-progressive")
+
+
 TABLES: dict[str, Callable[[Results], str]] = {
+    "uploads": t_uploads,
     "extractor": t_extractor,
     "daemon": t_daemon,
     "flicker": t_flicker,
