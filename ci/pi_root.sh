@@ -1,0 +1,443 @@
+#!/usr/bin/env bash
+# Follows the README's Pi set-up in a Debian Bookworm root booted with real systemd (systemd-nspawn -b), as the
+# desktop user "pi" with sudo: sudo ./install.sh, a bundle built as the service user, the service (re)started
+# and checked with doctor, the page on 127.0.0.1:8080, the page opened to the network with a token and a
+# drop-in, systemctl reload, a frozen process restarted by the watchdog, and the uninstall.
+#
+#   sudo ci/pi_root.sh
+#
+# There is no camera in a container: the run sets [camera] source = "folder:/srv/frames" (the demo's frames)
+# in /etc/pi-search/config.toml, and the catalog is the demo catalog copied to /srv/catalog.
+# The first boot shares the host's network (apt and pip); the second has only its own loopback
+# (--private-network), so 127.0.0.1:8080 is the container's and no port of the host is used.
+# The debootstrapped root is kept in --cache (default /var/cache/pi-search-pi-root) with pip's cache; each run
+# starts from a fresh copy of it. When containers cannot be run here (not root, no systemd-nspawn, no mirror)
+# the run is reported as SKIPPED with the reason and the script exits 0; a failing step exits 1.
+set -euo pipefail
+
+SRC_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=ci/pi_root.sh
+CACHE=${PI_SEARCH_PI_ROOT_CACHE:-/var/cache/pi-search-pi-root}
+SUITE=bookworm
+MIRROR=${PI_SEARCH_DEBIAN_MIRROR:-}
+MACHINE=raspberrypi
+# What Raspberry Pi OS has before install.sh runs: systemd, sudo, Python, openssl (the README's token). No
+# procps: the unit must not need /bin/kill. python3-venv, python3-dev and g++ are installed by install.sh when
+# missing; they are in the root already so that a run does not download them each time.
+INCLUDE=systemd,systemd-sysv,dbus,sudo,python3,python3-venv,python3-dev,g++,ca-certificates,openssl
+CLI=/opt/pi-search/venv/bin/pi-search
+BOOT_TIMEOUT=120
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+
+Options:
+  --cache DIR    where the root and pip's cache are kept (default: $CACHE)
+  --mirror URL   Debian mirror (default: the first one in /etc/apt/sources.list*)
+  --fresh        debootstrap the root anew
+  --keep         keep the run's root ($CACHE/run) for a look afterwards
+EOF
+}
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+SKIP_REASON=""
+skip() { SKIP_REASON=$*; return 1; }
+
+# ------------------------------------------------------------------ host set-up
+ensure_host_tools() {
+  [ "$(id -u)" = 0 ] || skip "needs root (debootstrap, systemd-nspawn)"
+  local missing=()
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+  command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 || skip "missing ${missing[*]} and no apt-get to install them"
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
+      || skip "cannot install ${missing[*]} with apt-get"
+  fi
+}
+
+find_mirror() {
+  [ -n "$MIRROR" ] && return 0
+  local f uri
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    uri=$(sed -n -e 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' \
+                 -e 's/^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([^[:space:]]*\).*/\2/p' "$f" \
+          | grep -E '/debian/?$' | head -n1 || true)
+    if [ -n "$uri" ]; then MIRROR=${uri%/}; return 0; fi
+  done
+  MIRROR=http://deb.debian.org/debian
+}
+
+# The base root: debootstrapped once, with the user "pi" (passwordless sudo, as on Raspberry Pi OS).
+ensure_base() {
+  local base=$CACHE/base-$SUITE
+  if [ "$FRESH" = 1 ] && [ -d "$base" ]; then rm -rf --one-file-system "$base"; fi
+  if [ -f "$base/.pi-search-root" ]; then
+    log "reusing $base"
+    return 0
+  fi
+  rm -rf --one-file-system "$base"
+  log "debootstrap $SUITE from $MIRROR (a few minutes)"
+  if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$base" "$MIRROR" \
+      > "$CACHE/debootstrap.log" 2>&1; then
+    tail -n 5 "$CACHE/debootstrap.log" >&2
+    rm -rf --one-file-system "$base"
+    skip "debootstrap $SUITE failed (mirror $MIRROR; log $CACHE/debootstrap.log)"
+  fi
+  chroot "$base" useradd --create-home --shell /bin/bash --groups sudo,video pi
+  printf 'pi ALL=(ALL) NOPASSWD: ALL\n' > "$base/etc/sudoers.d/010_pi-nopasswd"
+  chmod 0440 "$base/etc/sudoers.d/010_pi-nopasswd"
+  printf '%s\n' "$MACHINE" > "$base/etc/hostname"
+  printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$MACHINE" \
+    > "$base/etc/hosts"
+  # Nothing in the container uses a getty; without it the console is quiet.
+  chroot "$base" systemctl mask --quiet console-getty.service getty@tty1.service
+  touch "$base/.pi-search-root"
+}
+
+# Folders (file:// or plain paths) named in the host's pip configuration.
+pip_local_dirs() {
+  local py
+  py=$(command -v python3 || true)
+  [ -n "$py" ] || return 0
+  "$py" -m pip config list 2>/dev/null | sed -n "s/^[^=]*\(find-links\|index-url\|extra-index-url\)='\(.*\)'$/\2/p" \
+    | tr ' ' '\n' | sed -n -e 's|^file://||p' -e '/^\//p' | sort -u | while read -r d; do
+      [ -d "$d" ] && printf '%s\n' "$d"
+    done
+}
+
+# A fresh copy of the base root, with this checkout in /home/pi/pi-search, pip's configuration and CA
+# certificates from the host, and the demo catalog and frames in /srv.
+prepare_run() {
+  RUN=$CACHE/run
+  rm -rf --one-file-system "$RUN"
+  cp -a --reflink=auto "$CACHE/base-$SUITE" "$RUN"
+  # pip in the root must trust what the host trusts (a proxy's CA) and see its configuration.
+  cp /etc/ssl/certs/ca-certificates.crt "$RUN/etc/ssl/certs/ca-certificates.crt"
+  local f
+  for f in /etc/pip.conf /etc/xdg/pip/pip.conf /etc/xdg/pip/constraints.txt; do
+    if [ -f "$f" ]; then mkdir -p "$RUN$(dirname "$f")" && cp "$f" "$RUN$f"; fi
+  done
+  if [ -n "${https_proxy:-${HTTPS_PROXY:-}}" ] && [ ! -f /etc/pip.conf ]; then
+    printf '[global]\nproxy = %s\n' "${https_proxy:-$HTTPS_PROXY}" > "$RUN/etc/pip.conf"
+  fi
+  mkdir -p "$RUN/home/pi/pi-search"
+  tar -C "$SRC_DIR" --exclude=./.venv --exclude=./.git --exclude=./build --exclude='__pycache__' \
+      --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
+    | tar -C "$RUN/home/pi/pi-search" -xf -
+  chroot "$RUN" chown -R pi:pi /home/pi/pi-search
+  mkdir -p "$RUN/srv/catalog"
+  cp -a "$SRC_DIR/pi_search/data/demo/catalog.csv" "$SRC_DIR/pi_search/data/demo/images" "$RUN/srv/catalog/"
+  cp -a "$SRC_DIR/pi_search/data/demo/frames" "$RUN/srv/frames"
+  mkdir -p "$CACHE/pip-cache" "$RUN/root/.cache/pip"
+}
+
+# ------------------------------------------------------------------ the container
+NSPAWN_PID=""
+LEADER=""
+
+# boot NAME [nspawn options...]: boots the run's root and waits until its systemd has started up.
+boot() {
+  local name=$1 i state; shift
+  local binds=(--bind="$CACHE/pip-cache:/root/.cache/pip") d
+  for d in $(pip_local_dirs); do binds+=(--bind-ro="$d"); done
+  systemd-nspawn --quiet --register=no --keep-unit --console=passive -b -D "$RUN" -M "$MACHINE" \
+    "${binds[@]}" "$@" > "$LOGS/boot-$name.log" 2>&1 &
+  NSPAWN_PID=$!
+  LEADER=""
+  for i in $(seq 1 60); do
+    LEADER=$(pgrep -P "$NSPAWN_PID" 2>/dev/null | head -n1 || true)
+    [ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break
+    if ! kill -0 "$NSPAWN_PID" 2>/dev/null; then
+      skip "systemd-nspawn cannot boot a container here: $(tail -n 1 "$LOGS/boot-$name.log")"
+    fi
+    LEADER=""
+    sleep 0.5
+  done
+  [ -n "$LEADER" ] || skip "systemd-nspawn started no systemd within 30 s (log: $LOGS/boot-$name.log)"
+  state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$LEADER" -a -r -w /bin/systemctl is-system-running --wait || true)
+  log "boot $name: systemd in the container is ${state:-not answering}"
+  case "$state" in
+    running|degraded) ;;
+    *) skip "the container's systemd did not start up (state: ${state:-none}; log: $LOGS/boot-$name.log)" ;;
+  esac
+  if [ "$state" = degraded ]; then inside systemctl --failed --no-legend --plain | sed 's/^/    failed: /'; fi
+}
+
+poweroff() {
+  [ -n "$NSPAWN_PID" ] || return 0
+  inside systemctl poweroff >/dev/null 2>&1 || true
+  local i
+  for i in $(seq 1 60); do
+    kill -0 "$NSPAWN_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$NSPAWN_PID" 2>/dev/null; then kill "$NSPAWN_PID" 2>/dev/null || true; fi
+  wait "$NSPAWN_PID" 2>/dev/null || true
+  NSPAWN_PID=""
+}
+
+# inside CMD...: runs CMD as root in the container (all its namespaces, a clean environment).
+inside() {
+  nsenter -t "$LEADER" -a -r -w -- /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 HOME=/root "$@"
+}
+
+# as_pi 'SHELL COMMANDS': runs them as the user pi in ~/pi-search, the way the README's reader types them.
+as_pi() {
+  inside HOME=/home/pi USER=pi LOGNAME=pi runuser -u pi -- /bin/bash -c "cd ~/pi-search && $1"
+}
+
+# ------------------------------------------------------------------ steps
+STEPS=()
+FAILED=""
+
+# step NAME FUNCTION: runs FUNCTION with errexit in a subshell; its output goes to the log, and to the terminal
+# when it fails. The run stops at the first failed step.
+step() {
+  local name=$1 fn=$2 t0=$SECONDS status=0 out
+  [ -z "$FAILED" ] || return 0
+  out=$LOGS/step-$(printf '%02d' ${#STEPS[@]})-$fn.log
+  printf '== %s\n' "$name" > "$out"
+  # In the background the subshell keeps errexit (in an || list it would not).
+  ( set -euo pipefail; "$fn" ) >> "$out" 2>&1 &
+  wait $! || status=$?
+  STEPS+=("$(printf '%-4s %4d s  %s' "$([ "$status" = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)) "$name")")
+  printf '  %s\n' "${STEPS[-1]}"
+  if [ -f "$LOGS/$fn.note" ]; then sed 's/^/            /' "$LOGS/$fn.note"; fi
+  if [ "$status" != 0 ]; then
+    FAILED=$name
+    sed 's/^/      | /' "$out" | tail -n 60
+  fi
+}
+
+# not CMD...: fails when CMD succeeds (a plain "! CMD" never stops a script under errexit).
+not() { if "$@"; then return 1; fi; }
+
+# expect TEXT FILE: fails (printing the file) unless FILE contains TEXT.
+expect() {
+  grep -qF -- "$1" "$2" || { printf 'expected "%s" in:\n' "$1"; cat "$2"; return 1; }
+}
+
+# http URL [STATUS]: GET inside the container; fails unless the status is STATUS (200); prints the body.
+http() {
+  inside python3 -c '
+import sys, urllib.error, urllib.request
+url, want = sys.argv[1], int(sys.argv[2])
+try:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(status, body[:300].decode("utf-8", "replace"))
+sys.exit(0 if status == want else 1)' "$1" "${2:-200}"
+}
+
+main_pid() { inside systemctl show -p MainPID --value pi-search.service; }
+is_active() { [ "$(inside systemctl is-active pi-search.service || true)" = active ]; }
+
+# wait_active SECONDS: until pi-search.service is active (fails after SECONDS).
+wait_active() {
+  local i
+  for i in $(seq 1 "$1"); do
+    if is_active; then echo "active after $i s"; return 0; fi
+    sleep 1
+  done
+  inside systemctl status --no-pager pi-search.service || true
+  return 1
+}
+
+# Boot 1: the host's network.
+s_install() {
+  local out=$LOGS/install.out status=0
+  as_pi 'sudo ./install.sh' > "$out" 2>&1 || status=$?
+  cat "$out"
+  [ "$status" = 0 ]
+  expect 'Next:' "$out"
+  expect "sudo -u pi-search $CLI index build" "$out"
+  not grep -iE 'warning|deprecat|traceback' "$out"
+  [ "$(inside systemctl is-enabled pi-search.service)" = enabled ]
+  not is_active
+}
+
+s_model() {
+  as_pi "cd /tmp && $CLI model info --json" | tee "$LOGS/model.json"
+  grep -q efficientnet_lite0_int8 "$LOGS/model.json"
+}
+
+s_build() {
+  as_pi "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle"
+  inside test -f /var/lib/pi-search/bundle/manifest.json
+}
+
+s_camera() {
+  as_pi "sudo sed -i 's|^source = .*|source = \"folder:/srv/frames\"|' /etc/pi-search/config.toml"
+  inside grep -x 'source = "folder:/srv/frames"' /etc/pi-search/config.toml
+}
+
+# Boot 2: the container's own loopback only.
+s_boot() { wait_active 120; }
+
+s_restart() {
+  as_pi 'sudo systemctl restart pi-search'
+  is_active
+}
+
+s_doctor() { as_pi "sudo -u pi-search $CLI doctor"; }
+
+s_page() {
+  http http://127.0.0.1:8080/healthz | tee "$LOGS/healthz.txt"
+  grep -qE '"ok": ?true' "$LOGS/healthz.txt"
+  http http://127.0.0.1:8080/ | grep -qi '<html'
+}
+
+s_security() { inside systemd-analyze security --no-pager pi-search.service | tail -n 1 | tee "$LOGS/s_security.note"; }
+
+s_reload() {
+  local before
+  before=$(main_pid)
+  as_pi 'sudo systemctl reload pi-search'
+  sleep 2
+  [ "$(main_pid)" = "$before" ]
+  is_active
+  inside journalctl -u pi-search.service --no-pager -o cat | grep 'SIGHUP: bundle reloaded'
+  http http://127.0.0.1:8080/healthz
+}
+
+s_watchdog() {
+  local before restarts now i
+  before=$(main_pid)
+  restarts=$(inside systemctl show -p NRestarts --value pi-search.service)
+  # shellcheck disable=SC2016  # $1 is the inner shell's
+  inside sh -c 'kill -STOP "$1"' sh "$before"
+  for i in $(seq 1 150); do
+    now=$(main_pid)
+    if [ "$now" != "$before" ] && [ "$now" != 0 ] && is_active; then break; fi
+    sleep 1
+  done
+  echo "after $i s: MainPID $before -> $now" | tee "$LOGS/s_watchdog.note"
+  [ "$now" != "$before" ] && [ "$now" != 0 ]
+  [ "$(inside systemctl show -p NRestarts --value pi-search.service)" -gt "$restarts" ]
+  inside journalctl -u pi-search.service --no-pager | grep -i 'watchdog timeout'
+  http http://127.0.0.1:8080/healthz
+}
+
+s_network() {
+  local token
+  token=$(as_pi 'openssl rand -hex 16')
+  as_pi "sudo sed -i -e 's|^host = .*|host = \"0.0.0.0\"|' -e 's|^token = .*|token = \"$token\"|' /etc/pi-search/config.toml"
+  inside grep -x "token = \"$token\"" /etc/pi-search/config.toml
+  # "sudo systemctl edit pi-search" opens an editor; here the editor copies the drop-in in.
+  as_pi 'printf "[Service]\nIPAddressAllow=192.168.0.0/16\n" > /tmp/lan.conf
+         sudo SYSTEMD_EDITOR="cp /tmp/lan.conf" systemctl edit pi-search'
+  inside systemctl cat pi-search.service | grep -x 'IPAddressAllow=192.168.0.0/16'
+  as_pi 'sudo systemctl restart pi-search'
+  http http://127.0.0.1:8080/ 401
+  http "http://127.0.0.1:8080/?token=$token" | grep -qi '<html'
+}
+
+s_reinstall() {
+  as_pi 'sudo ./install.sh' | tee "$LOGS/install2.out"
+  expect 'Nothing to change' "$LOGS/install2.out"
+}
+
+s_uninstall() {
+  as_pi 'sudo ./install.sh --uninstall'
+  not inside test -e /opt/pi-search
+  not inside test -e /etc/systemd/system/pi-search.service
+  inside test -f /etc/pi-search/config.toml
+  inside test -f /var/lib/pi-search/bundle/manifest.json
+  not is_active
+}
+
+s_purge() {
+  as_pi 'sudo ./install.sh --uninstall --purge'
+  not inside test -e /etc/pi-search
+  not inside test -e /var/lib/pi-search
+  not inside test -e /etc/systemd/system/pi-search.service.d
+  not inside id pi-search
+}
+
+boot_one_steps() {
+  step "sudo ./install.sh (fresh root)" s_install
+  step "the installed CLI finds its model (non-editable package, run from /tmp)" s_model
+  step "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle" s_build
+  step "camera stand-in: [camera] source = \"folder:/srv/frames\"" s_camera
+}
+
+boot_two_steps() {
+  step "pi-search.service comes up at boot" s_boot
+  step "sudo systemctl restart pi-search" s_restart
+  step "sudo -u pi-search $CLI doctor" s_doctor
+  step "the page: /healthz and / on 127.0.0.1:8080" s_page
+  step "systemd-analyze security pi-search.service" s_security
+  step "sudo systemctl reload pi-search (same process, bundle mapped again)" s_reload
+  step "a frozen process (SIGSTOP) is restarted by the watchdog" s_watchdog
+  step "the page opened to the network: token, host 0.0.0.0, IPAddressAllow drop-in" s_network
+  step "sudo ./install.sh again changes nothing" s_reinstall
+  step "sudo ./install.sh --uninstall keeps config and bundles" s_uninstall
+  step "sudo ./install.sh --uninstall --purge removes the rest" s_purge
+}
+
+parse_args() {
+  FRESH=0
+  KEEP=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --cache) [ $# -ge 2 ] || { usage >&2; exit 2; }; CACHE=$2; shift ;;
+      --mirror) [ $# -ge 2 ] || { usage >&2; exit 2; }; MIRROR=$2; shift ;;
+      --fresh) FRESH=1 ;;
+      --keep) KEEP=1 ;;
+      -h|--help) usage; exit 0 ;;
+      *) echo "$PROG: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+}
+
+cleanup() {
+  poweroff
+  if [ "$KEEP" = 0 ] && [ -n "${RUN:-}" ] && [ -d "$RUN" ]; then rm -rf --one-file-system "$RUN"; fi
+}
+
+main() {
+  local start=$SECONDS result
+  RUN=""
+  trap cleanup EXIT
+  if ensure_host_tools && mkdir -p "$CACHE" && find_mirror && ensure_base; then
+    LOGS=$CACHE/logs
+    rm -rf "$LOGS" && mkdir -p "$LOGS"
+    log "fresh root $CACHE/run; logs in $LOGS"
+    prepare_run
+    log "boot 1 (the host's network): install, bundle, config"
+    if boot one; then
+      boot_one_steps
+      poweroff
+      if [ -z "$FAILED" ]; then
+        log "boot 2 (--private-network): the service, the page, reload, watchdog, uninstall"
+        if boot two --private-network; then boot_two_steps; poweroff; fi
+      fi
+    fi
+  fi
+  if [ -n "$SKIP_REASON" ]; then
+    result="SKIPPED ($SKIP_REASON)"
+  elif [ -n "$FAILED" ]; then
+    result="FAILED at: $FAILED (logs: $LOGS)"
+  else
+    result=PASSED
+  fi
+  echo
+  echo "Pi root (systemd-nspawn) summary: $result, $((SECONDS - start)) s"
+  local s
+  for s in "${STEPS[@]}"; do printf '  %s\n' "$s"; done
+  [ -z "$FAILED" ]
+}
+
+parse_args "$@"
+main
