@@ -33,7 +33,7 @@ def models_dir() -> Path:
 
 
 def shipped_model(name: str = SHIPPED_INT8) -> Path:
-    """The shipped model file ``name`` from the first folder that holds it (under ``models_dir()`` if none)."""
+    """The shipped model file ``name`` from the first folder that holds it (else under ``models_dir()``)."""
     for candidate in _candidates():
         if (candidate / name).is_file():
             return candidate / name

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,8 @@ def copy_checkout(dest: Path) -> Path:
     """The files install.sh needs, copied so a run never touches the real checkout."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("pyproject.toml", "README.md", "install.sh", "config.example.toml"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "install.sh",
+                 "config.example.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("pi_search", "systemd", "models"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
@@ -249,3 +253,52 @@ def test_arm64_script_usage():
     assert res.returncode == 0 and "--suite" in res.stdout and "SKIPPED" in res.stdout
     res = run(["--suite", "buster"], script=script)
     assert res.returncode == 2 and "unknown suite buster" in res.stderr
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_the_shipped_model(tmp_path):
+    """A plain (non-editable) install: the int8 model is package data; the CLI finds it from any folder."""
+    src = copy_checkout(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
+                            str(src)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "license" not in built.stderr.lower(), built.stderr
+    (wheel,) = wheels.glob("pi_search-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pi_search/data/models/efficientnet_lite0_int8.tflite" in names
+    assert not any(n.endswith("float32.tflite") for n in names)
+
+    # A venv laid out like the system install (/opt/pi-search/venv beside /opt/pi-search/models). Its
+    # dependencies come from this test's environment (a path entry after its own site-packages), the package
+    # itself only from the wheel.
+    opt = tmp_path / "opt"
+    venv = opt / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c",
+                           "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install",
+                                "--quiet", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    info = subprocess.run([str(venv / "bin/pi-search"), "model", "info", "--json"], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0, info.stderr
+    model = json.loads(info.stdout)
+    assert Path(model["path"]) == Path(site) / "pi_search/data/models/efficientnet_lite0_int8.tflite"
+    sums = dict(line.split()[::-1] for line in (ROOT / "models/SHA256SUMS").read_text().splitlines())
+    assert model["sha256"] == sums["efficientnet_lite0_int8.tflite"]
+
+    # The float32 model is not in the wheel: found beside the venv, where install.sh puts both models.
+    lookup = [str(venv / "bin/python"), "-c", "from pi_search.models import SHIPPED_FLOAT, shipped_model; "
+              "print(shipped_model(SHIPPED_FLOAT))"]
+    absent = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert not Path(absent.stdout.strip()).is_file()
+    (opt / "models").mkdir()
+    shutil.copy2(ROOT / "models/efficientnet_lite0_float32.tflite", opt / "models")
+    found = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()) == opt / "models/efficientnet_lite0_float32.tflite"
