@@ -484,12 +484,12 @@ next_steps() {
   else
     note "Next: build the bundle of your catalog (a folder of photos, see the README), start, check:"
     note "  sudo -u $SERVICE_USER $cli index build /path/to/catalog --out $bundle"
-    note "  sudo systemctl restart $UNIT"
+    note "  sudo systemctl restart pi-search"
   fi
   note "  sudo -u $SERVICE_USER $cli doctor"
   note "Page:     http://127.0.0.1:$port/  (on the Pi itself; see README for opening it to the network)"
-  note "Config:   $CONF  (edit, then: sudo systemctl restart $UNIT)"
-  note "Logs:     journalctl -u $UNIT -f"
+  note "Config:   $CONF  (edit, then: sudo systemctl restart pi-search)"
+  note "Logs:     journalctl -u pi-search -f"
 }
 
 uninstall_system() {

@@ -43,21 +43,22 @@ EOF
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 SKIP_REASON=""
-skip() { SKIP_REASON=$*; return 1; }
+# skip REASON: records why the run cannot happen here; the caller returns 1 after it.
+skip() { SKIP_REASON=$*; }
 
 # ------------------------------------------------------------------ host set-up
 ensure_host_tools() {
-  [ "$(id -u)" = 0 ] || skip "needs root (debootstrap, systemd-nspawn)"
+  [ "$(id -u)" = 0 ] || { skip "needs root (debootstrap, systemd-nspawn)"; return 1; }
   local missing=()
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
   command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
-    command -v apt-get >/dev/null 2>&1 || skip "missing ${missing[*]} and no apt-get to install them"
+    command -v apt-get >/dev/null 2>&1 || { skip "missing ${missing[*]} and no apt-get to install them"; return 1; }
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
       || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
-      || skip "cannot install ${missing[*]} with apt-get"
+      || { skip "cannot install ${missing[*]} with apt-get"; return 1; }
   fi
 }
 
@@ -89,6 +90,7 @@ ensure_base() {
     tail -n 5 "$CACHE/debootstrap.log" >&2
     rm -rf --one-file-system "$base"
     skip "debootstrap $SUITE failed (mirror $MIRROR; log $CACHE/debootstrap.log)"
+    return 1
   fi
   chroot "$base" useradd --create-home --shell /bin/bash --groups sudo,video pi
   printf 'pi ALL=(ALL) NOPASSWD: ALL\n' > "$base/etc/sudoers.d/010_pi-nopasswd"
@@ -146,7 +148,11 @@ LEADER=""
 boot() {
   local name=$1 i state; shift
   local binds=(--bind="$CACHE/pip-cache:/root/.cache/pip") d
-  for d in $(pip_local_dirs); do binds+=(--bind-ro="$d"); done
+  # A local simple index links its files relatively (../../files): its parent folder goes in too.
+  for d in $(pip_local_dirs); do
+    case "$d" in */simple|*/simple/) d=$(dirname "${d%/}") ;; esac
+    binds+=(--bind-ro="$d")
+  done
   systemd-nspawn --quiet --register=no --keep-unit --console=passive -b -D "$RUN" -M "$MACHINE" \
     "${binds[@]}" "$@" > "$LOGS/boot-$name.log" 2>&1 &
   NSPAWN_PID=$!
@@ -156,16 +162,23 @@ boot() {
     [ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break
     if ! kill -0 "$NSPAWN_PID" 2>/dev/null; then
       skip "systemd-nspawn cannot boot a container here: $(tail -n 1 "$LOGS/boot-$name.log")"
+      return 1
     fi
     LEADER=""
     sleep 0.5
   done
-  [ -n "$LEADER" ] || skip "systemd-nspawn started no systemd within 30 s (log: $LOGS/boot-$name.log)"
-  state=$(timeout "$BOOT_TIMEOUT" nsenter -t "$LEADER" -a -r -w /bin/systemctl is-system-running --wait || true)
-  log "boot $name: systemd in the container is ${state:-not answering}"
+  [ -n "$LEADER" ] || { skip "systemd-nspawn started no systemd within 30 s (log: $LOGS/boot-$name.log)"; return 1; }
+  # Until systemd has started up (before its bus is up, systemctl answers nothing).
+  for i in $(seq 1 "$BOOT_TIMEOUT"); do
+    state=$(inside systemctl is-system-running 2>/dev/null || true)
+    case "$state" in running|degraded|maintenance|stopping|offline) break ;; esac
+    sleep 1
+  done
+  log "boot $name: systemd in the container is ${state:-not answering} after $i s"
   case "$state" in
     running|degraded) ;;
-    *) skip "the container's systemd did not start up (state: ${state:-none}; log: $LOGS/boot-$name.log)" ;;
+    *) skip "the container's systemd did not start up (state: ${state:-none}; log: $LOGS/boot-$name.log)"
+       return 1 ;;
   esac
   if [ "$state" = degraded ]; then inside systemctl --failed --no-legend --plain | sed 's/^/    failed: /'; fi
 }
@@ -333,9 +346,10 @@ s_network() {
   token=$(as_pi 'openssl rand -hex 16')
   as_pi "sudo sed -i -e 's|^host = .*|host = \"0.0.0.0\"|' -e 's|^token = .*|token = \"$token\"|' /etc/pi-search/config.toml"
   inside grep -x "token = \"$token\"" /etc/pi-search/config.toml
-  # "sudo systemctl edit pi-search" opens an editor; here the editor copies the drop-in in.
+  # "sudo systemctl edit pi-search" opens an editor on a terminal; here script(1) is the terminal and the
+  # editor copies the drop-in in.
   as_pi 'printf "[Service]\nIPAddressAllow=192.168.0.0/16\n" > /tmp/lan.conf
-         sudo SYSTEMD_EDITOR="cp /tmp/lan.conf" systemctl edit pi-search'
+         script -qec "sudo SYSTEMD_EDITOR=\"cp /tmp/lan.conf\" systemctl edit pi-search" /dev/null'
   inside systemctl cat pi-search.service | grep -x 'IPAddressAllow=192.168.0.0/16'
   as_pi 'sudo systemctl restart pi-search'
   http http://127.0.0.1:8080/ 401
@@ -425,10 +439,10 @@ main() {
       fi
     fi
   fi
-  if [ -n "$SKIP_REASON" ]; then
-    result="SKIPPED ($SKIP_REASON)"
-  elif [ -n "$FAILED" ]; then
+  if [ -n "$FAILED" ]; then
     result="FAILED at: $FAILED (logs: $LOGS)"
+  elif [ -n "$SKIP_REASON" ]; then
+    result="SKIPPED ($SKIP_REASON)"
   else
     result=PASSED
   fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -253,6 +254,53 @@ def test_arm64_script_usage():
     assert res.returncode == 0 and "--suite" in res.stdout and "SKIPPED" in res.stdout
     res = run(["--suite", "buster"], script=script)
     assert res.returncode == 2 and "unknown suite buster" in res.stderr
+
+
+def test_pi_root_script_usage():
+    script = ROOT / "ci/pi_root.sh"
+    res = run(["--help"], script=script)
+    assert res.returncode == 0 and "systemd-nspawn" in res.stdout and "SKIPPED" in res.stdout
+    res = run(["--bogus"], script=script)
+    assert res.returncode == 2 and "unknown option --bogus" in res.stderr
+
+
+def _unit_commands() -> dict[str, str]:
+    """Exec*= lines of the unit as systemd runs them ("$$" is a literal "$")."""
+    lines = (ROOT / "systemd/pi-search.service").read_text().splitlines()
+    return {k: v.replace("$$", "$") for k, _, v in (line.partition("=") for line in lines)
+            if k.startswith("Exec")}
+
+
+def test_unit_runs_only_what_install_sh_installs():
+    """Each Exec*= program is the venv's pi-search or /bin/sh (essential in Debian): no procps."""
+    for key, command in _unit_commands().items():
+        program = command.split()[0]
+        assert program.startswith("/opt/pi-search/venv/bin/") or program == "/bin/sh", (key, command)
+
+
+def test_unit_reload_signals_the_main_process_without_procps(tmp_path):
+    """ExecReload sends SIGHUP to $MAINPID with the shell alone (an empty PATH: no /bin/kill to use)."""
+    marker = tmp_path / "hup"
+    daemon = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, signal, sys, time
+signal.signal(signal.SIGHUP, lambda *_: pathlib.Path({str(marker)!r}).write_text("reloaded"))
+print("ready", flush=True)
+for _ in range(300):
+    if pathlib.Path({str(marker)!r}).exists():
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(1)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout.readline().strip() == "ready"
+        args = shlex.split(_unit_commands()["ExecReload"])
+        res = subprocess.run(args, env={"MAINPID": str(daemon.pid), "PATH": str(tmp_path / "empty")},
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert daemon.wait(timeout=30) == 0
+        assert marker.read_text() == "reloaded"
+    finally:
+        daemon.kill()
 
 
 @pytest.mark.slow
