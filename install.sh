@@ -98,10 +98,19 @@ CHANGES=0
 # removed when the install succeeds.
 LOG=""
 
+STAGE=""
+
+on_exit() {
+  local status=$?
+  if [ -n "$STAGE" ]; then rm -rf -- "$STAGE"; fi
+  if [ "$status" = 0 ] && [ -n "$LOG" ]; then rm -f -- "$LOG"; fi
+  exit "$status"
+}
+trap on_exit EXIT
+
 open_log() {
   [ -n "$LOG" ] && return 0
   LOG=$(mktemp "${TMPDIR:-/tmp}/pi-search-install.XXXXXX.log") || die "cannot create a log file in ${TMPDIR:-/tmp}"
-  trap 'status=$?; if [ "$status" = 0 ] && [ -n "$LOG" ]; then rm -f -- "$LOG"; fi; exit "$status"' EXIT
 }
 
 # run DESCRIPTION CMD...: one change to the system, announced on one line; only printed under --dry-run.
@@ -229,6 +238,19 @@ ensure_project() {
   run "install pi-search and its dependencies into $venv (pip; a few minutes the first time)" \
     "$venv/bin/python" -m pip install --quiet "$@"
   if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$stamp" > "$stamp_file"; fi
+}
+
+# stage_source: sets PKG_SRC, the folder pip builds the package from: a staged copy of what goes into it, so
+# that pip's build files (build/, *.egg-info) do not land in the checkout as root's. The checkout itself under
+# --dry-run.
+stage_source() {
+  PKG_SRC=$SRC_DIR
+  [ "$DRY_RUN" = 1 ] && return 0
+  STAGE=$(mktemp -d "${TMPDIR:-/tmp}/pi-search-src.XXXXXX") || die "cannot create a folder in ${TMPDIR:-/tmp}"
+  (cd -- "$SRC_DIR" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml setup.py MANIFEST.in \
+      README.md pi_search "models/$SHIPPED_MODEL" models/MODEL_CARD.md) | tar -C "$STAGE" -xf - \
+    || die "cannot copy the package's files from $SRC_DIR"
+  PKG_SRC=$STAGE
 }
 
 # ------------------------------------------------------------------ dev
@@ -444,7 +466,8 @@ install_system() {
   if numpy_constraint "$(r "$OPT")/constraints.txt"; then pip_args+=(--constraint "$(r "$OPT")/constraints.txt"); fi
   local before after
   before=$(cat "$venv/.pi-search-install" 2>/dev/null || true)
-  ensure_project "$venv" "system python=$PY_VERSION source=$(source_digest)" "${pip_args[@]}" "$SRC_DIR"
+  stage_source
+  ensure_project "$venv" "system python=$PY_VERSION source=$(source_digest)" "${pip_args[@]}" "$PKG_SRC"
   after=$(cat "$venv/.pi-search-install" 2>/dev/null || true)
   [ "$before" = "$after" ] || changed=1
 

@@ -279,6 +279,27 @@ s_install() {
   not is_active
 }
 
+# What pip builds (build/, *.egg-info) stays out of the user's checkout: nothing in it belongs to root.
+s_checkout_clean() {
+  local owned
+  owned=$(inside find /home/pi/pi-search -user root)
+  [ -z "$owned" ] || { printf 'owned by root:\n%s\n' "$owned"; return 1; }
+}
+
+# Debian Bookworm's own pip (23.0.1, not upgraded) builds and installs the package (PEP 517, setuptools from
+# the index) into a plain venv, model included.
+s_bookworm_pip() {
+  as_pi 'python3 -m venv /tmp/plain && /tmp/plain/bin/pip --version && cp -r ~/pi-search /tmp/src
+         /tmp/plain/bin/pip install --quiet --no-deps /tmp/src 2>&1 | tee /tmp/plain.log
+         not() { if "$@"; then return 1; fi; }
+         not grep -i license /tmp/plain.log
+         cd /tmp && /tmp/plain/bin/python -c "
+from pi_search.models import shipped_model
+p = shipped_model()
+print(p)
+assert p.is_file() and \"site-packages/pi_search/data/models\" in str(p), p"'
+}
+
 s_model() {
   as_pi "cd /tmp && $CLI model info --json" | tee "$LOGS/model.json"
   grep -q efficientnet_lite0_int8 "$LOGS/model.json"
@@ -380,7 +401,9 @@ s_purge() {
 
 boot_one_steps() {
   step "sudo ./install.sh (fresh root)" s_install
+  step "the checkout has no files of root's (pip built from a staged copy)" s_checkout_clean
   step "the installed CLI finds its model (non-editable package, run from /tmp)" s_model
+  step "Debian's own pip (python3 -m venv, no upgrade) installs the package with its model" s_bookworm_pip
   step "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle" s_build
   step "camera stand-in: [camera] source = \"folder:/srv/frames\"" s_camera
 }
