@@ -204,7 +204,7 @@ inside() {
 
 # as_pi 'SHELL COMMANDS': runs them as the user pi in ~/pi-search, the way the README's reader types them.
 as_pi() {
-  inside HOME=/home/pi USER=pi LOGNAME=pi runuser -u pi -- /bin/bash -c "cd ~/pi-search && $1"
+  inside HOME=/home/pi USER=pi LOGNAME=pi runuser -u pi -- /bin/bash -eo pipefail -c "cd ~/pi-search && $1"
 }
 
 # ------------------------------------------------------------------ steps
@@ -291,8 +291,7 @@ s_checkout_clean() {
 s_bookworm_pip() {
   as_pi 'python3 -m venv /tmp/plain && /tmp/plain/bin/pip --version && cp -r ~/pi-search /tmp/src
          /tmp/plain/bin/pip install --quiet --no-deps /tmp/src 2>&1 | tee /tmp/plain.log
-         not() { if "$@"; then return 1; fi; }
-         not grep -i license /tmp/plain.log
+         if grep -i license /tmp/plain.log; then exit 1; fi
          cd /tmp && /tmp/plain/bin/python -c "
 from pi_search.models import shipped_model
 p = shipped_model()
