@@ -123,11 +123,13 @@ run() {
   fi
   note "  do:    $what"
   open_log
-  printf '\n$ %s\n' "$*" >> "$LOG"
+  local start
+  start=$(($(wc -l < "$LOG") + 1))
+  printf '$ %s\n' "$*" >> "$LOG"
   "$@" >> "$LOG" 2>&1 < /dev/null || status=$?
   if [ "$status" != 0 ]; then
     printf '%s: error: failed: %s (exit status %s). The end of its output:\n' "$PROG" "$what" "$status" >&2
-    tail -n 25 -- "$LOG" | sed 's/^/    /' >&2
+    tail -n "+$start" -- "$LOG" | tail -n 25 | sed 's/^/    /' >&2
     printf 'The whole log: %s\n' "$LOG" >&2
     exit 1
   fi

@@ -350,3 +350,20 @@ def test_installed_wheel_finds_the_shipped_model(tmp_path):
     shutil.copy2(ROOT / "models/efficientnet_lite0_float32.tflite", opt / "models")
     found = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
     assert Path(found.stdout.strip()) == opt / "models/efficientnet_lite0_float32.tflite"
+
+
+@pytest.mark.slow
+def test_a_failed_step_shows_its_output_and_keeps_the_log(tmp_path):
+    """pip's output is hidden while it works; when a step fails its output is shown, and the log is kept."""
+    src = copy_checkout(tmp_path / "src")
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    res = run(["--root", str(tmp_path / "root"), "--python", sys.executable], script=src / "install.sh",
+              env={"TMPDIR": str(logs), "PIP_CONSTRAINT": str(tmp_path / "missing-constraints.txt")})
+    assert res.returncode == 1
+    assert "error: failed: upgrade pip in" in res.stderr
+    assert "missing-constraints.txt" in res.stderr  # pip's own message, shown on failure
+    assert "missing-constraints.txt" not in res.stdout
+    (log,) = logs.glob("pi-search-install.*.log")
+    assert f"The whole log: {log}" in res.stderr
+    assert not list(logs.glob("pi-search-src.*"))  # the staged source is removed either way
