@@ -7,7 +7,7 @@
 #   sudo ci/pi_root.sh
 #
 # There is no camera in a container: the run sets [camera] source = "folder:/srv/frames" (the demo's frames)
-# in /etc/pi-search/config.toml, and the catalog is the demo catalog copied to /srv/catalog.
+# in /etc/pi-search/config.toml. The catalog is the demo catalog, in ~pi/catalog and copied to /srv/catalog.
 # The first boot shares the host's network (apt and pip); the second has only its own loopback
 # (--private-network), so 127.0.0.1:8080 is the container's and no port of the host is used.
 # The debootstrapped root is kept in --cache (default /var/cache/pi-search-pi-root) with pip's cache; each run
@@ -133,9 +133,10 @@ prepare_run() {
   tar -C "$SRC_DIR" --exclude=./.venv --exclude=./.git --exclude=./build --exclude='__pycache__' \
       --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
     | tar -C "$RUN/home/pi/pi-search" -xf -
-  chroot "$RUN" chown -R pi:pi /home/pi/pi-search
-  mkdir -p "$RUN/srv/catalog"
-  cp -a "$SRC_DIR/pi_search/data/demo/catalog.csv" "$SRC_DIR/pi_search/data/demo/images" "$RUN/srv/catalog/"
+  mkdir -p "$RUN/home/pi/catalog"
+  cp -a "$SRC_DIR/pi_search/data/demo/catalog.csv" "$SRC_DIR/pi_search/data/demo/images" "$RUN/home/pi/catalog/"
+  chroot "$RUN" chown -R pi:pi /home/pi/pi-search /home/pi/catalog
+  chmod 0700 "$RUN/home/pi"  # as Debian 12's adduser makes it
   cp -a "$SRC_DIR/pi_search/data/demo/frames" "$RUN/srv/frames"
   mkdir -p "$CACHE/pip-cache" "$RUN/root/.cache/pip"
 }
@@ -304,7 +305,9 @@ s_model() {
   grep -q efficientnet_lite0_int8 "$LOGS/model.json"
 }
 
+# The catalog starts in the user's home, which the service user cannot read (0700): it is copied to /srv.
 s_build() {
+  as_pi "sudo cp -r ~/catalog /srv/catalog"
   as_pi "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle"
   inside test -f /var/lib/pi-search/bundle/manifest.json
 }
@@ -403,7 +406,7 @@ boot_one_steps() {
   step "the checkout has no files of root's (pip built from a staged copy)" s_checkout_clean
   step "the installed CLI finds its model (non-editable package, run from /tmp)" s_model
   step "Debian's own pip (python3 -m venv, no upgrade) installs the package with its model" s_bookworm_pip
-  step "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle" s_build
+  step "sudo cp -r ~/catalog /srv/catalog; sudo -u pi-search $CLI index build /srv/catalog --out ..." s_build
   step "camera stand-in: [camera] source = \"folder:/srv/frames\"" s_camera
 }
 
