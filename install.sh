@@ -256,7 +256,7 @@ stage_source() {
 }
 
 # ------------------------------------------------------------------ dev
-DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd)
+DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd rsync)
 
 install_dev() {
   local venv=$SRC_DIR/.venv extras=dev
