@@ -507,11 +507,13 @@ next_steps() {
   if [ -f "$(r "$bundle")/manifest.json" ]; then
     note "Next: check it, then open the page:"
   else
-    note "Next: build the bundle of your catalog (a folder of photos, see the README), start, check:"
-    note "  sudo -u $SERVICE_USER $cli index build /path/to/catalog --out $bundle"
+    note "Next: give it a catalog (your folder of photos, here ~/shop), then start and check the service:"
+    note "  sudo cp -r ~/shop $STATE/catalog"
+    note "  sudo chown -R $SERVICE_USER:$SERVICE_USER $STATE/catalog"
+    note "  sudo -u $SERVICE_USER $cli index build $STATE/catalog --out $bundle"
     note "  sudo systemctl restart pi-search"
   fi
-  note "  sudo -u $SERVICE_USER $cli doctor"
+  note "  sudo -u $SERVICE_USER $cli doctor --config $CONF"
   note "Page:     http://127.0.0.1:$port/  (on the Pi itself; see README for opening it to the network)"
   note "Config:   $CONF  (edit, then: sudo systemctl restart pi-search)"
   note "Logs:     journalctl -u pi-search -f"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Follows the README's Pi set-up in a Debian Bookworm root booted with real systemd (systemd-nspawn -b), as the
-# desktop user "pi" with sudo: sudo ./install.sh, a bundle built as the service user, the service (re)started
-# and checked with doctor, the page on 127.0.0.1:8080, the page opened to the network with a token and a
-# drop-in, systemctl reload, a frozen process restarted by the watchdog, and the uninstall.
+# desktop user "pi" with sudo: sudo ./install.sh --kiosk, a bundle built as the service user and one installed
+# over it while serving, the service (re)started and checked with doctor, status and journal, the page on
+# 127.0.0.1:8080, systemctl reload, a frozen process restarted by the watchdog, the page opened to the
+# network with a token and a drop-in, the kiosk turned off, the service disabled, and the uninstall.
 #
 #   sudo ci/pi_root.sh
 #
 # There is no camera in a container: the run sets [camera] source = "folder:/srv/frames" (the demo's frames)
-# in /etc/pi-search/config.toml. The catalog is the demo catalog, in ~pi/catalog and copied to /srv/catalog.
+# in /etc/pi-search/config.toml. The catalog is the demo catalog, in ~pi/shop. The PC side of the README
+# (a bundle built on a PC and copied with rsync) is played by the same user: a bundle of 100 of the items
+# built into ~pi/shop-bundle with the installed CLI, copied to /tmp/newbundle.
 # The first boot shares the host's network (apt and pip); the second has only its own loopback
 # (--private-network), so 127.0.0.1:8080 is the container's and no port of the host is used.
 # The debootstrapped root is kept in --cache (default /var/cache/pi-search-pi-root) with pip's cache; each run
@@ -133,12 +136,14 @@ prepare_run() {
   tar -C "$SRC_DIR" --exclude=./.venv --exclude=./.git --exclude=./build --exclude='__pycache__' \
       --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
     | tar -C "$RUN/home/pi/pi-search" -xf -
-  mkdir -p "$RUN/home/pi/catalog"
-  cp -a "$SRC_DIR/pi_search/data/demo/catalog.csv" "$SRC_DIR/pi_search/data/demo/images" "$RUN/home/pi/catalog/"
-  chroot "$RUN" chown -R pi:pi /home/pi/pi-search /home/pi/catalog
+  mkdir -p "$RUN/home/pi/shop"
+  cp -a "$SRC_DIR/pi_search/data/demo/catalog.csv" "$SRC_DIR/pi_search/data/demo/images" "$RUN/home/pi/shop/"
+  chroot "$RUN" chown -R pi:pi /home/pi/pi-search /home/pi/shop
   chmod 0700 "$RUN/home/pi"  # as Debian 12's adduser makes it
+  # As on Raspberry Pi OS, the desktop user reads the journal (group adm).
+  chroot "$RUN" usermod -aG adm pi
   cp -a "$SRC_DIR/pi_search/data/demo/frames" "$RUN/srv/frames"
-  mkdir -p "$CACHE/pip-cache" "$RUN/root/.cache/pip"
+  mkdir -p "$CACHE/pip-cache" "$RUN/root/.cache/pip" "$CACHE/apt-archives/partial"
 }
 
 # ------------------------------------------------------------------ the container
@@ -148,7 +153,7 @@ LEADER=""
 # boot NAME [nspawn options...]: boots the run's root and waits until its systemd has started up.
 boot() {
   local name=$1 i state; shift
-  local binds=(--bind="$CACHE/pip-cache:/root/.cache/pip") d
+  local binds=(--bind="$CACHE/pip-cache:/root/.cache/pip" --bind="$CACHE/apt-archives:/var/cache/apt/archives") d
   # A local simple index links its files relatively (../../files): its parent folder goes in too.
   for d in $(pip_local_dirs); do
     case "$d" in */simple|*/simple/) d=$(dirname "${d%/}") ;; esac
@@ -267,10 +272,10 @@ wait_active() {
   return 1
 }
 
-# Boot 1: the host's network.
+# Boot 1: the host's network. The README's install with the kiosk; apt installs Chromium (its .debs are cached).
 s_install() {
   local out=$LOGS/install.out status=0
-  as_pi 'sudo ./install.sh' > "$out" 2>&1 || status=$?
+  as_pi 'sudo ./install.sh --kiosk' > "$out" 2>&1 || status=$?
   cat "$out"
   [ "$status" = 0 ]
   expect 'Next:' "$out"
@@ -278,6 +283,8 @@ s_install() {
   not grep -iE 'warning|deprecat|traceback' "$out"
   [ "$(inside systemctl is-enabled pi-search.service)" = enabled ]
   not is_active
+  inside test -x /usr/bin/chromium
+  inside grep -F '/opt/pi-search/bin/pi-search-kiosk &  # pi-search kiosk' /home/pi/.config/labwc/autostart
 }
 
 # What pip builds (build/, *.egg-info) stays out of the user's checkout: nothing in it belongs to root.
@@ -285,6 +292,11 @@ s_checkout_clean() {
   local owned
   owned=$(inside find /home/pi/pi-search -user root)
   [ -z "$owned" ] || { printf 'owned by root:\n%s\n' "$owned"; return 1; }
+}
+
+s_model() {
+  as_pi "cd /tmp && $CLI model info --json" | tee "$LOGS/model.json"
+  grep -q efficientnet_lite0_int8 "$LOGS/model.json"
 }
 
 # Debian Bookworm's own pip (23.0.1, not upgraded) builds and installs the package (PEP 517, setuptools from
@@ -300,16 +312,20 @@ print(p)
 assert p.is_file() and \"site-packages/pi_search/data/models\" in str(p), p"'
 }
 
-s_model() {
-  as_pi "cd /tmp && $CLI model info --json" | tee "$LOGS/model.json"
-  grep -q efficientnet_lite0_int8 "$LOGS/model.json"
+# README, Install, step 3, "build it on the Pi": the catalog folder ~/shop copied where pi-search can read it.
+s_build() {
+  as_pi 'sudo cp -r ~/shop /var/lib/pi-search/catalog'
+  as_pi 'sudo chown -R pi-search:pi-search /var/lib/pi-search/catalog'
+  as_pi "sudo -u pi-search $CLI index build /var/lib/pi-search/catalog --out /var/lib/pi-search/bundle"
+  inside test -f /var/lib/pi-search/bundle/manifest.json
 }
 
-# The catalog starts in the user's home, which the service user cannot read (0700): it is copied to /srv.
-s_build() {
-  as_pi "sudo cp -r ~/catalog /srv/catalog"
-  as_pi "sudo -u pi-search $CLI index build /srv/catalog --out /var/lib/pi-search/bundle"
-  inside test -f /var/lib/pi-search/bundle/manifest.json
+# A second bundle, of the first 100 items, as if built on a PC (README, "Your own catalog"): installed over
+# the served one in boot 2.
+s_pc_bundle() {
+  as_pi "mkdir -p ~/shop100 && head -n 101 ~/shop/catalog.csv > ~/shop100/catalog.csv && ln -s ~/shop/images ~/shop100/images
+         $CLI index build ~/shop100 --out ~/shop-bundle"
+  inside test -f /home/pi/shop-bundle/manifest.json
 }
 
 s_camera() {
@@ -325,12 +341,24 @@ s_restart() {
   is_active
 }
 
-s_doctor() { as_pi "sudo -u pi-search $CLI doctor"; }
+s_doctor() { as_pi "sudo -u pi-search $CLI doctor --config /etc/pi-search/config.toml"; }
 
 s_page() {
   http http://127.0.0.1:8080/healthz | tee "$LOGS/healthz.txt"
   grep -qE '"ok": ?true' "$LOGS/healthz.txt"
+  grep -qE '"items": ?150' "$LOGS/healthz.txt"
   http http://127.0.0.1:8080/ | grep -qi '<html'
+}
+
+# README, The service: status and the log as the desktop user (in group adm, as on Raspberry Pi OS).
+s_status() {
+  as_pi 'systemctl status pi-search --no-pager' | tee "$LOGS/status.txt"
+  grep -q 'active (running)' "$LOGS/status.txt"
+  local status=0
+  as_pi 'timeout 3 journalctl -u pi-search -f' > "$LOGS/journal.txt" 2>&1 || status=$?
+  cat "$LOGS/journal.txt"
+  [ "$status" = 124 ]  # -f follows until stopped
+  grep -q 'pi-search' "$LOGS/journal.txt"
 }
 
 s_security() { inside systemd-analyze security --no-pager pi-search.service | tail -n 1 | tee "$LOGS/s_security.note"; }
@@ -344,6 +372,25 @@ s_reload() {
   is_active
   inside journalctl -u pi-search.service --no-pager -o cat | grep 'SIGHUP: bundle reloaded'
   http http://127.0.0.1:8080/healthz
+}
+
+# README, Install, step 3, "build the bundle on your PC and copy it over": the rsync lands in /tmp/newbundle
+# (here a cp), then index install; the running service serves the 100 items within seconds, no restart.
+s_index_install() {
+  local before i
+  before=$(main_pid)
+  as_pi 'cp -r ~/shop-bundle /tmp/newbundle'
+  as_pi "sudo -u pi-search $CLI index install /tmp/newbundle --to /var/lib/pi-search/bundle"
+  for i in $(seq 1 30); do
+    if http http://127.0.0.1:8080/healthz > "$LOGS/healthz2.txt" && grep -qE '"items": ?100' "$LOGS/healthz2.txt"; then
+      break
+    fi
+    sleep 1
+  done
+  cat "$LOGS/healthz2.txt"
+  grep -qE '"items": ?100' "$LOGS/healthz2.txt"
+  [ "$(main_pid)" = "$before" ]
+  echo "served the new bundle after $i s" | tee "$LOGS/s_index_install.note"
 }
 
 s_watchdog() {
@@ -380,8 +427,20 @@ s_network() {
 }
 
 s_reinstall() {
-  as_pi 'sudo ./install.sh' | tee "$LOGS/install2.out"
+  as_pi 'sudo ./install.sh --kiosk' | tee "$LOGS/install2.out"
   expect 'Nothing to change' "$LOGS/install2.out"
+}
+
+# README, The kiosk screen: turned off for good by the desktop user.
+s_kiosk_off() {
+  as_pi "sed -i '/# pi-search kiosk/d' ~/.config/labwc/autostart"
+  not inside grep -F 'pi-search' /home/pi/.config/labwc/autostart
+}
+
+s_disable() {
+  as_pi 'sudo systemctl disable --now pi-search'
+  not is_active
+  [ "$(inside systemctl is-enabled pi-search.service || true)" = disabled ]
 }
 
 s_uninstall() {
@@ -402,24 +461,29 @@ s_purge() {
 }
 
 boot_one_steps() {
-  step "sudo ./install.sh (fresh root)" s_install
+  step "sudo ./install.sh --kiosk (fresh root)" s_install
   step "the checkout has no files of root's (pip built from a staged copy)" s_checkout_clean
   step "the installed CLI finds its model (non-editable package, run from /tmp)" s_model
   step "Debian's own pip (python3 -m venv, no upgrade) installs the package with its model" s_bookworm_pip
-  step "sudo cp -r ~/catalog /srv/catalog; sudo -u pi-search $CLI index build /srv/catalog --out ..." s_build
+  step "the catalog copied to /var/lib/pi-search/catalog, index build as pi-search" s_build
+  step "a second bundle (100 items) built as on a PC" s_pc_bundle
   step "camera stand-in: [camera] source = \"folder:/srv/frames\"" s_camera
 }
 
 boot_two_steps() {
   step "pi-search.service comes up at boot" s_boot
   step "sudo systemctl restart pi-search" s_restart
-  step "sudo -u pi-search $CLI doctor" s_doctor
-  step "the page: /healthz and / on 127.0.0.1:8080" s_page
+  step "sudo -u pi-search $CLI doctor --config /etc/pi-search/config.toml" s_doctor
+  step "the page: /healthz (150 items) and / on 127.0.0.1:8080" s_page
+  step "systemctl status pi-search; journalctl -u pi-search -f" s_status
   step "systemd-analyze security pi-search.service" s_security
   step "sudo systemctl reload pi-search (same process, bundle mapped again)" s_reload
+  step "index install /tmp/newbundle --to /var/lib/pi-search/bundle: served without a restart" s_index_install
   step "a frozen process (SIGSTOP) is restarted by the watchdog" s_watchdog
   step "the page opened to the network: token, host 0.0.0.0, IPAddressAllow drop-in" s_network
-  step "sudo ./install.sh again changes nothing" s_reinstall
+  step "sudo ./install.sh --kiosk again changes nothing" s_reinstall
+  step "the kiosk turned off for good (sed on ~/.config/labwc/autostart)" s_kiosk_off
+  step "sudo systemctl disable --now pi-search" s_disable
   step "sudo ./install.sh --uninstall keeps config and bundles" s_uninstall
   step "sudo ./install.sh --uninstall --purge removes the rest" s_purge
 }
