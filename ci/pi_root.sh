@@ -78,6 +78,15 @@ find_mirror() {
   MIRROR=http://deb.debian.org/debian
 }
 
+# One run at a time per cache (the run's root and the caches are shared).
+take_lock() {
+  exec 9> "$CACHE/lock"
+  if ! flock -n 9; then
+    log "waiting for another run of $PROG on $CACHE"
+    flock 9
+  fi
+}
+
 # The base root: debootstrapped once, with the user "pi" (passwordless sudo, as on Raspberry Pi OS).
 ensure_base() {
   local base=$CACHE/base-$SUITE
@@ -323,7 +332,7 @@ s_build() {
 # A second bundle, of the first 100 items, as if built on a PC (README, "Your own catalog"): installed over
 # the served one in boot 2.
 s_pc_bundle() {
-  as_pi "mkdir -p ~/shop100 && head -n 101 ~/shop/catalog.csv > ~/shop100/catalog.csv && ln -s ~/shop/images ~/shop100/images
+  as_pi "mkdir -p ~/shop100 && head -n 101 ~/shop/catalog.csv > ~/shop100/catalog.csv && cp -r ~/shop/images ~/shop100/
          $CLI index build ~/shop100 --out ~/shop-bundle"
   inside test -f /home/pi/shop-bundle/manifest.json
 }
@@ -513,7 +522,7 @@ main() {
   local start=$SECONDS result
   RUN=""
   trap cleanup EXIT
-  if ensure_host_tools && mkdir -p "$CACHE" && find_mirror && ensure_base; then
+  if ensure_host_tools && mkdir -p "$CACHE" && take_lock && find_mirror && ensure_base; then
     LOGS=$CACHE/logs
     rm -rf "$LOGS" && mkdir -p "$LOGS"
     log "fresh root $CACHE/run; logs in $LOGS"
