@@ -13,9 +13,10 @@
 # built into ~pi/shop-bundle with the installed CLI, copied to /tmp/newbundle.
 # The first boot shares the host's network (apt and pip); the second has only its own loopback
 # (--private-network), so 127.0.0.1:8080 is the container's and no port of the host is used.
-# The debootstrapped root is kept in --cache (default /var/cache/pi-search-pi-root) with pip's cache; each run
-# starts from a fresh copy of it. When containers cannot be run here (not root, no systemd-nspawn, no mirror)
-# the run is reported as SKIPPED with the reason and the script exits 0; a failing step exits 1.
+# The debootstrapped root is kept in --cache (default /var/cache/pi-search-pi-root) with pip's and apt's
+# caches; each run starts from a fresh copy of it. When containers cannot be run here (not root, no
+# systemd-nspawn, no mirror) the run is reported as SKIPPED with the reason and the script exits 0; a failing
+# step exits 1.
 set -euo pipefail
 
 SRC_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,11 +33,11 @@ CLI=/opt/pi-search/venv/bin/pi-search
 BOOT_TIMEOUT=120
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/p' "$0" | sed -n 's/^# \{0,1\}//p'
   cat <<EOF
 
 Options:
-  --cache DIR    where the root and pip's cache are kept (default: $CACHE)
+  --cache DIR    where the root and the caches are kept (default: $CACHE)
   --mirror URL   Debian mirror (default: the first one in /etc/apt/sources.list*)
   --fresh        debootstrap the root anew
   --keep         keep the run's root ($CACHE/run) for a look afterwards
