@@ -16,7 +16,7 @@ import numpy as np
 
 from . import leases
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, check_id, store_path
-from .errors import BundleError, CatalogError
+from .errors import BundleError, CatalogError, ItemConflict, NoSuchItem
 from .index import MANIFEST, Bundle, Match, Projection, recover
 
 log = logging.getLogger(__name__)
@@ -703,7 +703,7 @@ class Catalog:
             st = self._serving()
             in_bundle = st.bundle.item(item_id) is not None
             if in_bundle and item_id not in st.masked and item_id not in st.items:
-                raise CatalogError(f"item {item_id!r} is already in the catalog; add shots to it with "
+                raise ItemConflict(f"item {item_id!r} is already in the catalog; add shots to it with "
                                    f"pi-search item edit {item_id} --image PHOTO, or choose another id")
             others = self.store.data_version() != self._version or dir_key(self._dir) != st.key
             self.store.add(item_id, title, price, vectors, thumb=thumb, extra=extra, base=in_bundle)
@@ -735,7 +735,7 @@ class Catalog:
         with self._reload_lock:
             base = self._base(item_id)
             if base is None and item_id not in self._state.items:
-                raise CatalogError(f"no item {item_id!r} in the catalog; list them: pi-search item list")
+                raise NoSuchItem(f"no item {item_id!r} in the catalog; list them: pi-search item list")
             self.store.edit(item_id, title=title, price=price, vectors=vectors, thumb=thumb, extra=extra,
                             base_item=base, clear_price=clear_price)
             self.reload()
@@ -747,7 +747,7 @@ class Catalog:
         with self._reload_lock:
             base = self._base(item_id)
             if base is None and item_id not in self._state.items:
-                raise CatalogError(f"no item {item_id!r} in the catalog; list them: pi-search item list")
+                raise NoSuchItem(f"no item {item_id!r} in the catalog; list them: pi-search item list")
             self.store.remove(item_id, base_item=base)
             self.reload()
         self._after_change()

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import notify
 from .config import GateConfig, SmoothingConfig
-from .errors import ImageError, PiSearchError, SourceError
+from .errors import Busy, PiSearchError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
 FAULT_SHOWN_S = 60.0  # a failed read of the bundle shows in /healthz this long
+RECENT_FRAMES = 8  # published results whose JPEGs stay reachable by frame id (/frame.jpg?id=N)
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -240,6 +241,7 @@ class Service:
         self.agreement = Agreement(config.smoothing.agree)
         self._cond = threading.Condition()
         self._latest: LatestResult | None = None
+        self._recent: deque[LatestResult] = deque(maxlen=RECENT_FRAMES)  # references, no copies
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._source = None
@@ -448,12 +450,22 @@ class Service:
             width=int(frame.rgb.shape[1]), height=int(frame.rgb.shape[0]))
         with self._cond:
             self._latest = result
+            self._recent.append(result)
             self._cond.notify_all()
         return result
 
     # ------------------------------------------------------------ read side (request threads)
     def latest(self) -> LatestResult | None:
         return self._latest
+
+    def recent(self, frame_id: int) -> LatestResult | None:
+        """The published result of ``frame_id`` among the last ``RECENT_FRAMES`` (None once it is gone)."""
+        with self._cond:
+            recent = tuple(self._recent)
+        for result in reversed(recent):
+            if result.frame_id == frame_id:
+                return result
+        return None
 
     def wait_for_result(self, after: LatestResult | None, timeout: float) -> LatestResult | None:
         """The newest result other than ``after``, waiting up to ``timeout`` s; None on timeout or stop."""
@@ -541,10 +553,10 @@ class Service:
         """Matches for an uploaded photo (RGB uint8 [H, W, 3]) and timings in ms; never touches the camera.
 
         Shares the extractor with the worker (its lock serialises the model); at most two uploads run at
-        once, others wait up to 10 s and then get ImageError("busy").
+        once, others wait up to 10 s and then get ``Busy`` (HTTP 503).
         """
         if not self._upload_slots.acquire(timeout=10.0):
-            raise ImageError("the appliance is busy with other uploads; try again in a moment")
+            raise Busy("the appliance is busy with other uploads; try again in a moment")
         try:
             t0 = time.perf_counter()
             vec = self.embed_query(self.extractor, rgb)

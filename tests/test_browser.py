@@ -111,14 +111,18 @@ def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
         cards = wait.until(lambda d: (c := _cards(d)) and c[0]["title"] == "Cup of coffee" and c)
     except Exception:
         raise AssertionError(f"the coffee cup never came first: {_cards(browser)}") from None
-    assert "3.20" in cards[0]["text"] and "% similar" in cards[0]["text"]
+    assert "3.20" in cards[0]["text"] and "match" in cards[0]["text"]
     # The live preview and the thumbnails really loaded (decoded images have a size).
     wait.until(lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") > 0)
     wait.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth > 0)"))
-    status = wait.until(lambda d: "fps" in d.find_element(By.ID, "status").text
+    status = wait.until(lambda d: "Camera OK" in d.find_element(By.ID, "status").text
                         and d.find_element(By.ID, "status").text)
-    assert "items" in status and "efficientnet" in status
+    assert "16 items" in status
+    # The figures for those who want them are one tap away.
+    browser.find_element(By.ID, "details").click()
+    tech = wait.until(lambda d: d.find_element(By.ID, "tech").text)
+    assert "frames/s" in tech and "efficientnet" in tech
     # No console errors (CSP violations or failed requests would show here).
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
@@ -145,7 +149,7 @@ def test_page_shows_the_item_in_front_of_the_camera(server, browser, tmp_path):
     wait.until(lambda d: d.find_element(By.ID, "freeze").get_attribute("aria-pressed") == "true")
     assert browser.find_element(By.ID, "badge").is_displayed()
     wait.until(lambda d: d.execute_script("const p = document.getElementById('preview');"
-                                          "return p.src.includes('/frame.jpg') && p.naturalWidth > 0"))
+                                          "return p.src.startsWith('blob:') && p.naturalWidth > 0"))
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0

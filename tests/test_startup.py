@@ -96,7 +96,7 @@ def test_bad_model_is_one_line_and_exit_2(tmp_path, bundle_dir, kind, patterns):
                      "openssl rand -hex 16", "bind 127.0.0.1"]),
     ("192.168.1.20", "", ["no \\[server\\] token is set"]),
     ("::", "", ["no \\[server\\] token is set"]),
-    ("0.0.0.0", "short", ["token is 5 characters: use at least 16"]),
+    ("0.0.0.0", "short", ["token is 5 characters long: use at least 16", "use e.g. openssl rand -hex 16"]),
 ])
 def test_network_bind_without_a_token_refuses_to_start(tmp_path, bundle_dir, host, token, patterns):
     cfg = tmp_path / "config.toml"
@@ -110,7 +110,7 @@ def test_loopback_needs_no_token():
 
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "[::1]"):
         check_bind(ServerConfig(host=host))  # no error
-    check_bind(ServerConfig(host="0.0.0.0", token="x" * 16))
+    check_bind(ServerConfig(host="0.0.0.0", token="3e9b0c7f1a5d8e24"))
 
 
 @pytest.mark.slow

@@ -18,7 +18,9 @@ def create_app(service, config):
     """
     from flask import Flask
 
+    from . import auth, errors
     from .items import bp as items_bp
+    from .lock import bp as lock_bp
     from .metrics import make_registry
     from .routes import bp
 
@@ -29,8 +31,11 @@ def create_app(service, config):
     app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024  # text fields; files are limited by MAX_CONTENT_LENGTH
     app.extensions["pi_search"] = {"service": service, "config": config,
                                    "registry": make_registry(service), "viewers": _Viewers()}
+    auth.register(app)    # Host, Origin and token checks before every request (docs/security.md)
+    errors.register(app)  # every error answers JSON {"error": ...}
     app.register_blueprint(bp)
     app.register_blueprint(items_bp)  # teaching items: the "add item" page and /api/items
+    app.register_blueprint(lock_bp)   # the kiosk lock: /api/unlock and /api/lock
 
     @app.after_request
     def _headers(resp):

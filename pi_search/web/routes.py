@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
+
+from .auth import page as _page
+from .auth import public as _public
+from .errors import error as _error
 
 log = logging.getLogger(__name__)
 
@@ -15,58 +18,10 @@ bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="t
 
 BOUNDARY = "frame"
 KEEPALIVE_S = 5.0
-TOKEN_COOKIE = "pi_search_token"
 
 
 def _ext() -> dict:
     return current_app.extensions["pi_search"]
-
-
-def _error(status: int, message: str):
-    resp = jsonify({"error": message})
-    resp.status_code = status
-    return resp
-
-
-@bp.before_app_request
-def _check_token():
-    token = _ext()["config"].server.token
-    if not token or request.endpoint in ("pi_search.healthz", "pi_search.static"):
-        return None
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "") or request.args.get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return _error(401, "a token is required: open the page as /?token=TOKEN "
-                           "or send 'Authorization: Bearer TOKEN'")
-    return None
-
-
-@bp.after_app_request
-def _remember_token(resp):
-    token = _ext()["config"].server.token
-    if token and request.args.get("token") == token:
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
-    return resp
-
-
-@bp.app_errorhandler(413)
-def _too_large(_exc):
-    mb = _ext()["config"].server.max_upload_mb
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is not None and limit and request.content_length <= limit:
-        return _error(413, f"the form has too many fields or files (at most "
-                           f"{current_app.config.get('MAX_FORM_PARTS')} parts)")
-    return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
-
-
-@bp.app_errorhandler(404)
-def _not_found(_exc):
-    return _error(404, f"no such page: {request.path}")
-
-
-@bp.app_errorhandler(405)
-def _bad_method(_exc):
-    return _error(405, f"{request.method} is not allowed on {request.path}")
 
 
 def status() -> dict:
@@ -88,8 +43,11 @@ def status() -> dict:
 
 
 @bp.get("/")
+@_page
 def page():
-    return render_template("index.html")
+    from .lock import teaching_state
+
+    return render_template("index.html", page=_ext()["config"].page, teach=teaching_state())
 
 
 @bp.get("/api/results")
@@ -132,9 +90,8 @@ def search():
         matches, timings = service.search_image(rgb, k)
     except UploadError as exc:
         return _error(exc.status, str(exc))
-    except ImageError as exc:
-        busy = "busy" in str(exc)
-        return _error(503 if busy else 400, str(exc))
+    except ImageError as exc:  # a full upload slot is Busy (503): the error handler answers it
+        return _error(exc.status, str(exc))
     return jsonify({"matches": [m.as_dict() for m in matches],
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
                     "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
@@ -166,10 +123,21 @@ def thumb(item_id: str):
 
 @bp.get("/frame.jpg")
 def frame():
-    """The latest published frame as one JPEG (for a frozen view)."""
-    latest = _ext()["service"].latest()
-    if latest is None:
-        return _error(503, "no frame yet; the camera is starting")
+    """One published frame as JPEG: ``?id=N`` that frame (404 once it is no longer kept), else the latest.
+
+    The page loads the frame of each result by id, so the preview always shows the frame whose matches it
+    lists.
+    """
+    service = _ext()["service"]
+    frame_id = request.args.get("id", type=int)
+    if frame_id is not None:
+        latest = service.recent(frame_id)
+        if latest is None:
+            return _error(404, f"frame {frame_id} is no longer kept; ask /api/results for the latest")
+    else:
+        latest = service.latest()
+        if latest is None:
+            return _error(503, "no frame yet; the camera is starting")
     resp = Response(latest.jpeg, mimetype="image/jpeg")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Frame-Id"] = str(latest.frame_id)
@@ -178,22 +146,27 @@ def frame():
 
 @bp.get("/stream.mjpg")
 def stream():
-    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes."""
+    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes.
+
+    Every JPEG is followed at once by the boundary and the headers of the next part (parts carry no
+    Content-Length): Chromium shows a part only once the next part's headers have arrived, so a still scene
+    (no new part) would otherwise keep showing the previous frame.
+    """
     ext = _ext()
     service, viewers = ext["service"], ext["viewers"]
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
     service.stats.viewers = viewers.count
+    head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
 
     def parts():
-        sent_at, last = 0.0, None
+        sent_at, last, opening = 0.0, None, head
         try:
             current = service.latest()
             while service.running:
                 if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
-                    yield (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                           + str(len(current.jpeg)).encode() + b"\r\n\r\n" + current.jpeg + b"\r\n")
-                    last, sent_at = current, time.monotonic()
+                    yield opening + current.jpeg + b"\r\n" + head
+                    last, sent_at, opening = current, time.monotonic(), b""
                 current = service.wait_for_result(last, KEEPALIVE_S) or last
         finally:
             viewers.leave()
@@ -208,17 +181,8 @@ def stream():
 @bp.post("/api/reload")
 def reload_bundle():
     """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
-    from urllib.parse import urlsplit
-
-    from ..config import is_loopback
     from ..errors import PiSearchError
 
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return _error(403, f"a change from another site ({origin}) was refused")
-    server = _ext()["config"].server
-    if not is_loopback(server.host) and not _token_given(server.token):
-        return _error(401, "reloading the bundle needs the token: send 'Authorization: Bearer TOKEN'")
     try:
         info = _ext()["service"].reload_bundle()
     except PiSearchError as exc:
@@ -226,16 +190,8 @@ def reload_bundle():
     return jsonify({"reloaded": True, **info})
 
 
-def _token_given(token: str) -> bool:
-    """True if the request carries ``token`` (compared in constant time); False when no token is set."""
-    if not token:
-        return False
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "")
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 @bp.get("/healthz")
+@_public
 def healthz():
     h = _ext()["service"].health()
     resp = jsonify(h)
