@@ -254,18 +254,20 @@ expect() {
   grep -qF -- "$1" "$2" || { printf 'expected "%s" in:\n' "$1"; cat "$2"; return 1; }
 }
 
-# http URL [STATUS]: GET inside the container; fails unless the status is STATUS (200); prints the body.
+# http URL [STATUS [HOST]]: GET inside the container (with a Host header naming HOST); fails unless the status
+# is STATUS (200); prints the body.
 http() {
   inside python3 -c '
 import sys, urllib.error, urllib.request
-url, want = sys.argv[1], int(sys.argv[2])
+url, want, host = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+req = urllib.request.Request(url, headers={"Host": host} if host else {})
 try:
-    with urllib.request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=10) as r:
         status, body = r.status, r.read()
 except urllib.error.HTTPError as e:
     status, body = e.code, e.read()
 print(status, body[:300].decode("utf-8", "replace"))
-sys.exit(0 if status == want else 1)' "$1" "${2:-200}"
+sys.exit(0 if status == want else 1)' "$1" "${2:-200}" "${3:-}"
 }
 
 main_pid() { inside systemctl show -p MainPID --value pi-search.service; }
@@ -424,8 +426,10 @@ s_watchdog() {
 s_network() {
   local token
   token=$(as_pi 'openssl rand -hex 16')
-  as_pi "sudo sed -i -e 's|^host = .*|host = \"0.0.0.0\"|' -e 's|^token = .*|token = \"$token\"|' /etc/pi-search/config.toml"
+  as_pi "sudo sed -i -e 's|^host = .*|host = \"0.0.0.0\"|' -e 's|^token = .*|token = \"$token\"|' \
+         -e 's|^allowed_hosts = .*|allowed_hosts = [\"raspberrypi.local\"]|' /etc/pi-search/config.toml"
   inside grep -x "token = \"$token\"" /etc/pi-search/config.toml
+  inside grep -x 'allowed_hosts = \["raspberrypi.local"\]' /etc/pi-search/config.toml
   # "sudo systemctl edit pi-search" opens an editor on a terminal; here script(1) is the terminal and the
   # editor copies the drop-in in.
   as_pi 'printf "[Service]\nIPAddressAllow=192.168.0.0/16\n" > /tmp/lan.conf
@@ -434,6 +438,8 @@ s_network() {
   as_pi 'sudo systemctl restart pi-search'
   http http://127.0.0.1:8080/ 401
   http "http://127.0.0.1:8080/?token=$token" | grep -qi '<html'
+  http "http://127.0.0.1:8080/?token=$token" 200 raspberrypi.local:8080 | grep -qi '<html'
+  http "http://127.0.0.1:8080/?token=$token" 400 elsewhere.example:8080
 }
 
 s_reinstall() {
@@ -490,7 +496,7 @@ boot_two_steps() {
   step "sudo systemctl reload pi-search (same process, bundle mapped again)" s_reload
   step "index install /tmp/newbundle --to /var/lib/pi-search/bundle: served without a restart" s_index_install
   step "a frozen process (SIGSTOP) is restarted by the watchdog" s_watchdog
-  step "the page opened to the network: token, host 0.0.0.0, IPAddressAllow drop-in" s_network
+  step "the page opened to the network: token, host 0.0.0.0, allowed_hosts, IPAddressAllow drop-in" s_network
   step "sudo ./install.sh --kiosk again changes nothing" s_reinstall
   step "the kiosk turned off for good (sed on ~/.config/labwc/autostart)" s_kiosk_off
   step "sudo systemctl disable --now pi-search" s_disable
