@@ -94,15 +94,44 @@ fi
 # ------------------------------------------------------------------ actions
 CHANGES=0
 
-# run DESCRIPTION CMD...: one change to the system, announced; only printed under --dry-run.
+# The output of the commands run (apt, pip) goes to a log file, shown only when a step fails; the log is
+# removed when the install succeeds.
+LOG=""
+
+STAGE=""
+
+on_exit() {
+  local status=$?
+  if [ -n "$STAGE" ]; then rm -rf -- "$STAGE"; fi
+  if [ "$status" = 0 ] && [ -n "$LOG" ]; then rm -f -- "$LOG"; fi
+  exit "$status"
+}
+trap on_exit EXIT
+
+open_log() {
+  [ -n "$LOG" ] && return 0
+  LOG=$(mktemp "${TMPDIR:-/tmp}/pi-search-install.XXXXXX.log") || die "cannot create a log file in ${TMPDIR:-/tmp}"
+}
+
+# run DESCRIPTION CMD...: one change to the system, announced on one line; only printed under --dry-run.
 run() {
-  local what=$1; shift
+  local what=$1 status=0; shift
   CHANGES=$((CHANGES + 1))
   if [ "$DRY_RUN" = 1 ]; then
     note "  would: $what"
-  else
-    note "  do:    $what"
-    "$@" || die "failed: $what (exit status $?)"
+    return 0
+  fi
+  note "  do:    $what"
+  open_log
+  local start
+  start=$(($(wc -l < "$LOG") + 1))
+  printf '$ %s\n' "$*" >> "$LOG"
+  "$@" >> "$LOG" 2>&1 < /dev/null || status=$?
+  if [ "$status" != 0 ]; then
+    printf '%s: error: failed: %s (exit status %s). The end of its output:\n' "$PROG" "$what" "$status" >&2
+    tail -n "+$start" -- "$LOG" | tail -n 25 | sed 's/^/    /' >&2
+    printf 'The whole log: %s\n' "$LOG" >&2
+    exit 1
   fi
 }
 
@@ -174,9 +203,11 @@ ensure_apt() {
 }
 
 # ------------------------------------------------------------------ venv
+SHIPPED_MODEL=efficientnet_lite0_int8.tflite   # setup.py puts it in the package
+
 # A stamp in the venv records what was installed into it; an unchanged stamp means nothing to do.
 source_digest() {
-  (cd -- "$SRC_DIR" && find pyproject.toml pi_search -type f \
+  (cd -- "$SRC_DIR" && find pyproject.toml setup.py MANIFEST.in pi_search models/"$SHIPPED_MODEL" -type f \
       -not -path '*/__pycache__/*' -not -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) \
     | sha256sum | cut -d' ' -f1
 }
@@ -206,8 +237,22 @@ ensure_project() {
     return 0
   fi
   run "upgrade pip in $venv" "$venv/bin/python" -m pip install --quiet --upgrade pip
-  run "pip install $*" "$venv/bin/python" -m pip install --quiet "$@"
+  run "install pi-search and its dependencies into $venv (pip; a few minutes the first time)" \
+    "$venv/bin/python" -m pip install --quiet "$@"
   if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$stamp" > "$stamp_file"; fi
+}
+
+# stage_source: sets PKG_SRC, the folder pip builds the package from: a staged copy of what goes into it, so
+# that pip's build files (build/, *.egg-info) do not land in the checkout as root's. The checkout itself under
+# --dry-run.
+stage_source() {
+  PKG_SRC=$SRC_DIR
+  [ "$DRY_RUN" = 1 ] && return 0
+  STAGE=$(mktemp -d "${TMPDIR:-/tmp}/pi-search-src.XXXXXX") || die "cannot create a folder in ${TMPDIR:-/tmp}"
+  (cd -- "$SRC_DIR" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml setup.py MANIFEST.in \
+      README.md pi_search "models/$SHIPPED_MODEL" models/MODEL_CARD.md) | tar -C "$STAGE" -xf - \
+    || die "cannot copy the package's files from $SRC_DIR"
+  PKG_SRC=$STAGE
 }
 
 # ------------------------------------------------------------------ dev
@@ -328,8 +373,7 @@ system_apt_packages() {
   if command -v apt-cache >/dev/null 2>&1 && pkg_available python3-picamera2; then
     SYSTEM_APT+=(python3-picamera2)
   else
-    note "  note:  python3-picamera2 is not in this system's apt sources (not Raspberry Pi OS):" \
-      "use a USB camera (source = \"opencv:0\") in $CONF"
+    note "  note:  no python3-picamera2 in this system's apt sources (not Raspberry Pi OS): use a USB camera (source = \"opencv:0\") in $CONF"
   fi
   if [ "$KIOSK" = 1 ]; then
     if pkg_available chromium; then SYSTEM_APT+=(chromium); else SYSTEM_APT+=(chromium-browser); fi
@@ -413,9 +457,7 @@ ensure_unit_enabled() {
   local bundle
   bundle=$(config_value "$CONF" bundle "")
   if [ -z "$bundle" ] || [ ! -f "$bundle/manifest.json" ]; then
-    note "  wait:  not starting $UNIT: no bundle at ${bundle:-(none configured)} yet; build one, then start it:"
-    note "         sudo -u $SERVICE_USER $VENV/bin/pi-search index build CATALOG --out ${bundle:-$STATE/bundle}"
-    note "         sudo systemctl start $UNIT"
+    note "  wait:  $UNIT not started: no bundle at ${bundle:-(none configured)} yet (see Next below)"
     return 0
   fi
   if [ "$changed" = 1 ] && systemctl is-active "$UNIT" >/dev/null 2>&1; then
@@ -449,7 +491,8 @@ install_system() {
   if numpy_constraint "$(r "$OPT")/constraints.txt"; then pip_args+=(--constraint "$(r "$OPT")/constraints.txt"); fi
   local before after
   before=$(cat "$venv/.pi-search-install" 2>/dev/null || true)
-  ensure_project "$venv" "system python=$PY_VERSION source=$(source_digest)" "${pip_args[@]}" "$SRC_DIR"
+  stage_source
+  ensure_project "$venv" "system python=$PY_VERSION source=$(source_digest)" "${pip_args[@]}" "$PKG_SRC"
   after=$(cat "$venv/.pi-search-install" 2>/dev/null || true)
   [ "$before" = "$after" ] || changed=1
 
@@ -474,13 +517,29 @@ install_system() {
   if [ "$KIOSK" = 1 ]; then ensure_kiosk; fi
 
   finish
-  local port
+  next_steps "$conf"
+}
+
+# What to do after the install: build the bundle (unless there is one), start, check, open the page.
+next_steps() {
+  local conf=$1 port bundle cli=$VENV/bin/pi-search
   port=$(config_value "$conf" port "$PORT")
+  bundle=$(config_value "$conf" bundle "$STATE/bundle")
+  [ "$DRY_RUN" = 1 ] && return 0
   note ""
-  note "Config:   $CONF  (edit, then: sudo systemctl restart pi-search)"
-  note "Bundles:  $STATE  (pi-search index build CATALOG --out $STATE/bundle)"
-  note "Status:   systemctl status pi-search; journalctl -u pi-search -f; $VENV/bin/pi-search doctor"
+  if [ -f "$(r "$bundle")/manifest.json" ]; then
+    note "Next: check it, then open the page:"
+  else
+    note "Next: give it a catalog (your folder of photos, here ~/shop), then start and check the service:"
+    note "  sudo cp -r ~/shop $STATE/catalog"
+    note "  sudo chown -R $SERVICE_USER:$SERVICE_USER $STATE/catalog"
+    note "  sudo -u $SERVICE_USER $cli index build $STATE/catalog --out $bundle"
+    note "  sudo systemctl restart pi-search"
+  fi
+  note "  sudo -u $SERVICE_USER $cli doctor --config $CONF"
   note "Page:     http://127.0.0.1:$port/  (on the Pi itself; see README for opening it to the network)"
+  note "Config:   $CONF  (edit, then: sudo systemctl restart pi-search)"
+  note "Logs:     journalctl -u pi-search -f"
 }
 
 uninstall_system() {
@@ -510,6 +569,10 @@ uninstall_system() {
   if [ "$PURGE" = 1 ]; then
     if [ -e "$(r "$CONF_DIR")" ]; then run "remove $(r "$CONF_DIR")" rm -rf -- "$(r "$CONF_DIR")"; fi
     if [ -e "$(r "$STATE")" ]; then run "remove $(r "$STATE") (bundles)" rm -rf -- "$(r "$STATE")"; fi
+    if [ -d "$unit_file.d" ]; then
+      run "remove $unit_file.d (local changes to the unit)" rm -rf -- "$unit_file.d"
+      if [ "$USE_SYSTEMD" = 1 ] && systemd_running; then run "systemctl daemon-reload" systemctl daemon-reload; fi
+    fi
     if [ -z "$ROOT" ] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
       run "remove system user $SERVICE_USER" userdel "$SERVICE_USER"
     fi

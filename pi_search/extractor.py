@@ -22,7 +22,7 @@ _TFLITE_MAGIC = b"TFL3"
 
 
 def default_model_path() -> Path:
-    """The shipped int8 EfficientNet-Lite0 extractor (``models/`` in a checkout, or beside the package)."""
+    """The shipped int8 EfficientNet-Lite0 extractor (``models/`` of a checkout, else the package data)."""
     from .models import shipped_model
 
     return shipped_model()

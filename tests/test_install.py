@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,7 +41,8 @@ def copy_checkout(dest: Path) -> Path:
     """The files install.sh needs, copied so a run never touches the real checkout."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("pyproject.toml", "README.md", "install.sh", "config.example.toml"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "install.sh",
+                 "config.example.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("pi_search", "systemd", "models"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
@@ -249,3 +254,116 @@ def test_arm64_script_usage():
     assert res.returncode == 0 and "--suite" in res.stdout and "SKIPPED" in res.stdout
     res = run(["--suite", "buster"], script=script)
     assert res.returncode == 2 and "unknown suite buster" in res.stderr
+
+
+def test_pi_root_script_usage():
+    script = ROOT / "ci/pi_root.sh"
+    res = run(["--help"], script=script)
+    assert res.returncode == 0 and "systemd-nspawn" in res.stdout and "SKIPPED" in res.stdout
+    res = run(["--bogus"], script=script)
+    assert res.returncode == 2 and "unknown option --bogus" in res.stderr
+
+
+def _unit_commands() -> dict[str, str]:
+    """Exec*= lines of the unit as systemd runs them ("$$" is a literal "$")."""
+    lines = (ROOT / "systemd/pi-search.service").read_text().splitlines()
+    return {k: v.replace("$$", "$") for k, _, v in (line.partition("=") for line in lines)
+            if k.startswith("Exec")}
+
+
+def test_unit_runs_only_what_install_sh_installs():
+    """Each Exec*= program is the venv's pi-search or /bin/sh (essential in Debian): no procps."""
+    for key, command in _unit_commands().items():
+        program = command.split()[0]
+        assert program.startswith("/opt/pi-search/venv/bin/") or program == "/bin/sh", (key, command)
+
+
+def test_unit_reload_signals_the_main_process_without_procps(tmp_path):
+    """ExecReload sends SIGHUP to $MAINPID with the shell alone (an empty PATH: no /bin/kill to use)."""
+    marker = tmp_path / "hup"
+    daemon = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, signal, sys, time
+signal.signal(signal.SIGHUP, lambda *_: pathlib.Path({str(marker)!r}).write_text("reloaded"))
+print("ready", flush=True)
+for _ in range(300):
+    if pathlib.Path({str(marker)!r}).exists():
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(1)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout.readline().strip() == "ready"
+        args = shlex.split(_unit_commands()["ExecReload"])
+        res = subprocess.run(args, env={"MAINPID": str(daemon.pid), "PATH": str(tmp_path / "empty")},
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert daemon.wait(timeout=30) == 0
+        assert marker.read_text() == "reloaded"
+    finally:
+        daemon.kill()
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_the_shipped_model(tmp_path):
+    """A plain (non-editable) install: the int8 model is package data; the CLI finds it from any folder."""
+    src = copy_checkout(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
+                            str(src)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "license" not in built.stderr.lower(), built.stderr
+    (wheel,) = wheels.glob("pi_search-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pi_search/data/models/efficientnet_lite0_int8.tflite" in names
+    assert not any(n.endswith("float32.tflite") for n in names)
+
+    # A venv laid out like the system install (/opt/pi-search/venv beside /opt/pi-search/models). Its
+    # dependencies come from this test's environment (a path entry after its own site-packages), the package
+    # itself only from the wheel.
+    opt = tmp_path / "opt"
+    venv = opt / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c",
+                           "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install",
+                                "--quiet", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    info = subprocess.run([str(venv / "bin/pi-search"), "model", "info", "--json"], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0, info.stderr
+    model = json.loads(info.stdout)
+    assert Path(model["path"]) == Path(site) / "pi_search/data/models/efficientnet_lite0_int8.tflite"
+    sums = dict(line.split()[::-1] for line in (ROOT / "models/SHA256SUMS").read_text().splitlines())
+    assert model["sha256"] == sums["efficientnet_lite0_int8.tflite"]
+
+    # The float32 model is not in the wheel: found beside the venv, where install.sh puts both models.
+    lookup = [str(venv / "bin/python"), "-c", "from pi_search.models import SHIPPED_FLOAT, shipped_model; "
+              "print(shipped_model(SHIPPED_FLOAT))"]
+    absent = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert not Path(absent.stdout.strip()).is_file()
+    (opt / "models").mkdir()
+    shutil.copy2(ROOT / "models/efficientnet_lite0_float32.tflite", opt / "models")
+    found = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()) == opt / "models/efficientnet_lite0_float32.tflite"
+
+
+@pytest.mark.slow
+def test_a_failed_step_shows_its_output_and_keeps_the_log(tmp_path):
+    """pip's output is hidden while it works; when a step fails its output is shown, and the log is kept."""
+    src = copy_checkout(tmp_path / "src")
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    res = run(["--root", str(tmp_path / "root"), "--python", sys.executable], script=src / "install.sh",
+              env={"TMPDIR": str(logs), "PIP_CONSTRAINT": str(tmp_path / "missing-constraints.txt")})
+    assert res.returncode == 1
+    assert "error: failed: upgrade pip in" in res.stderr
+    assert "missing-constraints.txt" in res.stderr  # pip's own message, shown on failure
+    assert "missing-constraints.txt" not in res.stdout
+    (log,) = logs.glob("pi-search-install.*.log")
+    assert f"The whole log: {log}" in res.stderr
+    assert not list(logs.glob("pi-search-src.*"))  # the staged source is removed either way
