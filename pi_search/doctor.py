@@ -250,6 +250,11 @@ def run_checks(config_path: str | Path | None = None, overrides: dict | None = N
             break  # the rest depends on a valid config
         try:
             results.append(fn(ctx))
+        except PermissionError as exc:
+            name = getattr(fn, "__name__", "check").removeprefix("check_")
+            results.append(Check(name, FAIL, f"{exc.filename or exc}: permission denied",
+                                 "run the doctor as the service's user: sudo -u pi-search "
+                                 "/opt/pi-search/venv/bin/pi-search doctor"))
         except Exception as exc:  # a check must never crash the doctor
             log.debug("check failed", exc_info=True)
             name = getattr(fn, "__name__", "check").removeprefix("check_")
