@@ -375,8 +375,9 @@ def _bbox(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> tuple[float, f
     """The object's bounding box (x0, y0, x1, y1 in pixels, from its warped alpha) when centred in the frame
     (``shot.centre`` ignored); a centre offset only shifts it. Room around the frame lets a large object's
     box reach beyond the frame's edge."""
-    import cv2
     from dataclasses import replace
+
+    import cv2
 
     w, h = size
     pad_w, pad_h = w, h
@@ -393,8 +394,8 @@ def _bbox(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> tuple[float, f
             float(ys.max() + 1 - pad_h))
 
 
-def _place(box: tuple[float, float, float, float], shot: Shot, size: tuple[int, int], rng: np.random.Generator,
-           margin: float = HARD_MARGIN) -> Shot:
+def _place(box: tuple[float, float, float, float], shot: Shot, size: tuple[int, int],
+           rng: np.random.Generator, margin: float = HARD_MARGIN) -> Shot:
     """``shot`` moved to a random centre that keeps the object's bounding box ``box`` (``_bbox``) inside the
     margin (as close to it as possible when the object is too large)."""
     from dataclasses import replace
@@ -425,10 +426,15 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
     shot = replace(shot, scale=shot.scale * math.sqrt(target / max(cover(rgba, shot, size), 1e-6)))
     box = _bbox(rgba, shot, size)
     w, h = size
-    for _ in range(20):  # a long item at a large cover may not fit inside the margin: shrink it until it does
-        if box[2] - box[0] <= (1 - 2 * HARD_MARGIN) * w and box[3] - box[1] <= (1 - 2 * HARD_MARGIN) * h:
+    for n in range(6):  # a long item at a large cover may not fit inside the margin: upright, then smaller
+        room = 1 - 2 * HARD_MARGIN
+        fit = min(room * w / (box[2] - box[0]), room * h / (box[3] - box[1]))
+        if fit >= 1:
             break
-        shot = replace(shot, scale=shot.scale * 0.93)
+        if n == 0:
+            shot = replace(shot, angle=0.0)
+        else:
+            shot = replace(shot, scale=shot.scale * fit * 0.98)
         box = _bbox(rgba, shot, size)
     shot = _place(box, shot, size, rng)
     dim = bool(rng.random() < HARD_DIM)
@@ -442,9 +448,11 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
         other = stamps[j]
         o_shot = random_shot(rng, n_backgrounds)
         ix0, iy0, ix1, iy1 = _shifted(box, shot, size)
-        o_target = target * float(rng.uniform(*HARD_SECOND_COVER))
+        o_target = cover(rgba, shot, size) * float(rng.uniform(*HARD_SECOND_COVER))
         for _ in range(4):  # elsewhere (bounding boxes mostly apart); smaller each round if it does not fit
-            o_shot = replace(o_shot, scale=_scale_for_cover(other, o_target, size))
+            o_shot = replace(o_shot, scale=_scale_for_cover(other, o_target, size), centre=(0.0, 0.0))
+            o_shot = replace(o_shot, scale=o_shot.scale * math.sqrt(o_target / max(cover(other, o_shot, size),
+                                                                                     1e-6)))
             o_box = _bbox(other, o_shot, size)
             for _ in range(30):
                 cand = _place(o_box, o_shot, size, rng)

@@ -26,10 +26,25 @@ EmbedFn = Callable[[object, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Truth:
-    """One query image and the catalog id it shows."""
+    """One query image, the catalog id it shows, and the truth file's other columns (its conditions)."""
 
     path: Path
     item_id: str
+    conditions: dict = field(default_factory=dict, compare=False)
+
+
+# Per-condition breakdown, when the truth file has the hard benchmark's columns (cover, offset, second_item,
+# dim): (condition, column, bins as (label, test on the column's text)).
+CONDITIONS = (
+    ("size", "cover", (("cover < 12%", lambda v: float(v) < 0.12),
+                       ("cover 12-20%", lambda v: 0.12 <= float(v) < 0.20),
+                       ("cover >= 20%", lambda v: float(v) >= 0.20))),
+    ("distance from centre", "offset", (("offset < 0.25", lambda v: float(v) < 0.25),
+                                        ("offset 0.25-0.5", lambda v: 0.25 <= float(v) < 0.5),
+                                        ("offset >= 0.5", lambda v: float(v) >= 0.5))),
+    ("second object", "second_item", (("with", lambda v: bool(v)), ("without", lambda v: not v))),
+    ("light", "dim", (("dim", lambda v: v == "1"), ("normal", lambda v: v == "0"))),
+)
 
 
 @dataclass
@@ -68,6 +83,32 @@ def recall_curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
     return [float(((r > 0) & (r <= k)).mean()) for k in range(1, kmax + 1)]
 
 
+def by_condition(ranks: np.ndarray, truth: Sequence[Truth],
+                 firsts: Sequence[str] | None = None) -> list[dict]:
+    """Recall@1/5 per bin of each condition in ``CONDITIONS`` whose column the truth file has.
+
+    ``firsts`` (the first result's id per query) adds, for the second-object bins, how often the second
+    object itself came first. Empty when the truth file has none of the columns.
+    """
+    r = np.asarray(ranks)
+    rows = []
+    for name, column, bins in CONDITIONS:
+        if not truth or column not in truth[0].conditions:
+            continue
+        for label, test in bins:
+            sel = np.array([test(t.conditions.get(column, "")) for t in truth], bool)
+            if not sel.any():
+                continue
+            row = {"condition": name, "bin": label, "queries": int(sel.sum()),
+                   "recall@1": round(float(((r > 0) & (r <= 1))[sel].mean()), 4),
+                   "recall@5": round(float(((r > 0) & (r <= 5))[sel].mean()), 4)}
+            if column == "second_item" and firsts is not None:
+                row["second_first"] = sum(1 for t, f, s in zip(truth, firsts, sel, strict=True)
+                                          if s and f and f == t.conditions.get("second_item"))
+            rows.append(row)
+    return rows
+
+
 def read_truth(truth_csv: str | Path, queries_dir: str | Path | None = None) -> list[Truth]:
     """Rows of a truth CSV (header ``query_path,item_id``); paths are relative to ``queries_dir`` (default:
     the CSV's folder) unless absolute."""
@@ -86,7 +127,8 @@ def read_truth(truth_csv: str | Path, queries_dir: str | Path | None = None) -> 
         if not q or not item:
             raise PiSearchError(f"{truth_csv} line {n}: empty query_path or item_id")
         p = Path(q)
-        rows.append(Truth(p if p.is_absolute() else base / p, item))
+        extra = {k: (v or "").strip() for k, v in rec.items() if k not in ("query_path", "item_id") and k}
+        rows.append(Truth(p if p.is_absolute() else base / p, item, extra))
     if not rows:
         raise PiSearchError(f"{truth_csv}: no queries listed")
     return rows
@@ -190,6 +232,8 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
             with tempfile.TemporaryDirectory(prefix="pi-search-eval-") as tmp:
                 franks, ftops = _bundle_ranks(catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp))
             runs.append(Run(ex.name, "annoy", franks, ms, [[(i, float("nan")) for i in f] for f in ftops]))
+    conditions = {f"{r.model} {r.search}": by_condition(r.ranks, truth, [t[0][0] if t else "" for t in r.top])
+                  for r in runs}
     first = runs[0]
     order = np.argsort(-np.where(first.ranks > 0, first.ranks, 10**9), kind="stable")
     misses = [{"query": str(truth[i].path), "truth": truth[i].item_id, "rank": int(first.ranks[i]),
@@ -198,7 +242,7 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
                             for j, s in first.top[i]]}
               for i in order if first.ranks[i] != 1][:8]
     return {"catalog": str(catalog_dir), "truth": str(truth_csv), "items": len(ids), "queries": len(truth),
-            "runs": [r.metrics() for r in runs],
+            "runs": [r.metrics() for r in runs], "conditions": {k: v for k, v in conditions.items() if v},
             "curves": {f"{r.model} {r.search}": recall_curve(r.ranks) for r in runs},
             "misses": misses, "titles": {i: t for i, t in zip(ids, titles, strict=True)}}
 
@@ -210,6 +254,19 @@ def format_table(result: dict) -> str:
     for r in result["runs"]:
         lines.append(f"{r['model'][:34]:34} {r['search']:6} {r['recall@1']:6.3f} {r['recall@5']:6.3f} "
                      f"{r['recall@10']:6.3f} {r['map']:6.3f} {r['query_ms']:9.2f}")
+    conditions = result.get("conditions") or {}
+    if conditions:
+        names = list(conditions)
+        head = f"{'condition':22} {'bin':16} {'queries':>7} " + " ".join(f"{n[-30:]:>30}" for n in names)
+        lines += ["", "recall@1 / recall@5 per condition", head, "-" * len(head)]
+        for n, row in enumerate(conditions[names[0]]):
+            cells = []
+            for name in names:
+                c = conditions[name][n]
+                second = f" ({c['second_first']} 2nd 1st)" if c.get("second_first") else ""
+                cells.append(f"{c['recall@1']:.3f} / {c['recall@5']:.3f}{second}")
+            lines.append(f"{row['condition']:22} {row['bin']:16} {row['queries']:7d} "
+                         + " ".join(f"{c:>30}" for c in cells))
     return "\n".join(lines)
 
 

@@ -30,6 +30,11 @@ class LatestResult:
 
     ``timings_ms`` holds each stage of that frame (capture, gate, preprocess, extract, search, encode) and
     ``latency_ms``: capture time to publication. ``jpeg`` is encoded once and shared by every viewer.
+    ``guide`` (None or ``{"hint", "target", "region"}``, boxes as fractions [x0, y0, x1, y1] of the frame):
+    where the framing expects the item, the window the settled look picked (or None), and a sentence for
+    staff when the best match is weak or the item was found outside the target box (or None).
+    ``settle_ms``: these matches come from the settled look at the whole frame (``Service.settle``), which
+    took that long; ``timings_ms`` and ``latency_ms`` are then those of the inference it refined.
     """
 
     frame_id: int
@@ -41,9 +46,11 @@ class LatestResult:
     jpeg: bytes = b""
     width: int = 0
     height: int = 0
+    guide: dict | None = None
+    settle_ms: float | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "frame_id": self.frame_id,
             "frame_time": round(self.frame_time, 3),
             "published_time": round(self.published_time, 3),
@@ -52,6 +59,11 @@ class LatestResult:
             "frame_size": [self.width, self.height],
             "matches": [m.as_dict() for m in self.matches],
         }
+        if self.guide is not None:
+            out["guide"] = self.guide
+        if self.settle_ms is not None:
+            out["settle_ms"] = round(self.settle_ms, 2)
+        return out
 
 
 class Histogram:
@@ -91,6 +103,7 @@ class Stats:
     frame_errors: int = 0
     uploads: int = 0
     viewers: int = 0
+    settled: int = 0  # settled looks at a still scene (Service.settle)
     stages: dict = field(default_factory=lambda: {s: Histogram() for s in (*STAGES, "latency")})
 
 
@@ -253,6 +266,8 @@ class Service:
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
         self.started_time = time.time()
+        self.settle_enabled = True  # the settled look at the whole frame (``settle``)
+        self._unsettled: np.ndarray | None = None  # the last inferred vector, until its scene has settled
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Service:
@@ -404,8 +419,12 @@ class Service:
 
     # ------------------------------------------------------------ one frame
     def process(self, frame, capture_s: float = 0.0) -> LatestResult | None:
-        """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it."""
-        from . import images
+        """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it.
+
+        The first frame skipped after an inference (the scene is still) gets the settled look (``settle``,
+        published on its own; still None here), once per inference, when ``settle_enabled``.
+        """
+        from . import images, views
 
         h = self.stats.stages
         t0 = time.perf_counter()
@@ -416,6 +435,8 @@ class Service:
             self.stats.skipped += 1
             h["capture"].observe(capture_s)
             h["gate"].observe(t_gate)
+            if self.settle_enabled and self._unsettled is not None:
+                self.settle(frame)
             return None
         timed = _TimedExtractor(self.extractor)
         t1 = time.perf_counter()
@@ -441,10 +462,51 @@ class Service:
             h[k].observe(v)
         latency = max(0.0, published - frame.t)
         h["latency"].observe(latency)
+        fh, fw = frame.rgb.shape[:2]
+        target = views.target_box(fw, fh)
+        guide = {"hint": views.hint(matches[0].score if matches else None, None, target),
+                 "target": list(target), "region": None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
             timings_ms={k: v * 1000.0 for k, v in timings.items()}, latency_ms=latency * 1000.0, jpeg=jpeg,
-            width=int(frame.rgb.shape[1]), height=int(frame.rgb.shape[0]))
+            width=int(fw), height=int(fh), guide=guide)
+        self._unsettled = vec
+        with self._cond:
+            self._latest = result
+            self._cond.notify_all()
+        return result
+
+    def settle(self, frame) -> LatestResult | None:
+        """The settled look: windows over the whole still frame, fused with the last inferred matches.
+
+        Runs once after each inference, on the first frame the gate skips; publishes the fused matches, the
+        picked window as the guide's ``region`` and ``settle_ms``; keeps the last preview JPEG and timings
+        (the frame looks the same). Returns None when there is nothing to refine.
+        """
+        from . import views
+
+        vec, self._unsettled = self._unsettled, None
+        last = self._latest
+        if vec is None or last is None:
+            return None
+        t0 = time.perf_counter()
+        k = self.config.index.top_k
+        depth = max(k, views.SETTLE_DEPTH)
+        fh, fw = frame.rgb.shape[:2]
+        windows = []
+        for box in views.settle_windows(fw, fh):
+            v = self.extractor.embed(views.window_input(frame.rgb, box, self.extractor.size))
+            windows.append((box, self.bundle.search(v, depth)))
+        matches, region = views.fuse(self.bundle.search(vec, depth), windows, k)
+        t_settle = time.perf_counter() - t0
+        self.stats.settled += 1
+        target = views.target_box(fw, fh)
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target),
+                 "target": list(target), "region": list(region) if region else None}
+        result = LatestResult(
+            frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
+            timings_ms=last.timings_ms, latency_ms=last.latency_ms, jpeg=last.jpeg, width=int(fw),
+            height=int(fh), guide=guide, settle_ms=t_settle * 1000.0)
         with self._cond:
             self._latest = result
             self._cond.notify_all()

@@ -79,3 +79,72 @@ def embed_catalog_image(extractor, rgb: np.ndarray) -> np.ndarray:
 def embed_query_image(extractor, rgb: np.ndarray) -> np.ndarray:
     """Camera frame or photo RGB uint8 [H, W, 3] -> float32 [dim], L2-normalised."""
     return embed(extractor, query_inputs(rgb, extractor.size))
+
+
+# ------------------------------------------------------------------ hard shots (docs/hard-shots.md)
+# When the scene settles (the gate skips a frame after an inference), the worker looks at the whole frame
+# once: square windows spread over it, each embedded and searched, fused with the kept framing's matches
+# by the best score per item. SETTLE_GRID is (columns, rows, side as a fraction of the frame height).
+SETTLE_GRID = ((3, 3, 0.5), (4, 3, 0.4))
+SETTLE_DEPTH = 20  # matches asked of the bundle per window
+# The guide shown on the preview: the hint fires when the best match scores below HINT_SCORE, or when the
+# settled look found the item in a window outside the kept framing's box.
+HINT_SCORE = 0.55
+HINT = "Hold the item closer, inside the box"
+
+
+def target_box(width: int, height: int, crop: float = QUERY_CROP) -> tuple[float, float, float, float]:
+    """The kept framing's square (the centre square zoomed to ``crop``) as fractions (x0, y0, x1, y1)."""
+    side = min(width, height) * crop
+    x0, y0 = (width - side) / 2 / width, (height - side) / 2 / height
+    return (round(x0, 4), round(y0, 4), round(1 - x0, 4), round(1 - y0, 4))
+
+
+def settle_windows(width: int, height: int, grid=SETTLE_GRID) -> list[tuple[float, float, float, float]]:
+    """Square windows (x0, y0, x1, y1 as fractions of the frame) spread edge to edge over the frame."""
+    out = []
+    for nx, ny, side in grid:
+        sw, sh = side * height / width, side
+        for y in (np.linspace(0, 1 - sh, ny) if ny > 1 else [(1 - sh) / 2]):
+            for x in (np.linspace(0, 1 - sw, nx) if nx > 1 else [(1 - sw) / 2]):
+                out.append((round(float(x), 4), round(float(y), 4), round(float(x + sw), 4),
+                            round(float(y + sh), 4)))
+    return out
+
+
+def window_input(rgb: np.ndarray, box: tuple[float, float, float, float], size: int = 224) -> np.ndarray:
+    """One window (fractions) of a frame (RGB uint8 [H, W, 3]) as a model input, RGB uint8 [size, size, 3]."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    x0, y0 = int(round(box[0] * w)), int(round(box[1] * h))
+    x1, y1 = max(x0 + 1, int(round(box[2] * w))), max(y0 + 1, int(round(box[3] * h)))
+    crop = rgb[y0:y1, x0:x1]
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def fuse(kept: list, windows: list[tuple[tuple, list]], k: int) -> tuple[list, tuple | None]:
+    """The best score per item over the kept framing's matches and every window's, first ``k``.
+
+    ``kept``: matches (objects with ``id`` and ``score``) of the kept framing; ``windows``: (box, matches)
+    per window. Returns the fused matches and the box whose match came first (None: the kept framing's).
+    """
+    best: dict = {}
+    for box, matches in [(None, kept), *windows]:
+        for m in matches:
+            if m.id not in best or m.score > best[m.id][0].score:
+                best[m.id] = (m, box)
+    ranked = sorted(best.values(), key=lambda mb: -mb[0].score)[:k]
+    return [m for m, _ in ranked], (ranked[0][1] if ranked else None)
+
+
+def hint(top_score: float | None, region: tuple | None, target: tuple) -> str | None:
+    """The guide's sentence, or None: a weak best match, or an item found outside the target box."""
+    if top_score is None or top_score < HINT_SCORE:
+        return HINT
+    if region is not None:
+        cx, cy = (region[0] + region[2]) / 2, (region[1] + region[3]) / 2
+        if not (target[0] <= cx <= target[2] and target[1] <= cy <= target[3]):
+            return HINT
+    return None

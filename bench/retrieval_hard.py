@@ -1,0 +1,95 @@
+"""Hard shots (small, off-centre, beside other things, dim): each framing / fusion idea against the kept one.
+
+Usage (after ``python -m pi_search.benchmark_data benchmark [--hard]`` and
+``bench/retrieval_hard_windows.py`` on both benchmarks)::
+
+    .venv/bin/python bench/retrieval_hard.py [--out bench/results/retrieval-hard.json]
+
+Reads the cached window embeddings (int8 model, exact cosine search), prints recall per attempt on the
+standard and the hard benchmark, with the hard set's per-condition table, and writes JSON. Measures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pi_search.evaluate import by_condition, load_catalog, metrics, read_truth
+
+CACHE = Path("var/cache")
+
+
+def _norm(v):
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def ranks_from_scores(s: np.ndarray, truth_idx: np.ndarray) -> np.ndarray:
+    own = s[np.arange(len(truth_idx)), truth_idx]
+    return 1 + (s > own[:, None]).sum(axis=1)
+
+
+def load(bench: Path):
+    ids, _, _ = load_catalog(bench / "catalog")
+    where = {i: n for n, i in enumerate(ids)}
+    truth = read_truth(bench / "truth.csv")
+    idx = np.array([where[t.item_id] for t in truth])
+    win = dict(np.load(CACHE / f"{bench.name}-windows.npz"))
+    return ids, truth, idx, win
+
+
+def strategies(win: dict, cat: np.ndarray) -> dict:
+    """name -> (scores [queries, items], model passes per frame)."""
+    s = {k: v @ cat.T for k, v in win.items()}
+    groups = {g: [k for k in s if k.startswith(g + "_")] for g in ("g2", "g3", "g4")}
+    out = {"kept: centre square zoomed 0.65": (s["c65"], 1),
+           "whole centre square": (s["c100"], 1)}
+    for g, keys in groups.items():
+        stack = np.stack([s[k] for k in keys])
+        out[f"max over {g} ({len(keys)} windows)"] = (stack.max(0), len(keys))
+        both = np.stack([s["c65"], *[s[k] for k in keys]])
+        out[f"max over kept + {g}"] = (both.max(0), len(keys) + 1)
+        for lam in (0.5, 1.0):
+            out[f"kept + {lam} x max over {g}"] = (s["c65"] + lam * stack.max(0), len(keys) + 1)
+        top2 = np.sort(both, axis=0)[-2:].mean(0)
+        out[f"mean of best 2 of kept + {g}"] = (top2, len(keys) + 1)
+    allk = [s["c65"], *[s[k] for g in groups.values() for k in g]]
+    out["max over kept + all grids"] = (np.stack(allk).max(0), len(allk))
+    out["kept + 1.0 x max over g3 + g4"] = (s["c65"] + np.stack([s[k] for k in groups["g3"] + groups["g4"]])
+                                           .max(0), 1 + len(groups["g3"]) + len(groups["g4"]))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--standard", type=Path, default=Path("var/benchmark"))
+    ap.add_argument("--hard", type=Path, default=Path("var/benchmark-hard"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/retrieval-hard.json"))
+    args = ap.parse_args(argv)
+    cat = np.load(CACHE / "catalog-kept.npy")
+    result = {"attempts": []}
+    data = {name: load(b) for name, b in (("standard", args.standard), ("hard", args.hard))}
+    per = {name: strategies(d[3], cat) for name, d in data.items()}
+    for attempt in per["hard"]:
+        row = {"attempt": attempt, "passes": per["hard"][attempt][1]}
+        for name, (_ids, truth, idx, _) in data.items():
+            r = ranks_from_scores(per[name][attempt][0], idx)
+            m = metrics(r)
+            row[name] = {k: m[k] for k in ("recall@1", "recall@5", "map")}
+            if name == "hard":
+                row["conditions"] = by_condition(r, truth)
+        result["attempts"].append(row)
+        print(f"{attempt[:44]:44} {row['passes']:3d}  std {row['standard']['recall@1']:.3f} "
+              f"{row['standard']['recall@5']:.3f}  hard {row['hard']['recall@1']:.3f} "
+              f"{row['hard']['recall@5']:.3f}  " + " ".join(f"{c['recall@1']:.2f}"
+                                                             for c in row["conditions"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

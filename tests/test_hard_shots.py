@@ -1,0 +1,181 @@
+"""Hard shots: the hard benchmark's scenes, the per-condition table, the settled look and the guide."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import load_photo
+from fakes import ListSource
+
+from pi_search import benchmark_data as bd
+from pi_search import views
+from pi_search.config import load_config
+from pi_search.evaluate import Truth, by_condition, format_table, read_truth
+from pi_search.service import Service
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+needs_stamps = pytest.mark.skipif(not STAMPS.is_dir(),
+                                  reason="needs the Debian package tuxpaint-stamps-default")
+
+
+@pytest.fixture(scope="module")
+def stamps():
+    picked = [STAMPS / p for p in ("food/fruit/avocado.png", "household/Lightbulb.png",
+                                   "household/tools/spade.png", "food/fruit/Strawberry2.png")]
+    return [bd.trim(bd.load_rgba(p)) for p in picked]
+
+
+def _alpha_box(rgba, shot, size=(640, 480)):
+    a = bd._warp(rgba, shot, size)[:, :, 3]
+    ys, xs = np.nonzero(a > 8)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+@needs_stamps
+def test_hard_scenes_are_small_inside_the_margin_often_beside_a_smaller_object_and_often_dim(stamps):
+    rng = np.random.default_rng(11)
+    covers, seconds, dims = [], 0, 0
+    for n in range(40):
+        own = n % len(stamps)
+        scene = bd.random_hard_scene(rng, stamps[own], 5, stamps, own)
+        c = bd.cover(stamps[own], scene.shot)
+        fill = bd.opaque_area(stamps[own]) / (stamps[own].shape[0] * stamps[own].shape[1])
+        if fill > 0.4:  # a long, thin item (the spade) that fits inside the margin covers less
+            covers.append(c)
+        x0, y0, x1, y1 = _alpha_box(stamps[own], scene.shot)
+        assert x0 >= 0.05 * 640 - 2 and x1 <= 0.95 * 640 + 2 and y0 >= 0.05 * 480 - 2 and y1 <= 0.95 * 480 + 2
+        if scene.second:
+            seconds += 1
+            j, o_shot = scene.second
+            assert j != own
+            assert bd.cover(stamps[j], o_shot) < 0.7 * c  # clearly smaller than the item
+        if scene.dim:
+            dims += 1
+            assert scene.shot.noise >= bd.HARD_DIM_NOISE[0]
+    assert min(covers) >= 0.06 and max(covers) <= 0.33
+    assert 18 <= seconds <= 36 and 7 <= dims <= 26
+
+
+@needs_stamps
+def test_a_second_object_is_rendered_beside_the_item(stamps):
+    bgs = [np.full((300, 400, 3), 90, np.uint8)]
+    shot = replace(bd.random_shot(np.random.default_rng(3), 1), brightness=1.0, gains=(1.0, 1.0, 1.0),
+                   light=(0.0, 0.0), gamma=1.0, noise=1.0, motion=0.0)
+    item = replace(shot, scale=0.3, centre=(-0.25, 0.0), angle=0.0, corners=(0.0,) * 8)
+    other = replace(item, centre=(0.25, 0.0))
+    alone = bd.render(stamps[0], bgs, item, np.random.default_rng(1))
+    both = bd.render(stamps[0], bgs, item, np.random.default_rng(1), others=((stamps[1], other),))
+    left, right = slice(0, 320), slice(320, 640)
+    assert np.abs(alone[:, left].astype(int) - both[:, left]).mean() < 1.0  # the item as before
+    assert np.abs(alone[:, right].astype(int) - both[:, right]).mean() > 3.0  # and something beside it
+
+
+@pytest.mark.slow
+@needs_stamps
+def test_tiny_hard_benchmark_records_the_conditions(tmp_path):
+    summary = bd.make_benchmark(tmp_path / "h", seed=2, scenes=2, burst=1, limit=4, hard=True)
+    assert summary["queries"] == 8 and "hard" in summary
+    with open(tmp_path / "h" / "truth.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = {r["item_id"] for r in rows}
+    for r in rows:
+        assert 0.05 < float(r["cover"]) < 0.35 and 0 <= float(r["offset"]) <= 1
+        assert r["dim"] in ("0", "1") and r["second_item"] != r["item_id"]
+        assert r["second_item"] == "" or r["second_item"] in ids
+    truth = read_truth(tmp_path / "h" / "truth.csv")
+    assert set(truth[0].conditions) == {"cover", "offset", "second_item", "dim"}
+
+
+def test_per_condition_table_counts_each_bin():
+    def t(cover, offset, second, dim):
+        return Truth(Path("q.jpg"), "a",
+                     {"cover": cover, "offset": offset, "second_item": second, "dim": dim})
+
+    truth = [t("0.10", "0.1", "b", "1"), t("0.25", "0.6", "", "0"), t("0.15", "0.3", "c", "0"),
+             t("0.09", "0.7", "", "1")]
+    ranks = np.array([1, 3, 0, 1])
+    rows = {(r["condition"], r["bin"]): r for r in by_condition(ranks, truth, ["a", "x", "c", "a"])}
+    assert rows["size", "cover < 12%"]["queries"] == 2 and rows["size", "cover < 12%"]["recall@1"] == 1.0
+    assert rows["size", "cover >= 20%"]["recall@1"] == 0.0 and rows["size", "cover >= 20%"]["recall@5"] == 1.0
+    assert rows["second object", "with"]["second_first"] == 1  # "c" came first where "c" was the second
+    assert rows["light", "dim"]["recall@1"] == 1.0 and rows["light", "normal"]["recall@5"] == 0.5
+    assert by_condition(ranks, [Truth(Path("q"), "a")] * 4) == []
+    table = format_table({"items": 3, "queries": 4, "runs": [],
+                          "conditions": {"m exact": list(rows.values())}})
+    assert "offset >= 0.5" in table and "recall@1 / recall@5 per condition" in table
+
+
+def test_target_box_and_windows_cover_the_frame():
+    assert views.target_box(640, 480) == pytest.approx((0.2562, 0.175, 0.7438, 0.825), abs=1e-3)
+    boxes = views.settle_windows(640, 480)
+    assert len(boxes) == sum(nx * ny for nx, ny, _ in views.SETTLE_GRID)
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert abs((x1 - x0) * 640 - (y1 - y0) * 480) < 1  # square in pixels
+    assert min(b[0] for b in boxes) == 0 and max(b[2] for b in boxes) == 1
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[:, 320:] = 200
+    x = views.window_input(rgb, boxes[-1], 224)
+    assert x.shape == (224, 224, 3) and x.dtype == np.uint8 and x.mean() > 150  # the right-hand window
+
+
+class _M:
+    def __init__(self, id, score):
+        self.id, self.score = id, score
+
+
+def test_fuse_keeps_the_best_score_per_item_and_names_its_window():
+    kept = [_M("a", 0.5), _M("b", 0.4)]
+    win = [((0, 0, 0.5, 0.5), [_M("b", 0.7), _M("c", 0.3)]), ((0.5, 0, 1, 0.5), [_M("a", 0.45)])]
+    matches, region = views.fuse(kept, win, 2)
+    assert [(m.id, m.score) for m in matches] == [("b", 0.7), ("a", 0.5)] and region == (0, 0, 0.5, 0.5)
+    matches, region = views.fuse([_M("a", 0.9)], win, 5)
+    assert matches[0].id == "a" and region is None and len(matches) == 3
+    target = views.target_box(640, 480)
+    assert views.hint(0.9, None, target) is None
+    assert views.hint(views.HINT_SCORE - 0.01, None, target) == views.HINT
+    assert views.hint(0.9, (0.0, 0.0, 0.2, 0.3), target) == views.HINT  # found outside the box
+    assert views.hint(0.9, (0.3, 0.3, 0.6, 0.7), target) is None
+
+
+def _small_in_corner(photo: np.ndarray) -> np.ndarray:
+    """A 640x480 frame: a dull grey wall with the photo small in the lower right corner."""
+    import cv2
+
+    from pi_search import images
+
+    frame = np.full((480, 640, 3), 118, np.uint8)
+    h, w = photo.shape[:2]
+    s = 170 / max(h, w)
+    small = cv2.resize(photo, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    frame[480 - 20 - small.shape[0]:460, 640 - 20 - small.shape[1]:620] = small
+    return images.decode(images.encode_jpeg(frame, 85))
+
+
+def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extractor, bundle):
+    frame_rgb = _small_in_corner(load_photo("skimage:coffee"))
+    svc = Service(None, extractor, bundle, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+    src = ListSource([frame_rgb], loop=True, noise=1.0)
+    src.start()
+    first = svc.process(src.read())
+    assert first is not None and first.settle_ms is None
+    d = first.as_dict()
+    assert d["guide"]["target"] == pytest.approx(list(views.target_box(640, 480)))
+    assert d["guide"]["region"] is None and "settle_ms" not in d
+    assert svc.process(src.read()) is None  # skipped by the gate: the settled look is published instead
+    settled = svc.latest()
+    assert settled is not first and settled.settle_ms > 0 and svc.stats.settled == 1
+    assert settled.matches[0].id == "coffee"
+    region = settled.guide["region"]
+    assert region is not None and (region[0] + region[2]) / 2 > 0.5 and (region[1] + region[3]) / 2 > 0.5
+    assert settled.guide["hint"] == views.HINT  # found outside the box: staff are asked to hold it closer
+    assert settled.jpeg == first.jpeg and settled.as_dict()["settle_ms"] > 0
+    assert svc.process(src.read()) is None and svc.latest() is settled  # once per inference
+    svc.settle_enabled = False
+    svc.gate.reset()
+    assert svc.process(src.read()) is not None and svc.process(src.read()) is None
+    assert svc.stats.settled == 1
