@@ -42,8 +42,22 @@ def grid(n_x: int, n_y: int, side: float, aspect: float = 4 / 3) -> list[tuple[f
     return [(float(x), float(y), side) for y in ys for x in xs]
 
 
+def lift(x: np.ndarray, below: float = 80.0, target: float = 100.0, most: float = 2.5) -> np.ndarray:
+    """A dim model input brightened by a gain (at most ``most``) that brings its mean grey to ``target``."""
+    import cv2
+
+    m = float(x.mean())
+    if m >= below or m <= 0:
+        return x
+    lut = np.clip(np.arange(256) * min(most, target / m), 0, 255).astype(np.uint8)
+    return cv2.LUT(x, lut)
+
+
 def framings() -> dict:
-    out = {"c65": lambda rgb, n: to_model_input(rgb, n, 0.65), "c100": lambda rgb, n: to_model_input(rgb, n)}
+    out = {"c65": lambda rgb, n: to_model_input(rgb, n, 0.65), "c100": lambda rgb, n: to_model_input(rgb, n),
+           "c80": lambda rgb, n: to_model_input(rgb, n, 0.8),
+           "c65lift": lambda rgb, n: lift(to_model_input(rgb, n, 0.65)),
+           "c65lift60": lambda rgb, n: lift(to_model_input(rgb, n, 0.65), 60.0, 80.0)}
     for name, (nx, ny, side) in {"g2": (3, 2, 0.6), "g3": (3, 3, 0.5), "g4": (4, 3, 0.4)}.items():
         for i, (cx, cy, s) in enumerate(grid(nx, ny, side)):
             out[f"{name}_{i}"] = lambda rgb, n, cx=cx, cy=cy, s=s: square(rgb, cx, cy, s, n)

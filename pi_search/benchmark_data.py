@@ -388,8 +388,9 @@ def _bbox(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> tuple[float, f
     a = cv2.warpPerspective(np.ascontiguousarray(rgba[:, :, 3]), m, (w + 2 * pad_w, h + 2 * pad_h),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     ys, xs = np.nonzero(a > 8)
-    if ys.size == 0:
-        return w / 2, h / 2, w / 2, h / 2
+    if ys.size == 0:  # nothing opaque inside the canvas: the corners' box
+        return (float(dst[:, 0].min()), float(dst[:, 1].min()), float(dst[:, 0].max()),
+                float(dst[:, 1].max()))
     return (float(xs.min() - pad_w), float(ys.min() - pad_h), float(xs.max() + 1 - pad_w),
             float(ys.max() + 1 - pad_h))
 
@@ -428,7 +429,7 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
     w, h = size
     for n in range(6):  # a long item at a large cover may not fit inside the margin: upright, then smaller
         room = 1 - 2 * HARD_MARGIN
-        fit = min(room * w / (box[2] - box[0]), room * h / (box[3] - box[1]))
+        fit = min(room * w / max(box[2] - box[0], 1.0), room * h / max(box[3] - box[1], 1.0))
         if fit >= 1:
             break
         if n == 0:

@@ -236,6 +236,8 @@ class Service:
     ``health``, ``search_image``); only the worker thread touches the source.
     """
 
+    settle_enabled = True  # the settled look at the whole frame once the scene is still (``settle``)
+
     def __init__(self, source_factory: Callable, extractor, bundle, config, *, source_name: str = "",
                  embed_query: Callable | None = None):
         from . import views
@@ -266,7 +268,6 @@ class Service:
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
         self.started_time = time.time()
-        self.settle_enabled = True  # the settled look at the whole frame (``settle``)
         self._unsettled: np.ndarray | None = None  # the last inferred vector, until its scene has settled
 
     # ------------------------------------------------------------ lifecycle
