@@ -432,10 +432,7 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
         fit = min(room * w / max(box[2] - box[0], 1.0), room * h / max(box[3] - box[1], 1.0))
         if fit >= 1:
             break
-        if n == 0:
-            shot = replace(shot, angle=0.0)
-        else:
-            shot = replace(shot, scale=shot.scale * fit * 0.98)
+        shot = replace(shot, angle=0.0) if n == 0 else replace(shot, scale=shot.scale * fit * 0.98)
         box = _bbox(rgba, shot, size)
     shot = _place(box, shot, size, rng)
     dim = bool(rng.random() < HARD_DIM)
