@@ -14,7 +14,7 @@ from fakes import ListSource
 from pi_search import benchmark_data as bd
 from pi_search import views
 from pi_search.config import load_config
-from pi_search.evaluate import Truth, by_condition, format_table, read_truth
+from pi_search.evaluate import Truth, by_condition, evaluate, format_table, read_truth
 from pi_search.service import Service
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -88,6 +88,13 @@ def test_tiny_hard_benchmark_records_the_conditions(tmp_path):
         assert r["second_item"] == "" or r["second_item"] in ids
     truth = read_truth(tmp_path / "h" / "truth.csv")
     assert set(truth[0].conditions) == {"cover", "offset", "second_item", "dim"}
+    result = evaluate(tmp_path / "h" / "catalog", tmp_path / "h" / "truth.csv", [None])
+    assert [r["search"] for r in result["runs"]] == ["exact", "annoy", "settled"]
+    assert all(r["queries"] == 8 for r in result["runs"])
+    names = list(result["conditions"])
+    assert len(names) == 3 and sum(c["queries"] for c in result["conditions"][names[2]]
+                                   if c["condition"] == "light") == 8
+    assert "per condition" in format_table(result) and result["misses_settled"] is not None
 
 
 def test_per_condition_table_counts_each_bin():
