@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pi_search import views
 from pi_search.evaluate import by_condition, load_catalog, metrics, read_truth
 
 CACHE = Path("var/cache")
@@ -56,6 +57,11 @@ def strategies(win: dict, cat: np.ndarray) -> dict:
             out[f"kept + {lam} x max over {g}"] = (s["c65"] + lam * stack.max(0), len(keys) + 1)
         top2 = np.sort(both, axis=0)[-2:].mean(0)
         out[f"mean of best 2 of kept + {g}"] = (top2, len(keys) + 1)
+    for k in ("c80", "c65lift", "c65lift60"):
+        if k in s:
+            out[f"query framing {k}"] = (s[k], 1)
+    settle = [s["c65"], *[s[k] for k in groups["g3"] + groups["g4"]]]
+    out["SETTLED (views.fuse): max over kept + g3 + g4"] = (np.stack(settle).max(0), len(settle))
     allk = [s["c65"], *[s[k] for g in groups.values() for k in g]]
     out["max over kept + all grids"] = (np.stack(allk).max(0), len(allk))
     out["kept + 1.0 x max over g3 + g4"] = (s["c65"] + np.stack([s[k] for k in groups["g3"] + groups["g4"]])
@@ -63,10 +69,45 @@ def strategies(win: dict, cat: np.ndarray) -> dict:
     return out
 
 
+def _settled(win: dict, cat: np.ndarray, width: int = 640, height: int = 480):
+    """Per query: the kept framing's top score, the settled look's top score and its window (None: kept)."""
+    boxes = views.settle_windows(width, height)
+    keys = [k for g in ("g3", "g4") for k in sorted((k for k in win if k.startswith(g + "_")),
+                                                    key=lambda k: int(k.split("_")[1]))]
+    assert len(keys) == len(boxes), "the cached windows must be views.SETTLE_GRID's"
+    kept = win["c65"] @ cat.T
+    stack = np.stack([kept, *[win[k] @ cat.T for k in keys]])  # [1 + windows, queries, items]
+    best = stack.max(axis=2)  # each framing's top score per query
+    which = best.argmax(axis=0)
+    return kept.max(axis=1), best.max(axis=0), [None if w == 0 else boxes[w - 1] for w in which]
+
+
+def hint_rates(cat: np.ndarray, data: dict, empty: Path) -> dict:
+    """How often the guide's hint fires: live (kept framing only) and after the settled look."""
+    sets = {name: d[3] for name, d in data.items()}
+    if (CACHE / f"{empty.name}-windows.npz").is_file():
+        sets["empty scenes"] = dict(np.load(CACHE / f"{empty.name}-windows.npz"))
+    target = views.target_box(640, 480)
+    out = {}
+    for name, win in sets.items():
+        live, settled, regions = _settled(win, cat)
+        out[name] = {
+            "queries": len(live),
+            "live": round(float(np.mean([views.hint(float(x), None, target) is not None for x in live])), 4),
+            "settled": round(float(np.mean([views.hint(float(x), r, target) is not None
+                                            for x, r in zip(settled, regions, strict=True)])), 4),
+            "settled, weak score only": round(float(np.mean(settled < views.HINT_SCORE)), 4),
+            "top score p10/p50/p90 (live)": [round(float(np.percentile(live, q)), 3) for q in (10, 50, 90)],
+            "top score p10/p50/p90 (settled)": [round(float(np.percentile(settled, q)), 3)
+                                                for q in (10, 50, 90)]}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--standard", type=Path, default=Path("var/benchmark"))
     ap.add_argument("--hard", type=Path, default=Path("var/benchmark-hard"))
+    ap.add_argument("--empty", type=Path, default=Path("var/empty-scenes"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/retrieval-hard.json"))
     args = ap.parse_args(argv)
     cat = np.load(CACHE / "catalog-kept.npy")
@@ -86,6 +127,9 @@ def main(argv=None) -> int:
               f"{row['standard']['recall@5']:.3f}  hard {row['hard']['recall@1']:.3f} "
               f"{row['hard']['recall@5']:.3f}  " + " ".join(f"{c['recall@1']:.2f}"
                                                              for c in row["conditions"]), flush=True)
+    result["hint"] = hint_rates(cat, data, args.empty)
+    for name, v in result["hint"].items():
+        print(name, v)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

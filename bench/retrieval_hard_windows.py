@@ -8,6 +8,7 @@ writes ``var/cache/<benchmark>-windows.npz``: for every framing name, float32 [q
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -77,17 +78,21 @@ def main(argv=None) -> int:
     if not cat_file.is_file():
         _, paths, _ = load_catalog(args.benchmark / "catalog")
         np.save(cat_file, embed_files(ex, paths, embed_catalog_image)[0])
-    truth = read_truth(args.benchmark / "truth.csv")
+    if (args.benchmark / "truth.csv").is_file():
+        paths = [t.path for t in read_truth(args.benchmark / "truth.csv")]
+    else:  # empty scenes: no truth, only frames
+        with open(args.benchmark / "scenes.csv", newline="") as f:
+            paths = [args.benchmark / r["query_path"] for r in csv.DictReader(f)]
     todo = {k: f for k, f in framings().items() if k not in have}
     t0 = time.perf_counter()
     vecs = {k: [] for k in todo}
-    for t in truth:
-        rgb = images.read(t.path)
+    for path in paths:
+        rgb = images.read(path)
         for k, f in todo.items():
             vecs[k].append(ex.embed(f(rgb, ex.size)))
     have.update({k: np.stack(v).astype(np.float32) for k, v in vecs.items()})
     np.savez(out, **have)
-    print(f"{len(todo)} framings x {len(truth)} queries in {time.perf_counter() - t0:.0f} s -> {out}")
+    print(f"{len(todo)} framings x {len(paths)} queries in {time.perf_counter() - t0:.0f} s -> {out}")
     return 0
 
 

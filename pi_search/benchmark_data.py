@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")
 DEFAULT_BENCHMARK_DIR = Path("var/benchmark")
 HARD_BENCHMARK_DIR = Path("var/benchmark-hard")
+EMPTY_SCENES_DIR = Path("var/empty-scenes")
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 # Selection rule (see README, "Retrieval"): a stamp is a real photo when it is a PNG raster with no SVG of
@@ -551,6 +552,30 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     return summary
 
 
+def make_empty_scenes(out_dir: str | Path = EMPTY_SCENES_DIR, *, n: int = 200, seed: int = 0) -> dict:
+    """Camera frames of rooms with no item (``out_dir/queries/empty_NNN.jpg``, listed in ``scenes.csv``
+    with a ``dim`` column): what the kiosk sees when nobody holds anything up; ``HARD_DIM`` of them dim."""
+    from dataclasses import replace
+
+    out = Path(out_dir)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    backgrounds = load_backgrounds()
+    rng = np.random.default_rng(seed)
+    nothing = np.zeros((8, 8, 4), np.uint8)
+    rows = []
+    for i in range(n):
+        shot = random_shot(rng, len(backgrounds))
+        dim = bool(rng.random() < HARD_DIM)
+        if dim:
+            shot = replace(shot, brightness=shot.brightness * float(rng.uniform(*HARD_DIM_EXPOSURE)),
+                           noise=float(rng.uniform(*HARD_DIM_NOISE)))
+        name = f"queries/empty_{i:03d}.jpg"
+        _write_jpeg(out / name, render(nothing, backgrounds, shot, rng), 95)
+        rows.append((name, int(dim)))
+    _write_csv(out / "scenes.csv", ["query_path", "dim"], rows)
+    return {"seed": seed, "scenes": n, "dim": sum(r[1] for r in rows)}
+
+
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -676,7 +701,8 @@ we credit Pexels and the package here anyway. `frames/truth.csv` names the catal
 
 # ------------------------------------------------------------------ command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pi_search.benchmark_data {benchmark,demo}``: regenerate the benchmark or the demo data."""
+    """``python -m pi_search.benchmark_data {benchmark,empty,demo}``: regenerate the benchmark, the empty
+    scenes or the demo data."""
     p = argparse.ArgumentParser(prog="python -m pi_search.benchmark_data", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("benchmark", help="write the public retrieval benchmark (default: var/benchmark)")
@@ -690,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="object size range as a fraction of the frame height")
     b.add_argument("--hard", action="store_true",
                    help="the hard variant: small, off-centre items, a second object, dim light")
+    e = sub.add_parser("empty", help=f"camera frames of rooms with no item (default: {EMPTY_SCENES_DIR})")
+    e.add_argument("--out", type=Path, default=EMPTY_SCENES_DIR)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--scenes", type=int, default=200)
     d = sub.add_parser("demo", help="rewrite the committed demo catalog and camera frames")
     d.add_argument("--out", type=Path, default=DEMO_DIR)
     d.add_argument("--seed", type=int, default=7)
@@ -700,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.out or (HARD_BENCHMARK_DIR if args.hard else DEFAULT_BENCHMARK_DIR)
             summary = make_benchmark(args.out, seed=args.seed, scenes=args.scenes, burst=args.burst,
                                      limit=args.limit, scale=tuple(args.scale), hard=args.hard)
+        elif args.what == "empty":
+            summary = make_empty_scenes(args.out, n=args.scenes, seed=args.seed)
         else:
             summary = make_demo(args.out, seed=args.seed)
     except PiSearchError as exc:

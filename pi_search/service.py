@@ -269,6 +269,7 @@ class Service:
         self._wedged_logged = False
         self.started_time = time.time()
         self._unsettled: np.ndarray | None = None  # the last inferred vector, until its scene has settled
+        self._region: tuple | None = None  # the settled look's window, used by each frame of the same item
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Service:
@@ -423,7 +424,9 @@ class Service:
         """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it.
 
         The first frame skipped after an inference (the scene is still) gets the settled look (``settle``,
-        published on its own; still None here), once per inference, when ``settle_enabled``.
+        published on its own; still None here), once per inference, when ``settle_enabled``. When that
+        look found the item in a window, the following frames of the same item (until the smoothing restarts)
+        embed that window too and fuse its matches with the kept framing's: two model passes per frame.
         """
         from . import images, views
 
@@ -442,14 +445,25 @@ class Service:
         timed = _TimedExtractor(self.extractor)
         t1 = time.perf_counter()
         vec = self.embed_query(timed, frame.rgb)
+        region = self._region  # where the settled look found this item: that window too (a second pass)
+        rv = timed.embed(views.window_input(frame.rgb, region, self.extractor.size)) if region else None
         t_embed = time.perf_counter() - t1
         t_extract = timed.seconds
         t_pre = max(0.0, t_embed - t_extract)
         t2 = time.perf_counter()
         resets = self.smoother.resets
         vec = self.smoother.update(vec)
-        matches = tuple(self.bundle.search(vec, self.config.index.top_k))
-        matches = self.agreement.update(matches, fresh=self.smoother.resets != resets)
+        fresh = self.smoother.resets != resets
+        if fresh:  # a new item: the settled look's window no longer applies
+            self._region = region = None
+        k = self.config.index.top_k
+        if region is None:
+            matches = tuple(self.bundle.search(vec, k))
+        else:
+            depth = max(k, views.SETTLE_DEPTH)
+            window = [(region, self.bundle.search(rv, depth))]
+            matches = tuple(views.fuse(self.bundle.search(vec, depth), window, k)[0])
+        matches = self.agreement.update(matches, fresh=fresh)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
         jpeg = images.encode_jpeg(frame.rgb, self.config.server.jpeg_quality)
@@ -465,8 +479,8 @@ class Service:
         h["latency"].observe(latency)
         fh, fw = frame.rgb.shape[:2]
         target = views.target_box(fw, fh)
-        guide = {"hint": views.hint(matches[0].score if matches else None, None, target),
-                 "target": list(target), "region": None}
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target),
+                 "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
             timings_ms={k: v * 1000.0 for k, v in timings.items()}, latency_ms=latency * 1000.0, jpeg=jpeg,
@@ -499,6 +513,8 @@ class Service:
             v = self.extractor.embed(views.window_input(frame.rgb, box, self.extractor.size))
             windows.append((box, self.bundle.search(v, depth)))
         matches, region = views.fuse(self.bundle.search(vec, depth), windows, k)
+        self._region = region
+        self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
         t_settle = time.perf_counter() - t0
         self.stats.settled += 1
         target = views.target_box(fw, fh)

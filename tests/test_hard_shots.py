@@ -182,7 +182,16 @@ def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extrac
     assert settled.guide["hint"] == views.HINT  # found outside the box: staff are asked to hold it closer
     assert settled.jpeg == first.jpeg and settled.as_dict()["settle_ms"] > 0
     assert svc.process(src.read()) is None and svc.latest() is settled  # once per inference
+    svc.gate.reset()  # the item moves a little: the next frame is inferred with the settled window too
+    moved = svc.process(src.read())
+    assert moved.matches[0].id == "coffee" and moved.guide["region"] == region
+    assert moved.settle_ms is None and moved.matches[0].score >= settled.matches[0].score - 0.05
+    assert svc.process(src.read()) is None and svc.stats.settled == 2  # still again: settled again
     svc.settle_enabled = False
     svc.gate.reset()
     assert svc.process(src.read()) is not None and svc.process(src.read()) is None
-    assert svc.stats.settled == 1
+    assert svc.stats.settled == 2  # not once it is switched off
+    wall = ListSource([np.full((480, 640, 3), 118, np.uint8)])  # a new scene: the window is dropped
+    wall.start()
+    svc.gate.reset()
+    assert svc.process(wall.read()).guide["region"] is None
