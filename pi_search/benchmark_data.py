@@ -332,7 +332,8 @@ HARD_COVER = (0.08, 0.30)  # share of the frame's pixels the item covers
 HARD_MARGIN = 0.05  # the item's bounding box keeps this margin (fraction of width/height) to the frame edge
 HARD_SECOND = 0.7  # share of frames with a second object
 HARD_SECOND_COVER = (0.25, 0.55)  # the second object's cover, as a fraction of the item's
-HARD_SECOND_OVERLAP = 0.2  # at most this share of the second object's bounding box overlaps the item's
+HARD_SECOND_OVERLAP = 0.1  # at most this share of the second object's bounding box shows the item
+HARD_SECOND_TRIES = 7  # rounds of placing the second object, each 0.75 times the last one's cover
 HARD_DIM = 0.4  # share of dim frames
 HARD_DIM_EXPOSURE = (0.35, 0.6)  # brightness factor of a dim frame (on top of the usual 0.65-1.25)
 HARD_DIM_NOISE = (6.0, 12.0)  # sensor noise (grey levels) of a dim frame, against 1.5-7 normally
@@ -422,6 +423,8 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
     cut to its opaque pixels by ``trim``)."""
     from dataclasses import replace
 
+    import cv2
+
     shot = random_shot(rng, n_backgrounds)
     target = float(rng.uniform(*HARD_COVER))
     shot = replace(shot, scale=_scale_for_cover(rgba, target, size), centre=(0.0, 0.0))
@@ -446,18 +449,23 @@ def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds:
         j += j >= own
         other = stamps[j]
         o_shot = random_shot(rng, n_backgrounds)
-        ix0, iy0, ix1, iy1 = _shifted(box, shot, size)
+        mask = (_warp(rgba, shot, size)[:, :, 3] > 8).astype(np.uint8)
+        inside = cv2.integral(mask)  # [h + 1, w + 1]: item pixels above-left of each corner
+        w, h = size
         o_target = cover(rgba, shot, size) * float(rng.uniform(*HARD_SECOND_COVER))
-        for _ in range(4):  # elsewhere (bounding boxes mostly apart); smaller each round if it does not fit
+        for _ in range(HARD_SECOND_TRIES):  # apart from the item; smaller each round if it does not fit
             o_shot = replace(o_shot, scale=_scale_for_cover(other, o_target, size), centre=(0.0, 0.0))
             o_shot = replace(o_shot, scale=o_shot.scale * math.sqrt(o_target / max(cover(other, o_shot, size),
                                                                                      1e-6)))
             o_box = _bbox(other, o_shot, size)
             for _ in range(30):
                 cand = _place(o_box, o_shot, size, rng)
-                x0, y0, x1, y1 = _shifted(o_box, cand, size)
-                inter = max(0.0, min(x1, ix1) - max(x0, ix0)) * max(0.0, min(y1, iy1) - max(y0, iy0))
-                if inter <= HARD_SECOND_OVERLAP * (x1 - x0) * (y1 - y0):
+                x0, y0, x1, y1 = (int(round(v)) for v in _shifted(o_box, cand, size))
+                x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                item = inside[y1, x1] - inside[y0, x1] - inside[y1, x0] + inside[y0, x0]
+                if item <= HARD_SECOND_OVERLAP * (x1 - x0) * (y1 - y0):
                     second = (j, cand)
                     break
             if second:
