@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
+
 from pi_search import views
 from pi_search.evaluate import by_condition, load_catalog, metrics, read_truth
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pi_search import images
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
+
+from pi_search import images  # noqa: E402
 from pi_search.evaluate import embed_files, load_catalog, read_truth
 from pi_search.extractor import Extractor
 from pi_search.models import SHIPPED_INT8, shipped_model

@@ -268,7 +268,7 @@ class Service:
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
         self.started_time = time.time()
-        self._unsettled: np.ndarray | None = None  # the last inferred vector, until its scene has settled
+        self._settle_job: dict | None = None  # the settled look under way: last inferred vector, windows done
         self._region: tuple | None = None  # the settled look's window, used by each frame of the same item
 
     # ------------------------------------------------------------ lifecycle
@@ -423,8 +423,8 @@ class Service:
     def process(self, frame, capture_s: float = 0.0) -> LatestResult | None:
         """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it.
 
-        The first frame skipped after an inference (the scene is still) gets the settled look (``settle``,
-        published on its own; still None here), once per inference, when ``settle_enabled``. When that
+        Frames skipped after an inference (the scene is still) get the settled look (``settle``, a slice per
+        frame, published on its own; still None here), once per inference, when ``settle_enabled``. When that
         look found the item in a window, the following frames of the same item (until the smoothing restarts)
         embed that window too and fuse its matches with the kept framing's: two model passes per frame.
         """
@@ -439,7 +439,7 @@ class Service:
             self.stats.skipped += 1
             h["capture"].observe(capture_s)
             h["gate"].observe(t_gate)
-            if self.settle_enabled and self._unsettled is not None:
+            if self.settle_enabled and self._settle_job is not None:
                 self.settle(frame)
             return None
         timed = _TimedExtractor(self.extractor)
@@ -485,37 +485,47 @@ class Service:
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
             timings_ms={k: v * 1000.0 for k, v in timings.items()}, latency_ms=latency * 1000.0, jpeg=jpeg,
             width=int(fw), height=int(fh), guide=guide)
-        self._unsettled = vec
+        self._settle_job = {"vec": vec, "done": [], "seconds": 0.0}  # a new look once the scene is still
         with self._cond:
             self._latest = result
             self._cond.notify_all()
         return result
 
     def settle(self, frame) -> LatestResult | None:
-        """The settled look: windows over the whole still frame, fused with the last inferred matches.
+        """The settled look, a slice at a time: windows over the whole still frame, fused with the last
+        inferred matches once every window is done.
 
-        Runs once after each inference, on the first frame the gate skips; publishes the fused matches, the
-        picked window as the guide's ``region`` and ``settle_ms``; keeps the last preview JPEG and timings
-        (the frame looks the same). Returns None when there is nothing to refine.
+        Called on frames the gate skips after an inference (the scene is still). Each call embeds and
+        searches windows of this frame for at most ``views.SETTLE_SLICE_S`` (at least one window), so a frame
+        that changes waits at most one slice; the next inference drops an unfinished look. When the last
+        window is done, publishes the fused matches, the picked window as the guide's ``region`` and
+        ``settle_ms`` (model and search time of all windows), keeping the last preview JPEG and timings (the
+        frame looks the same), and returns that result; otherwise None.
         """
         from . import views
 
-        vec, self._unsettled = self._unsettled, None
-        last = self._latest
-        if vec is None or last is None:
+        job, last = self._settle_job, self._latest
+        if job is None or last is None:
             return None
         t0 = time.perf_counter()
+        fh, fw = frame.rgb.shape[:2]
         k = self.config.index.top_k
         depth = max(k, views.SETTLE_DEPTH)
-        fh, fw = frame.rgb.shape[:2]
-        windows = []
-        for box in views.settle_windows(fw, fh):
+        boxes = views.settle_windows(fw, fh)
+        while len(job["done"]) < len(boxes):
+            box = boxes[len(job["done"])]
             v = self.extractor.embed(views.window_input(frame.rgb, box, self.extractor.size))
-            windows.append((box, self.bundle.search(v, depth)))
-        matches, region = views.fuse(self.bundle.search(vec, depth), windows, k)
+            job["done"].append((box, self.bundle.search(v, depth)))
+            if time.perf_counter() - t0 >= views.SETTLE_SLICE_S:
+                break
+        if len(job["done"]) < len(boxes):
+            job["seconds"] += time.perf_counter() - t0
+            return None
+        matches, region = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
+        self._settle_job = None
         self._region = region
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
-        t_settle = time.perf_counter() - t0
+        t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.settled += 1
         target = views.target_box(fw, fh)
         guide = {"hint": views.hint(matches[0].score if matches else None, region, target),

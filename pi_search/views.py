@@ -87,6 +87,7 @@ def embed_query_image(extractor, rgb: np.ndarray) -> np.ndarray:
 # by the best score per item. SETTLE_GRID is (columns, rows, side as a fraction of the frame height).
 SETTLE_GRID = ((3, 3, 0.5), (4, 3, 0.4))
 SETTLE_DEPTH = 20  # matches asked of the bundle per window
+SETTLE_SLICE_S = 0.03  # model time per skipped frame: a frame that changes waits at most this (+ one window)
 # The guide shown on the preview: the hint fires when the best match scores below HINT_SCORE, or when the
 # settled look found the item in a window outside the kept framing's box.
 HINT_SCORE = 0.55

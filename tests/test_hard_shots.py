@@ -163,6 +163,16 @@ def _small_in_corner(photo: np.ndarray) -> np.ndarray:
     return images.decode(images.encode_jpeg(frame, 85))
 
 
+def _until_settled(svc, src, most: int = 60) -> int:
+    """Feed still frames until the settled look is published; returns how many frames it took."""
+    before = svc.stats.settled
+    for n in range(1, most + 1):
+        assert svc.process(src.read()) is None  # skipped by the gate: the look goes on a slice at a time
+        if svc.stats.settled > before:
+            return n
+    raise AssertionError(f"no settled look after {most} still frames")
+
+
 def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extractor, bundle):
     frame_rgb = _small_in_corner(load_photo("skimage:coffee"))
     svc = Service(None, extractor, bundle, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
@@ -173,7 +183,7 @@ def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extrac
     d = first.as_dict()
     assert d["guide"]["target"] == pytest.approx(list(views.target_box(640, 480)))
     assert d["guide"]["region"] is None and "settle_ms" not in d
-    assert svc.process(src.read()) is None  # skipped by the gate: the settled look is published instead
+    _until_settled(svc, src)
     settled = svc.latest()
     assert settled is not first and settled.settle_ms > 0 and svc.stats.settled == 1
     assert settled.matches[0].id == "coffee"
@@ -186,12 +196,29 @@ def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extrac
     moved = svc.process(src.read())
     assert moved.matches[0].id == "coffee" and moved.guide["region"] == region
     assert moved.settle_ms is None and moved.matches[0].score >= settled.matches[0].score - 0.05
-    assert svc.process(src.read()) is None and svc.stats.settled == 2  # still again: settled again
+    _until_settled(svc, src)  # still again: settled again
     svc.settle_enabled = False
     svc.gate.reset()
-    assert svc.process(src.read()) is not None and svc.process(src.read()) is None
+    assert svc.process(src.read()) is not None
+    assert all(svc.process(src.read()) is None for _ in range(30))
     assert svc.stats.settled == 2  # not once it is switched off
     wall = ListSource([np.full((480, 640, 3), 118, np.uint8)])  # a new scene: the window is dropped
     wall.start()
     svc.gate.reset()
     assert svc.process(wall.read()).guide["region"] is None
+
+
+def test_a_changed_frame_drops_an_unfinished_settled_look(extractor, bundle, monkeypatch):
+    monkeypatch.setattr(views, "SETTLE_SLICE_S", 0.0)  # one window per skipped frame
+    frame_rgb = _small_in_corner(load_photo("skimage:coffee"))
+    svc = Service(None, extractor, bundle, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+    src = ListSource([frame_rgb], loop=True, noise=1.0)
+    src.start()
+    svc.process(src.read())
+    assert svc.process(src.read()) is None and svc.process(src.read()) is None
+    assert svc.stats.settled == 0  # two windows of many done
+    svc.gate.reset()  # the scene changed: a new inference, the look starts again from its first window
+    again = svc.process(src.read())
+    assert again is not None and again.settle_ms is None
+    n = _until_settled(svc, src, most=len(views.settle_windows(640, 480)) + 1)
+    assert n == len(views.settle_windows(640, 480))  # every window, once, after the new inference
