@@ -44,6 +44,27 @@ def load(bench: Path):
     return ids, truth, idx, win
 
 
+def _topk(s: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as a bundle returns them: known for each row's top ``d``, the row's d-th score elsewhere."""
+    idx = np.argpartition(-s, d - 1, axis=1)[:, :d]
+    top = np.take_along_axis(s, idx, 1)
+    out = np.broadcast_to(top.min(1, keepdims=True), s.shape).copy()
+    np.put_along_axis(out, idx, top, 1)
+    known = np.zeros(s.shape, bool)
+    np.put_along_axis(known, idx, True, 1)
+    return out, known
+
+
+def _fused_topk(kept: np.ndarray, windows: list[np.ndarray], kept_depth: int = views.SETTLE_DEPTH,
+                depth: int = views.SETTLE_DEPTH) -> np.ndarray:
+    """``views.fuse`` on score matrices: (kept + best window) / 2 from top lists; unlisted items last."""
+    k, known = _topk(kept, kept_depth)
+    tops = [_topk(w, depth) for w in windows]
+    best = np.stack([t[0] for t in tops]).max(0)
+    known = known | np.any(np.stack([t[1] for t in tops]), 0)
+    return np.where(known, (k + best) / 2, -9.0)
+
+
 def strategies(win: dict, cat: np.ndarray) -> dict:
     """name -> (scores [queries, items], model passes per frame)."""
     s = {k: v @ cat.T for k, v in win.items()}
@@ -62,46 +83,60 @@ def strategies(win: dict, cat: np.ndarray) -> dict:
     for k in ("c80", "c65lift", "c65lift60"):
         if k in s:
             out[f"query framing {k}"] = (s[k], 1)
-    settle = [s["c65"], *[s[k] for k in groups["g3"] + groups["g4"]]]
-    out["SETTLED (views.fuse): max over kept + g3 + g4"] = (np.stack(settle).max(0), len(settle))
+    for name, keys in (("g2 + g3", groups["g2"] + groups["g3"]), ("g3 + g4", groups["g3"] + groups["g4"])):
+        out[f"kept + 1.0 x max over {name}"] = (s["c65"] + np.stack([s[k] for k in keys]).max(0),
+                                                len(keys) + 1)
+    out["SETTLED (views.fuse): (kept + max over g2) / 2, top-20 lists"] = (
+        _fused_topk(s["c65"], [s[k] for k in groups["g2"]]), len(groups["g2"]) + 1)
     allk = [s["c65"], *[s[k] for g in groups.values() for k in g]]
     out["max over kept + all grids"] = (np.stack(allk).max(0), len(allk))
-    out["kept + 1.0 x max over g3 + g4"] = (s["c65"] + np.stack([s[k] for k in groups["g3"] + groups["g4"]])
-                                           .max(0), 1 + len(groups["g3"]) + len(groups["g4"]))
     return out
 
 
 def _settled(win: dict, cat: np.ndarray, width: int = 640, height: int = 480):
-    """Per query: the kept framing's top score, the settled look's top score and its window (None: kept)."""
+    """Per query: the kept framing's top score, the settled look's top score and its window (views.fuse)."""
     boxes = views.settle_windows(width, height)
-    keys = [k for g in ("g3", "g4") for k in sorted((k for k in win if k.startswith(g + "_")),
-                                                    key=lambda k: int(k.split("_")[1]))]
+    prefix = {(3, 2, 0.6): "g2", (3, 3, 0.5): "g3", (4, 3, 0.4): "g4"}
+    keys = [k for g in views.SETTLE_GRID for k in sorted((k for k in win if k.startswith(prefix[g] + "_")),
+                                                           key=lambda k: int(k.split("_")[1]))]
     assert len(keys) == len(boxes), "the cached windows must be views.SETTLE_GRID's"
     kept = win["c65"] @ cat.T
-    stack = np.stack([kept, *[win[k] @ cat.T for k in keys]])  # [1 + windows, queries, items]
-    best = stack.max(axis=2)  # each framing's top score per query
-    which = best.argmax(axis=0)
-    return kept.max(axis=1), best.max(axis=0), [None if w == 0 else boxes[w - 1] for w in which]
+    ws = [win[k] @ cat.T for k in keys]
+    fused = _fused_topk(kept, ws)
+    top = fused.argmax(axis=1)
+    per = np.stack([w[np.arange(len(top)), top] for w in ws])
+    gain = per.max(axis=0) - kept[np.arange(len(top)), top]
+    return kept.max(axis=1), fused.max(axis=1), [boxes[w] for w in per.argmax(axis=0)], gain, top
 
 
 def hint_rates(cat: np.ndarray, data: dict, empty: Path) -> dict:
-    """How often the guide's hint fires: live (kept framing only) and after the settled look."""
-    sets = {name: d[3] for name, d in data.items()}
+    """How often the guide's hint fires: live (kept framing only) and after the settled look; and how often
+    the first match is wrong when it fires and when it does not."""
+    sets = {name: (d[3], d[2]) for name, d in data.items()}
     if (CACHE / f"{empty.name}-windows.npz").is_file():
-        sets["empty scenes"] = dict(np.load(CACHE / f"{empty.name}-windows.npz"))
+        sets["empty scenes"] = (dict(np.load(CACHE / f"{empty.name}-windows.npz")), None)
     target = views.target_box(640, 480)
     out = {}
-    for name, win in sets.items():
-        live, settled, regions = _settled(win, cat)
-        out[name] = {
-            "queries": len(live),
-            "live": round(float(np.mean([views.hint(float(x), None, target) is not None for x in live])), 4),
-            "settled": round(float(np.mean([views.hint(float(x), r, target) is not None
-                                            for x, r in zip(settled, regions, strict=True)])), 4),
-            "settled, weak score only": round(float(np.mean(settled < views.HINT_SCORE)), 4),
-            "top score p10/p50/p90 (live)": [round(float(np.percentile(live, q)), 3) for q in (10, 50, 90)],
-            "top score p10/p50/p90 (settled)": [round(float(np.percentile(settled, q)), 3)
-                                                for q in (10, 50, 90)]}
+    for name, (win, idx) in sets.items():
+        live, settled, regions, gain, top = _settled(win, cat)
+        live_top = (win["c65"] @ cat.T).argmax(axis=1)
+        fire_live = np.array([views.hint(float(x), None, target) is not None for x in live])
+        fire_settled = np.array([views.hint(float(x), r, target, float(g)) is not None
+                                 for x, r, g in zip(settled, regions, gain, strict=True)])
+        row = {"queries": len(live), "live": round(float(fire_live.mean()), 4),
+               "settled": round(float(fire_settled.mean()), 4),
+               "settled, weak score only": round(float(np.mean(settled < views.HINT_SCORE)), 4),
+               "top score p10/p50/p90 (live)": [round(float(np.percentile(live, q)), 3)
+                                                for q in (10, 50, 90)],
+               "top score p10/p50/p90 (settled)": [round(float(np.percentile(settled, q)), 3)
+                                                   for q in (10, 50, 90)]}
+        if idx is not None:
+            for label, fire, first in (("live", fire_live, live_top), ("settled", fire_settled, top)):
+                wrong = first != idx
+                row[f"{label}: first wrong when it fires / when not"] = [
+                    round(float(wrong[fire].mean()), 3) if fire.any() else None,
+                    round(float(wrong[~fire].mean()), 3) if (~fire).any() else None]
+        out[name] = row
     return out
 
 

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         for box in views.settle_windows(w, h):
             v = extractor.embed(views.window_input(rgb, box, extractor.size))
             wins.append((box, bundle.search(v, views.SETTLE_DEPTH)))
-        views.fuse(bundle.search(vec, views.SETTLE_DEPTH), wins, 5)
+        views.fuse(bundle.search(vec, views.SETTLE_DEPTH), wins, 5)  # as Service.settle
         settle_s.append(time.perf_counter() - t0)
         n_windows = len(wins)
     bundle.close()

@@ -207,7 +207,7 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
                 h, w = rgb.shape[:2]
                 wins = [(box, bundle.search(extractor.embed(views.window_input(rgb, box, extractor.size)),
                                             views.SETTLE_DEPTH)) for box in views.settle_windows(w, h)]
-                fused, _ = views.fuse(kept, wins, ANN_DEPTH)
+                fused, _, _ = views.fuse(kept[:views.SETTLE_DEPTH], wins, ANN_DEPTH)  # as the worker does
                 secs.append(time.perf_counter() - t0)
                 s_found = [m.id for m in fused]
                 s_ranks.append(rank(s_found, t.item_id))

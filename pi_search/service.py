@@ -457,12 +457,14 @@ class Service:
         if fresh:  # a new item: the settled look's window no longer applies
             self._region = region = None
         k = self.config.index.top_k
+        gain = 0.0
         if region is None:
             matches = tuple(self.bundle.search(vec, k))
         else:
             depth = max(k, views.SETTLE_DEPTH)
             window = [(region, self.bundle.search(rv, depth))]
-            matches = tuple(views.fuse(self.bundle.search(vec, depth), window, k)[0])
+            fused, _, gain = views.fuse(self.bundle.search(vec, depth), window, k)
+            matches = tuple(fused)
         matches = self.agreement.update(matches, fresh=fresh)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
@@ -479,7 +481,7 @@ class Service:
         h["latency"].observe(latency)
         fh, fw = frame.rgb.shape[:2]
         target = views.target_box(fw, fh)
-        guide = {"hint": views.hint(matches[0].score if matches else None, region, target),
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
@@ -521,14 +523,14 @@ class Service:
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        matches, region = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
+        matches, region, gain = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
         self._settle_job = None
         self._region = region
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
         t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.settled += 1
         target = views.target_box(fw, fh)
-        guide = {"hint": views.hint(matches[0].score if matches else None, region, target),
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),

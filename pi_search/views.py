@@ -83,14 +83,17 @@ def embed_query_image(extractor, rgb: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ hard shots (docs/hard-shots.md)
 # When the scene settles (the gate skips a frame after an inference), the worker looks at the whole frame
-# once: square windows spread over it, each embedded and searched, fused with the kept framing's matches
-# by the best score per item. SETTLE_GRID is (columns, rows, side as a fraction of the frame height).
-SETTLE_GRID = ((3, 3, 0.5), (4, 3, 0.4))
+# once: square windows spread over it, each embedded and searched; an item's score is then the mean of its
+# kept-framing score and its best window score (``fuse``; bench/retrieval_hard.py, docs/hard-shots.md).
+# SETTLE_GRID is (columns, rows, side as a fraction of the frame height).
+SETTLE_GRID = ((3, 2, 0.6),)
 SETTLE_DEPTH = 20  # matches asked of the bundle per window
 SETTLE_SLICE_S = 0.03  # model time per skipped frame: a frame that changes waits at most this (+ one window)
 # The guide shown on the preview: the hint fires when the best match scores below HINT_SCORE, or when the
-# settled look found the item in a window outside the kept framing's box.
-HINT_SCORE = 0.55
+# settled look found it in a window outside the kept framing's box that scores HINT_GAIN more than the box.
+# Measured (docs/hard-shots.md): about 9-12% of standard shots, 13-22% of hard ones, 90-93% of empty scenes.
+HINT_SCORE = 0.5
+HINT_GAIN = 0.1
 HINT = "Hold the item closer, inside the box"
 
 
@@ -125,26 +128,45 @@ def window_input(rgb: np.ndarray, box: tuple[float, float, float, float], size: 
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def fuse(kept: list, windows: list[tuple[tuple, list]], k: int) -> tuple[list, tuple | None]:
-    """The best score per item over the kept framing's matches and every window's, first ``k``.
+def fuse(kept: list, windows: list[tuple[tuple, list]], k: int) -> tuple[list, tuple | None, float]:
+    """Each item's score in the kept framing plus its best score over the windows, halved; first ``k``.
 
-    ``kept``: matches (objects with ``id`` and ``score``) of the kept framing; ``windows``: (box, matches)
-    per window. Returns the fused matches and the box whose match came first (None: the kept framing's).
+    ``kept``: matches (``index.Match``: ``id``, ``score``) of the kept framing; ``windows``: (box, matches)
+    per window, each list best first. An item missing from a list gets that list's lowest score (the most it
+    can have there). Returns the fused matches (their ``score`` the fused one), the window whose score
+    counted for the first match (None without windows) and how much that window's score for it exceeds the
+    kept framing's (0.0 without windows).
     """
-    best: dict = {}
-    for box, matches in [(None, kept), *windows]:
-        for m in matches:
-            if m.id not in best or m.score > best[m.id][0].score:
-                best[m.id] = (m, box)
-    ranked = sorted(best.values(), key=lambda mb: -mb[0].score)[:k]
-    return [m for m, _ in ranked], (ranked[0][1] if ranked else None)
+    from dataclasses import replace
+
+    def table(matches: list) -> tuple[dict, float]:
+        return {m.id: m for m in matches}, min((m.score for m in matches), default=0.0)
+
+    k_tab, k_floor = table(kept)
+    w_tabs = [(box, *table(ms)) for box, ms in windows]
+    items = dict(k_tab)
+    for _, tab, _ in w_tabs:
+        for i, m in tab.items():
+            items.setdefault(i, m)
+    fused = []
+    for i, m in items.items():
+        sk = k_tab[i].score if i in k_tab else k_floor
+        per_window = [(tab[i].score if i in tab else floor, n) for n, (_, tab, floor) in enumerate(w_tabs)]
+        sw, box = max(per_window) if per_window else (sk, -1)
+        fused.append((replace(m, score=(sk + sw) / 2), box, sw - sk))
+    fused.sort(key=lambda mb: -mb[0].score)
+    fused = fused[:k]
+    if not fused or fused[0][1] < 0:
+        return [m for m, _, _ in fused], None, 0.0
+    return [m for m, _, _ in fused], w_tabs[fused[0][1]][0], float(fused[0][2])
 
 
-def hint(top_score: float | None, region: tuple | None, target: tuple) -> str | None:
-    """The guide's sentence, or None: a weak best match, or an item found outside the target box."""
+def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0) -> str | None:
+    """The guide's sentence, or None: when the best match is weak, or when it was found in a window outside
+    the target box that frames it clearly better than the box does (``gain``, from ``fuse``)."""
     if top_score is None or top_score < HINT_SCORE:
         return HINT
-    if region is not None:
+    if region is not None and gain >= HINT_GAIN:
         cx, cy = (region[0] + region[2]) / 2, (region[1] + region[3]) / 2
         if not (target[0] <= cx <= target[2] and target[1] <= cy <= target[3]):
             return HINT

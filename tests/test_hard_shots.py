@@ -15,6 +15,7 @@ from pi_search import benchmark_data as bd
 from pi_search import views
 from pi_search.config import load_config
 from pi_search.evaluate import Truth, by_condition, evaluate, format_table, read_truth
+from pi_search.index import Match
 from pi_search.service import Service
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -130,23 +131,27 @@ def test_target_box_and_windows_cover_the_frame():
     assert x.shape == (224, 224, 3) and x.dtype == np.uint8 and x.mean() > 150  # the right-hand window
 
 
-class _M:
-    def __init__(self, id, score):
-        self.id, self.score = id, score
+def _m(item: str, score: float) -> Match:
+    return Match(item, item.upper(), None, score)
 
 
-def test_fuse_keeps_the_best_score_per_item_and_names_its_window():
-    kept = [_M("a", 0.5), _M("b", 0.4)]
-    win = [((0, 0, 0.5, 0.5), [_M("b", 0.7), _M("c", 0.3)]), ((0.5, 0, 1, 0.5), [_M("a", 0.45)])]
-    matches, region = views.fuse(kept, win, 2)
-    assert [(m.id, m.score) for m in matches] == [("b", 0.7), ("a", 0.5)] and region == (0, 0, 0.5, 0.5)
-    matches, region = views.fuse([_M("a", 0.9)], win, 5)
-    assert matches[0].id == "a" and region is None and len(matches) == 3
+def test_fuse_adds_the_kept_score_and_the_best_window_score():
+    kept = [_m("a", 0.6), _m("b", 0.4)]
+    left, right = (0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5)
+    win = [(left, [_m("b", 0.9), _m("c", 0.3)]), (right, [_m("a", 0.5), _m("d", 0.2)])]
+    matches, region, gain = views.fuse(kept, win, 3)
+    # b: (0.4 + 0.9) / 2; a: (0.6 + max(0.3 floor of left, 0.5)) / 2; c: (0.4 floor + 0.3) / 2
+    assert [(m.id, round(m.score, 4)) for m in matches] == [("b", 0.65), ("a", 0.55), ("c", 0.35)]
+    assert region == left and matches[0].title == "B" and gain == pytest.approx(0.5)
+    matches, region, gain = views.fuse(kept, [], 5)
+    assert [m.id for m in matches] == ["a", "b"] and region is None and gain == 0.0
     target = views.target_box(640, 480)
     assert views.hint(0.9, None, target) is None
     assert views.hint(views.HINT_SCORE - 0.01, None, target) == views.HINT
-    assert views.hint(0.9, (0.0, 0.0, 0.2, 0.3), target) == views.HINT  # found outside the box
-    assert views.hint(0.9, (0.3, 0.3, 0.6, 0.7), target) is None
+    outside, inside = (0.0, 0.0, 0.2, 0.3), (0.3, 0.3, 0.6, 0.7)
+    assert views.hint(0.9, outside, target, views.HINT_GAIN) == views.HINT  # clearly better outside the box
+    assert views.hint(0.9, outside, target, views.HINT_GAIN / 2) is None  # about as good in the box
+    assert views.hint(0.9, inside, target, 0.5) is None
 
 
 def _small_in_corner(photo: np.ndarray) -> np.ndarray:
