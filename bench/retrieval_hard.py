@@ -140,11 +140,40 @@ def hint_rates(cat: np.ndarray, data: dict, empty: Path) -> dict:
     return out
 
 
+def tracked(bench: Path, cat: np.ndarray, data) -> dict:
+    """The next frame of each scene (``_f1``, the item moved a little), live: the kept framing alone, and with
+    the window the settled look picked on the first frame (the worker's two passes per frame)."""
+    from pi_search import images
+    from pi_search.extractor import Extractor
+    from pi_search.models import SHIPPED_INT8, shipped_model
+    from pi_search.preprocess import to_model_input
+
+    ids, truth, idx, win = data
+    _, _, regions, _, _ = _settled(win, cat)
+    ex = Extractor(shipped_model(SHIPPED_INT8), num_threads=1)
+    kept, region = [], []
+    for t, box in zip(truth, regions, strict=True):
+        rgb = images.read(Path(str(t.path).replace("_f0.jpg", "_f1.jpg")))
+        kept.append(ex.embed(to_model_input(rgb, ex.size, views.QUERY_CROP)))
+        region.append(ex.embed(views.window_input(rgb, box, ex.size)))
+    k, r = np.stack(kept) @ cat.T, np.stack(region) @ cat.T
+    out = {}
+    for name, scores in (("next frame, kept framing only", k),
+                         ("next frame, kept + the settled window (views.fuse)", _fused_topk(k, [r]))):
+        ranks = ranks_from_scores(scores, idx)
+        m = metrics(ranks)
+        out[name] = {"recall@1": m["recall@1"], "recall@5": m["recall@5"], "passes": 1 if scores is k else 2,
+                     "conditions": by_condition(ranks, truth)}
+        print(f"{name:52} R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--standard", type=Path, default=Path("var/benchmark"))
     ap.add_argument("--hard", type=Path, default=Path("var/benchmark-hard"))
     ap.add_argument("--empty", type=Path, default=Path("var/empty-scenes"))
+    ap.add_argument("--no-tracked", action="store_true", help="skip the next-frame check (model passes)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/retrieval-hard.json"))
     args = ap.parse_args(argv)
     cat = np.load(CACHE / "catalog-kept.npy")
@@ -164,6 +193,8 @@ def main(argv=None) -> int:
               f"{row['standard']['recall@5']:.3f}  hard {row['hard']['recall@1']:.3f} "
               f"{row['hard']['recall@5']:.3f}  " + " ".join(f"{c['recall@1']:.2f}"
                                                              for c in row["conditions"]), flush=True)
+    if not args.no_tracked:
+        result["tracked"] = tracked(args.hard, cat, data["hard"])
     result["hint"] = hint_rates(cat, data, args.empty)
     for name, v in result["hint"].items():
         print(name, v)

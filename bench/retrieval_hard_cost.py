@@ -81,6 +81,27 @@ def main(argv=None) -> int:
         off, on = live[f"{scene}, settled look off"], live[f"{scene}, settled look on"]
         live[f"{scene}: p50 ratio on/off"] = round(on["p50_ms"] / max(off["p50_ms"], 1e-9), 3)
 
+    # One inferred frame through Service.process (gate off): the kept framing alone, and with a window from
+    # the settled look (two model passes), in turn on the same hard frames.
+    from pi_search.camera import Frame
+    from pi_search.config import load_config
+
+    svc = Service(None, extractor, bundle, load_config(None, {"gate.enabled": False}), source_name="bench")
+    paths = sorted(args.hard.glob("queries/*_f0.jpg"))[: args.frames]
+    one, two = [], []
+    for n, p in enumerate(paths):
+        rgb = images.read(p)
+        # The same frame twice: the second is the same item for the smoother, so the window is used.
+        for region, out in ((None, one), ((0.55, 0.4, 1.0, 1.0), two)):
+            svc._region = region
+            t0 = time.perf_counter()
+            r = svc.process(Frame(rgb=rgb, index=n, t=time.time()))
+            out.append(time.perf_counter() - t0)
+            assert (r.guide["region"] is None) == (region is None), "the window was not used"
+    frame = {"frames": len(paths), "kept_only_ms_p50": round(1000 * float(np.median(one)), 2),
+             "with_window_ms_p50": round(1000 * float(np.median(two)), 2)}
+    frame["ratio"] = round(frame["with_window_ms_p50"] / frame["kept_only_ms_p50"], 3)
+
     # The settle stage alone on hard frames, in turn with one kept pass.
     paths = sorted(args.hard.glob("queries/*_f0.jpg"))[: args.frames]
     kept_s, settle_s = [], []
@@ -108,9 +129,10 @@ def main(argv=None) -> int:
              "in_service_ms_p50": round(float(np.median(settle_ms)), 2) if settle_ms else None}
     if kept_s:
         stage["settle_over_kept_pass"] = round(stage["settle_ms_p50"] / stage["kept_pass_ms_p50"], 2)
-    report = {"live": live, "runs": runs, "settle_stage": stage}
+    report = {"live": live, "runs": runs, "one_frame": frame, "settle_stage": stage}
     for name, v in live.items():
         print(f"{name:48} {v}")
+    print("one inferred frame (Service.process):", frame)
     print("settle stage:", stage)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -296,7 +296,9 @@ def format_table(result: dict) -> str:
     conditions = result.get("conditions") or {}
     if conditions:
         names = list(conditions)
-        head = f"{'condition':22} {'bin':16} {'queries':>7} " + " ".join(f"{n[-30:]:>30}" for n in names)
+        models = {n.rsplit(" ", 1)[0] for n in names}
+        labels = [n.rsplit(" ", 1)[1] if len(models) == 1 else n[-30:] for n in names]  # one model: search
+        head = f"{'condition':22} {'bin':16} {'queries':>7} " + " ".join(f"{n:>30}" for n in labels)
         lines += ["", "recall@1 / recall@5 per condition", head, "-" * len(head)]
         for n, row in enumerate(conditions[names[0]]):
             cells = []
