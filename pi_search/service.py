@@ -270,6 +270,7 @@ class Service:
         self.started_time = time.time()
         self._settle_job: dict | None = None  # the settled look under way: last inferred vector, windows done
         self._region: tuple | None = None  # the settled look's window, used by each frame of the same item
+        self._region_gain = 0.0  # how much better that window framed the first match than the target box
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Service:
@@ -426,7 +427,7 @@ class Service:
         Frames skipped after an inference (the scene is still) get the settled look (``settle``, a slice per
         frame, published on its own; still None here), once per inference, when ``settle_enabled``. When that
         look found the item in a window, the following frames of the same item (until the smoothing restarts)
-        embed that window too and fuse its matches with the kept framing's: two model passes per frame.
+        embed that window too, scored like the settled look (``views.search_mean``): two model passes.
         """
         from . import images, views
 
@@ -457,14 +458,10 @@ class Service:
         if fresh:  # a new item: the settled look's window no longer applies
             self._region = region = None
         k = self.config.index.top_k
-        gain = 0.0
         if region is None:
             matches = tuple(self.bundle.search(vec, k))
-        else:
-            depth = max(k, views.SETTLE_DEPTH)
-            window = [(region, self.bundle.search(rv, depth))]
-            fused, _, gain = views.fuse(self.bundle.search(vec, depth), window, k)
-            matches = tuple(fused)
+        else:  # the mean of the two scores is the score of the mean vector: one search
+            matches = tuple(views.search_mean(self.bundle, vec, rv, k))
         matches = self.agreement.update(matches, fresh=fresh)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
@@ -481,6 +478,7 @@ class Service:
         h["latency"].observe(latency)
         fh, fw = frame.rgb.shape[:2]
         target = views.target_box(fw, fh)
+        gain = self._region_gain if region else 0.0  # as the settled look measured it
         guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
@@ -525,7 +523,7 @@ class Service:
             return None
         matches, region, gain = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
         self._settle_job = None
-        self._region = region
+        self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
         t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.settled += 1

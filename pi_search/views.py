@@ -161,6 +161,19 @@ def fuse(kept: list, windows: list[tuple[tuple, list]], k: int) -> tuple[list, t
     return [m for m, _, _ in fused], w_tabs[fused[0][1]][0], float(fused[0][2])
 
 
+def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
+    """Matches scored by the mean of two embeddings' cosine scores (as ``fuse`` scores one window), with one
+    search: the mean score is the cosine with the mean vector times its length. ``a``, ``b``: float32 [dim],
+    L2-normalised."""
+    from dataclasses import replace
+
+    m = (np.asarray(a, np.float32) + np.asarray(b, np.float32)) / 2
+    n = float(np.linalg.norm(m))
+    if n <= 1e-6:
+        return list(bundle.search(a, k))
+    return [replace(x, score=x.score * n) for x in bundle.search(m / n, k)]
+
+
 def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0) -> str | None:
     """The guide's sentence, or None: when the best match is weak, or when it was found in a window outside
     the target box that frames it clearly better than the box does (``gain``, from ``fuse``)."""

@@ -227,3 +227,17 @@ def test_a_changed_frame_drops_an_unfinished_settled_look(extractor, bundle, mon
     assert again is not None and again.settle_ms is None
     n = _until_settled(svc, src, most=len(views.settle_windows(640, 480)) + 1)
     assert n == len(views.settle_windows(640, 480))  # every window, once, after the new inference
+
+
+def test_search_mean_scores_the_mean_of_both_cosines_with_one_search(extractor, bundle):
+    coffee = load_photo("skimage:coffee")
+    a = views.embed_query_image(extractor, coffee)
+    b = extractor.embed(views.window_input(_small_in_corner(coffee), (0.55, 0.4, 1.0, 1.0)))
+    n = len(bundle)
+    sa = {m.id: m.score for m in bundle.search(a, n)}
+    sb = {m.id: m.score for m in bundle.search(b, n)}
+    got = views.search_mean(bundle, a, b, 5)
+    want = sorted(((sa[i] + sb[i]) / 2, i) for i in sa)[::-1][:5]
+    assert [m.id for m in got] == [i for _, i in want]
+    assert [m.score for m in got] == pytest.approx([s for s, _ in want], abs=2e-3)  # float16 store
+    assert got[0].title and got[0].id == "coffee"
