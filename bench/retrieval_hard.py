@@ -159,7 +159,7 @@ def tracked(bench: Path, cat: np.ndarray, data) -> dict:
     k, r = np.stack(kept) @ cat.T, np.stack(region) @ cat.T
     out = {}
     for name, scores in (("next frame, kept framing only", k),
-                         ("next frame, kept + the settled window (views.fuse)", _fused_topk(k, [r]))):
+                         ("next frame, kept + the settled window (views.search_mean)", (k + r) / 2)):
         ranks = ranks_from_scores(scores, idx)
         m = metrics(ranks)
         out[name] = {"recall@1": m["recall@1"], "recall@5": m["recall@5"], "passes": 1 if scores is k else 2,
