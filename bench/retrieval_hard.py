@@ -86,8 +86,16 @@ def strategies(win: dict, cat: np.ndarray) -> dict:
     for name, keys in (("g2 + g3", groups["g2"] + groups["g3"]), ("g3 + g4", groups["g3"] + groups["g4"])):
         out[f"kept + 1.0 x max over {name}"] = (s["c65"] + np.stack([s[k] for k in keys]).max(0),
                                                 len(keys) + 1)
-    out["SETTLED (views.fuse): (kept + max over g2) / 2, top-20 lists"] = (
+    out["(kept + max over g2) / 2, top-20 lists"] = (
         _fused_topk(s["c65"], [s[k] for k in groups["g2"]]), len(groups["g2"]) + 1)
+    out["(kept + max over g2 and the centre square) / 2, top-20 lists"] = (
+        _fused_topk(s["c65"], [s[k] for k in groups["g2"]] + [s["c100"]]), len(groups["g2"]) + 2)
+    out["(kept + max over g2, the centre square, zoom 0.8) / 2, top-20 lists"] = (
+        _fused_topk(s["c65"], [s[k] for k in groups["g2"]] + [s["c100"], s["c80"]]), len(groups["g2"]) + 3)
+    out["(mean of kept and zoom 0.8 + max over g2) / 2, top-20 lists"] = (
+        _fused_topk((s["c65"] + s["c80"]) / 2, [s[k] for k in groups["g2"]]), len(groups["g2"]) + 2)
+    out["(kept + max over g2 and the middle window of g3) / 2, top-20 lists"] = (
+        _fused_topk(s["c65"], [s[k] for k in groups["g2"]] + [s["g3_4"]]), len(groups["g2"]) + 2)
     allk = [s["c65"], *[s[k] for g in groups.values() for k in g]]
     out["max over kept + all grids"] = (np.stack(allk).max(0), len(allk))
     return out
@@ -99,6 +107,7 @@ def _settled(win: dict, cat: np.ndarray, width: int = 640, height: int = 480):
     prefix = {(3, 2, 0.6): "g2", (3, 3, 0.5): "g3", (4, 3, 0.4): "g4"}
     keys = [k for g in views.SETTLE_GRID for k in sorted((k for k in win if k.startswith(prefix[g] + "_")),
                                                            key=lambda k: int(k.split("_")[1]))]
+    keys += ["c100"] if views.SETTLE_CENTRE else []  # the whole centre square
     assert len(keys) == len(boxes), "the cached windows must be views.SETTLE_GRID's"
     kept = win["c65"] @ cat.T
     ws = [win[k] @ cat.T for k in keys]

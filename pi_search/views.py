@@ -83,10 +83,12 @@ def embed_query_image(extractor, rgb: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ hard shots (docs/hard-shots.md)
 # When the scene settles (the gate skips a frame after an inference), the worker looks at the whole frame
-# once: square windows spread over it, each embedded and searched; an item's score is then the mean of its
-# kept-framing score and its best window score (``fuse``; bench/retrieval_hard.py, docs/hard-shots.md).
+# once: square windows spread over it and the whole centre square, each embedded and searched; an item's
+# score is then the mean of its kept-framing score and its best window score (``fuse``;
+# bench/retrieval_hard.py, docs/hard-shots.md).
 # SETTLE_GRID is (columns, rows, side as a fraction of the frame height).
 SETTLE_GRID = ((3, 2, 0.6),)
+SETTLE_CENTRE = True  # and the whole centre square as one more window
 SETTLE_DEPTH = 20  # matches asked of the bundle per window
 SETTLE_SLICE_S = 0.03  # model time per skipped frame: a frame that changes waits at most this (+ one window)
 # The guide shown on the preview: the hint fires when the best match scores below HINT_SCORE, or when the
@@ -104,8 +106,10 @@ def target_box(width: int, height: int, crop: float = QUERY_CROP) -> tuple[float
     return (round(x0, 4), round(y0, 4), round(1 - x0, 4), round(1 - y0, 4))
 
 
-def settle_windows(width: int, height: int, grid=SETTLE_GRID) -> list[tuple[float, float, float, float]]:
-    """Square windows (x0, y0, x1, y1 as fractions of the frame) spread edge to edge over the frame."""
+def settle_windows(width: int, height: int, grid=SETTLE_GRID,
+                   centre: bool = SETTLE_CENTRE) -> list[tuple[float, float, float, float]]:
+    """Square windows (x0, y0, x1, y1 as fractions of the frame) spread edge to edge over the frame, then
+    (``centre``) the frame's whole centre square."""
     out = []
     for nx, ny, side in grid:
         sw, sh = side * height / width, side
@@ -113,6 +117,10 @@ def settle_windows(width: int, height: int, grid=SETTLE_GRID) -> list[tuple[floa
             for x in (np.linspace(0, 1 - sw, nx) if nx > 1 else [(1 - sw) / 2]):
                 out.append((round(float(x), 4), round(float(y), 4), round(float(x + sw), 4),
                             round(float(y + sh), 4)))
+    if centre:
+        side = min(width, height)
+        x0, y0 = (width - side) / 2 / width, (height - side) / 2 / height
+        out.append((round(x0, 4), round(y0, 4), round(1 - x0, 4), round(1 - y0, 4)))
     return out
 
 

@@ -120,14 +120,16 @@ def test_per_condition_table_counts_each_bin():
 def test_target_box_and_windows_cover_the_frame():
     assert views.target_box(640, 480) == pytest.approx((0.2562, 0.175, 0.7438, 0.825), abs=1e-3)
     boxes = views.settle_windows(640, 480)
-    assert len(boxes) == sum(nx * ny for nx, ny, _ in views.SETTLE_GRID)
+    assert len(boxes) == sum(nx * ny for nx, ny, _ in views.SETTLE_GRID) + views.SETTLE_CENTRE
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
         assert abs((x1 - x0) * 640 - (y1 - y0) * 480) < 1  # square in pixels
     assert min(b[0] for b in boxes) == 0 and max(b[2] for b in boxes) == 1
     rgb = np.zeros((480, 640, 3), np.uint8)
     rgb[:, 320:] = 200
-    x = views.window_input(rgb, boxes[-1], 224)
+    if views.SETTLE_CENTRE:
+        assert boxes[-1] == pytest.approx((0.125, 0.0, 0.875, 1.0))  # the whole centre square
+    x = views.window_input(rgb, boxes[len(boxes) - 1 - views.SETTLE_CENTRE], 224)
     assert x.shape == (224, 224, 3) and x.dtype == np.uint8 and x.mean() > 150  # the right-hand window
 
 
