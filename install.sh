@@ -211,7 +211,9 @@ ensure_project() {
 }
 
 # ------------------------------------------------------------------ dev
-DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd)
+# lomiri-wallpapers-*: real photos at the size cameras write them (0.3-6.7 MB JPEGs) for the upload tests
+DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+         jq shellcheck systemd rsync npm)
 
 install_dev() {
   local venv=$SRC_DIR/.venv extras=dev
@@ -225,14 +227,35 @@ install_dev() {
   ensure_venv "$venv"
   ensure_project "$venv" "dev extras=$extras python=$PY_VERSION pyproject=$(sha256sum < "$SRC_DIR/pyproject.toml" | cut -d' ' -f1)" \
     --editable "${SRC_DIR}[$extras]"
+  ensure_test_node
   finish
   note "Run the demo:   .venv/bin/pi-search demo"
   note "Run the tests:  .venv/bin/python -m pytest"
 }
 
+# The browser tests' accessibility checker (axe-core, injected by the tests; the page never loads it), at the
+# version tests/node/package-lock.json pins.
+ensure_test_node() {
+  local dir=$SRC_DIR/tests/node
+  [ -f "$dir/package-lock.json" ] || return 0   # a checkout without the tests
+  if [ -f "$dir/node_modules/axe-core/axe.min.js" ] \
+      && [ "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+    ok "axe-core in tests/node (up to date)"
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    note "  todo:  npm missing (apt-get install npm), then run: npm ci --prefix tests/node"
+    return 0
+  fi
+  run "npm ci in tests/node (axe-core for the browser tests)" npm ci --prefix "$dir" --no-audit --no-fund --silent
+}
+
 uninstall_dev() {
   note "pi-search development uninstall in $SRC_DIR"
   if [ -e "$SRC_DIR/.venv" ]; then run "remove $SRC_DIR/.venv" rm -rf -- "$SRC_DIR/.venv"; else ok "no .venv"; fi
+  if [ -e "$SRC_DIR/tests/node/node_modules" ]; then
+    run "remove tests/node/node_modules" rm -rf -- "$SRC_DIR/tests/node/node_modules"
+  fi
   finish
 }
 

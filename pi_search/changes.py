@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CatalogError
+from .errors import CatalogError, ItemConflict, NoSuchItem
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ChangeStore:
         with self._tx() as db:
             row = self._row(db, item_id)
             if row is not None and not row[0]:
-                raise CatalogError(f"item {item_id!r} is already taught; edit it or choose another id")
+                raise ItemConflict(f"item {item_id!r} is already taught; edit it or choose another id")
             # a bundle item removed and taught again keeps only its new shots
             own = row is not None and bool(row[1])
             seq = self._next_seq(db)
@@ -235,10 +235,10 @@ class ChangeStore:
         with self._tx() as db:
             row = self._row(db, item_id)
             if row is not None and row[0]:
-                raise CatalogError(f"item {item_id!r} was removed; teach it again: pi-search item add")
+                raise NoSuchItem(f"item {item_id!r} was removed; teach it again: pi-search item add")
             if row is None:
                 if base_item is None:
-                    raise CatalogError(f"no item {item_id!r} to edit; list them: pi-search item list")
+                    raise NoSuchItem(f"no item {item_id!r} to edit; list them: pi-search item list")
                 db.execute("INSERT INTO items VALUES (?, ?, ?, ?, NULL, ?, ?, 0, 1, 0, 0)",
                            (item_id, base_item["title"], base_item.get("price"),
                             json.dumps(base_item.get("extra") or {}, ensure_ascii=False), now, now))
@@ -277,9 +277,9 @@ class ChangeStore:
         with self._tx() as db:
             row = self._row(db, item_id)
             if row is not None and row[0]:
-                raise CatalogError(f"item {item_id!r} is already removed")
+                raise ItemConflict(f"item {item_id!r} is already removed")
             if row is None and base_item is None:
-                raise CatalogError(f"no item {item_id!r}; list them: pi-search item list")
+                raise NoSuchItem(f"no item {item_id!r}; list them: pi-search item list")
             seq = self._next_seq(db)
             db.execute("DELETE FROM vectors WHERE item_id = ?", (item_id,))
             if row is None:

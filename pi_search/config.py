@@ -16,9 +16,30 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _check(low=None, high=None, choices=None):
-    """Field metadata: an inclusive numeric range or a set of allowed values."""
-    return {"low": low, "high": high, "choices": choices}
+def _check(low=None, high=None, choices=None, pattern=None, hint="", each=None):
+    """Field metadata: an inclusive numeric range, a set of allowed values, a regular expression a string
+    must match in full (``hint`` says what is expected), or ``each(item)`` returning what is wrong with one
+    item of a list (None when it is fine)."""
+    return {"low": low, "high": high, "choices": choices, "pattern": pattern, "hint": hint, "each": each}
+
+
+_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$", re.IGNORECASE)
+
+
+def _host_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as an entry of ``allowed_hosts`` (a bare host name or IP), or None."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    if _HOST_NAME.match(name) and len(name) <= 253:
+        return None
+    return (f"{name!r} is not a host name: write the bare name the page is opened by, without scheme, port "
+            "or wildcard (e.g. \"pi.local\")")
 
 
 @dataclass(frozen=True)
@@ -101,14 +122,35 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_check(1, 65535))
     # If set, every route but /healthz and /static needs it: header "Authorization: Bearer TOKEN", or open
-    # the page once as /?token=TOKEN (a cookie keeps it).
+    # the page once as /?token=TOKEN (a cookie keeps it). token_problem says what a token must look like.
     token: str = ""
+    # Host names the page may be opened by besides loopback names, IP addresses and ``host`` (e.g.
+    # "pi.local"); requests naming any other host are refused (a DNS-rebinding page in the kiosk's browser).
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_check(each=_host_name_problem))
     # Largest photo accepted by /api/search, in megabytes.
     max_upload_mb: float = field(default=8.0, metadata=_check(0.1, 100.0))
     # Most simultaneous /stream.mjpg viewers; each holds one server thread.
     max_viewers: int = field(default=20, metadata=_check(1, 200))
     # JPEG quality of the live preview (encoded once per frame, shared by every viewer).
     jpeg_quality: int = field(default=70, metadata=_check(10, 100))
+
+
+@dataclass(frozen=True)
+class PageConfig:
+    """[page]: what the kiosk page shows and who may teach items on it."""
+
+    # ISO 4217 code of the catalog's prices (e.g. "EUR", "GBP", "USD"); a price that is a plain number is
+    # shown in this currency. Empty: prices are shown as written in the catalog.
+    currency: str = field(default="", metadata=_check(pattern=r"[A-Z]{3}|", hint='a code like "EUR"'))
+    # Language tag for numbers and prices (e.g. "en-GB", "de-DE"); empty: the browser's own.
+    locale: str = field(default="", metadata=_check(pattern=r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*|",
+                                                     hint='a tag like "en-GB"'))
+    # true: the kiosk screen hides teaching (adding, editing, removing items), and the daemon refuses it,
+    # unless the PIN below (or the [server] token) is given.
+    lock_teaching: bool = False
+    # PIN that unlocks teaching on the page while lock_teaching is true (4 to 32 characters); empty: only
+    # the [server] token unlocks it.
+    pin: str = field(default="", metadata=_check(pattern=r"\S{4,32}|", hint="4 to 32 characters, no spaces"))
 
 
 @dataclass(frozen=True)
@@ -121,10 +163,11 @@ class Config:
     gate: GateConfig = GateConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     server: ServerConfig = ServerConfig()
+    page: PageConfig = PageConfig()
 
 
 _SECTION_TYPES = {"camera": CameraConfig, "model": ModelConfig, "index": IndexConfig, "gate": GateConfig,
-                  "smoothing": SmoothingConfig, "server": ServerConfig}
+                  "smoothing": SmoothingConfig, "server": ServerConfig, "page": PageConfig}
 
 
 def _line_of(text: str | None, section: str, key: str | None = None) -> str:
@@ -158,12 +201,18 @@ def _convert(value, annotation, where: str):
             return float(value)
         if hint is str and isinstance(value, str):
             return value
+        if origin is tuple and isinstance(value, list | tuple) and typing.get_args(hint)[1:] == (...,):
+            item = typing.get_args(hint)[0]
+            if all(isinstance(v, item) for v in value):
+                return tuple(value)
+            continue
         if origin is tuple and isinstance(value, list | tuple):
             args = typing.get_args(hint)
             if len(value) == len(args) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                for v in value):
                 return tuple(value)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             tuple[str, ...]: "a list of strings"}
     want = " or ".join(names.get(h, "a list of 2 positive integers") for h in hints)
     raise ConfigError(f"{where}: {value!r} is not {want}")
 
@@ -183,6 +232,12 @@ def _build_section(name: str, values: dict, text: str | None, origin: str):
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, meta['choices']))}")
         if meta.get("low") is not None and not meta["low"] <= value <= meta["high"]:
             raise ConfigError(f"{where}: {value!r} is outside {meta['low']}..{meta['high']}")
+        if meta.get("pattern") is not None and not re.fullmatch(meta["pattern"], value):
+            raise ConfigError(f"{where}: {value!r} is not {meta['hint']}")
+        for item in value if meta.get("each") is not None else ():
+            problem = meta["each"](item)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -234,7 +289,40 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return Config(**sections)
 
 
-MIN_TOKEN = 16  # characters of a token that guards a daemon reachable from the network
+MIN_TOKEN = 16  # characters of a token
+TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~-]+$")  # survives a URL, a cookie and a header unquoted
+MIN_TOKEN_DISTINCT = 5  # a random 16-character hex token has fewer with a chance below 1 in a million
+WEAK_TOKEN_WORDS = ("password", "passwort", "changeme", "secret", "token", "example", "random", "qwerty",
+                    "letmein", "admin", "pisearch", "pi-search")
+TOKEN_FIX = "use e.g. openssl rand -hex 16"
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` is too weak to guard the daemon (a short phrase), or None when it is usable.
+
+    A token is at least ``MIN_TOKEN`` characters of letters, digits and ``- . _ ~`` (no whitespace: it must
+    survive a URL, a cookie and a header), with at least ``MIN_TOKEN_DISTINCT`` different characters, not a
+    straight run like ``abcdefgh...`` and no word a guesser tries first (``password``, ``secret`` ...).
+    """
+    if len(token) < MIN_TOKEN:
+        return f"is {len(token)} characters long: use at least {MIN_TOKEN}"
+    if any(c.isspace() for c in token):
+        return "contains whitespace: use letters, digits and - . _ ~ only"
+    if not TOKEN_CHARS.match(token):
+        bad = sorted({c for c in token if not TOKEN_CHARS.match(c)})
+        return f"contains {' '.join(map(repr, bad[:5]))}: use letters, digits and - . _ ~ only"
+    if len(set(token)) == 1:
+        return f"is one character repeated ({token[0]!r})"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return f"uses only {len(set(token))} different characters: use at least {MIN_TOKEN_DISTINCT}"
+    steps = {ord(b) - ord(a) for a, b in zip(token, token[1:], strict=False)}
+    if len(steps) == 1:
+        return "is a straight run of characters (like abcdef...)"
+    low = token.lower()
+    word = next((w for w in WEAK_TOKEN_WORDS if w in low), None)
+    if word:
+        return f"contains the word {word!r}, one of the first a guesser tries"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -250,20 +338,21 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(server: ServerConfig) -> None:
-    """Refuse a non-loopback bind address without a token of at least ``MIN_TOKEN`` characters.
+    """Refuse a weak token, and a non-loopback bind address without a token (checked at start).
 
-    On such an address everything that changes state needs the token; without one anybody on the network
-    could change the appliance, so the daemon does not start (ConfigError says what to set).
+    On such an address everything needs the token; without one anybody on the network could change the
+    appliance, so the daemon does not start. ConfigError says what to set, in one line.
     """
+    if server.token:
+        problem = token_problem(server.token)
+        if problem:
+            raise ConfigError(f"[server] token {problem}; {TOKEN_FIX}")
     if is_loopback(server.host):
         return
     if not server.token:
         raise ConfigError(f"[server] host = {server.host!r} is reachable from the network but no "
                           f"[server] token is set: set token = \"<{MIN_TOKEN}+ random characters>\" "
                           "(e.g. openssl rand -hex 16) in the config, or bind 127.0.0.1")
-    if len(server.token) < MIN_TOKEN:
-        raise ConfigError(f"[server] token is {len(server.token)} characters: use at least {MIN_TOKEN} "
-                          f"random characters (e.g. openssl rand -hex 16) to serve on {server.host}")
 
 
 def as_dict(config: Config) -> dict:
@@ -271,4 +360,6 @@ def as_dict(config: Config) -> dict:
     d = dataclasses.asdict(config)
     if d["server"]["token"]:
         d["server"]["token"] = "***"
+    if d["page"]["pin"]:
+        d["page"]["pin"] = "***"
     return d

@@ -9,6 +9,13 @@ import numpy as np
 from .errors import ImageError
 
 MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards against decompression bombs.
+# Photos are decoded no larger than the model and the thumbnails need: with the shorter side at least
+# MIN_SIDE pixels (and under twice that). A query is framed as the centre 0.65 (views.QUERY_CROP) of its
+# shorter side scaled to the model's 224 pixels: 224 / 0.65 = 345, so every model pixel still averages at
+# least one photo pixel. Catalog framing (the whole photo padded square, zoomed 0.8: 280 pixels on the
+# longer side) and thumbnails (256 pixels on the longer side) need less. A 4032x3024 phone photo is decoded
+# at 1/8 scale (504x378, 0.6 MB instead of 37 MB); a 40 MP one at 1/8 (913x684).
+MIN_SIDE = 345
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -54,10 +61,114 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array [H, W, 3]; raise ImageError with the reason.
+def orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG, PNG, WebP or TIFF file; 1 (as stored) when it has none.
 
-    Alpha is composited on white (catalog photos with transparent backgrounds look like shop listings).
+    Phones store the sensor's pixels as they come and write how to turn them upright in the EXIF
+    Orientation tag (6: turn 90 degrees clockwise, 8: counter-clockwise, 3: half a turn).
+    """
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 4 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker == 0xDA or marker == 0xD9:  # start of scan: no more metadata
+                break
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            seg = int.from_bytes(data[i + 2 : i + 4], "big")
+            if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+                return _tiff_orientation(data[i + 10 : i + 2 + seg])
+            i += 2 + seg
+        return 1
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        i = 8
+        while i + 8 <= len(data):
+            length = int.from_bytes(data[i : i + 4], "big")
+            kind = data[i + 4 : i + 8]
+            if kind == b"eXIf":
+                return _tiff_orientation(data[i + 8 : i + 8 + length])
+            if kind in (b"IDAT", b"IEND"):
+                break
+            i += 12 + length
+        return 1
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        i = 12
+        while i + 8 <= len(data):
+            length = int.from_bytes(data[i + 4 : i + 8], "little")
+            if data[i : i + 4] == b"EXIF":
+                body = data[i + 8 : i + 8 + length]
+                return _tiff_orientation(body[6:] if body[:6] == b"Exif\x00\x00" else body)
+            i += 8 + length + (length & 1)
+        return 1
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_orientation(data)
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 of a TIFF-structured EXIF block; 1 when absent or invalid."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd : ifd + 2], order) if ifd + 2 <= len(tiff) else 0
+    for n in range(count):
+        entry = tiff[ifd + 2 + 12 * n : ifd + 14 + 12 * n]
+        if len(entry) < 12:
+            break
+        if int.from_bytes(entry[0:2], order) == 0x0112 and int.from_bytes(entry[2:4], order) == 3:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def upright(img: np.ndarray, orient: int) -> np.ndarray:
+    """Pixels as stored ([H, W, C], any channel order) turned the way EXIF orientation ``orient`` says."""
+    import cv2
+
+    if orient == 2:
+        return cv2.flip(img, 1)
+    if orient == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orient == 4:
+        return cv2.flip(img, 0)
+    if orient == 5:
+        return cv2.transpose(img)
+    if orient == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orient == 7:
+        return cv2.flip(cv2.transpose(img), -1)
+    if orient == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def photo_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height of the photo as it is shown (EXIF orientation applied), read from its header."""
+    size = _header_size(data)
+    if size is None:
+        return None
+    return (size[1], size[0]) if orientation(data) >= 5 else size
+
+
+def reduction(width: int, height: int, min_side: int | None = MIN_SIDE) -> int:
+    """The largest whole factor a ``width`` x ``height`` photo can be shrunk by with its shorter side kept at
+    ``min_side`` pixels or more (1: decode at full size; ``min_side`` None: always 1)."""
+    if not min_side:
+        return 1
+    return max(1, min(width, height) // min_side)
+
+
+def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
+           min_side: int | None = MIN_SIDE) -> np.ndarray:
+    """Decode encoded image bytes to an upright RGB uint8 array [H, W, 3]; raise ImageError with the reason.
+
+    The EXIF orientation is applied. The photo comes out no larger than needed: its shorter side is shrunk
+    by a whole factor to between ``min_side`` and twice that (``min_side`` None: full size). A JPEG is
+    decoded at 1/2, 1/4 or 1/8 scale directly (the decoder never holds the full-size pixels); other formats
+    are decoded whole and shrunk at once. Alpha is composited on white (catalog photos with transparent
+    backgrounds look like shop listings).
     """
     import cv2
 
@@ -69,38 +180,68 @@ def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) ->
             f"{name}: {size[0]}x{size[1]} pixels is larger than the limit of {max_pixels:,} pixels"
         )
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if data[:2] == b"\xff\xd8" and size is not None:
+        scale = next((s for s in (8, 4, 2) if s <= reduction(*size, min_side)), 1)
+        flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[scale]
+        img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{name}: not a readable image (JPEG, PNG or WebP expected)")
     if img.shape[0] * img.shape[1] > max_pixels:
         raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} pixels is larger than the limit")
-    return to_rgb(img)
+    rgb = to_rgb(img, reduction(img.shape[1], img.shape[0], min_side))
+    return upright(rgb, orientation(data))
 
 
-def to_rgb(img: np.ndarray) -> np.ndarray:
-    """OpenCV's decoded layout (gray, BGR or BGRA, any depth) to RGB uint8 [H, W, 3]."""
+def to_rgb(img: np.ndarray, shrink: int = 1) -> np.ndarray:
+    """OpenCV's decoded layout (gray, BGR or BGRA, any depth) to RGB uint8 [H, W, 3], ``shrink`` times
+    smaller (box average over whole ``shrink`` x ``shrink`` blocks; up to shrink - 1 edge pixels dropped).
+
+    Alpha is composited on white a band of rows at a time, so no full-size float copy is ever made.
+    """
     import cv2
 
     if img.dtype != np.uint8:
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8) if img.dtype.kind == "f" \
             else (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
-    if img.ndim == 2:
+    if shrink > 1:
+        img = img[: img.shape[0] - img.shape[0] % shrink, : img.shape[1] - img.shape[1] % shrink]
+    h, w = img.shape[:2]
+    if img.ndim == 3 and img.shape[2] == 4:
+        band = shrink * max(1, 256 // shrink)
+        out = np.empty((h // shrink, w // shrink, 3), np.uint8)
+        for top in range(0, h, band):
+            part = img[top : top + band]
+            alpha = part[:, :, 3:4].astype(np.float32) * (1.0 / 255.0)
+            flat = (part[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+            out[top // shrink : (top + part.shape[0]) // shrink] = _shrink(flat, shrink)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+    img = _shrink(img, shrink)
+    if img.ndim == 2 or img.shape[2] == 1:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        rgb = img[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        return cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_BGR2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read an image file to RGB uint8 [H, W, 3]; ImageError names the file and the reason."""
+def _shrink(img: np.ndarray, factor: int) -> np.ndarray:
+    """``img`` (sides multiples of ``factor``) box-averaged ``factor`` times smaller; itself for 1."""
+    import cv2
+
+    if factor <= 1:
+        return img
+    return cv2.resize(img, (img.shape[1] // factor, img.shape[0] // factor), interpolation=cv2.INTER_AREA)
+
+
+def read(path: str | Path, *, max_pixels: int = MAX_PIXELS, min_side: int | None = MIN_SIDE) -> np.ndarray:
+    """Read an image file to upright RGB uint8 [H, W, 3] (see ``decode``); ImageError names the file and
+    the reason."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return decode(data, name=str(path), max_pixels=max_pixels)
+    return decode(data, name=str(path), max_pixels=max_pixels, min_side=min_side)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:

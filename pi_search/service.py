@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import notify
 from .config import GateConfig, SmoothingConfig
-from .errors import ImageError, PiSearchError, SourceError
+from .errors import Busy, PiSearchError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 # Histogram bucket upper bounds in seconds, shared by every stage (Prometheus convention).
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
+FAULT_SHOWN_S = 60.0  # a failed read of the bundle shows in /healthz this long
+RECENT_FRAMES = 8  # published results whose JPEGs stay reachable by frame id (/frame.jpg?id=N)
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -254,6 +257,7 @@ class Service:
         self.agreement = Agreement(config.smoothing.agree)
         self._cond = threading.Condition()
         self._latest: LatestResult | None = None
+        self._recent: deque[LatestResult] = deque(maxlen=RECENT_FRAMES)  # references, no copies
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._source = None
@@ -536,12 +540,22 @@ class Service:
             height=int(fh), guide=guide, settle_ms=t_settle * 1000.0)
         with self._cond:
             self._latest = result
+            self._recent.append(result)
             self._cond.notify_all()
         return result
 
     # ------------------------------------------------------------ read side (request threads)
     def latest(self) -> LatestResult | None:
         return self._latest
+
+    def recent(self, frame_id: int) -> LatestResult | None:
+        """The published result of ``frame_id`` among the last ``RECENT_FRAMES`` (None once it is gone)."""
+        with self._cond:
+            recent = tuple(self._recent)
+        for result in reversed(recent):
+            if result.frame_id == frame_id:
+                return result
+        return None
 
     def wait_for_result(self, after: LatestResult | None, timeout: float) -> LatestResult | None:
         """The newest result other than ``after``, waiting up to ``timeout`` s; None on timeout or stop."""
@@ -572,7 +586,11 @@ class Service:
         """Health of the camera, model and index; ``ok`` is False with reasons when any is down."""
         cam_up, cam_reason = self.camera_state()
         model_up = self.extractor is not None
-        index_up = self.bundle is not None
+        cat = self.bundle
+        index_up = cat is not None and getattr(cat, "serving", True)
+        problem = getattr(cat, "problem", None) if cat is not None else "not loaded"
+        fault = getattr(cat, "fault", None)
+        fault_age = time.time() - fault[0] if fault else None
         alive = self._thread is not None and self._thread.is_alive()
         reasons = []
         if not cam_up:
@@ -585,7 +603,9 @@ class Service:
         if not model_up:
             reasons.append("model: not loaded")
         if not index_up:
-            reasons.append("index: not loaded")
+            reasons.append(f"index: {problem or 'not loaded'}")
+        elif fault_age is not None and fault_age < FAULT_SHOWN_S:
+            reasons.append(f"index: a read failed {fault_age:.0f} s ago: {fault[1]}")
         return {
             "ok": not reasons,
             "reasons": reasons,
@@ -594,7 +614,9 @@ class Service:
                        if self._last_frame_time else None, "fps": round(self.fps(), 2)},
             "model": {"up": model_up, "name": getattr(self.extractor, "name", None),
                       "threads": getattr(self.extractor, "num_threads", None)},
-            "index": {"up": index_up, "items": len(self.bundle) if index_up else 0},
+            "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
+                      "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
+                                                                "error": fault[1]}},
             "worker": {"alive": alive},
         }
 
@@ -609,31 +631,42 @@ class Service:
 
         with self._reload_lock:
             current = self.bundle
-            fresh = Bundle.open(current.directory, extractor=self.extractor)  # BundleError: keep serving
-            if hasattr(current, "reload"):  # the live catalog swaps its own state (and its taught items)
-                fresh.close()
-                current.reload()
+            if hasattr(current, "reload"):  # the live catalog checks and swaps its own state
+                current.reload(strict=True)   # BundleError: the bundle in use keeps serving
             else:
-                self.bundle = fresh
+                self.bundle = Bundle.open(current.directory, extractor=self.extractor)
             log.info("bundle %s reloaded: %d items, built %s", current.directory, len(self.bundle),
                      self.bundle.manifest.get("created"))
             return {"items": len(self.bundle), "created": self.bundle.manifest.get("created")}
 
-    def search_image(self, rgb: np.ndarray, k: int | None = None) -> tuple[list, dict]:
-        """Matches for an uploaded photo (RGB uint8 [H, W, 3]) and timings in ms; never touches the camera.
-
-        Shares the extractor with the worker (its lock serialises the model); at most two uploads run at
-        once, others wait up to 10 s and then get ImageError("busy").
-        """
-        if not self._upload_slots.acquire(timeout=10.0):
-            raise ImageError("the appliance is busy with other uploads; try again in a moment")
+    @contextlib.contextmanager
+    def upload_slot(self, wait: float = 10.0):
+        """Hold one of the two upload slots while a photo is decoded and embedded (bounds the memory and
+        CPU that uploads take); ``Busy`` (HTTP 503) when none frees up within ``wait`` seconds."""
+        if not self._upload_slots.acquire(timeout=wait):
+            raise Busy("the appliance is busy with other uploads; try again in a moment")
         try:
-            t0 = time.perf_counter()
-            vec = self.embed_query(self.extractor, rgb)
-            t1 = time.perf_counter()
-            matches = self.bundle.search(vec, k or self.config.index.top_k)
-            t2 = time.perf_counter()
+            yield
         finally:
             self._upload_slots.release()
+
+    def search_image(self, image: np.ndarray | Callable[[], np.ndarray], k: int | None = None
+                     ) -> tuple[list, dict]:
+        """Matches for an uploaded photo and timings in ms; never touches the camera.
+
+        ``image`` is RGB uint8 [H, W, 3], or a function returning one (it decodes the upload): it is called
+        only once an upload slot is held, so no more than two photos are ever decoded at once. Shares the
+        extractor with the worker (its lock serialises the model); others wait up to 10 s for a slot and
+        then get ``Busy`` (HTTP 503).
+        """
+        with self.upload_slot():
+            t0 = time.perf_counter()
+            rgb = image() if callable(image) else image
+            t1 = time.perf_counter()
+            vec = self.embed_query(self.extractor, rgb)
+            t2 = time.perf_counter()
+            matches = self.bundle.search(vec, k or self.config.index.top_k)
+            t3 = time.perf_counter()
         self.stats.uploads += 1
-        return matches, {"embed": (t1 - t0) * 1000.0, "search": (t2 - t1) * 1000.0}
+        return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,
+                         "search": (t3 - t2) * 1000.0}

@@ -127,3 +127,26 @@ def bundle(bundle_dir, extractor):
     b = Bundle.open(bundle_dir, extractor=extractor)
     yield b
     b.close()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Real-size photos (tests/corpus.py): 12 MP phone JPEGs in EXIF orientations 1, 3, 6 and 8, PNG, WebP, a
+    transparent cut-out and a 40 MP JPEG, made once per session from packaged photos."""
+    import corpus as real_size
+
+    return real_size.build(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def photo_bundle_dir(tmp_path_factory, extractor) -> Path:
+    """A bundle of the small catalog's 16 photos and 9 packaged photos at the size they ship (0.3-4.4 MB
+    JPEGs of up to 6028x3391 pixels); read-only for tests."""
+    from corpus import write_photo_catalog
+
+    from pi_search.catalog import build_bundle
+
+    root = tmp_path_factory.mktemp("photo-catalog")
+    out = tmp_path_factory.mktemp("photo-bundles") / "bundle"
+    build_bundle(write_photo_catalog(root, CATALOG_PHOTOS), out, extractor, progress=False)
+    return out

@@ -164,9 +164,9 @@ def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich
 
 
 @pytest.mark.parametrize("host, token, headers, status", [
-    ("0.0.0.0", "s3cret", {"Authorization": "Bearer s3cret"}, 201),
-    ("0.0.0.0", "s3cret", {"Authorization": "Bearer wrong"}, 401),
-    ("0.0.0.0", "s3cret", {}, 401),
+    ("0.0.0.0", "b7e1c94a0f3d6e28", {"Authorization": "Bearer b7e1c94a0f3d6e28"}, 201),
+    ("0.0.0.0", "b7e1c94a0f3d6e28", {"Authorization": "Bearer wrong"}, 401),
+    ("0.0.0.0", "b7e1c94a0f3d6e28", {}, 401),
     ("0.0.0.0", "", {}, 403),
     ("192.168.1.20", "", {"Authorization": "Bearer anything"}, 403),
     ("127.0.0.1", "", {}, 201),

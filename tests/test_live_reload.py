@@ -182,10 +182,10 @@ def test_reload_from_another_site_or_without_token_is_refused(live, tmp_path):
     d, cat, svc, client = live()
     r = client.post("/api/reload", headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
-    config = load_config(None, {"server.host": "0.0.0.0", "server.token": "t" * 20})
+    config = load_config(None, {"server.host": "0.0.0.0", "server.token": "5a0f9c3e7b2d8e14a6c9"})
     open_client = create_app(svc, config).test_client()
     assert open_client.post("/api/reload").status_code == 401
-    r = open_client.post("/api/reload", headers={"Authorization": "Bearer " + "t" * 20})
+    r = open_client.post("/api/reload", headers={"Authorization": "Bearer " + "5a0f9c3e7b2d8e14a6c9"})
     assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
 
 

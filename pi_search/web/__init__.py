@@ -18,7 +18,9 @@ def create_app(service, config):
     """
     from flask import Flask
 
+    from . import auth, errors
     from .items import bp as items_bp
+    from .lock import bp as lock_bp
     from .metrics import make_registry
     from .routes import bp
 
@@ -26,11 +28,17 @@ def create_app(service, config):
     app.config["MAX_CONTENT_LENGTH"] = int(config.server.max_upload_mb * 1024 * 1024)
     app.config["JSON_SORT_KEYS"] = False
     app.config["MAX_FORM_PARTS"] = 64            # a teaching request holds up to 16 shots and a few fields
-    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024  # text fields; files are limited by MAX_CONTENT_LENGTH
+    # Text fields only (title, price, k...); files are limited by MAX_CONTENT_LENGTH. werkzeug checks this
+    # against its whole parse buffer (a 64 KB read plus what is left of the last one, file data included),
+    # so it must stay well above 64 KB or any file part over about 64 KB is refused.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 512 * 1024
     app.extensions["pi_search"] = {"service": service, "config": config,
                                    "registry": make_registry(service), "viewers": _Viewers()}
+    auth.register(app)    # Host, Origin and token checks before every request (docs/security.md)
+    errors.register(app)  # every error answers JSON {"error": ...}
     app.register_blueprint(bp)
     app.register_blueprint(items_bp)  # teaching items: the "add item" page and /api/items
+    app.register_blueprint(lock_bp)   # the kiosk lock: /api/unlock and /api/lock
 
     @app.after_request
     def _headers(resp):

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
-from urllib.parse import urlsplit
 
 from flask import Blueprint, jsonify, render_template, request
 
-from ..config import is_loopback
-from .routes import TOKEN_COOKIE, _error, _ext
+from .auth import page as _page
+from .routes import _error, _ext
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
-TOKEN_HEADER = "X-Pi-Search-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
 
 
-def _given_token() -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth.removeprefix("Bearer ").strip()
-    return (request.headers.get(TOKEN_HEADER, "") or request.cookies.get(TOKEN_COOKIE, "")
-            or request.form.get("token", ""))
-
-
 @bp.before_request
-def _guard():
-    """State changes: same-origin only; with a non-loopback bind, only with the configured token."""
-    if request.method in SAFE_METHODS:
-        return None
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return _error(403, f"a change from another site ({origin}) was refused")
-    server = _ext()["config"].server
-    if is_loopback(server.host):
-        return None
-    if not server.token:
-        return _error(403, f"the daemon listens on {server.host}: changing items needs a token; set [server] "
-                           "token in the config and restart")
-    if not hmac.compare_digest(_given_token().encode(), server.token.encode()):
-        return _error(401, "changing items needs the token: send 'Authorization: Bearer TOKEN' or open "
-                           "the page once as /?token=TOKEN")
+def _locked():
+    """With ``[page] lock_teaching`` every route here but the page itself needs the PIN or the token too
+    (Host, Origin and token checks ran before, in ``auth``)."""
+    from .lock import refuse_if_locked
+
+    if request.endpoint != "pi_search_items.page":
+        return refuse_if_locked()
     return None
 
 
@@ -72,9 +51,10 @@ def _shots() -> list:
     if len(files) > MAX_SHOTS:
         raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
     out = []
-    for n, f in enumerate(files):
-        kind = kinds[n] if n < len(kinds) else "photo"
-        out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
+    with _ext()["service"].upload_slot():  # like a search upload: two photos decoded at a time at most
+        for n, f in enumerate(files):
+            kind = kinds[n] if n < len(kinds) else "photo"
+            out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
     return out
 
 
@@ -93,8 +73,11 @@ def _embed(cat, shots):
 
 
 @bp.get("/teach")
+@_page
 def page():
-    return render_template("teach.html")
+    from .lock import teaching_state
+
+    return render_template("teach.html", page=_ext()["config"].page, teach=teaching_state())
 
 
 @bp.get("/api/items")
@@ -132,8 +115,8 @@ def add_item():
         vecs, thumb = _embed(cat, shots)
         item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
                           item_id=request.form.get("id") or None, thumb=thumb)
-    except (CatalogError, ImageError) as exc:
-        return _error(409 if "already" in str(exc) else getattr(exc, "status", 400), str(exc))
+    except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
+        return _error(exc.status, str(exc))
     log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
     resp = jsonify({"item": _item_json(cat, item_id)})
     resp.status_code = 201
@@ -154,8 +137,8 @@ def edit_item(item_id: str):
         price = request.form.get("price")
         cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
                  clear_price=price == "")
-    except (CatalogError, ImageError) as exc:
-        return _error(404 if "no item" in str(exc) else getattr(exc, "status", 400), str(exc))
+    except (CatalogError, ImageError) as exc:  # 400 bad input, 404 no such item
+        return _error(exc.status, str(exc))
     return jsonify({"item": _item_json(cat, item_id)})
 
 
@@ -168,8 +151,8 @@ def remove_item(item_id: str):
         return _no_store()
     try:
         cat.remove(item_id)
-    except CatalogError as exc:
-        return _error(404 if "no item" in str(exc) else 409, str(exc))
+    except CatalogError as exc:  # 404 no such item, 409 already removed
+        return _error(exc.status, str(exc))
     return jsonify({"removed": item_id, "catalog_items": len(cat)})
 
 
@@ -188,7 +171,8 @@ def set_background():
     upload = request.files.get("image")
     try:
         if upload is not None:
-            rgb = decode_upload(upload.read(), name=upload.filename or "background")
+            with _ext()["service"].upload_slot():
+                rgb = decode_upload(upload.read(), name=upload.filename or "background")
         else:
             latest = _ext()["service"].latest()
             if latest is None:
@@ -197,7 +181,7 @@ def set_background():
         with _embedding:
             cat.set_background(embed_background(_ext()["service"].extractor, rgb))
     except ImageError as exc:
-        return _error(getattr(exc, "status", 400), str(exc))
+        return _error(exc.status, str(exc))
     log.info("empty scene captured for teaching")
     return jsonify({"background": True})
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
+
+from .auth import page as _page
+from .auth import public as _public
+from .errors import error as _error
 
 log = logging.getLogger(__name__)
 
@@ -15,58 +18,10 @@ bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="t
 
 BOUNDARY = "frame"
 KEEPALIVE_S = 5.0
-TOKEN_COOKIE = "pi_search_token"
 
 
 def _ext() -> dict:
     return current_app.extensions["pi_search"]
-
-
-def _error(status: int, message: str):
-    resp = jsonify({"error": message})
-    resp.status_code = status
-    return resp
-
-
-@bp.before_app_request
-def _check_token():
-    token = _ext()["config"].server.token
-    if not token or request.endpoint in ("pi_search.healthz", "pi_search.static"):
-        return None
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "") or request.args.get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return _error(401, "a token is required: open the page as /?token=TOKEN "
-                           "or send 'Authorization: Bearer TOKEN'")
-    return None
-
-
-@bp.after_app_request
-def _remember_token(resp):
-    token = _ext()["config"].server.token
-    if token and request.args.get("token") == token:
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
-    return resp
-
-
-@bp.app_errorhandler(413)
-def _too_large(_exc):
-    mb = _ext()["config"].server.max_upload_mb
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is not None and limit and request.content_length <= limit:
-        return _error(413, f"the form has too many fields or files (at most "
-                           f"{current_app.config.get('MAX_FORM_PARTS')} parts)")
-    return _error(413, f"the upload is larger than {mb:g} MB; send a smaller photo")
-
-
-@bp.app_errorhandler(404)
-def _not_found(_exc):
-    return _error(404, f"no such page: {request.path}")
-
-
-@bp.app_errorhandler(405)
-def _bad_method(_exc):
-    return _error(405, f"{request.method} is not allowed on {request.path}")
 
 
 def status() -> dict:
@@ -80,6 +35,7 @@ def status() -> dict:
         "model": getattr(service.extractor, "name", None),
         "threads": config.model.threads,
         "catalog_items": len(service.bundle) if service.bundle is not None else 0,
+        "catalog_problem": getattr(service.bundle, "problem", None),
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
@@ -87,8 +43,11 @@ def status() -> dict:
 
 
 @bp.get("/")
+@_page
 def page():
-    return render_template("index.html")
+    from .lock import teaching_state
+
+    return render_template("index.html", page=_ext()["config"].page, teach=teaching_state())
 
 
 @bp.get("/api/results")
@@ -114,29 +73,35 @@ def results():
 def search():
     """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
     from ..errors import ImageError
+    from ..images import photo_size
     from .uploads import UploadError, check_form, decode_upload
 
     service = _ext()["service"]
     try:
         upload = check_form(request)[0]
-        try:
-            data = upload.read()
-        finally:
-            upload.close()
-        rgb = decode_upload(data, name=_display_name(upload.filename))
         k = request.args.get("k", type=int)
         k = request.form.get("k", type=int) if k is None else k
         if k is not None and not 1 <= k <= 100:
             return _error(400, f"k={k}: ask for 1 to 100 matches")
-        matches, timings = service.search_image(rgb, k)
+        photo = {}
+
+        def read_and_decode():  # runs once an upload slot is held: bytes and pixels held by two at most
+            try:
+                data = upload.read()
+            finally:
+                upload.close()
+            rgb = decode_upload(data, name=_display_name(upload.filename))
+            photo["size"] = list(photo_size(data) or (rgb.shape[1], rgb.shape[0]))  # as shown, not as decoded
+            return rgb
+
+        matches, timings = service.search_image(read_and_decode, k)
     except UploadError as exc:
         return _error(exc.status, str(exc))
-    except ImageError as exc:
-        busy = "busy" in str(exc)
-        return _error(503 if busy else 400, str(exc))
+    except ImageError as exc:  # a full upload slot is Busy (503): the error handler answers it
+        return _error(exc.status, str(exc))
     return jsonify({"matches": [m.as_dict() for m in matches],
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
-                    "image_size": [int(rgb.shape[1]), int(rgb.shape[0])]})
+                    "image_size": photo["size"]})
 
 
 def _display_name(filename: str | None) -> str:
@@ -147,8 +112,15 @@ def _display_name(filename: str | None) -> str:
 
 @bp.get("/thumbs/<path:item_id>")
 def thumb(item_id: str):
+    from ..errors import BundleError
+
     bundle = _ext()["service"].bundle
-    data = bundle.thumbnail(item_id) if bundle is not None else None
+    try:
+        data = bundle.thumbnail(item_id) if bundle is not None else None
+    except BundleError as exc:   # a damaged row: this request fails, /healthz shows it, the rest serves
+        return _error(500, str(exc))
+    if data is None and not getattr(bundle, "serving", True):
+        return _error(503, f"no catalog is served right now: {bundle.problem}")
     if data is None:
         return _error(404, f"no thumbnail for item {item_id!r}")
     resp = Response(data, mimetype="image/jpeg")
@@ -158,10 +130,21 @@ def thumb(item_id: str):
 
 @bp.get("/frame.jpg")
 def frame():
-    """The latest published frame as one JPEG (for a frozen view)."""
-    latest = _ext()["service"].latest()
-    if latest is None:
-        return _error(503, "no frame yet; the camera is starting")
+    """One published frame as JPEG: ``?id=N`` that frame (404 once it is no longer kept), else the latest.
+
+    The page loads the frame of each result by id, so the preview always shows the frame whose matches it
+    lists.
+    """
+    service = _ext()["service"]
+    frame_id = request.args.get("id", type=int)
+    if frame_id is not None:
+        latest = service.recent(frame_id)
+        if latest is None:
+            return _error(404, f"frame {frame_id} is no longer kept; ask /api/results for the latest")
+    else:
+        latest = service.latest()
+        if latest is None:
+            return _error(503, "no frame yet; the camera is starting")
     resp = Response(latest.jpeg, mimetype="image/jpeg")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Frame-Id"] = str(latest.frame_id)
@@ -170,22 +153,27 @@ def frame():
 
 @bp.get("/stream.mjpg")
 def stream():
-    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes."""
+    """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes.
+
+    Every JPEG is followed at once by the boundary and the headers of the next part (parts carry no
+    Content-Length): Chromium shows a part only once the next part's headers have arrived, so a still scene
+    (no new part) would otherwise keep showing the previous frame.
+    """
     ext = _ext()
     service, viewers = ext["service"], ext["viewers"]
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
     service.stats.viewers = viewers.count
+    head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
 
     def parts():
-        sent_at, last = 0.0, None
+        sent_at, last, opening = 0.0, None, head
         try:
             current = service.latest()
             while service.running:
                 if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
-                    yield (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                           + str(len(current.jpeg)).encode() + b"\r\n\r\n" + current.jpeg + b"\r\n")
-                    last, sent_at = current, time.monotonic()
+                    yield opening + current.jpeg + b"\r\n" + head
+                    last, sent_at, opening = current, time.monotonic(), b""
                 current = service.wait_for_result(last, KEEPALIVE_S) or last
         finally:
             viewers.leave()
@@ -200,17 +188,8 @@ def stream():
 @bp.post("/api/reload")
 def reload_bundle():
     """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
-    from urllib.parse import urlsplit
-
-    from ..config import is_loopback
     from ..errors import PiSearchError
 
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        return _error(403, f"a change from another site ({origin}) was refused")
-    server = _ext()["config"].server
-    if not is_loopback(server.host) and not _token_given(server.token):
-        return _error(401, "reloading the bundle needs the token: send 'Authorization: Bearer TOKEN'")
     try:
         info = _ext()["service"].reload_bundle()
     except PiSearchError as exc:
@@ -218,16 +197,8 @@ def reload_bundle():
     return jsonify({"reloaded": True, **info})
 
 
-def _token_given(token: str) -> bool:
-    """True if the request carries ``token`` (compared in constant time); False when no token is set."""
-    if not token:
-        return False
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() \
-        or request.cookies.get(TOKEN_COOKIE, "")
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 @bp.get("/healthz")
+@_public
 def healthz():
     h = _ext()["service"].health()
     resp = jsonify(h)

@@ -10,12 +10,26 @@ function say(text, kind) {
   const m = $("message");
   m.textContent = text;
   m.className = "message " + (kind || "");
+  m.setAttribute("role", kind === "error" ? "alert" : "status");
+}
+
+// The JSON body of an answer; throws the appliance's own error text when the request failed.
+async function answer(r) {
+  let body;
+  try {
+    body = await r.json();
+  } catch (e) {
+    throw new Error("the appliance answered " + r.status + " " + r.statusText);
+  }
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
 }
 
 function renderShots() {
   const list = $("shots");
   list.replaceChildren(...shots.map((s, i) => {
     const li = document.createElement("li");
+    if (s.bad) li.className = "bad";
     const img = document.createElement("img");
     img.src = s.url;
     img.alt = "Shot " + (i + 1);
@@ -66,9 +80,7 @@ function showScene(set) {
 
 async function captureScene() {
   try {
-    const r = await fetch("/api/background", { method: "POST" });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    const body = await answer(await fetch("/api/background", { method: "POST" }));
     showScene(body.background);
     say("Empty scene captured. Now hold the item up and capture it.", "ok");
   } catch (e) {
@@ -125,21 +137,25 @@ async function save(e) {
   shots.forEach((s, i) => {
     form.append("image", s.blob, "shot-" + (i + 1) + ".jpg");
     form.append("kind", s.kind);
+    s.bad = false;
   });
+  renderShots();
   $("save").disabled = true;
   say(editing ? "Saving…" : "Learning the item…", "");
   try {
     const url = editing ? "/api/items/" + encodeURIComponent(editing) : "/api/items";
     const r = await fetch(url, { method: editing ? "PATCH" : "POST", body: form });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    const body = await answer(r);
     const it = body.item;
     say((editing ? "Saved changes to " : "Saved ") + "“" + it.title + "” (" + it.id + "): it is searchable now.",
       "ok");
     clearForm();
     await loadRecent();
   } catch (err) {
-    say("Not saved: " + err.message, "error");
+    // Nothing was saved: say why, and mark the shot the appliance could not read (its name is in the message).
+    shots.forEach((s, i) => { s.bad = err.message.includes("shot-" + (i + 1) + ".jpg"); });
+    renderShots();
+    say("Not saved: " + err.message + ". Drop the marked shot or fix the form, then save again.", "error");
   } finally {
     $("save").disabled = false;
   }
@@ -152,9 +168,7 @@ async function remove(item, button) {
     return;
   }
   try {
-    const r = await fetch("/api/items/" + encodeURIComponent(item.id), { method: "DELETE" });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    await answer(await fetch("/api/items/" + encodeURIComponent(item.id), { method: "DELETE" }));
     say("Removed “" + item.title + "”.", "ok");
     await loadRecent();
   } catch (err) {
@@ -176,7 +190,7 @@ function row(item) {
   title.textContent = item.title;
   const price = document.createElement("div");
   price.className = "price";
-  price.textContent = item.price || "";
+  price.textContent = piSearch.price(item.price);
   const info = document.createElement("div");
   info.className = "score";
   const what = item.folded ? "taught, in the catalog"
@@ -205,9 +219,7 @@ function row(item) {
 
 async function loadRecent() {
   try {
-    const r = await fetch("/api/items", { cache: "no-store" });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    const body = await answer(await fetch("/api/items", { cache: "no-store" }));
     const folded = (body.folded || []).map((f) => row({ ...f, folded: true }));
     $("recent").replaceChildren(...body.items.map(row), ...folded);
     showScene(body.background);
@@ -219,7 +231,30 @@ async function loadRecent() {
   }
 }
 
+async function unlock(e) {
+  e.preventDefault();
+  const form = new FormData();
+  form.append("pin", $("pin").value);
+  try {
+    await answer(await fetch("/api/unlock", { method: "POST", body: form }));
+    location.reload();
+  } catch (err) {
+    $("pin").value = "";
+    say("Not unlocked: " + err.message + ".", "error");
+  }
+}
+
+async function relock() {
+  await fetch("/api/lock", { method: "POST" });
+  location.assign("/");
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  if (document.documentElement.dataset.teach === "locked") {
+    if ($("unlock")) $("unlock").addEventListener("submit", unlock);
+    return;
+  }
+  if ($("relock")) $("relock").addEventListener("click", relock);
   $("capture").addEventListener("click", capture);
   $("background").addEventListener("click", captureScene);
   $("files").addEventListener("change", async () => {

@@ -1,0 +1,69 @@
+"""Every error the app answers is JSON ``{"error": "..."}`` with the status the failure carries."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import PiSearchError
+
+log = logging.getLogger(__name__)
+
+
+def error(status: int, message: str, headers: dict | None = None):
+    """A JSON error response: ``{"error": message}`` with ``status``."""
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _http(exc: HTTPException):
+    """Flask's and werkzeug's own refusals (404, 405, 413, a malformed form ...) as JSON."""
+    code = exc.code or 500
+    if code < 400:  # a routing redirect (a missing trailing slash): not an error
+        return exc
+    if code == 404:
+        return error(404, f"no such page: {request.path}")
+    if code == 405:
+        allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+        return error(405, f"{request.method} is not allowed on {request.path}"
+                          + (f" (use {allowed})" if allowed else ""), {"Allow": allowed} if allowed else None)
+    if code == 413:
+        return error(413, _too_large_message())
+    return error(code, exc.description or exc.name)
+
+
+def _too_large_message() -> str:
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None and limit and request.content_length <= limit:
+        return (f"the form has too many fields or files (at most {current_app.config.get('MAX_FORM_PARTS')} "
+                f"parts) or a text field over {current_app.config.get('MAX_FORM_MEMORY_SIZE') // 1024} KB")
+    mb = current_app.extensions["pi_search"]["config"].server.max_upload_mb
+    return f"the upload is larger than {mb:g} MB; send a smaller photo"
+
+
+def _known(exc: PiSearchError):
+    """A failure the user can act on: its message, with the status its class carries."""
+    status = int(getattr(exc, "status", 500) or 500)
+    if status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return error(status, str(exc), headers)
+
+
+def _unhandled(exc: Exception):
+    """A bug or an unexpected fault: the traceback goes to the log, the client gets no internals."""
+    log.error("%s %s failed", request.method, request.path, exc_info=exc)
+    return error(500, f"internal error while answering {request.method} {request.path}; the daemon's log "
+                      "has the details (journalctl -u pi-search)")
+
+
+def register(app) -> None:
+    """Install the handlers on ``app``: HTTP refusals, PiSearchError subclasses and anything unhandled."""
+    app.register_error_handler(HTTPException, _http)
+    app.register_error_handler(PiSearchError, _known)
+    app.register_error_handler(Exception, _unhandled)
