@@ -492,6 +492,7 @@ class Service:
         self._settle_job = {"vec": vec, "done": [], "seconds": 0.0}  # a new look once the scene is still
         with self._cond:
             self._latest = result
+            self._recent.append(result)
             self._cond.notify_all()
         return result
 
@@ -504,7 +505,7 @@ class Service:
         that changes waits at most one slice; the next inference drops an unfinished look. When the last
         window is done, publishes the fused matches, the picked window as the guide's ``region`` and
         ``settle_ms`` (model and search time of all windows), keeping the last preview JPEG and timings (the
-        frame looks the same), and returns that result; otherwise None.
+        frame looks the same; reachable by the new frame id too), and returns that result; otherwise None.
         """
         from . import views
 
