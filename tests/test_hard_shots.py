@@ -12,7 +12,7 @@ from conftest import load_photo
 from fakes import ListSource
 
 from pi_search import benchmark_data as bd
-from pi_search import views
+from pi_search import images, views
 from pi_search.config import load_config
 from pi_search.evaluate import Truth, by_condition, evaluate, format_table, read_truth
 from pi_search.index import Match
@@ -243,3 +243,13 @@ def test_search_mean_scores_the_mean_of_both_cosines_with_one_search(extractor, 
     assert [m.id for m in got] == [i for _, i in want]
     assert [m.score for m in got] == pytest.approx([s for s, _ in want], abs=2e-3)  # float16 store
     assert got[0].title and got[0].id == "coffee"
+
+
+def test_empty_scenes_are_rooms_with_nothing_held_up(tmp_path):
+    summary = bd.make_empty_scenes(tmp_path / "e", n=4, seed=1)
+    with open(tmp_path / "e" / "scenes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert summary["scenes"] == 4 and len(rows) == 4 and summary["dim"] == sum(r["dim"] == "1" for r in rows)
+    frames = [images.read(tmp_path / "e" / r["query_path"]) for r in rows]
+    assert all(f.shape == (480, 640, 3) for f in frames)
+    assert len({f.tobytes() for f in frames}) == 4  # different rooms, crops and light
