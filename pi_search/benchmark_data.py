@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")
 DEFAULT_BENCHMARK_DIR = Path("var/benchmark")
+HARD_BENCHMARK_DIR = Path("var/benchmark-hard")
+EMPTY_SCENES_DIR = Path("var/empty-scenes")
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 # Selection rule (see README, "Retrieval"): a stamp is a real photo when it is a PNG raster with no SVG of
@@ -257,20 +259,10 @@ def _background(photo: np.ndarray, box: tuple[float, float, float], size: tuple[
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
-           size: tuple[int, int] = (640, 480)) -> np.ndarray:
-    """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
-
-    The object is warped (scale, rotation, perspective) onto a crop of a room photo; then the whole frame gets
-    white balance, brightness, gamma, a side light, optical and motion blur, sensor noise and JPEG.
-    """
-    import cv2
-
+def _quad(shape: tuple[int, int], shot: Shot, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Where the object's corners land in the frame (float32 [4, 2], x/y pixels) and its resize factor."""
     w, h = size
-    frame = _background(backgrounds[shot.bg], shot.bg_box, size).astype(np.float32)
-    if shot.bg_blur > 0.3:
-        frame = cv2.GaussianBlur(frame, (0, 0), shot.bg_blur)
-    oh, ow = rgba.shape[:2]
+    oh, ow = shape
     side = shot.scale * min(w, h)
     s = side / max(oh, ow)
     hw, hh = ow * s / 2, oh * s / 2
@@ -279,13 +271,39 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
     base += np.array(shot.corners, np.float32).reshape(4, 2) * side
     t = math.radians(shot.angle)
     rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], np.float32)
-    dst = base @ rot.T + np.array([cx, cy], np.float32)
+    return (base @ rot.T + np.array([cx, cy], np.float32)).astype(np.float32), s
+
+
+def _warp(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> np.ndarray:
+    """The object warped into the frame: float32 RGBA [h, w, 4] (alpha 0..255, 0 outside the object)."""
+    import cv2
+
+    oh, ow = rgba.shape[:2]
+    dst, s = _quad((oh, ow), shot, size)
     src = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
-    m = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
-    obj = cv2.warpPerspective(rgba, m, (w, h), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)).astype(np.float32)
-    a = obj[:, :, 3:4] / 255.0
-    frame = obj[:, :, :3] * a + frame * (1.0 - a)
+    m = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(rgba, m, size, flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)).astype(np.float32)
+
+
+def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
+           size: tuple[int, int] = (640, 480), others: tuple = ()) -> np.ndarray:
+    """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
+
+    The object is warped (scale, rotation, perspective) onto a crop of a room photo (after ``others``, pairs
+    of (RGBA stamp, Shot) lying in the same scene: only their geometry is used); then the whole frame gets
+    white balance, brightness, gamma, a side light, optical and motion blur, sensor noise and JPEG.
+    """
+    import cv2
+
+    w, h = size
+    frame = _background(backgrounds[shot.bg], shot.bg_box, size).astype(np.float32)
+    if shot.bg_blur > 0.3:
+        frame = cv2.GaussianBlur(frame, (0, 0), shot.bg_blur)
+    for o_rgba, o_shot in (*others, (rgba, shot)):
+        obj = _warp(o_rgba, o_shot, size)
+        a = obj[:, :, 3:4] / 255.0
+        frame = obj[:, :, :3] * a + frame * (1.0 - a)
     # Light: side light gradient, brightness, white balance, gamma.
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     d = (np.cos(shot.light[0]) * (xx / w - 0.5) + np.sin(shot.light[0]) * (yy / h - 0.5)) * 2
@@ -307,6 +325,162 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+# ------------------------------------------------------------------ hard shots
+# The hard variant (``benchmark --hard``): the item held further away and anywhere in the frame, often beside
+# a second, smaller catalog-style object, often in dim light. Everything else as in ``random_shot``.
+HARD_COVER = (0.08, 0.30)  # share of the frame's pixels the item covers
+HARD_MARGIN = 0.05  # the item's bounding box keeps this margin (fraction of width/height) to the frame edge
+HARD_SECOND = 0.7  # share of frames with a second object
+HARD_SECOND_COVER = (0.25, 0.55)  # the second object's cover, as a fraction of the item's
+HARD_SECOND_OVERLAP = 0.1  # at most this share of the second object's bounding box shows the item
+HARD_SECOND_TRIES = 7  # rounds of placing the second object, each 0.75 times the last one's cover
+HARD_DIM = 0.4  # share of dim frames
+HARD_DIM_EXPOSURE = (0.35, 0.6)  # brightness factor of a dim frame (on top of the usual 0.65-1.25)
+HARD_DIM_NOISE = (6.0, 12.0)  # sensor noise (grey levels) of a dim frame, against 1.5-7 normally
+
+
+@dataclass(frozen=True)
+class HardScene:
+    """One hard scene: the item's shot, an optional second object (stamp index and shot), dim or not."""
+
+    shot: Shot
+    second: tuple[int, Shot] | None
+    dim: bool
+
+
+def opaque_area(rgba: np.ndarray) -> float:
+    """The stamp's opaque area in its own pixels (alpha-weighted)."""
+    return float(rgba[:, :, 3].astype(np.float32).sum() / 255.0)
+
+
+def cover(rgba: np.ndarray, shot: Shot, size: tuple[int, int] = (640, 480)) -> float:
+    """Share of the frame's pixels the object covers in ``shot`` (alpha-weighted, as rendered)."""
+    a = _warp(rgba, shot, size)[:, :, 3]
+    return float(a.sum() / 255.0 / (size[0] * size[1]))
+
+
+def trim(rgba: np.ndarray, level: int = 8) -> np.ndarray:
+    """The stamp cut to the bounding box of its opaque pixels (alpha above ``level``); a view, no copy."""
+    ys, xs = np.nonzero(rgba[:, :, 3] > level)
+    if ys.size == 0:
+        return rgba
+    return rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _scale_for_cover(rgba: np.ndarray, target: float, size: tuple[int, int]) -> float:
+    w, h = size
+    s = math.sqrt(target * w * h / max(opaque_area(rgba), 1.0))  # resize factor, perspective ignored
+    return s * max(rgba.shape[:2]) / min(w, h)
+
+
+def _bbox(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The object's bounding box (x0, y0, x1, y1 in pixels, from its warped alpha) when centred in the frame
+    (``shot.centre`` ignored); a centre offset only shifts it. Room around the frame lets a large object's
+    box reach beyond the frame's edge."""
+    from dataclasses import replace
+
+    import cv2
+
+    w, h = size
+    pad_w, pad_h = w, h
+    oh, ow = rgba.shape[:2]
+    dst, _ = _quad((oh, ow), replace(shot, centre=(0.0, 0.0)), size)
+    src = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
+    m = cv2.getPerspectiveTransform(src, dst + np.array([pad_w, pad_h], np.float32))
+    a = cv2.warpPerspective(np.ascontiguousarray(rgba[:, :, 3]), m, (w + 2 * pad_w, h + 2 * pad_h),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ys, xs = np.nonzero(a > 8)
+    if ys.size == 0:  # nothing opaque inside the canvas: the corners' box
+        return (float(dst[:, 0].min()), float(dst[:, 1].min()), float(dst[:, 0].max()),
+                float(dst[:, 1].max()))
+    return (float(xs.min() - pad_w), float(ys.min() - pad_h), float(xs.max() + 1 - pad_w),
+            float(ys.max() + 1 - pad_h))
+
+
+def _place(box: tuple[float, float, float, float], shot: Shot, size: tuple[int, int],
+           rng: np.random.Generator, margin: float = HARD_MARGIN) -> Shot:
+    """``shot`` moved to a random centre that keeps the object's bounding box ``box`` (``_bbox``) inside the
+    margin (as close to it as possible when the object is too large)."""
+    from dataclasses import replace
+
+    w, h = size
+    x0, y0, x1, y1 = box
+    lo_x, hi_x = (margin * w - x0) / w, ((1 - margin) * w - x1) / w
+    lo_y, hi_y = (margin * h - y0) / h, ((1 - margin) * h - y1) / h
+    cx = float(rng.uniform(lo_x, hi_x)) if hi_x > lo_x else (lo_x + hi_x) / 2
+    cy = float(rng.uniform(lo_y, hi_y)) if hi_y > lo_y else (lo_y + hi_y) / 2
+    return replace(shot, centre=(cx, cy))
+
+
+def _shifted(box: tuple[float, float, float, float], shot: Shot, size: tuple[int, int]) -> tuple[float, ...]:
+    dx, dy = shot.centre[0] * size[0], shot.centre[1] * size[1]
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+
+
+def random_hard_scene(rng: np.random.Generator, rgba: np.ndarray, n_backgrounds: int,
+                      stamps: list[np.ndarray], own: int, size: tuple[int, int] = (640, 480)) -> HardScene:
+    """A hard scene for the stamp ``rgba`` (index ``own`` in ``stamps``, the other stamps' RGBA arrays, each
+    cut to its opaque pixels by ``trim``)."""
+    from dataclasses import replace
+
+    import cv2
+
+    shot = random_shot(rng, n_backgrounds)
+    target = float(rng.uniform(*HARD_COVER))
+    shot = replace(shot, scale=_scale_for_cover(rgba, target, size), centre=(0.0, 0.0))
+    shot = replace(shot, scale=shot.scale * math.sqrt(target / max(cover(rgba, shot, size), 1e-6)))
+    box = _bbox(rgba, shot, size)
+    w, h = size
+    for n in range(6):  # a long item at a large cover may not fit inside the margin: upright, then smaller
+        room = 1 - 2 * HARD_MARGIN
+        fit = min(room * w / max(box[2] - box[0], 1.0), room * h / max(box[3] - box[1], 1.0))
+        if fit >= 1:
+            break
+        shot = replace(shot, angle=0.0) if n == 0 else replace(shot, scale=shot.scale * fit * 0.98)
+        box = _bbox(rgba, shot, size)
+    shot = _place(box, shot, size, rng)
+    dim = bool(rng.random() < HARD_DIM)
+    if dim:
+        shot = replace(shot, brightness=shot.brightness * float(rng.uniform(*HARD_DIM_EXPOSURE)),
+                       noise=float(rng.uniform(*HARD_DIM_NOISE)))
+    second = None
+    if rng.random() < HARD_SECOND and len(stamps) > 1:
+        j = int(rng.integers(len(stamps) - 1))
+        j += j >= own
+        other = stamps[j]
+        o_shot = random_shot(rng, n_backgrounds)
+        mask = (_warp(rgba, shot, size)[:, :, 3] > 8).astype(np.uint8)
+        inside = cv2.integral(mask)  # [h + 1, w + 1]: item pixels above-left of each corner
+        w, h = size
+        o_target = cover(rgba, shot, size) * float(rng.uniform(*HARD_SECOND_COVER))
+        for _ in range(HARD_SECOND_TRIES):  # apart from the item; smaller each round if it does not fit
+            o_shot = replace(o_shot, scale=_scale_for_cover(other, o_target, size), centre=(0.0, 0.0))
+            o_shot = replace(o_shot, scale=o_shot.scale * math.sqrt(o_target / max(cover(other, o_shot, size),
+                                                                                     1e-6)))
+            o_box = _bbox(other, o_shot, size)
+            for _ in range(30):
+                cand = _place(o_box, o_shot, size, rng)
+                x0, y0, x1, y1 = (int(round(v)) for v in _shifted(o_box, cand, size))
+                x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                item = inside[y1, x1] - inside[y0, x1] - inside[y1, x0] + inside[y0, x0]
+                if item <= HARD_SECOND_OVERLAP * (x1 - x0) * (y1 - y0):
+                    second = (j, cand)
+                    break
+            if second:
+                break
+            o_target *= 0.75
+    return HardScene(shot, second, dim)
+
+
+def offset(rgba: np.ndarray, shot: Shot, size: tuple[int, int] = (640, 480)) -> float:
+    """Distance of the object's centre from the frame's centre: 0 at the centre, 1 in a corner."""
+    q, _ = _quad(rgba.shape[:2], shot, size)
+    cx, cy = q.mean(axis=0)
+    return float(math.hypot(2 * cx / size[0] - 1, 2 * cy / size[1] - 1) / math.sqrt(2))
+
+
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
     from .images import encode_jpeg
 
@@ -316,7 +490,7 @@ def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
 # ------------------------------------------------------------------ benchmark
 def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0, scenes: int = 2,
                    burst: int = 3, limit: int | None = None, stamps_root: str | Path = STAMPS_ROOT,
-                   catalog_side: int = 512, scale: tuple[float, float] = SCALE) -> dict:
+                   catalog_side: int = 512, scale: tuple[float, float] = SCALE, hard: bool = False) -> dict:
     """Write the benchmark to ``out_dir`` and return its summary.
 
     Layout: ``catalog/catalog.csv`` + ``catalog/images/<id>.jpg`` (each photo on white);
@@ -324,6 +498,11 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     each); ``truth.csv`` (query_path,item_id: the first frame of every scene); ``bursts.csv``
     (query_path,item_id,scene: every frame); ``benchmark.json`` (parameters and counts). Same seed, same
     files.
+
+    ``hard``: the hard variant (see ``random_hard_scene``; ``scale`` is then unused); ``truth.csv`` gets the
+    conditions of each query as extra columns: ``cover`` (share of the frame the item covers), ``offset``
+    (its centre's distance from the frame centre, 0 centre .. 1 corner), ``second_item`` (the id of the
+    second object, empty when there is none) and ``dim`` (1 or 0).
     """
     out = Path(out_dir)
     stamps = select_stamps(stamps_root)
@@ -334,32 +513,75 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     (out / "queries").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     truth, bursts = [], []
+    rgbas = [trim(load_rgba(st.path)) for st in stamps] if hard else []
     with open(out / "catalog" / "catalog.csv", "w", newline="", encoding="utf-8") as f:
         cat = csv.writer(f)
         cat.writerow(["id", "title", "price", "image", "source"])
-        for st in stamps:
-            rgba = load_rgba(st.path)
-            _write_jpeg(out / "catalog" / "images" / f"{st.id}.jpg", on_white(rgba, min(catalog_side,
-                        max(rgba.shape[:2]))), 92)
+        for n, st in enumerate(stamps):
+            full = load_rgba(st.path)
+            rgba = rgbas[n] if hard else full
+            _write_jpeg(out / "catalog" / "images" / f"{st.id}.jpg", on_white(full, min(catalog_side,
+                        max(full.shape[:2]))), 92)
             cat.writerow([st.id, st.title, "", f"images/{st.id}.jpg", st.rel])
             for sc in range(scenes):
-                shot = random_shot(rng, len(backgrounds), scale)
+                others, cond = (), ()
+                if hard:
+                    scene = random_hard_scene(rng, rgba, len(backgrounds), rgbas, n)
+                    shot = scene.shot
+                    if scene.second:
+                        others = ((rgbas[scene.second[0]], scene.second[1]),)
+                    cond = (round(cover(rgba, shot), 4), round(offset(rgba, shot), 4),
+                            stamps[scene.second[0]].id if scene.second else "", int(scene.dim))
+                else:
+                    shot = random_shot(rng, len(backgrounds), scale)
                 for fr in range(burst):
                     name = f"queries/{st.id}_s{sc}_f{fr}.jpg"
-                    _write_jpeg(out / name, render(rgba, backgrounds, shot, rng), 95)
+                    _write_jpeg(out / name, render(rgba, backgrounds, shot, rng, others=others), 95)
                     bursts.append((name, st.id, f"{st.id}_s{sc}"))
                     if fr == 0:
-                        truth.append((name, st.id))
+                        truth.append((name, st.id, *cond))
                     shot = jitter(shot, rng)
-    _write_csv(out / "truth.csv", ["query_path", "item_id"], truth)
+    extra = ["cover", "offset", "second_item", "dim"] if hard else []
+    _write_csv(out / "truth.csv", ["query_path", "item_id", *extra], truth)
     _write_csv(out / "bursts.csv", ["query_path", "item_id", "scene"], bursts)
     summary = {"seed": seed, "items": len(stamps), "scenes_per_item": scenes, "frames_per_scene": burst,
                "object_scale": list(scale),
                "queries": len(truth), "frames": len(bursts), "stamps_root": str(stamps_root),
                "selection": {"min_side": MIN_SIDE, "min_texture": MIN_TEXTURE, "drawn": sorted(DRAWN),
                              "duplicate_distance": DUPLICATE_DISTANCE}}
+    if hard:
+        summary.pop("object_scale")
+        summary["hard"] = {"cover": list(HARD_COVER), "margin": HARD_MARGIN, "second_share": HARD_SECOND,
+                           "second_cover": list(HARD_SECOND_COVER), "dim_share": HARD_DIM,
+                           "dim_exposure": list(HARD_DIM_EXPOSURE), "dim_noise": list(HARD_DIM_NOISE),
+                           "with_second": sum(1 for t in truth if t[4]),
+                           "dim": sum(t[5] for t in truth)}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def make_empty_scenes(out_dir: str | Path = EMPTY_SCENES_DIR, *, n: int = 200, seed: int = 0) -> dict:
+    """Camera frames of rooms with no item (``out_dir/queries/empty_NNN.jpg``, listed in ``scenes.csv``
+    with a ``dim`` column): what the kiosk sees when nobody holds anything up; ``HARD_DIM`` of them dim."""
+    from dataclasses import replace
+
+    out = Path(out_dir)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    backgrounds = load_backgrounds()
+    rng = np.random.default_rng(seed)
+    nothing = np.zeros((8, 8, 4), np.uint8)
+    rows = []
+    for i in range(n):
+        shot = random_shot(rng, len(backgrounds))
+        dim = bool(rng.random() < HARD_DIM)
+        if dim:
+            shot = replace(shot, brightness=shot.brightness * float(rng.uniform(*HARD_DIM_EXPOSURE)),
+                           noise=float(rng.uniform(*HARD_DIM_NOISE)))
+        name = f"queries/empty_{i:03d}.jpg"
+        _write_jpeg(out / name, render(nothing, backgrounds, shot, rng), 95)
+        rows.append((name, int(dim)))
+    _write_csv(out / "scenes.csv", ["query_path", "dim"], rows)
+    return {"seed": seed, "scenes": n, "dim": sum(r[1] for r in rows)}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
@@ -487,17 +709,25 @@ we credit Pexels and the package here anyway. `frames/truth.csv` names the catal
 
 # ------------------------------------------------------------------ command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pi_search.benchmark_data {benchmark,demo}``: regenerate the benchmark or the demo data."""
+    """``python -m pi_search.benchmark_data {benchmark,empty,demo}``: regenerate the benchmark, the empty
+    scenes or the demo data."""
     p = argparse.ArgumentParser(prog="python -m pi_search.benchmark_data", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("benchmark", help="write the public retrieval benchmark (default: var/benchmark)")
-    b.add_argument("--out", type=Path, default=DEFAULT_BENCHMARK_DIR)
+    b.add_argument("--out", type=Path, default=None,
+                   help=f"default: {DEFAULT_BENCHMARK_DIR} ({HARD_BENCHMARK_DIR} with --hard)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--scenes", type=int, default=2, help="camera scenes per catalog item")
     b.add_argument("--burst", type=int, default=3, help="consecutive frames per scene")
     b.add_argument("--limit", type=int, default=None, help="only the first N selected stamps")
     b.add_argument("--scale", type=float, nargs=2, default=SCALE, metavar=("MIN", "MAX"),
                    help="object size range as a fraction of the frame height")
+    b.add_argument("--hard", action="store_true",
+                   help="the hard variant: small, off-centre items, a second object, dim light")
+    e = sub.add_parser("empty", help=f"camera frames of rooms with no item (default: {EMPTY_SCENES_DIR})")
+    e.add_argument("--out", type=Path, default=EMPTY_SCENES_DIR)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--scenes", type=int, default=200)
     d = sub.add_parser("demo", help="rewrite the committed demo catalog and camera frames")
     d.add_argument("--out", type=Path, default=DEMO_DIR)
     d.add_argument("--seed", type=int, default=7)
@@ -505,8 +735,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.what == "benchmark":
+            args.out = args.out or (HARD_BENCHMARK_DIR if args.hard else DEFAULT_BENCHMARK_DIR)
             summary = make_benchmark(args.out, seed=args.seed, scenes=args.scenes, burst=args.burst,
-                                     limit=args.limit, scale=tuple(args.scale))
+                                     limit=args.limit, scale=tuple(args.scale), hard=args.hard)
+        elif args.what == "empty":
+            summary = make_empty_scenes(args.out, n=args.scenes, seed=args.seed)
         else:
             summary = make_demo(args.out, seed=args.seed)
     except PiSearchError as exc:

@@ -26,10 +26,25 @@ EmbedFn = Callable[[object, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Truth:
-    """One query image and the catalog id it shows."""
+    """One query image, the catalog id it shows, and the truth file's other columns (its conditions)."""
 
     path: Path
     item_id: str
+    conditions: dict = field(default_factory=dict, compare=False)
+
+
+# Per-condition breakdown, when the truth file has the hard benchmark's columns (cover, offset, second_item,
+# dim): (condition, column, bins as (label, test on the column's text)).
+CONDITIONS = (
+    ("size", "cover", (("cover < 12%", lambda v: float(v) < 0.12),
+                       ("cover 12-20%", lambda v: 0.12 <= float(v) < 0.20),
+                       ("cover >= 20%", lambda v: float(v) >= 0.20))),
+    ("distance from centre", "offset", (("offset < 0.25", lambda v: float(v) < 0.25),
+                                        ("offset 0.25-0.5", lambda v: 0.25 <= float(v) < 0.5),
+                                        ("offset >= 0.5", lambda v: float(v) >= 0.5))),
+    ("second object", "second_item", (("with", lambda v: bool(v)), ("without", lambda v: not v))),
+    ("light", "dim", (("dim", lambda v: v == "1"), ("normal", lambda v: v == "0"))),
+)
 
 
 @dataclass
@@ -68,6 +83,32 @@ def recall_curve(ranks: np.ndarray, kmax: int = CURVE_K) -> list[float]:
     return [float(((r > 0) & (r <= k)).mean()) for k in range(1, kmax + 1)]
 
 
+def by_condition(ranks: np.ndarray, truth: Sequence[Truth],
+                 firsts: Sequence[str] | None = None) -> list[dict]:
+    """Recall@1/5 per bin of each condition in ``CONDITIONS`` whose column the truth file has.
+
+    ``firsts`` (the first result's id per query) adds, for the second-object bins, how often the second
+    object itself came first. Empty when the truth file has none of the columns.
+    """
+    r = np.asarray(ranks)
+    rows = []
+    for name, column, bins in CONDITIONS:
+        if not truth or column not in truth[0].conditions:
+            continue
+        for label, test in bins:
+            sel = np.array([test(t.conditions.get(column, "")) for t in truth], bool)
+            if not sel.any():
+                continue
+            row = {"condition": name, "bin": label, "queries": int(sel.sum()),
+                   "recall@1": round(float(((r > 0) & (r <= 1))[sel].mean()), 4),
+                   "recall@5": round(float(((r > 0) & (r <= 5))[sel].mean()), 4)}
+            if column == "second_item" and firsts is not None:
+                row["second_first"] = sum(1 for t, f, s in zip(truth, firsts, sel, strict=True)
+                                          if s and f and f == t.conditions.get("second_item"))
+            rows.append(row)
+    return rows
+
+
 def read_truth(truth_csv: str | Path, queries_dir: str | Path | None = None) -> list[Truth]:
     """Rows of a truth CSV (header ``query_path,item_id``); paths are relative to ``queries_dir`` (default:
     the CSV's folder) unless absolute."""
@@ -86,7 +127,8 @@ def read_truth(truth_csv: str | Path, queries_dir: str | Path | None = None) -> 
         if not q or not item:
             raise PiSearchError(f"{truth_csv} line {n}: empty query_path or item_id")
         p = Path(q)
-        rows.append(Truth(p if p.is_absolute() else base / p, item))
+        extra = {k: (v or "").strip() for k, v in rec.items() if k not in ("query_path", "item_id") and k}
+        rows.append(Truth(p if p.is_absolute() else base / p, item, extra))
     if not rows:
         raise PiSearchError(f"{truth_csv}: no queries listed")
     return rows
@@ -132,8 +174,14 @@ def exact_ranks(queries: np.ndarray, catalog: np.ndarray, truth_idx: np.ndarray,
 
 
 def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vecs: np.ndarray,
-                  truth: list[Truth], extractor, work: Path) -> tuple[np.ndarray, list]:
-    """Ranks through a real bundle built with Annoy forced on (approximate candidates, then re-ranking)."""
+                  truth: list[Truth], extractor, work: Path,
+                  settle: bool = False) -> tuple[np.ndarray, list, np.ndarray | None, list | None, float]:
+    """Ranks through a real bundle built with Annoy forced on (approximate candidates, then re-ranking).
+
+    ``settle``: also the ranks after the daemon's settled look (``views.settle_windows`` embedded and
+    searched, fused by ``views.fuse`` with the kept framing's matches), its first results and median seconds.
+    """
+    from . import images, views
     from .catalog import build_bundle
     from .index import BuildOptions, Bundle
 
@@ -142,21 +190,45 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
     build_bundle(catalog_dir, work / "bundle", extractor, embeddings=work / "emb.npy", ids=work / "ids.txt",
                  options=BuildOptions(search="ann"), progress=False)
     bundle = Bundle.open(work / "bundle", extractor=extractor)
-    ranks, tops = [], []
+    ranks, tops, s_ranks, s_tops, secs = [], [], [], [], []
+
+    def rank(found: list[str], item: str) -> int:
+        return found.index(item) + 1 if item in found else 0
+
     try:
         for vec, t in zip(q_vecs, truth, strict=True):
-            found = [m.id for m in bundle.search(vec, ANN_DEPTH)]
-            ranks.append(found.index(t.item_id) + 1 if t.item_id in found else 0)
+            kept = bundle.search(vec, ANN_DEPTH)
+            found = [m.id for m in kept]
+            ranks.append(rank(found, t.item_id))
             tops.append(found[:3])
+            if settle:
+                rgb = images.read(t.path)
+                t0 = time.perf_counter()
+                h, w = rgb.shape[:2]
+                wins = [(box, bundle.search(extractor.embed(views.window_input(rgb, box, extractor.size)),
+                                            views.SETTLE_DEPTH)) for box in views.settle_windows(w, h)]
+                fused, _, _ = views.fuse(kept[:views.SETTLE_DEPTH], wins, ANN_DEPTH)  # as the worker does
+                secs.append(time.perf_counter() - t0)
+                s_found = [m.id for m in fused]
+                s_ranks.append(rank(s_found, t.item_id))
+                s_tops.append([(m.id, m.score) for m in fused[:3]])
     finally:
         bundle.close()
-    return np.asarray(ranks, np.int64), tops
+    if not settle:
+        return np.asarray(ranks, np.int64), tops, None, None, 0.0
+    return (np.asarray(ranks, np.int64), tops, np.asarray(s_ranks, np.int64), s_tops,
+            statistics.median(secs))
 
 
 def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[str | Path | None] = (None,), *,
              queries_dir: str | Path | None = None, annoy: bool = True, threads: int = 1,
-             catalog_fn: EmbedFn | None = None, query_fn: EmbedFn | None = None) -> dict:
+             catalog_fn: EmbedFn | None = None, query_fn: EmbedFn | None = None,
+             settle: bool | None = None) -> dict:
     """Evaluate each model with exact search and (``annoy``) through an Annoy bundle.
+
+    ``settle`` (default: when the truth file has the hard benchmark's condition columns, and ``annoy``) adds
+    a "settled" run per model: the daemon's settled look at the whole frame through the same bundle; its
+    ms/frame is the kept framing's plus the settled look's.
 
     Returns ``{"catalog", "items", "queries", "runs": [metrics...], "curves", "misses"}``; ``misses`` lists
     the worst queries of the first run with what came back, for the report.
@@ -175,6 +247,8 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
         raise PiSearchError(f"{truth_csv}: {len(unknown)} item id(s) not in {catalog_dir} "
                             f"(first: {unknown[0]})")
     truth_idx = np.array([where[t.item_id] for t in truth])
+    if settle is None:
+        settle = "cover" in truth[0].conditions
     runs: list[Run] = []
     for model in models:
         ex = Extractor(model, num_threads=threads)
@@ -188,28 +262,52 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
         runs.append(Run(ex.name, "exact", ranks, ms, top))
         if annoy:
             with tempfile.TemporaryDirectory(prefix="pi-search-eval-") as tmp:
-                franks, ftops = _bundle_ranks(catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp))
+                franks, ftops, sranks, stops, s_secs = _bundle_ranks(
+                    catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp), settle)
             runs.append(Run(ex.name, "annoy", franks, ms, [[(i, float("nan")) for i in f] for f in ftops]))
-    first = runs[0]
-    order = np.argsort(-np.where(first.ranks > 0, first.ranks, 10**9), kind="stable")
-    misses = [{"query": str(truth[i].path), "truth": truth[i].item_id, "rank": int(first.ranks[i]),
-               "truth_image": str(cat_paths[truth_idx[i]]),
-               "returned": [{"id": j, "score": s, "image": str(cat_paths[where[j]])}
-                            for j, s in first.top[i]]}
-              for i in order if first.ranks[i] != 1][:8]
+            if settle:
+                runs.append(Run(ex.name, "settled", sranks, ms + 1000 * s_secs, stops))
+    conditions = {f"{r.model} {r.search}": by_condition(r.ranks, truth, [t[0][0] if t else "" for t in r.top])
+                  for r in runs}
+    def worst(run: Run) -> list[dict]:
+        order = np.argsort(-np.where(run.ranks > 0, run.ranks, 10**9), kind="stable")
+        return [{"query": str(truth[i].path), "truth": truth[i].item_id, "rank": int(run.ranks[i]),
+                 "truth_image": str(cat_paths[truth_idx[i]]),
+                 "returned": [{"id": j, "score": s, "image": str(cat_paths[where[j]])}
+                              for j, s in run.top[i]]}
+                for i in order if run.ranks[i] != 1][:8]
+
+    misses = worst(runs[0])
+    settled = next((r for r in runs if r.search == "settled"), None)
     return {"catalog": str(catalog_dir), "truth": str(truth_csv), "items": len(ids), "queries": len(truth),
-            "runs": [r.metrics() for r in runs],
+            "runs": [r.metrics() for r in runs], "conditions": {k: v for k, v in conditions.items() if v},
             "curves": {f"{r.model} {r.search}": recall_curve(r.ranks) for r in runs},
-            "misses": misses, "titles": {i: t for i, t in zip(ids, titles, strict=True)}}
+            "misses": misses, "misses_settled": worst(settled) if settled else None,
+            "titles": {i: t for i, t in zip(ids, titles, strict=True)}}
 
 
 def format_table(result: dict) -> str:
     """The result as a plain text table, one row per (model, search)."""
-    head = f"{'model':34} {'search':6} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP':>6} {'ms/frame':>9}"
+    head = f"{'model':34} {'search':7} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP':>6} {'ms/frame':>9}"
     lines = [f"{result['items']} catalog items, {result['queries']} queries", head, "-" * len(head)]
     for r in result["runs"]:
-        lines.append(f"{r['model'][:34]:34} {r['search']:6} {r['recall@1']:6.3f} {r['recall@5']:6.3f} "
+        lines.append(f"{r['model'][:34]:34} {r['search']:7} {r['recall@1']:6.3f} {r['recall@5']:6.3f} "
                      f"{r['recall@10']:6.3f} {r['map']:6.3f} {r['query_ms']:9.2f}")
+    conditions = result.get("conditions") or {}
+    if conditions:
+        names = list(conditions)
+        models = {n.rsplit(" ", 1)[0] for n in names}
+        labels = [n.rsplit(" ", 1)[1] if len(models) == 1 else n[-30:] for n in names]  # one model: search
+        head = f"{'condition':22} {'bin':16} {'queries':>7} " + " ".join(f"{n:>30}" for n in labels)
+        lines += ["", "recall@1 / recall@5 per condition", head, "-" * len(head)]
+        for n, row in enumerate(conditions[names[0]]):
+            cells = []
+            for name in names:
+                c = conditions[name][n]
+                second = f" ({c['second_first']} 2nd 1st)" if c.get("second_first") else ""
+                cells.append(f"{c['recall@1']:.3f} / {c['recall@5']:.3f}{second}")
+            lines.append(f"{row['condition']:22} {row['bin']:16} {row['queries']:7d} "
+                         + " ".join(f"{c:>30}" for c in cells))
     return "\n".join(lines)
 
 
@@ -271,13 +369,14 @@ def _tile(path: str, side: int) -> np.ndarray:
     return tile
 
 
-def _misses(misses: list[dict], titles: dict, width: int, side: int = 150) -> np.ndarray:
+def _misses(misses: list[dict], titles: dict, width: int, side: int = 150,
+            which: str = "first run") -> np.ndarray:
     cap = 34
     cols = 5
     gap = (width - cols * side) // (cols + 1)
     head = 30
     img = np.full((head + max(1, len(misses)) * (side + cap), width, 3), 255, np.uint8)
-    _text(img, "Worst misses (first run): query | truth item (its rank) | top 3 returned", (10, 20), 0.5)
+    _text(img, f"Worst misses ({which}): query | truth item (its rank) | top 3 returned", (10, 20), 0.5)
     if not misses:
         _text(img, "none: every query found its item at rank 1", (10, head + 30), 0.5)
     for r, m in enumerate(misses):
@@ -296,12 +395,14 @@ def _misses(misses: list[dict], titles: dict, width: int, side: int = 150) -> np
 
 
 def write_report(result: dict, path: str | Path) -> Path:
-    """Draw the recall@k curves and the sheet of worst misses into one PNG; returns its path."""
+    """Draw the recall@k curves and the worst misses (first run; settled run if any) into one PNG."""
     import cv2
 
     width = 900
-    sheet = np.vstack([_chart(result["curves"], width, 380),
-                       _misses(result["misses"], result["titles"], width)])
+    parts = [_chart(result["curves"], width, 380), _misses(result["misses"], result["titles"], width)]
+    if result.get("misses_settled") is not None:  # and after the settled look (hard benchmark)
+        parts.append(_misses(result["misses_settled"], result["titles"], width, which="settled look, Annoy"))
+    sheet = np.vstack(parts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):

@@ -33,6 +33,11 @@ class LatestResult:
 
     ``timings_ms`` holds each stage of that frame (capture, gate, preprocess, extract, search, encode) and
     ``latency_ms``: capture time to publication. ``jpeg`` is encoded once and shared by every viewer.
+    ``guide`` (None or ``{"hint", "target", "region"}``, boxes as fractions [x0, y0, x1, y1] of the frame):
+    where the framing expects the item, the window the settled look picked (or None), and a sentence for
+    staff when the best match is weak or the item was found outside the target box (or None).
+    ``settle_ms``: these matches come from the settled look at the whole frame (``Service.settle``), which
+    took that long; ``timings_ms`` and ``latency_ms`` are then those of the inference it refined.
     """
 
     frame_id: int
@@ -44,9 +49,11 @@ class LatestResult:
     jpeg: bytes = b""
     width: int = 0
     height: int = 0
+    guide: dict | None = None
+    settle_ms: float | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "frame_id": self.frame_id,
             "frame_time": round(self.frame_time, 3),
             "published_time": round(self.published_time, 3),
@@ -55,6 +62,11 @@ class LatestResult:
             "frame_size": [self.width, self.height],
             "matches": [m.as_dict() for m in self.matches],
         }
+        if self.guide is not None:
+            out["guide"] = self.guide
+        if self.settle_ms is not None:
+            out["settle_ms"] = round(self.settle_ms, 2)
+        return out
 
 
 class Histogram:
@@ -94,6 +106,7 @@ class Stats:
     frame_errors: int = 0
     uploads: int = 0
     viewers: int = 0
+    settled: int = 0  # settled looks at a still scene (Service.settle)
     stages: dict = field(default_factory=lambda: {s: Histogram() for s in (*STAGES, "latency")})
 
 
@@ -226,6 +239,8 @@ class Service:
     ``health``, ``search_image``); only the worker thread touches the source.
     """
 
+    settle_enabled = True  # the settled look at the whole frame once the scene is still (``settle``)
+
     def __init__(self, source_factory: Callable, extractor, bundle, config, *, source_name: str = "",
                  embed_query: Callable | None = None):
         from . import views
@@ -257,6 +272,9 @@ class Service:
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
         self.started_time = time.time()
+        self._settle_job: dict | None = None  # the settled look under way: last inferred vector, windows done
+        self._region: tuple | None = None  # the settled look's window, used by each frame of the same item
+        self._region_gain = 0.0  # how much better that window framed the first match than the target box
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Service:
@@ -408,8 +426,14 @@ class Service:
 
     # ------------------------------------------------------------ one frame
     def process(self, frame, capture_s: float = 0.0) -> LatestResult | None:
-        """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it."""
-        from . import images
+        """Gate, preprocess, extract, search and publish one frame; None if the gate skipped it.
+
+        Frames skipped after an inference (the scene is still) get the settled look (``settle``, a slice per
+        frame, published on its own; still None here), once per inference, when ``settle_enabled``. When that
+        look found the item in a window, the following frames of the same item (until the smoothing restarts)
+        embed that window too, scored like the settled look (``views.search_mean``): two model passes.
+        """
+        from . import images, views
 
         h = self.stats.stages
         t0 = time.perf_counter()
@@ -420,18 +444,29 @@ class Service:
             self.stats.skipped += 1
             h["capture"].observe(capture_s)
             h["gate"].observe(t_gate)
+            if self.settle_enabled and self._settle_job is not None:
+                self.settle(frame)
             return None
         timed = _TimedExtractor(self.extractor)
         t1 = time.perf_counter()
         vec = self.embed_query(timed, frame.rgb)
+        region = self._region  # where the settled look found this item: that window too (a second pass)
+        rv = timed.embed(views.window_input(frame.rgb, region, self.extractor.size)) if region else None
         t_embed = time.perf_counter() - t1
         t_extract = timed.seconds
         t_pre = max(0.0, t_embed - t_extract)
         t2 = time.perf_counter()
         resets = self.smoother.resets
         vec = self.smoother.update(vec)
-        matches = tuple(self.bundle.search(vec, self.config.index.top_k))
-        matches = self.agreement.update(matches, fresh=self.smoother.resets != resets)
+        fresh = self.smoother.resets != resets
+        if fresh:  # a new item: the settled look's window no longer applies
+            self._region = region = None
+        k = self.config.index.top_k
+        if region is None:
+            matches = tuple(self.bundle.search(vec, k))
+        else:  # the mean of the two scores is the score of the mean vector: one search
+            matches = tuple(views.search_mean(self.bundle, vec, rv, k))
+        matches = self.agreement.update(matches, fresh=fresh)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
         jpeg = images.encode_jpeg(frame.rgb, self.config.server.jpeg_quality)
@@ -445,10 +480,65 @@ class Service:
             h[k].observe(v)
         latency = max(0.0, published - frame.t)
         h["latency"].observe(latency)
+        fh, fw = frame.rgb.shape[:2]
+        target = views.target_box(fw, fh)
+        gain = self._region_gain if region else 0.0  # as the settled look measured it
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
+                 "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
             timings_ms={k: v * 1000.0 for k, v in timings.items()}, latency_ms=latency * 1000.0, jpeg=jpeg,
-            width=int(frame.rgb.shape[1]), height=int(frame.rgb.shape[0]))
+            width=int(fw), height=int(fh), guide=guide)
+        self._settle_job = {"vec": vec, "done": [], "seconds": 0.0}  # a new look once the scene is still
+        with self._cond:
+            self._latest = result
+            self._recent.append(result)
+            self._cond.notify_all()
+        return result
+
+    def settle(self, frame) -> LatestResult | None:
+        """The settled look, a slice at a time: windows over the whole still frame, fused with the last
+        inferred matches once every window is done.
+
+        Called on frames the gate skips after an inference (the scene is still). Each call embeds and
+        searches windows of this frame for at most ``views.SETTLE_SLICE_S`` (at least one window), so a frame
+        that changes waits at most one slice; the next inference drops an unfinished look. When the last
+        window is done, publishes the fused matches, the picked window as the guide's ``region`` and
+        ``settle_ms`` (model and search time of all windows), keeping the last preview JPEG and timings (the
+        frame looks the same; reachable by the new frame id too), and returns that result; otherwise None.
+        """
+        from . import views
+
+        job, last = self._settle_job, self._latest
+        if job is None or last is None:
+            return None
+        t0 = time.perf_counter()
+        fh, fw = frame.rgb.shape[:2]
+        k = self.config.index.top_k
+        depth = max(k, views.SETTLE_DEPTH)
+        boxes = views.settle_windows(fw, fh)
+        while len(job["done"]) < len(boxes):
+            box = boxes[len(job["done"])]
+            v = self.extractor.embed(views.window_input(frame.rgb, box, self.extractor.size))
+            job["done"].append((box, self.bundle.search(v, depth)))
+            if time.perf_counter() - t0 >= views.SETTLE_SLICE_S:
+                break
+        if len(job["done"]) < len(boxes):
+            job["seconds"] += time.perf_counter() - t0
+            return None
+        matches, region, gain = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
+        self._settle_job = None
+        self._region, self._region_gain = region, gain
+        self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
+        t_settle = job["seconds"] + time.perf_counter() - t0
+        self.stats.settled += 1
+        target = views.target_box(fw, fh)
+        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
+                 "target": list(target), "region": list(region) if region else None}
+        result = LatestResult(
+            frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
+            timings_ms=last.timings_ms, latency_ms=last.latency_ms, jpeg=last.jpeg, width=int(fw),
+            height=int(fh), guide=guide, settle_ms=t_settle * 1000.0)
         with self._cond:
             self._latest = result
             self._recent.append(result)
