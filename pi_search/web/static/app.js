@@ -170,10 +170,12 @@ function drawGuide() {
   const x = (stage.width - w) / 2;
   const y = (stage.height - h) / 2;
   const [x0, y0, x1, y1] = g.target.map((v) => Math.max(0, Math.min(1, Number(v) || 0)));
-  box.style.left = (x + x0 * w) + "px";
-  box.style.top = (y + y0 * h) + "px";
-  box.style.width = Math.max(0, x1 - x0) * w + "px";
-  box.style.height = Math.max(0, y1 - y0) * h + "px";
+  // In per cent of the stage, so the box stays on the picture when the stage is resized later.
+  const pc = (v, total) => (100 * v / total) + "%";
+  box.style.left = pc(x + x0 * w, stage.width);
+  box.style.top = pc(y + y0 * h, stage.height);
+  box.style.width = pc(Math.max(0, x1 - x0) * w, stage.width);
+  box.style.height = pc(Math.max(0, y1 - y0) * h, stage.height);
   box.hidden = false;
 }
 
