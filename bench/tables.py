@@ -379,6 +379,263 @@ def t_uploads(r: Results) -> str:
               rows) + "\n" + source("uploads", "uploads-progressive")
 
 
+# ------------------------------------------------------------------------------------------------ hard shots
+HARD_KEPT = "kept: centre square zoomed 0.65"
+HARD_SHIPPED = "(kept + max over g2 and the centre square) / 2, top-20 lists"
+HARD_SIX = "(kept + max over g2) / 2, top-20 lists"
+HARD_TRACKED = "next frame, kept + the settled window (views.search_mean)"
+HARD_ZOOM = "(kept + max over g2, the centre square, zoom 0.8) / 2, top-20 lists"
+HARD_SEARCHES = {"exact": "exact, kept framing (before)",
+                 "annoy": "Annoy, kept framing (before; first result)",
+                 "settled": "Annoy, **settled look (after)**"}
+
+
+def share(x: float, n: int, digits: int = 3) -> str:
+    """A share of ``n`` queries from its count: the JSON keeps 4 decimals (0.8535), the count k/n does not
+    (169/198 = 0.85354 shows as 0.854, where formatting 0.8535 itself gives 0.853)."""
+    k = round(x * n)
+    if abs(k / n - x) > 6e-5:
+        raise SystemExit(f"error: {x} is not a share of {n} queries")
+    return num(k / n, digits)
+
+
+def share_pct(x: float, n: int) -> str:
+    """A share of ``n`` queries in per cent, from its count (as ``share``)."""
+    share(x, n)
+    return f"{100 * round(x * n) / n:.1f}%"
+
+
+def hard_run(r: Results, s: str, search: str) -> dict:
+    for run in r["retrieval-hard-eval"][s]["runs"]:
+        if run["search"] == search:
+            return run
+    raise KeyError((s, search))
+
+
+def hard_conditions(r: Results, search: str) -> list[dict]:
+    return r["retrieval-hard-eval"]["hard"]["conditions"][f"efficientnet_lite0_int8 {search}"]
+
+
+def hard_queries(r: Results, s: str = "hard") -> int:
+    return r["retrieval-hard-eval"][s]["queries"]
+
+
+def hard_attempt(r: Results, name: str) -> dict:
+    for row in r["retrieval-hard"]["attempts"]:
+        if row["attempt"] == name:
+            return row
+    raise KeyError(name)
+
+
+def hard_bin(r: Results, condition: str, bin_: str, search: str = "annoy") -> dict:
+    for c in hard_conditions(r, search):
+        if c["condition"] == condition and c["bin"] == bin_:
+            return c
+    raise KeyError((condition, bin_, search))
+
+
+def hard_r(r: Results, s: str, search: str, k: int = 1) -> str:
+    """Recall@k of one run of ``pi-search eval`` on the standard or hard set."""
+    return share(hard_run(r, s, search)[f"recall@{k}"], hard_queries(r, s))
+
+
+def hard_points(r: Results, a: float, b: float, s: str = "hard", sign: bool = True) -> str:
+    """``a - b``, two shares of the standard or hard set's queries, in points (1.0 = 100 points) from their
+    counts: 565 - 543 of 676 queries is +3.3 points, where 0.8358 - 0.8033 would show as +3.2."""
+    n = hard_queries(r, s)
+    share(a, n)
+    share(b, n)
+    return f"{100 * (round(a * n) - round(b * n)) / n:{'+' if sign else ''}.1f}"
+
+
+def hard_r1(r: Results, name: str, s: str = "hard") -> float:
+    return hard_attempt(r, name)[s]["recall@1"]
+
+
+def hard_tracked(r: Results, name: str = HARD_TRACKED) -> dict:
+    return r["retrieval-hard"]["tracked"][name]
+
+
+def hard_cost(r: Results) -> dict:
+    return r["retrieval-hard-cost"]
+
+
+def hard_gain(r: Results, name: str, s: str, metric: str) -> str:
+    """An attempt's gain over the kept framing in points, signed (+3.3)."""
+    return hard_points(r, hard_attempt(r, name)[s][metric], hard_attempt(r, HARD_KEPT)[s][metric], s)
+
+
+def hard_cost_fps(r: Results) -> float:
+    fps = {run["fps_asked"] for runs in hard_cost(r)["runs"].values() for run in runs}
+    if len(fps) != 1:
+        raise SystemExit(f"error: retrieval-hard-cost.json mixes camera rates {sorted(fps)}")
+    return fps.pop()
+
+
+def upload_row(r: Results, framing: str = "kept: views.embed_query_image") -> dict:
+    for row in r["retrieval"]["uploads"]:
+        if row["framing"] == framing:
+            return row
+    raise KeyError(framing)
+
+
+def sig3(x: float) -> str:
+    """Three significant figures: 8.99, 14.1, 75.0."""
+    return num(x, max(0, 3 - len(str(int(abs(x))))))
+
+
+def t_hard_results(r: Results) -> str:
+    rows = []
+    for s in ("standard", "hard"):
+        for i, search in enumerate(("exact", "annoy", "settled")):
+            run = hard_run(r, s, search)
+            n = run["queries"]
+            r1, r5 = share(run["recall@1"], n), share(run["recall@5"], n)
+            if search == "settled":
+                r1, r5 = f"**{r1}**", f"**{r5}**"
+            rows.append([f"{s} ({n})" if i == 0 else s, HARD_SEARCHES[search], r1, r5,
+                         share(run["recall@10"], n), num(run["map"], 3)])
+    return md(["set", "search", "R@1", "R@5", "R@10", "mAP"], rows) + source("retrieval-hard-eval")
+
+
+def t_hard_conditions(r: Results) -> str:
+    """Per condition: before (Annoy), after (settled), and the next frame with the followed window; bold where
+    the settled look gains 10 points or more of recall@1."""
+    def pair(c: dict) -> str:
+        n = c["queries"]
+        return f"{share(c['recall@1'], n)} / {share(c['recall@5'], n)}"
+
+    rows = []
+    tracked = hard_tracked(r)["conditions"]
+    for before, after, nxt in zip(hard_conditions(r, "annoy"), hard_conditions(r, "settled"), tracked,
+                                  strict=True):
+        if not (before["bin"] == after["bin"] == nxt["bin"]):
+            raise SystemExit("error: the condition bins of retrieval-hard-eval.json and retrieval-hard.json "
+                             "differ: run both benchmarks on the same set")
+        big = after["recall@1"] - before["recall@1"] >= 0.1
+        rows.append([before["condition"], before["bin"], before["queries"], pair(before),
+                     f"**{pair(after)}**" if big else pair(after), pair(nxt)])
+    return md(["condition", "bin", "queries", "before (Annoy, kept framing)", "after (settled look)",
+               "next frame, kept + window"], rows) + (
+        "\nBold: the settled look gains 10 points or more of recall@1.\n") + source(
+        "retrieval-hard-eval", "retrieval-hard")
+
+
+def hard_standard_loss(r: Results, a: dict, than: str) -> str:
+    points = hard_points(r, a["standard"]["recall@1"], hard_r1(r, than, "standard"), "standard")
+    return f"no: standard set {points}"
+
+
+def hard_claim(r: Results, a: dict, text: str) -> str:
+    """``text``, for an attempt said to be no better than the shipped fusion on the hard set (checked)."""
+    if not _below(r, a, HARD_SHIPPED):
+        raise SystemExit(f"error: '{a['attempt']}' is no longer below the shipped fusion on the hard set: "
+                         "update HARD_VERDICTS (bench/tables.py)")
+    return text
+
+
+def _below(r: Results, row: dict, than: str) -> bool:
+    return row["hard"]["recall@1"] < hard_r1(r, than)
+
+
+HARD_VERDICTS: dict[str, Callable[[Results, dict], str]] = {
+    HARD_KEPT: lambda r, a: "yes: the live result, unchanged",
+    "whole centre square": lambda r, a: hard_standard_loss(r, a, HARD_KEPT),
+    "kept + 1.0 x max over g2": lambda r, a: "no: the same with exact scores; the worker has top-20 lists",
+    "query framing c80": lambda r, a: hard_standard_loss(r, a, HARD_KEPT),
+    "query framing c65lift": lambda r, a: "no: no change",
+    "query framing c65lift60": lambda r, a: "no: no change",
+    "kept + 1.0 x max over g2 + g3": lambda r, a: hard_claim(
+        r, a, f"no: near the best on standard, no better on hard, {a['passes']} passes"),
+    "kept + 1.0 x max over g3 + g4": lambda r, a: hard_claim(r, a, f"no: {a['passes']} passes, worse"),
+    HARD_SIX: lambda r, a: "no: the centre square as a 7th window adds a point on hard",
+    HARD_SHIPPED: lambda r, a: "**yes**: the settled look, as shipped",
+    HARD_ZOOM: lambda r, a: (
+        f"no: {hard_points(r, a['hard']['recall@1'], hard_r1(r, HARD_SHIPPED))} for one more pass"),
+    "(mean of kept and zoom 0.8 + max over g2) / 2, top-20 lists": lambda r, a: (
+        hard_standard_loss(r, a, HARD_SIX)),
+    "(kept + max over g2 and the middle window of g3) / 2, top-20 lists": lambda r, a: (
+        "no: the best top-20 fusion on standard, "
+        f"{hard_points(r, a['hard']['recall@1'], hard_r1(r, HARD_SHIPPED))} on hard"),
+}
+
+
+def hard_verdict(r: Results, a: dict) -> str:
+    """Why an attempt was kept or not; attempts not named in HARD_VERDICTS fall below the kept framing or the
+    shipped fusion on the hard set (checked: a new result that breaks the claim is an error)."""
+    if a["attempt"] in HARD_VERDICTS:
+        return HARD_VERDICTS[a["attempt"]](r, a)
+    if _below(r, a, HARD_KEPT):
+        return "no: below the kept framing on hard"
+    if _below(r, a, HARD_SHIPPED):
+        return "no: below the shipped fusion"
+    raise SystemExit(f"error: the attempt '{a['attempt']}' beats the shipped fusion on the hard set: "
+                     "say why it is not kept in HARD_VERDICTS (bench/tables.py)")
+
+
+def t_hard_attempts(r: Results) -> str:
+    ns, nh = hard_queries(r, "standard"), hard_queries(r, "hard")
+    rows = [[a["attempt"], a["passes"], share(a["standard"]["recall@1"], ns),
+             share(a["standard"]["recall@5"], ns), share(a["hard"]["recall@1"], nh),
+             share(a["hard"]["recall@5"], nh), hard_verdict(r, a)]
+            for a in r["retrieval-hard"]["attempts"]]
+    why = {"next frame, kept framing only": "yes: the live result",
+           HARD_TRACKED: "**yes**: frames after the settled look"}
+    for name, t in r["retrieval-hard"]["tracked"].items():
+        rows.append([f"{name} (hard `_f1` frames)", t["passes"], "", "", share(t["recall@1"], nh),
+                     share(t["recall@5"], nh), why[name]])
+    return md(["attempt", "passes", "standard R@1", "R@5", "hard R@1", "R@5", "kept, why"], rows) + source(
+        "retrieval-hard")
+
+
+def t_hard_hint(r: Results) -> str:
+    def wrong(h: dict, key: str) -> str:
+        if key not in h:
+            return "(no item: always wrong)"
+        return " / ".join(num(x, 2) for x in h[key])
+
+    rows = []
+    for name, h in r["retrieval-hard"]["hint"].items():
+        n = h["queries"]
+        rows.append([f"{name} ({n})", share_pct(h["live"], n),
+                     wrong(h, "live: first wrong when it fires / when not"), share_pct(h["settled"], n),
+                     wrong(h, "settled: first wrong when it fires / when not"),
+                     " / ".join(num(x, 2) for x in h["top score p10/p50/p90 (live)"])])
+    return md(["frames", "live: fires", "first wrong when it fires / not", "settled: fires",
+               "first wrong when it fires / not", "top score p10 / p50 / p90 (live)"], rows) + source(
+        "retrieval-hard")
+
+
+def t_hard_cost(r: Results) -> str:
+    c = hard_cost(r)
+    live = c["live"]
+    off, on = live["changing, 15 fps, settled look off"], live["changing, 15 fps, settled look on"]
+    still_off = live["still + noise, 15 fps, settled look off"]
+    still_on = live["still + noise, 15 fps, settled look on"]
+    samples = sum(run["latency_ms"]["n"] for run in c["runs"]["still + noise, 15 fps, settled look on"])
+    f, s = c["one_frame"], c["settle_stage"]
+    rows = [
+        ["frame to result p50, the demo's changing scenes, 15 fps", f"{sig3(off['p50_ms'])} ms",
+         f"{sig3(on['p50_ms'])} ms", f"**{num(live['changing, 15 fps: p50 ratio on/off'])}x**"],
+        ["frame to result p95, same", f"{sig3(off['p95_ms'])} ms", f"{sig3(on['p95_ms'])} ms",
+         f"{num(on['p95_ms'] / off['p95_ms'])}x"],
+        ["frame to result, still scene (one refresh inference per 5 s, which then uses the followed window; "
+         f"{samples} samples)", f"{sig3(still_off['p50_ms'])} ms", f"{sig3(still_on['p50_ms'])} ms",
+         f"{num(live['still + noise, 15 fps: p50 ratio on/off'])}x"],
+        [f"one inferred frame (`Service.process`), {f['frames']} hard frames in turn: kept framing / "
+         "kept + the followed window", f"{sig3(f['kept_only_ms_p50'])} ms",
+         f"{sig3(f['with_window_ms_p50'])} ms", f"**{num(f['ratio'])}x**"],
+        [f"the settled look ({s['windows']} windows, their searches, the fusion), {s['frames']} hard frames; "
+         "p50 (p95)", "", f"{sig3(s['settle_ms_p50'])} ms ({sig3(s['settle_ms_p95'])} ms)",
+         f"{num(s['settle_over_kept_pass'], 1)} kept frames"],
+    ]
+    for label, a, b in (("changing scenes", off, on), ("still scene", still_off, still_on)):
+        rows.append([f"worker CPU, {label}", f"{num(a['cpu_cores'], 3)} cores",
+                     f"{num(b['cpu_cores'], 3)} cores", f"{num(b['cpu_cores'] / a['cpu_cores'], 1)}x"])
+    return md(["what", "settled look off (before)", "on (after)", "ratio"], rows) + source(
+        "retrieval-hard-cost")
+
+
 TABLES: dict[str, Callable[[Results], str]] = {
     "uploads": t_uploads,
     "extractor": t_extractor,
@@ -397,6 +654,11 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "taught-latency-idle": t_taught_latency_idle,
     "taught-views": t_taught_views,
     "summary": t_summary,
+    "hard-results": t_hard_results,
+    "hard-conditions": t_hard_conditions,
+    "hard-attempts": t_hard_attempts,
+    "hard-hint": t_hard_hint,
+    "hard-cost": t_hard_cost,
 }
 
 
@@ -451,6 +713,63 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "taught.rooms.won": lambda r: str(r["taught"]["rooms"]["won_by_another_items_shot"]),
     "taught.rooms.wrong": lambda r: str(r["taught"]["rooms"]["wrong_top1"]),
     "taught.rooms.chance": lambda r: pct(r["taught"]["rooms"]["same_room_by_chance"]),
+    # hard shots (docs/hard-shots.md)
+    "hard.items": lambda r: str(r["retrieval-hard-eval"]["hard"]["items"]),
+    "hard.queries": lambda r: str(hard_queries(r)),
+    "hard.second": lambda r: str(hard_bin(r, "second object", "with")["queries"]),
+    "hard.dim": lambda r: str(hard_bin(r, "light", "dim")["queries"]),
+    "hard.empty": lambda r: str(r["retrieval-hard"]["hint"]["empty scenes"]["queries"]),
+    "hard.exact.r1": lambda r: hard_r(r, "hard", "exact"),
+    "hard.annoy.r1": lambda r: hard_r(r, "hard", "annoy"),
+    "hard.annoy.r5": lambda r: hard_r(r, "hard", "annoy", 5),
+    "hard.settled.r1": lambda r: hard_r(r, "hard", "settled"),
+    "hard.settled.r5": lambda r: hard_r(r, "hard", "settled", 5),
+    "hard.standard.annoy.r1": lambda r: hard_r(r, "standard", "annoy"),
+    "hard.standard.annoy.r5": lambda r: hard_r(r, "standard", "annoy", 5),
+    "hard.standard.annoy.r10": lambda r: hard_r(r, "standard", "annoy", 10),
+    "hard.standard.settled.r1": lambda r: hard_r(r, "standard", "settled"),
+    "hard.standard.settled.r5": lambda r: hard_r(r, "standard", "settled", 5),
+    "hard.standard.settled.r10": lambda r: hard_r(r, "standard", "settled", 10),
+    "hard.next.r1": lambda r: share(hard_tracked(r)["recall@1"], hard_queries(r)),
+    "hard.next.r5": lambda r: share(hard_tracked(r)["recall@5"], hard_queries(r)),
+    "hard.next.kept.r1": lambda r: share(hard_tracked(r, "next frame, kept framing only")["recall@1"],
+                                         hard_queries(r)),
+    "hard.next.kept.r5": lambda r: share(hard_tracked(r, "next frame, kept framing only")["recall@5"],
+                                         hard_queries(r)),
+    "hard.uploads.r1": lambda r: num(upload_row(r)["recall@1"], 3),
+    "hard.uploads.found": lambda r: str(round(upload_row(r)["recall@1"]
+                                              * r["retrieval"]["benchmark"]["items"])),
+    "hard.second.first.before": lambda r: str(hard_bin(r, "second object", "with")["second_first"]),
+    "hard.second.first.after": lambda r: str(hard_bin(r, "second object", "with", "settled")["second_first"]),
+    "hard.pass_ms": lambda r: num(extractor_ms(r, "uint8", 1), 1),
+    "hard.kept.r1": lambda r: share(hard_r1(r, HARD_KEPT), hard_queries(r)),
+    "hard.g2max.r1": lambda r: share(hard_r1(r, "max over g2 (6 windows)"), hard_queries(r)),
+    "hard.g4max.r1": lambda r: share(hard_r1(r, "max over g4 (12 windows)"), hard_queries(r)),
+    "hard.six.gain.r1": lambda r: hard_gain(r, HARD_SIX, "hard", "recall@1"),
+    "hard.six.gain.r5": lambda r: hard_gain(r, HARD_SIX, "hard", "recall@5"),
+    "hard.six.gain.standard.r1": lambda r: hard_gain(r, HARD_SIX, "standard", "recall@1"),
+    "hard.six.gain.standard.r5": lambda r: hard_gain(r, HARD_SIX, "standard", "recall@5"),
+    "hard.shipped.r1": lambda r: share(hard_r1(r, HARD_SHIPPED), hard_queries(r)),
+    "hard.zoom08.more": lambda r: hard_points(r, hard_r1(r, HARD_ZOOM), hard_r1(r, HARD_SHIPPED), sign=False),
+    "hard.six.r1": lambda r: share(hard_r1(r, HARD_SIX), hard_queries(r)),
+    "hard.six.r5": lambda r: share(hard_attempt(r, HARD_SIX)["hard"]["recall@5"], hard_queries(r)),
+    "hard.six.exact.r1": lambda r: share(hard_r1(r, "kept + 1.0 x max over g2"), hard_queries(r)),
+    "hard.six.exact.r5": lambda r: share(hard_attempt(r, "kept + 1.0 x max over g2")["hard"]["recall@5"],
+                                         hard_queries(r)),
+    "hard.c80.gain": lambda r: hard_gain(r, "query framing c80", "hard", "recall@1"),
+    "hard.c80.loss": lambda r: hard_points(r, hard_r1(r, HARD_KEPT, "standard"),
+                                           hard_r1(r, "query framing c80", "standard"), "standard", False),
+    "hard.cost.off_p50": lambda r: num(
+        hard_cost(r)["live"]["changing, 15 fps, settled look off"]["p50_ms"], 1),
+    "hard.cost.p50_ratio": lambda r: num(hard_cost(r)["live"]["changing, 15 fps: p50 ratio on/off"]),
+    "hard.cost.frame_ratio": lambda r: num(hard_cost(r)["one_frame"]["ratio"]),
+    "hard.cost.frame_ratio1": lambda r: num(hard_cost(r)["one_frame"]["ratio"], 1),
+    "hard.cost.settle_p50": lambda r: num(hard_cost(r)["settle_stage"]["settle_ms_p50"], 0),
+    "hard.cost.settle_p95": lambda r: num(hard_cost(r)["settle_stage"]["settle_ms_p95"], 0),
+    "hard.cost.settle_frames": lambda r: num(hard_cost(r)["settle_stage"]["settle_over_kept_pass"], 0),
+    "hard.cost.windows": lambda r: str(hard_cost(r)["settle_stage"]["windows"]),
+    "hard.cost.windows_s": lambda r: num(hard_cost(r)["settle_stage"]["windows"] / hard_cost_fps(r), 1),
+    "hard.cost.fps": lambda r: num(hard_cost_fps(r), 0),
 }
 
 
