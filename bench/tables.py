@@ -718,7 +718,6 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "hard.queries": lambda r: str(hard_queries(r)),
     "hard.second": lambda r: str(hard_bin(r, "second object", "with")["queries"]),
     "hard.dim": lambda r: str(hard_bin(r, "light", "dim")["queries"]),
-    "hard.empty": lambda r: str(r["retrieval-hard"]["hint"]["empty scenes"]["queries"]),
     "hard.exact.r1": lambda r: hard_r(r, "hard", "exact"),
     "hard.annoy.r1": lambda r: hard_r(r, "hard", "annoy"),
     "hard.annoy.r5": lambda r: hard_r(r, "hard", "annoy", 5),
