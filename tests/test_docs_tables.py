@@ -103,3 +103,41 @@ def test_unknown_or_unclosed_markers_are_errors():
 def test_a_missing_report_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="load.json is missing: run the benchmark"):
         tables.render("<!-- table:load -->\n<!-- /table:load -->\n", tables.Results(tmp_path))
+
+
+def test_a_new_hard_shot_result_is_caught_and_written(copy, capsys):
+    assert _check(copy) == 0
+    report = copy / "results" / "retrieval-hard-eval.json"
+    data = json.loads(report.read_text())
+    settled = next(run for run in data["hard"]["runs"] if run["search"] == "settled")
+    settled["recall@1"] = 0.8506  # 575 of 676 queries
+    report.write_text(json.dumps(data))
+
+    assert _check(copy) == 1
+    err = capsys.readouterr().err
+    assert "hard-shots.md" in err and "hard-results" in err and "v:hard.settled.r1" in err
+
+    assert tables.main(["--write", "--root", str(copy), "--results", str(copy / "results")]) == 0
+    doc = (copy / "docs" / "hard-shots.md").read_text()
+    assert "met by the settled look\n(<!-- v:hard.settled.r1 -->0.851<!-- /v -->" in doc
+    assert "| hard | Annoy, **settled look (after)** | **0.851** |" in doc
+    assert _check(copy) == 0
+
+
+def test_shares_are_shown_from_their_counts():
+    # 169 of 198 is 0.85354: the JSON keeps 0.8535, which formatting alone would show as 0.853.
+    assert tables.share(0.8535, 198) == "0.854"
+    assert tables.share(0.8462, 676) == "0.846"
+    with pytest.raises(SystemExit, match="not a share of 676 queries"):
+        tables.share(0.84, 676)
+
+
+def test_an_attempt_that_beats_the_shipped_fusion_needs_a_reason(copy):
+    report = copy / "results" / "retrieval-hard.json"
+    data = json.loads(report.read_text())
+    attempt = next(a for a in data["attempts"] if a["attempt"] == "max over g2 (6 windows)")
+    attempt["hard"]["recall@1"] = 0.9024  # 610 of 676, above the shipped fusion
+    report.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="beats the shipped fusion"):
+        tables.render("<!-- table:hard-attempts -->\n<!-- /table:hard-attempts -->\n",
+                      tables.Results(copy / "results"))
