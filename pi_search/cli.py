@@ -267,8 +267,11 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
     run_daemon(config)
 
 
-def run_daemon(config) -> None:
-    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT."""
+def run_daemon(config, on_serving=None) -> None:
+    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT.
+
+    ``on_serving(url)`` is called once the page is served.
+    """
     from .camera import open_source
     from .config import check_bind
     from .errors import ConfigError
@@ -276,9 +279,10 @@ def run_daemon(config) -> None:
     from .index import Bundle
     from .service import Service
     from .web import create_app
-    from .web.server import run
+    from .web.server import check_address, run
 
     check_bind(config.server)  # a daemon open to the network needs a token
+    check_address(config.server.host, config.server.port)  # a busy port fails now, not after the model loads
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
                           "(make one with: pi-search index build CATALOG --out DIR)")
@@ -293,7 +297,7 @@ def run_daemon(config) -> None:
     app = create_app(service, config)
     try:
         run(app, service, host=config.server.host, port=config.server.port,
-            threads=2 * config.server.max_viewers + 8)  # each page holds a preview and a long poll
+            max_viewers=config.server.max_viewers, on_serving=on_serving)
     finally:
         bundle.close()
 
@@ -397,12 +401,14 @@ def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: 
     from .config import load_config
     from .demo import demo_bundle, demo_data
     from .extractor import Extractor
+    from .web.server import check_address
 
+    check_address(host, port)  # a busy port fails before the demo bundle is built
     bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild)
     config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
                                 "index.bundle": str(bundle), "server.host": host, "server.port": port})
-    click.echo(f"pi-search demo: open http://{host}:{port}/  (Ctrl+C stops)", err=True)
-    run_daemon(config)
+    run_daemon(config, on_serving=lambda url: click.echo(f"pi-search demo: open {url}  (Ctrl+C stops)",
+                                                         err=True))
 
 
 # ---------------------------------------------------------------- item
