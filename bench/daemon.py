@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -67,12 +68,12 @@ class Daemon:
     """A `pi-search serve` subprocess; ``with Daemon(...) as d:`` waits until /healthz says ok."""
 
     def __init__(self, frames: Path, bundle: Path, log_path: Path, *, fps: float = 5.0,
-                 port: int | None = None):
+                 port: int | None = None, extra: tuple[str, ...] = ()):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         with open(log_path, "wb") as fh:
-            self.proc = subprocess.Popen(serve_cmd(frames, bundle, self.port, fps), stdout=fh,
+            self.proc = subprocess.Popen(serve_cmd(frames, bundle, self.port, fps, *extra), stdout=fh,
                                          stderr=subprocess.STDOUT, env=env())
 
     def __enter__(self) -> Daemon:
@@ -98,6 +99,21 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+    def get(self, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+        """(status, body) of a GET on a new connection; HTTP errors are answers too."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metric(self, name: str) -> float:
+        text = self.get("/metrics")[1].decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
 
     def threads(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/task"))

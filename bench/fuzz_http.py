@@ -226,6 +226,8 @@ def _is_json_error(answer: bytes) -> bool:
     head, _, body = answer.partition(b"\r\n\r\n")
     if b"content-type: application/json" not in head.lower():
         return False
+    if not _complete(head, body):
+        return True  # the connection was reset before the whole body came (the request was not read)
     try:
         return "error" in json.loads(body)
     except ValueError:

@@ -32,6 +32,8 @@ SEND_BUFFER_BYTES = 128 * 1024
 # Worker threads per lane beyond the previews: a lane's requests can only ever take the lane's own threads,
 # so 50 long polls or 20 previews never delay /healthz or the page.
 LANE_THREADS = {"health": 2, "main": 6, "upload": 4, "poll": 16}
+# Lanes whose requests wait long: their connections are read while served, to notice a client leaving.
+WATCHED_LANES = ("stream", "poll")
 # Requests queued beyond this many per lane thread are refused at once with 503.
 QUEUE_PER_THREAD = 8
 
@@ -102,6 +104,7 @@ class Channel(HTTPChannel):
     task_class = Task
     error_task_class = JSONErrorTask
     request_began = 0.0
+    lane = ""  # the lane serving the current request (set by Lanes.add_task)
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map=map)
@@ -117,6 +120,13 @@ class Channel(HTTPChannel):
             super().service()
         finally:
             self.waiting_since = time.time()
+
+    def readable(self):
+        # While a preview or a long poll is served, keep reading so a client that leaves is noticed at
+        # once; other requests are read one at a time, so a client that half-closes still gets its answer.
+        if self.requests and self.lane not in WATCHED_LANES:
+            return False
+        return super().readable()
 
     def waiting(self) -> bool:
         """True when the connection holds nothing of ours: no request being served, no output to send."""
@@ -265,7 +275,8 @@ class Lanes:
             lane.set_thread_count(lane.size)
 
     def add_task(self, channel):
-        lane = self.lanes[lane_of(channel)]
+        lane = self.lanes.get(lane_of(channel)) or self.lanes["main"]
+        channel.lane = lane.name
         if lane.name != "health" and lane.queued() >= lane.max_queue:
             channel.requests[0].error = Busy(f"the {lane.name} lane is full")
             lane = self.lanes["health"]
