@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT_S = 10.0
 # A connection with no request in progress and no byte received for this long is closed (idle keep-alive).
 IDLE_TIMEOUT_S = 30.0
-# At most this many connections from one address may wait for their request (idle or half-sent);
-# a new one closes that address's oldest waiting connection.
-MAX_WAITING_PER_ADDRESS = 256
+# At most this many connections from one address: a new one closes that address's oldest connection that
+# is waiting for its client (idle or half-sent); connections being served are never closed.
+MAX_PER_ADDRESS = 128
+ACCEPT_BATCH = 32
 MAX_HEADER_BYTES = 32 * 1024
 # Kernel send buffer per connection (Linux doubles it): bounds what a client that stopped reading can
 # absorb before the preview notices (without it, autotuning lets it soak up to 4 MB).
@@ -128,6 +130,10 @@ class Channel(HTTPChannel):
             return False
         return super().readable()
 
+    def del_channel(self, map=None):
+        super().del_channel(map)
+        self.server.forget(self)
+
     def waiting(self) -> bool:
         """True when the connection holds nothing of ours: no request being served, no output to send."""
         return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
@@ -142,7 +148,7 @@ class Server(TcpWSGIServer):
     """Keeps accepting when full: a new connection closes the oldest connection still waiting for its client.
 
     Slow-header and idle connections are closed after ``HEADER_TIMEOUT_S`` / ``IDLE_TIMEOUT_S``; under
-    ``max_connections`` (derived from the file-descriptor limit) or ``MAX_WAITING_PER_ADDRESS`` the oldest
+    ``max_connections`` (derived from the file-descriptor limit) or ``MAX_PER_ADDRESS`` the oldest
     waiting connection (of the address holding the most) gives way, so a client that sends its request at
     once is always read. Connections being served are never evicted.
     """
@@ -151,6 +157,7 @@ class Server(TcpWSGIServer):
 
     def __init__(self, application, *, max_connections: int, **kw):
         self.max_connections = max_connections
+        self._by_host: dict[str, collections.deque] = {}  # open connections per client address, oldest first
         self.evicted = 0
         self._evict_logged = 0.0
         super().__init__(application, **kw)
@@ -174,47 +181,61 @@ class Server(TcpWSGIServer):
                 self.evicted += 1
 
     def handle_accept(self):
-        try:
-            pair = self.accept()
+        for _ in range(ACCEPT_BATCH):  # several per wake-up: a flood of connections costs fewer loop turns
+            try:
+                pair = self.accept()
+            except OSError as exc:  # out of descriptors, or the peer left
+                log.debug("accept failed: %s", exc)
+                return
             if pair is None:
                 return
             sock, addr = pair
-            self.set_socket_options(sock)
-        except OSError as exc:  # the peer left before accept() returned, or out of descriptors
-            log.debug("accept failed: %s", exc)
-            return
-        channel = self.channel_class(self, sock, addr, self.adj, map=self._map)
-        self._make_room(channel)
+            try:
+                self.set_socket_options(sock)
+            except OSError:  # the peer left before accept() returned
+                sock.close()
+                continue
+            self._admit(self.channel_class(self, sock, addr, self.adj, map=self._map))
 
-    def _make_room(self, new: Channel) -> None:
-        channels = [c for c in self.active_channels.values() if c is not new]
-        waiting = [c for c in channels if c.waiting()]
-        same = [c for c in waiting if c.addr[0] == new.addr[0]]
+    def _admit(self, new: Channel) -> None:
+        host = new.addr[0]
+        mine = self._by_host.setdefault(host, collections.deque())
+        mine.append(new)
         victims = []
-        if len(same) >= MAX_WAITING_PER_ADDRESS:
-            victims.append(min(same, key=lambda c: c.waiting_since))
-        if len(channels) + 1 - len(victims) > self.max_connections:
-            by_addr: dict[str, list] = {}
-            for c in waiting:
-                if c not in victims:
-                    by_addr.setdefault(c.addr[0], []).append(c)
-            if by_addr:
-                crowd = max(by_addr.values(), key=len)
-                victims.append(min(crowd, key=lambda c: c.waiting_since))
-            else:  # every connection is being served: refuse the new one
+        if len(mine) > MAX_PER_ADDRESS:
+            victims.append(self._oldest_waiting(mine, new))
+        if len(self.active_channels) - len(victims) > self.max_connections and new not in victims:
+            crowd = max(self._by_host.values(), key=len)
+            victims.append(self._oldest_waiting(crowd, new, victims))
+        for c in victims:
+            if c is new:  # every connection of that address is being served: refuse the new one
                 with contextlib.suppress(OSError):
                     new.socket.send(json_error(503, "Service Unavailable", "too many connections; try again"))
-                victims.append(new)
-        for c in victims:
             c.handle_close()
         if victims:
             self.evicted += len(victims)
             now = time.monotonic()
             if now - self._evict_logged > 60:
                 self._evict_logged = now
-                log.warning("connection limits reached (%d open, at most %d per address waiting): closing "
-                            "the oldest idle or half-sent connections", len(channels) + 1,
-                            MAX_WAITING_PER_ADDRESS)
+                log.warning("connection limits reached (%d open, at most %d per address): closing the oldest "
+                            "idle or half-sent connections", len(self.active_channels), MAX_PER_ADDRESS)
+
+    @staticmethod
+    def _oldest_waiting(channels, new: Channel, exclude=()) -> Channel:
+        for c in channels:
+            if c is not new and c not in exclude and c.waiting():
+                return c
+        return new
+
+    def forget(self, channel: Channel) -> None:
+        """A channel closed: drop it from its address's list."""
+        host = channel.addr[0] if channel.addr else None
+        mine = self._by_host.get(host)
+        if mine is not None:
+            with contextlib.suppress(ValueError):
+                mine.remove(channel)
+            if not mine:
+                del self._by_host[host]
 
 
 def lane_of(channel) -> str:
