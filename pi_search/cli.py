@@ -279,10 +279,9 @@ def run_daemon(config, on_serving=None) -> None:
     from .index import Bundle
     from .service import Service
     from .web import create_app
-    from .web.server import check_address, run
+    from .web.server import run
 
     check_bind(config.server)  # a daemon open to the network needs a token
-    check_address(config.server.host, config.server.port)  # a busy port fails now, not after the model loads
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
                           "(make one with: pi-search index build CATALOG --out DIR)")

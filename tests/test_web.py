@@ -137,10 +137,13 @@ def test_stream_sends_the_shared_jpeg(make):
     r = client.get("/stream.mjpg", buffered=False)
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
-    chunk = next(iter(r.response))
-    assert chunk.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n")
+    parts = iter(r.response)
+    assert next(parts) == b"--frame\r\n"  # the headers go out at once, before any frame
+    chunk = next(parts)
+    assert chunk.startswith(b"Content-Type: image/jpeg\r\n")
     head, jpeg = chunk.split(b"\r\n\r\n", 1)
-    jpeg = jpeg[: -2]  # the part ends with CRLF
+    assert jpeg.endswith(b"\r\n--frame\r\n")  # each part ends with the next boundary: shown on arrival
+    jpeg = jpeg[: -len(b"\r\n--frame\r\n")]
     assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(jpeg)
     assert jpeg == svc.latest().jpeg  # the worker's JPEG itself (a still scene publishes no new one)
     assert svc.stats.viewers == 1
