@@ -126,3 +126,21 @@ def test_connection_budget_follows_the_descriptor_limit(soft, hard, budget):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
     assert int(out) == budget
+
+
+def test_a_body_that_never_finishes_is_cut_off(server, monkeypatch):
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.5)
+    s = socket.create_connection(("127.0.0.1", int(server.effective_port)), timeout=60)
+    try:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+
+        def trickle_then_check() -> bool:
+            try:
+                s.send(b"a")
+            except OSError:
+                return True
+            return closed_by_server(s)
+
+        assert wait_until(trickle_then_check, 30)
+    finally:
+        s.close()

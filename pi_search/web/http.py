@@ -19,8 +19,10 @@ from waitress.utilities import Error
 
 log = logging.getLogger(__name__)
 
-# A request's headers must arrive within this many seconds of its first byte (slow-header clients).
+# A request's headers must arrive within this many seconds of its first byte (slow-header clients), and
+# the whole request (an upload: 8 MB at 1 Mbit/s takes 64 s) within REQUEST_TIMEOUT_S.
 HEADER_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 120.0
 # A connection with no request in progress and no byte received for this long is closed (idle keep-alive).
 IDLE_TIMEOUT_S = 30.0
 # At most this many connections from one address: a new one closes that address's oldest connection that
@@ -138,10 +140,13 @@ class Channel(HTTPChannel):
         """True when the connection holds nothing of ours: no request being served, no output to send."""
         return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
-    def slow_headers(self, now: float) -> bool:
+    def too_slow(self, now: float) -> bool:
+        """True when the request being received is past its deadline (headers, or the whole request)."""
         request = self.request
-        return (request is not None and not request.headers_finished and not request.error
-                and now - self.request_began > HEADER_TIMEOUT_S)
+        if request is None or request.error or request.completed:
+            return False
+        limit = REQUEST_TIMEOUT_S if request.headers_finished else HEADER_TIMEOUT_S
+        return now - self.request_began > limit
 
 
 class Server(TcpWSGIServer):
@@ -176,7 +181,7 @@ class Server(TcpWSGIServer):
     def maintenance(self, now):
         super().maintenance(now)
         for channel in list(self.active_channels.values()):
-            if channel.waiting() and channel.slow_headers(now):
+            if channel.waiting() and channel.too_slow(now):
                 channel.will_close = True
                 self.evicted += 1
 
