@@ -117,10 +117,10 @@ def test_viewers_over_the_limit_get_json_503(daemon):
 
 
 # ---------------------------------------------------------------- the server's own 500 and 503, in process
-def _serve(app, sizes):
+def _serve(app, sizes, queue_limits=None):
     from pi_search.web.http import Lanes, Server, adjustments
 
-    lanes = Lanes(sizes)
+    lanes = Lanes(sizes, queue_limits)
     server = Server(app, host="127.0.0.1", port=0, dispatcher=lanes, max_connections=100,
                     **adjustments(1024 * 1024))
     lanes.set_thread_count(0)
@@ -148,8 +148,7 @@ def test_an_exception_past_the_app_is_json_500():
 
 def test_a_full_lane_answers_json_503_and_health_still_answers():
     """Requests beyond a lane's queue are refused at once; /healthz has threads of its own."""
-    from pi_search.web.http import QUEUE_PER_THREAD
-
+    queue = 4
     release, started = threading.Event(), threading.Event()
 
     def app(environ, start_response):
@@ -159,16 +158,16 @@ def test_a_full_lane_answers_json_503_and_health_still_answers():
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    server = _serve(app, {"health": 1, "main": 1})
+    server = _serve(app, {"health": 1, "main": 1}, {"main": queue})
     port = server.effective_port
     held = []
     try:
-        for i in range(1 + QUEUE_PER_THREAD):  # one served (blocked), the rest fill the queue
+        for i in range(1 + queue):  # one served (blocked), the rest fill the queue
             s = socket.create_connection(("127.0.0.1", port), timeout=60)
             s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             held.append(s)
             assert i or started.wait(30)
-        assert _wait(lambda: server.task_dispatcher.lanes["main"].queued() == QUEUE_PER_THREAD)
+        assert _wait(lambda: server.task_dispatcher.lanes["main"].queued() == queue)
         status, _, body = raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (status, body) == (200, b"ok")
         message = assert_json_error(*raw(port, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"), 503)

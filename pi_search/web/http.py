@@ -38,8 +38,9 @@ SEND_BUFFER_BYTES = 128 * 1024
 LANE_THREADS = {"health": 2, "main": 6, "upload": 4, "poll": 16}
 # Lanes whose requests wait long: their connections are read while served, to notice a client leaving.
 WATCHED_LANES = ("stream", "poll")
-# Requests queued beyond this many per lane thread are refused at once with 503.
-QUEUE_PER_THREAD = 8
+# Requests waiting for a lane's thread beyond this many are refused at once with 503 (the health lane has
+# no limit: its requests are quick). Every page and poller has at most one request waiting per lane.
+QUEUE_LIMITS = {"main": 256, "poll": 256, "upload": 32, "stream": 64}
 
 
 class Busy(Error):
@@ -268,11 +269,11 @@ def lane_of(channel) -> str:
 class _Lane(ThreadedTaskDispatcher):
     """A pool of named threads with its own queue."""
 
-    def __init__(self, name: str, threads: int):
+    def __init__(self, name: str, threads: int, max_queue: int | None):
         super().__init__()
         self.name = name
         self.size = threads
-        self.max_queue = threads * QUEUE_PER_THREAD
+        self.max_queue = max_queue
 
     def start_new_thread(self, target, thread_no):
         threading.Thread(target=target, name=f"http-{self.name}-{thread_no}", args=(thread_no,),
@@ -293,8 +294,9 @@ class Lanes:
     A lane whose queue is full answers at once with 503 (on the health lane's reserved threads).
     """
 
-    def __init__(self, sizes: dict[str, int]):
-        self.lanes = {name: _Lane(name, n) for name, n in sizes.items()}
+    def __init__(self, sizes: dict[str, int], queue_limits: dict[str, int] | None = None):
+        limits = QUEUE_LIMITS if queue_limits is None else queue_limits
+        self.lanes = {name: _Lane(name, n, limits.get(name)) for name, n in sizes.items()}
 
     def set_thread_count(self, count):  # the lanes are sized at construction
         for lane in self.lanes.values():
@@ -303,7 +305,7 @@ class Lanes:
     def add_task(self, channel):
         lane = self.lanes.get(lane_of(channel)) or self.lanes["main"]
         channel.lane = lane.name
-        if lane.name != "health" and lane.queued() >= lane.max_queue:
+        if lane.max_queue is not None and lane.queued() >= lane.max_queue:
             channel.requests[0].error = Busy(f"the {lane.name} lane is full")
             lane = self.lanes["health"]
         lane.add_task(channel)
