@@ -211,7 +211,7 @@ ensure_project() {
 }
 
 # ------------------------------------------------------------------ dev
-DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd)
+DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc jq shellcheck systemd rsync)
 
 install_dev() {
   local venv=$SRC_DIR/.venv extras=dev

@@ -19,7 +19,7 @@ import numpy as np
 from . import images
 from .catalog_reader import Problem, Row, read_catalog
 from .errors import CatalogError, ImageError
-from .index import DEFAULT_WHITEN, BuildOptions, Item, check_out_dir, write_bundle
+from .index import DEFAULT_WHITEN, BuildOptions, Item, bundle_lock, check_out_dir, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +231,22 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                  whiten: bool = DEFAULT_WHITEN, strict: bool = False, options: BuildOptions | None = None,
                  embeddings: str | Path | None = None, ids: str | Path | None = None,
                  chunk: int = CHUNK, progress: bool = True,
-                 on_chunk: Callable[[int, int], None] | None = None) -> BuildReport:
+                 on_chunk: Callable[[int, int], None] | None = None, locked: bool = False) -> BuildReport:
     """Read ``catalog_dir``, embed every good row (or take ``embeddings``/``ids``), write ``out_dir``.
 
     Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning; ``strict``
     makes any of them a CatalogError before anything is written. Embeddings are checkpointed every ``chunk``
     rows in ``OUT.partial/`` so an interrupted build resumes; the checkpoint is deleted after success.
     ``on_chunk(done, total)`` is called after each checkpoint. ``dims``: PCA dimensions (-1: automatic,
-    None: no projection).
+    None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
+    for this one) unless the caller does (``locked``).
     """
+    if not locked:
+        check_out_dir(Path(out_dir))
+        with bundle_lock(out_dir, what="build"):
+            return build_bundle(catalog_dir, out_dir, extractor, dims=dims, whiten=whiten, strict=strict,
+                                options=options, embeddings=embeddings, ids=ids, chunk=chunk,
+                                progress=progress, on_chunk=on_chunk, locked=True)
     t0 = time.perf_counter()
     catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
     check_out_dir(out_dir)
@@ -326,7 +333,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                                "fix the rows above")
         items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
         model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts,
+        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts, locked=True,
                                 extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
                                                             "skipped": len(problems)}})
     finally:

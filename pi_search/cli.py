@@ -208,6 +208,36 @@ def index_info(directory: Path, as_json: bool) -> None:
     click.echo(f"  {'total':<22} {_fmt_bytes(data['total_bytes']):>10}")
 
 
+@index.command("install")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory to replace [index.bundle of the config].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config naming the bundle and model [default: /etc/pi-search/config.toml if it exists].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def index_install(source: Path, target: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Put a bundle built elsewhere in place in one atomic step; a running daemon maps it within seconds.
+
+    Copy the bundle to the Pi anywhere first (scp, rsync, a USB stick), then install it over the served one.
+    """
+    from .config import load_config
+    from .doctor import default_config_path
+    from .extractor import default_model_path, file_sha256
+    from .index import install_bundle
+
+    config = load_config(config_file or default_config_path())
+    target = target or (Path(config.index.bundle) if config.index.bundle else None)
+    if target is None:
+        raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
+    model = Path(config.model.path) if config.model.path else default_model_path()
+    report = install_bundle(source, target, model_sha256=file_sha256(model) if model.is_file() else None)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"{target}: {report['items']} items installed from {source} in {report['seconds']:.1f} s; "
+               "a running daemon serves them within a few seconds", err=True)
+
+
 # ---------------------------------------------------------------- query
 @main.command("query")
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -276,7 +306,6 @@ def run_daemon(config, on_serving=None) -> None:
     from .config import check_bind
     from .errors import ConfigError
     from .extractor import Extractor
-    from .index import Bundle
     from .service import Service
     from .web import create_app
     from .web.server import run
@@ -289,7 +318,7 @@ def run_daemon(config, on_serving=None) -> None:
     open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop)  # checks the spec
     extractor = Extractor(config.model.path or None, num_threads=config.model.threads,
                           runtime=config.model.runtime or None)
-    bundle = _live_catalog(config, extractor) or Bundle.open(config.index.bundle, extractor=extractor)
+    bundle = _live_catalog(config, extractor)
     service = Service(lambda: open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps,
                                           loop=cam.loop),
                       extractor, bundle, config, source_name=cam.source)
@@ -302,18 +331,20 @@ def run_daemon(config, on_serving=None) -> None:
 
 
 def _live_catalog(config, extractor):
-    """The bundle with its change store (taught items), or None if the store cannot be opened."""
-    from .errors import CatalogError
+    """The bundle with its change store (taught items), watched for changes and for bundles put in place.
+
+    A bundle that is missing, half-copied or broken does not stop the daemon: it serves nothing, says why on
+    the page and /healthz, and maps a good bundle as soon as one is in place. The bundle's files are guarded
+    with read leases, so copying over them in place lets the bundle go instead of crashing the process.
+    """
+    from . import leases
     from .live import Catalog, single_threaded_blas
 
     single_threaded_blas()
+    leases.enable()
     ix = config.index
-    try:
-        return Catalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
-                            compact_every_s=ix.compact_every_s)
-    except CatalogError as exc:
-        log.warning("serving the bundle without taught items: %s", exc)
-        return None
+    return Catalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
+                        compact_every_s=ix.compact_every_s, wait=True, guard=True).watch()
 
 
 # ---------------------------------------------------------------- eval

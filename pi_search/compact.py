@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,122 +15,15 @@ import numpy as np
 
 from .changes import ChangeStore, Snapshot
 from .errors import BundleError, CatalogError
-from .index import MANIFEST, BuildOptions, Item, read_manifest, write_bundle
+from .index import BuildOptions, Item, bundle_lock, read_manifest, recover, swap_into_place, write_bundle
 
 log = logging.getLogger(__name__)
 
-_RENAME_EXCHANGE = 2
 _CHUNK = 8192
 
 
 def _staging(bundle_dir: Path, seq: int) -> Path:
     return bundle_dir.parent / f".{bundle_dir.name}.compact-{seq}"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError, TypeError):
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
-
-
-def swap(new: Path, bundle_dir: Path) -> None:
-    """Put the complete bundle ``new`` at ``bundle_dir``; the old bundle is deleted afterwards.
-
-    Atomic where the file system can exchange two names; otherwise two renames, and a crash between them
-    is finished by ``recover`` (the complete new bundle is renamed into place).
-    """
-    if _exchange(new, bundle_dir):
-        _fsync_dir(bundle_dir.parent)
-        shutil.rmtree(new, ignore_errors=True)   # ``new`` now names the old bundle
-        return
-    old = bundle_dir.parent / f".{bundle_dir.name}.old-{new.name.rsplit('-', 1)[-1]}"
-    os.rename(bundle_dir, old)
-    os.rename(new, bundle_dir)
-    _fsync_dir(bundle_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover(bundle_dir: str | Path) -> None:
-    """Finish or undo a compaction that a crash interrupted; safe to call at any time, and cheap.
-
-    No bundle at ``bundle_dir`` but a complete staged one: it is renamed into place (else the previous
-    bundle is put back). Leftover staging and old directories are deleted. Changes are never touched here.
-    Does nothing while another process compacts.
-    """
-    bundle_dir = Path(bundle_dir)
-    if not bundle_dir.parent.is_dir() or not _leftovers(bundle_dir):
-        return
-    try:
-        with _lock(bundle_dir):
-            _recover(bundle_dir)
-    except CatalogError:
-        log.info("%s: a compaction is running; leaving its files alone", bundle_dir)
-    except OSError as exc:
-        log.warning("%s: cannot check for an interrupted compaction (%s)", bundle_dir, exc)
-
-
-def _leftovers(bundle_dir: Path) -> bool:
-    """True if a compaction left something behind (or the bundle is missing): worth taking the lock."""
-    parent, name = bundle_dir.parent, bundle_dir.name
-    patterns = (f".{name}.compact-*", f".{name}.old-*", f"..{name}.compact-*.tmp-*", f".{name}.fold-*.npy")
-    return not bundle_dir.exists() or any(next(parent.glob(p), None) is not None for p in patterns)
-
-
-def _recover(bundle_dir: Path) -> None:
-    parent = bundle_dir.parent
-    staged = sorted(parent.glob(f".{bundle_dir.name}.compact-*"), key=lambda p: p.stat().st_mtime)
-    olds = sorted(parent.glob(f".{bundle_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not (bundle_dir / MANIFEST).is_file() and not bundle_dir.exists():
-        complete = [p for p in staged if p.is_dir() and (p / MANIFEST).is_file()]
-        source = complete[-1] if complete else (olds[-1] if olds else None)
-        if source is not None:
-            log.warning("%s: missing after an interrupted compaction; putting %s in place", bundle_dir,
-                        source.name)
-            os.rename(source, bundle_dir)
-            _fsync_dir(parent)
-    for p in [*staged, *olds, *parent.glob(f"..{bundle_dir.name}.compact-*.tmp-*")]:
-        if p.exists() and p != bundle_dir:
-            shutil.rmtree(p, ignore_errors=True)
-    for p in parent.glob(f".{bundle_dir.name}.fold-*.npy"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-@contextlib.contextmanager
-def _lock(bundle_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    path = bundle_dir.parent / f"{bundle_dir.name}.changes.lock"   # beside NAME.changes.sqlite
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CatalogError(f"{bundle_dir}: another compaction is running; try again later") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _read_store(directory: Path, manifest: dict) -> np.ndarray:
@@ -218,8 +106,8 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
     """
     bundle_dir = Path(bundle_dir)
     t0 = time.perf_counter()
-    with _lock(bundle_dir):
-        _recover(bundle_dir)
+    with bundle_lock(bundle_dir, wait=False, what="compaction"):
+        recover(bundle_dir, locked=True)
         manifest = read_manifest(bundle_dir)
         store.forget(int((manifest.get("changes") or {}).get("folded_seq", 0)))
         snap = store.snapshot()
@@ -265,7 +153,7 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
                                      "compacted": datetime.now(UTC).isoformat(timespec="seconds"),
                                      "folded_items": len(snap.items)}}
                 new_manifest = write_bundle(staging, vecs, items, model=model, options=_options(manifest),
-                                            extra_manifest=extra)
+                                            extra_manifest=extra, locked=True)
             finally:
                 old_thumbs.close()
             del vecs
@@ -274,7 +162,7 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
                 tmp_vecs.unlink()
         if progress:
             progress("built")
-        swap(staging, bundle_dir)
+        swap_into_place(staging, bundle_dir)
         if progress:
             progress("swapped")
         store.forget(snap.seq)

@@ -43,22 +43,23 @@ def demo_bundle(extractor, state_dir: str | Path | None = None, *, rebuild: bool
                 progress: bool = True) -> Path:
     """The demo bundle in ``state_dir``, built (with a progress bar) on first use or when stale."""
     from .catalog import build_bundle
-    from .index import Bundle
+    from .index import Bundle, bundle_lock
 
     catalog = demo_data()
     state = Path(state_dir) if state_dir else default_state_dir()
     out = state / "demo-bundle"
     key_file = state / KEY_FILE
     key = _catalog_key(catalog, extractor)
-    if not rebuild and key_file.is_file() and key_file.read_text().strip() == key:
-        try:
-            Bundle.open(out, extractor=extractor).close()
-            log.info("demo bundle %s is up to date", out)
-            return out
-        except BundleError as exc:
-            log.info("rebuilding the demo bundle: %s", exc)
     state.mkdir(parents=True, exist_ok=True)
-    log.warning("building the demo bundle in %s (once)", out)
-    build_bundle(catalog, out, extractor, progress=progress)
-    key_file.write_text(key + "\n")
+    with bundle_lock(out, what="pi-search demo build"):   # a second demo waits for the first one's build
+        if not rebuild and key_file.is_file() and key_file.read_text().strip() == key:
+            try:
+                Bundle.open(out, extractor=extractor).close()
+                log.info("demo bundle %s is up to date", out)
+                return out
+            except BundleError as exc:
+                log.info("rebuilding the demo bundle: %s", exc)
+        log.warning("building the demo bundle in %s (once)", out)
+        build_bundle(catalog, out, extractor, progress=progress, locked=True)
+        key_file.write_text(key + "\n")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +119,24 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.where(n > 0, n, 1.0)
+
+
+SAMPLE_BYTES = 64 * 1024   # a file's fingerprint hashes its size, first and last 64 KiB
+
+
+def fingerprint(path: Path) -> dict:
+    """``{"bytes", "sample_sha256"}`` of a bundle file: cheap (two reads), and different for files that do not
+    belong to the manifest that lists them (a half-copied or mixed bundle)."""
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            h.update(f.read(SAMPLE_BYTES))
+    return {"bytes": size, "sample_sha256": h.hexdigest()}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -257,12 +276,14 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item], *, model: dict,
-                 options: BuildOptions | None = None, extra_manifest: dict | None = None) -> dict:
+                 options: BuildOptions | None = None, extra_manifest: dict | None = None,
+                 locked: bool = False) -> dict:
     """Write a bundle for ``items`` (row i of ``vectors`` is item i) atomically into ``out_dir``.
 
     ``vectors``: float32 [n, dim] embeddings (normalised again). ``model``: ``name``, ``sha256``, ``dim``.
     Everything is written into a temporary directory beside ``out_dir``, synced, and renamed into place; an
-    existing bundle at ``out_dir`` is swapped out only once the new one is complete. Returns the manifest.
+    existing bundle at ``out_dir`` is swapped out only once the new one is complete (``swap_into_place``).
+    Holds ``bundle_lock`` unless the caller does (``locked``). Returns the manifest.
     """
     out_dir = Path(out_dir)
     n = len(items)
@@ -277,7 +298,14 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     check_out_dir(out_dir)
     opts = (options or BuildOptions()).resolved(n, dim)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out_dir)
+    lock = contextlib.nullcontext() if locked else bundle_lock(out_dir)
+    with lock:
+        recover(out_dir, locked=True)
+        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest)
+
+
+def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, opts: BuildOptions,
+                  extra_manifest: dict | None) -> dict:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     t0 = time.perf_counter()
@@ -324,10 +352,11 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
             "build_seconds": None,
         }
         manifest.update(extra_manifest or {})
+        manifest["files"] = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _fsync_tree(tmp)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -347,34 +376,154 @@ class _ProjectedView:
         return self._p.apply(_normalise(self._v[sl]))
 
 
-def _remove_leftovers(out_dir: Path, min_age_s: float = 3600.0) -> None:
-    """Delete temporary or swapped-out directories of ``out_dir`` left by a killed build over an hour ago."""
-    now = time.time()
-    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+LEFTOVER_PATTERNS = (".{name}.tmp-*", ".{name}.old-*", ".{name}.compact-*", "..{name}.compact-*.tmp-*",
+                     ".{name}.fold-*.npy", ".{name}.install-*")
+
+
+def lock_path(out_dir: Path) -> Path:
+    """The lock file that builds, installs and compactions of ``out_dir`` hold: ``.NAME.lock`` beside it."""
+    return out_dir.parent / f".{out_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def bundle_lock(out_dir: str | Path, *, wait: bool = True, what: str = "build") -> Iterator[None]:
+    """Hold the lock of the bundle path ``out_dir`` (one build, install or compaction at a time).
+
+    ``wait``: block until the other one ends (saying so once); otherwise CatalogError at once. The lock file
+    (``.NAME.lock`` beside the bundle) is removed again on release, so it only exists while held.
+    """
+    from .errors import CatalogError
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(out_dir)
+    said = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            old = now - p.stat().st_mtime > min_age_s
-        except OSError:
-            continue
-        if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name) and old:
-            log.warning("removing %s, left by an interrupted build", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` to ``out_dir``; an old ``out_dir`` is renamed away, then deleted."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
+            if not _flock(fd, blocking=False):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "build"
+                if not wait:
+                    raise CatalogError(f"{out_dir}: another {holder} is running; try again later")
+                if not said:
+                    log.warning("%s: waiting for another %s to finish", out_dir, holder)
+                    said = True
+                _flock(fd, blocking=True)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:   # not a file its last holder removed
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
     try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _flock(fd: int, *, blocking: bool) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if not there."""
+    import ctypes
+    import ctypes.util
+    import errno
+
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def swap_into_place(new: Path, out_dir: Path) -> None:
+    """Put the complete bundle directory ``new`` at ``out_dir`` in one atomic step, then delete the old one.
+
+    Where the file system can exchange two names (Linux renameat2), a reader or a kill at any instant finds
+    either the old or the new bundle at ``out_dir``. Elsewhere it takes two renames, and a crash between them
+    is finished by ``recover`` (the complete new bundle is put in place). Call it holding ``bundle_lock``.
+    """
+    new, out_dir = Path(new), Path(out_dir)
+    if not out_dir.exists():
+        os.rename(new, out_dir)
+        _fsync_dir(out_dir.parent)
+        return
+    if _exchange(new, out_dir):
+        _fsync_dir(out_dir.parent)
+        shutil.rmtree(new, ignore_errors=True)   # ``new`` now names the old bundle
+        return
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, old)
+    os.rename(new, out_dir)
     _fsync_dir(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _leftovers(out_dir: Path) -> list[Path]:
+    parent, name = out_dir.parent, out_dir.name
+    return sorted({p for pat in LEFTOVER_PATTERNS for p in parent.glob(pat.format(name=name))},
+                  key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+
+
+def recover(out_dir: str | Path, *, locked: bool = False) -> None:
+    """Clean up after a build, install or compaction that was killed; safe and cheap to call at any time.
+
+    If ``out_dir`` is missing but a complete bundle was left beside it, that one is put in place (the newest).
+    Leftover temporary and old directories are deleted. Does nothing while another process holds the lock.
+    ``locked``: the caller holds ``bundle_lock`` already.
+    """
+    from .errors import CatalogError
+
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir() or (out_dir.exists() and not _leftovers(out_dir)
+                                       and not lock_path(out_dir).exists()):
+        return
+    if not locked:
+        try:
+            with bundle_lock(out_dir, wait=False, what="clean-up"):
+                recover(out_dir, locked=True)
+        except CatalogError:
+            log.info("%s: another process is writing it; leaving its files alone", out_dir)
+        except OSError as exc:
+            log.warning("%s: cannot check for an interrupted build (%s)", out_dir, exc)
+        return
+    left = _leftovers(out_dir)
+    if not out_dir.exists():
+        complete = [p for p in left if p.is_dir() and (p / MANIFEST).is_file()]
+        if complete:
+            log.warning("%s: missing after an interrupted build; putting %s in place", out_dir,
+                        complete[-1].name)
+            os.rename(complete[-1], out_dir)
+            _fsync_dir(out_dir.parent)
+    for p in left:
+        if not p.exists():
+            continue
+        log.warning("removing %s, left by an interrupted build", p)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -444,12 +593,16 @@ class Bundle:
         self._store = None
         self._scale = None
         self._db: sqlite3.Connection | None = None
+        self._deep = False
 
     @classmethod
-    def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None) -> Bundle:
+    def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None,
+             deep: bool = False) -> Bundle:
         """Map a bundle; with ``extractor`` the manifest must match its model (sha256 and dim).
 
-        ``search`` overrides the manifest's query settings (``mode``, ``candidates``, ``search_k``).
+        Every file is checked against the manifest (sizes, fingerprints, item count) before anything is
+        served; ``deep`` also runs SQLite's quick_check over the items (the daemon does). ``search`` overrides
+        the manifest's query settings (``mode``, ``candidates``, ``search_k``).
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -462,6 +615,7 @@ class Bundle:
                                   "search_k")
             manifest = {**manifest, "search": {**manifest["search"], **search}}
         self = cls(directory, manifest)
+        self._deep = deep
         try:
             self._load()
         except BundleError:
@@ -482,6 +636,7 @@ class Bundle:
 
     def _load(self) -> None:
         m = self.manifest
+        self._check_files()
         dim = int(m["model"]["dim"])
         proj = m.get("projection")
         if proj:
@@ -527,7 +682,42 @@ class Bundle:
                                   "pi-search or rebuild the bundle")
         db_path = self._file(m.get("items_file", ITEMS_FILE))
         self._db = sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-        self._db.execute("SELECT idx, id, title, price FROM items LIMIT 1").fetchall()
+        if self._deep:
+            bad = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+            if bad:
+                first = " ".join(bad[0].split())[:200]
+                raise BundleError(f"{db_path}: damaged ({first}); rebuild the bundle or copy it again")
+        rows = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        if rows != int(m["items"]):
+            raise BundleError(f"{db_path}: {rows} items, manifest says {m['items']}; the bundle is "
+                              "incomplete or mixed: copy the whole bundle again (pi-search index install)")
+
+    def _check_files(self) -> None:
+        """Every file the manifest lists has the size and fingerprint it was written with."""
+        for name, want in (self.manifest.get("files") or {}).items():
+            path = self.directory / Path(name).name
+            if not path.is_file():
+                raise BundleError(f"{path}: missing; copy the whole bundle again (pi-search index install) "
+                                  f"or rebuild it: pi-search index build CATALOG --out {self.directory}")
+            have = fingerprint(path)
+            if have["bytes"] != want.get("bytes"):
+                raise BundleError(f"{path}: {have['bytes']} bytes, manifest says {want.get('bytes')}; "
+                                  "the bundle is incomplete (a copy in progress?) or mixed: copy the whole "
+                                  "bundle again (pi-search index install) or rebuild it")
+            if want.get("sample_sha256") and have["sample_sha256"] != want["sample_sha256"]:
+                raise BundleError(f"{path}: does not belong to this bundle's manifest (another "
+                                  "build's file); copy the whole bundle again (pi-search index install) or "
+                                  "rebuild it")
+
+    def mapped_files(self) -> list[Path]:
+        """The files this bundle keeps mapped or open while it serves (their in-place overwrite is fatal)."""
+        m = self.manifest
+        names = [m["store"]["file"], m.get("items_file", ITEMS_FILE)]
+        if m["store"].get("scale"):
+            names.append(m["store"]["scale"])
+        if m["search"]["mode"] == "ann":
+            names.append(m["index"]["file"])
+        return [self.directory / Path(n).name for n in names]
 
     def __len__(self) -> int:
         return int(self.manifest["items"])
@@ -596,10 +786,9 @@ class Bundle:
         idx, scores = self.search_indices(vector, k)
         if idx.size == 0:
             return []
-        with self._lock:
-            marks = ",".join("?" * len(idx))
-            rows = self._db.execute(f"SELECT idx, id, title, price FROM items WHERE idx IN ({marks})",
-                                    [int(i) for i in idx]).fetchall()
+        marks = ",".join("?" * len(idx))
+        rows = self._query(f"SELECT idx, id, title, price FROM items WHERE idx IN ({marks})",
+                           [int(i) for i in idx], many=True)
         meta = {r[0]: r for r in rows}
         out = []
         for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
@@ -611,18 +800,27 @@ class Bundle:
 
     def item(self, item_id: str) -> dict | None:
         """Metadata of one item by catalog id (id, title, price, extra), or None."""
-        with self._lock:
-            r = self._db.execute("SELECT id, title, price, extra FROM items WHERE id = ?",
-                                 (str(item_id),)).fetchone()
+        r = self._query("SELECT id, title, price, extra FROM items WHERE id = ?", (str(item_id),))
         if r is None:
             return None
         return {"id": r[0], "title": r[1], "price": r[2], "extra": json.loads(r[3] or "{}")}
 
     def thumbnail(self, item_id: str) -> bytes | None:
         """JPEG bytes of an item's thumbnail looked up by catalog id; None if unknown."""
-        with self._lock:
-            r = self._db.execute("SELECT thumb FROM items WHERE id = ?", (str(item_id),)).fetchone()
+        r = self._query("SELECT thumb FROM items WHERE id = ?", (str(item_id),))
         return None if r is None or r[0] is None else bytes(r[0])
+
+    def _query(self, sql: str, args, *, many: bool = False):
+        """One read of ``items.sqlite``; a damaged row or a closed bundle is a BundleError (not a crash)."""
+        with self._lock:
+            if self._db is None:
+                raise BundleError(f"{self.directory}: the bundle was closed (it is being replaced)")
+            try:
+                cur = self._db.execute(sql, args)
+                return cur.fetchall() if many else cur.fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise BundleError(f"{self.directory / ITEMS_FILE}: cannot read an item ({exc}); rebuild the "
+                                  "bundle or copy it again") from exc
 
     def close(self) -> None:
         if self._ann is not None:
@@ -634,6 +832,45 @@ class Bundle:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str | None = None) -> dict:
+    """Put the bundle at ``source`` (built elsewhere, copied here) at ``out_dir`` in one atomic step.
+
+    The source is checked whole first (every file against its manifest, SQLite's quick_check, the model when
+    ``model_sha256`` is given); it is copied beside ``out_dir``, checked again, synced, and swapped in
+    (``swap_into_place``), so a daemon serving ``out_dir`` keeps answering from the old bundle until it maps
+    the new one. Run as root, the copy gets the owner of the bundle it replaces. Returns a report.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    t0 = time.perf_counter()
+    if source.resolve() == out_dir.resolve():
+        raise BundleError(f"{source} is already the bundle at {out_dir}; give the folder of the new bundle")
+    with Bundle.open(source, deep=True) as bundle:
+        manifest = bundle.manifest
+    if model_sha256 and manifest["model"]["sha256"] != model_sha256:
+        raise BundleError(f"{source}: built with model {manifest['model']['name']} (sha256 "
+                          f"{manifest['model']['sha256'][:12]}), but this appliance uses another model "
+                          f"(sha256 {model_sha256[:12]}); rebuild it with the appliance's model")
+    check_out_dir(out_dir)
+    with bundle_lock(out_dir, what="install"):
+        recover(out_dir, locked=True)
+        tmp = out_dir.parent / f".{out_dir.name}.install-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(source, tmp)
+            if os.geteuid() == 0 and out_dir.exists():
+                st = out_dir.stat()
+                for p in (tmp, *tmp.rglob("*")):
+                    os.chown(p, st.st_uid, st.st_gid)
+            _fsync_tree(tmp)
+            Bundle.open(tmp).close()   # the copy is what the source was
+            swap_into_place(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("installed %s at %s: %d items", source, out_dir, manifest["items"])
+    return {"bundle": str(out_dir), "source": str(source), "items": int(manifest["items"]),
+            "created": manifest.get("created"), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def info(directory: str | Path) -> dict:

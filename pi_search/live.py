@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import leases
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, check_id, store_path
 from .errors import BundleError, CatalogError
-from .index import MANIFEST, Bundle, Match, Projection
+from .index import MANIFEST, Bundle, Match, Projection, recover
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ COARSE_DIMS = 64           # leading PCA components the pre-selection compares (
 COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
 RETRY_BAD_S = 10.0         # how often a bundle that failed to open is tried again
+SETTLE_S = 2.0             # files changed in place must stay unchanged this long before they are opened
 BACKGROUND_WEIGHT = 0.8    # share of the empty scene taken out of a camera shot (bench/bench_taught.py)
 
 
@@ -56,12 +59,28 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 
 
 def manifest_key(directory: Path) -> tuple | None:
-    """Identity of the bundle currently at ``directory`` (changes when a compaction swaps it)."""
+    """Identity of the manifest currently at ``directory`` (changes when a compaction swaps the bundle)."""
     try:
         st = os.stat(directory / MANIFEST)
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
+def dir_key(directory: Path) -> tuple | None:
+    """Identity of the bundle at ``directory``: the folder itself and every file in it (name, inode, size,
+    times). It changes when a bundle is swapped in, and while files are copied into the folder."""
+    try:
+        st = os.stat(directory)
+        files = []
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False):
+                    f = e.stat(follow_symlinks=False)
+                    files.append((e.name, f.st_ino, f.st_size, f.st_mtime_ns, f.st_ctime_ns))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino), tuple(sorted(files))
 
 
 def folded_seq(manifest: dict) -> int:
@@ -96,6 +115,17 @@ class _State:
     coarse_buffer: np.ndarray | None = None  # float32 [capacity, COARSE_DIMS]: the same for ``coarse``
 
 
+def _open_store(path: Path, bundle: Bundle) -> ChangeStore:
+    """The change store for ``bundle``, without the changes the bundle already holds."""
+    cs = ChangeStore(path, dim=bundle.dim, model_sha256=bundle.manifest["model"].get("sha256"))
+    try:
+        cs.forget(folded_seq(bundle.manifest))
+    except BaseException:
+        cs.close()
+        raise
+    return cs
+
+
 class Catalog:
     """A Bundle plus a ChangeStore, searched as one catalog with the Bundle's interface.
 
@@ -103,55 +133,183 @@ class Catalog:
     item once (its best shot). Changes made through this object are searchable when the call returns;
     changes made by another process, and a bundle swapped by a compaction, are picked up within
     ``refresh_s`` seconds.
+
+    A catalog may serve no bundle for a while (``problem`` says why): the daemon starts on a bundle that is
+    missing, half-copied or broken and waits for a good one; a bundle whose files another process starts to
+    overwrite in place (``cp``, ``scp``) is let go before the first byte changes (``guard``: read leases),
+    and the new one is mapped once its files have settled and pass every check. Searches meanwhile answer no
+    matches; nothing crashes.
     """
 
-    def __init__(self, bundle: Bundle, store: ChangeStore, *, extractor=None, refresh_s: float = REFRESH_S,
-                 compact_after: int = 0, compact_every_s: float = 0.0):
+    def __init__(self, bundle: Bundle | None, store: ChangeStore, *, directory: str | Path | None = None,
+                 extractor=None, refresh_s: float = REFRESH_S, compact_after: int = 0,
+                 compact_every_s: float = 0.0, guard: bool = False, problem: str | None = None,
+                 store_path: Path | None = None):
         self.store = store
+        self._store_path = store_path   # the store to open with the first good bundle (none served yet)
         self.extractor = extractor
         self.refresh_s = refresh_s
         self.compact_after = compact_after
         self.compact_every_s = compact_every_s
+        self.guard = guard and leases.enabled()
         self._compactor: threading.Thread | None = None
         self._last_compact = time.monotonic()
         self.last_compaction: dict | None = None
-        self._dir = Path(bundle.directory)
+        self._dir = Path(directory if directory is not None else bundle.directory)
         self._reload_lock = threading.RLock()
         self._checked = time.monotonic()
         self._version = store.data_version()
         self._projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> Projection
         self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
         self._bad_since = 0.0
-        self._state = self._build(bundle, manifest_key(self._dir), store.snapshot())
+        self._seen_key: tuple | None = None  # files changing in place: opened once unchanged for SETTLE_S
+        self._seen_since = 0.0
+        self._cv = threading.Condition()     # searches in flight vs. letting a bundle go
+        self._readers = 0
+        self._closing = False
+        self._leases: leases.Leases | None = None
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.problem: str | None = problem
+        self.fault: tuple[float, str] | None = None   # the last read that failed while serving
+        self._state: _State | None = None
+        if bundle is not None:
+            self._leases = self._take_leases(bundle)
+            self._state = self._build(bundle, dir_key(self._dir), store.snapshot())
 
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, store: str | Path | None = None,
              refresh_s: float = REFRESH_S, readonly: bool = False, compact_after: int = 0,
-             compact_every_s: float = 0.0) -> Catalog:
+             compact_every_s: float = 0.0, wait: bool = False, guard: bool = False) -> Catalog:
         """Open the bundle at ``directory`` and its change store (``NAME.changes.sqlite`` beside it).
 
-        Finishes or undoes a compaction interrupted by a crash first, and forgets changes the bundle holds.
-        ``readonly``: for queries only; no store file is created when there is none. ``compact_after``
-        pending changes (0: never) or ``compact_every_s`` seconds with pending changes (0: never) start a
-        compaction in a background thread.
+        Finishes or undoes a build or compaction interrupted by a crash first, and forgets changes the bundle
+        holds. ``readonly``: for queries only; no store file is created when there is none.
+        ``compact_after`` pending changes (0: never) or ``compact_every_s`` seconds with pending changes (0:
+        never) start a compaction in a background thread. ``wait`` (the daemon; needs ``extractor``): a
+        bundle that cannot be opened gives a catalog that serves nothing yet and says why (``problem``)
+        instead of BundleError. ``guard``: hold read leases on the mapped files (``leases.enable`` first).
         """
-        from .compact import recover
-
         directory = Path(directory)
         recover(directory)
-        bundle = Bundle.open(directory, extractor=extractor)
+        key = dir_key(directory)
+        try:
+            bundle = Bundle.open(directory, extractor=extractor, deep=guard)
+            problem = None
+        except BundleError as exc:
+            if not wait or extractor is None:
+                raise
+            bundle, problem = None, str(exc)
         path = Path(store or store_path(directory))
         if readonly and not path.is_file():
             path = Path(":memory:")
+        if bundle is not None:
+            try:
+                cs = _open_store(path, bundle)
+            except BaseException:
+                bundle.close()
+                raise
+        else:   # the store is opened with the first good bundle (its model decides whose items fit)
+            cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
+        args = dict(directory=directory, extractor=extractor, refresh_s=refresh_s,
+                    compact_after=compact_after, compact_every_s=compact_every_s, guard=guard,
+                    store_path=None if bundle is not None else path)
+        if bundle is not None:
+            try:
+                return cls(bundle, cs, **args)
+            except BundleError as exc:   # a file of it is open for writing: a copy in progress
+                bundle.close()
+                if not wait:
+                    cs.close()
+                    raise
+                problem = str(exc)
+        log.warning("no usable bundle yet: %s; serving nothing until one is in place", problem)
+        cat = cls(None, cs, problem=problem, **args)
+        cat._bad_key, cat._bad_since = key, time.monotonic()
+        return cat
+
+    # ------------------------------------------------------------ serving and letting go
+    @contextlib.contextmanager
+    def _reading(self):
+        """The state to read from; a bundle is never let go while a read of it runs."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._closing)
+            self._readers += 1
         try:
-            cs = ChangeStore(path, dim=bundle.dim,
-                             model_sha256=bundle.manifest["model"].get("sha256"))
-        except BaseException:
-            bundle.close()
-            raise
-        cs.forget(folded_seq(bundle.manifest))
-        return cls(bundle, cs, extractor=extractor, refresh_s=refresh_s, compact_after=compact_after,
-                   compact_every_s=compact_every_s)
+            yield self._state
+        finally:
+            with self._cv:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cv.notify_all()
+
+    def _publish(self, state: _State | None, problem: str | None = None,
+                 lease: leases.Leases | None = None) -> None:
+        """Serve ``state`` (None: nothing, because of ``problem``) guarded by ``lease``; the bundle it
+        replaces is closed once no read of it is running, and its leases are given back."""
+        if state is not None and self._state is not None and state.bundle is self._state.bundle:
+            self._state, self.problem = state, None   # the same bundle with newer changes: nothing to let go
+            return
+        with self._cv:
+            self._closing = True
+            self._cv.wait_for(lambda: self._readers == 0)
+            old, self._state = self._state, state
+            old_lease = self._leases
+            if state is None or old is None or state.bundle is not old.bundle:
+                self._leases = lease
+            self.problem = problem
+            self._closing = False
+            self._cv.notify_all()
+        if old is not None and (state is None or old.bundle is not state.bundle):
+            old.bundle.close()
+            if old_lease is not None:
+                old_lease.release()
+
+    def _take_leases(self, bundle: Bundle) -> leases.Leases | None:
+        """Read leases on the files ``bundle`` maps (``guard``); BundleError while one is open for writing."""
+        if not self.guard:
+            return None
+        try:
+            lease = leases.Leases(bundle.mapped_files(), self._on_lease_break)
+        except leases.LeaseBusy as exc:
+            raise BundleError(f"{exc.strerror}: a copy into the bundle is in progress") from None
+        except OSError as exc:
+            log.warning("%s: cannot guard the bundle's files (%s); replace it only with pi-search index "
+                        "install", self._dir, exc)
+            return None
+        lease.bundle = bundle
+        if lease.unguarded:
+            log.warning("%s: the files %s cannot be guarded against in-place copies (owned by another "
+                        "user?); replace the bundle only with pi-search index install", self._dir,
+                        ", ".join(p.name for p in lease.unguarded))
+        return lease
+
+    def _on_lease_break(self, lease: leases.Leases) -> None:
+        """Another process opened a file of the served bundle for writing: let the bundle go now."""
+        st = self._state
+        if st is None or getattr(lease, "bundle", None) is not st.bundle:
+            return
+        log.warning("%s: a file of the bundle is being overwritten in place; serving nothing until the new "
+                    "bundle is complete", self._dir)
+        self._publish(None, f"the bundle at {self._dir} is being replaced (its files are being overwritten); "
+                            "waiting for the copy to finish")
+        self._seen_key, self._seen_since = dir_key(self._dir), time.monotonic()
+
+    @property
+    def serving(self) -> bool:
+        return self._state is not None
+
+    def watch(self) -> Catalog:
+        """Look for changes by other processes and bundles put in place every ``refresh_s`` seconds in a
+        background thread (the daemon), even while nothing is searched."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="pi-search-catalog", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(self.refresh_s, 0.05)):
+            self.maybe_refresh()
 
     # ------------------------------------------------------------ state
     def _projection(self, bundle: Bundle) -> Projection | None:
@@ -214,49 +372,96 @@ class Catalog:
                       None if st.coarse is None else st.coarse_buffer[:m + n], st.projection, st.size + 1,
                       st.buffer, st.coarse_buffer)
 
-    def reload(self) -> None:
-        """Read the store again and, if a compaction swapped the bundle, map the new one."""
+    def reload(self, *, strict: bool = False) -> None:
+        """Read the store again and, if another bundle is at the directory now, check it and map it.
+
+        A bundle that fails its checks is not mapped: the one in use keeps serving (``strict``: BundleError
+        says why, for /api/reload and SIGHUP).
+        """
         with self._reload_lock:
             self._version = self.store.data_version()
             snap = self.store.snapshot()   # first the store, then the bundle: see compact.compact
-            key = manifest_key(self._dir)
-            bundle = self._state.bundle
-            if key is not None and key != self._state.key:
+            key = dir_key(self._dir)
+            st = self._state
+            if st is not None and (key is None or key == st.key):
+                self._publish(self._build(st.bundle, st.key, snap))
+                return
+            try:
+                if key is None:
+                    raise BundleError(f"{self._dir}: no such bundle directory; build one: pi-search index "
+                                      f"build CATALOG --out {self._dir}")
+                bundle = Bundle.open(self._dir, extractor=self.extractor, deep=self.guard)
                 try:
-                    bundle = Bundle.open(self._dir, extractor=self.extractor)
-                    log.info("bundle %s reopened: %d items", self._dir, len(bundle))
-                except BundleError as exc:
-                    if key != self._bad_key:
-                        log.warning("keeping the bundle in use: %s", exc)
-                        self._bad_key = key
-                    self._bad_since = time.monotonic()
-                    key = self._state.key
-            # the replaced Bundle is not closed: a search may still run on it; it unmaps when dropped
-            self._state = self._build(bundle, key, snap)
+                    lease = self._take_leases(bundle)
+                    if self._store_path is not None:
+                        self._first_store(bundle)
+                        snap = self.store.snapshot()
+                except BaseException:
+                    bundle.close()
+                    raise
+            except BundleError as exc:
+                if key != self._bad_key:
+                    log.warning("%s: %s", "keeping the bundle in use" if st is not None else
+                                "still no usable bundle", exc)
+                self._bad_key, self._bad_since = key, time.monotonic()
+                if st is not None:
+                    self._publish(self._build(st.bundle, st.key, snap))
+                else:
+                    self.problem = str(exc)
+                if strict:
+                    raise
+                return
+            self._bad_key = None
+            log.info("bundle %s opened: %d items", self._dir, len(bundle))
+            self._publish(self._build(bundle, key, snap), None, lease)
+
+    def _first_store(self, bundle: Bundle) -> None:
+        """Open the change store beside the directory now that a bundle says which model its items need."""
+        try:
+            cs = _open_store(self._store_path, bundle)
+        except CatalogError as exc:
+            raise BundleError(str(exc)) from exc
+        old, self.store, self._store_path = self.store, cs, None
+        self._version = cs.data_version()
+        old.close()
+
+    def _settled(self, key: tuple, now: float) -> bool:
+        """True when the bundle at ``key`` may be opened: a folder swapped in whole at once, or files that
+        stayed unchanged for ``SETTLE_S`` (a copy into the folder has finished)."""
+        st = self._state
+        if st is not None and st.key is not None and key[0] != st.key[0]:
+            return True
+        if key != self._seen_key:
+            self._seen_key, self._seen_since = key, now
+            return False
+        return now - self._seen_since >= SETTLE_S
 
     def maybe_refresh(self) -> None:
-        """Reload if another process changed the store or swapped the bundle (checked every refresh_s)."""
+        """Reload if another process changed the store or put another bundle in place (checked every
+        refresh_s); start a scheduled compaction."""
         now = time.monotonic()
         if now - self._checked < self.refresh_s:
             return
         self._checked = now
+        st = self._state
         if (self.compact_every_s > 0 and now - self._last_compact >= self.compact_every_s
-                and self._state.items):
+                and st is not None and st.items):
             self.compact_in_background()
         try:
-            mk = manifest_key(self._dir)
-            changed = (self.store.data_version() != self._version
-                       or (mk is not None and mk != self._state.key
-                           and (mk != self._bad_key or now - self._bad_since >= RETRY_BAD_S)))
-            if changed:
+            key = dir_key(self._dir)
+            moved = (key is not None and key != (st.key if st is not None else None)
+                     and (key != self._bad_key or now - self._bad_since >= RETRY_BAD_S)
+                     and self._settled(key, now))
+            if moved or self.store.data_version() != self._version:
                 self.reload()
         except Exception as exc:  # a failed refresh keeps serving the last good state
             log.warning("refreshing the catalog failed: %s", exc)
 
     # ------------------------------------------------------------ the Bundle interface
     @property
-    def bundle(self) -> Bundle:
-        return self._state.bundle
+    def bundle(self) -> Bundle | None:
+        st = self._state
+        return None if st is None else st.bundle
 
     @property
     def directory(self) -> Path:
@@ -264,14 +469,23 @@ class Catalog:
 
     @property
     def manifest(self) -> dict:
-        return self._state.bundle.manifest
+        st = self._state
+        return {} if st is None else st.bundle.manifest
 
     @property
     def dim(self) -> int:
-        return self._state.bundle.dim
+        return self.store.dim
 
     def __len__(self) -> int:
-        return self._state.size
+        st = self._state
+        return 0 if st is None else st.size
+
+    def _serving(self) -> _State:
+        """The served state, or BundleError saying why there is none (changes need a bundle)."""
+        st = self._state
+        if st is None:
+            raise BundleError(f"no catalog is served right now: {self.problem}")
+        return st
 
     def __enter__(self) -> Catalog:
         return self
@@ -282,13 +496,21 @@ class Catalog:
     def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
         """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once."""
         self.maybe_refresh()
-        st = self._state
         q = _normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
         k = max(1, int(k))
         best: dict[str, Match] = {}
-        self._search_bundle(st, q, k, best)
-        self._search_taught(st, q, k, best)
+        with self._reading() as st:
+            if st is None:
+                return []
+            self._search_bundle(st, q, k, best)
+            self._search_taught(st, q, k, best)
         return sorted(best.values(), key=lambda m: -m.score)[:k]
+
+    def _faulted(self, exc: BundleError) -> None:
+        """A read of the served bundle failed: remembered for /healthz, and raised for this request only."""
+        self.fault = (time.time(), str(exc))
+        log.error("%s", exc)
+        raise exc
 
     def _search_bundle(self, st: _State, q: np.ndarray, k: int, best: dict) -> None:
         bundle, n = st.bundle, len(st.bundle)
@@ -343,33 +565,46 @@ class Catalog:
 
     def thumbnail(self, item_id: str) -> bytes | None:
         """JPEG bytes of an item's thumbnail (a taught one first), looked up by id; None if unknown."""
-        st = self._state
         item_id = str(item_id)
-        it = st.items.get(item_id)
-        if it is not None and it.deleted:
-            return None
-        if it is not None:
-            data = self.store.thumbnail(item_id)
-            if data is not None:
-                return data
-        return st.bundle.thumbnail(item_id)
+        with self._reading() as st:
+            if st is None:
+                return None
+            it = st.items.get(item_id)
+            if it is not None and it.deleted:
+                return None
+            if it is not None:
+                data = self.store.thumbnail(item_id)
+                if data is not None:
+                    return data
+            try:
+                return st.bundle.thumbnail(item_id)
+            except BundleError as exc:
+                self._faulted(exc)
 
     def item(self, item_id: str) -> dict | None:
         """Metadata of one item (id, title, price, extra, taught, shots) or None if unknown or removed."""
-        st = self._state
-        it = st.items.get(str(item_id))
-        if it is not None:
-            if it.deleted:
+        with self._reading() as st:
+            if st is None:
                 return None
-            return {"id": it.id, "title": it.title, "price": it.price, "extra": it.extra, "taught": True,
-                    "in_bundle": it.base, "shots": it.shots}
-        b = st.bundle.item(str(item_id))
+            it = st.items.get(str(item_id))
+            if it is not None:
+                if it.deleted:
+                    return None
+                return {"id": it.id, "title": it.title, "price": it.price, "extra": it.extra, "taught": True,
+                        "in_bundle": it.base, "shots": it.shots}
+            try:
+                b = st.bundle.item(str(item_id))
+            except BundleError as exc:
+                self._faulted(exc)
         if b is None:
             return None
         return {**b, "taught": False, "in_bundle": True, "shots": 0}
 
     def close(self) -> None:
-        self._state.bundle.close()
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(2.0)
+        self._publish(None, "closed")
         self.store.close()
 
     # ------------------------------------------------------------ the empty scene
@@ -419,13 +654,17 @@ class Catalog:
             self.last_compaction = {"error": str(exc), "finished": time.time()}
 
     def _after_change(self) -> None:
-        if self.compact_after and len(self._state.items) >= self.compact_after:
+        st = self._state
+        if self.compact_after and st is not None and len(st.items) >= self.compact_after:
             self.compact_in_background()
 
     # ------------------------------------------------------------ changes
     def changes(self) -> list[TaughtItem]:
         """Items taught, edited or removed since the bundle was built, most recent first."""
-        return sorted(self._state.items.values(), key=lambda it: (it.updated, it.seq), reverse=True)
+        st = self._state
+        if st is None:
+            return []
+        return sorted(st.items.values(), key=lambda it: (it.updated, it.seq), reverse=True)
 
     def folded(self, limit: int = 50) -> list[dict]:
         """Taught items a compaction already folded into the bundle, most recently taught first (at most
@@ -435,6 +674,8 @@ class Catalog:
         import sqlite3
 
         st = self._state
+        if st is None:
+            return []
         path = st.bundle.directory / st.bundle.manifest.get("items_file", "items.sqlite")
         db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         try:
@@ -459,12 +700,12 @@ class Catalog:
         """Teach an item from shot embeddings (float32 [n, dim]); searchable on return. Returns its id."""
         item_id = check_id(item_id) if item_id else f"item-{uuid.uuid4().hex[:8]}"
         with self._reload_lock:
-            st = self._state
+            st = self._serving()
             in_bundle = st.bundle.item(item_id) is not None
             if in_bundle and item_id not in st.masked and item_id not in st.items:
                 raise CatalogError(f"item {item_id!r} is already in the catalog; add shots to it with "
                                    f"pi-search item edit {item_id} --image PHOTO, or choose another id")
-            others = self.store.data_version() != self._version or manifest_key(self._dir) != st.key
+            others = self.store.data_version() != self._version or dir_key(self._dir) != st.key
             self.store.add(item_id, title, price, vectors, thumb=thumb, extra=extra, base=in_bundle)
             fast = None
             if not (others or in_bundle or item_id in st.items):
@@ -481,7 +722,7 @@ class Catalog:
         return item_id
 
     def _base(self, item_id: str) -> dict | None:
-        st = self._state
+        st = self._serving()
         if item_id in st.items:
             return None
         return st.bundle.item(item_id)

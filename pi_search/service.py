@@ -21,6 +21,7 @@ STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
 # Histogram bucket upper bounds in seconds, shared by every stage (Prometheus convention).
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
+FAULT_SHOWN_S = 60.0  # a failed read of the bundle shows in /healthz this long
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -483,7 +484,11 @@ class Service:
         """Health of the camera, model and index; ``ok`` is False with reasons when any is down."""
         cam_up, cam_reason = self.camera_state()
         model_up = self.extractor is not None
-        index_up = self.bundle is not None
+        cat = self.bundle
+        index_up = cat is not None and getattr(cat, "serving", True)
+        problem = getattr(cat, "problem", None) if cat is not None else "not loaded"
+        fault = getattr(cat, "fault", None)
+        fault_age = time.time() - fault[0] if fault else None
         alive = self._thread is not None and self._thread.is_alive()
         reasons = []
         if not cam_up:
@@ -496,7 +501,9 @@ class Service:
         if not model_up:
             reasons.append("model: not loaded")
         if not index_up:
-            reasons.append("index: not loaded")
+            reasons.append(f"index: {problem or 'not loaded'}")
+        elif fault_age is not None and fault_age < FAULT_SHOWN_S:
+            reasons.append(f"index: a read failed {fault_age:.0f} s ago: {fault[1]}")
         return {
             "ok": not reasons,
             "reasons": reasons,
@@ -505,7 +512,9 @@ class Service:
                        if self._last_frame_time else None, "fps": round(self.fps(), 2)},
             "model": {"up": model_up, "name": getattr(self.extractor, "name", None),
                       "threads": getattr(self.extractor, "num_threads", None)},
-            "index": {"up": index_up, "items": len(self.bundle) if index_up else 0},
+            "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
+                      "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
+                                                                "error": fault[1]}},
             "worker": {"alive": alive},
         }
 
@@ -520,12 +529,10 @@ class Service:
 
         with self._reload_lock:
             current = self.bundle
-            fresh = Bundle.open(current.directory, extractor=self.extractor)  # BundleError: keep serving
-            if hasattr(current, "reload"):  # the live catalog swaps its own state (and its taught items)
-                fresh.close()
-                current.reload()
+            if hasattr(current, "reload"):  # the live catalog checks and swaps its own state
+                current.reload(strict=True)   # BundleError: the bundle in use keeps serving
             else:
-                self.bundle = fresh
+                self.bundle = Bundle.open(current.directory, extractor=self.extractor)
             log.info("bundle %s reloaded: %d items, built %s", current.directory, len(self.bundle),
                      self.bundle.manifest.get("created"))
             return {"items": len(self.bundle), "created": self.bundle.manifest.get("created")}

@@ -12,7 +12,7 @@ from conftest import camera_view
 from pi_search.changes import ChangeStore, store_path
 from pi_search.errors import CatalogError
 from pi_search.index import BuildOptions, Item, write_bundle
-from pi_search.live import Catalog, embed_shots, manifest_key
+from pi_search.live import Catalog, dir_key, embed_shots
 
 DIM = 1280
 
@@ -251,7 +251,7 @@ def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalo
     shutil.copytree(tmp_path / "old", fixed)
     os.rename(fixed, live_dir)
     assert catalog.search(v[0], 1)[0].id == "kettle" and catalog.search(cup, 1)[0].id == "coffee"
-    assert catalog._state.key == manifest_key(live_dir)   # the good replacement is mapped
+    assert catalog._state.key == dir_key(live_dir)   # the good replacement is mapped
 
 
 def test_the_empty_scene_is_taken_out_of_camera_shots(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo
 
 from pi_search import index as ix
-from pi_search.errors import BundleError
+from pi_search.errors import BundleError, CatalogError
 from pi_search.views import embed_catalog_image, embed_query_image
 
 
@@ -229,17 +229,22 @@ def test_usearch_backend_behind_the_same_interface(tmp_path):
 
 
 def test_leftovers_of_a_killed_build_are_removed(tmp_path):
-    import os
-    import time
-
+    """Builds hold the bundle's lock: what a killed one left is removed by the next, at once; a running one's
+    files are left alone while it holds the lock."""
     x = _clustered(50, 16)
     stale = tmp_path / ".b.tmp-deadbeef"
     stale.mkdir()
     (stale / "index.ann").write_bytes(b"half")
-    fresh = tmp_path / ".b.tmp-cafe0000"  # maybe another build still running: kept
-    fresh.mkdir()
-    hour_ago = time.time() - 7200
-    os.utime(stale, (hour_ago, hour_ago))
     _write(tmp_path, x, "b", search="exact")
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists()
     assert (tmp_path / "b" / ix.MANIFEST).is_file()
+    running = tmp_path / ".b.tmp-cafe0000"
+    running.mkdir()
+    with ix.bundle_lock(tmp_path / "b", what="build"):
+        ix.recover(tmp_path / "b")          # another process's clean-up: the lock is held, nothing goes
+        assert running.exists()
+        with pytest.raises(CatalogError, match="another build .* is running"), \
+                ix.bundle_lock(tmp_path / "b", wait=False):
+            pass
+    ix.recover(tmp_path / "b")
+    assert not running.exists() and not list(tmp_path.glob(".b.lock"))

@@ -140,7 +140,8 @@ def test_health_reports_the_camera_reason(extractor, bundle, shots):
         assert wait_until(lambda: "not found" in svc.health()["camera"]["reason"])
         h = svc.health()
         assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
-        assert h["model"]["up"] and h["index"] == {"up": True, "items": len(bundle)}
+        assert h["model"]["up"] and h["index"] == {"up": True, "items": len(bundle), "problem": None,
+                                                   "last_fault": None}
     finally:
         svc.stop()
 

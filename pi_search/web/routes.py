@@ -82,6 +82,7 @@ def status() -> dict:
         "model": getattr(service.extractor, "name", None),
         "threads": config.model.threads,
         "catalog_items": len(service.bundle) if service.bundle is not None else 0,
+        "catalog_problem": getattr(service.bundle, "problem", None),
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
@@ -163,8 +164,15 @@ def _display_name(filename: str | None) -> str:
 
 @bp.get("/thumbs/<path:item_id>")
 def thumb(item_id: str):
+    from ..errors import BundleError
+
     bundle = _ext()["service"].bundle
-    data = bundle.thumbnail(item_id) if bundle is not None else None
+    try:
+        data = bundle.thumbnail(item_id) if bundle is not None else None
+    except BundleError as exc:   # a damaged row: this request fails, /healthz shows it, the rest serves
+        return _error(500, str(exc))
+    if data is None and not getattr(bundle, "serving", True):
+        return _error(503, f"no catalog is served right now: {bundle.problem}")
     if data is None:
         return _error(404, f"no thumbnail for item {item_id!r}")
     resp = Response(data, mimetype="image/jpeg")

@@ -1,0 +1,107 @@
+"""A build killed (SIGKILL) at each step of putting the new bundle in place leaves a complete, servable bundle
+at the path; two builds of one bundle, or two demos on one cache, wait for each other instead of failing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import CATALOG_PHOTOS, write_catalog
+
+from pi_search import index as ix
+
+NEW = CATALOG_PHOTOS[:4]
+pytestmark = pytest.mark.slow
+
+KILLED_BUILD = textwrap.dedent("""
+    import os, signal, sys
+    import pi_search.index as ix
+    from pi_search.catalog import build_bundle
+    from pi_search.extractor import Extractor
+
+    catalog, out, where = sys.argv[1:4]
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync, real_exchange, real_rename = ix._fsync_tree, ix._exchange, os.rename
+
+    def fsync_tree(path):                 # the new bundle is complete and synced beside the old one
+        real_fsync(path)
+        if where == "written":
+            die()
+
+    def exchange(a, b):
+        if where == "two-renames":        # a file system without renameat2
+            return False
+        done = real_exchange(a, b)
+        if where == "exchanged":          # swapped, the old one not yet deleted
+            die()
+        return done
+
+    def rename(a, b):
+        real_rename(a, b)
+        if where == "two-renames" and ".old-" in str(b):   # between the two renames
+            die()
+
+    ix._fsync_tree, ix._exchange, os.rename = fsync_tree, exchange, rename
+    build_bundle(catalog, out, Extractor(), progress=False)
+    print("finished")
+""")
+
+
+@pytest.fixture(scope="module")
+def new_catalog(tmp_path_factory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("new"), NEW)
+
+
+def _items(path: Path) -> int:
+    with ix.Bundle.open(path, deep=True) as b:
+        return len(b)
+
+
+@pytest.mark.parametrize("where, expect", [("written", len(CATALOG_PHOTOS)), ("exchanged", len(NEW)),
+                                           ("two-renames", len(NEW))])
+def test_a_build_killed_at_each_step_leaves_a_servable_bundle(tmp_path, bundle_dir, new_catalog, where,
+                                                              expect):
+    import shutil
+
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, out)
+    p = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(new_catalog), str(out), where],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9 and "finished" not in p.stdout, p.stderr
+    if where != "two-renames":
+        assert _items(out) == expect          # at the path, right after the kill: old or new, complete
+    else:
+        assert not out.exists()               # the one gap of two renames ...
+    ix.recover(out)                           # ... closed by what any next start or build does first
+    assert _items(out) == expect
+    # no leftovers, no lock file; the embeddings stay in bundle.partial for a resumed build
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle", "bundle.partial"]
+
+
+def test_two_builds_of_one_bundle_wait_for_each_other(tmp_path, catalog_dir, new_catalog):
+    out = tmp_path / "bundle"
+    exe = Path(sys.executable).with_name("pi-search")
+    procs = [subprocess.Popen([str(exe), "index", "build", str(c), "--out", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in (catalog_dir, new_catalog)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert "Traceback" not in "".join(e for _, e in results)
+    assert any("waiting for another build" in e for _, e in results), results
+    assert _items(out) in (len(CATALOG_PHOTOS), len(NEW))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_two_demos_on_one_cache_share_one_build(tmp_path):
+    script = ("import sys; from pi_search.demo import demo_bundle; from pi_search.extractor import Extractor;"
+              "print(demo_bundle(Extractor(), sys.argv[1], progress=False))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert {o.strip() for o, _ in results} == {str(tmp_path / "demo-bundle")}
+    assert "Traceback" not in "".join(e for _, e in results)
+    assert any("waiting for another pi-search demo build" in e for _, e in results), results
+    assert _items(tmp_path / "demo-bundle") == 150
