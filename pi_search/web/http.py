@@ -354,6 +354,7 @@ def adjustments(max_body_bytes: int) -> dict:
         "cleanup_interval": 1,
         "channel_request_lookahead": 1,  # reads while serving, so a client that leaves is noticed at once
         "asyncore_use_poll": True,  # select() fails beyond descriptor 1023
+        "log_socket_errors": False,  # a client that resets its connection is no fault of ours: no traceback
         "backlog": 1024,
     }
 
