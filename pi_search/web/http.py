@@ -183,7 +183,12 @@ class Server(TcpWSGIServer):
         super().maintenance(now)
         for channel in list(self.active_channels.values()):
             if channel.waiting() and channel.too_slow(now):
-                channel.will_close = True
+                part = "headers" if not channel.request.headers_finished else "request"
+                limit = HEADER_TIMEOUT_S if part == "headers" else REQUEST_TIMEOUT_S
+                with contextlib.suppress(OSError):  # best effort: the client may not be reading at all
+                    channel.socket.send(json_error(408, "Request Timeout", f"the request's {part} did not "
+                                                   f"arrive within {limit:g} s; send it at once"))
+                channel.handle_close()
                 self.evicted += 1
 
     def handle_accept(self):
