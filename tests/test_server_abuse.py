@@ -52,5 +52,5 @@ def test_fuzzer_no_5xx_every_error_json_nothing_left_behind(daemon):
     assert sum(v for k, v in res["by_status"].items() if k.startswith("4")) > 100  # the cases were refused
     assert daemon.proc.poll() is None
     assert fuzz_http.settle(daemon.threads, threads) == threads
-    assert fuzz_http.settle(daemon.sockets, sockets, 40.0) == sockets
+    assert fuzz_http.settle(daemon.sockets, sockets, 40.0) <= sockets  # no connection left open
     assert daemon.get("/healthz")[0] == 200
