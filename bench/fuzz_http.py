@@ -224,7 +224,7 @@ def _complete(head: bytes, body: bytes) -> bool:
 
 def _health_report(request: bytes, answer: bytes) -> bool:
     """True for /healthz's own 503: the daemon answering that its camera is down, not a server fault."""
-    if not request.split(b" ", 2)[1:2] == [b"/healthz"] or not answer.startswith(b"HTTP/1.1 503"):
+    if request.split(b" ", 2)[1:2] != [b"/healthz"] or not answer.startswith(b"HTTP/1.1 503"):
         return False
     try:
         return "reasons" in json.loads(answer.partition(b"\r\n\r\n")[2])
