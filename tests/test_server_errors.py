@@ -123,7 +123,7 @@ def _serve(app, sizes, queue_limits=None):
     lanes = Lanes(sizes, queue_limits)
     server = Server(app, host="127.0.0.1", port=0, dispatcher=lanes, max_connections=100,
                     **adjustments(1024 * 1024))
-    lanes.set_thread_count(0)
+    lanes.start()
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     return server

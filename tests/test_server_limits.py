@@ -26,7 +26,7 @@ def server():
     lanes = http.Lanes({"health": 1, "main": 2})
     srv = http.Server(_app, host="127.0.0.1", port=0, dispatcher=lanes, max_connections=40,
                       **http.adjustments(1024 * 1024))
-    lanes.set_thread_count(0)
+    lanes.start()
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     yield srv

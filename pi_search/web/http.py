@@ -303,9 +303,13 @@ class Lanes:
         limits = QUEUE_LIMITS if queue_limits is None else queue_limits
         self.lanes = {name: _Lane(name, n, limits.get(name)) for name, n in sizes.items()}
 
-    def set_thread_count(self, count):  # the lanes are sized at construction
+    def start(self) -> None:
+        """Start every lane's threads (once the server is bound)."""
         for lane in self.lanes.values():
             lane.set_thread_count(lane.size)
+
+    def set_thread_count(self, count):  # waitress's dispatcher interface: the lanes are sized at construction
+        self.start()
 
     def add_task(self, channel):
         lane = self.lanes.get(lane_of(channel)) or self.lanes["main"]
@@ -317,10 +321,6 @@ class Lanes:
 
     def sizes(self) -> dict[str, int]:
         return {name: lane.size for name, lane in self.lanes.items()}
-
-    def busy(self) -> dict[str, int]:
-        """Threads serving a request, per lane."""
-        return {name: lane.active_count for name, lane in self.lanes.items()}
 
     def shutdown(self, cancel_pending=True, timeout=5):
         deadline = time.monotonic() + timeout
@@ -369,5 +369,5 @@ def make_server(app, *, host: str, port: int, max_viewers: int, max_body_bytes: 
     lanes = Lanes(lane_sizes(max_viewers))
     server = Server(app, host=host, port=port, dispatcher=lanes, max_connections=connection_budget(),
                     **adjustments(max_body_bytes))
-    lanes.set_thread_count(0)
+    lanes.start()
     return server
