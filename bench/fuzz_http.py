@@ -238,8 +238,10 @@ def _is_json_error(answer: bytes) -> bool:
         return False
     if not _complete(head, body):
         return True  # the connection was reset before the whole body came (the request was not read)
-    try:
-        return "error" in json.loads(body)
+    length = next((int(line.partition(b":")[2]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), len(body))
+    try:  # only this answer's body: the rest of a keep-alive connection may hold the next answer
+        return "error" in json.loads(body[:length])
     except ValueError:
         return False
 
