@@ -297,8 +297,11 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
     run_daemon(config)
 
 
-def run_daemon(config) -> None:
-    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT."""
+def run_daemon(config, on_serving=None) -> None:
+    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT.
+
+    ``on_serving(url)`` is called once the page is served.
+    """
     from .camera import open_source
     from .config import check_bind
     from .errors import ConfigError
@@ -322,7 +325,7 @@ def run_daemon(config) -> None:
     app = create_app(service, config)
     try:
         run(app, service, host=config.server.host, port=config.server.port,
-            threads=2 * config.server.max_viewers + 8)  # each page holds a preview and a long poll
+            max_viewers=config.server.max_viewers, on_serving=on_serving)
     finally:
         bundle.close()
 
@@ -428,12 +431,14 @@ def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: 
     from .config import load_config
     from .demo import demo_bundle, demo_data
     from .extractor import Extractor
+    from .web.server import check_address
 
+    check_address(host, port)  # a busy port fails before the demo bundle is built
     bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild)
     config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
                                 "index.bundle": str(bundle), "server.host": host, "server.port": port})
-    click.echo(f"pi-search demo: open http://{host}:{port}/  (Ctrl+C stops)", err=True)
-    run_daemon(config)
+    run_daemon(config, on_serving=lambda url: click.echo(f"pi-search demo: open {url}  (Ctrl+C stops)",
+                                                         err=True))
 
 
 # ---------------------------------------------------------------- item

@@ -137,13 +137,14 @@ def test_stream_sends_the_shared_jpeg(make):
     r = client.get("/stream.mjpg", buffered=False)
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
-    chunk = next(iter(r.response))
+    parts = iter(r.response)
     head = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"
-    assert chunk.startswith(head)
+    assert next(parts) == head  # the headers go out at once, before any frame
+    chunk = next(parts)
     # The part is closed, and the next one opened, in the same write: a browser shows it at once, even when
     # the scene is still and no further JPEG follows.
     assert chunk.endswith(b"\r\n" + head)
-    jpeg = chunk[len(head): -len(b"\r\n" + head)]
+    jpeg = chunk[: -len(b"\r\n" + head)]
     assert jpeg == svc.latest().jpeg  # the worker's JPEG itself (a still scene publishes no new one)
     assert svc.stats.viewers == 1
     r.close()

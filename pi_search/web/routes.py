@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
@@ -18,6 +19,7 @@ bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="t
 
 BOUNDARY = "frame"
 KEEPALIVE_S = 5.0
+CHECK_S = 1.0  # long polls and previews look this often whether their client is still there
 
 
 def _ext() -> dict:
@@ -58,15 +60,29 @@ def results():
     after = request.args.get("after", type=int)
     wait = min(max(request.args.get("wait", 0.0, type=float), 0.0), 5.0)
     if wait and latest is not None and after is not None and latest.frame_id == after:
-        latest = service.wait_for_result(latest, wait) or service.latest()
+        latest = _wait_for_result(service, latest, wait) or service.latest()
     elif wait and latest is None:
-        latest = service.wait_for_result(None, wait)
+        latest = _wait_for_result(service, None, wait)
     body = latest.as_dict() if latest is not None else {"frame_id": None, "matches": []}
     body["ready"] = latest is not None
     body["status"] = status()
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def _wait_for_result(service, after, wait: float):
+    """``service.wait_for_result`` in slices of at most ``CHECK_S``: a client that left frees its thread."""
+    gone = request.environ.get("waitress.client_disconnected")
+    deadline = time.monotonic() + wait
+    while service.running and not (gone and gone()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        fresh = service.wait_for_result(after, min(left, CHECK_S))
+        if fresh is not None:
+            return fresh
+    return None
 
 
 @bp.post("/api/search")
@@ -151,38 +167,75 @@ def frame():
     return resp
 
 
-@bp.get("/stream.mjpg")
+@bp.route("/stream.mjpg", methods=["GET", "HEAD"])
 def stream():
     """Live preview as multipart JPEG; each viewer only waits for the shared JPEG, never encodes.
 
     Every JPEG is followed at once by the boundary and the headers of the next part (parts carry no
     Content-Length): Chromium shows a part only once the next part's headers have arrived, so a still scene
-    (no new part) would otherwise keep showing the previous frame.
+    (no new part) would otherwise keep showing the previous frame. HEAD answers the headers and takes no
+    viewer slot.
     """
     ext = _ext()
     service, viewers = ext["service"], ext["viewers"]
+    if request.method == "HEAD":
+        resp = Response(b"", content_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
     service.stats.viewers = viewers.count
-    head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
-
-    def parts():
-        sent_at, last, opening = 0.0, None, head
-        try:
-            current = service.latest()
-            while service.running:
-                if current is not None and (current is not last or time.monotonic() - sent_at > KEEPALIVE_S):
-                    yield opening + current.jpeg + b"\r\n" + head
-                    last, sent_at, opening = current, time.monotonic(), b""
-                current = service.wait_for_result(last, KEEPALIVE_S) or last
-        finally:
-            viewers.leave()
-            service.stats.viewers = viewers.count
-
-    resp = Response(parts(), content_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+    resp = Response(_Preview(service, viewers, request.environ),
+                    content_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
+
+
+class _Preview:
+    """The parts of one /stream.mjpg response; holds a viewer slot until closed (always, even unstarted).
+
+    The viewer leaves, freeing its slot and its server thread, when the client disconnects (noticed within
+    ``CHECK_S``), when it has not taken the parts already sent for ``KEEPALIVE_S`` (a client that stopped
+    reading), or when the service stops. A client still reading the previous part is sent the newest frame
+    once it is done, never a queue of old ones.
+    """
+
+    def __init__(self, service, viewers, environ):
+        self.service, self.viewers = service, viewers
+        self._gone = environ.get("waitress.client_disconnected") or (lambda: False)
+        self._backlog = environ.get("pi_search.backlog") or (lambda: 0)
+        self._lock = threading.Lock()
+        self._open = True
+
+    def __iter__(self):
+        head = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
+        service = self.service
+        sent_at, drained_at, last = 0.0, time.monotonic(), None
+        current = service.latest()
+        yield head
+        while self._open and service.running and not self._gone():
+            now = time.monotonic()
+            if self._backlog() == 0:
+                drained_at = now
+            elif now - drained_at > KEEPALIVE_S:
+                log.info("a preview client stopped reading for %.0f s; closing its stream", KEEPALIVE_S)
+                return
+            due = current is not None and (current is not last or now - sent_at > KEEPALIVE_S)
+            if due and drained_at == now:
+                yield current.jpeg + b"\r\n" + head
+                last, sent_at = current, now
+            elif due:
+                time.sleep(0.05)  # the client is still taking the previous part
+            current = service.wait_for_result(last, CHECK_S) or (current if due else last)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+        self.viewers.leave()
+        self.service.stats.viewers = self.viewers.count
 
 
 @bp.post("/api/reload")

@@ -2,30 +2,70 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
+from collections.abc import Callable
 
 from .. import notify
+from ..errors import PiSearchError
 
 log = logging.getLogger(__name__)
 
 
-def server_options(app) -> dict:
-    """waitress settings: a body larger than the upload limit is refused before it is buffered to disk."""
+def max_body_bytes(app) -> int:
+    """A body larger than the upload limit (plus the form's own bytes) is refused before it is buffered."""
     limit = app.config.get("MAX_CONTENT_LENGTH") or 8 * 1024 * 1024
-    return {"channel_timeout": 30, "ident": "pi-search", "max_request_body_size": limit + 64 * 1024,
-            "connection_limit": 200}
+    return limit + 64 * 1024
 
 
-def run(app, service, *, host: str, port: int, threads: int) -> None:
+def server_options(app) -> dict:
+    """waitress settings (for a plain ``waitress.create_server``); ``run`` adds lanes and eviction."""
+    from .http import adjustments
+
+    return adjustments(max_body_bytes(app))
+
+
+def bind_error(host: str, port: int, exc: OSError) -> PiSearchError:
+    """The one-line error for an address that cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        return PiSearchError(f"{host}:{port} is already in use (another pi-search?); pass --port N or stop "
+                             f"the other program (ss -ltnp 'sport = :{port}')")
+    if exc.errno == errno.EACCES:
+        return PiSearchError(f"{host}:{port}: permission denied; use a port above 1023 (--port N)")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        return PiSearchError(f"{host}:{port}: not an address of this machine; pass --host 127.0.0.1")
+    return PiSearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise the one-line error now if host:port cannot be bound (before the model loads for seconds)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            sock.bind(addr)
+    except OSError as exc:
+        raise bind_error(host, port, exc) from None
+
+
+def run(app, service, *, host: str, port: int, max_viewers: int,
+        on_serving: Callable[[str], None] | None = None) -> None:
     """Serve ``app`` on host:port until SIGTERM or SIGINT; then stop ``service`` (closing the camera).
 
-    Tells systemd READY=1 once the socket is bound and the worker runs, STOPPING=1 on the way out.
+    Tells systemd READY=1 once the socket is bound and the worker runs, STOPPING=1 on the way out;
+    ``on_serving(url)`` is called then too. A busy port raises PiSearchError (one line, no traceback).
     """
-    from waitress import create_server
+    from .http import make_server
 
-    server = create_server(app, host=host, port=port, threads=threads, **server_options(app))
+    try:
+        server = make_server(app, host=host, port=port, max_viewers=max_viewers,
+                             max_body_bytes=max_body_bytes(app))
+    except OSError as exc:
+        raise bind_error(host, port, exc) from None
     stopping = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -43,9 +83,13 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
     # READY=1 first: the socket is bound and the model and the bundle are loaded; the worker's watchdog pings
     # then follow it, never precede it.
-    notify.ready(f"serving on http://{host}:{server.effective_port}/")
+    url = f"http://{_url_host(host)}:{server.effective_port}/"
+    notify.ready(f"serving on {url}")
     service.start()
-    log.info("serving on http://%s:%s/ (%d threads)", host, server.effective_port, threads)
+    log.info("serving on %s (%s threads per lane, at most %d connections)", url,
+             server.task_dispatcher.sizes(), server.max_connections)
+    if on_serving is not None:
+        on_serving(url)
     try:
         server.run()
     except SystemExit:
@@ -62,6 +106,10 @@ def run(app, service, *, host: str, port: int, threads: int) -> None:
         for s, h in old.items():
             signal.signal(s, h)
         log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _reload(service) -> None:
