@@ -38,16 +38,33 @@ def open_viewer(port: int, **opts) -> socket.socket:
     return s
 
 
+def dechunk(data: bytes) -> bytes:
+    """The body bytes of a chunked HTTP/1.1 response read so far (a cut-off last chunk as far as it goes)."""
+    out, i = b"", 0
+    while True:
+        j = data.find(b"\r\n", i)
+        if j < 0:
+            return out
+        size = int(data[i:j].split(b";")[0], 16)
+        out += data[j + 2: j + 2 + size]
+        if size == 0 or j + 2 + size + 2 > len(data):
+            return out
+        i = j + 2 + size + 2
+
+
 def read_part(s: socket.socket) -> bytes:
     """The first complete JPEG part of the stream (complete once the boundary after it arrived)."""
     got = b""
-    while got.count(b"--frame\r\n") < 2:
+    while True:
+        head, _, rest = got.partition(b"\r\n\r\n")
+        body = dechunk(rest) if b"chunked" in head.lower() else rest
+        if body.count(b"--frame\r\n") >= 2:
+            break
         chunk = s.recv(65536)
         assert chunk, got[:300]
         got += chunk
-    head, _, rest = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
-    part = rest.split(b"--frame\r\n")[1]
+    part = body.split(b"--frame\r\n")[1]
     assert b"Content-Type: image/jpeg" in part
     jpeg = part.partition(b"\r\n\r\n")[2]
     assert jpeg.startswith(b"\xff\xd8") and jpeg.rstrip(b"\r\n").endswith(b"\xff\xd9")
@@ -142,11 +159,11 @@ def test_closed_browser_tab_frees_its_slot(daemon, tmp_path):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     try:
-        drv.get(daemon.url + "/")
+        drv.get(daemon.url + "/teach")
         first = drv.current_window_handle
         drv.switch_to.new_window("tab")
-        drv.get(daemon.url + "/")
-        assert wait_until(lambda: viewers(daemon) == 2, 60)  # each tab shows the live preview
+        drv.get(daemon.url + "/teach")
+        assert wait_until(lambda: viewers(daemon) == 2, 60)  # each teach tab shows the live preview
         drv.close()  # the second tab
         drv.switch_to.window(first)
         assert wait_until(lambda: viewers(daemon) == 1, 30)
