@@ -636,7 +636,36 @@ def t_hard_cost(r: Results) -> str:
         "retrieval-hard-cost")
 
 
+def t_slow_clients(r: Results) -> str:
+    sc = r["slow_clients"]
+    rows = [[path, num(sc["alone_ms"][path]["p50"], 1), num(sc["alone_ms"][path]["p95"], 1),
+             num(sc["under_attack_ms"][path]["p50"], 1), num(sc["under_attack_ms"][path]["p95"], 1),
+             num(sc["under_attack_ms"][path]["max"], 1)] for path in ("/", "/healthz", "/api/results")]
+    return md(["route", "alone p50 ms", "alone p95 ms", "under attack p50 ms", "under attack p95 ms",
+               "under attack max ms"], rows) + "\n" + source("slow_clients")
+
+
+def t_health(r: Results) -> str:
+    h = r["health"]
+    rows = [[label, h[key]["n"], num(h[key]["p50"], 1), num(h[key]["p95"], 1), num(h[key]["p99"], 1),
+             num(h[key]["max"], 1)] for key, label in (("healthz_alone_ms", "alone"),
+                                                       ("healthz_loaded_ms", "under load"))]
+    return md(["/healthz", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms"], rows) + "\n" + source("health")
+
+
+def t_fuzz(r: Results) -> str:
+    f = r["fuzz_http"]
+    statuses = sorted(f["by_status"], key=lambda k: (k == "none", k))
+    rows = [[kind, *[counts.get(st, 0) for st in statuses]] for kind, counts in sorted(f["by_kind"].items())]
+    rows.append(["all", *[f["by_status"][st] for st in statuses]])
+    header = ["case kind", *[("no answer" if st == "none" else st) for st in statuses]]
+    return md(header, rows) + "\n" + source("fuzz_http")
+
+
 TABLES: dict[str, Callable[[Results], str]] = {
+    "slow-clients": t_slow_clients,
+    "health": t_health,
+    "fuzz": t_fuzz,
     "uploads": t_uploads,
     "extractor": t_extractor,
     "daemon": t_daemon,
@@ -664,6 +693,14 @@ TABLES: dict[str, Callable[[Results], str]] = {
 
 # ------------------------------------------------------------------------------------------------ figures
 VALUES: dict[str, Callable[[Results], str]] = {
+    # under attack
+    "attack.slow": lambda r: str(r["slow_clients"]["setup"]["slow_connections"]),
+    "attack.slow.opened": lambda r: f"{r['slow_clients']['slow_connections_opened']:,}",
+    "attack.slow.held": lambda r: str(r["slow_clients"]["slow_connections_held_by_server"]),
+    "attack.health.p99": lambda r: num(r["health"]["healthz_loaded_ms"]["p99"], 1),
+    "attack.fuzz.cases": lambda r: f"{r['fuzz_http']['cases']:,}",
+    "attack.fuzz.5xx": lambda r: str(r["fuzz_http"]["server_errors"]),
+    "attack.fuzz.threads": lambda r: " -> ".join(str(t) for t in r["fuzz_http"]["threads"]),
     # the model
     "extract.int8.1": lambda r: num(extractor_ms(r, "uint8", 1)),
     # the daemon
