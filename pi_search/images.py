@@ -14,8 +14,30 @@ MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards a
 # shorter side scaled to the model's 224 pixels: 224 / 0.65 = 345, so every model pixel still averages at
 # least one photo pixel. Catalog framing (the whole photo padded square, zoomed 0.8: 280 pixels on the
 # longer side) and thumbnails (256 pixels on the longer side) need less. A 4032x3024 phone photo is decoded
-# at 1/8 scale (504x378, 0.6 MB instead of 37 MB); a 40 MP one at 1/8 (913x684).
+# at 1/4 scale and averaged down to 504x378 (1.5 MB at most instead of 37 MB); a 40 MP one at 1/4, then to
+# 608x456.
 MIN_SIDE = 345
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """``(SOF marker, width, height)`` of a JPEG from its frame header (0xC0 baseline, 0xC2 progressive)."""
+    import struct
+
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (seg,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return marker, w, h
+        i += 2 + seg
+    return None
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
@@ -26,21 +48,8 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         w, h = struct.unpack(">II", data[16:24])
         return w, h
     if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            (seg,) = struct.unpack(">H", data[i + 2 : i + 4])
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                return w, h
-            i += 2 + seg
-        return None
+        sof = _jpeg_frame(data)
+        return None if sof is None else sof[1:]
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         w, h = struct.unpack("<HH", data[6:10])
         return w, h
@@ -181,7 +190,13 @@ def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
         )
     buf = np.frombuffer(data, dtype=np.uint8)
     if data[:2] == b"\xff\xd8" and size is not None:
-        scale = next((s for s in (8, 4, 2) if s <= reduction(*size, min_side)), 1)
+        # A baseline JPEG is decoded one step short of the largest reduction and averaged down below, which
+        # keeps the picture closer to a full-size decode than the decoder's own 1/8 (rounded chroma
+        # upsampling). A progressive one holds all its coefficients while decoding whatever the scale, so
+        # it takes the largest reduction to keep memory down.
+        progressive = (_jpeg_frame(data) or (0,))[0] in (0xC2, 0xC6, 0xCA, 0xCE)
+        most = reduction(*size, min_side)
+        scale = next((s for s in (8, 4, 2) if s * (1 if progressive else 2) <= most), 1)
         flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
                 2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[scale]
         img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
