@@ -184,8 +184,11 @@ def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
 
 def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0) -> str | None:
     """The guide's sentence, or None: when the best match is weak, or when it was found in a window outside
-    the target box that frames it clearly better than the box does (``gain``, from ``fuse``)."""
-    if top_score is None or top_score < HINT_SCORE:
+    the target box that frames it clearly better than the box does (``gain``, from ``fuse``). No matches at
+    all (no catalog loaded, or an empty one) is not the holder's fault: no hint."""
+    if top_score is None:
+        return None
+    if top_score < HINT_SCORE:
         return HINT
     if region is not None and gain >= HINT_GAIN:
         cx, cy = (region[0] + region[2]) / 2, (region[1] + region[3]) / 2

@@ -149,6 +149,7 @@ def test_fuse_adds_the_kept_score_and_the_best_window_score():
     assert [m.id for m in matches] == ["a", "b"] and region is None and gain == 0.0
     target = views.target_box(640, 480)
     assert views.hint(0.9, None, target) is None
+    assert views.hint(None, None, target) is None   # no matches (no catalog): nothing to hold closer for
     assert views.hint(views.HINT_SCORE - 0.01, None, target) == views.HINT
     outside, inside = (0.0, 0.0, 0.2, 0.3), (0.3, 0.3, 0.6, 0.7)
     assert views.hint(0.9, outside, target, views.HINT_GAIN) == views.HINT  # clearly better outside the box
