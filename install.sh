@@ -258,7 +258,7 @@ stage_source() {
 # ------------------------------------------------------------------ dev
 # lomiri-wallpapers-*: real photos at the size cameras write them (0.3-6.7 MB JPEGs) for the upload tests
 DEV_APT=(chromium chromium-driver tuxpaint-stamps-default opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
-         jq shellcheck systemd rsync npm)
+         jq shellcheck systemd rsync)
 
 install_dev() {
   local venv=$SRC_DIR/.venv extras=dev
@@ -268,7 +268,11 @@ install_dev() {
   PYTHON=${PYTHON:-python3}
   check_python
   check_venv_module
-  ensure_apt "${DEV_APT[@]}"
+  local pkgs=("${DEV_APT[@]}")
+  # npm for the tests' axe-core: Debian's package, unless an npm is there already (a Node.js install of its
+  # own brings one, and Debian's npm would conflict with it)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+  ensure_apt "${pkgs[@]}"
   ensure_venv "$venv"
   ensure_project "$venv" "dev extras=$extras python=$PY_VERSION pyproject=$(sha256sum < "$SRC_DIR/pyproject.toml" | cut -d' ' -f1)" \
     --editable "${SRC_DIR}[$extras]"
