@@ -844,6 +844,8 @@ def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str
     """
     source, out_dir = Path(source), Path(out_dir)
     t0 = time.perf_counter()
+    if not source.is_dir():
+        raise BundleError(f"{source}: no such folder; give the folder of the bundle you copied over")
     if source.resolve() == out_dir.resolve():
         raise BundleError(f"{source} is already the bundle at {out_dir}; give the folder of the new bundle")
     with Bundle.open(source, deep=True) as bundle:
