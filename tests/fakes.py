@@ -258,3 +258,49 @@ def serve_command(exe, frames, bundle_dir, port: int, fps: float = 5) -> list[st
     """The ``pi-search serve`` command line that replays ``frames`` against ``bundle_dir`` on ``port``."""
     return [str(exe), "serve", "--source", f"folder:{frames}", "--bundle", str(bundle_dir),
             "--port", str(port), "--fps", str(fps)]
+
+
+# ---------------------------------------------------------------- HTTP from a test
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request_json(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """``(status, JSON body)`` of one request; ``(None, None)`` when nothing answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+    except (OSError, ValueError):
+        return None, None
+
+
+def multipart(fields: list[tuple[str, str | tuple[str, bytes]]],
+              content_type: str = "application/octet-stream") -> tuple[bytes, dict]:
+    """A multipart/form-data body and its header: ``(name, text)`` fields and ``(name, (filename, bytes))``
+    files (each file part sent as ``content_type``)."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    out = []
+    for name, value in fields:
+        if isinstance(value, tuple):
+            head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                    f'filename="{value[0]}"\r\nContent-Type: {content_type}\r\n\r\n')
+            out.append(head.encode() + value[1] + b"\r\n")
+        else:
+            out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                       .encode())
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}

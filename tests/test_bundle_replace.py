@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
+from fakes import free_port as _free_port
 from fakes import serve_command, wait_until
 
 from pi_search import images
@@ -25,13 +26,6 @@ EXE = Path(sys.executable).with_name("pi-search")
 OTHER = CATALOG_PHOTOS[:4]          # the replacement catalog: 4 of the 16 items
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int | None, dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import camera_view, load_photo
+from fakes import free_port as _free_port
 from fakes import serve_command, wait_until
 
 from pi_search import images
@@ -24,11 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # This checkout's pi_search (not whichever one the venv's pi-search script was installed from).
 PI_SEARCH = [sys.executable, "-c", "from pi_search.cli import main; main()"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raw(port: int, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:

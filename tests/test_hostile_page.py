@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import camera_view, load_photo
+from fakes import free_port as _free_port
 from fakes import serve_command, wait_until
 
 from pi_search import images
@@ -42,11 +42,6 @@ EVIL_PAGE = """<!doctype html><title>cheap flights</title>
 </script>
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fakes import ListSource, SourceFactory, serve_command, wait_until
+from fakes import free_port as _free_port
 
 from pi_search import images
 from pi_search.config import load_config
@@ -151,11 +152,6 @@ def _is_local(family: str, addr) -> bool:
     except ValueError:
         return False
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

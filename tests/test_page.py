@@ -7,23 +7,21 @@ kiosk lock hides teaching and the daemon refuses it without the PIN.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from conftest import camera_view, load_photo
+from fakes import free_port as _free_port
+from fakes import multipart as _multipart
+from fakes import request_json as _request
 from fakes import serve_command
 
 from pi_search import images
@@ -42,37 +40,7 @@ PIN = "2468"
 
 
 # ------------------------------------------------------------------ helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
-    """``(status, JSON body)`` of one request; ``(None, None)`` when nothing answers."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except (OSError, ValueError):
-        return None, None
-
-
-def _multipart(fields: list[tuple[str, str | tuple[str, bytes]]]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    out = []
-    for name, value in fields:
-        if isinstance(value, tuple):
-            head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                    f'filename="{value[0]}"\r\nContent-Type: application/octet-stream\r\n\r\n')
-            out.append(head.encode() + value[1] + b"\r\n")
-        else:
-            out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-                       .encode())
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def coded_frame(rgb: np.ndarray, code: int, size=(640, 480)) -> np.ndarray:

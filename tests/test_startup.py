@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
+from fakes import free_port as _free_port
 from fakes import wait_until
 
 from pi_search import images
@@ -26,11 +26,6 @@ INT8 = MODELS / "efficientnet_lite0_int8.tflite"
 FLOAT = MODELS / "efficientnet_lite0_float32.tflite"
 EXE = Path(sys.executable).with_name("pi-search")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:

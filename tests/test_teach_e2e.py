@@ -6,21 +6,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from conftest import camera_view, load_photo
+from fakes import free_port as _free_port
+from fakes import multipart
+from fakes import request_json as _request
 
 from pi_search import images
 from pi_search.benchmark_data import load_rgba, on_white
@@ -34,37 +33,11 @@ OSTRICH = "/usr/share/tuxpaint/stamps/animals/birds/ostrich.png"
 DIM = 1280
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except (OSError, ValueError):
-        return None, None
 
-
-def _multipart(fields: list[tuple[str, str | tuple[str, bytes]]]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    out = []
-    for name, value in fields:
-        if isinstance(value, tuple):
-            fname, data = value
-            head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                    f'filename="{fname}"\r\nContent-Type: image/jpeg\r\n\r\n')
-            out.append(head.encode() + data + b"\r\n")
-        else:
-            out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-                       .encode())
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+def _multipart(fields):
+    return multipart(fields, "image/jpeg")
 
 
 class Daemon:
