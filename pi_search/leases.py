@@ -78,7 +78,6 @@ class Leases:
         self.on_break = on_break
         self.unguarded: list[Path] = []
         self._fds: list[int] = []
-        self._released = False
         try:
             for path in paths:
                 self._take(Path(path))
@@ -116,7 +115,6 @@ class Leases:
         with _lock:
             _leases.discard(self)
             fds, self._fds = self._fds, []
-            self._released = True
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

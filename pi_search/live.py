@@ -17,7 +17,7 @@ import numpy as np
 from . import leases
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, check_id, store_path
 from .errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from .index import MANIFEST, Bundle, Match, Projection, recover
+from .index import Bundle, Match, Projection, recover
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,6 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.where(n > 0, n, 1.0)
-
-
-def manifest_key(directory: Path) -> tuple | None:
-    """Identity of the manifest currently at ``directory`` (changes when a compaction swaps the bundle)."""
-    try:
-        st = os.stat(directory / MANIFEST)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def dir_key(directory: Path) -> tuple | None:

@@ -128,13 +128,9 @@ def _display_name(filename: str | None) -> str:
 
 @bp.get("/thumbs/<path:item_id>")
 def thumb(item_id: str):
-    from ..errors import BundleError
-
     bundle = _ext()["service"].bundle
-    try:
-        data = bundle.thumbnail(item_id) if bundle is not None else None
-    except BundleError as exc:   # a damaged row: this request fails, /healthz shows it, the rest serves
-        return _error(500, str(exc))
+    # a damaged row raises BundleError: JSON 500 for this request (web/errors.py), /healthz shows it
+    data = bundle.thumbnail(item_id) if bundle is not None else None
     if data is None and not getattr(bundle, "serving", True):
         return _error(503, f"no catalog is served right now: {bundle.problem}")
     if data is None:
