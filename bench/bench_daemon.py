@@ -68,10 +68,10 @@ def run_pipeline(extractor, bundle, frames_dir: Path, seconds: float, fps: float
     """The worker on a folder source for ``seconds``; every published result is recorded."""
     from pi_search.camera import open_source
     from pi_search.config import load_config
-    from pi_search.service import Service
+    from pi_search.pipeline.worker import Worker
 
     config = load_config(None, {"camera.fps": fps, **overrides})
-    svc = Service(lambda: open_source(f"folder:{frames_dir}", fps=fps), extractor, bundle, config)
+    svc = Worker(lambda: open_source(f"folder:{frames_dir}", fps=fps), extractor, bundle, config)
     results = []
     orig = svc.process
 
@@ -111,7 +111,7 @@ def run_pipeline(extractor, bundle, frames_dir: Path, seconds: float, fps: float
 def flicker(extractor, bundle, scenes: dict[str, np.ndarray], settings, n: int = 60, seed: int = 0) -> dict:
     """How often the published top-1 changes while one object is held still (lower is steadier)."""
     from pi_search.config import load_config
-    from pi_search.service import Service
+    from pi_search.pipeline.worker import Worker
 
     rng = np.random.default_rng(seed)
     clips = {name: hand_held(rgb, n, rng) for name, rgb in scenes.items()}
@@ -121,7 +121,7 @@ def flicker(extractor, bundle, scenes: dict[str, np.ndarray], settings, n: int =
                                     "smoothing.agree": agree})
         per_scene = {}
         for name, clip in clips.items():
-            svc = Service(None, extractor, bundle, config)
+            svc = Worker(None, extractor, bundle, config)
             tops, orders = [], []
             for i, rgb in enumerate(clip):
                 from pi_search.camera import Frame
@@ -300,8 +300,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from pi_search import images
-    from pi_search.extractor import Extractor
-    from pi_search.index import Bundle
+    from pi_search.index.bundle import Bundle
+    from pi_search.model.extractor import Extractor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     extractor = Extractor(num_threads=args.threads)

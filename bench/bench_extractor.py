@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def installed_runtimes() -> list[str]:
-    from pi_search.extractor import RUNTIMES
+    from pi_search.model.extractor import RUNTIMES
 
     return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
 
@@ -25,8 +25,8 @@ def installed_runtimes() -> list[str]:
 def measure(model: Path, runtime: str, threads: int, runs: int, warmup: int) -> dict:
     from pi_search import images
     from pi_search.export.photos import held_out_paths
-    from pi_search.extractor import Extractor
-    from pi_search.preprocess import to_model_input
+    from pi_search.model.extractor import Extractor
+    from pi_search.model.framing import to_model_input
 
     x = Extractor(model, num_threads=threads, runtime=runtime)
     frames = [to_model_input(images.read(p)) for p in held_out_paths()[:10]]
@@ -43,7 +43,7 @@ def measure(model: Path, runtime: str, threads: int, runs: int, warmup: int) -> 
 
 
 def main() -> None:
-    from pi_search.models import SHIPPED_FLOAT, SHIPPED_INT8, models_dir
+    from pi_search.model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, models_dir
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=100, help="timed warm runs per configuration (>= 50)")

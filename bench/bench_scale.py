@@ -27,8 +27,8 @@ def real_embeddings(work: Path, limit: int) -> np.ndarray:
     if cache.is_file():
         return np.load(cache)
     from pi_search import images
-    from pi_search.extractor import Extractor
-    from pi_search.views import embed_catalog_image, embed_query_image
+    from pi_search.model.extractor import Extractor
+    from pi_search.model.framing import embed_catalog_image, embed_query_image
 
     sources = sorted(Path("/usr/share/tuxpaint/stamps").rglob("*.png"))
     sources += sorted(Path("/usr/share/doc/opencv-doc/examples/data").glob("*.jpg"))
@@ -135,21 +135,26 @@ def recall(pred: list[np.ndarray], truth: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- bundles
 def build(out: Path, x: np.ndarray, **opts) -> dict:
     """Write a bundle with pi_search.index.write_bundle for synthetic vectors; returns timing and sizes."""
-    from pi_search.index import BuildOptions, Item, write_bundle
+    from pi_search.index.items import Item
+    from pi_search.index.write import BuildOptions, write_bundle
 
     if (out / "manifest.json").is_file():
         m = json.loads((out / "manifest.json").read_text())
     else:
         items = [Item(str(i), f"item {i}") for i in range(len(x))]
         m = write_bundle(out, x, items, model={"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]},
-                         options=BuildOptions(**opts))
+                         options=BuildOptions(**opts)).to_dict()
     return {"build_s": m["build_seconds"], "files_mb": _sizes(out)}
 
 
 def derive(base: Path, out: Path, x: np.ndarray, *, store: str | None = None, usearch_dims: int | None = -1,
            usearch_dtype: str = "f16") -> dict:
     """A bundle sharing ``base``'s files (hard links) with another store precision or a usearch index."""
-    from pi_search import index as ix
+    from pi_search.index.backends.annoy import FILE as ANNOY_FILE
+    from pi_search.index.backends.usearch import FILE, build_index
+    from pi_search.index.manifest import PCA_COMPONENTS_FILE, PCA_MEAN_FILE, STORE_FILE, STORE_SCALE_FILE
+    from pi_search.index.projection import ProjectedView, Projection
+    from pi_search.index.store import write_store
 
     if (out / "manifest.json").is_file():
         m = json.loads((out / "manifest.json").read_text())
@@ -162,24 +167,24 @@ def derive(base: Path, out: Path, x: np.ndarray, *, store: str | None = None, us
     for f in base.iterdir():
         if f.name == "manifest.json" or (store and f.name.startswith("vectors")):
             continue
-        if usearch_dims != -1 and f.name == ix.ANNOY_FILE:
+        if usearch_dims != -1 and f.name == ANNOY_FILE:
             continue
         os.link(f, tmp / f.name)
     if store:
-        ix._write_store(tmp, x, store)
-        scale = ix.STORE_SCALE_FILE if store == "int8" else None
-        m["store"] = {"file": ix.STORE_FILE, "dtype": store, "scale": scale}
+        write_store(tmp, x, store)
+        scale = STORE_SCALE_FILE if store == "int8" else None
+        m["store"] = {"file": STORE_FILE, "dtype": store, "scale": scale}
     if usearch_dims != -1:
         if m["projection"] and usearch_dims:
-            p = ix.Projection(np.load(tmp / ix.PCA_MEAN_FILE), np.load(tmp / ix.PCA_COMPONENTS_FILE),
+            p = Projection(np.load(tmp / PCA_MEAN_FILE), np.load(tmp / PCA_COMPONENTS_FILE),
                               m["projection"]["whiten"], 0.0)
-            view = ix._ProjectedView(x, p)
+            view = ProjectedView(x, p)
         else:
             view, m["projection"] = x, None
-            for f in (ix.PCA_MEAN_FILE, ix.PCA_COMPONENTS_FILE):
+            for f in (PCA_MEAN_FILE, PCA_COMPONENTS_FILE):
                 (tmp / f).unlink(missing_ok=True)
-        ix._build_usearch(tmp / ix.USEARCH_FILE, view, usearch_dtype)
-        m["index"] = {"backend": "usearch", "file": ix.USEARCH_FILE, "metric": "cos", "dim": view.shape[1],
+        build_index(tmp / FILE, view, usearch_dtype)
+        m["index"] = {"backend": "usearch", "file": FILE, "metric": "cos", "dim": view.shape[1],
                       "dtype": usearch_dtype}
         m["n_trees"] = None
     m["build_seconds"] = round(time.perf_counter() - t0 + (0 if store and usearch_dims == -1 else 0), 3)
@@ -216,7 +221,7 @@ def _rss() -> dict:
 
 def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int) -> dict:
     """Runs in a fresh process: open the bundle, answer ``nq`` queries one by one, measure everything."""
-    from pi_search.index import Bundle
+    from pi_search.index.bundle import Bundle
 
     q = np.load(queries)[:nq]
     t = np.load(truth)[:nq]
@@ -318,7 +323,7 @@ def ensure_bundle(name: str, work: Path, tag: str, x: np.ndarray, built: dict) -
 
 def pca_cap(x: np.ndarray, q: np.ndarray, truth: np.ndarray, dims: int, whiten: bool) -> float:
     """Recall@10 of exact search in the PCA space alone (no re-ranking): the ceiling of projection only."""
-    from pi_search.index import fit_pca
+    from pi_search.index.projection import fit_pca
 
     p = fit_pca(x, dims, whiten=whiten)
     step, proj = 100_000, []

@@ -41,10 +41,10 @@ def taught_vectors(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, compact: bool = False
             ) -> list[dict]:
-    from pi_search import live
-    from pi_search.changes import ChangeStore
-    from pi_search.index import Bundle
-    from pi_search.live import Catalog, single_threaded_blas
+    from pi_search.bootstrap import single_threaded_blas
+    from pi_search.index.bundle import Bundle
+    from pi_search.index.changes import ChangeStore
+    from pi_search.index.live import EXACT_TAUGHT_MAX, LiveCatalog
 
     single_threaded_blas()   # as the daemon runs
     bundle_dir, x = scale_bundle(work, n_bundle)
@@ -61,7 +61,7 @@ def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, c
         fill_s = time.perf_counter() - t0
         store.close()
         t0 = time.perf_counter()
-        cat = Catalog.open(bundle_dir, store=store_file)
+        cat = LiveCatalog.open(bundle_dir, store=store_file)
         open_s = time.perf_counter() - t0
         # queries: half near catalog items, half near taught shots
         qb = bench_scale_queries(x, nq // 2 if count else nq, seed=7)
@@ -95,11 +95,11 @@ def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, c
                 found += res[0].id == f"t{_owner(taught, q, shots)}"
         base.close()
         # the same searches with every taught shot scored exactly (no PCA pre-selection)
-        exact_max, live.EXACT_TAUGHT_MAX = live.EXACT_TAUGHT_MAX, 10**9
+        exact_max, EXACT_TAUGHT_MAX = EXACT_TAUGHT_MAX, 10**9
         cat.reload()
         agree = np.mean([len(set(g) & {m.id for m in cat.search(q, 5)}) / 5 for g, q in zip(got, queries,
                                                                                         strict=True)])
-        live.EXACT_TAUGHT_MAX = exact_max
+        EXACT_TAUGHT_MAX = exact_max
         cat.reload()
         # one more add into the full store: the time until it is searchable (commit + state rebuild)
         extra = taught_vectors(x, shots, seed=5)
@@ -129,15 +129,15 @@ def compaction(bundle_dir: Path, store_file: Path, work: Path, taught: np.ndarra
     """Fold a store into a copy of the bundle (hard links: the original stays as it is); time it."""
     import shutil
 
-    from pi_search.compact import compact
-    from pi_search.live import Catalog
+    from pi_search.index.compact import compact
+    from pi_search.index.live import LiveCatalog
 
     copy = work / "compacted"
     for p in (copy, work / "compacted.changes.sqlite"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     shutil.copytree(bundle_dir, copy, copy_function=os.link)
     shutil.copy(store_file, work / "compacted.changes.sqlite")
-    cat = Catalog.open(copy)
+    cat = LiveCatalog.open(copy)
     t0 = time.perf_counter()
     report = compact(copy, cat.store)
     seconds = time.perf_counter() - t0
@@ -172,12 +172,12 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     import csv
 
     from pi_search import images
-    from pi_search.benchmark_data import load_backgrounds, load_rgba, random_shot, render, select_stamps
-    from pi_search.catalog import build_bundle
-    from pi_search.changes import ChangeStore
-    from pi_search.extractor import Extractor
-    from pi_search.live import Catalog
-    from pi_search.views import embed_catalog_image, embed_query_image
+    from pi_search.index.build import build_bundle
+    from pi_search.index.changes import ChangeStore
+    from pi_search.index.live import LiveCatalog
+    from pi_search.model.extractor import Extractor
+    from pi_search.model.framing import embed_catalog_image, embed_query_image
+    from pi_search.tools.benchmark_data import load_backgrounds, load_rgba, random_shot, render, select_stamps
 
     ex = Extractor()
     bundle = work / "views-bundle"
@@ -219,7 +219,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
         if bcache.is_file():
             bv = np.load(bcache)
         else:
-            from pi_search.live import embed_background
+            from pi_search.index.teach import embed_background
 
             backgrounds = load_backgrounds()
             rng = np.random.default_rng(seed)
@@ -239,7 +239,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
             empty.setdefault(str(i), []).append(v)
 
     def measure(name: str, n_views: int, keep_photo: bool, scene_out: bool = False) -> dict:
-        from pi_search.live import without_background
+        from pi_search.index.teach import without_background
 
         store_file = work / f"views-{kind}-{name}.sqlite"
         for suffix in ("", "-wal", "-shm"):
@@ -257,7 +257,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
                 store.remove(item, base_item={"id": item, "title": item, "price": None, "extra": {}})
                 store.add(item, item, None, np.stack(vs[:n_views]))
         store.close()
-        cat = Catalog.open(bundle, store=store_file)
+        cat = LiveCatalog.open(bundle, store=store_file)
         r1 = r5 = 0
         for q, want in zip(qv, ids, strict=True):
             got = [m.id for m in cat.search(q, 5)]
@@ -283,10 +283,11 @@ def rooms(benchmark: Path, work: Path, seed: int) -> dict:
     """Why taught camera views can lower recall: with one camera view per item taught (``views``' "photo+1"),
     how many wrong top-1 answers were won by another item's shot, and how many of those shots were taken in
     the query's room. Room numbers come from replaying the renders of the benchmark (seed 0, 2 scenes of 3
-    frames per item, as ``python -m pi_search.benchmark_data benchmark`` makes it) and of ``views``."""
+    frames per item, as ``python -m pi_search.tools.benchmark_data benchmark`` makes it) and of ``views``."""
     import csv
 
-    from pi_search.benchmark_data import (
+    from pi_search.index.live import LiveCatalog
+    from pi_search.tools.benchmark_data import (
         jitter,
         load_backgrounds,
         load_rgba,
@@ -294,7 +295,6 @@ def rooms(benchmark: Path, work: Path, seed: int) -> dict:
         render,
         select_stamps,
     )
-    from pi_search.live import Catalog
 
     stamps = select_stamps()
     backgrounds = load_backgrounds()
@@ -322,7 +322,7 @@ def rooms(benchmark: Path, work: Path, seed: int) -> dict:
             if v == 0:
                 shot_room[item] = shot.bg
     qv = np.load(work / "views-queries.npy")
-    cat = Catalog.open(work / "views-bundle", store=work / "views-camera-photo+1.sqlite")
+    cat = LiveCatalog.open(work / "views-bundle", store=work / "views-camera-photo+1.sqlite")
     wrong = stolen = same = 0
     for (path, want), q in zip(truth, qv, strict=True):
         top = cat.search(q, 1)[0]
@@ -352,7 +352,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=1, help="shots per taught item for the latency rows")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--benchmark", type=Path, default=ROOT / "var" / "benchmark",
-                    help="public benchmark folder (python -m pi_search.benchmark_data benchmark)")
+                    help="public benchmark folder (python -m pi_search.tools.benchmark_data benchmark)")
     ap.add_argument("--views", type=int, default=3, help="most taught camera views per item (0: skip)")
     ap.add_argument("--shot-kinds", default="camera,photo", help="how taught shots are embedded")
     ap.add_argument("--skip-latency", action="store_true")

@@ -100,8 +100,8 @@ def main() -> int:
     from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 
     from pi_search import images
-    from pi_search.catalog import build_bundle
-    from pi_search.extractor import Extractor
+    from pi_search.index.build import build_bundle
+    from pi_search.model.extractor import Extractor
 
     with tempfile.TemporaryDirectory(prefix="bench-uploads-") as tmp:
         tmp = Path(tmp)

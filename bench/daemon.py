@@ -27,7 +27,7 @@ def demo_bundle(state: Path) -> Path:
     """The demo bundle (built once in ``state`` with the shipped model)."""
     sys.path.insert(0, str(ROOT))
     from pi_search.demo import demo_bundle as build
-    from pi_search.extractor import Extractor
+    from pi_search.model.extractor import Extractor
 
     return build(Extractor(), state, progress=False)
 

@@ -1,6 +1,6 @@
 """Retrieval experiments on the public benchmark: each framing / post-processing idea against the baseline.
 
-Usage (after ``python -m pi_search.benchmark_data benchmark``)::
+Usage (after ``python -m pi_search.tools.benchmark_data benchmark``)::
 
     .venv/bin/python bench/retrieval.py [var/benchmark] [--out bench/results/retrieval.json]
 
@@ -22,11 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from pi_search import images
-from pi_search.evaluate import embed_files, evaluate, exact_ranks, load_catalog, metrics
-from pi_search.extractor import Extractor
-from pi_search.models import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
-from pi_search.preprocess import pad_to_square, to_model_input
-from pi_search.views import QUERY_CROP, embed_catalog_image, embed_query_image
+from pi_search.model.extractor import Extractor
+from pi_search.model.framing import (
+    QUERY_CROP,
+    embed_catalog_image,
+    embed_query_image,
+    pad_to_square,
+    to_model_input,
+)
+from pi_search.model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
+from pi_search.tools.evaluate import embed_files, evaluate, exact_ranks, load_catalog, metrics
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
@@ -134,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     b = args.benchmark
     if not (b / "truth.csv").is_file():
-        print(f"error: {b}/truth.csv missing; run: python -m pi_search.benchmark_data benchmark",
+        print(f"error: {b}/truth.csv missing; run: python -m pi_search.tools.benchmark_data benchmark",
               file=sys.stderr)
         return 2
     result: dict = {"benchmark": json.loads((b / "benchmark.json").read_text())}
@@ -232,7 +237,8 @@ def main(argv=None) -> int:
                     "needs one vector per view in the bundle"))
     print(rows[-1], flush=True)
 
-    # The kept combination exactly as shipped: pi_search.views (crop + catalog views), int8, exact search.
+    # The kept combination exactly as shipped: pi_search.model.framing (crop + catalog views), int8, exact
+    # search.
     cat_s, _ = embed_files(ex, cat_paths, embed_catalog_image)
     q_s, secs = embed_files(ex, still_paths, embed_query_image)
     ms_s = timing["kept"]

@@ -1,6 +1,6 @@
 """Hard shots (small, off-centre, beside other things, dim): each framing / fusion idea against the kept one.
 
-Usage (after ``python -m pi_search.benchmark_data benchmark [--hard]`` and
+Usage (after ``python -m pi_search.tools.benchmark_data benchmark [--hard]`` and
 ``bench/retrieval_hard_windows.py`` on both benchmarks)::
 
     .venv/bin/python bench/retrieval_hard.py [--out bench/results/retrieval-hard.json]
@@ -20,8 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
 
-from pi_search import views
-from pi_search.evaluate import by_condition, load_catalog, metrics, read_truth
+from pi_search.model import framing  # noqa: E402
+from pi_search.pipeline import settle  # noqa: E402
+from pi_search.tools.evaluate import by_condition, load_catalog, metrics, read_truth
 
 CACHE = Path("var/cache")
 
@@ -55,9 +56,9 @@ def _topk(s: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     return out, known
 
 
-def _fused_topk(kept: np.ndarray, windows: list[np.ndarray], kept_depth: int = views.SETTLE_DEPTH,
-                depth: int = views.SETTLE_DEPTH) -> np.ndarray:
-    """``views.fuse`` on score matrices: (kept + best window) / 2 from top lists; unlisted items last."""
+def _fused_topk(kept: np.ndarray, windows: list[np.ndarray], kept_depth: int = settle.SETTLE_DEPTH,
+                depth: int = settle.SETTLE_DEPTH) -> np.ndarray:
+    """``settle.fuse`` on score matrices: (kept + best window) / 2 from top lists; unlisted items last."""
     k, known = _topk(kept, kept_depth)
     tops = [_topk(w, depth) for w in windows]
     best = np.stack([t[0] for t in tops]).max(0)
@@ -102,13 +103,13 @@ def strategies(win: dict, cat: np.ndarray) -> dict:
 
 
 def _settled(win: dict, cat: np.ndarray, width: int = 640, height: int = 480):
-    """Per query: the kept framing's top score, the settled look's top score and its window (views.fuse)."""
-    boxes = views.settle_windows(width, height)
+    """Per query: the kept framing's top score, the settled look's top score and its window (settle.fuse)."""
+    boxes = settle.settle_windows(width, height)
     prefix = {(3, 2, 0.6): "g2", (3, 3, 0.5): "g3", (4, 3, 0.4): "g4"}
-    keys = [k for g in views.SETTLE_GRID for k in sorted((k for k in win if k.startswith(prefix[g] + "_")),
+    keys = [k for g in settle.SETTLE_GRID for k in sorted((k for k in win if k.startswith(prefix[g] + "_")),
                                                            key=lambda k: int(k.split("_")[1]))]
-    keys += ["c100"] if views.SETTLE_CENTRE else []  # the whole centre square
-    assert len(keys) == len(boxes), "the cached windows must be views.SETTLE_GRID's"
+    keys += ["c100"] if settle.SETTLE_CENTRE else []  # the whole centre square
+    assert len(keys) == len(boxes), "the cached windows must be settle.SETTLE_GRID's"
     kept = win["c65"] @ cat.T
     ws = [win[k] @ cat.T for k in keys]
     fused = _fused_topk(kept, ws)
@@ -124,17 +125,17 @@ def hint_rates(cat: np.ndarray, data: dict, empty: Path) -> dict:
     sets = {name: (d[3], d[2]) for name, d in data.items()}
     if (CACHE / f"{empty.name}-windows.npz").is_file():
         sets["empty scenes"] = (dict(np.load(CACHE / f"{empty.name}-windows.npz")), None)
-    target = views.target_box(640, 480)
+    target = framing.target_box(640, 480)
     out = {}
     for name, (win, idx) in sets.items():
         live, settled, regions, gain, top = _settled(win, cat)
         live_top = (win["c65"] @ cat.T).argmax(axis=1)
-        fire_live = np.array([views.hint(float(x), None, target) is not None for x in live])
-        fire_settled = np.array([views.hint(float(x), r, target, float(g)) is not None
+        fire_live = np.array([settle.hint(float(x), None, target) is not None for x in live])
+        fire_settled = np.array([settle.hint(float(x), r, target, float(g)) is not None
                                  for x, r, g in zip(settled, regions, gain, strict=True)])
         row = {"queries": len(live), "live": round(float(fire_live.mean()), 4),
                "settled": round(float(fire_settled.mean()), 4),
-               "settled, weak score only": round(float(np.mean(settled < views.HINT_SCORE)), 4),
+               "settled, weak score only": round(float(np.mean(settled < settle.HINT_SCORE)), 4),
                "top score p10/p50/p90 (live)": [round(float(np.percentile(live, q)), 3)
                                                 for q in (10, 50, 90)],
                "top score p10/p50/p90 (settled)": [round(float(np.percentile(settled, q)), 3)
@@ -153,9 +154,9 @@ def tracked(bench: Path, cat: np.ndarray, data) -> dict:
     """The next frame of each scene (``_f1``, the item moved a little), live: the kept framing alone, and with
     the window the settled look picked on the first frame (the worker's two passes per frame)."""
     from pi_search import images
-    from pi_search.extractor import Extractor
-    from pi_search.models import SHIPPED_INT8, shipped_model
-    from pi_search.preprocess import to_model_input
+    from pi_search.model.extractor import Extractor
+    from pi_search.model.framing import to_model_input
+    from pi_search.model.shipped import SHIPPED_INT8, shipped_model
 
     ids, truth, idx, win = data
     _, _, regions, _, _ = _settled(win, cat)
@@ -163,12 +164,12 @@ def tracked(bench: Path, cat: np.ndarray, data) -> dict:
     kept, region = [], []
     for t, box in zip(truth, regions, strict=True):
         rgb = images.read(Path(str(t.path).replace("_f0.jpg", "_f1.jpg")))
-        kept.append(ex.embed(to_model_input(rgb, ex.size, views.QUERY_CROP)))
-        region.append(ex.embed(views.window_input(rgb, box, ex.size)))
+        kept.append(ex.embed(to_model_input(rgb, ex.size, framing.QUERY_CROP)))
+        region.append(ex.embed(framing.window_input(rgb, box, ex.size)))
     k, r = np.stack(kept) @ cat.T, np.stack(region) @ cat.T
     out = {}
     for name, scores in (("next frame, kept framing only", k),
-                         ("next frame, kept + the settled window (views.search_mean)", (k + r) / 2)):
+                         ("next frame, kept + the settled window (settle.search_mean)", (k + r) / 2)):
         ranks = ranks_from_scores(scores, idx)
         m = metrics(ranks)
         out[name] = {"recall@1": m["recall@1"], "recall@5": m["recall@5"], "passes": 1 if scores is k else 2,

@@ -7,7 +7,7 @@ Usage::
 1. The worker on the demo's replayed camera (15 fps) and on a still scene with sensor noise, through
    ``bench/bench_daemon.py``'s ``run_pipeline``, with the settled look off (as before) and on, the two
    configurations alternating ``--rounds`` times in one run: frame-to-result p50/p95 of inferred frames and
-   the ratio of the p50s. 2. The settled look itself (``Service.settle``: its windows' model passes and
+   the ratio of the p50s. 2. The settled look itself (``Worker.settle``: its windows' model passes and
    searches) on hard benchmark frames, timed in turn with one kept query pass on the same frames.
 Prints figures; asserts nothing. On a busy machine compare the ratios, not the milliseconds.
 """
@@ -38,10 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from pi_search import images, views
-    from pi_search.extractor import Extractor
-    from pi_search.index import Bundle
-    from pi_search.service import Service
+    from pi_search import images
+    from pi_search.index.bundle import Bundle
+    from pi_search.model.extractor import Extractor
+    from pi_search.model.framing import embed_query_image, window_input
+    from pi_search.pipeline.settle import SETTLE_DEPTH, fuse, settle_windows
+    from pi_search.pipeline.worker import Worker
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-settle-"))
     extractor = Extractor(num_threads=1)
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     still = noisy_copies(sorted(frames.glob("*.jpg"))[0], tmp / "still")
 
     settle_ms: list[float] = []
-    orig_settle = Service.settle
+    orig_settle = Worker.settle
 
     def timed_settle(self, frame):
         r = orig_settle(self, frame)
@@ -58,18 +60,18 @@ def main(argv=None) -> int:
             settle_ms.append(r.settle_ms)
         return r
 
-    Service.settle = timed_settle
+    Worker.settle = timed_settle
     runs: dict = {}
     for _ in range(args.rounds):
         for scene, folder in (("changing, 15 fps", frames), ("still + noise, 15 fps", still)):
             for on in (False, True):
-                Service.settle_enabled = on
+                Worker.settle_enabled = on
                 n0 = len(settle_ms)
                 r = run_pipeline(extractor, bundle, folder, args.seconds, 15.0, {})
                 r["settles"] = len(settle_ms) - n0
                 runs.setdefault(f"{scene}, settled look {'on' if on else 'off'}", []).append(r)
-    Service.settle = orig_settle
-    Service.settle_enabled = True
+    Worker.settle = orig_settle
+    Worker.settle_enabled = True
     live = {}
     for name, rs in runs.items():
         live[name] = {"p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in rs), 2),
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     from pi_search.camera import Frame
     from pi_search.config import load_config
 
-    svc = Service(None, extractor, bundle, load_config(None, {"gate.enabled": False}), source_name="bench")
+    svc = Worker(None, extractor, bundle, load_config(None, {"gate.enabled": False}), source_name="bench")
     paths = sorted(args.hard.glob("queries/*_f0.jpg"))[: args.frames]
     one, two = [], []
     for n, p in enumerate(paths):
@@ -109,16 +111,16 @@ def main(argv=None) -> int:
     for p in paths:
         rgb = images.read(p)
         t0 = time.perf_counter()
-        vec = views.embed_query_image(extractor, rgb)
+        vec = embed_query_image(extractor, rgb)
         bundle.search(vec, 5)
         kept_s.append(time.perf_counter() - t0)
         h, w = rgb.shape[:2]
         t0 = time.perf_counter()
         wins = []
-        for box in views.settle_windows(w, h):
-            v = extractor.embed(views.window_input(rgb, box, extractor.size))
-            wins.append((box, bundle.search(v, views.SETTLE_DEPTH)))
-        views.fuse(bundle.search(vec, views.SETTLE_DEPTH), wins, 5)  # as Service.settle
+        for box in settle_windows(w, h):
+            v = extractor.embed(window_input(rgb, box, extractor.size))
+            wins.append((box, bundle.search(v, SETTLE_DEPTH)))
+        fuse(bundle.search(vec, SETTLE_DEPTH), wins, 5)  # as Worker.settle
         settle_s.append(time.perf_counter() - t0)
         n_windows = len(wins)
     bundle.close()

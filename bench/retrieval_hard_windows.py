@@ -17,12 +17,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
 
-from pi_search import images  # noqa: E402
-from pi_search.evaluate import embed_files, load_catalog, read_truth
-from pi_search.extractor import Extractor
-from pi_search.models import SHIPPED_INT8, shipped_model
-from pi_search.preprocess import to_model_input
-from pi_search.views import embed_catalog_image
+from pi_search import images
+from pi_search.model.extractor import Extractor
+from pi_search.model.framing import embed_catalog_image, to_model_input
+from pi_search.model.shipped import SHIPPED_INT8, shipped_model
+from pi_search.tools.evaluate import embed_files, load_catalog, read_truth
 
 
 def square(rgb: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:

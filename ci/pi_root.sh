@@ -318,7 +318,7 @@ s_bookworm_pip() {
          /tmp/plain/bin/pip install --quiet --no-deps /tmp/src 2>&1 | tee /tmp/plain.log
          if grep -i license /tmp/plain.log; then exit 1; fi
          cd /tmp && /tmp/plain/bin/python -c "
-from pi_search.models import shipped_model
+from pi_search.model.shipped import shipped_model
 p = shipped_model()
 print(p)
 assert p.is_file() and \"site-packages/pi_search/data/models\" in str(p), p"'

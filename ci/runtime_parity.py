@@ -15,7 +15,7 @@ MIN_COSINE = 0.98  # same int8 model, same inputs: only kernel rounding may diff
 def model_inputs(n: int) -> tuple[list[str], np.ndarray]:
     """``n`` demo catalog photos as the model's input: uint8 RGB [n, 224, 224, 3] (needs OpenCV)."""
     from pi_search import images
-    from pi_search.preprocess import to_model_input
+    from pi_search.model.framing import to_model_input
 
     paths = sorted((ROOT / "pi_search/data/demo/images").glob("*.jpg"))[:n]
     return [p.name for p in paths], np.stack([to_model_input(images.read(p), 224) for p in paths])
@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=8)
     args = ap.parse_args()
 
-    from pi_search.extractor import Extractor
+    from pi_search.model.extractor import Extractor
 
     ex = Extractor(runtime=args.runtime)
     runtime = ex.info()["runtime"]

@@ -1,4 +1,4 @@
-"""The ``pi-search`` command line: thin wrappers over library functions, and the one composition root."""
+"""The ``pi-search`` command line: thin wrappers over library functions and ``bootstrap``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,23 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, doctor, images
+from .bootstrap import build_daemon
+from .config import load_config
+from .demo import demo_bundle, demo_data
+from .doctor import default_config_path
 from .errors import PiSearchError
+from .index.build import build_bundle
+from .index.compact import compact_path
+from .index.install import info, install_bundle
+from .index.live import LiveCatalog
+from .index.teach import embed_background, embed_shots
+from .index.write import DEFAULT_CANDIDATES, DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from .model.extractor import Extractor, default_model_path, file_sha256
+from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
+from .pipeline.photos import query_images
+from .shutdown import terminate_as_exit
+from .web.server import check_address
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +69,6 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def model_info(file: Path | None, threads: int, runtime: str | None, as_json: bool) -> None:
     """Show a model's input/output tensors, size, sha256 and the runtime (default: the shipped model)."""
-    from .extractor import Extractor
-
     info = Extractor(file, num_threads=threads, runtime=runtime).info()
     if as_json:
         emit_json(info)
@@ -87,7 +100,7 @@ def model_export(arch: str, weights: str, out_dir: Path, calibration_per_photo: 
         import tensorflow  # noqa: F401
     except ImportError as exc:
         raise PiSearchError("model export needs TensorFlow: pip install 'pi-search[export]'") from exc
-    from .export.convert import export
+    from .export.convert import export  # the export extra (TensorFlow): never loaded by the daemon
 
     report = export(arch, weights, out_dir, calibration_per_photo=calibration_per_photo)
     if as_json:
@@ -152,16 +165,10 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
                 search_k: int | None, embeddings: Path | None, ids: Path | None, threads: int,
                 as_json: bool) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
-    from .catalog import build_bundle
-    from .extractor import Extractor
-    from .index import DEFAULT_CANDIDATES, DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
-
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
                            backend=backend, candidates=candidates or DEFAULT_CANDIDATES,
                            search_k=search_k or DEFAULT_SEARCH_K)
-    from .shutdown import terminate_as_exit
-
     with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
         report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
                               strict=strict, options=options, embeddings=embeddings, ids=ids)
@@ -185,8 +192,6 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def index_info(directory: Path, as_json: bool) -> None:
     """Show a bundle's items, dimensions, model, projection, index, file sizes and creation time."""
-    from .index import info
-
     data = info(directory)
     if as_json:
         emit_json(data)
@@ -220,11 +225,6 @@ def index_install(source: Path, target: Path | None, config_file: Path | None, a
 
     Copy the bundle to the Pi anywhere first (scp, rsync, a USB stick), then install it over the served one.
     """
-    from .config import load_config
-    from .doctor import default_config_path
-    from .extractor import default_model_path, file_sha256
-    from .index import install_bundle
-
     config = load_config(config_file or default_config_path())
     target = target or (Path(config.index.bundle) if config.index.bundle else None)
     if target is None:
@@ -252,13 +252,9 @@ def index_install(source: Path, target: Path | None, config_file: Path | None, a
 def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path | None, threads: int,
           as_json: bool) -> None:
     """Find the catalog items most similar to each IMAGE (model and bundle are loaded once)."""
-    from .extractor import Extractor
-    from .index import query_images
-    from .live import Catalog
-
     extractor = Extractor(model_path, num_threads=threads)
-    with Catalog.open(bundle_dir, extractor=extractor, readonly=True) as bundle:
-        results = query_images(extractor, bundle, images_, k)
+    with LiveCatalog.open(bundle_dir, extractor=extractor, readonly=True) as catalog:
+        results = query_images(extractor, catalog, images_, k)
     failed = sum("error" in r for r in results)
     if as_json:
         emit_json({"results": results})
@@ -288,63 +284,11 @@ def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path 
 @click.option("--fps", type=float, help="Camera or replay frame rate [camera.fps].")
 def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> None:
     """Run the appliance: camera -> model -> index -> local web page (waitress); stops on SIGTERM."""
-    from .config import load_config
-
     config = load_config(config_file, {
         "camera.source": source, "camera.fps": fps, "index.bundle": str(bundle) if bundle else None,
         "model.path": str(model_path) if model_path else None, "model.threads": threads,
         "server.host": host, "server.port": port})
-    run_daemon(config)
-
-
-def run_daemon(config, on_serving=None) -> None:
-    """Wire the concrete parts named by ``config`` together and serve until SIGTERM/SIGINT.
-
-    ``on_serving(url)`` is called once the page is served.
-    """
-    from .camera import open_source
-    from .config import check_bind
-    from .errors import ConfigError
-    from .extractor import Extractor
-    from .service import Service
-    from .web import create_app
-    from .web.server import run
-
-    check_bind(config.server)  # a daemon open to the network needs a token
-    if not config.index.bundle:
-        raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
-                          "(make one with: pi-search index build CATALOG --out DIR)")
-    cam = config.camera
-    open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop)  # checks the spec
-    extractor = Extractor(config.model.path or None, num_threads=config.model.threads,
-                          runtime=config.model.runtime or None)
-    bundle = _live_catalog(config, extractor)
-    service = Service(lambda: open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps,
-                                          loop=cam.loop),
-                      extractor, bundle, config, source_name=cam.source)
-    app = create_app(service, config)
-    try:
-        run(app, service, host=config.server.host, port=config.server.port,
-            max_viewers=config.server.max_viewers, on_serving=on_serving)
-    finally:
-        bundle.close()
-
-
-def _live_catalog(config, extractor):
-    """The bundle with its change store (taught items), watched for changes and for bundles put in place.
-
-    A bundle that is missing, half-copied or broken does not stop the daemon: it serves nothing, says why on
-    the page and /healthz, and maps a good bundle as soon as one is in place. The bundle's files are guarded
-    with read leases, so copying over them in place lets the bundle go instead of crashing the process.
-    """
-    from . import leases
-    from .live import Catalog, single_threaded_blas
-
-    single_threaded_blas()
-    leases.enable()
-    ix = config.index
-    return Catalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
-                        compact_every_s=ix.compact_every_s, wait=True, guard=True).watch()
+    build_daemon(config).run()
 
 
 # ---------------------------------------------------------------- eval
@@ -368,19 +312,18 @@ def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, q
              as_json: bool) -> None:
     """Recall@1/5/10 and mAP of a catalog + queries + truth file, exact search and through an Annoy bundle.
 
-    BENCHMARK is a folder made by `python -m pi_search.benchmark_data benchmark` (catalog/ and truth.csv).
+    BENCHMARK is a folder made by `python -m pi_search.tools.benchmark_data benchmark` (catalog/ and
+    truth.csv).
     """
-    from .errors import PiSearchError as _Err
-    from .evaluate import evaluate, format_table, write_report
-    from .models import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
-
     catalog = catalog or (benchmark / "catalog" if benchmark else None)
     truth = truth or (benchmark / "truth.csv" if benchmark else None)
     if catalog is None or truth is None:
-        raise _Err("give a BENCHMARK folder, or both --catalog DIR and --truth FILE")
+        raise PiSearchError("give a BENCHMARK folder, or both --catalog DIR and --truth FILE")
     if not models:
         shipped = (shipped_model(SHIPPED_INT8), shipped_model(SHIPPED_FLOAT))
         models = tuple(p for p in shipped if p.is_file()) or (None,)
+    from .tools.evaluate import evaluate, format_table, write_report  # an offline tool, not the daemon
+
     result = evaluate(catalog, truth, models, queries_dir=queries, annoy=not no_annoy, threads=threads)
     png = write_report(result, report or truth.parent / "eval.png")
     result["report"] = str(png)
@@ -404,8 +347,6 @@ def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
 
     Exits 1 if any check fails. It never opens the camera: a running daemon may hold it.
     """
-    from . import doctor
-
     path = config_file or doctor.default_config_path()
     results = doctor.run_checks(path, {"camera.source": source, "server.port": port,
                                        "index.bundle": str(bundle) if bundle else None})
@@ -428,32 +369,22 @@ def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
 @click.option("--rebuild", is_flag=True, help="Build the demo bundle again.")
 def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: bool) -> None:
     """The whole appliance on any machine: the bundled demo catalog and a replayed camera."""
-    from .config import load_config
-    from .demo import demo_bundle, demo_data
-    from .extractor import Extractor
-    from .web.server import check_address
-
     check_address(host, port)  # a busy port fails before the demo bundle is built
     bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild)
     config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
                                 "index.bundle": str(bundle), "server.host": host, "server.port": port})
-    run_daemon(config, on_serving=lambda url: click.echo(f"pi-search demo: open {url}  (Ctrl+C stops)",
+    build_daemon(config).run(on_serving=lambda url: click.echo(f"pi-search demo: open {url}  (Ctrl+C stops)",
                                                          err=True))
 
 
 # ---------------------------------------------------------------- item
 def _open_catalog(bundle_dir: Path, model_path: Path | None, threads: int = 1, *, extractor: bool = True):
     """The bundle and its change store; with ``extractor`` also the model (checked against the bundle)."""
-    from .extractor import Extractor
-    from .live import Catalog
-
     ex = Extractor(model_path, num_threads=threads) if extractor else None
-    return Catalog.open(bundle_dir, extractor=ex), ex
+    return LiveCatalog.open(bundle_dir, extractor=ex), ex
 
 
 def _shots(paths: tuple[Path, ...], kind: str) -> list:
-    from . import images
-
     return [(images.read(p), kind) for p in paths]
 
 
@@ -468,9 +399,6 @@ _background_option = click.option("--background", type=click.Path(path_type=Path
 
 
 def _background(cat, ex, path: Path | None):
-    from . import images
-    from .live import embed_background
-
     return embed_background(ex, images.read(path)) if path else cat.background
 
 
@@ -492,8 +420,6 @@ def item() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def item_add(images_, bundle_dir, title, price, item_id, camera, background, model_path, as_json) -> None:
     """Teach a new item from one or more photos of it (each photo is one more view of the item)."""
-    from .live import embed_shots
-
     cat, ex = _open_catalog(bundle_dir, model_path)
     with cat:
         vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
@@ -544,8 +470,6 @@ def item_list(bundle_dir, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def item_edit(item_id, bundle_dir, title, price, images_, camera, background, model_path, as_json) -> None:
     """Change an item's title or price, or add views of it (taught items and bundle items alike)."""
-    from .live import embed_shots
-
     if title is None and price is None and not images_:
         raise click.UsageError("nothing to change: give --title, --price or --image")
     cat, ex = _open_catalog(bundle_dir, model_path, extractor=bool(images_))
@@ -582,8 +506,6 @@ def item_remove(item_id, bundle_dir, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def index_compact(directory: Path, as_json: bool) -> None:
     """Fold taught, edited and removed items into a new bundle, swapped in while the daemon serves."""
-    from .compact import compact_path
-
     report = compact_path(directory)
     if as_json:
         emit_json(report)

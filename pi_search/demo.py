@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 from .errors import BundleError, CatalogError
+from .index.build import build_bundle
+from .index.bundle import Bundle
+from .index.files import bundle_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,6 @@ def _catalog_key(catalog: Path, extractor) -> str:
 def demo_bundle(extractor, state_dir: str | Path | None = None, *, rebuild: bool = False,
                 progress: bool = True) -> Path:
     """The demo bundle in ``state_dir``, built (with a progress bar) on first use or when stale."""
-    from .catalog import build_bundle
-    from .index import Bundle, bundle_lock
-
     catalog = demo_data()
     state = Path(state_dir) if state_dir else default_state_dir()
     out = state / "demo-bundle"

@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import check_bind, load_config
 from .errors import PiSearchError
+from .index.bundle import Bundle
+from .model.extractor import RUNTIMES, Extractor, load_runtime
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +60,12 @@ def check_python(_ctx: _Context) -> Check:
 
 
 def check_config(ctx: _Context, overrides: dict | None = None) -> Check:
-    from .config import load_config
-
     try:
         ctx.config = load_config(ctx.config_path, overrides)
     except PiSearchError as exc:
         fix = "fix the key named above; every key is documented in config.example.toml"
         return Check("config", FAIL, str(exc), fix)
     where = str(ctx.config_path) if ctx.config_path else "defaults (no config file)"
-    from .config import check_bind
-
     try:
         check_bind(ctx.config.server)  # the daemon refuses a network bind without a token
     except PiSearchError as exc:
@@ -75,8 +74,6 @@ def check_config(ctx: _Context, overrides: dict | None = None) -> Check:
 
 
 def check_runtime(ctx: _Context) -> Check:
-    from .extractor import RUNTIMES, load_runtime
-
     wanted = getattr(getattr(ctx.config, "model", None), "runtime", "") or None
     try:
         name, _cls, version = load_runtime(wanted)
@@ -89,8 +86,6 @@ def check_runtime(ctx: _Context) -> Check:
 
 
 def check_model(ctx: _Context) -> Check:
-    from .extractor import Extractor
-
     model = getattr(ctx.config, "model", None)
     path = (model.path if model else "") or None
     try:
@@ -104,8 +99,6 @@ def check_model(ctx: _Context) -> Check:
 
 
 def check_bundle(ctx: _Context) -> Check:
-    from .index import Bundle
-
     bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
     if not bundle:
         return Check("bundle", FAIL, "no bundle configured",
@@ -119,8 +112,7 @@ def check_bundle(ctx: _Context) -> Check:
         return Check("bundle", FAIL, str(exc), f"rebuild it: pi-search index build CATALOG --out {bundle}")
     try:
         n = len(b)
-        model = b.manifest.get("model", {})
-        name = model.get("name", "?") if isinstance(model, dict) else model
+        name = b.manifest.model.name
     finally:
         b.close()
     checked = "matches the model" if ctx.extractor is not None else "model not checked"

@@ -267,3 +267,19 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
     if not ok:
         raise ImageError("JPEG encoding failed")
     return buf.tobytes()
+
+
+THUMB_SIZE = 256
+THUMB_QUALITY = 80
+
+
+def thumbnail(rgb: np.ndarray, size: int = THUMB_SIZE, quality: int = THUMB_QUALITY) -> bytes:
+    """JPEG bytes of an RGB uint8 [H, W, 3] image scaled to fit ``size`` x ``size``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, size / max(h, w))
+    if scale < 1.0:
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA)
+    return encode_jpeg(rgb, quality)

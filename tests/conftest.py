@@ -82,7 +82,7 @@ def write_catalog(root: Path, photos=CATALOG_PHOTOS) -> Path:
 @pytest.fixture(scope="session")
 def extractor():
     """The shipped int8 extractor (real model, one interpreter for the session)."""
-    from pi_search.extractor import Extractor
+    from pi_search.model.extractor import Extractor
 
     return Extractor()
 
@@ -96,7 +96,7 @@ def catalog_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
     """A bundle built once from ``catalog_dir`` with the real extractor (read-only for tests)."""
-    from pi_search.catalog import build_bundle
+    from pi_search.index.build import build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     build_bundle(catalog_dir, out, extractor, progress=False)
@@ -122,11 +122,21 @@ def coffee() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle(bundle_dir, extractor):
     """``bundle_dir`` opened (memory-mapped) for the module's tests."""
-    from pi_search.index import Bundle
+    from pi_search.index.bundle import Bundle
 
     b = Bundle.open(bundle_dir, extractor=extractor)
     yield b
     b.close()
+
+
+@pytest.fixture
+def catalog(bundle_dir, extractor):
+    """``bundle_dir`` as the live catalog the worker serves (bundle plus an in-memory change store)."""
+    from pi_search.index.live import LiveCatalog
+
+    cat = LiveCatalog.open(bundle_dir, extractor=extractor, readonly=True)
+    yield cat
+    cat.close()
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +154,7 @@ def photo_bundle_dir(tmp_path_factory, extractor) -> Path:
     JPEGs of up to 6028x3391 pixels); read-only for tests."""
     from corpus import write_photo_catalog
 
-    from pi_search.catalog import build_bundle
+    from pi_search.index.build import build_bundle
 
     root = tmp_path_factory.mktemp("photo-catalog")
     out = tmp_path_factory.mktemp("photo-bundles") / "bundle"

@@ -14,8 +14,8 @@ from fakes import ListSource, SourceFactory, wait_until
 from pi_search import images
 from pi_search.config import check_bind, load_config, token_problem
 from pi_search.errors import ConfigError
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import auth, create_app
 
 TOKEN = "4f9c2e7a1b8d3f60c5e9a2d7b1f84c3e"  # openssl rand -hex 16
@@ -29,10 +29,10 @@ def make(tmp_path, bundle_dir, extractor):
     def _make(start=False, **overrides):
         live = tmp_path / f"bundle{len(made)}"
         shutil.copytree(bundle_dir, live)
-        cat = Catalog.open(live, extractor=extractor)
+        cat = LiveCatalog.open(live, extractor=extractor)
         config = load_config(None, overrides)
         frame = camera_view(load_photo("skimage:coffee"))
-        svc = Service(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config)
+        svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config)
         made.append((svc, cat))
         if start:
             svc.start()

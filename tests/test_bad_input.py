@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pi_search import images
-from pi_search.catalog_reader import read_catalog
 from pi_search.config import load_config
 from pi_search.errors import CatalogError
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.catalog import read_catalog
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 FUZZ_EXAMPLES = 2000
@@ -71,7 +71,7 @@ def samples(coffee):
 
 @pytest.fixture(scope="module")
 def catalog(bundle_dir, extractor):
-    c = Catalog.open(bundle_dir, extractor=extractor, readonly=True)
+    c = LiveCatalog.open(bundle_dir, extractor=extractor, readonly=True)
     yield c
     c.close()
 
@@ -79,7 +79,7 @@ def catalog(bundle_dir, extractor):
 @pytest.fixture
 def app_client(extractor, catalog, coffee):
     config = load_config(None, {"server.max_upload_mb": 2.0})
-    svc = Service(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config,
+    svc = Worker(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config,
                   source_name="test")
     svc.start()
     assert wait_until(lambda: svc.latest() is not None)

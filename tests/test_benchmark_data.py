@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pi_search import benchmark_data as bd
 from pi_search import images
+from pi_search.tools import benchmark_data as bd
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 

@@ -11,20 +11,22 @@ from pathlib import Path
 import pytest
 from conftest import CATALOG_PHOTOS, write_catalog
 
-from pi_search import index as ix
+from pi_search.index.bundle import Bundle
+from pi_search.index.files import recover
 
 NEW = CATALOG_PHOTOS[:4]
 pytestmark = pytest.mark.slow
 
 KILLED_BUILD = textwrap.dedent("""
     import os, signal, sys
-    import pi_search.index as ix
-    from pi_search.catalog import build_bundle
-    from pi_search.extractor import Extractor
+    import pi_search.index.files as files
+    import pi_search.index.write as write
+    from pi_search.index.build import build_bundle
+    from pi_search.model.extractor import Extractor
 
     catalog, out, where = sys.argv[1:4]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-    real_fsync, real_exchange, real_rename = ix._fsync_tree, ix._exchange, os.rename
+    real_fsync, real_exchange, real_rename = write.fsync_tree, files._exchange, os.rename
 
     def fsync_tree(path):                 # the new bundle is complete and synced beside the old one
         real_fsync(path)
@@ -44,7 +46,7 @@ KILLED_BUILD = textwrap.dedent("""
         if where == "two-renames" and ".old-" in str(b):   # between the two renames
             die()
 
-    ix._fsync_tree, ix._exchange, os.rename = fsync_tree, exchange, rename
+    write.fsync_tree, files._exchange, os.rename = fsync_tree, exchange, rename
     build_bundle(catalog, out, Extractor(), progress=False)
     print("finished")
 """)
@@ -56,7 +58,7 @@ def new_catalog(tmp_path_factory) -> Path:
 
 
 def _items(path: Path) -> int:
-    with ix.Bundle.open(path, deep=True) as b:
+    with Bundle.open(path, deep=True) as b:
         return len(b)
 
 
@@ -75,7 +77,7 @@ def test_a_build_killed_at_each_step_leaves_a_servable_bundle(tmp_path, bundle_d
         assert _items(out) == expect          # at the path, right after the kill: old or new, complete
     else:
         assert not out.exists()               # the one gap of two renames ...
-    ix.recover(out)                           # ... closed by what any next start or build does first
+    recover(out)                           # ... closed by what any next start or build does first
     assert _items(out) == expect
     # no leftovers, no lock file; the embeddings stay in bundle.partial for a resumed build
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle", "bundle.partial"]
@@ -95,7 +97,8 @@ def test_two_builds_of_one_bundle_wait_for_each_other(tmp_path, catalog_dir, new
 
 
 def test_two_demos_on_one_cache_share_one_build(tmp_path):
-    script = ("import sys; from pi_search.demo import demo_bundle; from pi_search.extractor import Extractor;"
+    script = ("import sys; from pi_search.demo import demo_bundle; "
+              "from pi_search.model.extractor import Extractor;"
               "print(demo_bundle(Extractor(), sys.argv[1], progress=False))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -7,18 +7,18 @@ import os
 import shutil
 
 from pi_search.config import load_config
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 
 def test_an_unreadable_row_fails_that_request_only_and_shows_in_healthz(tmp_path, bundle_dir, extractor):
     live = tmp_path / "bundle"
     shutil.copytree(bundle_dir, live)
-    cat = Catalog.open(live, extractor=extractor)
+    cat = LiveCatalog.open(live, extractor=extractor)
     try:
         config = load_config(None, {})
-        client = create_app(Service(lambda: None, extractor, cat, config), config).test_client()
+        client = create_app(Worker(lambda: None, extractor, cat, config), config).test_client()
         assert client.get("/thumbs/coffee").status_code == 200
         path = live / "items.sqlite"
         fd = os.open(path, os.O_WRONLY)      # damage on the disk under the served bundle

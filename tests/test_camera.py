@@ -102,8 +102,9 @@ def test_picamera2_missing_says_how_to_install(monkeypatch):
 
 
 def test_importing_the_camera_package_loads_no_hardware_library():
-    code = ("import sys, pi_search.camera, pi_search.web, pi_search.service; "
-            "print(sorted(m for m in ('cv2', 'picamera2', 'flask', 'ai_edge_litert') if m in sys.modules))")
+    code = ("import sys, pi_search.camera, pi_search.web, pi_search.pipeline.worker; "
+            "print(sorted(m for m in ('cv2', 'picamera2', 'ai_edge_litert', 'tflite_runtime') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

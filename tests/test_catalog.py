@@ -13,25 +13,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pi_search import index as ix
-from pi_search.catalog import build_bundle, partial_dir
-from pi_search.catalog_reader import read_catalog
 from pi_search.errors import CatalogError, PiSearchError
+from pi_search.index import build as build_mod
+from pi_search.index.backends.annoy import Annoy
+from pi_search.index.build import build_bundle, partial_dir
+from pi_search.index.bundle import Bundle
+from pi_search.index.catalog import read_catalog
+from pi_search.index.manifest import STORE_FILE
 
 
 @pytest.fixture()
 def embedded_photos(monkeypatch):
-    """Counts the catalog photos embedded (through the real views.embed_catalog_image and the real model)."""
-    from pi_search import views
-
+    """Counts the catalog photos embedded (through the real embed_catalog_image and the real model)."""
     seen = []
-    real = views.embed_catalog_image
+    real = build_mod.embed_catalog_image
 
     def counting(extractor, rgb):
         seen.append(rgb.shape)
         return real(extractor, rgb)
 
-    monkeypatch.setattr(views, "embed_catalog_image", counting)
+    monkeypatch.setattr(build_mod, "embed_catalog_image", counting)
     return seen
 
 
@@ -71,7 +72,7 @@ def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extrac
     assert "line 12: ../outside.jpg: image path must be relative" in text
     assert "5 bad row(s) skipped, 7 items indexed" in caplog.text
     assert "line 11: images/broken.jpg" in caplog.text
-    with ix.Bundle.open(tmp_path / "out", extractor=extractor) as b:
+    with Bundle.open(tmp_path / "out", extractor=extractor) as b:
         assert len(b) == 7
         assert b.item("rocket2")["title"] == "Rocket copy"
         assert b.item("ghost") is None and b.item("broken") is None
@@ -103,7 +104,7 @@ def test_plain_folder_catalog_takes_id_and_title_from_file_names(catalog_dir, ex
     # Without a terminal, progress is plain lines on stderr with the rate and the time left.
     assert re.search(r"embedded 2/2 items \(\d+\.\d items/s, ETA 00:00:00\)", capsys.readouterr().err)
     assert "duplicate id 'green_apple'" in str(report.skipped[0])
-    with ix.Bundle.open(tmp_path / "out") as b:
+    with Bundle.open(tmp_path / "out") as b:
         assert b.item("green_apple")["title"] == "green apple"
         assert b.item("coffee-cup")["title"] == "coffee cup"
         assert b.item("coffee-cup")["extra"] == {"file": "sub/coffee-cup.JPG"}
@@ -175,8 +176,8 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
     assert (report.resumed, report.embedded, len(embedded_photos)) == (8, 8, 8)
     assert not partial_dir(out).exists()
     # The resumed bundle holds the same vectors as one built in a single run.
-    np.testing.assert_allclose(np.load(out / ix.STORE_FILE), np.load(bundle_dir / ix.STORE_FILE), atol=1e-6)
-    with ix.Bundle.open(out, extractor=extractor) as b:
+    np.testing.assert_allclose(np.load(out / STORE_FILE), np.load(bundle_dir / STORE_FILE), atol=1e-6)
+    with Bundle.open(out, extractor=extractor) as b:
         assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
 
 
@@ -200,7 +201,7 @@ def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extracto
     def broken_annoy(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ix, "_build_annoy", broken_annoy)
+    monkeypatch.setattr(Annoy, "build", broken_annoy)
     with pytest.raises(OSError, match="disk full"):
         build_bundle(catalog_dir, out, extractor, progress=False)
     monkeypatch.undo()
@@ -209,7 +210,7 @@ def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extracto
 
     # A successful build replaces it whole, and nothing else is left beside it.
     build_bundle(catalog_dir, out, extractor, progress=False)
-    with ix.Bundle.open(out, extractor=extractor) as b:
+    with Bundle.open(out, extractor=extractor) as b:
         assert len(b) == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "live"]
 
@@ -227,9 +228,9 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extrac
 
 def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle_dir, tmp_path,
                                                   embedded_photos):
-    with ix.Bundle.open(bundle_dir) as b:
-        ids = [b.search(v, 1)[0].id for v in np.load(bundle_dir / ix.STORE_FILE)]
-    vecs = np.load(bundle_dir / ix.STORE_FILE)
+    with Bundle.open(bundle_dir) as b:
+        ids = [b.search(v, 1)[0].id for v in np.load(bundle_dir / STORE_FILE)]
+    vecs = np.load(bundle_dir / STORE_FILE)
     order = np.arange(len(ids))[::-1]  # any order: rows are matched by id
     np.save(tmp_path / "emb.npy", vecs[order])
     (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\nnot-in-catalog\n")
@@ -240,7 +241,7 @@ def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, bundle
     report = build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
                           ids=tmp_path / "ids.txt", progress=False)
     assert embedded_photos == [] and report.items == 16
-    np.testing.assert_allclose(np.load(tmp_path / "out" / ix.STORE_FILE), vecs, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / STORE_FILE), vecs, atol=1e-6)
     np.save(tmp_path / "wrong.npy", vecs[:, :100])
     with pytest.raises(CatalogError, match=r"expected \[n, 1280\]"):
         build_bundle(catalog_dir, tmp_path / "out2", extractor, embeddings=tmp_path / "wrong.npy",

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from conftest import camera_view
 
-from pi_search.changes import ChangeStore, store_path
 from pi_search.errors import CatalogError
-from pi_search.index import BuildOptions, Item, write_bundle
-from pi_search.live import Catalog, dir_key, embed_shots
+from pi_search.index.changes import ChangeStore, store_path
+from pi_search.index.items import Item
+from pi_search.index.live import LiveCatalog, dir_key
+from pi_search.index.teach import embed_shots
+from pi_search.index.write import BuildOptions, write_bundle
 
 DIM = 1280
 
@@ -35,7 +37,7 @@ def live_dir(tmp_path, bundle_dir):
 
 @pytest.fixture
 def catalog(live_dir):
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     yield cat
     cat.close()
 
@@ -159,18 +161,20 @@ def test_removed_bundle_item_taught_again_keeps_only_new_shots(catalog, live_dir
 
 def test_another_process_change_is_picked_up(catalog, live_dir):
     rng = np.random.default_rng(4)
-    other = Catalog.open(live_dir)
+    other = LiveCatalog.open(live_dir)
     v = unit(rng.normal(size=(2, DIM)))
     other.add("Teapot", None, v, item_id="teapot")
     other.close()
-    assert catalog.search(v[0], 1)[0].id == "teapot"  # refresh_s=0: checked on every search
+    assert catalog.search(v[0], 1)[0].id != "teapot"  # a search reads the published state only
+    catalog.refresh()                                  # what the watcher does every refresh_s
+    assert catalog.search(v[0], 1)[0].id == "teapot"
 
 
 def test_real_photos_teach_an_object_not_in_the_catalog(catalog, extractor):
     import cv2
 
-    from pi_search.benchmark_data import load_rgba, on_white
-    from pi_search.views import embed_query_image
+    from pi_search.model.framing import embed_query_image
+    from pi_search.tools.benchmark_data import load_rgba, on_white
 
     photo = on_white(load_rgba("/usr/share/tuxpaint/stamps/animals/birds/ostrich.png"), 400)
     vecs, thumb = embed_shots(extractor, [(photo, "photo"), (camera_view(photo), "camera")])
@@ -185,14 +189,14 @@ def test_real_photos_teach_an_object_not_in_the_catalog(catalog, extractor):
 
 
 def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, monkeypatch):
-    import pi_search.live as live
+    import pi_search.index.live as live
 
     rng = np.random.default_rng(5)
     base = unit(rng.normal(size=(300, 64)))
     write_bundle(tmp_path / "b", base, [Item(f"b{i}", f"B {i}") for i in range(300)],
                  model={"name": "m", "sha256": "x", "dim": 64},
                  options=BuildOptions(dims=16, search="ann", n_trees=5))
-    cat = Catalog.open(tmp_path / "b", refresh_s=0.0)
+    cat = LiveCatalog.open(tmp_path / "b", refresh_s=0.0)
     monkeypatch.setattr(live, "EXACT_TAUGHT_MAX", 10)
     taught = unit(rng.normal(size=(40, 64)))
     for i in range(0, 40, 2):
@@ -205,7 +209,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
 
 
 def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
-    import pi_search.live as live
+    import pi_search.index.live as live
 
     rng = np.random.default_rng(6)
     items = [Item(f"b{i}", f"B {i}") for i in range(200)]
@@ -213,7 +217,7 @@ def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
                  model={"name": "m", "sha256": "x", "dim": 32},
                  options=BuildOptions(dims=8, search="ann", n_trees=4))
     monkeypatch.setattr(live, "EXACT_TAUGHT_MAX", 150)
-    cat = Catalog.open(tmp_path / "b", refresh_s=3600)
+    cat = LiveCatalog.open(tmp_path / "b", refresh_s=3600)
     taught = unit(rng.normal(size=(600, 32)))
     reads = []
     real_snapshot = cat.store.snapshot
@@ -244,18 +248,20 @@ def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalo
     os.rename(live_dir, tmp_path / "old")
     os.rename(broken, live_dir)
     for _ in range(3):
+        catalog.refresh()   # the watcher's turn: the broken bundle is refused, the old one keeps serving
         assert catalog.search(cup, 1)[0].id == "coffee" and catalog.search(v[0], 1)[0].id == "kettle"
     assert sum("keeping the bundle in use" in r.message for r in caplog.records) == 1
     shutil.rmtree(live_dir)
     fixed = tmp_path / "fixed"
     shutil.copytree(tmp_path / "old", fixed)
     os.rename(fixed, live_dir)
+    catalog.refresh()
     assert catalog.search(v[0], 1)[0].id == "kettle" and catalog.search(cup, 1)[0].id == "coffee"
     assert catalog._state.key == dir_key(live_dir)   # the good replacement is mapped
 
 
 def test_the_empty_scene_is_taken_out_of_camera_shots(tmp_path):
-    from pi_search.live import BACKGROUND_WEIGHT, without_background
+    from pi_search.index.teach import BACKGROUND_WEIGHT, without_background
 
     rng = np.random.default_rng(8)
     obj, scene = unit(rng.normal(size=(2, 64)))

@@ -8,12 +8,14 @@ import sqlite3
 
 import numpy as np
 import pytest
+from fakes import wait_until
 
-from pi_search import compact as compact_mod
-from pi_search.changes import store_path
 from pi_search.errors import CatalogError
-from pi_search.index import read_manifest
-from pi_search.live import VIEW_SEP, Catalog
+from pi_search.index import compact as compact_mod
+from pi_search.index.changes import store_path
+from pi_search.index.ids import VIEW_SEP
+from pi_search.index.live import LiveCatalog
+from pi_search.index.manifest import read_manifest
 
 DIM = 1280
 
@@ -36,12 +38,12 @@ def bundle_vector(directory, item_id: str) -> np.ndarray:
     return unit(np.load(directory / "vectors.npy")[idx].astype(np.float32))
 
 
-def results(cat: Catalog, queries: dict, k: int = 3) -> dict:
+def results(cat: LiveCatalog, queries: dict, k: int = 3) -> dict:
     return {name: [(m.id, m.title, m.price, round(m.score, 4)) for m in cat.search(q, k)]
             for name, q in queries.items()}
 
 
-def teach_some(cat: Catalog, rng) -> dict:
+def teach_some(cat: LiveCatalog, rng) -> dict:
     """Three shots of a new item, a removal, an edit, and a new view of a bundle item; returns queries."""
     lamp = unit(rng.normal(size=(3, DIM)))
     pear_view = unit(rng.normal(size=(1, DIM)))
@@ -56,7 +58,7 @@ def teach_some(cat: Catalog, rng) -> dict:
 
 def test_compaction_keeps_every_result_and_empties_the_store(live_dir):
     rng = np.random.default_rng(0)
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     queries = teach_some(cat, rng)
     n = len(cat)
     before = results(cat, queries)
@@ -68,11 +70,11 @@ def test_compaction_keeps_every_result_and_empties_the_store(live_dir):
     assert results(cat, queries) == before and len(cat) == n
     assert cat.thumbnail("lamp") == b"\xff\xd8lamp" and cat.thumbnail("coffee") is None
     manifest = read_manifest(live_dir)
-    assert manifest["changes"]["folded_seq"] == 4 and manifest["items"] == 19
-    assert manifest["catalog"] == read_manifest(live_dir)["catalog"] is not None
+    assert manifest.folded_seq == 4 and manifest.items == 19
+    assert manifest.catalog == read_manifest(live_dir).catalog is not None
     assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".")] == []
     cat.close()
-    again = Catalog.open(live_dir, refresh_s=0.0)  # a fresh process sees the same catalog
+    again = LiveCatalog.open(live_dir, refresh_s=0.0)  # a fresh process sees the same catalog
     assert results(again, queries) == before and len(again) == n
     assert all(VIEW_SEP not in m.id for m in again.search(queries["lamp"], 16))
     again.close()
@@ -80,7 +82,7 @@ def test_compaction_keeps_every_result_and_empties_the_store(live_dir):
 
 def test_changes_made_during_a_compaction_are_kept(live_dir):
     rng = np.random.default_rng(1)
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     queries = teach_some(cat, rng)
     late = unit(rng.normal(size=(1, DIM)))
 
@@ -103,7 +105,7 @@ def test_changes_made_during_a_compaction_are_kept(live_dir):
 
 def test_crash_between_swap_and_forget_counts_nothing_twice(live_dir, monkeypatch):
     rng = np.random.default_rng(2)
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     queries = teach_some(cat, rng)
     n, before = len(cat), results(cat, queries)
 
@@ -115,25 +117,27 @@ def test_crash_between_swap_and_forget_counts_nothing_twice(live_dir, monkeypatc
         compact_mod.compact(live_dir, cat.store, progress=crash)
     assert cat.store.pending() == 4          # still in the store ...
     cat.close()
-    cat = Catalog.open(live_dir, refresh_s=0.0)  # ... and forgotten on open: the bundle holds them
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)  # ... and forgotten on open: the bundle holds them
     assert cat.store.pending() == 0 and len(cat) == n and results(cat, queries) == before
     cat.close()
 
 
 def test_a_running_daemon_catalog_sees_another_process_compact(live_dir):
     rng = np.random.default_rng(3)
-    daemon = Catalog.open(live_dir, refresh_s=0.0)
+    daemon = LiveCatalog.open(live_dir, refresh_s=0.0)
     queries = teach_some(daemon, rng)
     before = results(daemon, queries)
     assert compact_mod.compact_path(live_dir)["folded"] == 4
+    assert results(daemon, queries) == before     # still the old bundle: searching reloads nothing
+    daemon.refresh()                              # the watcher's turn: the compacted bundle is mapped
     assert results(daemon, queries) == before
-    assert daemon.bundle.manifest["changes"]["folded_seq"] == 4 and daemon.changes() == []
+    assert daemon.bundle.manifest.folded_seq == 4 and daemon.changes() == []
     daemon.close()
 
 
 def test_background_compaction_after_enough_changes(live_dir):
     rng = np.random.default_rng(4)
-    cat = Catalog.open(live_dir, refresh_s=0.0, compact_after=3)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0, compact_after=3)
     vecs = unit(rng.normal(size=(3, DIM)))
     for i in range(3):
         cat.add(f"Thing {i}", None, vecs[i:i + 1], item_id=f"thing{i}")
@@ -147,13 +151,14 @@ def test_scheduled_compaction_folds_pending_changes(live_dir):
     import time
 
     rng = np.random.default_rng(7)
-    cat = Catalog.open(live_dir, refresh_s=0.0, compact_every_s=0.2)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.05, compact_every_s=0.2)
     v = unit(rng.normal(size=(2, DIM)))
     cat.add("Clock", None, v, item_id="clock")
     assert cat.compacting is False          # not due yet
     time.sleep(0.3)
-    assert cat.search(v[0], 1)[0].id == "clock"   # a search finds the schedule due and starts it
-    assert cat._compactor is not None
+    assert cat.search(v[0], 1)[0].id == "clock" and cat._compactor is None   # a search starts nothing
+    cat.watch()                             # the daemon's timer finds the schedule due and starts it
+    assert wait_until(lambda: cat._compactor is not None, 10)
     cat._compactor.join(60)
     assert cat.last_compaction["folded"] == 1 and cat.store.pending() == 0
     assert cat.search(v[1], 1)[0].id == "clock" and len(cat) == 17
@@ -162,42 +167,43 @@ def test_scheduled_compaction_folds_pending_changes(live_dir):
 
 def test_recover_puts_a_bundle_back_after_a_crash_between_renames(live_dir):
     rng = np.random.default_rng(5)
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     queries = teach_some(cat, rng)
     before = results(cat, queries)
     cat.close()
     # the state a crash leaves between "rename live away" and "rename new into place"
     old = live_dir.parent / ".bundle.old-7"
     os.rename(live_dir, old)
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     assert results(cat, queries) == before and not old.exists()
     cat.close()
     # a complete staged bundle wins over the old one (which lacks the folded changes)
     shutil.copytree(live_dir, old)
-    cat = Catalog.open(live_dir)
+    cat = LiveCatalog.open(live_dir)
     cat.compact()
     cat.close()
     os.rename(live_dir, live_dir.parent / ".bundle.compact-4")
     (live_dir.parent / "..bundle.compact-5.tmp-ab12").mkdir()   # a build that never finished
-    cat = Catalog.open(live_dir, refresh_s=0.0)
+    cat = LiveCatalog.open(live_dir, refresh_s=0.0)
     assert results(cat, queries) == before and cat.store.pending() == 0
-    assert read_manifest(live_dir)["changes"]["folded_seq"] == 4
+    assert read_manifest(live_dir).folded_seq == 4
     assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(".")] == []
     cat.close()
 
 
 def test_compaction_refuses_to_remove_every_item(tmp_path):
-    from pi_search.index import Item, write_bundle
+    from pi_search.index.items import Item
+    from pi_search.index.write import write_bundle
 
     write_bundle(tmp_path / "b", unit(np.eye(2, 8, dtype=np.float32)), [Item("a", "A"), Item("b", "B")],
                  model={"name": "m", "sha256": "x", "dim": 8})
-    cat = Catalog.open(tmp_path / "b")
+    cat = LiveCatalog.open(tmp_path / "b")
     cat.remove("a")
     cat.remove("b")
     with pytest.raises(CatalogError, match="every item would be removed"):
         cat.compact()
     assert len(cat) == 0 and cat.store.pending() == 2
-    assert read_manifest(tmp_path / "b")["items"] == 2
+    assert read_manifest(tmp_path / "b").items == 2
     cat.close()
 
 
@@ -209,7 +215,7 @@ def test_compact_cli_reports_and_empties_the_store(live_dir):
     from pi_search.cli import main
 
     rng = np.random.default_rng(6)
-    cat = Catalog.open(live_dir)
+    cat = LiveCatalog.open(live_dir)
     teach_some(cat, rng)
     cat.close()
     r = CliRunner().invoke(main, ["index", "compact", str(live_dir), "--json"])

@@ -17,7 +17,7 @@ import pytest
 from fakes import free_port as _free_port
 
 from pi_search.demo import KEY_FILE, demo_bundle, demo_data
-from pi_search.index import Bundle
+from pi_search.index.bundle import Bundle
 
 
 def _get(url: str):

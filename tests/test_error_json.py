@@ -13,8 +13,8 @@ from fakes import ListSource, SourceFactory
 
 from pi_search import errors, images
 from pi_search.config import load_config
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 
@@ -26,10 +26,10 @@ def app_for(tmp_path, bundle_dir, extractor):
     def _make(**overrides):
         live = tmp_path / f"bundle{len(made)}"
         shutil.copytree(bundle_dir, live)
-        cat = Catalog.open(live, extractor=extractor)
+        cat = LiveCatalog.open(live, extractor=extractor)
         config = load_config(None, overrides)
         frame = camera_view(load_photo("skimage:coffee"))
-        svc = Service(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config)
+        svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config)
         made.append((svc, cat))
         return svc, cat, create_app(svc, config)
 

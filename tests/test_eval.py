@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pi_search import benchmark_data as bd
-from pi_search import evaluate as ev
 from pi_search import images
 from pi_search.cli import main
 from pi_search.errors import PiSearchError
-from pi_search.models import SHIPPED_INT8, shipped_model
+from pi_search.model.shipped import SHIPPED_INT8, shipped_model
+from pi_search.tools import benchmark_data as bd
+from pi_search.tools import evaluate as ev
 
 INT8 = shipped_model(SHIPPED_INT8)
 

@@ -13,8 +13,8 @@ from pi_search.cli import main
 from pi_search.errors import ModelError, PiSearchError
 from pi_search.export import convert as conv
 from pi_search.export.photos import held_out_paths
-from pi_search.extractor import Extractor
-from pi_search.preprocess import to_model_input
+from pi_search.model.extractor import Extractor
+from pi_search.model.framing import to_model_input
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,9 @@ from pi_search import images
 from pi_search.cli import main
 from pi_search.errors import ModelError, RuntimeMissingError
 from pi_search.export.photos import held_out_paths
-from pi_search.extractor import Extractor, load_runtime
-from pi_search.models import SHIPPED_FLOAT, shipped_model
-from pi_search.preprocess import pad_to_square, to_model_input
-from pi_search.views import embed_query_image
+from pi_search.model.extractor import Extractor, load_runtime
+from pi_search.model.framing import embed_query_image, pad_to_square, to_model_input
+from pi_search.model.shipped import SHIPPED_FLOAT, shipped_model
 
 
 def test_model_info_json_states_the_tensor_contract():

@@ -9,7 +9,7 @@ import pytest
 from fakes import FaultyCamera, wait_until
 
 from pi_search.config import load_config
-from pi_search.service import MAX_HUNG_READS, Service
+from pi_search.pipeline.worker import MAX_HUNG_READS, Worker
 from pi_search.web import create_app
 
 
@@ -51,9 +51,9 @@ def drain(sock) -> None:
         sock.setblocking(True)
 
 
-def make(extractor, bundle, cam, **overrides):
+def make(extractor, catalog, cam, **overrides):
     config = load_config(None, {"camera.timeout_s": 0.3, "gate.enabled": False, **overrides})
-    svc = Service(cam, extractor, bundle, config, source_name="faulty")
+    svc = Worker(cam, extractor, catalog, config, source_name="faulty")
     return svc, create_app(svc, config).test_client()
 
 
@@ -62,9 +62,9 @@ def make(extractor, bundle, cam, **overrides):
     ("empty", "the camera returned no frame"),
     ("hang", "reading a frame took over 0.3 s"),
 ])
-def test_camera_fault_is_reported_and_recovers_by_itself(extractor, bundle, coffee, fault, reason):
+def test_camera_fault_is_reported_and_recovers_by_itself(extractor, catalog, coffee, fault, reason):
     cam = FaultyCamera([coffee])
-    svc, client = make(extractor, bundle, cam)
+    svc, client = make(extractor, catalog, cam)
     svc.start()
     try:
         assert wait_until(lambda: client.get("/healthz").status_code == 200)
@@ -90,10 +90,10 @@ def test_camera_fault_is_reported_and_recovers_by_itself(extractor, bundle, coff
         svc.stop()
 
 
-def test_a_hung_start_is_abandoned_too(extractor, bundle, coffee):
+def test_a_hung_start_is_abandoned_too(extractor, catalog, coffee):
     cam = FaultyCamera([coffee])
     cam.set("hang")
-    svc, client = make(extractor, bundle, cam)
+    svc, client = make(extractor, catalog, cam)
     svc.start()
     try:
         assert wait_until(lambda: "opening the camera took over" in svc.camera_state()[1])
@@ -105,9 +105,9 @@ def test_a_hung_start_is_abandoned_too(extractor, bundle, coffee):
         svc.stop()
 
 
-def test_stop_returns_while_the_camera_hangs(extractor, bundle, coffee):
+def test_stop_returns_while_the_camera_hangs(extractor, catalog, coffee):
     cam = FaultyCamera([coffee])
-    svc, _ = make(extractor, bundle, cam, **{"camera.timeout_s": 30.0})
+    svc, _ = make(extractor, catalog, cam, **{"camera.timeout_s": 30.0})
     svc.start()
     try:
         assert wait_until(lambda: svc.latest() is not None)
@@ -140,13 +140,13 @@ class StallingExtractor:
         return self._x.embed(rgb224)
 
 
-def test_watchdog_pings_at_cadence_and_stop_while_the_loop_is_stuck(extractor, bundle, coffee,
+def test_watchdog_pings_at_cadence_and_stop_while_the_loop_is_stuck(extractor, catalog, coffee,
                                                                      notify_socket):
     import time
 
     x = StallingExtractor(extractor)
     cam = FaultyCamera([coffee])
-    svc, _ = make(x, bundle, cam)
+    svc, _ = make(x, catalog, cam)
     svc.start()
     try:
         got, stamps = [], []
@@ -170,9 +170,9 @@ def test_watchdog_pings_at_cadence_and_stop_while_the_loop_is_stuck(extractor, b
         svc.stop()
 
 
-def test_camera_failures_keep_the_watchdog_fed(extractor, bundle, coffee, notify_socket):
+def test_camera_failures_keep_the_watchdog_fed(extractor, catalog, coffee, notify_socket):
     cam = FaultyCamera([coffee])
-    svc, _ = make(extractor, bundle, cam)
+    svc, _ = make(extractor, catalog, cam)
     svc.start()
     try:
         assert wait_until(lambda: svc.latest() is not None)
@@ -185,9 +185,9 @@ def test_camera_failures_keep_the_watchdog_fed(extractor, bundle, coffee, notify
         svc.stop()
 
 
-def test_a_wedged_camera_driver_stops_the_watchdog(extractor, bundle, coffee, notify_socket):
+def test_a_wedged_camera_driver_stops_the_watchdog(extractor, catalog, coffee, notify_socket):
     cam = FaultyCamera([coffee])
-    svc, client = make(extractor, bundle, cam)
+    svc, client = make(extractor, catalog, cam)
     svc.start()
     try:
         assert wait_until(lambda: svc.latest() is not None)
@@ -206,13 +206,13 @@ def test_a_wedged_camera_driver_stops_the_watchdog(extractor, bundle, coffee, no
         svc.stop()
 
 
-def test_one_read_blocked_for_long_stops_the_watchdog(extractor, bundle, coffee, notify_socket, monkeypatch):
-    import pi_search.service as service
+def test_one_read_blocked_for_long_stops_the_watchdog(extractor, catalog, coffee, notify_socket, monkeypatch):
+    import pi_search.pipeline.worker as service
 
     monkeypatch.setattr(service, "MAX_HUNG_READS", 100)  # only the age of the blocked read counts here
     monkeypatch.setattr(service, "WEDGED_RESTART_S", 1.0)
     cam = FaultyCamera([coffee])
-    svc, client = make(extractor, bundle, cam)
+    svc, client = make(extractor, catalog, cam)
     svc.start()
     try:
         assert wait_until(lambda: svc.latest() is not None)

@@ -14,7 +14,7 @@ from pi_search.camera import files
 from pi_search.camera.files import FolderSource
 from pi_search.config import load_config
 from pi_search.errors import SourceError
-from pi_search.service import Service
+from pi_search.pipeline.worker import Worker
 
 PHOTOS = ["skimage:coffee", "skimage:chelsea", "skimage:rocket", "skimage:astronaut"]
 
@@ -91,7 +91,8 @@ def test_an_unreadable_image_is_warned_about_once(tmp_path, caplog):
 class Dummy:
     """A catalog of nothing: the camera's health is under test, not the matches."""
 
-    manifest = {}
+    manifest = None
+    serving, problem, fault = True, None, None
 
     def __len__(self):
         return 0
@@ -109,7 +110,7 @@ def test_worker_shows_the_camera_down_once_and_back_for_removed_and_emptied(tmp_
     fill(d)
     config = load_config(None, {"camera.source": f"folder:{d}", "camera.fps": 15.0, "camera.timeout_s": 5.0,
                                 "gate.enabled": True})
-    svc = Service(lambda: FolderSource(d, fps=15.0), extractor, Dummy(), config, source_name=f"folder:{d}")
+    svc = Worker(lambda: FolderSource(d, fps=15.0), extractor, Dummy(), config, source_name=f"folder:{d}")
     svc.start()
     try:
         assert wait_until(lambda: svc.health()["camera"]["up"], 60)

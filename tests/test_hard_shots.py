@@ -11,12 +11,25 @@ import pytest
 from conftest import load_photo
 from fakes import ListSource
 
-from pi_search import benchmark_data as bd
-from pi_search import images, views
+from pi_search import images
 from pi_search.config import load_config
-from pi_search.evaluate import Truth, by_condition, evaluate, format_table, read_truth
-from pi_search.index import Match
-from pi_search.service import Service
+from pi_search.index.bundle import Match
+from pi_search.model.framing import embed_query_image, target_box, window_input
+from pi_search.pipeline import settle as settle_mod
+from pi_search.pipeline.settle import (
+    HINT,
+    HINT_GAIN,
+    HINT_SCORE,
+    SETTLE_CENTRE,
+    SETTLE_GRID,
+    fuse,
+    hint,
+    search_mean,
+    settle_windows,
+)
+from pi_search.pipeline.worker import Worker
+from pi_search.tools import benchmark_data as bd
+from pi_search.tools.evaluate import Truth, by_condition, evaluate, format_table, read_truth
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 needs_stamps = pytest.mark.skipif(not STAMPS.is_dir(),
@@ -118,18 +131,18 @@ def test_per_condition_table_counts_each_bin():
 
 
 def test_target_box_and_windows_cover_the_frame():
-    assert views.target_box(640, 480) == pytest.approx((0.2562, 0.175, 0.7438, 0.825), abs=1e-3)
-    boxes = views.settle_windows(640, 480)
-    assert len(boxes) == sum(nx * ny for nx, ny, _ in views.SETTLE_GRID) + views.SETTLE_CENTRE
+    assert target_box(640, 480) == pytest.approx((0.2562, 0.175, 0.7438, 0.825), abs=1e-3)
+    boxes = settle_windows(640, 480)
+    assert len(boxes) == sum(nx * ny for nx, ny, _ in SETTLE_GRID) + SETTLE_CENTRE
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
         assert abs((x1 - x0) * 640 - (y1 - y0) * 480) < 1  # square in pixels
     assert min(b[0] for b in boxes) == 0 and max(b[2] for b in boxes) == 1
     rgb = np.zeros((480, 640, 3), np.uint8)
     rgb[:, 320:] = 200
-    if views.SETTLE_CENTRE:
+    if SETTLE_CENTRE:
         assert boxes[-1] == pytest.approx((0.125, 0.0, 0.875, 1.0))  # the whole centre square
-    x = views.window_input(rgb, boxes[len(boxes) - 1 - views.SETTLE_CENTRE], 224)
+    x = window_input(rgb, boxes[len(boxes) - 1 - SETTLE_CENTRE], 224)
     assert x.shape == (224, 224, 3) and x.dtype == np.uint8 and x.mean() > 150  # the right-hand window
 
 
@@ -141,20 +154,20 @@ def test_fuse_adds_the_kept_score_and_the_best_window_score():
     kept = [_m("a", 0.6), _m("b", 0.4)]
     left, right = (0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5)
     win = [(left, [_m("b", 0.9), _m("c", 0.3)]), (right, [_m("a", 0.5), _m("d", 0.2)])]
-    matches, region, gain = views.fuse(kept, win, 3)
+    matches, region, gain = fuse(kept, win, 3)
     # b: (0.4 + 0.9) / 2; a: (0.6 + max(0.3 floor of left, 0.5)) / 2; c: (0.4 floor + 0.3) / 2
     assert [(m.id, round(m.score, 4)) for m in matches] == [("b", 0.65), ("a", 0.55), ("c", 0.35)]
     assert region == left and matches[0].title == "B" and gain == pytest.approx(0.5)
-    matches, region, gain = views.fuse(kept, [], 5)
+    matches, region, gain = fuse(kept, [], 5)
     assert [m.id for m in matches] == ["a", "b"] and region is None and gain == 0.0
-    target = views.target_box(640, 480)
-    assert views.hint(0.9, None, target) is None
-    assert views.hint(None, None, target) is None   # no matches (no catalog): nothing to hold closer for
-    assert views.hint(views.HINT_SCORE - 0.01, None, target) == views.HINT
+    target = target_box(640, 480)
+    assert hint(0.9, None, target) is None
+    assert hint(None, None, target) is None   # no matches (no catalog): nothing to hold closer for
+    assert hint(HINT_SCORE - 0.01, None, target) == HINT
     outside, inside = (0.0, 0.0, 0.2, 0.3), (0.3, 0.3, 0.6, 0.7)
-    assert views.hint(0.9, outside, target, views.HINT_GAIN) == views.HINT  # clearly better outside the box
-    assert views.hint(0.9, outside, target, views.HINT_GAIN / 2) is None  # about as good in the box
-    assert views.hint(0.9, inside, target, 0.5) is None
+    assert hint(0.9, outside, target, HINT_GAIN) == HINT  # clearly better outside the box
+    assert hint(0.9, outside, target, HINT_GAIN / 2) is None  # about as good in the box
+    assert hint(0.9, inside, target, 0.5) is None
 
 
 def _small_in_corner(photo: np.ndarray) -> np.ndarray:
@@ -181,15 +194,15 @@ def _until_settled(svc, src, most: int = 60) -> int:
     raise AssertionError(f"no settled look after {most} still frames")
 
 
-def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extractor, bundle):
+def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extractor, catalog):
     frame_rgb = _small_in_corner(load_photo("skimage:coffee"))
-    svc = Service(None, extractor, bundle, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+    svc = Worker(None, extractor, catalog, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
     src = ListSource([frame_rgb], loop=True, noise=1.0)
     src.start()
     first = svc.process(src.read())
     assert first is not None and first.settle_ms is None
     d = first.as_dict()
-    assert d["guide"]["target"] == pytest.approx(list(views.target_box(640, 480)))
+    assert d["guide"]["target"] == pytest.approx(list(target_box(640, 480)))
     assert d["guide"]["region"] is None and "settle_ms" not in d
     _until_settled(svc, src)
     settled = svc.latest()
@@ -197,7 +210,7 @@ def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extrac
     assert settled.matches[0].id == "coffee"
     region = settled.guide["region"]
     assert region is not None and (region[0] + region[2]) / 2 > 0.5 and (region[1] + region[3]) / 2 > 0.5
-    assert settled.guide["hint"] == views.HINT  # found outside the box: staff are asked to hold it closer
+    assert settled.guide["hint"] == HINT  # found outside the box: staff are asked to hold it closer
     assert settled.jpeg == first.jpeg and settled.as_dict()["settle_ms"] > 0
     assert svc.process(src.read()) is None and svc.latest() is settled  # once per inference
     svc.gate.reset()  # the item moves a little: the next frame is inferred with the settled window too
@@ -216,10 +229,10 @@ def test_settled_look_finds_a_small_item_off_centre_and_publishes_a_guide(extrac
     assert svc.process(wall.read()).guide["region"] is None
 
 
-def test_a_changed_frame_drops_an_unfinished_settled_look(extractor, bundle, monkeypatch):
-    monkeypatch.setattr(views, "SETTLE_SLICE_S", 0.0)  # one window per skipped frame
+def test_a_changed_frame_drops_an_unfinished_settled_look(extractor, catalog, monkeypatch):
+    monkeypatch.setattr(settle_mod, "SETTLE_SLICE_S", 0.0)  # one window per skipped frame
     frame_rgb = _small_in_corner(load_photo("skimage:coffee"))
-    svc = Service(None, extractor, bundle, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+    svc = Worker(None, extractor, catalog, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
     src = ListSource([frame_rgb], loop=True, noise=1.0)
     src.start()
     svc.process(src.read())
@@ -228,18 +241,18 @@ def test_a_changed_frame_drops_an_unfinished_settled_look(extractor, bundle, mon
     svc.gate.reset()  # the scene changed: a new inference, the look starts again from its first window
     again = svc.process(src.read())
     assert again is not None and again.settle_ms is None
-    n = _until_settled(svc, src, most=len(views.settle_windows(640, 480)) + 1)
-    assert n == len(views.settle_windows(640, 480))  # every window, once, after the new inference
+    n = _until_settled(svc, src, most=len(settle_windows(640, 480)) + 1)
+    assert n == len(settle_windows(640, 480))  # every window, once, after the new inference
 
 
-def test_search_mean_scores_the_mean_of_both_cosines_with_one_search(extractor, bundle):
+def test_search_mean_scores_the_mean_of_both_cosines_with_one_search(extractor, catalog):
     coffee = load_photo("skimage:coffee")
-    a = views.embed_query_image(extractor, coffee)
-    b = extractor.embed(views.window_input(_small_in_corner(coffee), (0.55, 0.4, 1.0, 1.0)))
-    n = len(bundle)
-    sa = {m.id: m.score for m in bundle.search(a, n)}
-    sb = {m.id: m.score for m in bundle.search(b, n)}
-    got = views.search_mean(bundle, a, b, 5)
+    a = embed_query_image(extractor, coffee)
+    b = extractor.embed(window_input(_small_in_corner(coffee), (0.55, 0.4, 1.0, 1.0)))
+    n = len(catalog)
+    sa = {m.id: m.score for m in catalog.search(a, n)}
+    sb = {m.id: m.score for m in catalog.search(b, n)}
+    got = search_mean(catalog, a, b, 5)
     want = sorted(((sa[i] + sb[i]) / 2, i) for i in sa)[::-1][:5]
     assert [m.id for m in got] == [i for _, i in want]
     assert [m.score for m in got] == pytest.approx([s for s, _ in want], abs=2e-3)  # float16 store

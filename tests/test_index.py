@@ -9,19 +9,27 @@ import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo
 
-from pi_search import index as ix
 from pi_search.errors import BundleError, CatalogError
-from pi_search.views import embed_catalog_image, embed_query_image
+from pi_search.index.backends.annoy import FILE as ANNOY_FILE
+from pi_search.index.backends.usearch import FILE as USEARCH_FILE
+from pi_search.index.bundle import Bundle
+from pi_search.index.files import bundle_lock, recover
+from pi_search.index.install import info
+from pi_search.index.items import Item
+from pi_search.index.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE
+from pi_search.index.projection import fit_pca
+from pi_search.index.write import DEFAULT_TREES, BuildOptions, write_bundle
+from pi_search.model.framing import embed_catalog_image, embed_query_image
 
 
 def test_small_catalog_uses_exact_search_and_writes_every_file(bundle_dir):
-    m = json.loads((bundle_dir / ix.MANIFEST).read_text())
-    assert m["format_version"] == ix.FORMAT_VERSION
+    m = json.loads((bundle_dir / MANIFEST).read_text())
+    assert m["format_version"] == FORMAT_VERSION
     assert m["items"] == len(CATALOG_PHOTOS)
     assert m["search"]["mode"] == "exact"
-    assert m["index"] == {"backend": "annoy", "file": ix.ANNOY_FILE, "metric": "angular", "dim": 1280,
-                          "n_trees": ix.DEFAULT_TREES}
-    for name in (ix.ANNOY_FILE, ix.ITEMS_FILE, ix.STORE_FILE):
+    assert m["index"] == {"backend": "annoy", "file": ANNOY_FILE, "metric": "angular", "dim": 1280,
+                          "n_trees": DEFAULT_TREES}
+    for name in (ANNOY_FILE, ITEMS_FILE, STORE_FILE):
         assert (bundle_dir / name).stat().st_size > 0
     assert not list(bundle_dir.parent.glob(".bundle.*"))  # no temporary or old directories left behind
 
@@ -60,7 +68,7 @@ def test_score_is_the_cosine_of_the_full_vectors(bundle, extractor):
     rng = np.random.default_rng(3)
     q = rng.standard_normal(extractor.dim).astype(np.float32)
     q /= np.linalg.norm(q)
-    store = np.load(bundle.directory / ix.STORE_FILE).astype(np.float32)
+    store = np.load(bundle.directory / STORE_FILE).astype(np.float32)
     expected = np.sort(store @ q)[::-1][:4]
     got = [m.score for m in bundle.search(q, k=4)]
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -85,57 +93,57 @@ def _copy(bundle_dir, tmp_path):
 
 
 def _edit_manifest(d, fn):
-    m = json.loads((d / ix.MANIFEST).read_text())
+    m = json.loads((d / MANIFEST).read_text())
     fn(m)
-    (d / ix.MANIFEST).write_text(json.dumps(m))
+    (d / MANIFEST).write_text(json.dumps(m))
 
 
 def test_refuses_a_bundle_of_another_model(bundle_dir, extractor, tmp_path):
     d = _copy(bundle_dir, tmp_path)
     _edit_manifest(d, lambda m: m["model"].update(sha256="ab" * 32, name="other_model"))
     with pytest.raises(BundleError) as err:
-        ix.Bundle.open(d, extractor=extractor)
+        Bundle.open(d, extractor=extractor)
     msg = str(err.value)
     assert "\n" not in msg and "other_model" in msg and "abababababab" in msg
     assert extractor.sha256[:12] in msg and "pi-search index build" in msg
-    ix.Bundle.open(d).close()  # without an extractor there is nothing to compare
+    Bundle.open(d).close()  # without an extractor there is nothing to compare
 
 
 def test_refuses_another_dimension(bundle_dir, extractor, tmp_path):
     d = _copy(bundle_dir, tmp_path)
     _edit_manifest(d, lambda m: m["model"].update(dim=1792))
     with pytest.raises(BundleError, match=r"1792-d but the model .* gives 1280-d; rebuild"):
-        ix.Bundle.open(d, extractor=extractor)
+        Bundle.open(d, extractor=extractor)
 
 
 def test_refuses_a_newer_format(bundle_dir, extractor, tmp_path):
     d = _copy(bundle_dir, tmp_path)
-    _edit_manifest(d, lambda m: m.update(format_version=ix.FORMAT_VERSION + 1))
+    _edit_manifest(d, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(BundleError, match=r"newer than this pi-search reads .*rebuild"):
-        ix.Bundle.open(d, extractor=extractor)
+        Bundle.open(d, extractor=extractor)
 
 
 @pytest.mark.parametrize("damage", ["no-manifest", "bad-json", "no-store", "truncated-store"])
 def test_damaged_bundles_give_one_line_errors(bundle_dir, tmp_path, damage):
     d = _copy(bundle_dir, tmp_path)
     if damage == "no-manifest":
-        (d / ix.MANIFEST).unlink()
+        (d / MANIFEST).unlink()
     elif damage == "bad-json":
-        (d / ix.MANIFEST).write_text("{not json")
+        (d / MANIFEST).write_text("{not json")
     elif damage == "no-store":
-        (d / ix.STORE_FILE).unlink()
+        (d / STORE_FILE).unlink()
     else:
-        data = (d / ix.STORE_FILE).read_bytes()
-        (d / ix.STORE_FILE).write_bytes(data[: len(data) // 2])
+        data = (d / STORE_FILE).read_bytes()
+        (d / STORE_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError) as err:
-        ix.Bundle.open(d)
+        Bundle.open(d)
     msg = str(err.value)
     assert "\n" not in msg and ("rebuild" in msg or "pi-search index build" in msg)
 
 
 def test_missing_directory_says_how_to_build(tmp_path):
     with pytest.raises(BundleError, match="pi-search index build CATALOG --out"):
-        ix.Bundle.open(tmp_path / "nothing")
+        Bundle.open(tmp_path / "nothing")
 
 
 def _clustered(n=3000, dim=64, seed=0):
@@ -146,9 +154,9 @@ def _clustered(n=3000, dim=64, seed=0):
 
 
 def _write(tmp_path, x, name, **opts):
-    items = [ix.Item(f"id{i}", f"item {i}") for i in range(len(x))]
+    items = [Item(f"id{i}", f"item {i}") for i in range(len(x))]
     model = {"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]}
-    ix.write_bundle(tmp_path / name, x, items, model=model, options=ix.BuildOptions(**opts))
+    write_bundle(tmp_path / name, x, items, model=model, options=BuildOptions(**opts))
     return tmp_path / name
 
 
@@ -158,11 +166,11 @@ def test_ann_with_projection_and_rerank_agrees_with_exact(tmp_path, store):
     exact = _write(tmp_path, x, "exact", search="exact")
     ann = _write(tmp_path, x, f"ann-{store}", search="ann", dims=16, n_trees=20, store_dtype=store,
                  candidates=100, search_k=4000)
-    m = json.loads((ann / ix.MANIFEST).read_text())
+    m = json.loads((ann / MANIFEST).read_text())
     assert m["projection"]["dims"] == 16 and m["index"]["dim"] == 16 and m["store"]["dtype"] == store
     rng = np.random.default_rng(1)
     queries = x[rng.choice(len(x), 50, replace=False)] + 0.05 * rng.standard_normal((50, x.shape[1]))
-    with ix.Bundle.open(exact) as be, ix.Bundle.open(ann) as ba:
+    with Bundle.open(exact) as be, Bundle.open(ann) as ba:
         hits = 0
         for q in queries.astype(np.float32):
             e, _ = be.search_indices(q, 10)
@@ -179,33 +187,33 @@ def test_ann_with_projection_and_rerank_agrees_with_exact(tmp_path, store):
 def test_search_overrides_and_bad_vectors(tmp_path):
     x = _clustered(500, 32)
     d = _write(tmp_path, x, "b", search="ann", dims=8, n_trees=5)
-    with ix.Bundle.open(d, search={"mode": "exact"}) as b:
+    with Bundle.open(d, search={"mode": "exact"}) as b:
         idx, s = b.search_indices(x[7], 3)
         assert idx[0] == 7 and s[0] == pytest.approx(1.0, abs=1e-3)
         with pytest.raises(BundleError, match="31 dims"):
             b.search(x[7][:31])
     with pytest.raises(BundleError, match="search settings"):
-        ix.Bundle.open(d, search={"bogus": 1})
+        Bundle.open(d, search={"bogus": 1})
 
 
 def test_pca_projection_contract():
     x = _clustered(800, 32)
-    p = ix.fit_pca(x, 8)
+    p = fit_pca(x, 8)
     y = p.apply(x)
     assert y.shape == (800, 8) and y.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
     assert 0.0 < p.explained <= 1.0
-    w = ix.fit_pca(x, 8, whiten=True)
+    w = fit_pca(x, 8, whiten=True)
     z = (x - w.mean) @ w.components.T
     np.testing.assert_allclose(z.var(axis=0, ddof=1), 1.0, rtol=0.05)
     with pytest.raises(BundleError, match="--dims 40"):
-        ix.fit_pca(x, 40)
+        fit_pca(x, 40)
 
 
 def test_info_lists_files_and_sizes(bundle_dir):
-    data = ix.info(bundle_dir)
+    data = info(bundle_dir)
     assert data["items"] == len(CATALOG_PHOTOS)
-    assert set(data["files"]) >= {ix.MANIFEST, ix.ANNOY_FILE, ix.ITEMS_FILE, ix.STORE_FILE}
+    assert set(data["files"]) >= {MANIFEST, ANNOY_FILE, ITEMS_FILE, STORE_FILE}
     assert data["total_bytes"] == sum(p.stat().st_size for p in bundle_dir.iterdir())
 
 
@@ -213,12 +221,12 @@ def test_usearch_backend_behind_the_same_interface(tmp_path):
     x = _clustered(2000, 48)
     exact = _write(tmp_path, x, "exact", search="exact")
     us = _write(tmp_path, x, "us", search="ann", dims=24, backend="usearch", candidates=60)
-    m = json.loads((us / ix.MANIFEST).read_text())
-    assert m["index"]["backend"] == "usearch" and (us / ix.USEARCH_FILE).is_file()
-    assert not (us / ix.ANNOY_FILE).exists()
+    m = json.loads((us / MANIFEST).read_text())
+    assert m["index"]["backend"] == "usearch" and (us / USEARCH_FILE).is_file()
+    assert not (us / ANNOY_FILE).exists()
     rng = np.random.default_rng(2)
     hits = 0
-    with ix.Bundle.open(exact) as be, ix.Bundle.open(us) as bu:
+    with Bundle.open(exact) as be, Bundle.open(us) as bu:
         for i in rng.choice(len(x), 40, replace=False):
             q = x[i] + 0.05 * rng.standard_normal(x.shape[1]).astype(np.float32)
             e, _ = be.search_indices(q, 10)
@@ -237,14 +245,14 @@ def test_leftovers_of_a_killed_build_are_removed(tmp_path):
     (stale / "index.ann").write_bytes(b"half")
     _write(tmp_path, x, "b", search="exact")
     assert not stale.exists()
-    assert (tmp_path / "b" / ix.MANIFEST).is_file()
+    assert (tmp_path / "b" / MANIFEST).is_file()
     running = tmp_path / ".b.tmp-cafe0000"
     running.mkdir()
-    with ix.bundle_lock(tmp_path / "b", what="build"):
-        ix.recover(tmp_path / "b")          # another process's clean-up: the lock is held, nothing goes
+    with bundle_lock(tmp_path / "b", what="build"):
+        recover(tmp_path / "b")          # another process's clean-up: the lock is held, nothing goes
         assert running.exists()
         with pytest.raises(CatalogError, match="another build .* is running"), \
-                ix.bundle_lock(tmp_path / "b", wait=False):
+                bundle_lock(tmp_path / "b", wait=False):
             pass
-    ix.recover(tmp_path / "b")
+    recover(tmp_path / "b")
     assert not running.exists() and not list(tmp_path.glob(".b.lock"))

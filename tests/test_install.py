@@ -342,7 +342,8 @@ def test_installed_wheel_finds_the_shipped_model(tmp_path):
     assert model["sha256"] == sums["efficientnet_lite0_int8.tflite"]
 
     # The float32 model is not in the wheel: found beside the venv, where install.sh puts both models.
-    lookup = [str(venv / "bin/python"), "-c", "from pi_search.models import SHIPPED_FLOAT, shipped_model; "
+    lookup = [str(venv / "bin/python"), "-c", "from pi_search.model.shipped import SHIPPED_FLOAT, "
+              "shipped_model; "
               "print(shipped_model(SHIPPED_FLOAT))"]
     absent = subprocess.run(lookup, cwd=elsewhere, capture_output=True, text=True, check=True)
     assert not Path(absent.stdout.strip()).is_file()

@@ -13,11 +13,10 @@ from conftest import camera_view
 from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search import images
-from pi_search.benchmark_data import load_rgba, on_white
 from pi_search.config import is_loopback, load_config
-from pi_search.index import Bundle
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
+from pi_search.tools.benchmark_data import load_rgba, on_white
 from pi_search.web import create_app
 
 OSTRICH = "/usr/share/tuxpaint/stamps/animals/birds/ostrich.png"
@@ -43,13 +42,13 @@ def make(tmp_path, bundle_dir, extractor, ostrich):
     """Builds (service, client) over a private copy of the bundle; the camera shows the ostrich."""
     made = []
 
-    def _make(start=True, bare=False, **overrides):
+    def _make(start=True, **overrides):
         live = tmp_path / f"bundle{len(made)}"
         shutil.copytree(bundle_dir, live)
-        cat = Bundle.open(live, extractor=extractor) if bare else Catalog.open(live, extractor=extractor)
+        cat = LiveCatalog.open(live, extractor=extractor)
         config = load_config(None, {"gate.enabled": False, **overrides})
         frame = camera_view(ostrich)
-        svc = Service(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config,
+        svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config,
                       source_name="test")
         made.append((svc, cat))
         if start:
@@ -138,8 +137,8 @@ def test_compaction_from_the_api_keeps_the_item(make, ostrich):
 
 
 def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich, extractor):
-    from pi_search.live import embed_background, without_background
-    from pi_search.views import embed_query_image
+    from pi_search.index.teach import embed_background, without_background
+    from pi_search.model.framing import embed_query_image
 
     svc, client = make()
     assert client.get("/api/items").get_json()["background"] is False
@@ -150,7 +149,7 @@ def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich
     r = client.post("/api/items", data={"title": "Ostrich", "id": "o", "image": [(jpeg(shot), "s.jpg")],
                                         "kind": ["camera"]})
     assert r.status_code == 201
-    stored = svc.bundle.store.snapshot().vectors[0]
+    stored = svc.catalog.store.snapshot().vectors[0]
     decoded = images.decode(images.encode_jpeg(shot, 90))
     bg = embed_background(extractor, images.decode(images.encode_jpeg(room, 90)))
     expected = without_background(embed_query_image(extractor, decoded)[None], bg)[0]
@@ -205,8 +204,3 @@ def test_teach_page_and_link(make):
         assert asset.status_code == 200 and not re.search(rb"https?://", asset.data)
 
 
-def test_a_bare_bundle_cannot_be_taught(make, ostrich):
-    _, client = make(start=False, bare=True)
-    r = client.post("/api/items", data={"title": "Ostrich", "image": [(jpeg(ostrich), "p.jpg")]})
-    assert r.status_code == 503 and "change store" in r.get_json()["error"]
-    assert client.get("/api/items").status_code == 503

@@ -6,17 +6,16 @@ import io
 import shutil
 import threading
 
-import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 from fakes import wait_until
 
 from pi_search import images
-from pi_search.catalog import build_bundle
 from pi_search.config import load_config
-from pi_search.live import Catalog
-from pi_search.service import Service
-from pi_search.views import embed_query_image
+from pi_search.index.build import build_bundle
+from pi_search.index.live import LiveCatalog
+from pi_search.model.framing import embed_query_image
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 SMALL = CATALOG_PHOTOS[:4]  # astronaut, cat, coffee, rocket
@@ -97,9 +96,9 @@ def live(tmp_path, bundle_dir, extractor):
     def _make(refresh_s: float = 0.2):
         d = tmp_path / "live" / "bundle"
         shutil.copytree(bundle_dir, d)
-        cat = Catalog.open(d, extractor=extractor, refresh_s=refresh_s)
+        cat = LiveCatalog.open(d, extractor=extractor, refresh_s=refresh_s).watch()
         config = load_config(None, {})
-        svc = Service(lambda: None, extractor, cat, config)
+        svc = Worker(lambda: None, extractor, cat, config)
         made.append(cat)
         return d, cat, svc, create_app(svc, config).test_client()
 
@@ -139,7 +138,7 @@ def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extr
 
 
 def test_a_failed_build_leaves_the_old_bundle_serving(live, small_catalog, extractor, queries, monkeypatch):
-    import pi_search.index as index
+    import pi_search.index.write as index
 
     vectors, _ = queries
     d, cat, svc, client = live()
@@ -147,7 +146,7 @@ def test_a_failed_build_leaves_the_old_bundle_serving(live, small_catalog, extra
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(index, "_write_items", full_disk)
+    monkeypatch.setattr(index, "write_items", full_disk)
     with Hammer(cat, vectors) as h:
         assert wait_until(lambda: h.count() > 20)
         with pytest.raises(OSError, match="No space left"):
@@ -189,20 +188,17 @@ def test_reload_from_another_site_or_without_token_is_refused(live, tmp_path):
     assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
 
 
-def test_plain_bundle_is_swapped_and_the_old_one_stays_usable(tmp_path, bundle_dir, small_catalog, extractor,
-                                                             queries):
-    from pi_search.index import Bundle
-
+def test_reload_swaps_in_the_rebuilt_bundle(tmp_path, bundle_dir, small_catalog, extractor, queries):
     vectors, _ = queries
     d = tmp_path / "bundle"
     shutil.copytree(bundle_dir, d)
-    old = Bundle.open(d, extractor=extractor)
-    svc = Service(lambda: None, extractor, old, load_config(None, {}))
+    cat = LiveCatalog.open(d, extractor=extractor)   # no watcher: only reload_bundle swaps
+    old = cat.bundle
+    svc = Worker(lambda: None, extractor, cat, load_config(None, {}))
+    assert svc.catalog.search(vectors[2], 1)[0].id == "orange"
     build_bundle(small_catalog, d, extractor, progress=False)
+    assert cat.bundle is old and svc.catalog.search(vectors[2], 1)[0].id == "orange"  # no swap by a search
     info = svc.reload_bundle()
-    assert info["items"] == len(SMALL) and svc.bundle is not old
-    # A search that started on the old bundle still completes on it (its files stay mapped).
-    assert old.search(np.asarray(vectors[2]), 1)[0].id == "orange"
-    assert svc.bundle.search(vectors[0], 1)[0].id == "coffee"
-    old.close()
-    svc.bundle.close()
+    assert info["items"] == len(SMALL) and cat.bundle is not old and len(cat) == len(SMALL)
+    assert svc.catalog.search(vectors[0], 1)[0].id == "coffee"
+    cat.close()

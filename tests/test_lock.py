@@ -13,8 +13,8 @@ from fakes import ListSource, SourceFactory
 from pi_search import images
 from pi_search.config import load_config
 from pi_search.errors import ConfigError
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 from pi_search.web.lock import MAX_TRIES
 
@@ -31,9 +31,9 @@ def make(tmp_path, bundle_dir, extractor):
     def _make(**overrides):
         live = tmp_path / f"bundle{len(made)}"
         shutil.copytree(bundle_dir, live)
-        cat = Catalog.open(live, extractor=extractor)
+        cat = LiveCatalog.open(live, extractor=extractor)
         config = load_config(None, overrides)
-        svc = Service(SourceFactory(lambda n: ListSource([], fps=1.0)), extractor, cat, config,
+        svc = Worker(SourceFactory(lambda n: ListSource([], fps=1.0)), extractor, cat, config,
                       source_name="test")
         made.append(cat)
         return create_app(svc, config).test_client(), cat

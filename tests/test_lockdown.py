@@ -21,19 +21,19 @@ from fakes import free_port as _free_port
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.service import Service
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 EXE = Path(sys.executable).with_name("pi-search")
 
 
 @pytest.fixture
-def make(extractor, bundle, coffee):
+def make(extractor, catalog, coffee):
     made = []
 
     def _make(**overrides):
         config = load_config(None, overrides)
-        svc = Service(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, bundle, config)
+        svc = Worker(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config)
         made.append(svc)
         svc.start()
         assert wait_until(lambda: svc.latest() is not None)

@@ -55,15 +55,15 @@ def test_demo_on_a_busy_port_fails_before_building(busy_port, tmp_path):
     assert not (tmp_path / "state" / "demo-bundle").exists()
 
 
-def test_port_taken_after_the_check_is_the_same_one_line_error(busy_port, extractor, bundle):
+def test_port_taken_after_the_check_is_the_same_one_line_error(busy_port, extractor, catalog):
     """The race between the early check and the bind: run() raises the same error, and starts nothing."""
     from pi_search.config import load_config
-    from pi_search.service import Service
+    from pi_search.pipeline.worker import Worker
     from pi_search.web import create_app
     from pi_search.web.server import run
 
     config = load_config(None, {})
-    service = Service(SourceFactory(lambda n: ListSource([])), extractor, bundle, config)
+    service = Worker(SourceFactory(lambda n: ListSource([])), extractor, catalog, config)
     before, handler = threading.active_count(), signal.getsignal(signal.SIGTERM)
     with pytest.raises(PiSearchError, match=f"127.0.0.1:{busy_port} is already in use"):
         run(create_app(service, config), service, host="127.0.0.1", port=busy_port, max_viewers=2)
@@ -71,15 +71,15 @@ def test_port_taken_after_the_check_is_the_same_one_line_error(busy_port, extrac
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
-def test_address_printed_once_the_page_is_served(extractor, bundle, coffee):
+def test_address_printed_once_the_page_is_served(extractor, catalog, coffee):
     """``on_serving(url)`` runs once the socket listens: the page at that address answers."""
     from pi_search.config import load_config
-    from pi_search.service import Service
+    from pi_search.pipeline.worker import Worker
     from pi_search.web import create_app
     from pi_search.web.server import run
 
     config = load_config(None, {"camera.fps": 5.0})
-    service = Service(SourceFactory(lambda n: ListSource([coffee], fps=5.0)), extractor, bundle, config)
+    service = Worker(SourceFactory(lambda n: ListSource([coffee], fps=5.0)), extractor, catalog, config)
     seen: dict = {}
 
     def on_serving(url: str) -> None:

@@ -10,7 +10,10 @@ from conftest import camera_view, load_photo
 from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search.config import load_config
-from pi_search.service import Gate, Histogram, Service, Smoother
+from pi_search.pipeline.gate import Gate
+from pi_search.pipeline.stabilise import Smoother
+from pi_search.pipeline.stats import Stats
+from pi_search.pipeline.worker import Worker
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +23,14 @@ def shots():
             [("coffee", "skimage:coffee"), ("cat", "skimage:chelsea"), ("rocket", "skimage:rocket")]}
 
 
-def make_service(extractor, bundle, factory, **overrides):
+def make_service(extractor, catalog, factory, **overrides):
     config = load_config(None, overrides)
-    return Service(factory, extractor, bundle, config, source_name="test")
+    return Worker(factory, extractor, catalog, config, source_name="test")
 
 
-def test_worker_publishes_matches_timings_and_one_jpeg(extractor, bundle, shots):
+def test_worker_publishes_matches_timings_and_one_jpeg(extractor, catalog, shots):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]], loop=True))
-    svc = make_service(extractor, bundle, factory).start()
+    svc = make_service(extractor, catalog, factory).start()
     try:
         assert wait_until(lambda: svc.latest() is not None)
         r = svc.latest()
@@ -45,9 +48,9 @@ def test_worker_publishes_matches_timings_and_one_jpeg(extractor, bundle, shots)
     assert "jpeg" not in d and d["frame_id"] == r.frame_id
 
 
-def test_a_still_scene_is_inferred_once(extractor, bundle, shots):
+def test_a_still_scene_is_inferred_once(extractor, catalog, shots):
     src = ListSource([shots["cat"]], loop=True, noise=2.0)  # sensor noise on a still scene
-    svc = make_service(extractor, bundle, lambda: src, **{"gate.refresh_s": 0.0})
+    svc = make_service(extractor, catalog, lambda: src, **{"gate.refresh_s": 0.0})
     svc.start()
     try:
         assert wait_until(lambda: svc.stats.frames >= 30)
@@ -58,8 +61,8 @@ def test_a_still_scene_is_inferred_once(extractor, bundle, shots):
     assert svc.latest().matches[0].id == "cat"
 
 
-def test_a_new_item_is_inferred_at_once(extractor, bundle, shots):
-    svc = make_service(extractor, bundle, None)
+def test_a_new_item_is_inferred_at_once(extractor, catalog, shots):
+    svc = make_service(extractor, catalog, None)
     frames = ListSource([shots["cat"]] * 3 + [shots["rocket"]] * 3, loop=False)
     frames.start()
     published = [svc.process(frames.read()) for _ in range(6)]
@@ -68,8 +71,8 @@ def test_a_new_item_is_inferred_at_once(extractor, bundle, shots):
     assert published[3].matches[0].id == "rocket"  # no smoothing lag across items
 
 
-def test_gate_disabled_infers_every_frame(extractor, bundle, shots):
-    svc = make_service(extractor, bundle, None, **{"gate.enabled": False})
+def test_gate_disabled_infers_every_frame(extractor, catalog, shots):
+    svc = make_service(extractor, catalog, None, **{"gate.enabled": False})
     src = ListSource([shots["cat"]])
     src.start()
     assert all(svc.process(src.read()) is not None for _ in range(4))
@@ -104,9 +107,9 @@ def test_smoother_damps_noise_and_restarts_on_a_new_item():
     assert sm.resets == 2
 
 
-def test_source_that_fails_to_start_is_retried(extractor, bundle, shots):
+def test_source_that_fails_to_start_is_retried(extractor, catalog, shots):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]]), failing_starts=2)
-    svc = make_service(extractor, bundle, factory).start()
+    svc = make_service(extractor, catalog, factory).start()
     try:
         assert wait_until(lambda: svc.latest() is not None)
         assert svc.camera_state() == (True, "ok")
@@ -118,9 +121,9 @@ def test_source_that_fails_to_start_is_retried(extractor, bundle, shots):
 
 
 @pytest.mark.parametrize("failure", ["fail_reads", "crash_reads"])
-def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, bundle, shots, failure):
+def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, catalog, shots, failure):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]], **({failure: {2}} if n == 0 else {})))
-    svc = make_service(extractor, bundle, factory).start()
+    svc = make_service(extractor, catalog, factory).start()
     try:
         assert wait_until(lambda: len(factory.made) >= 2 and factory.made[1].reads > 3)
         assert svc.health()["worker"]["alive"]
@@ -130,9 +133,9 @@ def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, bundle, sho
     assert factory.made[0].stopped == 1  # the failed camera was closed before reopening
 
 
-def test_health_reports_the_camera_reason(extractor, bundle, shots):
+def test_health_reports_the_camera_reason(extractor, catalog, shots):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]], loop=False), failing_starts=99)
-    svc = make_service(extractor, bundle, factory)
+    svc = make_service(extractor, catalog, factory)
     h = svc.health()
     assert h["ok"] is False and h["camera"]["reason"] == "not started"
     svc.start()
@@ -140,13 +143,13 @@ def test_health_reports_the_camera_reason(extractor, bundle, shots):
         assert wait_until(lambda: "not found" in svc.health()["camera"]["reason"])
         h = svc.health()
         assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
-        assert h["model"]["up"] and h["index"] == {"up": True, "items": len(bundle), "problem": None,
+        assert h["model"]["up"] and h["index"] == {"up": True, "items": len(catalog), "problem": None,
                                                    "last_fault": None}
     finally:
         svc.stop()
 
 
-def test_camera_without_frames_for_timeout_counts_as_down(extractor, bundle, shots):
+def test_camera_without_frames_for_timeout_counts_as_down(extractor, catalog, shots):
     blocked = threading.Event()
 
     class Stalls(ListSource):
@@ -155,7 +158,7 @@ def test_camera_without_frames_for_timeout_counts_as_down(extractor, bundle, sho
                 blocked.wait(30)  # a camera that stops delivering frames without an error
             return super().read()
 
-    svc = make_service(extractor, bundle, lambda: Stalls([shots["cat"]]), **{"camera.timeout_s": 0.3})
+    svc = make_service(extractor, catalog, lambda: Stalls([shots["cat"]]), **{"camera.timeout_s": 0.3})
     svc.start()
     try:
         assert wait_until(lambda: svc.stats.frames >= 2)
@@ -167,9 +170,9 @@ def test_camera_without_frames_for_timeout_counts_as_down(extractor, bundle, sho
         svc.stop()
 
 
-def test_stop_closes_the_camera_and_wakes_waiters(extractor, bundle, shots):
+def test_stop_closes_the_camera_and_wakes_waiters(extractor, catalog, shots):
     src = ListSource([shots["coffee"], shots["cat"]], fps=50.0)
-    svc = make_service(extractor, bundle, lambda: src).start()
+    svc = make_service(extractor, catalog, lambda: src).start()
     assert wait_until(lambda: svc.latest() is not None)
     got = []
     waiter = threading.Thread(target=lambda: got.append(svc.wait_for_result(svc.latest(), 30.0)))
@@ -183,8 +186,8 @@ def test_stop_closes_the_camera_and_wakes_waiters(extractor, bundle, shots):
     assert not svc.health()["worker"]["alive"]
 
 
-def test_wait_for_result_returns_the_next_one(extractor, bundle, shots):
-    svc = make_service(extractor, bundle, None, **{"gate.enabled": False})
+def test_wait_for_result_returns_the_next_one(extractor, catalog, shots):
+    svc = make_service(extractor, catalog, None, **{"gate.enabled": False})
     src = ListSource([shots["coffee"]])
     src.start()
     first = svc.process(src.read())
@@ -195,25 +198,50 @@ def test_wait_for_result_returns_the_next_one(extractor, bundle, shots):
     assert nxt is not None and nxt.frame_id == first.frame_id + 1
 
 
-def test_upload_search_uses_the_model_without_the_camera(extractor, bundle, shots):
-    svc = make_service(extractor, bundle, None)
+def test_upload_search_uses_the_model_without_the_camera(extractor, catalog, shots):
+    svc = make_service(extractor, catalog, None)
     matches, timings = svc.search_image(shots["rocket"], 3)
     assert [m.id for m in matches][0] == "rocket" and len(matches) == 3
     assert timings["embed"] > 0
     assert svc.stats.uploads == 1 and svc.stats.frames == 0
 
 
-def test_histogram_is_cumulative():
-    h = Histogram((0.01, 0.1))
-    for s in (0.005, 0.05, 0.05, 3.0):
-        h.observe(s)
-    assert h.cumulative() == [("0.01", 1), ("0.1", 3), ("+Inf", 4)]
-    assert h.sum == pytest.approx(3.105)
+def test_stats_are_prometheus_metrics_safe_from_many_threads():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    stats = Stats()
+
+    def count():
+        for _ in range(2000):
+            stats.add("uploads")
+            stats.observe("search", 0.004)
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats.observe("search", 3.0)
+    assert stats.uploads == 16_000 and stats.frames == 0
+    assert stats.stage("search") == (16_001, pytest.approx(16_000 * 0.004 + 3.0))
+    registry = CollectorRegistry()
+    for c in stats.collectors:
+        registry.register(c)
+    assert registry.get_sample_value("pi_search_uploads_total") == 16_000
+    # cumulative buckets: every fast one at 5 ms and above, the slow one only in +Inf
+    assert registry.get_sample_value("pi_search_stage_seconds_bucket", {"stage": "search", "le": "0.002"}) \
+        == 0
+    assert registry.get_sample_value("pi_search_stage_seconds_bucket", {"stage": "search", "le": "0.005"}) \
+        == 16_000
+    assert registry.get_sample_value("pi_search_stage_seconds_bucket", {"stage": "search", "le": "+Inf"}) \
+        == 16_001
+    assert b'pi_search_stage_seconds_count{stage="latency"} 0.0' in generate_latest(registry)
+
 
 
 def test_agreement_holds_a_near_tie_until_the_new_leader_repeats():
-    from pi_search.index import Match
-    from pi_search.service import Agreement
+    from pi_search.index.bundle import Match
+    from pi_search.pipeline.stabilise import Agreement
 
     def ms(*ids):
         return tuple(Match(i, i.upper(), None, 0.5 - n * 0.01) for n, i in enumerate(ids))

@@ -122,13 +122,13 @@ def test_refusal_in_a_real_process_prints_no_traceback(tmp_path, bundle_dir):
 def test_sigterm_while_the_bundle_is_written_removes_it(tmp_path, catalog_dir, bundle_dir, extractor,
                                                         monkeypatch):
     """SIGTERM arrives in the middle of writing the new bundle: nothing half-written stays, the old serves."""
-    import pi_search.index as index
-    from pi_search.catalog import build_bundle
+    import pi_search.index.write as index
+    from pi_search.index.build import build_bundle
     from pi_search.shutdown import EXIT_TERMINATED, terminate_as_exit
 
     d = _copy(bundle_dir, tmp_path)
     manifest = (d / "manifest.json").read_bytes()
-    real = index._write_items
+    real = index.write_items
 
     def write_items_then_terminate(*args, **kwargs):
         real(*args, **kwargs)
@@ -136,7 +136,7 @@ def test_sigterm_while_the_bundle_is_written_removes_it(tmp_path, catalog_dir, b
         time.sleep(5)  # never reached in full: the signal raises SystemExit
         raise AssertionError("SIGTERM was not turned into an exit")
 
-    monkeypatch.setattr(index, "_write_items", write_items_then_terminate)
+    monkeypatch.setattr(index, "write_items", write_items_then_terminate)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exc, terminate_as_exit():
         build_bundle(catalog_dir, d, extractor, progress=False)
@@ -233,7 +233,7 @@ def _stop(proc) -> int:
 
 @pytest.mark.slow
 def test_sighup_maps_a_rebuilt_bundle(tmp_path, bundle_dir, extractor):
-    from pi_search.catalog import build_bundle
+    from pi_search.index.build import build_bundle
 
     d = _copy(bundle_dir, tmp_path)
     proc, url, log = _daemon(tmp_path, d)

@@ -22,9 +22,9 @@ from fakes import multipart
 from fakes import request_json as _request
 
 from pi_search import images
-from pi_search.benchmark_data import load_rgba, on_white
-from pi_search.changes import store_path
-from pi_search.live import Catalog
+from pi_search.index.changes import store_path
+from pi_search.index.live import LiveCatalog
+from pi_search.tools.benchmark_data import load_rgba, on_white
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,8 @@ def test_running_daemon_learns_items_and_keeps_them_through_compaction(tmp_path,
 
 ADDER = textwrap.dedent("""
     import sys, numpy as np
-    from pi_search.live import Catalog
-    cat = Catalog.open(sys.argv[1])
+    from pi_search.index.live import LiveCatalog
+    cat = LiveCatalog.open(sys.argv[1])
     rng = np.random.default_rng(int(sys.argv[2]))
     for i in range(100000):
         v = rng.normal(size=(3, 1280)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_kill_9_during_adds_loses_nothing_acknowledged(tmp_path, setup):
     db = sqlite3.connect(store_path(live))
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
-    cat = Catalog.open(live)
+    cat = LiveCatalog.open(live)
     present = {it.id for it in cat.changes()}
     assert set(acked) <= present and len(present) <= len(acked) + 1
     vecs = _vectors(7, len(present))
@@ -183,17 +183,17 @@ def test_kill_9_during_adds_loses_nothing_acknowledged(tmp_path, setup):
 
 COMPACTOR = textwrap.dedent("""
     import sys, time
-    import pi_search.index as index
-    from pi_search.compact import compact
-    from pi_search.changes import ChangeStore, store_path
+    import pi_search.index.write as index
+    from pi_search.index.compact import compact
+    from pi_search.index.changes import ChangeStore, store_path
     bundle, where = sys.argv[1], sys.argv[2]
-    real_fsync = index._fsync_tree
+    real_fsync = index.fsync_tree
     def fsync_tree(path):
         real_fsync(path)
         if where == "writing" and ".tmp-" in path.name:
             print("writing", flush=True)
             time.sleep(60)
-    index._fsync_tree = fsync_tree
+    index.fsync_tree = fsync_tree
     def progress(step):
         print(step, flush=True)
         if step == where:
@@ -207,7 +207,7 @@ COMPACTOR = textwrap.dedent("""
 @pytest.mark.parametrize("where", ["writing", "built", "swapped"])
 def test_kill_9_during_compaction_loses_nothing(tmp_path, setup, where):
     live, _ = setup
-    cat = Catalog.open(live)
+    cat = LiveCatalog.open(live)
     vecs = _vectors(11, 12)
     for i, v in enumerate(vecs):
         cat.add(f"Thing {i}", None, v, item_id=f"t{i}")
@@ -225,12 +225,12 @@ def test_kill_9_during_compaction_loses_nothing(tmp_path, setup, where):
     proc.stdout.close()
 
     def consistent():
-        c = Catalog.open(live)
+        c = LiveCatalog.open(live)
         try:
             assert len(c) == 16 + 12 - 1
             assert [c.search(v[2], 1)[0].id for v in vecs] == [f"t{i}" for i in range(12)]
             assert c.item("coffee") is None
-            return c.bundle.manifest.get("changes", {}).get("folded_seq", 0), c.store.pending()
+            return c.bundle.manifest.folded_seq, c.store.pending()
         finally:
             c.close()
 

@@ -18,9 +18,9 @@ from fakes import ListSource, SourceFactory
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.index import Bundle
-from pi_search.live import Catalog
-from pi_search.service import Service
+from pi_search.index.bundle import Bundle
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -42,10 +42,10 @@ def make(tmp_path, photo_bundle_dir, extractor):
     def _make(**overrides):
         live = tmp_path / f"bundle{len(made)}"
         shutil.copytree(photo_bundle_dir, live)
-        cat = Catalog.open(live, extractor=extractor)
+        cat = LiveCatalog.open(live, extractor=extractor)
         config = load_config(None, {"gate.enabled": False, **overrides})
         frame = np.full((480, 640, 3), 128, np.uint8)
-        svc = Service(SourceFactory(lambda n: ListSource([frame], fps=5.0)), extractor, cat, config,
+        svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=5.0)), extractor, cat, config,
                       source_name="test")
         made.append(cat)
         return svc, create_app(svc, config).test_client()
@@ -72,8 +72,8 @@ def assert_same_scores(a: dict[str, float], b: dict[str, float], what: str, with
 
 # ---------------------------------------------------------------- decoding
 def test_photos_are_decoded_no_larger_than_framing_needs(corpus, extractor):
-    from pi_search.catalog import THUMB_SIZE
-    from pi_search.views import QUERY_CROP
+    from pi_search.images import THUMB_SIZE
+    from pi_search.model.framing import QUERY_CROP
 
     assert math.ceil(extractor.size / QUERY_CROP) <= images.MIN_SIDE and images.MIN_SIDE >= THUMB_SIZE
     for o, path in corpus.phone.items():  # 4032x3024 -> 1/8 scale straight from the JPEG decoder, upright
@@ -96,7 +96,7 @@ def test_reduced_decoding_embeds_like_full_size(corpus, extractor):
     """Decoding at 1/8 scale loses nothing the model sees: same embedding as full size shrunk afterwards."""
     import cv2
 
-    from pi_search.views import embed_catalog_image, embed_query_image
+    from pi_search.model.framing import embed_catalog_image, embed_query_image
 
     for path in (corpus.phone[1], wallpaper("Kleiber_by_Lukas_Baubkus.jpg"), corpus.big):
         small = images.read(path)
@@ -163,7 +163,7 @@ def test_every_real_photo_is_accepted_by_upload_search(make, corpus):
 def test_packaged_photos_search_like_on_the_command_line(make, extractor):
     """Each packaged photo uploaded as it ships (0.3-4.4 MB, up to 6028x3391) is searched at its real size
     and gets the answer the command line's decoding gets."""
-    from pi_search.views import embed_query_image
+    from pi_search.model.framing import embed_query_image
 
     svc, client = make()
     top1 = 0
@@ -173,7 +173,8 @@ def test_packaged_photos_search_like_on_the_command_line(make, extractor):
         assert r.status_code == 200, r.get_json()
         assert r.get_json()["image_size"] == list(images.photo_size(path.read_bytes()))
         got = scores(r.get_json())
-        want = {m.id: m.score for m in svc.bundle.search(embed_query_image(extractor, images.read(path)), 25)}
+        vec = embed_query_image(extractor, images.read(path))
+        want = {m.id: m.score for m in svc.catalog.search(vec, 25)}
         assert_same_scores(got, want, name)
         top1 += max(got, key=got.get) == item_id
     print(f"{top1} of {len(PHOTO_ITEMS)} packaged photos find their own item first")
@@ -218,7 +219,7 @@ def test_a_long_text_field_is_refused_with_the_reason(make, corpus):
 
 
 def test_the_upload_slot_is_taken_before_decoding(make, corpus, monkeypatch):
-    import pi_search.web.uploads as uploads
+    import pi_search.web.routes as uploads  # the route's own name for the decoder
 
     svc, client = make()
     free_at_decode = []

@@ -10,18 +10,18 @@ from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.service import Service
+from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 
 @pytest.fixture
-def make(extractor, bundle, coffee):
+def make(extractor, catalog, coffee):
     """Builds (service, client) for config overrides; the service replays the coffee shot until stopped."""
     made = []
 
     def _make(start=True, **overrides):
         config = load_config(None, overrides)
-        svc = Service(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, bundle, config,
+        svc = Worker(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config,
                       source_name="test")
         made.append(svc)
         if start:
@@ -71,7 +71,7 @@ def test_results_json_shape(make):
     assert body["frame_id"] >= 0 and body["frame_time"] > 0 and body["latency_ms"] >= 0
     s = body["status"]
     assert s["camera"]["up"] is True and s["camera"]["source"] == "list"  # the name the source reports
-    assert s["catalog_items"] == len(svc.bundle) and s["model"] == svc.extractor.name
+    assert s["catalog_items"] == len(svc.catalog) and s["model"] == svc.extractor.name
 
 
 def test_results_before_the_first_frame(make):

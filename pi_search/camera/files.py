@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import images
 from ..errors import ImageError, SourceError
-from . import BaseSource, Frame
+from .source import BaseSource, Frame
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ class FolderSource(BaseSource):
         return (st.st_size, st.st_mtime_ns)
 
     def _load(self, path: Path) -> np.ndarray | None:
-        from .. import images
-
         rgb = self._cache.get(path)
         if rgb is not None:
             return rgb

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import SourceError
-from . import BaseSource, Frame
+from .source import BaseSource, Frame
 
 log = logging.getLogger(__name__)
 

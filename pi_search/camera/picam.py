@@ -6,7 +6,7 @@ import logging
 import time
 
 from ..errors import SourceError
-from . import BaseSource, Frame
+from .source import BaseSource, Frame
 
 log = logging.getLogger(__name__)
 

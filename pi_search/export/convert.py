@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PiSearchError
-from ..preprocess import pad_to_square, to_model_input
+from ..images import read
+from ..model.extractor import Extractor
+from ..model.framing import pad_to_square, to_model_input
 from . import photos as photo_sets
+from .efficientnet_lite import load_models
+from .mobilenet import build, set_batchnorm_statistics
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,9 @@ def build_keras(arch: str, weights: str):
     if arch == "efficientnet_lite0":
         if weights != "imagenet":
             raise PiSearchError("efficientnet_lite0 ships its ImageNet weights: use --weights imagenet")
-        from .efficientnet_lite import load_models
-
         classifier, features = load_models()
         return features, classifier
     if arch == "mobilenet_v2_140":
-        from .mobilenet import build, set_batchnorm_statistics
-
         model = build(weights)
         if weights == "random":
             sample = [_model_input(p.rgb) for p in photo_sets.calibration_photos()[:32]]
@@ -84,8 +84,6 @@ def check_classifier(classifier, report: ExportReport) -> None:
     names = _imagenet_names()
     samples = {"scikit-image:coffee": data.coffee(), "scikit-image:chelsea": data.chelsea()}
     for p in photo_sets.held_out_paths()[:3]:
-        from ..images import read
-
         samples[p.name] = read(p, min_side=None)
     for name, rgb in samples.items():
         logits = classifier(to_model_input(rgb)[None].astype(np.float32)).numpy()[0]
@@ -139,8 +137,6 @@ def export(arch: str, weights: str, out_dir: Path, *, calibration_per_photo: int
     Writes nothing unless every check passes: float vs Keras max abs diff, int8 vs float cosine on
     held-out photos, and (for real ImageNet weights) the classifier's top-5 on real photos.
     """
-    from ..extractor import Extractor
-
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

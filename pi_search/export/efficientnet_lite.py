@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .torch_weights import load_state_dict
+
 log = logging.getLogger(__name__)
 
 # (kernel, stride, expand ratio, output channels, repeats) for the seven stages of EfficientNet-Lite0.
@@ -102,8 +104,6 @@ def build(weights: dict[str, np.ndarray], *, include_top: bool):
 
 def load_models():
     """Return ``(classifier, features)`` Keras models sharing the real ImageNet weights."""
-    from .torch_weights import load_state_dict
-
     weights = load_state_dict(checkpoint_path())
     log.info("loaded %d tensors from %s", len(weights), checkpoint_path().name)
     return build(weights, include_top=True), build(weights, include_top=False)

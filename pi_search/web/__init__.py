@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from . import auth, errors
+from .items import bp as items_bp
+from .lock import bp as lock_bp
+from .metrics import make_registry
+from .routes import bp
+
 log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -17,12 +23,6 @@ def create_app(service, config):
     through ``service.search_image``.
     """
     from flask import Flask
-
-    from . import auth, errors
-    from .items import bp as items_bp
-    from .lock import bp as lock_bp
-    from .metrics import make_registry
-    from .routes import bp
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(config.server.max_upload_mb * 1024 * 1024)

@@ -7,8 +7,15 @@ import threading
 
 from flask import Blueprint, jsonify, render_template, request
 
+from ..errors import CatalogError, ImageError
+from ..images import decode
+from ..index.changes import MAX_SHOTS
+from ..index.teach import embed_background, embed_shots
 from .auth import page as _page
-from .routes import _error, _ext
+from .context import ext as _ext
+from .errors import error as _error
+from .lock import refuse_if_locked, teaching_state
+from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
 
@@ -21,31 +28,19 @@ _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a 
 def _locked():
     """With ``[page] lock_teaching`` every route here but the page itself needs the PIN or the token too
     (Host, Origin and token checks ran before, in ``auth``)."""
-    from .lock import refuse_if_locked
-
     if request.endpoint != "pi_search_items.page":
         return refuse_if_locked()
     return None
 
 
 def _catalog():
-    """The service's live catalog, or None when it has no change store (a bare bundle)."""
-    cat = _ext()["service"].bundle
-    return cat if hasattr(cat, "add") and hasattr(cat, "changes") else None
-
-
-def _no_store():
-    return _error(503, "this daemon serves a bundle without a change store, so items cannot be taught; "
-                       "check that the bundle's directory is writable and restart")
+    """The worker's live catalog (bundle plus taught items)."""
+    return _ext()["service"].catalog
 
 
 def _shots() -> list:
     """The uploaded shots as ``(rgb, kind)``: multipart fields ``image`` (repeated) and ``kind`` (same order,
     ``camera`` or ``photo``; default photo)."""
-    from ..changes import MAX_SHOTS
-    from ..errors import ImageError
-    from .uploads import decode_upload
-
     files = request.files.getlist("image")
     kinds = request.form.getlist("kind")
     if len(files) > MAX_SHOTS:
@@ -66,8 +61,6 @@ def _item_json(cat, item_id: str) -> dict | None:
 
 
 def _embed(cat, shots):
-    from ..live import embed_shots
-
     with _embedding:
         return embed_shots(_ext()["service"].extractor, shots, background=cat.background)
 
@@ -75,8 +68,6 @@ def _embed(cat, shots):
 @bp.get("/teach")
 @_page
 def page():
-    from .lock import teaching_state
-
     return render_template("teach.html", page=_ext()["config"].page, teach=teaching_state())
 
 
@@ -85,8 +76,6 @@ def list_items():
     """The items taught, edited or removed since the bundle was built or compacted, newest first; and
     (``folded``) the 50 items taught most recently that a compaction already folded into the bundle."""
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     rows = []
     for it in cat.changes():
         d = it.as_dict()
@@ -103,11 +92,7 @@ def list_items():
 @bp.post("/api/items")
 def add_item():
     """Teach an item: multipart ``title``, ``price``, ``id`` (optional) and one or more ``image`` shots."""
-    from ..errors import CatalogError, ImageError
-
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     try:
         shots = _shots()
         if not shots:
@@ -126,11 +111,7 @@ def add_item():
 @bp.route("/api/items/<path:item_id>", methods=["PATCH", "POST"])
 def edit_item(item_id: str):
     """Edit an item: any of ``title``, ``price`` (empty clears it) and further ``image`` shots."""
-    from ..errors import CatalogError, ImageError
-
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     try:
         shots = _shots()
         vecs = _embed(cat, shots)[0] if shots else None
@@ -144,11 +125,7 @@ def edit_item(item_id: str):
 
 @bp.delete("/api/items/<path:item_id>")
 def remove_item(item_id: str):
-    from ..errors import CatalogError
-
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     try:
         cat.remove(item_id)
     except CatalogError as exc:  # 404 no such item, 409 already removed
@@ -160,14 +137,7 @@ def remove_item(item_id: str):
 def set_background():
     """Remember the empty scene (multipart ``image``, else the camera's current frame): it is taken out of
     every camera shot taught afterwards, so items taught at the counter do not match each other's counter."""
-    from ..errors import ImageError
-    from ..images import decode
-    from ..live import embed_background
-    from .uploads import decode_upload
-
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     upload = request.files.get("image")
     try:
         if upload is not None:
@@ -189,8 +159,6 @@ def set_background():
 @bp.delete("/api/background")
 def clear_background():
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     cat.set_background(None)
     return jsonify({"background": False})
 
@@ -199,8 +167,6 @@ def clear_background():
 def compact():
     """Start folding the changes into a new bundle in the background (the catalog keeps answering)."""
     cat = _catalog()
-    if cat is None:
-        return _no_store()
     started = cat.compact_in_background()
     resp = jsonify({"started": started, "compacting": cat.compacting})
     resp.status_code = 202

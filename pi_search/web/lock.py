@@ -11,6 +11,9 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
+from .auth import given_token
+from .errors import error as _error
+
 log = logging.getLogger(__name__)
 
 bp = Blueprint("pi_search_lock", __name__)
@@ -58,8 +61,6 @@ def teaching_state() -> str:
     token from ``auth.given_token`` (the header, ``?token=`` on a page, or its cookie; the token check itself
     runs before this).
     """
-    from .auth import given_token
-
     ext = current_app.extensions["pi_search"]
     page, server = ext["config"].page, ext["config"].server
     if not page.lock_teaching:
@@ -87,8 +88,6 @@ def refuse_if_locked():
 def unlock():
     """Form field ``pin``: the right PIN sets a cookie that unlocks teaching for ``UNLOCK_S`` seconds, or
     until ``POST /api/lock``. (Another site's page is refused before this, by ``auth.check_origin``.)"""
-    from .routes import _error
-
     page = current_app.extensions["pi_search"]["config"].page
     if not page.lock_teaching:
         return jsonify({"teach": "open"})

@@ -6,11 +6,16 @@ import logging
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 
+from ..errors import ImageError, PiSearchError
+from ..images import photo_size
 from .auth import page as _page
 from .auth import public as _public
+from .context import ext as _ext
 from .errors import error as _error
+from .lock import teaching_state
+from .uploads import UploadError, check_form, decode_upload
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +25,6 @@ bp = Blueprint("pi_search", __name__, static_folder="static", template_folder="t
 BOUNDARY = "frame"
 KEEPALIVE_S = 5.0
 CHECK_S = 1.0  # long polls and previews look this often whether their client is still there
-
-
-def _ext() -> dict:
-    return current_app.extensions["pi_search"]
 
 
 def status() -> dict:
@@ -36,8 +37,8 @@ def status() -> dict:
         "camera": {"up": up, "reason": reason, "source": service.source_name, "fps": round(service.fps(), 2)},
         "model": getattr(service.extractor, "name", None),
         "threads": config.model.threads,
-        "catalog_items": len(service.bundle) if service.bundle is not None else 0,
-        "catalog_problem": getattr(service.bundle, "problem", None),
+        "catalog_items": len(service.catalog),
+        "catalog_problem": service.catalog.problem,
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
@@ -47,8 +48,6 @@ def status() -> dict:
 @bp.get("/")
 @_page
 def page():
-    from .lock import teaching_state
-
     return render_template("index.html", page=_ext()["config"].page, teach=teaching_state())
 
 
@@ -88,10 +87,6 @@ def _wait_for_result(service, after, wait: float):
 @bp.post("/api/search")
 def search():
     """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
-    from ..errors import ImageError
-    from ..images import photo_size
-    from .uploads import UploadError, check_form, decode_upload
-
     service = _ext()["service"]
     try:
         upload = check_form(request)[0]
@@ -128,11 +123,11 @@ def _display_name(filename: str | None) -> str:
 
 @bp.get("/thumbs/<path:item_id>")
 def thumb(item_id: str):
-    bundle = _ext()["service"].bundle
+    cat = _ext()["service"].catalog
     # a damaged row raises BundleError: JSON 500 for this request (web/errors.py), /healthz shows it
-    data = bundle.thumbnail(item_id) if bundle is not None else None
-    if data is None and not getattr(bundle, "serving", True):
-        return _error(503, f"no catalog is served right now: {bundle.problem}")
+    data = cat.thumbnail(item_id)
+    if data is None and not cat.serving:
+        return _error(503, f"no catalog is served right now: {cat.problem}")
     if data is None:
         return _error(404, f"no thumbnail for item {item_id!r}")
     resp = Response(data, mimetype="image/jpeg")
@@ -180,7 +175,7 @@ def stream():
         return resp
     if not viewers.enter(ext["config"].server.max_viewers):
         return _error(503, "too many preview viewers; close another one or raise server.max_viewers")
-    service.stats.viewers = viewers.count
+    service.stats.set_viewers(viewers.count)
     resp = Response(_Preview(service, viewers, request.environ),
                     content_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}")
     resp.headers["Cache-Control"] = "no-store"
@@ -231,14 +226,12 @@ class _Preview:
                 return
             self._open = False
         self.viewers.leave()
-        self.service.stats.viewers = self.viewers.count
+        self.service.stats.set_viewers(self.viewers.count)
 
 
 @bp.post("/api/reload")
 def reload_bundle():
     """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
-    from ..errors import PiSearchError
-
     try:
         info = _ext()["service"].reload_bundle()
     except PiSearchError as exc:

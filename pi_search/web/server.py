@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .. import notify
 from ..errors import PiSearchError
+from .http import adjustments, make_server
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,6 @@ def max_body_bytes(app) -> int:
 
 def server_options(app) -> dict:
     """waitress settings (for a plain ``waitress.create_server``); ``run`` adds lanes and eviction."""
-    from .http import adjustments
-
     return adjustments(max_body_bytes(app))
 
 
@@ -59,8 +58,6 @@ def run(app, service, *, host: str, port: int, max_viewers: int,
     Tells systemd READY=1 once the socket is bound and the worker runs, STOPPING=1 on the way out;
     ``on_serving(url)`` is called then too. A busy port raises PiSearchError (one line, no traceback).
     """
-    from .http import make_server
-
     try:
         server = make_server(app, host=host, port=port, max_viewers=max_viewers,
                              max_body_bytes=max_body_bytes(app))
@@ -114,8 +111,6 @@ def _url_host(host: str) -> str:
 
 def _reload(service) -> None:
     """SIGHUP: map the bundle rebuilt in place; a broken one is logged and the old one keeps serving."""
-    from ..errors import PiSearchError
-
     try:
         info = service.reload_bundle()
         log.warning("SIGHUP: bundle reloaded, %d items (built %s)", info["items"], info["created"])

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 
 from ..errors import ImageError
+from ..images import decode
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
     Only JPEG, PNG and WebP are decoded (other codecs are refused before any decoder sees them); a file cut
     short is refused rather than shown half grey; huge dimensions are refused from the header.
     """
-    from ..images import decode
-
     if not data:
         raise UploadError(400, f"{name}: empty file (0 bytes)")
     kind = kind_of(data)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, RuntimeMissingError
+from ..errors import ModelError, RuntimeMissingError
+from .framing import to_model_input
+from .shipped import shipped_model
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,6 @@ _TFLITE_MAGIC = b"TFL3"
 
 def default_model_path() -> Path:
     """The shipped int8 EfficientNet-Lite0 extractor (``models/`` of a checkout, else the package data)."""
-    from .models import shipped_model
-
     return shipped_model()
 
 
@@ -178,8 +178,6 @@ class Extractor:
 
     def embed_image(self, rgb: np.ndarray, crop: float = 1.0) -> np.ndarray:
         """Any RGB uint8 [H, W, 3] image -> float32 [dim] (centre crop and resize first)."""
-        from .preprocess import to_model_input
-
         return self.embed(to_model_input(rgb, self.size, crop))
 
     def info(self) -> dict:

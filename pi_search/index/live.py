@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -14,48 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
 from . import leases
-from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, check_id, store_path
-from .errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from .index import Bundle, Match, Projection, recover
+from .bundle import Bundle, Match
+from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
+from .compact import compact
+from .files import recover
+from .ids import VIEW_SEP, check_id, item_of
+from .projection import Projection, normalise
 
 log = logging.getLogger(__name__)
 
-VIEW_SEP = "\x1f"          # bundle rows holding further shots of one item are named "<id>\x1f<n>"
 EXACT_TAUGHT_MAX = 2048    # above this many taught shots, a PCA pre-selection precedes the exact scores
 COARSE_DIMS = 64           # leading PCA components the pre-selection compares (a quarter of the bytes read)
 COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per requested match otherwise)
 REFRESH_S = 1.0            # how often another process's changes are looked for
 RETRY_BAD_S = 10.0         # how often a bundle that failed to open is tried again
 SETTLE_S = 2.0             # files changed in place must stay unchanged this long before they are opened
-BACKGROUND_WEIGHT = 0.8    # share of the empty scene taken out of a camera shot (bench/bench_taught.py)
-
-
-def single_threaded_blas() -> bool:
-    """Run numpy's BLAS on one thread in this process; True if it could be set.
-
-    The daemon's products are small (one query against a few thousand rows), and waking BLAS threads for each
-    costs far more than it saves: on a busy 2-core machine a 10,000 x 256 product took 16 ms threaded and
-    0.44 ms on one thread (bench/bench_taught.py). Called once by the daemon's composition root.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        log.warning("threadpoolctl is missing: BLAS keeps its threads (slower searches on a busy machine)")
-        return False
-    threadpool_limits(limits=1, user_api="blas")
-    return True
-
-
-def item_of(bundle_id: str) -> str:
-    """The item id of a bundle row id (a row holding an extra shot is named ``<id>\\x1f<n>``)."""
-    return bundle_id.split(VIEW_SEP, 1)[0]
-
-
-def _normalise(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
 
 
 def dir_key(directory: Path) -> tuple | None:
@@ -72,21 +48,6 @@ def dir_key(directory: Path) -> tuple | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino), tuple(sorted(files))
-
-
-def folded_seq(manifest: dict) -> int:
-    """The last change a bundle holds (0 for a bundle built from a catalog)."""
-    return int((manifest.get("changes") or {}).get("folded_seq", 0))
-
-
-def load_projection(bundle: Bundle) -> Projection | None:
-    """The bundle's PCA projection (from the files its manifest names), or None."""
-    proj = bundle.manifest.get("projection")
-    if not proj:
-        return None
-    mean = np.load(bundle.directory / Path(proj["mean"]).name)
-    comps = np.load(bundle.directory / Path(proj["components"]).name)
-    return Projection(mean.astype(np.float32), comps.astype(np.float32), bool(proj.get("whiten")), 0.0)
 
 
 @dataclass(frozen=True)
@@ -108,16 +69,16 @@ class _State:
 
 def _open_store(path: Path, bundle: Bundle) -> ChangeStore:
     """The change store for ``bundle``, without the changes the bundle already holds."""
-    cs = ChangeStore(path, dim=bundle.dim, model_sha256=bundle.manifest["model"].get("sha256"))
+    cs = ChangeStore(path, dim=bundle.dim, model_sha256=bundle.manifest.model.sha256 or None)
     try:
-        cs.forget(folded_seq(bundle.manifest))
+        cs.forget(bundle.manifest.folded_seq)
     except BaseException:
         cs.close()
         raise
     return cs
 
 
-class Catalog:
+class LiveCatalog:
     """A Bundle plus a ChangeStore, searched as one catalog with the Bundle's interface.
 
     ``search(vector, k)`` takes float32 [dim], L2-normalised, and returns ``Match`` objects best first, each
@@ -148,7 +109,6 @@ class Catalog:
         self.last_compaction: dict | None = None
         self._dir = Path(directory if directory is not None else bundle.directory)
         self._reload_lock = threading.RLock()
-        self._checked = time.monotonic()
         self._version = store.data_version()
         self._projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> Projection
         self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
@@ -171,7 +131,7 @@ class Catalog:
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, store: str | Path | None = None,
              refresh_s: float = REFRESH_S, readonly: bool = False, compact_after: int = 0,
-             compact_every_s: float = 0.0, wait: bool = False, guard: bool = False) -> Catalog:
+             compact_every_s: float = 0.0, wait: bool = False, guard: bool = False) -> LiveCatalog:
         """Open the bundle at ``directory`` and its change store (``NAME.changes.sqlite`` beside it).
 
         Finishes or undoes a build or compaction interrupted by a crash first, and forgets changes the bundle
@@ -290,7 +250,7 @@ class Catalog:
     def serving(self) -> bool:
         return self._state is not None
 
-    def watch(self) -> Catalog:
+    def watch(self) -> LiveCatalog:
         """Look for changes by other processes and bundles put in place every ``refresh_s`` seconds in a
         background thread (the daemon), even while nothing is searched."""
         if self._watcher is None:
@@ -300,13 +260,13 @@ class Catalog:
 
     def _watch(self) -> None:
         while not self._stop.wait(max(self.refresh_s, 0.05)):
-            self.maybe_refresh()
+            self.refresh()
 
     # ------------------------------------------------------------ state
     def _projection(self, bundle: Bundle) -> Projection | None:
         """The bundle's PCA cut to its ``COARSE_DIMS`` leading components (for the pre-selection)."""
         if bundle not in self._projections:
-            p = load_projection(bundle)
+            p = bundle.projection
             if p is not None:   # rows back to unit length: plain PCA axes even if the bundle's are whitened
                 c = p.components[:COARSE_DIMS]
                 c = c / np.linalg.norm(c, axis=1, keepdims=True)
@@ -315,7 +275,7 @@ class Catalog:
         return self._projections[bundle]
 
     def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
-        done = folded_seq(bundle.manifest)
+        done = bundle.manifest.folded_seq
         items = {}
         for i, it in snap.items.items():
             if it.seq <= done:
@@ -337,7 +297,7 @@ class Catalog:
         if proj is not None:
             coarse = np.empty((len(vecs), proj.dims), np.float32)
             coarse[:m] = proj.apply(vecs[:m])
-        views = int((bundle.manifest.get("changes") or {}).get("views", 0))
+        views = bundle.manifest.views
         size = len(bundle) - views
         size -= sum(1 for it in items.values() if it.base and it.deleted)
         size += sum(1 for it in items.values() if not it.base and not it.deleted)
@@ -427,13 +387,11 @@ class Catalog:
             return False
         return now - self._seen_since >= SETTLE_S
 
-    def maybe_refresh(self) -> None:
-        """Reload if another process changed the store or put another bundle in place (checked every
-        refresh_s); start a scheduled compaction."""
+    def refresh(self) -> None:
+        """Reload if another process changed the store or put another bundle in place; start a compaction
+        when one is due (``compact_every_s``). The watcher calls it every ``refresh_s`` seconds (``watch``);
+        a search never does."""
         now = time.monotonic()
-        if now - self._checked < self.refresh_s:
-            return
-        self._checked = now
         st = self._state
         if (self.compact_every_s > 0 and now - self._last_compact >= self.compact_every_s
                 and st is not None and st.items):
@@ -459,9 +417,10 @@ class Catalog:
         return self._dir
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self):
+        """The served bundle's ``Manifest`` (None while none is served)."""
         st = self._state
-        return {} if st is None else st.bundle.manifest
+        return None if st is None else st.bundle.manifest
 
     @property
     def dim(self) -> int:
@@ -478,16 +437,17 @@ class Catalog:
             raise BundleError(f"no catalog is served right now: {self.problem}")
         return st
 
-    def __enter__(self) -> Catalog:
+    def __enter__(self) -> LiveCatalog:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
-        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once."""
-        self.maybe_refresh()
-        q = _normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
+        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once.
+
+        Reads the published state only: no reload, no compaction (``refresh`` does those)."""
+        q = normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
         k = max(1, int(k))
         best: dict[str, Match] = {}
         with self._reading() as st:
@@ -505,7 +465,7 @@ class Catalog:
 
     def _search_bundle(self, st: _State, q: np.ndarray, k: int, best: dict) -> None:
         bundle, n = st.bundle, len(st.bundle)
-        views = int((bundle.manifest.get("changes") or {}).get("views", 0))
+        views = bundle.manifest.views
         want = min(n, k + min(len(st.masked), 4 * k) + (2 * k if views else 0))
         while True:
             found = bundle.search(q, want)
@@ -614,8 +574,6 @@ class Catalog:
 
         Searches keep running on the current state meanwhile. Returns the compaction report.
         """
-        from .compact import compact
-
         self._last_compact = time.monotonic()
         report = compact(self._dir, self.store)
         self.reload()
@@ -661,22 +619,14 @@ class Catalog:
         """Taught items a compaction already folded into the bundle, most recently taught first (at most
         ``limit``): ``{"id", "title", "price", "extra", "taught_at"}``. Items changed since are left out
         (``changes`` lists them)."""
-        import json
-        import sqlite3
-
-        st = self._state
-        if st is None:
-            return []
-        path = st.bundle.directory / st.bundle.manifest.get("items_file", "items.sqlite")
-        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-        try:
-            rows = db.execute("SELECT id, title, price, extra FROM items WHERE extra LIKE '%\"taught_at\"%'"
-                              ).fetchall()
-        except sqlite3.Error as exc:
-            log.warning("%s: cannot list taught items (%s)", path, exc)
-            rows = []
-        finally:
-            db.close()
+        with self._reading() as st:
+            if st is None:
+                return []
+            try:
+                rows = st.bundle.items.taught_rows()
+            except BundleError as exc:
+                log.warning("%s: cannot list taught items (%s)", st.bundle.directory, exc)
+                rows = []
         out = []
         for rid, title, price, extra in rows:
             extra = json.loads(extra or "{}")
@@ -703,7 +653,7 @@ class Catalog:
                 # a plain new item: append it to the published state instead of reading every shot again
                 row = self.store.get_row(item_id)
                 if row is not None:
-                    fast = self._appended(st, row, _normalise(np.asarray(vectors, np.float32).reshape(
+                    fast = self._appended(st, row, normalise(np.asarray(vectors, np.float32).reshape(
                         -1, st.bundle.dim)))
             if fast is not None:
                 self._state = fast
@@ -742,52 +692,3 @@ class Catalog:
             self.store.remove(item_id, base_item=base)
             self.reload()
         self._after_change()
-
-
-def without_background(vectors: np.ndarray, background: np.ndarray | None,
-                       weight: float = BACKGROUND_WEIGHT) -> np.ndarray:
-    """Camera-shot embeddings (float32 [n, dim]) minus ``weight`` times the empty scene's (float32 [dim]),
-    L2-normalised again; unchanged when ``background`` is None.
-
-    A shot carries the counter or room it was taken in, and a query taken there would otherwise resemble every
-    item taught there (README, "Teaching new items": with the empty scene taken out, recall@1 on the public
-    benchmark stays at the catalog photos' level instead of falling by 8 points).
-    """
-    v = np.asarray(vectors, dtype=np.float32)
-    if background is None:
-        return v
-    v = v - weight * np.asarray(background, dtype=np.float32)
-    return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def embed_background(extractor, rgb: np.ndarray) -> np.ndarray:
-    """The empty scene (the counter without an item, RGB uint8 [H, W, 3]) framed like a camera shot:
-    float32 [dim], L2-normalised."""
-    from .views import embed_query_image
-
-    return embed_query_image(extractor, rgb)
-
-
-def embed_shots(extractor, shots: list[tuple[np.ndarray, str]],
-                background: np.ndarray | None = None) -> tuple[np.ndarray, bytes]:
-    """Embeddings of one item's shots and a thumbnail of the first.
-
-    ``shots``: ``(rgb, kind)`` pairs, rgb uint8 [H, W, 3]; kind ``"camera"`` (a frame from the kiosk camera,
-    framed like a query) or ``"photo"`` (a product photo, framed like a catalog photo). ``background``: the
-    empty scene's embedding (``embed_background``), taken out of camera shots. Returns float32 [n, dim]
-    (L2-normalised rows) and JPEG bytes.
-    """
-    from .catalog import thumbnail
-    from .views import embed_catalog_image, embed_query_image
-
-    if not shots:
-        raise CatalogError("no shots: capture or upload at least one photo of the item")
-    vecs = []
-    for rgb, kind in shots:
-        if kind not in ("camera", "photo"):
-            raise CatalogError(f"shot kind {kind!r}: use camera or photo")
-        if kind == "camera":
-            vecs.append(without_background(embed_query_image(extractor, rgb)[None, :], background)[0])
-        else:
-            vecs.append(embed_catalog_image(extractor, rgb))
-    return np.stack(vecs).astype(np.float32), thumbnail(shots[0][0])

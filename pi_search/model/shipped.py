@@ -16,7 +16,7 @@ def _candidates() -> tuple[Path, ...]:
     2. ``pi_search/data/models``: the package data of a wheel (built from ``models/``; int8 model only);
     3. ``models/`` beside the venv: ``/opt/pi-search/models`` of the system install (both models).
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     found = [here.parent / "models", here / "data" / "models"]
     if sys.prefix != sys.base_prefix:  # in a venv
         found.append(Path(sys.prefix).parent / "models")

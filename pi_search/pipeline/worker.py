@@ -8,209 +8,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import notify
-from .config import GateConfig, SmoothingConfig
-from .errors import Busy, PiSearchError, SourceError
+from .. import images, notify
+from ..camera.guard import GuardedSource
+from ..errors import Busy, PiSearchError, SourceError
+from ..model import framing
+from . import settle as settling
+from .gate import Gate
+from .result import LatestResult
+from .stabilise import Agreement, Smoother
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "gate", "preprocess", "extract", "search", "encode")
-# Histogram bucket upper bounds in seconds, shared by every stage (Prometheus convention).
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
 FAULT_SHOWN_S = 60.0  # a failed read of the bundle shows in /healthz this long
 RECENT_FRAMES = 8  # published results whose JPEGs stay reachable by frame id (/frame.jpg?id=N)
-BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-@dataclass(frozen=True)
-class LatestResult:
-    """What the page and the API show: the matches for one inferred frame and that frame as one JPEG.
-
-    ``timings_ms`` holds each stage of that frame (capture, gate, preprocess, extract, search, encode) and
-    ``latency_ms``: capture time to publication. ``jpeg`` is encoded once and shared by every viewer.
-    ``guide`` (None or ``{"hint", "target", "region"}``, boxes as fractions [x0, y0, x1, y1] of the frame):
-    where the framing expects the item, the window the settled look picked (or None), and a sentence for
-    staff when the best match is weak or the item was found outside the target box (or None).
-    ``settle_ms``: these matches come from the settled look at the whole frame (``Service.settle``), which
-    took that long; ``timings_ms`` and ``latency_ms`` are then those of the inference it refined.
-    """
-
-    frame_id: int
-    frame_time: float
-    published_time: float
-    matches: tuple = ()
-    timings_ms: dict = field(default_factory=dict)
-    latency_ms: float = 0.0
-    jpeg: bytes = b""
-    width: int = 0
-    height: int = 0
-    guide: dict | None = None
-    settle_ms: float | None = None
-
-    def as_dict(self) -> dict:
-        out = {
-            "frame_id": self.frame_id,
-            "frame_time": round(self.frame_time, 3),
-            "published_time": round(self.published_time, 3),
-            "latency_ms": round(self.latency_ms, 2),
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-            "frame_size": [self.width, self.height],
-            "matches": [m.as_dict() for m in self.matches],
-        }
-        if self.guide is not None:
-            out["guide"] = self.guide
-        if self.settle_ms is not None:
-            out["settle_ms"] = round(self.settle_ms, 2)
-        return out
-
-
-class Histogram:
-    """Cumulative latency histogram (seconds) with fixed buckets; read by the /metrics collector."""
-
-    def __init__(self, buckets=BUCKETS):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        i = 0
-        while i < len(self.buckets) and seconds > self.buckets[i]:
-            i += 1
-        self.counts[i] += 1
-        self.sum += seconds
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out, total = [], 0
-        for b, c in zip(self.buckets, self.counts, strict=False):
-            total += c
-            out.append((repr(b), total))
-        out.append(("+Inf", self.count))
-        return out
-
-
-@dataclass
-class Stats:
-    """Counters of the worker (read by /metrics and the status line; written only by the worker)."""
-
-    frames: int = 0
-    inferences: int = 0
-    skipped: int = 0
-    source_errors: int = 0
-    frame_errors: int = 0
-    uploads: int = 0
-    viewers: int = 0
-    settled: int = 0  # settled looks at a still scene (Service.settle)
-    stages: dict = field(default_factory=lambda: {s: Histogram() for s in (*STAGES, "latency")})
-
-
-class Gate:
-    """Skips frames that barely differ from the last inferred one.
-
-    Compares a small grey thumbnail (``size``, area-averaged, so sensor noise averages out) by mean absolute
-    difference in grey levels. A frame passes when the difference reaches ``threshold``, when there is no
-    reference yet, or after ``refresh_s`` seconds without inference.
-    """
-
-    def __init__(self, config: GateConfig):
-        self.config = config
-        self._ref: np.ndarray | None = None
-        self._ref_time = 0.0
-        self.last_diff = float("nan")
-
-    def thumb(self, rgb: np.ndarray) -> np.ndarray:
-        import cv2
-
-        small = cv2.resize(rgb, tuple(self.config.size), interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.int16)
-
-    def check(self, rgb: np.ndarray, now: float) -> tuple[bool, np.ndarray | None]:
-        """``(infer?, thumbnail)``; call ``accept(thumbnail, now)`` once the frame has been inferred."""
-        if not self.config.enabled:
-            self.last_diff = float("nan")
-            return True, None
-        t = self.thumb(rgb)
-        if self._ref is None or self._ref.shape != t.shape:
-            self.last_diff = float("inf")
-            return True, t
-        self.last_diff = float(np.abs(t - self._ref).mean())
-        stale = self.config.refresh_s > 0 and now - self._ref_time >= self.config.refresh_s
-        return self.last_diff >= self.config.threshold or stale, t
-
-    def accept(self, thumb: np.ndarray | None, now: float) -> None:
-        if thumb is not None:
-            self._ref, self._ref_time = thumb, now
-
-    def reset(self) -> None:
-        self._ref = None
-
-
-class Smoother:
-    """Exponential moving average of the embeddings of consecutive inferred frames, restarted on a new item.
-
-    ``alpha`` is the newest embedding's weight; a new embedding whose cosine similarity to the running mean
-    is below ``reset_below`` restarts the mean (a different item came into view, so no lag). Input and
-    output: float32 [dim], L2-normalised.
-    """
-
-    def __init__(self, config: SmoothingConfig):
-        self.config = config
-        self._mean: np.ndarray | None = None
-        self.resets = 0
-
-    def update(self, v: np.ndarray) -> np.ndarray:
-        a = self.config.alpha
-        new_item = self._mean is None or float(v @ self._mean) < self.config.reset_below
-        if new_item:
-            self.resets += 1
-        if new_item or a >= 1.0:
-            self._mean = v
-            return v
-        m = (1.0 - a) * self._mean + a * v
-        n = float(np.linalg.norm(m))
-        self._mean = (m / n if n > 0 else v).astype(np.float32)
-        return self._mean
-
-    def reset(self) -> None:
-        self._mean = None
-
-
-class Agreement:
-    """Holds the shown matches until a new best match has led ``agree`` consecutive inferred frames.
-
-    Near-ties (an item that is not in the catalog, or two similar items) would otherwise swap places from
-    frame to frame. ``fresh=True`` (a new item came into view) shows the new matches at once.
-    """
-
-    def __init__(self, agree: int):
-        self.agree = agree
-        self._shown: tuple = ()
-        self._candidate: str | None = None
-        self._streak = 0
-
-    def update(self, matches: tuple, fresh: bool) -> tuple:
-        top = matches[0].id if matches else None
-        shown_top = self._shown[0].id if self._shown else None
-        if fresh or self.agree <= 1 or not self._shown or top == shown_top:
-            self._shown, self._candidate, self._streak = matches, None, 0
-            return matches
-        self._streak = self._streak + 1 if top == self._candidate else 1
-        self._candidate = top
-        if self._streak >= self.agree:
-            self._shown, self._candidate, self._streak = matches, None, 0
-            return matches
-        # Keep the shown order, with this frame's scores where the items are still among the matches.
-        scores = {m.id: m for m in matches}
-        return tuple(scores.get(m.id, m) for m in self._shown)
-
-    def reset(self) -> None:
-        self._shown, self._candidate, self._streak = (), None, 0
 
 
 class _TimedExtractor:
@@ -230,27 +46,26 @@ class _TimedExtractor:
             self.seconds += time.perf_counter() - t0
 
 
-class Service:
+class Worker:
     """The frame loop and its published state.
 
     ``source_factory()`` returns a fresh, unstarted FrameSource (called again after a failure, with backoff);
-    ``extractor`` has ``.embed`` (RGB uint8 [size, size, 3] -> float32 [dim]) and ``bundle`` has
-    ``.search(vector, k)``. Request handlers only call the read-side methods (``latest``, ``wait_for_result``,
+    ``extractor`` has ``.embed`` (RGB uint8 [size, size, 3] -> float32 [dim]); ``catalog`` is the live
+    catalog (``index.live.LiveCatalog``: ``search(vector, k)``, ``serving``, ``problem``, ``fault``,
+    ``reload``). Request handlers only call the read-side methods (``latest``, ``wait_for_result``,
     ``health``, ``search_image``); only the worker thread touches the source.
     """
 
     settle_enabled = True  # the settled look at the whole frame once the scene is still (``settle``)
 
-    def __init__(self, source_factory: Callable, extractor, bundle, config, *, source_name: str = "",
+    def __init__(self, source_factory: Callable, extractor, catalog, config, *, source_name: str = "",
                  embed_query: Callable | None = None):
-        from . import views
-
         self.config = config
         self.source_factory = source_factory
         self.source_name = source_name
         self.extractor = extractor
-        self.bundle = bundle
-        self.embed_query = embed_query or views.embed_query_image
+        self.catalog = catalog
+        self.embed_query = embed_query or framing.embed_query_image
         self.stats = Stats()
         self.gate = Gate(config.gate)
         self.smoother = Smoother(config.smoothing)
@@ -277,7 +92,7 @@ class Service:
         self._region_gain = 0.0  # how much better that window framed the first match than the target box
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> Service:
+    def start(self) -> Worker:
         if self._thread is not None:
             return self
         self._stop.clear()
@@ -362,8 +177,6 @@ class Service:
             notify.watchdog()
 
     def _run(self) -> None:
-        from .camera.guard import GuardedSource
-
         backoff = 0.5
         while not self._stop.is_set():
             if self.wedged() >= MAX_HUNG_READS:  # no more reader threads for a wedged driver
@@ -380,10 +193,10 @@ class Service:
             except SourceError as exc:
                 if self._stop.is_set():
                     break  # stop() woke a read: not a camera failure
-                self.stats.source_errors += 1
+                self.stats.add("source_errors")
                 self._set_camera(False, str(exc))
             except Exception as exc:  # the worker never dies: report and retry
-                self.stats.source_errors += 1
+                self.stats.add("source_errors")
                 log.exception("frame source failed")
                 self._set_camera(False, f"{type(exc).__name__}: {exc}")
             finally:
@@ -417,11 +230,11 @@ class Service:
             self._frame_times.append(time.monotonic())
             self._set_camera(True, "ok")
             self._ping()
-            self.stats.frames += 1
+            self.stats.add("frames")
             try:
                 self.process(frame, capture)
             except (PiSearchError, ValueError) as exc:
-                self.stats.frame_errors += 1
+                self.stats.add("frame_errors")
                 log.warning("frame %d skipped: %s", frame.index, exc)
 
     # ------------------------------------------------------------ one frame
@@ -431,19 +244,17 @@ class Service:
         Frames skipped after an inference (the scene is still) get the settled look (``settle``, a slice per
         frame, published on its own; still None here), once per inference, when ``settle_enabled``. When that
         look found the item in a window, the following frames of the same item (until the smoothing restarts)
-        embed that window too, scored like the settled look (``views.search_mean``): two model passes.
+        embed that window too, scored like the settled look (``settling.search_mean``): two model passes.
         """
-        from . import images, views
-
-        h = self.stats.stages
+        stats = self.stats
         t0 = time.perf_counter()
         now = time.monotonic()
         infer, thumb = self.gate.check(frame.rgb, now)
         t_gate = time.perf_counter() - t0
         if not infer:
-            self.stats.skipped += 1
-            h["capture"].observe(capture_s)
-            h["gate"].observe(t_gate)
+            self.stats.add("skipped_frames")
+            stats.observe("capture", capture_s)
+            stats.observe("gate", t_gate)
             if self.settle_enabled and self._settle_job is not None:
                 self.settle(frame)
             return None
@@ -451,7 +262,7 @@ class Service:
         t1 = time.perf_counter()
         vec = self.embed_query(timed, frame.rgb)
         region = self._region  # where the settled look found this item: that window too (a second pass)
-        rv = timed.embed(views.window_input(frame.rgb, region, self.extractor.size)) if region else None
+        rv = timed.embed(framing.window_input(frame.rgb, region, self.extractor.size)) if region else None
         t_embed = time.perf_counter() - t1
         t_extract = timed.seconds
         t_pre = max(0.0, t_embed - t_extract)
@@ -463,27 +274,27 @@ class Service:
             self._region = region = None
         k = self.config.index.top_k
         if region is None:
-            matches = tuple(self.bundle.search(vec, k))
+            matches = tuple(self.catalog.search(vec, k))
         else:  # the mean of the two scores is the score of the mean vector: one search
-            matches = tuple(views.search_mean(self.bundle, vec, rv, k))
+            matches = tuple(settling.search_mean(self.catalog, vec, rv, k))
         matches = self.agreement.update(matches, fresh=fresh)
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
         jpeg = images.encode_jpeg(frame.rgb, self.config.server.jpeg_quality)
         t_encode = time.perf_counter() - t3
         self.gate.accept(thumb, now)
-        self.stats.inferences += 1
+        self.stats.add("inferences")
         published = time.time()
         timings = {"capture": capture_s, "gate": t_gate, "preprocess": t_pre, "extract": t_extract,
                    "search": t_search, "encode": t_encode}
         for k, v in timings.items():
-            h[k].observe(v)
+            stats.observe(k, v)
         latency = max(0.0, published - frame.t)
-        h["latency"].observe(latency)
+        stats.observe("latency", latency)
         fh, fw = frame.rgb.shape[:2]
-        target = views.target_box(fw, fh)
+        target = framing.target_box(fw, fh)
         gain = self._region_gain if region else 0.0  # as the settled look measured it
-        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
@@ -501,39 +312,37 @@ class Service:
         inferred matches once every window is done.
 
         Called on frames the gate skips after an inference (the scene is still). Each call embeds and
-        searches windows of this frame for at most ``views.SETTLE_SLICE_S`` (at least one window), so a frame
+        searches windows of this frame for at most ``settle.SETTLE_SLICE_S`` (at least one window), so a frame
         that changes waits at most one slice; the next inference drops an unfinished look. When the last
         window is done, publishes the fused matches, the picked window as the guide's ``region`` and
         ``settle_ms`` (model and search time of all windows), keeping the last preview JPEG and timings (the
         frame looks the same; reachable by the new frame id too), and returns that result; otherwise None.
         """
-        from . import views
-
         job, last = self._settle_job, self._latest
         if job is None or last is None:
             return None
         t0 = time.perf_counter()
         fh, fw = frame.rgb.shape[:2]
         k = self.config.index.top_k
-        depth = max(k, views.SETTLE_DEPTH)
-        boxes = views.settle_windows(fw, fh)
+        depth = max(k, settling.SETTLE_DEPTH)
+        boxes = settling.settle_windows(fw, fh)
         while len(job["done"]) < len(boxes):
             box = boxes[len(job["done"])]
-            v = self.extractor.embed(views.window_input(frame.rgb, box, self.extractor.size))
-            job["done"].append((box, self.bundle.search(v, depth)))
-            if time.perf_counter() - t0 >= views.SETTLE_SLICE_S:
+            v = self.extractor.embed(framing.window_input(frame.rgb, box, self.extractor.size))
+            job["done"].append((box, self.catalog.search(v, depth)))
+            if time.perf_counter() - t0 >= settling.SETTLE_SLICE_S:
                 break
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        matches, region, gain = views.fuse(self.bundle.search(job["vec"], depth), job["done"], k)
+        matches, region, gain = settling.fuse(self.catalog.search(job["vec"], depth), job["done"], k)
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
         t_settle = job["seconds"] + time.perf_counter() - t0
-        self.stats.settled += 1
-        target = views.target_box(fw, fh)
-        guide = {"hint": views.hint(matches[0].score if matches else None, region, target, gain),
+        self.stats.add("settled")
+        target = framing.target_box(fw, fh)
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
@@ -587,10 +396,10 @@ class Service:
         """Health of the camera, model and index; ``ok`` is False with reasons when any is down."""
         cam_up, cam_reason = self.camera_state()
         model_up = self.extractor is not None
-        cat = self.bundle
-        index_up = cat is not None and getattr(cat, "serving", True)
-        problem = getattr(cat, "problem", None) if cat is not None else "not loaded"
-        fault = getattr(cat, "fault", None)
+        cat = self.catalog
+        index_up = cat.serving
+        problem = cat.problem
+        fault = cat.fault
         fault_age = time.time() - fault[0] if fault else None
         alive = self._thread is not None and self._thread.is_alive()
         reasons = []
@@ -624,21 +433,16 @@ class Service:
     def reload_bundle(self) -> dict:
         """Map the bundle now in the bundle's directory (after a rebuild); keep the old one if it is broken.
 
-        The new bundle is opened and checked against the model first: a half-written or mismatched one
-        raises BundleError and the bundle in use keeps serving. Searches already running finish on the old
-        bundle (it is unmapped once the last of them drops it). Returns ``{"items", "created"}``.
+        The live catalog opens and checks the new bundle against the model first: a half-written or
+        mismatched one raises BundleError and the bundle in use keeps serving. Searches already running finish
+        on the old bundle (it is unmapped once the last of them drops it). Returns ``{"items", "created"}``.
         """
-        from .index import Bundle
-
         with self._reload_lock:
-            current = self.bundle
-            if hasattr(current, "reload"):  # the live catalog checks and swaps its own state
-                current.reload(strict=True)   # BundleError: the bundle in use keeps serving
-            else:
-                self.bundle = Bundle.open(current.directory, extractor=self.extractor)
-            log.info("bundle %s reloaded: %d items, built %s", current.directory, len(self.bundle),
-                     self.bundle.manifest.get("created"))
-            return {"items": len(self.bundle), "created": self.bundle.manifest.get("created")}
+            cat = self.catalog
+            cat.reload(strict=True)   # BundleError: the bundle in use keeps serving
+            created = cat.manifest.created if cat.manifest is not None else None
+            log.info("bundle %s reloaded: %d items, built %s", cat.directory, len(cat), created)
+            return {"items": len(cat), "created": created}
 
     @contextlib.contextmanager
     def upload_slot(self, wait: float = 10.0):
@@ -666,8 +470,8 @@ class Service:
             t1 = time.perf_counter()
             vec = self.embed_query(self.extractor, rgb)
             t2 = time.perf_counter()
-            matches = self.bundle.search(vec, k or self.config.index.top_k)
+            matches = self.catalog.search(vec, k or self.config.index.top_k)
             t3 = time.perf_counter()
-        self.stats.uploads += 1
+        self.stats.add("uploads")
         return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,
                          "search": (t3 - t2) * 1000.0}

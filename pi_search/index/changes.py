@@ -13,17 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CatalogError, ItemConflict, NoSuchItem
+from ..errors import CatalogError, ItemConflict, NoSuchItem
+from .ids import check_id
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".changes.sqlite"
 SCHEMA_VERSION = 1
 MAX_SHOTS = 16            # vectors kept per item in the store
-MAX_ID = 100
 MAX_TITLE = 200
 MAX_PRICE = 40
-_BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,17 +41,6 @@ def store_path(bundle_dir: str | Path) -> Path:
     replaced whole by a compaction, the store is not)."""
     bundle_dir = Path(bundle_dir)
     return bundle_dir.parent / f"{bundle_dir.name}{SUFFIX}"
-
-
-def check_id(item_id: str) -> str:
-    """A usable item id (stripped) or CatalogError saying what is wrong with it."""
-    item_id = str(item_id).strip()
-    if not item_id:
-        raise CatalogError("the item id is empty; give an id (letters, digits, - or _)")
-    if len(item_id) > MAX_ID or _BAD_ID.search(item_id):
-        raise CatalogError(f"item id {item_id[:MAX_ID]!r}: use at most {MAX_ID} characters, no slashes or "
-                           "control characters")
-    return item_id
 
 
 def check_text(value: str | None, name: str, limit: int, *, required: bool = False) -> str | None:

@@ -16,15 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
-from .catalog_reader import Problem, Row, read_catalog
-from .errors import CatalogError, ImageError
-from .index import DEFAULT_WHITEN, BuildOptions, Item, bundle_lock, check_out_dir, write_bundle
+from .. import images
+from ..errors import CatalogError, ImageError
+from ..images import thumbnail
+from ..model.framing import embed_catalog_image
+from .catalog import Problem, Row, read_catalog
+from .files import bundle_lock
+from .items import Item
+from .manifest import Manifest
+from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 
 log = logging.getLogger(__name__)
 
-THUMB_SIZE = 256
-THUMB_QUALITY = 80
 CHUNK = 64           # rows embedded between two resume checkpoints
 PARTIAL_VERSION = 1
 
@@ -34,7 +37,7 @@ class BuildReport:
     """What a build did: items indexed, rows skipped (with reasons), items embedded now or resumed."""
 
     out_dir: Path
-    manifest: dict
+    manifest: Manifest
     items: int
     skipped: list[Problem] = field(default_factory=list)
     embedded: int = 0
@@ -45,7 +48,8 @@ class BuildReport:
         return {"out": str(self.out_dir), "items": self.items, "skipped": len(self.skipped),
                 "problems": [str(p) for p in self.skipped], "embedded": self.embedded,
                 "resumed": self.resumed, "seconds": round(self.seconds, 2),
-                "search": self.manifest["search"]["mode"], "projection": self.manifest["projection"]}
+                "search": self.manifest.search.mode,
+                "projection": self.manifest.to_dict()["projection"]}
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -61,18 +65,6 @@ def row_key(row: Row) -> str:
     except OSError:
         stamp = "?"
     return hashlib.sha256(f"{row.id}\x00{row.image}\x00{stamp}".encode()).hexdigest()[:32]
-
-
-def thumbnail(rgb: np.ndarray, size: int = THUMB_SIZE, quality: int = THUMB_QUALITY) -> bytes:
-    """JPEG bytes of an RGB uint8 [H, W, 3] image scaled to fit ``size`` x ``size``."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    scale = min(1.0, size / max(h, w))
-    if scale < 1.0:
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        rgb = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA)
-    return images.encode_jpeg(rgb, quality)
 
 
 class _Checkpoints:
@@ -291,8 +283,6 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                     if given is not None:
                         vec = given[row.id]
                     else:
-                        from .views import embed_catalog_image
-
                         vec = embed_catalog_image(extractor, rgb)
                         embedded += 1
                 except ImageError as exc:

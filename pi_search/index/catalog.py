@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CatalogError
+from ..errors import CatalogError
+from .ids import id_problem
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,6 @@ CSV_NAME = "catalog.csv"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 REQUIRED = ("id", "title", "image")
 MAX_FIELD = 1 << 20
-MAX_ID = 512
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,9 @@ def _parse_row(root: Path, header: list[str], values: list[str], line: int,
     image = rec.get("image", "")
     if not item_id:
         return None, Problem(line, image, "empty id")
-    if len(item_id) > MAX_ID or any(ord(c) < 32 for c in item_id):
-        return None, Problem(line, image, f"id {item_id[:40]!r} is too long or has control characters")
+    problem = id_problem(item_id)
+    if problem:
+        return None, Problem(line, image, problem)
     if item_id in seen:
         return None, Problem(line, image, f"duplicate id {item_id!r} (first on line {seen[item_id]})")
     seen[item_id] = line
@@ -177,7 +178,11 @@ def read_folder(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
         except OSError:
             problems.append(Problem(0, rel, "cannot read"))
             continue
-        item_id = p.stem
+        item_id = p.stem.strip()
+        problem = id_problem(item_id)
+        if problem:
+            problems.append(Problem(0, rel, f"{problem} (rename the file)"))
+            continue
         if item_id in seen:
             problems.append(Problem(0, rel, f"duplicate id {item_id!r} (also {seen[item_id]})"))
             continue

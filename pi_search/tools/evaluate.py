@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CatalogError, PiSearchError
+from .. import images
+from ..errors import CatalogError, PiSearchError
+from ..index.build import build_bundle
+from ..index.bundle import Bundle
+from ..index.catalog import read_catalog
+from ..index.write import BuildOptions
+from ..model import framing
+from ..model.extractor import Extractor
+from ..model.framing import embed_catalog_image, embed_query_image
+from ..pipeline import settle as settling
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +145,6 @@ def read_truth(truth_csv: str | Path, queries_dir: str | Path | None = None) -> 
 
 def load_catalog(catalog_dir: str | Path) -> tuple[list[str], list[Path], list[str]]:
     """Ids, image paths and titles of a catalog directory (catalog.csv or a folder of images)."""
-    from .catalog_reader import read_catalog
-
     rows, problems = read_catalog(catalog_dir)
     for p in problems:
         log.warning("catalog: %s", p)
@@ -148,8 +155,6 @@ def load_catalog(catalog_dir: str | Path) -> tuple[list[str], list[Path], list[s
 
 def embed_files(extractor, paths: Sequence[Path], fn: EmbedFn) -> tuple[np.ndarray, list[float]]:
     """Embeddings float32 [n, dim] of image files through ``fn(extractor, rgb)``, and seconds per image."""
-    from . import images
-
     vecs, secs = [], []
     for p in paths:
         rgb = images.read(p)
@@ -178,13 +183,10 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
                   settle: bool = False) -> tuple[np.ndarray, list, np.ndarray | None, list | None, float]:
     """Ranks through a real bundle built with Annoy forced on (approximate candidates, then re-ranking).
 
-    ``settle``: also the ranks after the daemon's settled look (``views.settle_windows`` embedded and
-    searched, fused by ``views.fuse`` with the kept framing's matches), its first results and median seconds.
+    ``settle``: also the ranks after the daemon's settled look (``settling.settle_windows`` embedded and
+    searched, fused by ``settling.fuse`` with the kept framing's matches), its first results and median
+    seconds.
     """
-    from . import images, views
-    from .catalog import build_bundle
-    from .index import BuildOptions, Bundle
-
     np.save(work / "emb.npy", cat_vecs)
     (work / "ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     build_bundle(catalog_dir, work / "bundle", extractor, embeddings=work / "emb.npy", ids=work / "ids.txt",
@@ -205,9 +207,9 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
                 rgb = images.read(t.path)
                 t0 = time.perf_counter()
                 h, w = rgb.shape[:2]
-                wins = [(box, bundle.search(extractor.embed(views.window_input(rgb, box, extractor.size)),
-                                            views.SETTLE_DEPTH)) for box in views.settle_windows(w, h)]
-                fused, _, _ = views.fuse(kept[:views.SETTLE_DEPTH], wins, ANN_DEPTH)  # as the worker does
+                wins = [(box, bundle.search(extractor.embed(framing.window_input(rgb, box, extractor.size)),
+                                            settling.SETTLE_DEPTH)) for box in settling.settle_windows(w, h)]
+                fused, _, _ = settling.fuse(kept[:settling.SETTLE_DEPTH], wins, ANN_DEPTH)  # as the worker
                 secs.append(time.perf_counter() - t0)
                 s_found = [m.id for m in fused]
                 s_ranks.append(rank(s_found, t.item_id))
@@ -233,9 +235,6 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
     Returns ``{"catalog", "items", "queries", "runs": [metrics...], "curves", "misses"}``; ``misses`` lists
     the worst queries of the first run with what came back, for the report.
     """
-    from .extractor import Extractor
-    from .views import embed_catalog_image, embed_query_image
-
     catalog_fn = catalog_fn or embed_catalog_image
     query_fn = query_fn or embed_query_image
     catalog_dir = Path(catalog_dir)
@@ -353,8 +352,6 @@ def _chart(curves: dict[str, list[float]], width: int, height: int) -> np.ndarra
 
 def _tile(path: str, side: int) -> np.ndarray:
     import cv2
-
-    from . import images
 
     tile = np.full((side, side, 3), 255, np.uint8)
     try:

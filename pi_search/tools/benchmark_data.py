@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PiSearchError
+from ..errors import PiSearchError
+from ..images import encode_jpeg
+from ..model.framing import pad_to_square
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ STAMPS_ROOT = Path("/usr/share/tuxpaint/stamps")
 DEFAULT_BENCHMARK_DIR = Path("var/benchmark")
 HARD_BENCHMARK_DIR = Path("var/benchmark-hard")
 EMPTY_SCENES_DIR = Path("var/empty-scenes")
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 
 # Selection rule (see README, "Retrieval"): a stamp is a real photo when it is a PNG raster with no SVG of
 # the same name beside it, not in a "cartoon" folder, at least MIN_SIDE pixels on its long side, and at
@@ -124,8 +126,6 @@ def on_white(rgba: np.ndarray, long_side: int | None = None, margin: float = 0.0
 
 def _thumb(rgba: np.ndarray) -> np.ndarray:
     import cv2
-
-    from .preprocess import pad_to_square
 
     grey = cv2.cvtColor(pad_to_square(on_white(rgba, margin=0.0)), cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (24, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -482,8 +482,6 @@ def offset(rgba: np.ndarray, shot: Shot, size: tuple[int, int] = (640, 480)) -> 
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
-    from .images import encode_jpeg
-
     path.write_bytes(encode_jpeg(rgb, quality))
 
 

@@ -1,0 +1,210 @@
+"""An opened bundle: checked against its manifest, memory-mapped, searched exactly or through its backend."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError
+from .backends import Searcher, get_backend
+from .files import fingerprint
+from .items import ItemsFile
+from .manifest import Manifest, check_model, read_manifest
+from .projection import Projection, load_projection, normalise
+from .store import VectorStore
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1]."""
+
+    id: str
+    title: str
+    price: str | None
+    score: float
+    index: int = field(default=-1, compare=False)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "title": self.title, "price": self.price, "score": round(self.score, 6)}
+
+
+class Bundle:
+    """A built bundle opened for queries: the index file and the vector store are memory-mapped, not read."""
+
+    def __init__(self, directory: Path, manifest: Manifest):
+        self.directory = directory
+        self.manifest = manifest
+        self.projection: Projection | None = None
+        self._searcher: Searcher | None = None
+        self._store: VectorStore | None = None
+        self._items: ItemsFile | None = None
+
+    @classmethod
+    def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None,
+             deep: bool = False) -> Bundle:
+        """Map a bundle; with ``extractor`` the manifest must match its model (sha256 and dim).
+
+        Every file is checked against the manifest (sizes, fingerprints, item count) before anything is
+        served; ``deep`` also runs SQLite's quick_check over the items (the daemon does). ``search`` overrides
+        the manifest's query settings (``mode``, ``candidates``, ``search_k``).
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if extractor is not None:
+            check_model(manifest, extractor, directory)
+        if search:
+            manifest = manifest.with_search(search)
+        self = cls(directory, manifest)
+        try:
+            self._load(deep)
+        except BundleError:
+            self.close()
+            raise
+        except (OSError, ValueError, sqlite3.Error, KeyError, TypeError) as exc:
+            self.close()
+            raise BundleError(f"{directory}: damaged bundle ({exc}); rebuild it: pi-search index build "
+                              f"CATALOG --out {directory}") from exc
+        return self
+
+    def _file(self, name: str) -> Path:
+        path = self.directory / Path(name).name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; rebuild the bundle: pi-search index build CATALOG "
+                              f"--out {self.directory}")
+        return path
+
+    def _load(self, deep: bool) -> None:
+        m = self.manifest
+        self._check_files()
+        if m.projection is not None:
+            self._file(m.projection.mean)
+            self._file(m.projection.components)
+            self.projection = load_projection(self.directory, m.projection)
+            if self.projection.mean.shape != (m.model.dim,):
+                raise BundleError(f"{self.directory}: projection shapes differ from the manifest; rebuild it")
+        self._file(m.store.file)
+        if m.store.scale:
+            self._file(m.store.scale)
+        ann = m.search.mode == "ann"
+        self._store = VectorStore(self.directory, m.store, m.items, m.model.dim, random_access=ann)
+        if ann:
+            backend = get_backend(m.backend)
+            self._file(m.index["file"])
+            self._searcher = backend.open(self.directory, m.index, m.items, m.search.search_k)
+        self._items = ItemsFile(self._file(m.items_file), deep=deep)
+        rows = self._items.count()
+        if rows != m.items:
+            raise BundleError(f"{self._items.path}: {rows} items, manifest says {m.items}; the bundle is "
+                              "incomplete or mixed: copy the whole bundle again (pi-search index install)")
+
+    def _check_files(self) -> None:
+        """Every file the manifest lists has the size and fingerprint it was written with."""
+        for name, want in self.manifest.files.items():
+            path = self.directory / Path(name).name
+            if not path.is_file():
+                raise BundleError(f"{path}: missing; copy the whole bundle again (pi-search index install) "
+                                  f"or rebuild it: pi-search index build CATALOG --out {self.directory}")
+            have = fingerprint(path)
+            if have["bytes"] != want.get("bytes"):
+                raise BundleError(f"{path}: {have['bytes']} bytes, manifest says {want.get('bytes')}; "
+                                  "the bundle is incomplete (a copy in progress?) or mixed: copy the whole "
+                                  "bundle again (pi-search index install) or rebuild it")
+            if want.get("sample_sha256") and have["sample_sha256"] != want["sample_sha256"]:
+                raise BundleError(f"{path}: does not belong to this bundle's manifest (another "
+                                  "build's file); copy the whole bundle again (pi-search index install) or "
+                                  "rebuild it")
+
+    def mapped_files(self) -> list[Path]:
+        """The files this bundle keeps mapped or open while it serves (their in-place overwrite is fatal)."""
+        m = self.manifest
+        names = [m.store.file, m.items_file]
+        if m.store.scale:
+            names.append(m.store.scale)
+        if m.search.mode == "ann":
+            names.append(m.index["file"])
+        return [self.directory / Path(n).name for n in names]
+
+    @property
+    def items(self) -> ItemsFile:
+        """The item metadata (``items.sqlite``); BundleError once the bundle is closed."""
+        if self._items is None:
+            raise BundleError(f"{self.directory}: the bundle was closed (it is being replaced)")
+        return self._items
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            raise BundleError(f"{self.directory}: the bundle was closed (it is being replaced)")
+        return self._store
+
+    def __len__(self) -> int:
+        return self.manifest.items
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.model.dim
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def candidates(self, q: np.ndarray, n: int) -> np.ndarray:
+        """Approximate neighbours of ``q`` (float32 [dim], normalised) from the index: int64 [<= n]."""
+        qi = self.projection.apply(q) if self.projection is not None else q
+        return self._searcher.candidates(qi, n)
+
+    def search_indices(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector."""
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise BundleError(f"query vector has {q.shape[0]} dims, bundle {self.directory} has {self.dim}")
+        q = normalise(q)
+        k = max(1, min(int(k), len(self)))
+        store = self.store
+        if self.manifest.search.mode == "exact":
+            return store.top(q, k)
+        cand = np.unique(self.candidates(q, max(k, self.manifest.search.candidates)))
+        if cand.size == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        s = store.scores(cand, q)
+        order = np.argsort(-s, kind="stable")[:k]
+        return cand[order], s[order]
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first."""
+        idx, scores = self.search_indices(vector, k)
+        if idx.size == 0:
+            return []
+        meta = self.items.rows(idx.tolist())
+        out = []
+        for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
+            r = meta.get(i)
+            if r is None:
+                raise BundleError(f"{self.directory}: item {i} missing from {self.manifest.items_file}; "
+                                  "rebuild the bundle")
+            out.append(Match(r[1], r[2], r[3], float(min(1.0, max(-1.0, s))), i))
+        return out
+
+    def item(self, item_id: str) -> dict | None:
+        """Metadata of one item by catalog id (id, title, price, extra), or None."""
+        return self.items.item(item_id)
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """JPEG bytes of an item's thumbnail looked up by catalog id; None if unknown."""
+        return self.items.thumbnail(item_id)
+
+    def close(self) -> None:
+        if self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._items is not None:
+            self._items.close()
+            self._items = None

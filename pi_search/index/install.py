@@ -1,0 +1,68 @@
+"""Putting a bundle built elsewhere in place (``index install``) and describing one (``index info``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import BundleError
+from .bundle import Bundle
+from .files import bundle_lock, fsync_tree, recover, swap_into_place
+from .manifest import read_manifest
+from .write import check_out_dir
+
+log = logging.getLogger(__name__)
+
+
+def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str | None = None) -> dict:
+    """Put the bundle at ``source`` (built elsewhere, copied here) at ``out_dir`` in one atomic step.
+
+    The source is checked whole first (every file against its manifest, SQLite's quick_check, the model when
+    ``model_sha256`` is given); it is copied beside ``out_dir``, checked again, synced, and swapped in
+    (``swap_into_place``), so a daemon serving ``out_dir`` keeps answering from the old bundle until it maps
+    the new one. Run as root, the copy gets the owner of the bundle it replaces. Returns a report.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    t0 = time.perf_counter()
+    if not source.is_dir():
+        raise BundleError(f"{source}: no such folder; give the folder of the bundle you copied over")
+    if source.resolve() == out_dir.resolve():
+        raise BundleError(f"{source} is already the bundle at {out_dir}; give the folder of the new bundle")
+    with Bundle.open(source, deep=True) as bundle:
+        manifest = bundle.manifest
+    if model_sha256 and manifest.model.sha256 != model_sha256:
+        raise BundleError(f"{source}: built with model {manifest.model.name} (sha256 "
+                          f"{manifest.model.sha256[:12]}), but this appliance uses another model "
+                          f"(sha256 {model_sha256[:12]}); rebuild it with the appliance's model")
+    check_out_dir(out_dir)
+    with bundle_lock(out_dir, what="install"):
+        recover(out_dir, locked=True)
+        tmp = out_dir.parent / f".{out_dir.name}.install-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(source, tmp)
+            if os.geteuid() == 0 and out_dir.exists():
+                st = out_dir.stat()
+                for p in (tmp, *tmp.rglob("*")):
+                    os.chown(p, st.st_uid, st.st_gid)
+            fsync_tree(tmp)
+            Bundle.open(tmp).close()   # the copy is what the source was
+            swap_into_place(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("installed %s at %s: %d items", source, out_dir, manifest.items)
+    return {"bundle": str(out_dir), "source": str(source), "items": int(manifest.items),
+            "created": manifest.created, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def info(directory: str | Path) -> dict:
+    """What ``pi-search index info`` shows: the manifest plus the size of every file."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+    return {"directory": str(directory), **manifest.to_dict(), "files": files,
+            "total_bytes": sum(files.values())}

@@ -1,0 +1,162 @@
+"""Writing a bundle: store, projection, index, items and manifest into a temporary folder, then swapped in."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError
+from .backends import get_backend
+from .files import bundle_lock, fingerprint, fsync_tree, recover, swap_into_place
+from .items import Item, write_items
+from .manifest import (
+    FORMAT_VERSION,
+    ITEMS_FILE,
+    MANIFEST,
+    PCA_COMPONENTS_FILE,
+    PCA_MEAN_FILE,
+    STORE_FILE,
+    Manifest,
+    ModelRef,
+    ProjectionEntry,
+    SearchSettings,
+    write_manifest,
+)
+from .projection import ProjectedView, fit_pca, normalise
+from .store import STORE_DTYPES, write_store
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_ITEMS = 5_000      # below this, exact search over the stored vectors is as fast as Annoy
+DEFAULT_DIMS = 256           # PCA dimensions of the Annoy index for larger catalogs
+DEFAULT_WHITEN = True        # whitened PCA finds better candidates (README, "Scale")
+DEFAULT_TREES = 50
+DEFAULT_CANDIDATES = 100     # Annoy candidates re-ranked on the full vectors
+DEFAULT_SEARCH_K = 10_000    # Annoy nodes inspected per query
+
+
+@dataclass
+class BuildOptions:
+    """How the searchable part of a bundle is made (see README, "Scale", for how the defaults were chosen)."""
+
+    dims: int | None = -1              # -1: automatic (none below EXACT_MAX_ITEMS, DEFAULT_DIMS above)
+    whiten: bool = DEFAULT_WHITEN
+    n_trees: int = DEFAULT_TREES
+    search: str = "auto"              # "auto", "exact" or "ann"
+    candidates: int = DEFAULT_CANDIDATES
+    search_k: int = DEFAULT_SEARCH_K
+    store_dtype: str = "auto"         # "auto" (float32 for exact search, float16 for re-ranking)
+    backend: str = "annoy"
+
+    def resolved(self, n: int, dim: int) -> BuildOptions:
+        search = self.search
+        if search == "auto":
+            search = "exact" if n < EXACT_MAX_ITEMS else "ann"
+        if search not in ("exact", "ann"):
+            raise BundleError(f"search mode {search!r}: choose auto, exact or ann")
+        dims = self.dims
+        if dims == -1:
+            dims = DEFAULT_DIMS if search == "ann" and dim > DEFAULT_DIMS else None
+        if dims is not None and dims >= dim:
+            dims = None
+        if dims is not None and n < 2:
+            dims = None
+        store = self.store_dtype
+        if store == "auto":
+            store = "float32" if search == "exact" else "float16"
+        if store not in STORE_DTYPES:
+            raise BundleError(f"store dtype {store!r}: choose one of {', '.join(STORE_DTYPES)}")
+        get_backend(self.backend)   # BundleError naming the known backends
+        return BuildOptions(dims, self.whiten, self.n_trees, search, self.candidates, self.search_k, store,
+                            self.backend)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace something that is not a bundle (a non-empty directory without a manifest, a file)."""
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (
+            not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise BundleError(f"{out_dir} exists and is not a bundle; choose another --out (nothing was "
+                          "replaced)")
+
+
+def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item], *, model: dict,
+                 options: BuildOptions | None = None, extra_manifest: dict | None = None,
+                 locked: bool = False) -> Manifest:
+    """Write a bundle for ``items`` (row i of ``vectors`` is item i) atomically into ``out_dir``.
+
+    ``vectors``: float32 [n, dim] embeddings (normalised again). ``model``: ``name``, ``sha256``, ``dim``.
+    Everything is written into a temporary directory beside ``out_dir``, synced, and renamed into place; an
+    existing bundle at ``out_dir`` is swapped out only once the new one is complete (``swap_into_place``).
+    Holds ``bundle_lock`` unless the caller does (``locked``). Returns the manifest.
+    """
+    out_dir = Path(out_dir)
+    n = len(items)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise BundleError(f"{n} items but embeddings of shape {tuple(vectors.shape)}; they must match "
+                          "row for row")
+    if n == 0:
+        raise BundleError(f"no items to index for {out_dir}: every catalog row was skipped")
+    dim = int(vectors.shape[1])
+    if int(model["dim"]) != dim:
+        raise BundleError(f"embeddings have {dim} dims but the model {model['name']} gives {model['dim']}")
+    check_out_dir(out_dir)
+    opts = (options or BuildOptions()).resolved(n, dim)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = contextlib.nullcontext() if locked else bundle_lock(out_dir)
+    with lock:
+        recover(out_dir, locked=True)
+        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest)
+
+
+
+
+def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, opts: BuildOptions,
+                  extra_manifest: dict | None) -> Manifest:
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    backend = get_backend(opts.backend)
+    try:
+        projection = None
+        if opts.dims:
+            projection = fit_pca(vectors, opts.dims, whiten=opts.whiten)
+            np.save(tmp / PCA_MEAN_FILE, projection.mean)
+            np.save(tmp / PCA_COMPONENTS_FILE, projection.components)
+        store = write_store(tmp, vectors, opts.store_dtype)
+        if projection is not None:
+            indexed = ProjectedView(vectors, projection)
+        elif opts.store_dtype != "int8":
+            indexed = np.load(tmp / STORE_FILE, mmap_mode="r")
+        else:
+            indexed = normalise(vectors)
+        index_entry = backend.build(tmp, indexed, opts)
+        write_items(tmp / ITEMS_FILE, items)
+        extra = dict(extra_manifest or {})
+        manifest = Manifest(
+            format_version=FORMAT_VERSION, items=n,
+            model=ModelRef(str(model["name"]), str(model["sha256"]), dim), index=index_entry, store=store,
+            search=SearchSettings(opts.search, opts.candidates, opts.search_k),
+            projection=None if projection is None else ProjectionEntry(
+                projection.dims, projection.whiten, round(projection.explained, 4)),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            catalog=extra.pop("catalog", None), changes=extra.pop("changes", None) or {}, extra=extra)
+        files = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = replace(manifest, files=files, build_seconds=round(time.perf_counter() - t0, 3))
+        write_manifest(tmp, manifest)
+        fsync_tree(tmp)
+        swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle %s: %d items, %s search, index %s %d-d, built in %.1f s", out_dir, n, opts.search,
+             backend.name, int(index_entry["dim"]), manifest.build_seconds)
+    return manifest

@@ -1,0 +1,1 @@
+"""Offline tools (benchmark generator, evaluation); never imported by the daemon."""
