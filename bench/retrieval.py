@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         return 2
     result: dict = {"benchmark": json.loads((b / "benchmark.json").read_text())}
 
-    # 1. Models and search: int8 vs float32, exact vs Annoy bundle (the shipped framing in views.py).
+    # 1. Models and search: int8 vs float32, exact vs Annoy bundle (the shipped framing: model/framing.py).
     if not args.skip_models:
         models = [shipped_model(SHIPPED_INT8), shipped_model(SHIPPED_FLOAT)]
         ev = evaluate(b / "catalog", b / "truth.csv", models)
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     q_burst = np.stack([q_all[scenes[s]].mean((0, 1)) for s in order])
     scene_truth = truth
     rows.append(row("mean of 3 consecutive frames", exact_ranks(_norm(q_burst), _norm(cb), scene_truth)[0],
-                    ms_base, False, "small gain; belongs to the daemon's smoothing, not to views.py"))
+                    ms_base, False, "small gain; belongs to the daemon's smoothing, not to the framing"))
     print(rows[-1], flush=True)
     sims = np.einsum("qd,nvd->qnv", _norm(q_kept), _norm(cat_v)).max(axis=2)
     own = sims[np.arange(len(truth)), truth]

@@ -1,15 +1,21 @@
-"""Fakes at the hardware edge: a picamera2 module with the real calls, and frame sources that fail on cue."""
+"""Fakes of the project's own interfaces: a picamera2 module with the real calls, frame sources that fail on
+cue, and the worker as the web app sees it (``FakeWorker``)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import types
 
 import numpy as np
 
+from pi_search import images
 from pi_search.camera import BaseSource, Frame
-from pi_search.errors import SourceError
+from pi_search.errors import Busy, SourceError
+from pi_search.model.framing import embed_query_image
+from pi_search.pipeline.result import LatestResult
+from pi_search.pipeline.stats import STAGES, Stats
 
 
 # ---------------------------------------------------------------- picamera2
@@ -304,3 +310,116 @@ def multipart(fields: list[tuple[str, str | tuple[str, bytes]]],
                        .encode())
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+class FakeWorker:
+    """The worker as the web app sees it, driven by the test: no thread, no camera, no frame loop.
+
+    ``publish(rgb)`` does what one inferred frame does for the page (the real model and the real live
+    catalog give the matches; the JPEG, timings and counters are published); ``start``/``stop`` only move the
+    camera state. Everything the app reads (``latest``, ``recent``, ``wait_for_result``, ``health``,
+    ``search_image``, ``stats``...) behaves like ``pipeline.worker.Worker``'s read side.
+    """
+
+    def __init__(self, catalog, extractor, config, source_name: str = "fake"):
+        self.catalog, self.extractor, self.config, self.source_name = catalog, extractor, config, source_name
+        self.stats = Stats()
+        self._cond = threading.Condition()
+        self._results: list = []
+        self._camera = (False, "not started")
+        self._stopped = threading.Event()
+        self._slots = threading.BoundedSemaphore(2)
+        self._frames = 0
+
+    # -------------------------------------------------------------- driven by the test
+    def start(self) -> FakeWorker:
+        self._camera = (True, "ok")
+        return self
+
+    def publish(self, rgb: np.ndarray):
+        """One inferred camera frame (RGB uint8 [H, W, 3]) published with its real matches."""
+        t0 = time.time()
+        matches = tuple(self.catalog.search(embed_query_image(self.extractor, rgb), self.config.index.top_k))
+        timings = {s: 0.001 for s in STAGES}
+        for stage, seconds in timings.items():
+            self.stats.observe(stage, seconds)
+        self.stats.add("frames")
+        self.stats.add("inferences")
+        h, w = rgb.shape[:2]
+        ms = {k: v * 1000 for k, v in timings.items()}
+        result = LatestResult(self._frames, t0, time.time(), matches, ms, (time.time() - t0) * 1000,
+                              images.encode_jpeg(rgb), w, h)
+        self._frames += 1
+        self._camera = (True, "ok")
+        with self._cond:
+            self._results = (self._results + [result])[-8:]
+            self._cond.notify_all()
+        return result
+
+    # -------------------------------------------------------------- what the app reads
+    @property
+    def running(self) -> bool:
+        return not self._stopped.is_set()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self._camera = (False, "stopped")
+
+    def latest(self):
+        return self._results[-1] if self._results else None
+
+    def recent(self, frame_id: int):
+        return next((r for r in reversed(self._results) if r.frame_id == frame_id), None)
+
+    def wait_for_result(self, after, timeout: float):
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped.is_set() or (self._results and self._results[-1]
+                                                                   is not after), timeout)
+            latest = self.latest()
+            return None if self._stopped.is_set() or latest is after else latest
+
+    def fps(self) -> float:
+        return 15.0 if self._camera[0] else 0.0
+
+    def camera_state(self) -> tuple[bool, str]:
+        return self._camera
+
+    def health(self) -> dict:
+        up, reason = self._camera
+        cat = self.catalog
+        reasons = ([] if up else [f"camera: {reason}"]) + ([] if cat.serving else [f"index: {cat.problem}"])
+        return {"ok": not reasons, "reasons": reasons,
+                "camera": {"up": up, "reason": reason, "source": self.source_name, "last_frame_age_s": None,
+                           "fps": self.fps()},
+                "model": {"up": True, "name": self.extractor.name, "threads": self.extractor.num_threads},
+                "index": {"up": cat.serving, "items": len(cat), "problem": cat.problem, "last_fault": None},
+                "worker": {"alive": self.running}}
+
+    def reload_bundle(self) -> dict:
+        self.catalog.reload(strict=True)
+        return {"items": len(self.catalog), "created": self.catalog.manifest.created}
+
+    @contextlib.contextmanager
+    def upload_slot(self, wait: float = 10.0):
+
+        if not self._slots.acquire(timeout=wait):
+            raise Busy("the appliance is busy with other uploads; try again in a moment")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def search_image(self, image, k: int | None = None):
+
+        with self.upload_slot():
+            rgb = image() if callable(image) else image
+            t0 = time.perf_counter()
+            vec = embed_query_image(self.extractor, rgb)
+            matches = self.catalog.search(vec, k or self.config.index.top_k)
+        self.stats.add("uploads")
+        return matches, {"decode": 0.0, "embed": (time.perf_counter() - t0) * 1000.0, "search": 0.0}

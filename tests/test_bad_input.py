@@ -316,6 +316,7 @@ def mutated(draw):
     return bytes(data)
 
 
+@pytest.mark.slow
 def test_fuzzed_uploads_never_crash_or_leak(app_client, samples):
     svc, _, client = app_client
     for _ in range(5):  # warm up: model, decoders and JSON paths allocated once
@@ -357,6 +358,7 @@ CSV_ALPHABET = st.sampled_from(list("id,title,price,image\n\r\"\x00 ./é\\")
                                   "../outside.jpg", "images/a.jpg", "x,Title,1.00,images/a.jpg\n"])
 
 
+@pytest.mark.slow
 def test_fuzzed_catalogs_give_rows_or_one_clear_error(tmp_path):
     root = tmp_path / "fuzz-catalog"
     (root / "images").mkdir(parents=True)

@@ -19,6 +19,8 @@ from pi_search.index.backends.annoy import Annoy
 from pi_search.index.build import build_bundle, partial_dir
 from pi_search.index.bundle import Bundle
 from pi_search.index.catalog import read_catalog
+from pi_search.index.ids import MAX_ID, RULE, check_id
+from pi_search.index.live import LiveCatalog
 from pi_search.index.manifest import STORE_FILE
 
 
@@ -77,6 +79,32 @@ def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extrac
         assert b.item("rocket2")["title"] == "Rocket copy"
         assert b.item("ghost") is None and b.item("broken") is None
         assert b.item("coffee")["title"] == "Cup of coffee"
+
+
+def test_one_id_rule_for_the_catalog_and_the_taught_items(catalog_dir, extractor, tmp_path):
+    """An id the change store could not take is refused at build (with the id and the rule); every id that is
+    built can then be edited and removed."""
+    long_id = "x" * (MAX_ID + 1)
+    root = _catalog_with_rows(catalog_dir, tmp_path, [
+        ["shoes/red", "Red shoes", "1", "images/apple.jpg", ""],      # line 8: a slash
+        [long_id, "Long", "1", "images/apple.jpg", ""],               # line 9: too long
+        ["shoes-red_2.b", "Red shoes 2", "1", "images/apple.jpg", ""],  # line 10: fine
+    ])
+    report = build_bundle(root, tmp_path / "out", extractor, progress=False)
+    text = "\n".join(str(p) for p in report.skipped)
+    assert f"line 8: images/apple.jpg: item id 'shoes/red' breaks the id rule: {RULE}" in text
+    assert "line 9: " in text and "breaks the id rule" in text and report.items == 7
+    with pytest.raises(CatalogError, match="--strict; first: catalog.csv line 8: .*'shoes/red'"):
+        build_bundle(root, tmp_path / "strict", extractor, strict=True, progress=False)
+    with LiveCatalog.open(tmp_path / "out", extractor=extractor) as cat:
+        for rid in [r for r in (cat.bundle.items.all_rows())]:
+            check_id(rid[1])                      # every built id passes the store's rule
+        cat.edit("shoes-red_2.b", title="Red shoes, size 2")
+        assert cat.item("shoes-red_2.b")["title"] == "Red shoes, size 2"
+        cat.remove("shoes-red_2.b")
+        assert cat.item("shoes-red_2.b") is None
+        with pytest.raises(CatalogError, match="breaks the id rule"):
+            cat.add("Red shoes", None, np.ones((1, extractor.dim), np.float32), item_id="shoes/red")
 
 
 def test_strict_makes_a_bad_row_fatal_and_writes_nothing(catalog_dir, extractor, tmp_path):

@@ -208,6 +208,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
     cat.close()
 
 
+@pytest.mark.slow
 def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
     import pi_search.index.live as live
 

@@ -158,8 +158,7 @@ def test_scheduled_compaction_folds_pending_changes(live_dir):
     time.sleep(0.3)
     assert cat.search(v[0], 1)[0].id == "clock" and cat._compactor is None   # a search starts nothing
     cat.watch()                             # the daemon's timer finds the schedule due and starts it
-    assert wait_until(lambda: cat._compactor is not None, 10)
-    cat._compactor.join(60)
+    assert wait_until(lambda: cat.last_compaction is not None, 60)
     assert cat.last_compaction["folded"] == 1 and cat.store.pending() == 0
     assert cat.search(v[1], 1)[0].id == "clock" and len(cat) == 17
     cat.close()

@@ -19,6 +19,8 @@ from fakes import free_port as _free_port
 from pi_search.demo import KEY_FILE, demo_bundle, demo_data
 from pi_search.index.bundle import Bundle
 
+pytestmark = pytest.mark.slow   # the demo builds its bundle and serves it
+
 
 def _get(url: str):
     try:

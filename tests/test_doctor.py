@@ -126,6 +126,7 @@ def test_picamera2_missing_module(tmp_path, monkeypatch):
     assert "python3-picamera2" in check.fix and "--system-site-packages" in check.fix
 
 
+@pytest.mark.slow
 def test_port_taken_by_another_program(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -97,6 +97,7 @@ def _tiny(tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
     return cat, tmp_path / "truth.csv"
 
 
+@pytest.mark.slow
 def test_catalog_photo_as_query_is_found_first_exact_and_through_annoy(tmp_path):
     cat, truth = _tiny(tmp_path)
     result = ev.evaluate(cat, truth, [INT8], annoy=True)

@@ -12,6 +12,8 @@ from pi_search.config import load_config
 from pi_search.pipeline.worker import MAX_HUNG_READS, Worker
 from pi_search.web import create_app
 
+pytestmark = pytest.mark.slow   # a real worker against cameras that fail on cue, timed by the watchdog
+
 
 @pytest.fixture
 def notify_socket(tmp_path, monkeypatch):

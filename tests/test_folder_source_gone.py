@@ -16,6 +16,8 @@ from pi_search.config import load_config
 from pi_search.errors import SourceError
 from pi_search.pipeline.worker import Worker
 
+pytestmark = pytest.mark.slow   # a real worker watching a folder disappear and come back
+
 PHOTOS = ["skimage:coffee", "skimage:chelsea", "skimage:rocket", "skimage:astronaut"]
 
 

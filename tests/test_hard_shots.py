@@ -49,6 +49,7 @@ def _alpha_box(rgba, shot, size=(640, 480)):
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 
+@pytest.mark.slow
 @needs_stamps
 def test_hard_scenes_are_small_inside_the_margin_often_beside_a_smaller_object_and_often_dim(stamps):
     rng = np.random.default_rng(11)
@@ -259,6 +260,7 @@ def test_search_mean_scores_the_mean_of_both_cosines_with_one_search(extractor, 
     assert got[0].title and got[0].id == "coffee"
 
 
+@pytest.mark.slow
 def test_empty_scenes_are_rooms_with_nothing_held_up(tmp_path):
     summary = bd.make_empty_scenes(tmp_path / "e", n=4, seed=1)
     with open(tmp_path / "e" / "scenes.csv", newline="") as f:

@@ -101,6 +101,7 @@ def test_refuses_unsupported_python(tmp_path, version):
     assert f"unsupported Python {version}" in res.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_changes_nothing(tmp_path):
     target = tmp_path / "root"
     res = run(["--root", str(target), "--dry-run", "--python", sys.executable])
@@ -211,6 +212,7 @@ def _kiosk(tmp_path, url, wait):
     return res, args_file.read_text().splitlines() if args_file.exists() else []
 
 
+@pytest.mark.slow
 def test_kiosk_waits_for_healthz_then_opens_chromium(tmp_path):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -239,6 +241,7 @@ def test_kiosk_waits_for_healthz_then_opens_chromium(tmp_path):
     assert "--kiosk" in args and args[-1] == url + "/"
 
 
+@pytest.mark.slow
 def test_kiosk_opens_the_page_anyway_after_the_wait(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -96,6 +96,7 @@ def test_build_reports_bad_rows_and_strict_fails(run, catalog_dir, tmp_path, cap
     assert not (tmp_path / "strict").exists()
 
 
+@pytest.mark.slow
 def test_build_with_projection_options(run, catalog_dir, tmp_path):
     r = run("index", "build", catalog_dir, "--out", tmp_path / "b", "--dims", 8, "--search", "ann",
             "--store", "int8", "--trees", 5, "--candidates", 12, "--search-k", 500, "--json")

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import fuzz_http  # noqa: E402
 from slow_clients import SlowClients  # noqa: E402
 
+pytestmark = pytest.mark.slow   # a fuzzer against a real server
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, bundle_dir):

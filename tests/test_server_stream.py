@@ -9,6 +9,8 @@ import pytest
 import server_daemon
 from fakes import wait_until
 
+pytestmark = pytest.mark.slow   # real waitress servers and clients that misbehave for seconds
+
 MAX_VIEWERS = 3
 GET = b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

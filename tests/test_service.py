@@ -107,6 +107,7 @@ def test_smoother_damps_noise_and_restarts_on_a_new_item():
     assert sm.resets == 2
 
 
+@pytest.mark.slow
 def test_source_that_fails_to_start_is_retried(extractor, catalog, shots):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]]), failing_starts=2)
     svc = make_service(extractor, catalog, factory).start()

@@ -23,6 +23,8 @@ from pi_search.index.live import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
+pytestmark = pytest.mark.slow   # real-size photos (up to 40 MP) through every path
+
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 # The int8 model moves scores by about 0.01 for pixels 1-2 levels apart: two JPEG encodings of one upright
 # view (quality 95 and 98) already differ by up to 0.008. A JPEG is decoded one reduction step short and then

@@ -1,37 +1,34 @@
-"""Every route through Flask's test client, over a real worker, model and bundle."""
+"""Every route through Flask's test client, over the worker's read side (``FakeWorker``: no frame loop)
+with the real model and the real live catalog. The real worker behind the app: test_load, test_startup,
+test_faults, test_lockdown and the daemon tests."""
 
 from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 
 import pytest
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import FakeWorker
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 
 
 @pytest.fixture
 def make(extractor, catalog, coffee):
-    """Builds (service, client) for config overrides; the service replays the coffee shot until stopped."""
-    made = []
+    """Builds (worker, client) for config overrides; a started worker has published the coffee shot."""
 
     def _make(start=True, **overrides):
         config = load_config(None, overrides)
-        svc = Worker(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config,
-                      source_name="test")
-        made.append(svc)
+        svc = FakeWorker(catalog, extractor, config, source_name="list")
         if start:
-            svc.start()
-            assert wait_until(lambda: svc.latest() is not None and svc.camera_state()[0])
+            svc.start().publish(coffee)
         return svc, create_app(svc, config).test_client()
 
-    yield _make
-    for svc in made:
-        svc.stop()
+    return _make
 
 
 def test_page_has_no_inline_script_and_a_strict_csp(make):
@@ -80,11 +77,15 @@ def test_results_before_the_first_frame(make):
     assert body["ready"] is False and body["matches"] == [] and body["frame_id"] is None
 
 
-def test_results_long_poll_returns_a_newer_frame(make):
-    svc, client = make(**{"gate.enabled": False})
+def test_results_long_poll_returns_a_newer_frame(make, coffee):
+    svc, client = make()
     first = client.get("/api/results").get_json()["frame_id"]
+    later = threading.Timer(0.3, svc.publish, args=(coffee,))
+    later.start()
+    t0 = time.monotonic()
     body = client.get(f"/api/results?after={first}&wait=5").get_json()
-    assert body["frame_id"] != first
+    later.join()
+    assert body["frame_id"] == first + 1 and time.monotonic() - t0 >= 0.25   # it waited for the new frame
 
 
 def test_search_upload_answers_matches(make, coffee):
