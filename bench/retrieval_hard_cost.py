@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         off, on = live[f"{scene}, settled look off"], live[f"{scene}, settled look on"]
         live[f"{scene}: p50 ratio on/off"] = round(on["p50_ms"] / max(off["p50_ms"], 1e-9), 3)
 
-    # One inferred frame through Service.process (gate off): the kept framing alone, and with a window from
+    # One inferred frame through Worker.process (gate off): the kept framing alone, and with a window from
     # the settled look (two model passes), in turn on the same hard frames.
     from pi_search.camera import Frame
     from pi_search.config import load_config
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     report = {"live": live, "runs": runs, "one_frame": frame, "settle_stage": stage}
     for name, v in live.items():
         print(f"{name:48} {v}")
-    print("one inferred frame (Service.process):", frame)
+    print("one inferred frame (Worker.process):", frame)
     print("settle stage:", stage)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -622,7 +622,7 @@ def t_hard_cost(r: Results) -> str:
         ["frame to result, still scene (one refresh inference per 5 s, which then uses the followed window; "
          f"{samples} samples)", f"{sig3(still_off['p50_ms'])} ms", f"{sig3(still_on['p50_ms'])} ms",
          f"{num(live['still + noise, 15 fps: p50 ratio on/off'])}x"],
-        [f"one inferred frame (`Service.process`), {f['frames']} hard frames in turn: kept framing / "
+        [f"one inferred frame (`Worker.process`), {f['frames']} hard frames in turn: kept framing / "
          "kept + the followed window", f"{sig3(f['kept_only_ms_p50'])} ms",
          f"{sig3(f['with_window_ms_p50'])} ms", f"**{num(f['ratio'])}x**"],
         [f"the settled look ({s['windows']} windows, their searches, the fusion), {s['frames']} hard frames; "

@@ -1,4 +1,4 @@
-"""The local web page and JSON API: an app factory over a running Service (no camera access here)."""
+"""The local web page and JSON API: an app factory over the running worker (no camera access here)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def create_app(service, config):
-    """A Flask app serving ``service`` (a ``pi_search.service.Service``) with settings from ``config``.
+    """A Flask app serving ``service`` (a ``pipeline.worker.Worker``, or anything with its read side) with
+    settings from ``config``.
 
     The app never captures or infers on its own: it reads the worker's latest result, and uploads go
     through ``service.search_image``.
