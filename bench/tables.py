@@ -285,6 +285,35 @@ def t_scale_1m(r: Results) -> str:
     return _scale_table(r, "scale-1m")
 
 
+def t_embed_scaling(r: Results) -> str:
+    rep = r["embed-scaling"]
+    rows = []
+    for run in rep["runs"]:
+        where = (f"Ray, {run['nodes']} nodes x {run['cores'] // run['nodes']} CPU" if run["engine"] == "ray"
+                 else "local, 1 process")
+        steady = run.get("steady_items_per_s_per_core")
+        per_cpu = run.get("steady_items_per_cpu_s")
+        rows.append([where, f"{run['items']:,}", num(run["seconds"], 1), num(run["items_per_s"], 1),
+                     num(run["items_per_s_per_core"], 1), num(steady, 1) if steady else "",
+                     num(run["items_per_cpu_s"], 1), num(per_cpu, 1) if per_cpu else ""])
+    ratio = {k: pct(v) if v is not None else "" for k, v in rep["ray_vs_local"].items()}
+    rows.append(["**Ray / local**", "", "", "", ratio["items_per_s_per_core"],
+                 ratio["steady_items_per_s_per_core"], ratio["items_per_cpu_s"],
+                 ratio["steady_items_per_cpu_s"]])
+    header = ["engine", "items", "s", "items/s", "items/s per core", "steady items/s per core",
+              "items per CPU-s", "steady items per CPU-s"]
+    return md(header, rows) + source("embed-scaling")
+
+
+def t_embed_projection(r: Results) -> str:
+    rep = r["embed-scaling"]
+    ray_run = next(run for run in rep["runs"] if run["engine"] == "ray")
+    per_core = ray_run["steady_items_per_s_per_core"] or ray_run["items_per_s_per_core"]
+    rows = [[f"{int(c):,}", num(per_core * int(c), 0), num(h, 1)]
+            for c, h in rep["hours_for_10m_items_by_cores"].items()]
+    return md(["cores", "items/s", "hours for 10M items"], rows) + source("embed-scaling")
+
+
 def _taught_table(r: Results, report: str) -> str:
     rows = []
     for row in r[report]["latency"]:
@@ -680,6 +709,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "retrieval-uploads": t_retrieval_uploads,
     "scale": t_scale,
     "scale-1m": t_scale_1m,
+    "embed-scaling": t_embed_scaling,
+    "embed-projection": t_embed_projection,
     "taught-latency": t_taught_latency,
     "taught-latency-idle": t_taught_latency_idle,
     "taught-views": t_taught_views,
@@ -694,6 +725,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
 
 # ------------------------------------------------------------------------------------------------ figures
 VALUES: dict[str, Callable[[Results], str]] = {
+    "embed.steady": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["steady_items_per_s_per_core"]),
+    "embed.e2e": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["items_per_s_per_core"]),
     # under attack
     "attack.slow": lambda r: str(r["slow_clients"]["setup"]["slow_connections"]),
     "attack.slow.opened": lambda r: f"{r['slow_clients']['slow_connections_opened']:,}",

@@ -14,6 +14,8 @@ from .bootstrap import build_daemon
 from .config import load_config
 from .demo import demo_bundle, demo_data
 from .doctor import default_config_path
+from .embed.local import embed_local
+from .embed.ray_engine import embed_ray
 from .errors import PiSearchError
 from .index.build import build_bundle
 from .index.compact import compact_path
@@ -155,7 +157,8 @@ def index() -> None:
               help="Index candidates re-ranked on the full vectors per query (default 100).")
 @click.option("--search-k", "search_k", default=None, type=int, help="Annoy nodes searched per query.")
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None,
-              help="Embeddings computed elsewhere (.npy float32 [n, dim]); needs --ids.")
+              help="Embeddings made by index embed (its --out directory), or a .npy float32 [n, dim] "
+                   "with --ids.")
 @click.option("--ids", type=click.Path(path_type=Path), default=None,
               help="Catalog ids of the --embeddings rows, one per line.")
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
@@ -177,6 +180,47 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
         return
     click.echo(f"{out_dir}: {report.items} items indexed, {len(report.skipped)} bad row(s) skipped, "
                f"{report.embedded} embedded, {report.resumed} resumed, {report.seconds:.1f} s", err=True)
+
+
+@index.command("embed")
+@click.argument("catalog", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the embedding shards (made, or resumed when it holds some already).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray cluster (pip install 'pi-search[cluster]').")
+@click.option("--address", default=None,
+              help="(ray) Cluster to join: auto (started here by ray start), HOST:PORT or ray://HOST:10001; "
+                   "default: start Ray on this machine.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="(ray) Embedding actors [one per CPU of the cluster].")
+@click.option("--shard-rows", default=256, show_default=True, type=click.IntRange(1),
+              help="Catalog rows per shard file.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads (per actor).")
+@click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def index_embed(catalog: Path, out_dir: Path, engine: str, address: str | None, actors: int | None,
+                shard_rows: int, model_path: Path | None, threads: int, strict: bool, as_json: bool) -> None:
+    """Embed a catalog's photos into shards, here or on a Ray cluster; build with --embeddings OUT.
+
+    A stopped run resumes where it was when started again with the same arguments.
+    """
+    if engine == "local" and (address or actors):
+        raise click.UsageError("--address and --actors are for --engine ray")
+    extractor = Extractor(model_path, num_threads=threads)
+    if engine == "ray":
+        report = embed_ray(catalog, out_dir, extractor, address=address, actors=actors, threads=threads,
+                           shard_rows=shard_rows, strict=strict)
+    else:
+        report = embed_local(catalog, out_dir, extractor, shard_rows=shard_rows, strict=strict)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(f"{out_dir}: {report.rows} rows in {report.shards} shard(s): {report.embedded} embedded now, "
+               f"{report.resumed} done before, {report.failed} failed, {len(report.skipped)} bad row(s) "
+               f"skipped, {report.seconds:.1f} s; next: pi-search index build {catalog} --embeddings "
+               f"{out_dir} --out BUNDLE", err=True)
 
 
 def _fmt_bytes(n: int) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
+from ..embed.shards import MANIFEST, vectors_for_build
 from ..errors import CatalogError, ImageError
 from ..images import thumbnail
 from ..model.framing import embed_catalog_image
@@ -149,7 +150,7 @@ class _Items:
             yield Item(r.id, r.title, r.price, r.extra, self.ckpt.thumbnail(k))
 
 
-class _Progress:
+class Progress:
     """A tqdm bar on a terminal; plain stderr lines with items/s and ETA (every 5 s) otherwise."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
@@ -231,7 +232,8 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     rows in ``OUT.partial/`` so an interrupted build resumes; the checkpoint is deleted after success.
     ``on_chunk(done, total)`` is called after each checkpoint. ``dims``: PCA dimensions (-1: automatic,
     None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
-    for this one) unless the caller does (``locked``).
+    for this one) unless the caller does (``locked``). ``embeddings``: a shards directory of ``index embed``
+    (refused unless made from these catalog rows with this model and framing), or a .npy with ``ids``.
     """
     if not locked:
         check_out_dir(Path(out_dir))
@@ -248,12 +250,19 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     opts = BuildOptions(dims, whiten, opts.n_trees, opts.search, opts.candidates, opts.search_k,
                         opts.store_dtype, opts.backend)
     given = None
-    if (embeddings is None) != (ids is None):
+    given_failed: dict[str, str] = {}
+    shards = embeddings is not None and Path(embeddings).is_dir()
+    if shards:   # made by pi-search index embed: checked against this catalog and model
+        if ids is not None:
+            raise CatalogError("--ids goes with a .npy file; a shards directory from index embed has its ids")
+        given, given_failed = vectors_for_build(Path(embeddings), catalog_dir, rows, extractor)
+        ids = Path(embeddings)
+    elif (embeddings is None) != (ids is None):
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
-    if embeddings is not None:
+    elif embeddings is not None:
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
     if embeddings is not None:
-        st = Path(embeddings).stat()
+        st = (Path(embeddings) / MANIFEST if shards else Path(embeddings)).stat()
         source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     else:
         source = "extractor"
@@ -262,7 +271,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     resumed = sum(k in ckpt.done for k in keys)
     if resumed:
         log.info("resuming: %d of %d items already done in %s", resumed, len(rows), ckpt.dir)
-    bar = _Progress(len(rows), resumed, progress)
+    bar = Progress(len(rows), resumed, progress)
     kept: list[int] = []
     vectors = np.empty((len(rows), extractor.dim), np.float32)
     late: list[Problem] = []
@@ -275,7 +284,8 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
             else:
                 rel = str(row.image.relative_to(catalog_dir))
                 if given is not None and row.id not in given:
-                    late.append(Problem(row.line, rel, f"no embedding for id {row.id!r} in {ids}"))
+                    late.append(Problem(row.line, rel, given_failed.get(row.id)
+                                        or f"no embedding for id {row.id!r} in {ids}"))
                     continue
                 try:
                     rgb = images.read(row.image)

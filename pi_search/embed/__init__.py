@@ -1,0 +1,1 @@
+"""Embedding a catalog into shards on one machine or on a Ray cluster (``pi-search index embed``)."""

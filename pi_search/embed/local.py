@@ -1,0 +1,144 @@
+"""The local engine: one process embeds a catalog's shards one after another (the baseline for Ray)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import images
+from ..errors import CatalogError, ImageError
+from ..index.build import Progress
+from ..index.catalog import Problem, read_catalog
+from ..model.framing import embed_catalog_image
+from . import shards as sh
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedReport:
+    """What an embed run did: shards and rows written now, found done already, failed rows, time."""
+
+    out_dir: Path
+    engine: str
+    rows: int
+    shards: int
+    embedded: int = 0
+    resumed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    skipped: list[Problem] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out_dir), "engine": self.engine, "rows": self.rows, "shards": self.shards,
+                "embedded": self.embedded, "resumed": self.resumed, "failed": self.failed,
+                "skipped": len(self.skipped), "problems": [str(p) for p in self.skipped],
+                "seconds": round(self.seconds, 2), "model": self.manifest.get("model"),
+                "framing": self.manifest.get("framing")}
+
+
+def embed_one(extractor, data: bytes, name: str) -> np.ndarray:
+    """One catalog photo (encoded file bytes) -> float32 [dim], L2-normalised: decoded like ``images.read``
+    and framed like ``index build`` does (``framing.embed_catalog_image``), so the vectors are the same."""
+    return embed_catalog_image(extractor, images.decode(data, name=name))
+
+
+def read_bytes(path: str) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or None and the reason in the words ``index build`` uses."""
+    try:
+        return Path(path).read_bytes(), None
+    except OSError as exc:
+        return None, f"unreadable image: cannot read ({exc.strerror or exc})"
+
+
+def embed_work(extractor, work: dict, out_dir: str | Path) -> dict:
+    """Embed one shard's rows and write the shard file; returns a summary (no vectors).
+
+    ``work`` (``Plan.work``): ``shard`` int, ``rows`` int64 [n], ``ids``, ``images`` and ``paths`` [n] str,
+    and optionally ``data`` [n] (the files' bytes, None where reading failed) with ``errors`` [n] (the
+    reason, or None): then nothing is read here.
+    """
+    rows = np.asarray(work["rows"], np.int64)
+    paths = list(work["paths"])
+    data = work.get("data")
+    errors = work.get("errors")
+    keep, vecs, failed, reasons = [], [], [], []
+    for n, path in enumerate(paths):
+        if data is None:
+            blob, err = read_bytes(path)
+        else:
+            blob, err = data[n], errors[n]
+        vec = None
+        if err is None:
+            try:
+                vec = embed_one(extractor, blob, path)
+            except ImageError as exc:
+                err = f"unreadable image: {str(exc).split(': ', 1)[-1]}"
+            except Exception as exc:  # one bad image must not stop a long run
+                err = f"cannot process image ({type(exc).__name__}: {exc})"
+        if err is not None:
+            failed.append(int(rows[n]))
+            reasons.append(err)
+            continue
+        keep.append(n)
+        vecs.append(vec)
+    dim = extractor.dim
+    vectors = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, dim), np.float32)
+    ids, images = list(work["ids"]), list(work["images"])
+    sh.write_shard(out_dir, int(work["shard"]), rows[keep], [ids[n] for n in keep],
+                   [images[n] for n in keep], vectors, np.array(failed, np.int64), reasons)
+    return {"shard": int(work["shard"]), "embedded": len(keep), "failed": len(failed)}
+
+
+def prepare(catalog_dir: str | Path, out_dir: str | Path, extractor, shard_rows: int, strict: bool = False):
+    """Read the catalog, plan the shards and open ``out_dir`` for writing (locked, resumable).
+
+    Returns ``(plan, writer, problems)``. Uses the extractor only for its name, sha256, dim and input size.
+    """
+    catalog_dir = Path(catalog_dir)
+    rows, problems = read_catalog(catalog_dir)
+    for p in problems:
+        log.warning("skipped %s", p)
+    if strict and problems:
+        raise CatalogError(f"{len(problems)} bad catalog row(s) and --strict; first: {problems[0]}")
+    if not rows:
+        raise CatalogError(f"{catalog_dir}: no usable rows ({len(problems)} bad row(s)); fix the rows above")
+    out_dir = Path(out_dir)
+    found = sh.read_manifest(out_dir) if out_dir.is_dir() else None
+    if found is not None and found.get("shard_rows") != shard_rows:
+        log.info("%s: resuming with its own shards of %s rows", out_dir, found.get("shard_rows"))
+        shard_rows = int(found.get("shard_rows") or shard_rows)
+    plan = sh.Plan.from_rows(catalog_dir, rows, shard_rows)
+    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    want = sh.header(plan, model, sh.catalog_framing(extractor.size))
+    return plan, sh.ShardWriter(out_dir, want, plan), problems
+
+
+def embed_local(catalog_dir: str | Path, out_dir: str | Path, extractor, *,
+                shard_rows: int = sh.DEFAULT_SHARD_ROWS, strict: bool = False,
+                progress: bool = True) -> EmbedReport:
+    """Embed every usable row of ``catalog_dir`` into shards in ``out_dir`` with ``extractor``, one shard
+    after another; shards already written (an earlier run) are kept and skipped."""
+    t0 = time.perf_counter()
+    plan, writer, problems = prepare(catalog_dir, out_dir, extractor, shard_rows, strict)
+    report = EmbedReport(Path(out_dir), "local", plan.rows, plan.shards, resumed=writer.done_rows,
+                         skipped=problems)
+    bar = Progress(plan.rows, writer.done_rows, progress)
+    try:
+        for k in writer.pending:
+            done = embed_work(extractor, plan.work(k), writer.dir)
+            report.embedded += done["embedded"]
+            report.failed += done["failed"]
+            bar.update(done["embedded"] + done["failed"])
+        report.manifest = writer.finish("local")
+    finally:
+        bar.close()
+        writer.close()
+    report.failed = report.manifest["failed"]
+    report.seconds = time.perf_counter() - t0
+    return report
