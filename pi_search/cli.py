@@ -161,12 +161,15 @@ def index() -> None:
                    "with --ids.")
 @click.option("--ids", type=click.Path(path_type=Path), default=None,
               help="Catalog ids of the --embeddings rows, one per line.")
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
+              help="Thumbnails in the bundle (millions of items: --no-thumbnails keeps it small, and with "
+                   "--embeddings no photo is read).")
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
                 trees: int | None, search_mode: str, store_dtype: str, backend: str, candidates: int | None,
-                search_k: int | None, embeddings: Path | None, ids: Path | None, threads: int,
-                as_json: bool) -> None:
+                search_k: int | None, embeddings: Path | None, ids: Path | None, thumbnails: bool,
+                threads: int, as_json: bool) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
@@ -174,7 +177,8 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
                            search_k=search_k or DEFAULT_SEARCH_K)
     with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
         report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
-                              strict=strict, options=options, embeddings=embeddings, ids=ids)
+                              strict=strict, options=options, embeddings=embeddings, ids=ids,
+                              thumbnails=thumbnails)
     if as_json:
         emit_json(report.as_dict())
         return

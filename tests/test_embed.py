@@ -73,6 +73,24 @@ def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bu
     assert items(tmp_path / "b") == items(bundle_dir)
 
 
+def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir, bundle_dir, extractor,
+                                                             tmp_path, monkeypatch):
+    """The path for millions of items: vectors streamed from the shards, no photo decoded."""
+    out, _ = shards
+
+    def no_photos(*args, **kwargs):
+        raise AssertionError("a photo was read")
+
+    monkeypatch.setattr(images, "read", no_photos)
+    report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False,
+                          thumbnails=False)
+    assert report.items == 16 and report.skipped == []
+    assert np.array_equal(np.load(tmp_path / "b" / "vectors.npy"), np.load(bundle_dir / "vectors.npy"))
+    with sqlite3.connect(tmp_path / "b" / "items.sqlite") as db:
+        assert db.execute("SELECT COUNT(*), COUNT(thumb) FROM items").fetchone() == (16, 0)
+    assert not list(tmp_path.glob(".b.*"))   # the gathered vectors' temporary file is gone
+
+
 def test_a_stopped_run_resumes_and_keeps_the_shards_it_wrote(shards, catalog_dir, extractor, tmp_path):
     out = tmp_path / "s"
     shutil.copytree(shards[0], out)

@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,11 +343,10 @@ class ShardWriter:
             self._lock = -1
 
 
-def load_for_build(shards_dir: str | Path, plan: Plan, want: dict) -> tuple[dict[str, np.ndarray],
-                                                                              dict[str, str]]:
-    """Vectors of a complete shards directory for ``index build --embeddings``: ``{id: float32 [dim]}`` and
-    ``{id: reason}`` for the rows whose image failed; CatalogError (saying what to do) when the shards were
-    made with another model or framing, from other catalog rows, or are not all there."""
+def checked_shards(shards_dir: str | Path, plan: Plan, want: dict) -> Iterator[Shard]:
+    """The shards of a complete shards directory, in catalog order, each checked as it is read (one in memory
+    at a time); CatalogError (saying what to do) when they were made with another model or framing, from
+    other catalog rows, or are not all there."""
     shards_dir = Path(shards_dir)
     found = read_manifest(shards_dir)
     if found is None:
@@ -362,13 +362,12 @@ def load_for_build(shards_dir: str | Path, plan: Plan, want: dict) -> tuple[dict
         raise CatalogError(f"{shards_dir}: not finished (a run was stopped); run pi-search index embed "
                            f"CATALOG --out {shards_dir} again to embed what is left")
     files = shard_files(shards_dir)
+    missing = [k for k in range(plan.shards) if k not in files]
+    if missing:
+        raise CatalogError(f"{shards_dir}: {shard_name(missing[0])} is missing; run pi-search index embed "
+                           f"CATALOG --out {shards_dir} again to embed it")
     dim = want["model"]["dim"]
-    vectors: dict[str, np.ndarray] = {}
-    failed: dict[str, str] = {}
     for k in range(plan.shards):
-        if k not in files:
-            raise CatalogError(f"{shards_dir}: {shard_name(k)} is missing; run pi-search index embed CATALOG "
-                               f"--out {shards_dir} again to embed it")
         try:
             shard = read_shard(files[k], dim)
         except (OSError, ValueError, KeyError) as exc:
@@ -377,11 +376,28 @@ def load_for_build(shards_dir: str | Path, plan: Plan, want: dict) -> tuple[dict
         if not covers(shard, plan):
             raise CatalogError(f"{files[k]}: does not hold the catalog rows planned for it; delete it and "
                                f"run pi-search index embed CATALOG --out {shards_dir} again")
+        yield shard
+
+
+def load_for_build(shards_dir: str | Path, plan: Plan, want: dict) -> tuple[dict[str, np.ndarray],
+                                                                              dict[str, str]]:
+    """Vectors of a complete shards directory as ``{id: float32 [dim]}`` and ``{id: reason}`` for the rows
+    whose image failed (every vector in memory: small catalogs; ``checked_shards`` streams them)."""
+    vectors: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    for shard in checked_shards(shards_dir, plan, want):
         for n, item_id in enumerate(shard.ids):
             vectors[item_id] = shard.vectors[n]
         for r, reason in zip(shard.failed_rows.tolist(), shard.failed_reasons, strict=True):
             failed[plan.ids[r]] = reason
     return vectors, failed
+
+
+def shards_for_build(shards_dir: Path, catalog_dir: Path, rows: list[Row], extractor) -> Iterator[Shard]:
+    """``checked_shards`` for the usable ``rows`` of ``catalog_dir`` and the model of ``extractor``."""
+    plan = Plan.from_rows(catalog_dir, rows, 1)
+    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    return checked_shards(shards_dir, plan, header(plan, model, catalog_framing(extractor.size)))
 
 
 def vectors_for_build(shards_dir: Path, catalog_dir: Path, rows: list[Row], extractor) -> tuple[

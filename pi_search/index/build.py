@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..embed.shards import MANIFEST, vectors_for_build
+from ..embed.shards import MANIFEST, shards_for_build
 from ..errors import CatalogError, ImageError
 from ..images import thumbnail
 from ..model.framing import embed_catalog_image
@@ -224,7 +224,8 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                  whiten: bool = DEFAULT_WHITEN, strict: bool = False, options: BuildOptions | None = None,
                  embeddings: str | Path | None = None, ids: str | Path | None = None,
                  chunk: int = CHUNK, progress: bool = True,
-                 on_chunk: Callable[[int, int], None] | None = None, locked: bool = False) -> BuildReport:
+                 on_chunk: Callable[[int, int], None] | None = None, locked: bool = False,
+                 thumbnails: bool = True) -> BuildReport:
     """Read ``catalog_dir``, embed every good row (or take ``embeddings``/``ids``), write ``out_dir``.
 
     Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning; ``strict``
@@ -233,14 +234,16 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     ``on_chunk(done, total)`` is called after each checkpoint. ``dims``: PCA dimensions (-1: automatic,
     None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
     for this one) unless the caller does (``locked``). ``embeddings``: a shards directory of ``index embed``
-    (refused unless made from these catalog rows with this model and framing), or a .npy with ``ids``.
+    (refused unless made from these catalog rows with this model and framing; streamed, see
+    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards,
+    no image is read at all).
     """
     if not locked:
         check_out_dir(Path(out_dir))
         with bundle_lock(out_dir, what="build"):
             return build_bundle(catalog_dir, out_dir, extractor, dims=dims, whiten=whiten, strict=strict,
                                 options=options, embeddings=embeddings, ids=ids, chunk=chunk,
-                                progress=progress, on_chunk=on_chunk, locked=True)
+                                progress=progress, on_chunk=on_chunk, locked=True, thumbnails=thumbnails)
     t0 = time.perf_counter()
     catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
     check_out_dir(out_dir)
@@ -250,14 +253,13 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     opts = BuildOptions(dims, whiten, opts.n_trees, opts.search, opts.candidates, opts.search_k,
                         opts.store_dtype, opts.backend)
     given = None
-    given_failed: dict[str, str] = {}
     shards = embeddings is not None and Path(embeddings).is_dir()
     if shards:   # made by pi-search index embed: checked against this catalog and model
         if ids is not None:
             raise CatalogError("--ids goes with a .npy file; a shards directory from index embed has its ids")
-        given, given_failed = vectors_for_build(Path(embeddings), catalog_dir, rows, extractor)
-        ids = Path(embeddings)
-    elif (embeddings is None) != (ids is None):
+        return _build_from_shards(catalog_dir, Path(embeddings), out_dir, extractor, rows, problems, opts,
+                                  strict=strict, thumbnails=thumbnails, progress=progress, t0=t0)
+    if (embeddings is None) != (ids is None):
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
     elif embeddings is not None:
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
@@ -284,12 +286,11 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
             else:
                 rel = str(row.image.relative_to(catalog_dir))
                 if given is not None and row.id not in given:
-                    late.append(Problem(row.line, rel, given_failed.get(row.id)
-                                        or f"no embedding for id {row.id!r} in {ids}"))
+                    late.append(Problem(row.line, rel, f"no embedding for id {row.id!r} in {ids}"))
                     continue
                 try:
-                    rgb = images.read(row.image)
-                    thumb = thumbnail(rgb)
+                    rgb = images.read(row.image) if thumbnails or given is None else None
+                    thumb = thumbnail(rgb) if thumbnails else None
                     if given is not None:
                         vec = given[row.id]
                     else:
@@ -342,3 +343,70 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     if problems:
         log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(kept))
     return BuildReport(out_dir, manifest, len(kept), problems, embedded, resumed, time.perf_counter() - t0)
+
+
+class _RowItems:
+    """The Items of the kept catalog rows, made one at a time (thumbnails read from the photos on the way)."""
+
+    def __init__(self, rows: list[Row], kept: list[int], thumbnails: bool):
+        self.rows, self.kept, self.thumbnails = rows, kept, thumbnails
+        self.no_thumb = 0
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __iter__(self):
+        for i in self.kept:
+            row = self.rows[i]
+            thumb = None
+            if self.thumbnails:
+                try:
+                    thumb = thumbnail(images.read(row.image))
+                except (ImageError, OSError):
+                    self.no_thumb += 1   # the embedding exists: the item stays, without a picture
+            yield Item(row.id, row.title, row.price, row.extra, thumb)
+
+
+def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extractor, rows: list[Row],
+                       problems: list[Problem], opts: BuildOptions, *, strict: bool, thumbnails: bool,
+                       progress: bool, t0: float) -> BuildReport:
+    """A bundle from the shards of ``index embed``, streamed: one shard in memory at a time, the vectors
+    gathered in a memory map beside ``out_dir`` (float32 [n, dim]; deleted afterwards), the items written
+    as they are made. Memory stays bounded by a shard and the catalog's rows, whatever the catalog's size."""
+    tmp = out_dir.parent / f".{out_dir.name}.fold-embeddings-{os.getpid()}.npy"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(len(rows), 1),
+                                                                                  extractor.dim))
+    kept: list[int] = []
+    late: list[Problem] = []
+    bar = Progress(len(rows), 0, progress)
+    try:
+        for shard in shards_for_build(shards_dir, catalog_dir, rows, extractor):
+            n = len(shard.rows)
+            vectors[len(kept):len(kept) + n] = shard.vectors
+            kept.extend(int(r) for r in shard.rows)
+            for r, reason in zip(shard.failed_rows.tolist(), shard.failed_reasons, strict=True):
+                row = rows[r]
+                late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)), reason))
+            bar.update(n + len(shard.failed_rows))
+        bar.close()
+        _report(late, strict)
+        total_rows = len(rows) + len(problems)
+        problems = problems + late
+        if not kept:
+            raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); "
+                               "fix the rows above")
+        items = _RowItems(rows, kept, thumbnails)
+        model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts, locked=True,
+                                extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
+                                                            "skipped": len(problems)}})
+    finally:
+        bar.close()
+        del vectors
+        tmp.unlink(missing_ok=True)
+    if items.no_thumb:
+        log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
+    if problems:
+        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(kept))
+    return BuildReport(out_dir, manifest, len(kept), problems, 0, 0, time.perf_counter() - t0)
