@@ -314,6 +314,50 @@ def t_embed_projection(r: Results) -> str:
     return md(["cores", "items/s", "hours for 10M items"], rows) + source("embed-scaling")
 
 
+def big_rows(r: Results) -> list[dict]:
+    """The ivfpq rows of 1M and 3M (big.json) and 10M (big-10m.json) items, smallest first."""
+    rows = [row for name in ("big", "big-10m") if (r.folder / f"{name}.json").is_file()
+            for row in r[name]["rows"]]
+    return sorted(rows, key=lambda row: row["n"])
+
+
+def big_row(r: Results, n: int, nprobe: int, candidates: int) -> dict:
+    for row in big_rows(r):
+        if row["n"] == n and row["search"]["nprobe"] == nprobe and row["search"]["candidates"] == candidates:
+            return row
+    raise KeyError(("big", n, nprobe, candidates))
+
+
+def t_big(r: Results) -> str:
+    rows = []
+    for row in big_rows(r):
+        if "error" in row:
+            continue
+        mem = row["memory"]
+        rows.append([f"{row['n']:,}", row["name"],
+                     f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})",
+                     num(sum(row["files_mb"].values()) / 1000, 2), num(mem["in_ram_bytes"] / 1e6, 0),
+                     num(mem["mapped_bytes"] / 1e6, 0), num(row["load_ms"], 0),
+                     f"{num(row['rss_after_mb']['RssAnon'], 0)}+{num(row['rss_after_mb']['RssFile'], 0)}",
+                     num(row["p50_ms"], 1), num(row["warm_p50_ms"], 1), num(row["warm_p99_ms"], 1),
+                     num(row["recall10"], 3)])
+    header = ["items", "layout and query", "build s (making vectors + ground truth)", "files GB",
+              "in RAM MB", "mapped MB", "load ms", "RSS MB after 1k queries", "cold p50 ms", "warm p50 ms",
+              "warm p99 ms", "R@10"]
+    names = [n for n in ("big", "big-10m") if (r.folder / f"{n}.json").is_file()]
+    return md(header, rows) + source(*names)
+
+
+def t_big_caps(r: Results) -> str:
+    rows = {}
+    for row in r["big-caps"]["rows"]:
+        rows.setdefault(row["dims"], {})[row["score"]] = row["recall10"]
+    body = [[d, num(v["estimate f32"], 3), num(v["estimate int8"], 3), num(v["PCA cosine"], 3)]
+            for d, v in sorted(rows.items())]
+    header = ["PCA dims", "store's estimate, float32", "store's estimate, int8", "cosine of the projections"]
+    return md(header, body) + source("big-caps")
+
+
 def _taught_table(r: Results, report: str) -> str:
     rows = []
     for row in r[report]["latency"]:
@@ -711,6 +755,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "scale-1m": t_scale_1m,
     "embed-scaling": t_embed_scaling,
     "embed-projection": t_embed_projection,
+    "big": t_big,
+    "big-caps": t_big_caps,
     "taught-latency": t_taught_latency,
     "taught-latency-idle": t_taught_latency_idle,
     "taught-views": t_taught_views,

@@ -22,7 +22,7 @@ from .index.compact import compact_path
 from .index.install import info, install_bundle
 from .index.live import LiveCatalog
 from .index.teach import embed_background, embed_shots
-from .index.write import DEFAULT_CANDIDATES, DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from .index.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
 from .model.extractor import Extractor, default_model_path, file_sha256
 from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from .pipeline.photos import query_images
@@ -151,11 +151,18 @@ def index() -> None:
 @click.option("--store", "store_dtype", type=click.Choice(["auto", "float32", "float16", "int8"]),
               default="auto",
               show_default=True, help="Precision of the full vectors kept for exact search and re-ranking.")
-@click.option("--backend", type=click.Choice(["annoy", "usearch"]), default="annoy", show_default=True,
-              help="Approximate index used for candidates.")
+@click.option("--backend", type=click.Choice(["annoy", "usearch", "ivfpq"]), default="annoy",
+              show_default=True,
+              help="Approximate index used for candidates (ivfpq: millions of items, needs faiss-cpu).")
 @click.option("--candidates", default=None, type=click.IntRange(1, 100_000),
-              help="Index candidates re-ranked on the full vectors per query (default 100).")
+              help="Index candidates re-ranked on the stored vectors per query (default 100; ivfpq 500).")
 @click.option("--search-k", "search_k", default=None, type=int, help="Annoy nodes searched per query.")
+@click.option("--nlist", default=0, type=click.IntRange(0, 1 << 20),
+              help="ivfpq: inverted lists (default: about 4 x sqrt(items)).")
+@click.option("--pq-bytes", "pq_bytes", default=0, type=click.IntRange(0, 256),
+              help="ivfpq: bytes per item in the index (default 32).")
+@click.option("--nprobe", default=0, type=click.IntRange(0, 1 << 20),
+              help="ivfpq: inverted lists scanned per query (default 128).")
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None,
               help="Embeddings made by index embed (its --out directory), or a .npy float32 [n, dim] "
                    "with --ids.")
@@ -168,13 +175,13 @@ def index() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
                 trees: int | None, search_mode: str, store_dtype: str, backend: str, candidates: int | None,
-                search_k: int | None, embeddings: Path | None, ids: Path | None, thumbnails: bool,
-                threads: int, as_json: bool) -> None:
+                search_k: int | None, nlist: int, pq_bytes: int, nprobe: int, embeddings: Path | None,
+                ids: Path | None, thumbnails: bool, threads: int, as_json: bool) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
-                           backend=backend, candidates=candidates or DEFAULT_CANDIDATES,
-                           search_k=search_k or DEFAULT_SEARCH_K)
+                           backend=backend, candidates=candidates or 0, search_k=search_k or DEFAULT_SEARCH_K,
+                           nlist=nlist, pq_bytes=pq_bytes, nprobe=nprobe)
     with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
         report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
                               strict=strict, options=options, embeddings=embeddings, ids=ids,
@@ -252,10 +259,16 @@ def index_info(directory: Path, as_json: bool) -> None:
     click.echo("projection  " + (f"PCA {proj['dims']}-d{' whitened' if proj['whiten'] else ''}, "
                                  f"{proj['explained_variance']:.1%} of the variance" if proj else "none"))
     click.echo(f"index       {ix['backend']} {ix['metric']} {ix['dim']}-d"
-               + (f", {ix['n_trees']} trees" if ix.get("n_trees") else ""))
-    detail = (f" ({s['candidates']} candidates re-ranked, search_k {s['search_k']})"
-              if s["mode"] == "ann" else "")
-    click.echo(f"search      {s['mode']}{detail}, store {data['store']['dtype']}")
+               + (f", {ix['n_trees']} trees" if ix.get("n_trees") else "")
+               + (f", {ix['nlist']} lists, {ix['pq_bytes']} bytes an item" if ix.get("nlist") else ""))
+    probe = f", nprobe {s['nprobe']}" if s.get("nprobe") else f", search_k {s['search_k']}"
+    detail = f" ({s['candidates']} candidates re-ranked{probe})" if s["mode"] == "ann" else ""
+    store = data["store"]
+    click.echo(f"search      {s['mode']}{detail}, store {store['dtype']}"
+               + (f" of the {store['dims']}-d PCA vectors" if store.get("space") == "pca" else ""))
+    mem = data["memory"]
+    click.echo(f"memory      {mem['layout']}: {_fmt_bytes(mem['in_ram_bytes'])} in RAM + "
+               f"{_fmt_bytes(mem['mapped_bytes'])} mapped; this machine: {mem['machine']['verdict']}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<22} {_fmt_bytes(size):>10}")
     click.echo(f"  {'total':<22} {_fmt_bytes(data['total_bytes']):>10}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import check_bind, load_config
 from .errors import PiSearchError
 from .index.bundle import Bundle
+from .index.memory import machine_fit, needs
 from .model.extractor import RUNTIMES, Extractor, load_runtime
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,20 @@ def check_bundle(ctx: _Context) -> Check:
     try:
         n = len(b)
         name = b.manifest.model.name
+        memory = b.manifest.extra.get("memory") or needs(bundle, b.manifest.to_dict())
     finally:
         b.close()
     checked = "matches the model" if ctx.extractor is not None else "model not checked"
-    return Check("bundle", OK, f"{bundle}: {n} items, built with {name} ({checked})")
+    fit = machine_fit(memory)
+    detail = (f"{bundle}: {n} items, built with {name} ({checked}); {memory['layout']}: "
+              f"{memory['in_ram_bytes'] / 1e6:.0f} MB in RAM + {memory['mapped_bytes'] / 1e6:.0f} MB mapped; "
+              f"this machine: {fit['verdict']}")
+    if fit["fits"] is False:
+        return Check("bundle", FAIL, detail, "serve it on a machine with more memory, or rebuild it smaller "
+                     "(pi-search index build ... --backend ivfpq, see docs/scale.md)")
+    if fit["fits"] and fit["verdict"].startswith("tight"):
+        return Check("bundle", WARN, detail, "stop other programs, or rebuild it smaller (docs/scale.md)")
+    return Check("bundle", OK, detail)
 
 
 def _device_access(paths: list[str]) -> tuple[list[str], list[str]]:

@@ -52,6 +52,7 @@ def test_all_ok(good_config, bundle_dir):
     assert list(results) == ["python", "config", "runtime", "model", "bundle", "camera", "disk", "port"]
     assert {c.status for c in results.values()} == {"OK"}, doctor.format_checks(list(results.values()))
     assert "16 items" in results["bundle"].detail
+    assert "MB in RAM +" in results["bundle"].detail and "this machine: enough" in results["bundle"].detail
     assert "3 images" in results["camera"].detail
     assert "1280-d" in results["model"].detail
 
@@ -162,6 +163,17 @@ def test_port_held_by_running_pi_search(tmp_path):
         server.server_close()
     assert check.status == "OK"
     assert "running pi-search" in check.detail
+
+
+def test_bundle_larger_than_the_machine_fails_with_what_it_needs(good_config, monkeypatch):
+    from pi_search.index import memory as bundle_memory
+
+    tiny = {"MemTotal": 200_000_000, "MemAvailable": 90_000_000}
+    monkeypatch.setattr(bundle_memory, "meminfo", lambda: tiny)
+    check = _by_name(doctor.run_checks(good_config))["bundle"]
+    assert check.status == "FAIL"
+    assert "too small" in check.detail and "0.2 GB" in check.detail
+    assert "--backend ivfpq" in check.fix
 
 
 def test_low_disk_fails(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -250,8 +250,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     rows, problems = read_catalog(catalog_dir)
     _report(problems, strict)
     opts = options or BuildOptions()
-    opts = BuildOptions(dims, whiten, opts.n_trees, opts.search, opts.candidates, opts.search_k,
-                        opts.store_dtype, opts.backend)
+    opts = replace(opts, dims=dims, whiten=whiten)
     given = None
     shards = embeddings is not None and Path(embeddings).is_dir()
     if shards:   # made by pi-search index embed: checked against this catalog and model

@@ -13,6 +13,7 @@ from .backends import Searcher, get_backend
 from .files import fingerprint
 from .items import ItemsFile
 from .manifest import Manifest, check_model, read_manifest
+from .pca_store import PcaStore
 from .projection import Projection, load_projection, normalise
 from .store import VectorStore
 
@@ -85,15 +86,21 @@ class Bundle:
             self.projection = load_projection(self.directory, m.projection)
             if self.projection.mean.shape != (m.model.dim,):
                 raise BundleError(f"{self.directory}: projection shapes differ from the manifest; rebuild it")
-        self._file(m.store.file)
-        if m.store.scale:
-            self._file(m.store.scale)
+        for name in (m.store.file, m.store.scale, m.store.offset):
+            if name:
+                self._file(name)
         ann = m.search.mode == "ann"
-        self._store = VectorStore(self.directory, m.store, m.items, m.model.dim, random_access=ann)
+        if m.store.space == "pca":
+            if not ann:
+                raise BundleError(f"{self.directory}: its store holds PCA vectors, which only approximate "
+                                  "search can use; search it with mode ann (or rebuild it)")
+            self._store = PcaStore(self.directory, m.store, m.items, self.projection, random_access=True)
+        else:
+            self._store = VectorStore(self.directory, m.store, m.items, m.model.dim, random_access=ann)
         if ann:
             backend = get_backend(m.backend)
             self._file(m.index["file"])
-            self._searcher = backend.open(self.directory, m.index, m.items, m.search.search_k)
+            self._searcher = backend.open(self.directory, m.index, m.items, m.search)
         self._items = ItemsFile(self._file(m.items_file), deep=deep)
         rows = self._items.count()
         if rows != m.items:
@@ -121,8 +128,7 @@ class Bundle:
         """The files this bundle keeps mapped or open while it serves (their in-place overwrite is fatal)."""
         m = self.manifest
         names = [m.store.file, m.items_file]
-        if m.store.scale:
-            names.append(m.store.scale)
+        names += [n for n in (m.store.scale, m.store.offset) if n]
         if m.search.mode == "ann":
             names.append(m.index["file"])
         return [self.directory / Path(n).name for n in names]
@@ -135,7 +141,7 @@ class Bundle:
         return self._items
 
     @property
-    def store(self) -> VectorStore:
+    def store(self) -> VectorStore | PcaStore:
         if self._store is None:
             raise BundleError(f"{self.directory}: the bundle was closed (it is being replaced)")
         return self._store

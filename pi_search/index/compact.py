@@ -101,6 +101,10 @@ def compact(bundle_dir: str | Path, store: ChangeStore, *, progress=None) -> dic
         if not snap.items:
             return {"bundle": str(bundle_dir), "folded": 0, "items": manifest.items,
                     "seconds": round(time.perf_counter() - t0, 3)}
+        if manifest.store.space == "pca":
+            raise CatalogError(f"{bundle_dir}: its store keeps PCA vectors only (--backend ivfpq), from "
+                               "which taught items cannot be folded in; they stay served from the change "
+                               "store. Rebuild the bundle from the catalog to include them")
         old_items = ItemsFile(bundle_dir / manifest.items_file)
         try:
             plan = _Plan(old_items.all_rows(), snap)

@@ -13,6 +13,7 @@ from ..errors import BundleError
 from .bundle import Bundle
 from .files import bundle_lock, fsync_tree, recover, swap_into_place
 from .manifest import read_manifest
+from .memory import machine_fit, needs
 from .write import check_out_dir
 
 log = logging.getLogger(__name__)
@@ -64,5 +65,7 @@ def info(directory: str | Path) -> dict:
     directory = Path(directory)
     manifest = read_manifest(directory)
     files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
-    return {"directory": str(directory), **manifest.to_dict(), "files": files,
-            "total_bytes": sum(files.values())}
+    raw = manifest.to_dict()
+    memory = raw.get("memory") or needs(directory, raw)
+    return {"directory": str(directory), **raw, "files": files, "total_bytes": sum(files.values()),
+            "memory": {**memory, "machine": machine_fit(memory)}}

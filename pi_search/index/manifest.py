@@ -15,7 +15,7 @@ STORE_FILE = "vectors.npy"
 STORE_SCALE_FILE = "vectors_scale.npy"
 PCA_MEAN_FILE = "pca_mean.npy"
 PCA_COMPONENTS_FILE = "pca_components.npy"
-SEARCH_KEYS = ("mode", "candidates", "search_k")
+SEARCH_KEYS = ("mode", "candidates", "search_k", "nprobe")
 
 
 def _rebuild(directory: Path) -> str:
@@ -38,6 +38,9 @@ class StoreEntry:
     file: str = STORE_FILE
     dtype: str = "float32"
     scale: str | None = None
+    space: str | None = None      # "pca": rows are int8 PCA coordinates (``index.pca_store``), else full
+    dims: int | None = None       # ... of that many dims
+    offset: str | None = None     # ... with each row's exact ``mean . x`` in this file
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class SearchSettings:
     mode: str = "exact"
     candidates: int = 100
     search_k: int = 10_000
+    nprobe: int = 0               # ivfpq: inverted lists scanned per query (0: not that backend)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class Manifest:
         unknown = set(overrides) - set(SEARCH_KEYS)
         if unknown or overrides.get("mode", "exact") not in ("exact", "ann"):
             raise BundleError(f"search settings {sorted(overrides)}: use mode (exact or ann), candidates, "
-                              "search_k")
+                              "search_k, nprobe")
         return replace(self, search=replace(self.search, **overrides))
 
     def to_dict(self) -> dict:
@@ -119,9 +123,12 @@ class Manifest:
                 "type": "pca", "dims": self.projection.dims, "whiten": self.projection.whiten,
                 "explained_variance": self.projection.explained_variance, "mean": self.projection.mean,
                 "components": self.projection.components},
-            "store": {"file": self.store.file, "dtype": self.store.dtype, "scale": self.store.scale},
+            "store": {"file": self.store.file, "dtype": self.store.dtype, "scale": self.store.scale,
+                      **({"space": self.store.space, "dims": self.store.dims, "offset": self.store.offset}
+                         if self.store.space else {})},
             "search": {"mode": self.search.mode, "candidates": self.search.candidates,
-                       "search_k": self.search.search_k},
+                       "search_k": self.search.search_k,
+                       **({"nprobe": self.search.nprobe} if self.search.nprobe else {})},
             "items_file": self.items_file,
             "build_seconds": self.build_seconds,
         }
@@ -161,9 +168,10 @@ class Manifest:
                 model=ModelRef(str(m["name"]), str(m.get("sha256") or ""), int(m["dim"])),
                 index=index,
                 store=StoreEntry(str(st.get("file", STORE_FILE)), str(st.get("dtype", "float32")),
-                                 st.get("scale") or None),
+                                 st.get("scale") or None, st.get("space") or None,
+                                 int(st["dims"]) if st.get("dims") else None, st.get("offset") or None),
                 search=SearchSettings(str(se.get("mode", "exact")), int(se.get("candidates", 100)),
-                                      int(se.get("search_k", 10_000))),
+                                      int(se.get("search_k", 10_000)), int(se.get("nprobe") or 0)),
                 projection=None if not pr else ProjectionEntry(
                     int(pr["dims"]), bool(pr.get("whiten")), float(pr.get("explained_variance", 0.0)),
                     str(pr.get("mean", PCA_MEAN_FILE)), str(pr.get("components", PCA_COMPONENTS_FILE))),

@@ -42,7 +42,7 @@ def write_store(directory: Path, vectors: np.ndarray, dtype: str, chunk: int = _
     return StoreEntry(STORE_FILE, dtype, STORE_SCALE_FILE if scale is not None else None)
 
 
-def _advise_random(array: np.ndarray) -> None:
+def advise_random(array: np.ndarray) -> None:
     """Tell the kernel a memory-mapped array is read at random (keeps the resident set to the rows used)."""
     mm = getattr(array, "_mmap", None)
     if mm is not None and hasattr(mmap, "MADV_RANDOM"):
@@ -58,7 +58,7 @@ class VectorStore:
         self.path = directory / Path(entry.file).name
         self.rows = np.load(self.path, mmap_mode="r")
         if random_access:
-            _advise_random(self.rows)  # re-ranking reads scattered rows: no read-ahead around them
+            advise_random(self.rows)  # re-ranking reads scattered rows: no read-ahead around them
         if self.rows.shape != (n, dim):
             raise BundleError(f"{directory}: vector store is {self.rows.shape}, manifest says {n} x {dim}; "
                               "rebuild the bundle")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from .backends import get_backend
+from . import pca_store
+from .backends import get_backend, ivfpq
 from .files import bundle_lock, fingerprint, fsync_tree, recover, swap_into_place
 from .items import Item, write_items
 from .manifest import (
@@ -31,6 +32,7 @@ from .manifest import (
     SearchSettings,
     write_manifest,
 )
+from .memory import needs
 from .projection import ProjectedView, fit_pca, normalise
 from .store import STORE_DTYPES, write_store
 
@@ -52,10 +54,14 @@ class BuildOptions:
     whiten: bool = DEFAULT_WHITEN
     n_trees: int = DEFAULT_TREES
     search: str = "auto"              # "auto", "exact" or "ann"
-    candidates: int = DEFAULT_CANDIDATES
+    candidates: int = 0               # 0: the backend's default (DEFAULT_CANDIDATES; ivfpq: its own)
     search_k: int = DEFAULT_SEARCH_K
     store_dtype: str = "auto"         # "auto" (float32 for exact search, float16 for re-ranking)
     backend: str = "annoy"
+    nlist: int = 0                    # ivfpq: inverted lists (0: automatic)
+    pq_bytes: int = 0                 # ivfpq: PQ bytes per item (0: default)
+    nprobe: int = 0                   # ivfpq: lists probed per query (0: default)
+    index_dims: int = 0               # ivfpq: leading PCA dims the lists are built on (0: default)
 
     def resolved(self, n: int, dim: int) -> BuildOptions:
         search = self.search
@@ -76,8 +82,26 @@ class BuildOptions:
         if store not in STORE_DTYPES:
             raise BundleError(f"store dtype {store!r}: choose one of {', '.join(STORE_DTYPES)}")
         get_backend(self.backend)   # BundleError naming the known backends
-        return BuildOptions(dims, self.whiten, self.n_trees, search, self.candidates, self.search_k, store,
-                            self.backend)
+        if self.backend == "ivfpq":
+            return self._resolved_ivfpq(dim)
+        return replace(self, dims=dims, search=search, store_dtype=store,
+                       candidates=self.candidates or DEFAULT_CANDIDATES)
+
+    def _resolved_ivfpq(self, dim: int) -> BuildOptions:
+        """ivfpq always searches approximately, over a PCA projection, re-ranking on the int8 PCA store."""
+        if self.search == "exact":
+            raise BundleError("--backend ivfpq searches approximately; leave --search out (or use another "
+                              "backend for exact search)")
+        if self.store_dtype not in ("auto", "int8"):
+            raise BundleError(f"--store {self.store_dtype}: the ivfpq backend keeps an int8 store of the "
+                              "PCA vectors; leave --store out")
+        dims = ivfpq.DEFAULT_DIMS if self.dims == -1 else self.dims
+        if not dims or not 0 < dims < dim:
+            raise BundleError(f"--dims {dims}: the ivfpq backend needs a PCA projection of 1 to {dim - 1} "
+                              "dims (leave --dims out for the default)")
+        return replace(self, dims=dims, search="ann", store_dtype="int8",
+                       candidates=self.candidates or ivfpq.DEFAULT_CANDIDATES,
+                       nprobe=self.nprobe or ivfpq.DEFAULT_NPROBE)
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -127,30 +151,37 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
     backend = get_backend(opts.backend)
     try:
         projection = None
+        big = opts.backend == "ivfpq"   # millions of rows: the PCA learns from a spread sample
         if opts.dims:
-            projection = fit_pca(vectors, opts.dims, whiten=opts.whiten)
+            projection = fit_pca(ivfpq.sample(vectors) if big else vectors, opts.dims, whiten=opts.whiten)
             np.save(tmp / PCA_MEAN_FILE, projection.mean)
             np.save(tmp / PCA_COMPONENTS_FILE, projection.components)
-        store = write_store(tmp, vectors, opts.store_dtype)
-        if projection is not None:
-            indexed = ProjectedView(vectors, projection)
-        elif opts.store_dtype != "int8":
-            indexed = np.load(tmp / STORE_FILE, mmap_mode="r")
+        if big:   # an int8 store of the PCA vectors; the lists are built from it, not a second full read
+            store = pca_store.write(tmp, vectors, projection.mean, projection.components)
+            indexed = pca_store.ProjectedRows(tmp, projection.components)
         else:
-            indexed = normalise(vectors)
+            store = write_store(tmp, vectors, opts.store_dtype)
+            if projection is not None:
+                indexed = ProjectedView(vectors, projection)
+            elif opts.store_dtype != "int8":
+                indexed = np.load(tmp / STORE_FILE, mmap_mode="r")
+            else:
+                indexed = normalise(vectors)
         index_entry = backend.build(tmp, indexed, opts)
         write_items(tmp / ITEMS_FILE, items)
         extra = dict(extra_manifest or {})
         manifest = Manifest(
             format_version=FORMAT_VERSION, items=n,
             model=ModelRef(str(model["name"]), str(model["sha256"]), dim), index=index_entry, store=store,
-            search=SearchSettings(opts.search, opts.candidates, opts.search_k),
+            search=SearchSettings(opts.search, opts.candidates, opts.search_k, opts.nprobe if big else 0),
             projection=None if projection is None else ProjectionEntry(
                 projection.dims, projection.whiten, round(projection.explained, 4)),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             catalog=extra.pop("catalog", None), changes=extra.pop("changes", None) or {}, extra=extra)
         files = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = replace(manifest, files=files, build_seconds=round(time.perf_counter() - t0, 3))
+        manifest = replace(manifest, files=files)
+        manifest = replace(manifest, extra={**manifest.extra, "memory": needs(tmp, manifest.to_dict())},
+                           build_seconds=round(time.perf_counter() - t0, 3))
         write_manifest(tmp, manifest)
         fsync_tree(tmp)
         swap_into_place(tmp, out_dir)

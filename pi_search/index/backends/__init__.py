@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from ...errors import BundleError
-from . import annoy, usearch
+from . import annoy, ivfpq, usearch
 
 
 class Searcher(Protocol):
@@ -34,11 +34,12 @@ class Backend(Protocol):
         memory map or a projected view) into ``directory``; return the manifest's ``index`` entry (at least
         ``backend``, ``file``, ``dim``, plus whatever ``open`` needs)."""
 
-    def open(self, directory: Path, entry: dict, items: int, search_k: int) -> Searcher:
-        """Map the index file ``entry`` names; BundleError naming the file and the fix when it cannot."""
+    def open(self, directory: Path, entry: dict, items: int, search) -> Searcher:
+        """Map the index file ``entry`` names (``search``: the manifest's ``SearchSettings``, e.g.
+        ``search_k``, ``nprobe``); BundleError naming the file and the fix when it cannot."""
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (annoy.Annoy(), usearch.USearch())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (annoy.Annoy(), usearch.USearch(), ivfpq.IvfPq())}
 
 
 def get_backend(name: str) -> Backend:

@@ -30,8 +30,8 @@ class Annoy:
         return {"backend": self.name, "file": FILE, "metric": "angular", "dim": dim,
                 "n_trees": options.n_trees}
 
-    def open(self, directory: Path, entry: dict, items: int, search_k: int) -> _Opened:
-        return _Opened(directory / Path(entry["file"]).name, int(entry["dim"]), items, search_k)
+    def open(self, directory: Path, entry: dict, items: int, search) -> _Opened:
+        return _Opened(directory / Path(entry["file"]).name, int(entry["dim"]), items, int(search.search_k))
 
 
 class _Opened:

@@ -40,7 +40,7 @@ class USearch:
         return {"backend": self.name, "file": FILE, "metric": "cos", "dim": int(vectors.shape[1]),
                 "dtype": "f16"}
 
-    def open(self, directory: Path, entry: dict, items: int, search_k: int) -> _Opened:
+    def open(self, directory: Path, entry: dict, items: int, search) -> _Opened:
         path = directory / Path(entry["file"]).name
         return _Opened(path, _index_class().restore(str(path), view=True))
 

@@ -1,0 +1,314 @@
+"""Big-catalog benchmark: ivfpq bundles of 1M, 3M and 10M streamed synthetic vectors, against exact search.
+
+Nothing holds all the vectors: they are made block by block from per-block seeds (bench/synth_stream.py) as
+the bundle build reads them, and the exact full-dimension ground truth rides along the build's first full
+pass (batched matrix products per block). Every bundle is then probed in a fresh process (page cache
+dropped, one thread): cold and warm latency, resident memory after 1,000 queries, recall@10.
+
+    nice -n 10 python bench/bench_big.py --sizes 1000000,3000000,10000000 --work /tmp/big/w
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_scale  # noqa: E402
+from synth_stream import CHUNK, StreamedTopK, Synth  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+K = 10
+
+
+class SyntheticItems(Sequence):
+    """``Item("i", "item i")`` for rows 0..n-1, made when read (ten million Item objects would take GBs)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        from pi_search.index.items import Item
+
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return Item(str(i), f"item {i}")
+
+    def __iter__(self) -> Iterator:
+        from pi_search.index.items import Item
+
+        for i in range(self.n):
+            yield Item(str(i), f"item {i}")
+
+
+def queries(x: Synth, nq: int, seed: int = 1) -> np.ndarray:
+    """Camera-like queries (``bench_scale.make_queries``) from the items of 20 random blocks: float32
+    [nq, 1280] (the blocks are independent draws of the same mixture: their items are a fair sample).
+    """
+    rng = np.random.default_rng(seed)
+    blocks = np.sort(rng.choice(x.blocks, min(20, x.blocks), replace=False))
+    pool = np.concatenate([x.block(int(j)) for j in blocks])
+    return bench_scale.make_queries(pool, nq, seed=seed)
+
+
+def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Path, dict]:
+    """Stream ``n`` vectors into an ivfpq bundle (and the queries' exact top 10 alongside)."""
+    from threadpoolctl import threadpool_limits
+
+    from pi_search.index.write import BuildOptions, write_bundle
+
+    tag = f"{n}"
+    out = work / f"ivfpq-{n}"
+    info_path = work / f"build-{n}.json"
+    if (out / "manifest.json").is_file() and info_path.is_file():
+        return out, json.loads(info_path.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    with threadpool_limits(1):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        t0 = time.perf_counter()
+        x = Synth(n, real)
+        q = queries(x, nq)
+        gt = StreamedTopK(q, n)
+        x.observers.append(gt)
+        setup_s = time.perf_counter() - t0
+        print(f"  {n}: generator and queries ready in {setup_s:.0f} s", file=sys.stderr, flush=True)
+        model = {"name": "synthetic", "sha256": "0" * 64, "dim": 1280}
+        m = write_bundle(out, x, SyntheticItems(n), model=model,
+                         options=BuildOptions(backend="ivfpq", **opts))
+        if not gt.complete:   # not expected: the store pass reads every block
+            for j in range(x.blocks):
+                if j * CHUNK not in gt.seen:
+                    x.block(j)
+        truth = gt.result()
+    np.save(work / f"q-{tag}.npy", q)
+    np.save(work / f"truth-{tag}.npy", truth)
+    build_s = float(m["build_seconds"])
+    info = {"build_s": round(build_s, 1), "generate_s": round(x.seconds, 1), "truth_s": round(gt.seconds, 1),
+            "build_net_s": round(build_s - x.seconds - gt.seconds, 1), "blocks_made": x.blocks_made,
+            "files_mb": bench_scale._sizes(out), "memory": m["memory"], "index": m["index"],
+            "projection": m["projection"], "setup_s": round(setup_s, 1)}
+    info_path.write_text(json.dumps(info, indent=1))
+    print(f"  {n}: built in {build_s:.0f} s (making vectors {x.seconds:.0f} s, ground truth "
+          f"{gt.seconds:.0f} s)", file=sys.stderr, flush=True)
+    return out, info
+
+
+def derive_whitened(src: Path, out: Path, opts: dict) -> dict:
+    """A whitened copy of the plain-PCA bundle ``src``: new inverted lists, every other file shared.
+
+    The int8 store holds the PCA coordinates on the unit axes whether or not the projection is whitened, so
+    only ``pca_components.npy`` (the axes divided by the square root of their variance, measured on a spread
+    sample of the store) and ``index.faiss`` change; the rest is hard-linked. Saves making ten million
+    vectors again to compare the two.
+    """
+    from types import SimpleNamespace
+
+    from threadpoolctl import threadpool_limits
+
+    from pi_search.index import pca_store
+    from pi_search.index.backends import ivfpq
+    from pi_search.index.files import fingerprint
+    from pi_search.index.memory import needs
+
+    info_path = out.parent / f"build-{out.name}.json"
+    if (out / "manifest.json").is_file() and info_path.is_file():
+        return json.loads(info_path.read_text())
+    m = json.loads((src / "manifest.json").read_text())
+    if m["projection"]["whiten"]:
+        raise SystemExit(f"{src}: already whitened")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("manifest.json", ivfpq.FILE, "pca_components.npy"):
+            os.link(f, tmp / f.name)
+    with threadpool_limits(1):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        axes = np.load(src / "pca_components.npy")
+        unit = pca_store.ProjectedRows(tmp, axes)
+        y = ivfpq.sample(_Coordinates(unit))
+        var = (y.astype(np.float64) ** 2).mean(axis=0)
+        comps = axes / np.sqrt(np.maximum(var, 1e-4 * var.max()))[:, None].astype(np.float32)
+        np.save(tmp / "pca_components.npy", comps.astype(np.float32))
+        del y
+        options = SimpleNamespace(nlist=opts["nlist"], pq_bytes=opts["pq_bytes"], nprobe=0,
+                                  index_dims=opts["index_dims"])
+        m["index"] = ivfpq.IvfPq().build(tmp, pca_store.ProjectedRows(tmp, comps), options)
+    m["projection"]["whiten"] = True
+    m["search"]["nprobe"] = m["index"]["nprobe"]
+    m["files"] = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    m["memory"] = needs(tmp, m)
+    m["build_seconds"] = round(time.perf_counter() - t0, 1)
+    m["derived_from"] = src.name
+    (tmp / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    os.replace(tmp, out)
+    base = json.loads((src.parent / f"build-{src.name.split('-')[-1]}.json").read_text())
+    info = {**base, "derived_s": m["build_seconds"], "files_mb": bench_scale._sizes(out),
+            "memory": m["memory"], "index": m["index"], "projection": m["projection"]}
+    info_path.write_text(json.dumps(info, indent=1))
+    print(f"  {out.name}: new lists in {m['build_seconds']:.0f} s", file=sys.stderr, flush=True)
+    return info
+
+
+class _Coordinates:
+    """The raw PCA coordinates ``y`` of a store (int8 times its scale): float32 [rows, dims] when sliced."""
+
+    def __init__(self, rows):
+        self._r, self.shape = rows, rows.shape
+
+    def __getitem__(self, sl) -> np.ndarray:
+        return self._r.store[sl].astype(np.float32) * self._r.scale[sl][:, None]
+
+
+def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes: list[dict], nq: int) -> list:
+    rows = []
+    for search in probes:
+        r = bench_scale.run_probe(bundle, work, f"{n}", search, nq)
+        ix = info["index"]
+        w = "w" if info["projection"]["whiten"] else ""
+        name = (f"ivfpq IVF{ix['nlist']},PQ{ix['pq_bytes']} on pca{ix['dim']}{w} nprobe{search['nprobe']} "
+                f"+rerank{search['candidates']} int8 pca{opts['dims']}")
+        row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r}
+        rows.append(row)
+        print(f"  {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run_size(n: int, real: np.ndarray, work: Path, opts: dict, probes: list[dict], nq: int) -> list[dict]:
+    print(f"== {n} items", file=sys.stderr, flush=True)
+    bundle, info = build(n, real, work, opts, nq)
+    return probe_rows(n, bundle, work, info, opts, probes, nq)
+
+
+def caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[dict]:
+    """Recall@10 of exact search in the PCA space alone, per kept dimension: the ceiling of a PCA store.
+
+    Scored three ways: the store's estimate of the full cosine (``pca_store``: PCA coordinates plus the exact
+    ``m . x`` term) in float32 and in int8, and the plain cosine of the projected vectors.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from pi_search.index.backends.ivfpq import sample
+    from pi_search.index.pca_store import axes
+    from pi_search.index.projection import fit_pca
+
+    with threadpool_limits(1):
+        x = Synth(n, real)
+        q = queries(x, nq)
+        gt = StreamedTopK(q, n)
+        x.observers.append(gt)
+        p = fit_pca(sample(x), max(dims))
+        u = axes(p.components)
+        y = np.empty((n, max(dims)), np.float32)
+        off = np.empty(n, np.float32)
+        for j in range(x.blocks):
+            b = x.block(j)
+            y[j * CHUNK:j * CHUNK + len(b)] = (b - p.mean) @ u.T
+            off[j * CHUNK:j * CHUNK + len(b)] = b @ p.mean
+        truth = gt.result()
+        qy = (q - p.mean) @ u.T
+        const = q @ p.mean - float(p.mean @ p.mean)
+        rows = []
+        for d in sorted(dims):
+            for kind in ("estimate f32", "estimate int8", "PCA cosine"):
+                mat = np.ascontiguousarray(y[:, :d])      # one [n, d] copy at a time
+                if kind == "estimate int8":
+                    mx = np.abs(mat).max(axis=1)
+                    mx = np.where(mx > 0, mx, 1.0)
+                    mat = np.round(mat * (127.0 / mx[:, None])).astype(np.int8).astype(np.float32)
+                    mat *= (mx / 127.0)[:, None]
+                elif kind == "PCA cosine":
+                    mat /= np.linalg.norm(mat, axis=1, keepdims=True)
+                pred = []
+                for i in range(0, nq, 100):
+                    qq = qy[i:i + 100, :d]
+                    if kind == "PCA cosine":
+                        sc = (qq / np.linalg.norm(qq, axis=1, keepdims=True)) @ mat.T
+                    else:
+                        sc = qq @ mat.T + off + const[i:i + 100, None]
+                    pred += list(np.argpartition(-sc, K, axis=1)[:, :K])
+                del mat
+                r10 = round(bench_scale.recall(pred, truth), 4)
+                rows.append({"n": n, "dims": d, "score": kind, "recall10": r10})
+                print(f"  cap {d} dims, {kind}: {r10}", file=sys.stderr, flush=True)
+    out.write_text(json.dumps({"machine": bench_scale._machine(), "rows": rows,
+                               "explained_variance": round(p.explained, 4)}, indent=1))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,3000000,10000000")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pi-search-big"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "big.json")
+    ap.add_argument("--dims", type=int, default=512, help="PCA dims of the int8 re-rank store")
+    ap.add_argument("--pq-bytes", type=int, default=32)
+    ap.add_argument("--index-dims", type=int, default=256, help="PCA dims the inverted lists are built on")
+    ap.add_argument("--nlist", type=int, default=0, help="0: automatic")
+    ap.add_argument("--probes", default="32:500,64:500,64:1000,128:1000",
+                    help="nprobe:candidates pairs measured")
+    ap.add_argument("--keep", action="store_true", help="keep the bundles (they take GBs)")
+    ap.add_argument("--no-whiten", action="store_true", help="lists over the plain PCA (default: whitened)")
+    ap.add_argument("--caps", type=int, default=0, metavar="N",
+                    help="only measure the PCA re-rank ceiling at N items (bench/results/big-caps.json)")
+    ap.add_argument("--cap-dims", default="128,256,384,512")
+    ap.add_argument("--derive-whitened", type=int, default=0, metavar="N",
+                    help="whiten the kept plain-PCA bundle of N items (new lists only) and probe it")
+    a = ap.parse_args()
+    # the fresh probe processes import this checkout's pi_search, whatever the venv points at
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    a.work.mkdir(parents=True, exist_ok=True)
+    real = bench_scale.real_embeddings(a.work, 3000)
+    if a.caps:
+        caps(a.caps, real, [int(d) for d in a.cap_dims.split(",")], a.queries,
+             a.out.with_name("big-caps.json"))
+        return
+    opts = {"dims": a.dims, "pq_bytes": a.pq_bytes, "nlist": a.nlist, "whiten": not a.no_whiten,
+            "index_dims": a.index_dims}
+    probes = [{"mode": "ann", "nprobe": int(p.split(":")[0]), "candidates": int(p.split(":")[1])}
+              for p in a.probes.split(",")]
+    old = json.loads(a.out.read_text())["rows"] if a.out.is_file() else []
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    if a.derive_whitened:
+        sizes = [a.derive_whitened]
+    for n in sizes:
+        if a.derive_whitened:
+            out = a.work / f"ivfpq-{n}-w"
+            info = derive_whitened(a.work / f"ivfpq-{n}", out, opts)
+            rows = probe_rows(n, out, a.work, info, opts, probes, a.queries)
+        else:
+            rows = run_size(n, real, a.work, opts, probes, a.queries)
+        names = {(r["n"], r["name"]) for r in rows}
+        old = [r for r in old if (r["n"], r["name"]) not in names] + rows
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"machine": {**bench_scale._machine(), "load": os.getloadavg()},
+                                     "rows": sorted(old, key=lambda r: r["n"])}, indent=1))
+        if not a.keep:
+            shutil.rmtree(a.work / f"ivfpq-{n}", ignore_errors=True)
+    print(bench_scale.table(old))
+    print(f"JSON: {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The ivfpq backend (faiss IVF-PQ over PCA, int8 PCA re-rank store) behind the one bundle interface."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pi_search.errors import BundleError
+from pi_search.index.backends.annoy import FILE as ANNOY_FILE
+from pi_search.index.bundle import Bundle
+from pi_search.index.install import info
+from pi_search.index.items import Item
+from pi_search.index.manifest import MANIFEST, STORE_FILE, read_manifest
+from pi_search.index.write import BuildOptions, write_bundle
+
+DIM = 1280
+
+
+def _embeddings_like(n: int, seed: int = 0) -> np.ndarray:
+    """Clustered unit vectors, decaying spectrum over random axes, like the model's: float32 [n, 1280]."""
+    rng = np.random.default_rng(seed)
+    axes, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    scale = (np.arange(1, DIM + 1) ** -0.6).astype(np.float32)
+    centres = (rng.standard_normal((n // 40, DIM)) * scale) @ axes.T
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * (rng.standard_normal((n, DIM)) * scale) @ axes.T
+    x += 0.4 * np.abs(rng.standard_normal(DIM)) * scale[0]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _noise(rng, norm: float) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return norm * v / np.linalg.norm(v)
+
+
+def _write(path, x, model=None, **opts):
+    items = [Item(f"id{i}", f"item {i}") for i in range(len(x))]
+    model = model or {"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]}
+    write_bundle(path, x, items, model=model, options=BuildOptions(**opts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _embeddings_like(4000)
+
+
+@pytest.fixture(scope="module")
+def ivf_dir(tmp_path_factory, data):
+    return _write(tmp_path_factory.mktemp("ivfpq") / "b", data, backend="ivfpq", dims=128)
+
+
+def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(x @ q), kind="stable")[:k]
+
+
+def test_build_writes_the_layout_and_a_fresh_bundle_finds_the_true_neighbours(ivf_dir, data):
+    m = json.loads((ivf_dir / MANIFEST).read_text())
+    assert m["index"]["backend"] == "ivfpq" and m["index"]["file"] == "index.faiss"
+    assert m["index"]["dim"] == 128 and m["projection"]["dims"] == 128
+    assert m["store"]["space"] == "pca" and m["store"]["dtype"] == "int8" and m["store"]["dims"] == 128
+    assert m["search"]["mode"] == "ann" and m["search"]["nprobe"] > 0
+    assert np.load(ivf_dir / "vectors.npy", mmap_mode="r").shape == (len(data), 128)
+    assert not (ivf_dir / ANNOY_FILE).exists()
+    rng = np.random.default_rng(5)
+    hits, firsts = 0, 0
+    with Bundle.open(ivf_dir) as b:
+        for i in rng.choice(len(data), 50, replace=False):
+            q = data[i] + _noise(rng, 0.3)
+            q /= np.linalg.norm(q)
+            truth = _exact_top(data, q, 10)
+            found = b.search(q, 10)
+            assert len(found) == 10
+            firsts += found[0].index == truth[0]
+            hits += len({f.index for f in found} & set(truth.tolist()))
+            scores = [f.score for f in found]
+            assert scores == sorted(scores, reverse=True)
+            # the score estimates the cosine of the full vectors
+            assert abs(found[0].score - float(data[found[0].index] @ q)) < 0.05
+    assert firsts >= 45            # the item itself, almost always
+    assert hits / 500 >= 0.8       # chance would be 10 / 4000
+
+
+def test_more_candidates_and_lists_find_more(ivf_dir, data):
+    rng = np.random.default_rng(9)
+    qs = data[rng.choice(len(data), 40, replace=False)] + np.stack([_noise(rng, 0.5) for _ in range(40)])
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+
+    def recall(search):
+        with Bundle.open(ivf_dir, search=search) as b:
+            found = [set(b.search_indices(q, 10)[0].tolist()) for q in qs]
+        truth = [set(_exact_top(data, q, 10).tolist()) for q in qs]
+        return np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)])
+
+    low = recall({"candidates": 10, "nprobe": 1})
+    high = recall({"candidates": 400, "nprobe": 32})
+    assert high > low and high >= 0.7   # chance: 0.0025; the 128-d PCA caps it near 0.8
+
+
+def test_info_and_manifest_report_the_memory_it_needs(ivf_dir):
+    data = info(ivf_dir)
+    mem = data["memory"]
+    assert "ivfpq" in mem["layout"] and "int8" in mem["layout"]
+    in_ram = sum((ivf_dir / f).stat().st_size for f in ("index.faiss", "pca_mean.npy", "pca_components.npy"))
+    assert mem["in_ram_bytes"] == in_ram
+    assert mem["mapped_bytes"] >= (ivf_dir / "vectors.npy").stat().st_size
+    assert "vectors.npy" in mem["mapped_files"] and "index.faiss" not in mem["mapped_files"]
+    fit = mem["machine"]
+    assert fit["mem_total_bytes"] > 0 and fit["fits"] is True and fit["verdict"].startswith("enough")
+    manifest = json.loads((ivf_dir / MANIFEST).read_text())
+    assert manifest["memory"]["in_ram_bytes"] == in_ram
+
+
+def test_machine_fit_says_when_a_bundle_is_too_big():
+    from pi_search.index.memory import machine_fit
+
+    mem = {"in_ram_bytes": 3_000_000_000, "mapped_bytes": 10_000_000_000}
+    small = machine_fit(mem, {"MemTotal": 2_000_000_000, "MemAvailable": 1_500_000_000})
+    assert small["fits"] is False and small["verdict"].startswith("too small")
+    pi4 = machine_fit({"in_ram_bytes": 500_000_000, "mapped_bytes": 5_000_000_000},
+                      {"MemTotal": 4_000_000_000, "MemAvailable": 3_000_000_000})
+    assert pi4["fits"] is True and pi4["cached_fraction"] == 0.5 and "50%" in pi4["verdict"]
+
+
+def test_missing_faiss_file_is_refused_naming_it(tmp_path, data):
+    b = _write(tmp_path / "b", data[:3000], backend="ivfpq", dims=64)
+    (b / "index.faiss").unlink()
+    with pytest.raises(BundleError, match=r"index\.faiss: missing; copy the whole bundle again"):
+        Bundle.open(b)
+
+
+def test_damaged_faiss_file_is_refused_naming_it_and_the_fix(tmp_path, data):
+    b = _write(tmp_path / "b", data[:3000], backend="ivfpq", dims=64)
+    path = b / "index.faiss"
+    raw = bytearray(path.read_bytes())
+    raw[:4] = b"XXXX"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"index\.faiss: does not belong"):   # the fingerprint sees it first
+        Bundle.open(b)
+    m = json.loads((b / MANIFEST).read_text())
+    del m["files"]["index.faiss"]
+    (b / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"index\.faiss: faiss cannot read it .*--backend ivfpq"):
+        Bundle.open(b)
+
+
+def test_options_that_do_not_fit_ivfpq_are_refused(tmp_path, data):
+    with pytest.raises(BundleError, match="--store float16"):
+        _write(tmp_path / "a", data[:500], backend="ivfpq", store_dtype="float16")
+    with pytest.raises(BundleError, match="approximately"):
+        _write(tmp_path / "b", data[:500], backend="ivfpq", search="exact")
+    with pytest.raises(BundleError, match="mode ann"):
+        Bundle.open(_write(tmp_path / "c", data[:2000], backend="ivfpq", dims=32),
+                       search={"mode": "exact"})
+
+
+def test_query_cli_finds_real_photos_among_thousands(tmp_path, bundle_dir, extractor, query_photo,
+                                                     catalog_dir):
+    """Real embeddings of the catalog photos among 4,000 distractors, served through ``pi-search query``."""
+    from pi_search.cli import main
+
+    real = np.load(bundle_dir / STORE_FILE).astype(np.float32)
+    with Bundle.open(bundle_dir) as b:
+        ids = [b.search(v, 1)[0].id for v in real]
+    centre = real.mean(axis=0)
+    spread = np.linalg.norm(real - centre, axis=1).mean()
+    others = centre + spread * _embeddings_like(4000, seed=3)   # as far from the centre as real items
+    others /= np.linalg.norm(others, axis=1, keepdims=True)
+    x = np.concatenate([others[:2000], real, others[2000:]]).astype(np.float32)
+    names = [f"other{i}" for i in range(2000)] + ids + [f"other{i}" for i in range(2000, 4000)]
+    items = [Item(n, n.title()) for n in names]
+    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    out = tmp_path / "big"
+    write_bundle(out, x, items, model=model, options=BuildOptions(backend="ivfpq", dims=64))
+    r = CliRunner().invoke(main, ["query", "--bundle", str(out), "--k", "3", "--json", str(query_photo),
+                            str(catalog_dir / "images" / "apple.jpg")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    assert res[0]["matches"][0]["id"] == "coffee"
+    assert res[1]["matches"][0]["id"] == "apple"
+    r = CliRunner().invoke(main, ["query", "--bundle", str(bundle_dir), "--k", "1", "--json",
+                                  str(catalog_dir / "images" / "apple.jpg")], catch_exceptions=False)
+    exact = json.loads(r.stdout)["results"][0]["matches"][0]
+    assert exact["id"] == "apple"
+    assert res[1]["matches"][0]["score"] == pytest.approx(exact["score"], abs=0.05)   # PCA estimate of it
+    r = CliRunner().invoke(main, ["index", "info", str(out)])
+    assert r.exit_code == 0 and "ivfpq" in r.stdout and "in RAM" in r.stdout
+
+
+def test_taught_items_are_served_and_compaction_refuses_keeping_them(tmp_path, data):
+    from pi_search.errors import CatalogError
+    from pi_search.index.live import LiveCatalog
+
+    b = _write(tmp_path / "b", data[:3000], backend="ivfpq", dims=64)
+    rng = np.random.default_rng(4)
+    lamp = data[3500:3503] + np.stack([_noise(rng, 0.05) for _ in range(3)])
+    lamp /= np.linalg.norm(lamp, axis=1, keepdims=True)
+    cat = LiveCatalog.open(b, refresh_s=0.0)
+    try:
+        cat.add("Desk lamp", "30.00", lamp, item_id="lamp")
+        assert cat.search(lamp[0], 3)[0].id == "lamp"
+        assert cat.search(data[17], 1)[0].id == "id17"
+        with pytest.raises(CatalogError, match="Rebuild the bundle from the catalog"):
+            cat.compact()
+        assert cat.store.pending() == 1 and cat.search(lamp[0], 1)[0].id == "lamp"
+        assert read_manifest(b).items == 3000
+    finally:
+        cat.close()
