@@ -16,6 +16,8 @@ from pi_search.index.items import Item
 from pi_search.index.manifest import MANIFEST, STORE_FILE, read_manifest
 from pi_search.index.write import BuildOptions, write_bundle
 
+pytestmark = pytest.mark.slow   # faiss trains its lists and codes on thousands of vectors
+
 DIM = 1280
 
 
