@@ -102,7 +102,8 @@ class IvfPq:
         nlist = int(getattr(options, "nlist", 0) or auto_nlist(n))
         m = pq_bytes_for(d, int(getattr(options, "pq_bytes", 0) or DEFAULT_PQ_BYTES))
         nbits = 8 if n >= 256 * MIN_PER_LIST else max(1, min(8, int(math.log2(max(n // MIN_PER_LIST, 2)))))
-        train = np.ascontiguousarray(sample(vectors), dtype=np.float32)
+        # enough rows for every list (faiss wants 39 a list): more lists than the default learn from more rows
+        train = np.ascontiguousarray(sample(vectors, max(TRAIN_ROWS, MIN_PER_LIST * nlist)), dtype=np.float32)
         quantizer = faiss.IndexFlatL2(d)
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits)
         index.cp.seed = 1
