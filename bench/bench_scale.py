@@ -65,6 +65,21 @@ def real_embeddings(work: Path, limit: int) -> np.ndarray:
     return vecs
 
 
+def embedding_shape(real: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, basis)`` of vectors shaped like the model's embeddings: ``mean + z @ basis`` with z standard
+    normal [m, DIM] has the mean and covariance (spectrum and axes) of ``real`` when given, else a power-law
+    spectrum on random axes (drawn from ``rng``)."""
+    if real is not None and len(real) > DIM:
+        mean = real.mean(axis=0)
+        evals, evecs = np.linalg.eigh(np.cov(real, rowvar=False))
+        evals = np.clip(evals, 1e-9, None)
+    else:
+        mean = np.abs(rng.standard_normal(DIM)).astype(np.float32) * 0.03
+        evals = (np.arange(1, DIM + 1) ** -1.2) * 0.05
+        evecs, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+    return mean, (evecs * np.sqrt(evals)).T.astype(np.float32)  # basis [DIM, DIM]: z @ basis ~ N(0, cov)
+
+
 def synthetic(work: Path, n: int, real: np.ndarray | None, seed: int = 0) -> Path:
     """Clustered, anisotropic, L2-normalised vectors written to ``work/synth-N.npy`` (float32 [n, 1280]).
 
@@ -76,15 +91,7 @@ def synthetic(work: Path, n: int, real: np.ndarray | None, seed: int = 0) -> Pat
     if path.is_file():
         return path
     rng = np.random.default_rng(seed)
-    if real is not None and len(real) > DIM:
-        mean = real.mean(axis=0)
-        evals, evecs = np.linalg.eigh(np.cov(real, rowvar=False))
-        evals = np.clip(evals, 1e-9, None)
-    else:
-        mean = np.abs(rng.standard_normal(DIM)).astype(np.float32) * 0.03
-        evals = (np.arange(1, DIM + 1) ** -1.2) * 0.05
-        evecs, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-    basis = (evecs * np.sqrt(evals)).T.astype(np.float32)  # [DIM, DIM]: z @ basis ~ N(0, cov)
+    mean, basis = embedding_shape(real, rng)
     clusters = max(1, n // 50)
     centres = mean + np.sqrt(0.6) * rng.standard_normal((clusters, DIM)).astype(np.float32) @ basis
     out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(n, DIM))

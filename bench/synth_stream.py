@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from bench_scale import DIM, embedding_shape
 
-DIM = 1280
 K = 10
 CHUNK = 10_000
 
@@ -24,15 +24,7 @@ class Synth:
 
     def __init__(self, n: int, real: np.ndarray | None, seed: int = 0):
         rng = np.random.default_rng(seed)
-        if real is not None and len(real) > DIM:
-            mean = real.mean(axis=0)
-            evals, evecs = np.linalg.eigh(np.cov(real, rowvar=False))
-            evals = np.clip(evals, 1e-9, None)
-        else:
-            mean = np.abs(rng.standard_normal(DIM)).astype(np.float32) * 0.03
-            evals = (np.arange(1, DIM + 1) ** -1.2) * 0.05
-            evecs, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-        self.basis = (evecs * np.sqrt(evals)).T.astype(np.float32)  # [DIM, DIM]: z @ basis ~ N(0, cov)
+        mean, self.basis = embedding_shape(real, rng)
         self.n, self.seed = int(n), seed
         self.clusters = max(1, n // 50)
         self.centres = np.empty((self.clusters, DIM), np.float32)

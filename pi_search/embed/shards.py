@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import CatalogError
 from ..index.catalog import Row
+from ..index.files import fsync_dir
 from ..model.framing import CATALOG_TILT, CATALOG_TINT, CATALOG_ZOOM
 
 log = logging.getLogger(__name__)
@@ -153,14 +154,6 @@ def mismatch(found: dict, want: dict) -> str | None:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, write) -> None:
     """Call ``write(file)`` on a unique temporary file beside ``path``, sync it, rename it to ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
@@ -173,7 +166,7 @@ def _write_atomic(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_manifest(out_dir: Path, data: dict) -> None:
@@ -379,30 +372,8 @@ def checked_shards(shards_dir: str | Path, plan: Plan, want: dict) -> Iterator[S
         yield shard
 
 
-def load_for_build(shards_dir: str | Path, plan: Plan, want: dict) -> tuple[dict[str, np.ndarray],
-                                                                              dict[str, str]]:
-    """Vectors of a complete shards directory as ``{id: float32 [dim]}`` and ``{id: reason}`` for the rows
-    whose image failed (every vector in memory: small catalogs; ``checked_shards`` streams them)."""
-    vectors: dict[str, np.ndarray] = {}
-    failed: dict[str, str] = {}
-    for shard in checked_shards(shards_dir, plan, want):
-        for n, item_id in enumerate(shard.ids):
-            vectors[item_id] = shard.vectors[n]
-        for r, reason in zip(shard.failed_rows.tolist(), shard.failed_reasons, strict=True):
-            failed[plan.ids[r]] = reason
-    return vectors, failed
-
-
 def shards_for_build(shards_dir: Path, catalog_dir: Path, rows: list[Row], extractor) -> Iterator[Shard]:
     """``checked_shards`` for the usable ``rows`` of ``catalog_dir`` and the model of ``extractor``."""
     plan = Plan.from_rows(catalog_dir, rows, 1)
     model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
     return checked_shards(shards_dir, plan, header(plan, model, catalog_framing(extractor.size)))
-
-
-def vectors_for_build(shards_dir: Path, catalog_dir: Path, rows: list[Row], extractor) -> tuple[
-        dict[str, np.ndarray], dict[str, str]]:
-    """``load_for_build`` for the usable ``rows`` of ``catalog_dir`` and the model of ``extractor``."""
-    plan = Plan.from_rows(catalog_dir, rows, 1)
-    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-    return load_for_build(shards_dir, plan, header(plan, model, catalog_framing(extractor.size)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..embed.shards import MANIFEST, shards_for_build
+from ..embed.shards import shards_for_build
 from ..errors import CatalogError, ImageError
 from ..images import thumbnail
 from ..model.framing import embed_catalog_image
@@ -263,7 +263,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     elif embeddings is not None:
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
     if embeddings is not None:
-        st = (Path(embeddings) / MANIFEST if shards else Path(embeddings)).stat()
+        st = Path(embeddings).stat()
         source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     else:
         source = "extractor"
@@ -325,23 +325,33 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
             log.warning("%d embedding(s) in %s have no catalog row; ignored (first: %s)", len(unused), ids,
                         sorted(unused)[0])
     try:
-        _report(late, strict)
-        total_rows = len(rows) + len(problems)
-        problems = problems + late
-        if not kept:
-            raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); "
-                               "fix the rows above")
         items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
-        model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts, locked=True,
-                                extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
-                                                            "skipped": len(problems)}})
+        manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
+                                         len(rows), problems, late, strict)
     finally:
         ckpt.close()
     shutil.rmtree(ckpt.dir, ignore_errors=True)
-    if problems:
-        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(kept))
     return BuildReport(out_dir, manifest, len(kept), problems, embedded, resumed, time.perf_counter() - t0)
+
+
+def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions, vectors, items,
+                n_rows: int, problems: list[Problem], late: list[Problem], strict: bool
+                ) -> tuple[Manifest, list[Problem]]:
+    """Write the bundle of the kept rows (``vectors`` float32 [n, dim], row i is ``items``' i-th); reports
+    the rows that failed while embedding (``late``: fatal with ``strict``). Returns the manifest and every
+    skipped row."""
+    _report(late, strict)
+    total_rows = n_rows + len(problems)
+    problems = problems + late
+    if not len(items):
+        raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); fix the rows above")
+    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    manifest = write_bundle(out_dir, vectors, items, model=model, options=opts, locked=True,
+                            extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
+                                                        "skipped": len(problems)}})
+    if problems:
+        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
+    return manifest, problems
 
 
 class _RowItems:
@@ -388,24 +398,14 @@ def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extra
                 row = rows[r]
                 late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)), reason))
             bar.update(n + len(shard.failed_rows))
-        bar.close()
-        _report(late, strict)
-        total_rows = len(rows) + len(problems)
-        problems = problems + late
-        if not kept:
-            raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); "
-                               "fix the rows above")
+        bar.close()   # before the bundle's own log lines
         items = _RowItems(rows, kept, thumbnails)
-        model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-        manifest = write_bundle(out_dir, vectors[:len(kept)], items, model=model, options=opts, locked=True,
-                                extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
-                                                            "skipped": len(problems)}})
+        manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
+                                         len(rows), problems, late, strict)
     finally:
         bar.close()
         del vectors
         tmp.unlink(missing_ok=True)
     if items.no_thumb:
         log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
-    if problems:
-        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(kept))
     return BuildReport(out_dir, manifest, len(kept), problems, 0, 0, time.perf_counter() - t0)
