@@ -74,7 +74,7 @@ def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bu
 
 
 def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir, bundle_dir, extractor,
-                                                             tmp_path, monkeypatch):
+                                                             tmp_path, monkeypatch, caplog):
     """The path for millions of items: vectors streamed from the shards, no photo decoded."""
     out, _ = shards
 
@@ -89,6 +89,7 @@ def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir
     with sqlite3.connect(tmp_path / "b" / "items.sqlite") as db:
         assert db.execute("SELECT COUNT(*), COUNT(thumb) FROM items").fetchone() == (16, 0)
     assert not list(tmp_path.glob(".b.*"))   # the gathered vectors' temporary file is gone
+    assert "interrupted build" not in caplog.text   # and was never taken for a leftover
 
 
 def test_a_stopped_run_resumes_and_keeps_the_shards_it_wrote(shards, catalog_dir, extractor, tmp_path):

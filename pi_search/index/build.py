@@ -380,12 +380,14 @@ def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extra
                        problems: list[Problem], opts: BuildOptions, *, strict: bool, thumbnails: bool,
                        progress: bool, t0: float) -> BuildReport:
     """A bundle from the shards of ``index embed``, streamed: one shard in memory at a time, the vectors
-    gathered in a memory map beside ``out_dir`` (float32 [n, dim]; deleted afterwards), the items written
-    as they are made. Memory stays bounded by a shard and the catalog's rows, whatever the catalog's size."""
+    gathered in a memory map beside ``out_dir`` (float32 [n, dim]; its file unlinked at once), the items
+    written as they are made. Memory stays bounded by a shard and the catalog's rows, whatever the
+    catalog's size."""
     tmp = out_dir.parent / f".{out_dir.name}.fold-embeddings-{os.getpid()}.npy"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(len(rows), 1),
                                                                                   extractor.dim))
+    tmp.unlink()   # the mapping keeps it while this build runs; a killed build leaves nothing behind
     kept: list[int] = []
     late: list[Problem] = []
     bar = Progress(len(rows), 0, progress)
@@ -405,7 +407,6 @@ def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extra
     finally:
         bar.close()
         del vectors
-        tmp.unlink(missing_ok=True)
     if items.no_thumb:
         log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
     return BuildReport(out_dir, manifest, len(kept), problems, 0, 0, time.perf_counter() - t0)
