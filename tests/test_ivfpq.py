@@ -210,3 +210,63 @@ def test_taught_items_are_served_and_compaction_refuses_keeping_them(tmp_path, d
         assert read_manifest(b).items == 3000
     finally:
         cat.close()
+
+
+def test_many_lists_learn_group_by_group_and_find_what_one_kmeans_finds(tmp_path, data, monkeypatch):
+    """Past ``FLAT_LISTS_MAX`` lists the centroids learn inside groups and items find their list among a few
+    groups' lists: nearly every item lands in its nearest list, lists stay even, and a bundle built so (codes
+    of the vectors, not of residuals; lists over the PCA whitened to a power) finds the neighbours as well as
+    one built with a single k-means."""
+    import faiss
+
+    from pi_search.index.backends import ivfpq
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((20_000, 32)).astype(np.float32) * np.linspace(2.0, 0.2, 32, dtype=np.float32)
+    lists = ivfpq.TwoLevelLists(faiss, x[:12_000], 256)
+    assert lists.centroids.shape == (256, 32) and len(lists.top) == 16
+    got = lists.assign(x[12_000:])
+    flat = faiss.IndexFlatL2(32)
+    flat.add(lists.centroids)
+    nearest = flat.search(np.ascontiguousarray(x[12_000:]), 1)[1][:, 0]
+    assert (got == nearest).mean() >= 0.97
+    sizes = np.bincount(got, minlength=256)
+    assert sizes.min() > 0 and sizes.std() / sizes.mean() < 0.6
+
+    qs = data[rng.choice(len(data), 40, replace=False)] + np.stack([_noise(rng, 0.3) for _ in range(40)])
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    truth = [set(_exact_top(data, q, 10).tolist()) for q in qs]
+
+    def recall(path):
+        with Bundle.open(path, search={"nprobe": 8, "candidates": 200}) as b:
+            return np.mean([len(set(b.search_indices(q, 10)[0].tolist()) & t) / 10
+                            for q, t in zip(qs, truth, strict=True)])
+
+    one = recall(_write(tmp_path / "one", data, backend="ivfpq", dims=128, nlist=64))
+    monkeypatch.setattr(ivfpq, "FLAT_LISTS_MAX", 16)
+    grouped = _write(tmp_path / "grouped", data, backend="ivfpq", dims=128, nlist=64)
+    m = json.loads((grouped / MANIFEST).read_text())
+    assert m["index"]["nlist"] == 64 and m["index"]["scale"] == ivfpq.SCALE_FILE
+    assert m["index"]["by_residual"] is False and m["index"]["list_whiten_power"] == ivfpq.LIST_WHITEN_POWER
+    assert ivfpq.SCALE_FILE in m["files"]                       # fingerprinted like every bundle file
+    assert info(grouped)["memory"]["in_ram_bytes"] > (grouped / "index.faiss").stat().st_size
+    two = recall(grouped)
+    assert two >= one - 0.05 and two >= 0.7
+    # the list space's factors travel with the bundle: missing, the bundle is refused with the fix
+    with Bundle.open(grouped) as b:
+        assert (grouped / ivfpq.SCALE_FILE) in b._searcher.files()
+    (grouped / ivfpq.SCALE_FILE).rename(tmp_path / "scale.npy")
+    with pytest.raises(BundleError, match=r"index_scale\.npy.*copy the whole bundle"):
+        Bundle.open(grouped)
+
+
+def test_list_counts_follow_the_catalog_size():
+    """4,096 lists at a million items (one k-means); one list per ~80 items past four million (learned group
+    by group), with 1/32 of them probed: the settings measured at 1M and 10M (docs/scale.md)."""
+    from pi_search.index.backends.ivfpq import FLAT_LISTS_MAX, auto_nlist, default_dims, default_nprobe
+
+    assert default_dims(1_000_000) == 512 and default_dims(10_000_000) == 768
+    assert auto_nlist(1_000_000) == 4096 <= FLAT_LISTS_MAX
+    assert auto_nlist(10_000_000) == 131_072 and default_nprobe(131_072) == 4096
+    assert default_nprobe(4096) == 128
+    assert auto_nlist(2000) * 39 <= 2000        # every list has the rows faiss wants to learn it

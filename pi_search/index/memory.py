@@ -8,7 +8,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Files a backend reads whole into the process (the rest is memory-mapped and paged in on demand).
-_READ_INTO_RAM = {"index.faiss", "pca_mean.npy", "pca_components.npy"}
+_READ_INTO_RAM = {"index.faiss", "index_scale.npy", "pca_mean.npy", "pca_components.npy"}
 # Memory the daemon needs besides the bundle: interpreter, model, camera frames, web server (measured on the
 # daemon: about 200 MB resident, docs/performance.md).
 DAEMON_BYTES = 250_000_000

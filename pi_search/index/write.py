@@ -83,11 +83,11 @@ class BuildOptions:
             raise BundleError(f"store dtype {store!r}: choose one of {', '.join(STORE_DTYPES)}")
         get_backend(self.backend)   # BundleError naming the known backends
         if self.backend == "ivfpq":
-            return self._resolved_ivfpq(dim)
+            return self._resolved_ivfpq(n, dim)
         return replace(self, dims=dims, search=search, store_dtype=store,
                        candidates=self.candidates or DEFAULT_CANDIDATES)
 
-    def _resolved_ivfpq(self, dim: int) -> BuildOptions:
+    def _resolved_ivfpq(self, n: int, dim: int) -> BuildOptions:
         """ivfpq always searches approximately, over a PCA projection, re-ranking on the int8 PCA store."""
         if self.search == "exact":
             raise BundleError("--backend ivfpq searches approximately; leave --search out (or use another "
@@ -95,13 +95,13 @@ class BuildOptions:
         if self.store_dtype not in ("auto", "int8"):
             raise BundleError(f"--store {self.store_dtype}: the ivfpq backend keeps an int8 store of the "
                               "PCA vectors; leave --store out")
-        dims = ivfpq.DEFAULT_DIMS if self.dims == -1 else self.dims
+        dims = ivfpq.default_dims(n) if self.dims == -1 else self.dims
         if not dims or not 0 < dims < dim:
             raise BundleError(f"--dims {dims}: the ivfpq backend needs a PCA projection of 1 to {dim - 1} "
                               "dims (leave --dims out for the default)")
         return replace(self, dims=dims, search="ann", store_dtype="int8",
                        candidates=self.candidates or ivfpq.DEFAULT_CANDIDATES,
-                       nprobe=self.nprobe or ivfpq.DEFAULT_NPROBE)
+                       nprobe=self.nprobe or ivfpq.default_nprobe(self.nlist or ivfpq.auto_nlist(n)))
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 FILE = "index.faiss"
 DEFAULT_DIMS = 512           # PCA dimensions of the re-rank store (docs/scale.md: ten million items)
+DEFAULT_DIMS_MANY = 768      # ... past MANY_LISTS_FROM items
 DEFAULT_INDEX_DIMS = 256     # the first (largest) of them are the ones the inverted lists are built on
 DEFAULT_PQ_BYTES = 32       # bytes per item in the index (PQ sub-quantizers of 8 bits)
 DEFAULT_NPROBE = 128        # inverted lists scanned per query (of 4,096 at 1M-10M items)
@@ -22,6 +23,7 @@ DEFAULT_CANDIDATES = 500    # IVF-PQ candidates re-ranked on the int8 PCA store
 TRAIN_ROWS = 262_144        # rows the coarse quantizer and the PQ codebooks learn from
 TRAIN_RUNS = 32             # ... taken as this many runs spread over the catalog
 MIN_PER_LIST = 39           # faiss's rule: at least 39 training points per inverted list
+TRAIN_ROWS_MAX = 2_097_152  # ... but no more rows than this (16 a list at 131,072 lists: 2 GB in 256 dims)
 _ADD_CHUNK = 65_536
 
 
@@ -35,10 +37,28 @@ def _faiss():
 
 
 def auto_nlist(n: int) -> int:
-    """Inverted lists for ``n`` items: the power of two nearest ``4 * sqrt(n)``, with enough training rows."""
+    """Inverted lists for ``n`` items: the power of two nearest ``4 * sqrt(n)`` (1M items: 4,096 lists), with
+    enough training rows; past ``MANY_LISTS_FROM`` items, the power of two nearest one list a
+    ``ITEMS_PER_LIST`` items (10M: 131,072), learned group by group (docs/scale.md: at 10M, 4,096 lists of
+    2,400 items scatter an item's true neighbours over too many lists).
+    """
+    if n > MANY_LISTS_FROM:
+        return int(min(2 ** round(math.log2(n / ITEMS_PER_LIST)), 262_144))
     want = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
     cap = max(1, min(n, TRAIN_ROWS) // MIN_PER_LIST)
     return int(max(1, min(want, 2 ** int(math.log2(cap)), 65_536)))
+
+
+def default_dims(n: int) -> int:
+    """PCA dimensions of the int8 re-rank store for ``n`` items: 512, and 768 from ``MANY_LISTS_FROM`` items
+    (its ceiling at 10M: 0.969 of the true top 10 against 0.943 with 512, docs/scale.md)."""
+    return DEFAULT_DIMS_MANY if n > MANY_LISTS_FROM else DEFAULT_DIMS
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists probed a query: DEFAULT_NPROBE of 4,096 lists or fewer; with more, the same 1/32 of them
+    (docs/scale.md: 4,096 of 131,072 lists at ten million items)."""
+    return DEFAULT_NPROBE if nlist <= FLAT_LISTS_MAX else max(DEFAULT_NPROBE, nlist // 32)
 
 
 def spread_rows(n: int, want: int = TRAIN_ROWS, runs: int = TRAIN_RUNS) -> list[tuple[int, int]]:
@@ -67,6 +87,92 @@ def pq_bytes_for(dim: int, want: int) -> int:
     return 1
 
 
+FLAT_LISTS_MAX = 4096       # up to this many lists learn in one k-means; more learn group by group
+GROUPS_PROBED = 8           # groups an item's list is looked for in (two-level lists)
+SCALE_FILE = "index_scale.npy"   # many lists: the list space's per-axis factors
+MANY_LISTS_FROM = 4_000_000  # items from which auto_nlist gives many small lists
+ITEMS_PER_LIST = 80         # ... of about this many items each
+LIST_WHITEN_POWER = 0.5     # many lists: the PCA axes whitened to this power (docs/scale.md: ten million)
+
+
+def _kmeans(faiss, x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` k-means centroids (float32 [k, d]) of rows ``x`` (the mean when ``k`` is 1)."""
+    if k <= 1:
+        return x.mean(axis=0, keepdims=True).astype(np.float32)
+    # inside a group the lists learn from TRAIN_ROWS_MAX / nlist rows each (16 at 131,072 lists): enough for
+    # lists that only have to gather neighbours, so faiss is not to warn about fewer than its 39
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, max_points_per_centroid=256,
+                      min_points_per_centroid=min(39, max(1, len(x) // k)))
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def _shares(counts: np.ndarray, total: int) -> np.ndarray:
+    """``total`` split over groups in proportion to ``counts`` (largest remainders), at least 1 a group and
+    at most its count: int64 [groups]."""
+    want = counts / max(counts.sum(), 1) * total
+    k = np.clip(np.floor(want).astype(np.int64), 1, counts)
+    for g in np.argsort(-(want - np.floor(want))):
+        if k.sum() >= total:
+            break
+        if k[g] < counts[g]:
+            k[g] += 1
+    while k.sum() > total:                                  # the floor of 1 a group can overshoot
+        g = int(np.argmax(k))
+        k[g] -= 1
+    return k
+
+
+class TwoLevelLists:
+    """Many inverted lists learned cheaply: k-means into ``groups``, then k-means inside each group, with
+    lists shared out in proportion to the group's rows (so lists hold about as many items each).
+
+    ``centroids``: float32 [nlist, d], list by list; ``assign(x)`` gives each row of ``x`` (float32 [n, d])
+    the nearest list among the ``GROUPS_PROBED`` nearest groups' lists (int64 [n]): the cost of k-means
+    and of assigning ten million items grows with ``sqrt(nlist)`` instead of ``nlist``.
+    """
+
+    def __init__(self, faiss, train: np.ndarray, nlist: int, seed: int = 1):
+        groups = min(nlist, 2 ** round(math.log2(math.sqrt(nlist))))
+        self.top = _kmeans(faiss, train, groups, seed)
+        self._top_index = faiss.IndexFlatL2(train.shape[1])
+        self._top_index.add(self.top)
+        of = self._top_index.search(np.ascontiguousarray(train), 1)[1][:, 0]
+        counts = np.bincount(of, minlength=groups)
+        keep = counts > 0
+        share = np.zeros(groups, np.int64)
+        share[keep] = _shares(counts[keep], nlist)
+        parts, self.lists_of = [], []
+        first = 0
+        for g in range(groups):
+            if share[g] == 0:
+                self.lists_of.append(np.empty(0, np.int64))
+                continue
+            parts.append(_kmeans(faiss, train[of == g], int(share[g]), seed + g + 1))
+            self.lists_of.append(np.arange(first, first + len(parts[-1]), dtype=np.int64))
+            first += len(parts[-1])
+        self.centroids = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        self._sub = [self.centroids[ids] for ids in self.lists_of]
+        self._sub_sq = [(c * c).sum(axis=1) for c in self._sub]
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        near = self._top_index.search(x, min(GROUPS_PROBED, len(self.top)))[1]
+        best_d = np.full(len(x), np.inf, np.float32)
+        best = np.zeros(len(x), np.int64)
+        for g in np.unique(near):
+            if g < 0 or not len(self.lists_of[g]):
+                continue
+            rows = np.nonzero((near == g).any(axis=1))[0]
+            d = self._sub_sq[g][None, :] - 2.0 * (x[rows] @ self._sub[g].T)   # |x|^2 is the same for all
+            j = np.argmin(d, axis=1)
+            dj = d[np.arange(len(rows)), j]
+            better = dj < best_d[rows]
+            best_d[rows[better]] = dj[better]
+            best[rows[better]] = self.lists_of[g][j[better]]
+        return best
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.where(n > 0, n, 1.0), dtype=np.float32)
@@ -81,6 +187,31 @@ class _Leading:
 
     def __getitem__(self, sl) -> np.ndarray:
         return _unit(np.asarray(self._v[sl], dtype=np.float32)[:, :self.shape[1]])
+
+
+class _ListSpace:
+    """The space many lists live in: the first ``d`` projected coordinates times ``scale`` (float32 [d]),
+    normalised again: float32 [n, d] when sliced."""
+
+    def __init__(self, vectors, d: int, scale: np.ndarray):
+        self._v, self.of, self.scale = vectors, int(vectors.shape[1]), scale
+        self.shape = (int(vectors.shape[0]), d)
+
+    def __getitem__(self, sl) -> np.ndarray:
+        return _unit(np.asarray(self._v[sl], dtype=np.float32)[:, :self.shape[1]] * self.scale)
+
+
+def list_scale(vectors, d: int, power: float = LIST_WHITEN_POWER) -> np.ndarray:
+    """Per-axis factors (float32 [d]) that turn whitened PCA rows into rows whitened to ``power``.
+
+    ``vectors.w`` (``pca_store.ProjectedRows``) is each axis' 1 / sqrt(variance) when the projection is
+    whitened, 1 when not; whitened rows times ``w ** (power - 1)`` have each axis divided by
+    ``variance ** (power / 2)``. Rows without ``w`` are kept as they are (ones).
+    """
+    w = getattr(vectors, "w", None)
+    if w is None or np.allclose(w[:d], 1.0):
+        return np.ones(d, np.float32)
+    return (np.asarray(w[:d], dtype=np.float64) ** (power - 1.0)).astype(np.float32)
 
 
 class IvfPq:
@@ -98,14 +229,29 @@ class IvfPq:
         faiss = _faiss()
         n = int(vectors.shape[0])
         d = min(int(vectors.shape[1]), int(getattr(options, "index_dims", 0) or DEFAULT_INDEX_DIMS))
-        vectors = _Leading(vectors, d)
         nlist = int(getattr(options, "nlist", 0) or auto_nlist(n))
+        many = nlist > FLAT_LISTS_MAX
+        scale = list_scale(vectors, d) if many else None
+        vectors = _ListSpace(vectors, d, scale) if many else _Leading(vectors, d)
         m = pq_bytes_for(d, int(getattr(options, "pq_bytes", 0) or DEFAULT_PQ_BYTES))
         nbits = 8 if n >= 256 * MIN_PER_LIST else max(1, min(8, int(math.log2(max(n // MIN_PER_LIST, 2)))))
         # enough rows for every list (faiss wants 39 a list): more lists than the default learn from more rows
-        train = np.ascontiguousarray(sample(vectors, max(TRAIN_ROWS, MIN_PER_LIST * nlist)), dtype=np.float32)
+        want = min(max(TRAIN_ROWS, MIN_PER_LIST * nlist), TRAIN_ROWS_MAX)
+        train = np.ascontiguousarray(sample(vectors, want), dtype=np.float32)
         quantizer = faiss.IndexFlatL2(d)
+        lists = None
+        if many:
+            log.info("ivfpq: learning %d lists group by group on %d rows", nlist, len(train))
+            lists = TwoLevelLists(faiss, train, nlist)
+            quantizer.add(lists.centroids)       # a filled quantizer is kept as it is by train()
+            train = train[:TRAIN_ROWS]          # the codes learn from residuals: these rows are plenty
+        if many:
+            # thousands of lists probed a query: codes of the vectors themselves (one distance table a
+            # query, not one a list), two 4-bit codes a byte, scanned by faiss's SIMD "fast scan"
+            m, nbits = pq_bytes_for(d, 2 * m), 4
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits)
+        if many:
+            index.by_residual = False
         index.cp.seed = 1
         index.cp.niter = 20
         index.pq.cp.seed = 1
@@ -114,19 +260,44 @@ class IvfPq:
         del train
         for i in range(0, n, _ADD_CHUNK):
             block = np.ascontiguousarray(vectors[i:i + _ADD_CHUNK], dtype=np.float32)
-            index.add(block)
+            if lists is None:
+                index.add(block)
+            else:   # the list of each row found group by group, not against every centroid
+                to = np.ascontiguousarray(lists.assign(block), dtype=np.int64)
+                index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(to))
+        if many:
+            index = faiss.IndexIVFPQFastScan(index)      # the same codes, packed for SIMD scanning
         path = directory / FILE
         faiss.write_index(index, str(path))
-        return {"backend": "ivfpq", "file": FILE, "metric": "l2 of unit vectors", "dim": d, "nlist": nlist,
-                "of_dims": int(vectors.of),
-                "pq_bytes": m, "pq_bits": nbits,
-                "nprobe": int(getattr(options, "nprobe", 0) or DEFAULT_NPROBE),
-                "faiss": faiss.__version__}
+        entry = {"backend": "ivfpq", "file": FILE, "metric": "l2 of unit vectors", "dim": d, "nlist": nlist,
+                 "of_dims": int(vectors.of),
+                 "pq_bytes": m * nbits // 8 if many else m, "pq_m": m, "pq_bits": nbits,
+                 "nprobe": int(getattr(options, "nprobe", 0) or default_nprobe(nlist)),
+                 "faiss": faiss.__version__}
+        if many:
+            np.save(directory / SCALE_FILE, scale)
+            entry.update(scale=SCALE_FILE, list_whiten_power=LIST_WHITEN_POWER, by_residual=False,
+                         fast_scan=True)
+        return entry
 
     def open(self, directory: Path, entry: dict, items: int, search) -> IvfPqSearcher:
         searcher = IvfPqSearcher(Path(directory) / Path(entry["file"]).name, entry, items)
         searcher.nprobe = int(search.nprobe or searcher.nprobe)
         return searcher
+
+
+def _load_scale(path: Path, d: int) -> np.ndarray:
+    """The list space's factors (float32 [d]) of a many-list index, checked."""
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; copy the whole bundle again (pi-search index install) "
+                          f"or rebuild it: pi-search index build CATALOG --out {path.parent} --backend ivfpq")
+    try:
+        scale = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc}); copy the whole bundle again or rebuild it") from exc
+    if scale.shape != (d,) or not np.all(np.isfinite(scale)):
+        raise BundleError(f"{path}: does not match index.faiss; copy the whole bundle again or rebuild it")
+    return scale.astype(np.float32)
 
 
 class IvfPqSearcher:
@@ -161,17 +332,21 @@ class IvfPqSearcher:
         # One query at a time scans its lists on one thread; more threads only add wake-ups.
         faiss.omp_set_num_threads(1)
         self.nprobe = int(entry.get("nprobe") or DEFAULT_NPROBE)
+        self.scale_path = path.parent / Path(entry["scale"]).name if entry.get("scale") else None
+        self.scale = _load_scale(self.scale_path, self.dim) if self.scale_path else None
 
     def candidates(self, q: np.ndarray, n: int) -> np.ndarray:
         """Up to ``n`` nearest row ids (int64) of ``q`` (float32 [>= dim], projected, unit length)."""
         self.index.nprobe = self.nprobe
-        q = _unit(np.asarray(q, dtype=np.float32).reshape(1, -1)[:, :self.dim])
-        _, ids = self.index.search(q, int(n))
+        q = np.asarray(q, dtype=np.float32).reshape(1, -1)[:, :self.dim]
+        if self.scale is not None:
+            q = q * self.scale
+        _, ids = self.index.search(_unit(q), int(n))
         ids = ids[0]
         return ids[ids >= 0].astype(np.int64)
 
     def files(self) -> list[Path]:
-        return [self.path]
+        return [self.path] + ([self.scale_path] if self.scale_path is not None else [])
 
     def resident_bytes(self) -> int:
         """Bytes the index holds in memory once read: codes and ids of every list, plus the centroids."""
