@@ -29,6 +29,7 @@ from synth_stream import CHUNK, StreamedTopK, Synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 10
+THREADS = 1     # threads the build may use (--threads); queries always run on one
 
 
 class SyntheticItems(Sequence):
@@ -78,10 +79,10 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
     if (out / "manifest.json").is_file() and info_path.is_file():
         return out, json.loads(info_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
-    with threadpool_limits(1):
+    with threadpool_limits(THREADS):
         import faiss
 
-        faiss.omp_set_num_threads(1)
+        faiss.omp_set_num_threads(THREADS)
         t0 = time.perf_counter()
         x = Synth(n, real)
         q = queries(x, nq)
@@ -103,7 +104,7 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
     info = {"build_s": round(build_s, 1), "generate_s": round(x.seconds, 1), "truth_s": round(gt.seconds, 1),
             "build_net_s": round(build_s - x.seconds - gt.seconds, 1), "blocks_made": x.blocks_made,
             "files_mb": bench_scale._sizes(out), "memory": m["memory"], "index": m["index"],
-            "projection": m["projection"], "setup_s": round(setup_s, 1)}
+            "projection": m["projection"], "setup_s": round(setup_s, 1), "threads": THREADS}
     info_path.write_text(json.dumps(info, indent=1))
     print(f"  {n}: built in {build_s:.0f} s (making vectors {x.seconds:.0f} s, ground truth "
           f"{gt.seconds:.0f} s)", file=sys.stderr, flush=True)
@@ -111,7 +112,8 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
 
 
 def derive_whitened(src: Path, out: Path, opts: dict) -> dict:
-    """A whitened copy of the plain-PCA bundle ``src``: new inverted lists, every other file shared.
+    """A whitened copy of the plain-PCA bundle ``src``: new inverted lists, every other file shared (``src``
+    already whitened: new lists by this code, on the same projection).
 
     The int8 store holds the PCA coordinates on the unit axes whether or not the projection is whitened, so
     only ``pca_components.npy`` (the axes divided by the square root of their variance, measured on a spread
@@ -131,31 +133,36 @@ def derive_whitened(src: Path, out: Path, opts: dict) -> dict:
     if (out / "manifest.json").is_file() and info_path.is_file():
         return json.loads(info_path.read_text())
     m = json.loads((src / "manifest.json").read_text())
-    if m["projection"]["whiten"]:
-        raise SystemExit(f"{src}: already whitened")
+    relist = bool(m["projection"]["whiten"])   # already whitened: new lists only, the same projection
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     t0 = time.perf_counter()
     for f in src.iterdir():
-        if f.is_file() and f.name not in ("manifest.json", ivfpq.FILE, "pca_components.npy"):
+        if f.is_file() and f.name not in ("manifest.json", ivfpq.FILE, ivfpq.SCALE_FILE,
+                                          "pca_components.npy"):
             os.link(f, tmp / f.name)
-    with threadpool_limits(1):
+    with threadpool_limits(THREADS):
         import faiss
 
-        faiss.omp_set_num_threads(1)
+        faiss.omp_set_num_threads(THREADS)
         axes = np.load(src / "pca_components.npy")
-        unit = pca_store.ProjectedRows(tmp, axes)
-        y = ivfpq.sample(_Coordinates(unit))
-        var = (y.astype(np.float64) ** 2).mean(axis=0)
-        comps = axes / np.sqrt(np.maximum(var, 1e-4 * var.max()))[:, None].astype(np.float32)
-        np.save(tmp / "pca_components.npy", comps.astype(np.float32))
-        del y
+        if relist:
+            comps = axes
+            os.link(src / "pca_components.npy", tmp / "pca_components.npy")
+        else:
+            unit = pca_store.ProjectedRows(tmp, axes)
+            y = ivfpq.sample(_Coordinates(unit))
+            var = (y.astype(np.float64) ** 2).mean(axis=0)
+            comps = axes / np.sqrt(np.maximum(var, 1e-4 * var.max()))[:, None].astype(np.float32)
+            np.save(tmp / "pca_components.npy", comps.astype(np.float32))
+            del y
         options = SimpleNamespace(nlist=opts["nlist"], pq_bytes=opts["pq_bytes"], nprobe=0,
                                   index_dims=opts["index_dims"])
         m["index"] = ivfpq.IvfPq().build(tmp, pca_store.ProjectedRows(tmp, comps), options)
     m["projection"]["whiten"] = True
     m["search"]["nprobe"] = m["index"]["nprobe"]
+    m["files"].pop(ivfpq.SCALE_FILE, None)
     m["files"] = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     m["memory"] = needs(tmp, m)
     m["build_seconds"] = round(time.perf_counter() - t0, 1)
@@ -186,7 +193,8 @@ def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes:
         r = bench_scale.run_probe(bundle, work, f"{n}", search, nq)
         ix = info["index"]
         w = "w" if info["projection"]["whiten"] else ""
-        name = (f"ivfpq IVF{ix['nlist']},PQ{ix['pq_bytes']} on pca{ix['dim']}{w} nprobe{search['nprobe']} "
+        pq = f"PQ{ix['pq_m']}x{ix['pq_bits']}fs" if ix.get("fast_scan") else f"PQ{ix['pq_bytes']}"
+        name = (f"ivfpq IVF{ix['nlist']},{pq} on pca{ix['dim']}{w} nprobe{search['nprobe']} "
                 f"+rerank{search['candidates']} int8 pca{opts['dims']}")
         row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r}
         rows.append(row)
@@ -268,14 +276,19 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=0, help="0: automatic")
     ap.add_argument("--probes", default="32:500,64:500,64:1000,128:1000",
                     help="nprobe:candidates pairs measured")
+    ap.add_argument("--threads", type=int, default=1, help="threads for building (queries use one)")
     ap.add_argument("--keep", action="store_true", help="keep the bundles (they take GBs)")
     ap.add_argument("--no-whiten", action="store_true", help="lists over the plain PCA (default: whitened)")
     ap.add_argument("--caps", type=int, default=0, metavar="N",
                     help="only measure the PCA re-rank ceiling at N items (bench/results/big-caps.json)")
     ap.add_argument("--cap-dims", default="128,256,384,512")
+    ap.add_argument("--relist", type=int, default=0, metavar="N",
+                    help="new inverted lists (this code, --nlist) for the kept bundle of N items; probe them")
     ap.add_argument("--derive-whitened", type=int, default=0, metavar="N",
                     help="whiten the kept plain-PCA bundle of N items (new lists only) and probe it")
     a = ap.parse_args()
+    global THREADS
+    THREADS = max(1, a.threads)
     # the fresh probe processes import this checkout's pi_search, whatever the venv points at
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -290,11 +303,13 @@ def main() -> None:
               for p in a.probes.split(",")]
     old = json.loads(a.out.read_text())["rows"] if a.out.is_file() else []
     sizes = [int(s) for s in a.sizes.split(",") if s]
+    if a.relist:
+        a.derive_whitened = a.relist
     if a.derive_whitened:
         sizes = [a.derive_whitened]
     for n in sizes:
         if a.derive_whitened:
-            out = a.work / f"ivfpq-{n}-w"
+            out = a.work / f"ivfpq-{n}-{'relist' if a.relist else 'w'}"
             info = derive_whitened(a.work / f"ivfpq-{n}", out, opts)
             rows = probe_rows(n, out, a.work, info, opts, probes, a.queries)
         else:

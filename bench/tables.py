@@ -335,15 +335,16 @@ def t_big(r: Results) -> str:
             continue
         mem = row["memory"]
         rows.append([f"{row['n']:,}", row["name"],
-                     f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})",
+                     f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})"
+                     + (f" + {num(row['derived_s'], 0)} lists" if row.get("derived_s") else ""),
                      num(sum(row["files_mb"].values()) / 1000, 2), num(mem["in_ram_bytes"] / 1e6, 0),
                      num(mem["mapped_bytes"] / 1e6, 0), num(row["load_ms"], 0),
                      f"{num(row['rss_after_mb']['RssAnon'], 0)}+{num(row['rss_after_mb']['RssFile'], 0)}",
                      num(row["p50_ms"], 1), num(row["warm_p50_ms"], 1), num(row["warm_p99_ms"], 1),
                      num(row["recall10"], 3)])
-    header = ["items", "layout and query", "build s (making vectors + ground truth)", "files GB",
-              "in RAM MB", "mapped MB", "load ms", "RSS MB after 1k queries", "cold p50 ms", "warm p50 ms",
-              "warm p99 ms", "R@10"]
+    header = ["items", "layout and query", "build s (making vectors + ground truth) + lists rebuilt",
+              "files GB", "in RAM MB", "mapped MB", "load ms", "RSS MB after 1k queries", "cold p50 ms",
+              "warm p50 ms", "warm p99 ms", "R@10"]
     names = [n for n in ("big", "big-10m") if (r.folder / f"{n}.json").is_file()]
     return md(header, rows) + source(*names)
 
@@ -356,6 +357,33 @@ def t_big_caps(r: Results) -> str:
             for d, v in sorted(rows.items())]
     header = ["PCA dims", "store's estimate, float32", "store's estimate, int8", "cosine of the projections"]
     return md(header, body) + source("big-caps")
+
+
+def t_big_lists(r: Results) -> str:
+    """Share of the true top 10 in the lists a query probes, by list count and whitening (lists' ceiling)."""
+    body = []
+    for row in r["big-stages"]["rows"]:
+        if row["stage"] != "lists":
+            continue
+        nl = row["nlist"]
+        shares = [row.get(f"nprobe{nl // f}") for f in (64, 32, 16)]
+        body.append([f"{row['n']:,}", f"{nl:,} ({num(row['n'] / nl, 0)})", num(row["whiten_power"], 1),
+                     "one k-means" if row["flat"] else "group by group",
+                     *[num(v, 3) if v is not None else "-" for v in shares]])
+    header = ["items", "lists (items a list)", "whitening power", "lists learned",
+              "1/64 of the lists probed", "1/32", "1/16"]
+    return md(header, body) + source("big-stages")
+
+
+def t_big_store(r: Results) -> str:
+    """Recall@10 of exact search by the int8 store's estimate alone, by kept PCA dims (its ceiling)."""
+    rows: dict = {}
+    for row in r["big-stages"]["rows"]:
+        if row["stage"] == "store":
+            rows.setdefault(row["dims"], {})[row["n"]] = row["recall10"]
+    sizes = sorted({n for v in rows.values() for n in v})
+    body = [[d, *[num(v[n], 3) if n in v else "-" for n in sizes]] for d, v in sorted(rows.items())]
+    return md(["int8 PCA dims", *[f"{n:,} items" for n in sizes]], body) + source("big-stages")
 
 
 def _taught_table(r: Results, report: str) -> str:
@@ -757,6 +785,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "embed-projection": t_embed_projection,
     "big": t_big,
     "big-caps": t_big_caps,
+    "big-lists": t_big_lists,
+    "big-store": t_big_store,
     "taught-latency": t_taught_latency,
     "taught-latency-idle": t_taught_latency_idle,
     "taught-views": t_taught_views,
