@@ -52,27 +52,49 @@ def make_catalog(root: Path, items: int) -> Path:
     return root
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its living descendants (children that have exited and
-    been waited for count in their parent's cutime/cstime)."""
+def _tree(pid: int) -> dict[int, tuple[str, int]]:
+    """``{pid: (name, ticks)}`` for ``pid`` and its living descendants: the process title's first word
+    (Ray workers name themselves ``ray::ShardEmbedder``, ``ray::IDLE``...) and user + system CPU ticks, its
+    waited-for children's included."""
     stats = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            comm, rest = (d / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            argv = [a.decode(errors="replace") for a in (d / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError):
             continue
-        stats[int(d.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))  # ppid, u+s+cu+cs
+        fields = rest.split()
+        name = Path(argv[0].split()[0]).name if argv and argv[0].strip() else comm
+        if name.startswith("python") and len(argv) > 1:   # a Python service: name it by its script
+            script = next((a for a in argv[1:] if not a.startswith("-")), "")
+            name = f"python {Path(script).name}" if script else name
+        stats[int(d.name)] = (int(fields[1]), name, sum(int(x) for x in fields[11:15]))  # ppid, name, ticks
     children: dict[int, list[int]] = {}
-    for p, (ppid, _) in stats.items():
+    for p, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(p)
-    total, todo = 0, [pid]
+    out, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += stats.get(p, (0, 0))[1]
+        if p in stats:
+            out[p] = stats[p][1:]
         todo.extend(children.get(p, []))
-    return total / TICKS
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its living descendants (children that have exited and
+    been waited for count in their parent's cutime/cstime)."""
+    return sum(t for _, t in _tree(pid).values()) / TICKS
+
+
+def cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s tree by process name (where a Ray run's CPU goes), largest first."""
+    acc: dict[str, float] = {}
+    for name, ticks in _tree(pid).values():
+        acc[name] = acc.get(name, 0.0) + ticks / TICKS
+    return {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
 class CpuSampler:
@@ -152,6 +174,7 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
     shutil.rmtree(out, ignore_errors=True)
     sampler = CpuSampler()
     cpu0 = tree_cpu_seconds(os.getpid())
+    before = cpu_by_process(os.getpid())      # this process's earlier runs count before the cluster's
     args = {"num_cpus": cpus, "object_store_memory": store_mb * 2**20}
     t_start = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
@@ -166,6 +189,7 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
         report = embed_ray(catalog, out, Extractor(), shard_rows=shard_rows, progress=False)
         wall = time.perf_counter() - t0
         cpu = tree_cpu_seconds(os.getpid()) - cpu0   # before shutdown: the cluster's processes still live
+        by_process = {k: round(v - before.get(k, 0.0), 2) for k, v in cpu_by_process(os.getpid()).items()}
         sampler.stop()
     finally:
         ray.shutdown()
@@ -178,7 +202,7 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
             "items_per_s_per_core": round(n / wall / cores, 2),
             "steady_items_per_s_per_core": _round(rate / cores if rate else None),
             "cpu_seconds": round(cpu, 2), "items_per_cpu_s": round(n / cpu, 2),
-            "steady_items_per_cpu_s": _round(per_cpu)}
+            "steady_items_per_cpu_s": _round(per_cpu), "cpu_seconds_by_process": by_process}
 
 
 def _shown(v):
