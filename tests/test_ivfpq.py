@@ -249,7 +249,8 @@ def test_many_lists_learn_group_by_group_and_find_what_one_kmeans_finds(tmp_path
     assert m["index"]["nlist"] == 64 and m["index"]["scale"] == ivfpq.SCALE_FILE
     assert m["index"]["by_residual"] is False and m["index"]["list_whiten_power"] == ivfpq.LIST_WHITEN_POWER
     assert ivfpq.SCALE_FILE in m["files"]                       # fingerprinted like every bundle file
-    assert info(grouped)["memory"]["in_ram_bytes"] > (grouped / "index.faiss").stat().st_size
+    mem = info(grouped)["memory"]
+    assert mem["in_ram_bytes"] > (grouped / "index.faiss").stat().st_size and "fast scan" in mem["layout"]
     two = recall(grouped)
     assert two >= one - 0.05 and two >= 0.7
     # the list space's factors travel with the bundle: missing, the bundle is refused with the fix

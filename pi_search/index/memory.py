@@ -20,7 +20,8 @@ def _layout(manifest: dict) -> str:
     if manifest["search"]["mode"] == "exact":
         return f"exact search over the {store['dtype']} vectors"
     if ix["backend"] == "ivfpq":
-        return (f"ivfpq: IVF{ix['nlist']},PQ{ix['pq_bytes']} over {pca}, re-ranked on an int8 {pca} store")
+        pq = f"PQ{ix['pq_m']}x{ix['pq_bits']} fast scan" if ix.get("fast_scan") else f"PQ{ix['pq_bytes']}"
+        return f"ivfpq: IVF{ix['nlist']},{pq} over {pca}, re-ranked on an int8 {pca} store"
     extra = f" {ix['n_trees']} trees" if ix.get("n_trees") else ""
     return f"{ix['backend']}{extra} over {pca}, re-ranked on the {store['dtype']} full vectors"
 
