@@ -25,6 +25,12 @@ TRAIN_RUNS = 32             # ... taken as this many runs spread over the catalo
 MIN_PER_LIST = 39           # faiss's rule: at least 39 training points per inverted list
 TRAIN_ROWS_MAX = 2_097_152  # ... but no more rows than this (16 a list at 131,072 lists: 2 GB in 256 dims)
 _ADD_CHUNK = 65_536
+FLAT_LISTS_MAX = 4096       # up to this many lists learn in one k-means; more learn group by group
+GROUPS_PROBED = 8           # groups an item's list is looked for in (two-level lists)
+SCALE_FILE = "index_scale.npy"   # many lists: the list space's per-axis factors
+MANY_LISTS_FROM = 4_000_000  # items from which auto_nlist gives many small lists
+ITEMS_PER_LIST = 80         # ... of about this many items each
+LIST_WHITEN_POWER = 0.5     # many lists: the PCA axes whitened to this power (docs/scale.md: ten million)
 
 
 def _faiss():
@@ -85,14 +91,6 @@ def pq_bytes_for(dim: int, want: int) -> int:
         if dim % m == 0:
             return m
     return 1
-
-
-FLAT_LISTS_MAX = 4096       # up to this many lists learn in one k-means; more learn group by group
-GROUPS_PROBED = 8           # groups an item's list is looked for in (two-level lists)
-SCALE_FILE = "index_scale.npy"   # many lists: the list space's per-axis factors
-MANY_LISTS_FROM = 4_000_000  # items from which auto_nlist gives many small lists
-ITEMS_PER_LIST = 80         # ... of about this many items each
-LIST_WHITEN_POWER = 0.5     # many lists: the PCA axes whitened to this power (docs/scale.md: ten million)
 
 
 def _kmeans(faiss, x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -178,27 +176,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.where(n > 0, n, 1.0), dtype=np.float32)
 
 
-class _Leading:
-    """The first ``d`` columns of projected rows, normalised again: float32 [n, d] when sliced."""
-
-    def __init__(self, vectors, d: int):
-        self._v, self.of = vectors, int(vectors.shape[1])
-        self.shape = (int(vectors.shape[0]), d)
-
-    def __getitem__(self, sl) -> np.ndarray:
-        return _unit(np.asarray(self._v[sl], dtype=np.float32)[:, :self.shape[1]])
-
-
 class _ListSpace:
-    """The space many lists live in: the first ``d`` projected coordinates times ``scale`` (float32 [d]),
-    normalised again: float32 [n, d] when sliced."""
+    """The space the lists live in: the first ``d`` projected coordinates, times ``scale`` (float32 [d]) when
+    given, normalised again: float32 [n, d] when sliced."""
 
-    def __init__(self, vectors, d: int, scale: np.ndarray):
+    def __init__(self, vectors, d: int, scale: np.ndarray | None = None):
         self._v, self.of, self.scale = vectors, int(vectors.shape[1]), scale
         self.shape = (int(vectors.shape[0]), d)
 
     def __getitem__(self, sl) -> np.ndarray:
-        return _unit(np.asarray(self._v[sl], dtype=np.float32)[:, :self.shape[1]] * self.scale)
+        y = np.asarray(self._v[sl], dtype=np.float32)[:, :self.shape[1]]
+        return _unit(y if self.scale is None else y * self.scale)
 
 
 def list_scale(vectors, d: int, power: float = LIST_WHITEN_POWER) -> np.ndarray:
@@ -232,7 +220,7 @@ class IvfPq:
         nlist = int(getattr(options, "nlist", 0) or auto_nlist(n))
         many = nlist > FLAT_LISTS_MAX
         scale = list_scale(vectors, d) if many else None
-        vectors = _ListSpace(vectors, d, scale) if many else _Leading(vectors, d)
+        vectors = _ListSpace(vectors, d, scale)
         m = pq_bytes_for(d, int(getattr(options, "pq_bytes", 0) or DEFAULT_PQ_BYTES))
         nbits = 8 if n >= 256 * MIN_PER_LIST else max(1, min(8, int(math.log2(max(n // MIN_PER_LIST, 2)))))
         # enough rows for every list (faiss wants 39 a list): more lists than the default learn from more rows
@@ -244,14 +232,12 @@ class IvfPq:
             log.info("ivfpq: learning %d lists group by group on %d rows", nlist, len(train))
             lists = TwoLevelLists(faiss, train, nlist)
             quantizer.add(lists.centroids)       # a filled quantizer is kept as it is by train()
-            train = train[:TRAIN_ROWS]          # the codes learn from residuals: these rows are plenty
-        if many:
+            train = train[:TRAIN_ROWS]          # the codes learn from these rows: plenty
             # thousands of lists probed a query: codes of the vectors themselves (one distance table a
             # query, not one a list), two 4-bit codes a byte, scanned by faiss's SIMD "fast scan"
             m, nbits = pq_bytes_for(d, 2 * m), 4
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits)
-        if many:
-            index.by_residual = False
+        index.by_residual = not many
         index.cp.seed = 1
         index.cp.niter = 20
         index.pq.cp.seed = 1
