@@ -7,6 +7,7 @@ import numpy as np
 from pi_search import images
 from pi_search.model.extractor import Extractor
 from pi_search.model.framing import (
+    CATALOG_TINT,
     QUERY_CROP,
     catalog_inputs,
     embed_catalog_image,
@@ -50,6 +51,16 @@ def test_catalog_views_are_model_inputs_and_differ():
     assert all(v.shape == (224, 224, 3) and v.dtype == np.uint8 for v in inputs)
     assert len({v.tobytes() for v in inputs}) == 5
     np.testing.assert_array_equal(inputs[0], to_model_input(pad_to_square(photo), 224))
+
+
+def test_dimmer_warmer_view_is_the_tint_formula_to_the_byte():
+    """The dim view tints through a lookup table: the same bytes as multiplying the whole photo in float32."""
+    photo = _demo("images/hammer.jpg")
+    every_level = np.arange(256 * 3, dtype=np.uint16).reshape(16, 16, 3) % 256     # each level, each channel
+    for rgb in (photo, every_level.astype(np.uint8)):
+        sq = pad_to_square(rgb)
+        tinted = np.clip(sq.astype(np.float32) * np.array(CATALOG_TINT, np.float32), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(catalog_inputs(rgb)[4], to_model_input(tinted, 224))
 
 
 def test_embeddings_are_unit_vectors_and_a_frame_is_closest_to_its_item():
