@@ -29,7 +29,7 @@ from ..errors import PiSearchError
 from ..index.build import Progress
 from ..model.extractor import Extractor
 from . import shards as sh
-from .local import EmbedReport, embed_work, prepare, read_bytes
+from .local import EmbedReport, embed_work, framing_threads, prepare, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class ShardEmbedder:
     def __init__(self, model_path: str | None, threads: int, out_dir: str):
         self.extractor = Extractor(model_path, num_threads=threads)
         self.out_dir = out_dir
+        framing_threads(threads)   # for the actor's life: its process embeds and nothing else
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {"shard": [], "embedded": [], "failed": [], "pid": []}
