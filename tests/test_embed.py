@@ -92,6 +92,32 @@ def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir
     assert "interrupted build" not in caplog.text   # and was never taken for a leftover
 
 
+def test_opencv_keeps_to_the_interpreters_threads_during_a_run(catalog_dir, extractor, tmp_path):
+    """A local run frames photos with as many OpenCV threads as the interpreter has (one here: one core), and
+    gives OpenCV back the count it had."""
+    import cv2
+
+    class Watching:   # the real extractor, noting OpenCV's thread count at each model pass
+        def __init__(self, inner):
+            self.inner, self.seen = inner, set()
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def embed(self, rgb):
+            self.seen.add(cv2.getNumThreads())
+            return self.inner.embed(rgb)
+
+    watching, before = Watching(extractor), cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        embed_local(catalog_dir, tmp_path / "s", watching, shard_rows=8, progress=False)
+        assert watching.seen == {extractor.num_threads} == {1}
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_a_stopped_run_resumes_and_keeps_the_shards_it_wrote(shards, catalog_dir, extractor, tmp_path):
     out = tmp_path / "s"
     shutil.copytree(shards[0], out)
