@@ -3,8 +3,9 @@
 Starts a Ray cluster of ``--nodes`` raylets on this machine (``ray.cluster_utils.Cluster``: separate raylet
 processes, as on separate machines, sharing one host), embeds the same catalog with both engines and prints
 items/s, items/s per core and items per CPU-second actually used (summed over every process of the run,
-Ray's own included: the figure that other jobs on a busy machine disturb least). Writes
-bench/results/embed-scaling.json.
+Ray's own and its exited workers included: the figure that other jobs on a busy machine disturb least).
+The local engine runs on one core; local and Ray runs alternate (``--rounds``) so both see the same
+stretch of a shared host's drifting speed. Writes bench/results/embed-scaling.json.
 
     .venv/bin/python bench/bench_embed_scaling.py       # 2 nodes x 1 CPU, 2400 items; runs at nice 10
     .venv/bin/python bench/bench_embed_scaling.py --nodes 4 --cpus-per-node 4 --items 4000   # a bigger host
@@ -13,6 +14,7 @@ bench/results/embed-scaling.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -52,71 +54,87 @@ def make_catalog(root: Path, items: int) -> Path:
     return root
 
 
-def _tree(pid: int) -> dict[int, tuple[str, int]]:
-    """``{pid: (name, ticks)}`` for ``pid`` and its living descendants: the process title's first word
-    (Ray workers name themselves ``ray::ShardEmbedder``, ``ray::IDLE``...) and user + system CPU ticks, its
-    waited-for children's included."""
+def _name(proc: Path, comm: str) -> str:
+    """A process's name as the report shows it: the title's first word (Ray workers name themselves
+    ``ray::MapWorker(...)``, ``ray::IDLE``...), a Python service by its script."""
+    argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+    name = Path(argv[0].split()[0]).name if argv and argv[0].strip() else comm
+    if name.startswith("ray::"):   # an actor names the method it runs: "ray::MapWorker(...).submit"
+        name = name[: name.rindex(")") + 1] if ")" in name else name
+    if name.startswith("python") and len(argv) > 1:
+        script = next((a for a in argv[1:] if not a.startswith("-")), "")
+        name = f"python {Path(script).name}" if script else name
+    return name
+
+
+def _tree(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
+    """``{(pid, start tick): (name, ticks)}`` for ``pid`` and its living descendants: the name as it is now
+    (a Ray worker takes its actor's name once started) and the process's own user + system CPU ticks (not
+    its children's: they count as themselves)."""
     stats = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             comm, rest = (d / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
-            argv = [a.decode(errors="replace") for a in (d / "cmdline").read_bytes().split(b"\0") if a]
         except (OSError, IndexError):
             continue
-        fields = rest.split()
-        name = Path(argv[0].split()[0]).name if argv and argv[0].strip() else comm
-        if name.startswith("python") and len(argv) > 1:   # a Python service: name it by its script
-            script = next((a for a in argv[1:] if not a.startswith("-")), "")
-            name = f"python {Path(script).name}" if script else name
-        stats[int(d.name)] = (int(fields[1]), name, sum(int(x) for x in fields[11:15]))  # ppid, name, ticks
+        fields = rest.split()   # ppid, utime + stime, start time
+        stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]), comm)
     children: dict[int, list[int]] = {}
-    for p, (ppid, _, _) in stats.items():
+    for p, (ppid, *_) in stats.items():
         children.setdefault(ppid, []).append(p)
     out, todo = {}, [pid]
     while todo:
         p = todo.pop()
         if p in stats:
-            out[p] = stats[p][1:]
+            _, ticks, start, comm = stats[p]
+            with contextlib.suppress(OSError):   # exited meanwhile
+                out[(p, start)] = (_name(Path(f"/proc/{p}"), comm), ticks)
         todo.extend(children.get(p, []))
     return out
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its living descendants (children that have exited and
-    been waited for count in their parent's cutime/cstime)."""
-    return sum(t for _, t in _tree(pid).values()) / TICKS
-
-
-def cpu_by_process(pid: int) -> dict[str, float]:
-    """CPU seconds of ``pid``'s tree by process name (where a Ray run's CPU goes), largest first."""
-    acc: dict[str, float] = {}
-    for name, ticks in _tree(pid).values():
-        acc[name] = acc.get(name, 0.0) + ticks / TICKS
-    return {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1]) if v >= 0.01}
-
-
-class CpuSampler:
-    """CPU seconds of this process tree sampled every ``every`` s in a thread: (wall time, cpu) pairs."""
+class CpuLedger:
+    """CPU seconds used by this process and its descendants since the ledger started, processes that exit
+    before the end included (Ray stops its actors when a dataset is done): each process's own time as last
+    seen, sampled every ``every`` s in a thread (a process that exits loses at most its last interval)."""
 
     def __init__(self, every: float = 1.0):
         import threading
 
-        self.samples: list[tuple[float, float]] = []
+        self._base = {key: ticks for key, (_, ticks) in _tree(os.getpid()).items()}
+        self._last: dict[tuple[int, int], tuple[str, int]] = {}
+        self.samples: list[tuple[float, float]] = []    # (wall time, CPU seconds so far)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._sample()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
         self._thread.start()
 
-    def _run(self, every: float) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), tree_cpu_seconds(os.getpid())))
-            self._stop.wait(every)
+    def _sample(self) -> None:
+        with self._lock:
+            self._last.update(_tree(os.getpid()))
+            used = sum(ticks - self._base.get(key, 0) for key, (_, ticks) in self._last.items())
+            self.samples.append((time.time(), used / TICKS))
 
-    def stop(self) -> None:
-        self.samples.append((time.time(), tree_cpu_seconds(os.getpid())))
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self._sample()
+
+    def stop(self) -> float:
+        """Stop sampling; the CPU seconds used since the start."""
         self._stop.set()
         self._thread.join()
+        self._sample()
+        return self.samples[-1][1]
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds since the start by process name (where a Ray run's CPU goes), largest first."""
+        acc: dict[str, float] = {}
+        for key, (name, ticks) in self._last.items():
+            acc[name] = acc.get(name, 0.0) + (ticks - self._base.get(key, 0)) / TICKS
+        return {k: round(v, 2) for k, v in sorted(acc.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
     def at(self, t: float) -> float:
         """CPU seconds at wall time ``t`` (linear between samples)."""
@@ -126,32 +144,41 @@ class CpuSampler:
         return float(np.interp(t, ts, cs))
 
 
-def steady(out: Path, cpu: CpuSampler) -> tuple[float | None, float | None]:
-    """Rows per second and rows per CPU-second between the first and the last shard file written: the rate
-    once started (start-up of the cluster, the workers and the model left out)."""
+def steady(out: Path, cpu: CpuLedger, workers: int = 1) -> tuple[float | None, float | None]:
+    """Rows per second and rows per CPU-second once every one of ``workers`` (embedding in parallel) has
+    written its first shard and before the last ones finish: the shards completed after the ``workers``-th
+    and up to the ``workers``-th last, over that time. Start-up (the cluster, the workers, the model, each
+    worker's first shard) and the tail (fewer shards left than workers) are left out; with one worker, the
+    first shard to the last."""
     from pi_search.embed import shards as sh
 
     files = sorted(sh.shard_files(out).values(), key=lambda p: p.stat().st_mtime)
-    if len(files) < 3:
+    first, last = workers - 1, len(files) - workers
+    if last - first < 2:
         return None, None
-    rows = sum(len(sh.read_shard(p, vectors=False).rows) for p in files[1:])
-    t0, t1 = files[0].stat().st_mtime, files[-1].stat().st_mtime
+    rows = sum(len(sh.read_shard(p, vectors=False).rows) for p in files[first + 1 : last + 1])
+    t0, t1 = files[first].stat().st_mtime, files[last].stat().st_mtime
     used = cpu.at(t1) - cpu.at(t0)
     return (rows / (t1 - t0) if t1 > t0 else None), (rows / used if used > 0 else None)
 
 
-def run_local(catalog: Path, out: Path, shard_rows: int) -> dict:
+def run_local(catalog: Path, out: Path, shard_rows: int, cpu: int | None = None) -> dict:
+    """The local engine with this process held to one core (``cpu``, default the first it may use;
+    ``sched_setaffinity``): its items/s is then exactly the items/s of one core."""
     from pi_search.embed.local import embed_local
     from pi_search.model.extractor import Extractor
 
     shutil.rmtree(out, ignore_errors=True)
-    sampler = CpuSampler()
-    cpu0 = tree_cpu_seconds(os.getpid())
-    t0 = time.perf_counter()
-    report = embed_local(catalog, out, Extractor(), shard_rows=shard_rows, progress=False)
-    wall = time.perf_counter() - t0
-    cpu = tree_cpu_seconds(os.getpid()) - cpu0
-    sampler.stop()
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed) if cpu is None else cpu})
+    try:
+        sampler = CpuLedger()
+        t0 = time.perf_counter()
+        report = embed_local(catalog, out, Extractor(), shard_rows=shard_rows, progress=False)
+        wall = time.perf_counter() - t0
+        cpu = sampler.stop()
+    finally:
+        os.sched_setaffinity(0, allowed)
     rate, per_cpu = steady(out, sampler)
     n = report.embedded
     return {"engine": "local", "cores": 1, "items": n, "seconds": round(wall, 2),
@@ -172,9 +199,7 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
     from pi_search.model.extractor import Extractor
 
     shutil.rmtree(out, ignore_errors=True)
-    sampler = CpuSampler()
-    cpu0 = tree_cpu_seconds(os.getpid())
-    before = cpu_by_process(os.getpid())      # this process's earlier runs count before the cluster's
+    sampler = CpuLedger()
     args = {"num_cpus": cpus, "object_store_memory": store_mb * 2**20}
     t_start = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
@@ -188,15 +213,14 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
         t0 = time.perf_counter()
         report = embed_ray(catalog, out, Extractor(), shard_rows=shard_rows, progress=False)
         wall = time.perf_counter() - t0
-        cpu = tree_cpu_seconds(os.getpid()) - cpu0   # before shutdown: the cluster's processes still live
-        by_process = {k: round(v - before.get(k, 0.0), 2) for k, v in cpu_by_process(os.getpid()).items()}
-        sampler.stop()
+        cpu = sampler.stop()
+        by_process = sampler.by_name()
     finally:
         ray.shutdown()
         cluster.shutdown()
     cores = nodes * cpus
     n = report.embedded
-    rate, per_cpu = steady(out, sampler)
+    rate, per_cpu = steady(out, sampler, workers=cores)    # embed_ray's default: one actor per CPU
     return {"engine": "ray", "nodes": len(alive), "cores": cores, "items": n, "seconds": round(wall, 2),
             "cluster_start_s": round(t0 - t_start, 2), "items_per_s": round(n / wall, 2),
             "items_per_s_per_core": round(n / wall / cores, 2),
@@ -239,6 +263,7 @@ def main() -> None:
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--shard-rows", type=int, default=64)
     ap.add_argument("--store-mb", type=int, default=300, help="object store per node, MB")
+    ap.add_argument("--rounds", type=int, default=2, help="Ray runs, each followed by a local run")
     ap.add_argument("--nice", type=int, default=10, help="lower this run's priority by this much")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embed-scaling.json")
     args = ap.parse_args()
@@ -249,35 +274,39 @@ def main() -> None:
         catalog = args.catalog or make_catalog(work / "catalog", args.items)
         print(f"catalog {catalog}: {args.items if not args.catalog else '?'} items; "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
+        # local, then Ray and local in turn: a shared host's speed drifts over minutes, and each engine's
+        # mean then spans the same stretch of time
         runs = [run_local(catalog, work / "local", args.shard_rows)]
         print(json.dumps(runs[-1]), flush=True)
-        runs.append(run_ray(catalog, work / "ray", args.shard_rows, args.nodes, args.cpus_per_node,
-                            args.store_mb))
-        print(json.dumps(runs[-1]), flush=True)
-        cosine = same_vectors(work / "local", work / "ray")
-        runs.append(run_local(catalog, work / "local", args.shard_rows))   # again: the load may have changed
-        print(json.dumps(runs[-1]), flush=True)
+        cosine = 1.0
+        for _ in range(args.rounds):
+            runs.append(run_ray(catalog, work / "ray", args.shard_rows, args.nodes, args.cpus_per_node,
+                                args.store_mb))
+            print(json.dumps(runs[-1]), flush=True)
+            cosine = min(cosine, same_vectors(work / "local", work / "ray"))
+            runs.append(run_local(catalog, work / "local", args.shard_rows))
+            print(json.dumps(runs[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    local = [r for r in runs if r["engine"] == "local"]
-    ray_run = runs[1]
 
-    def mean(key):
-        vals = [r[key] for r in local if r.get(key)]
+    def mean(engine, key):
+        vals = [r[key] for r in runs if r["engine"] == engine and r.get(key)]
         return sum(vals) / len(vals) if vals else None
 
-    ratio = {k: round(ray_run[k] / mean(k), 3) if ray_run.get(k) and mean(k) else None
+    ratio = {k: round(mean("ray", k) / mean("local", k), 3) if mean("ray", k) and mean("local", k) else None
              for k in ("items_per_s_per_core", "steady_items_per_s_per_core", "items_per_cpu_s",
                        "steady_items_per_cpu_s")}
-    per_core = ray_run["steady_items_per_s_per_core"] or ray_run["items_per_s_per_core"]
+    per_core = mean("ray", "steady_items_per_s_per_core") or mean("ray", "items_per_s_per_core")
     projection = {str(c): round(ITEMS_10M / (per_core * c) / 3600, 2) for c in (16, 64, 256)}
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2)},
               "args": {k: _shown(v) for k, v in vars(args).items()},
               "runs": runs, "ray_vs_local": ratio, "min_cosine_ray_vs_local": round(cosine, 6),
+              "projection_items_per_s_per_core": round(per_core, 2),
               "hours_for_10m_items_by_cores": projection,
-              "note": "measured on a shared 2-core machine while other jobs ran: wall-clock rates are "
-                      "disturbed; items per CPU-second much less so"}
+              "note": "local runs held to one core; local and Ray runs alternate and the ratios compare "
+                      "their means; a busy or shared host disturbs wall-clock rates, items per CPU-second "
+                      "less so"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"ray / local: items/s per core {ratio['items_per_s_per_core']}, steady "

@@ -307,8 +307,7 @@ def t_embed_scaling(r: Results) -> str:
 
 def t_embed_projection(r: Results) -> str:
     rep = r["embed-scaling"]
-    ray_run = next(run for run in rep["runs"] if run["engine"] == "ray")
-    per_core = ray_run["steady_items_per_s_per_core"] or ray_run["items_per_s_per_core"]
+    per_core = rep["projection_items_per_s_per_core"]
     rows = [[f"{int(c):,}", num(per_core * int(c), 0), num(h, 1)]
             for c, h in rep["hours_for_10m_items_by_cores"].items()]
     return md(["cores", "items/s", "hours for 10M items"], rows) + source("embed-scaling")
@@ -803,6 +802,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
 VALUES: dict[str, Callable[[Results], str]] = {
     "embed.steady": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["steady_items_per_s_per_core"]),
     "embed.e2e": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["items_per_s_per_core"]),
+    "embed.ceiling": lambda r: pct(r["embed-ceiling"]["all_cores_vs_one"]["steady_items_per_s_per_core"]),
+    "embed.ceiling.cpu": lambda r: pct(r["embed-ceiling"]["all_cores_vs_one"]["steady_items_per_cpu_s"]),
     # under attack
     "attack.slow": lambda r: str(r["slow_clients"]["setup"]["slow_connections"]),
     "attack.slow.opened": lambda r: f"{r['slow_clients']['slow_connections_opened']:,}",
