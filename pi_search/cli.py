@@ -208,7 +208,8 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
               help="Catalog rows per shard file.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Model file (default: the shipped model).")
-@click.option("--threads", default=1, show_default=True, help="Interpreter threads (per actor).")
+@click.option("--threads", default=1, show_default=True,
+              help="Threads of the interpreter and of OpenCV's framing (per actor).")
 @click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def index_embed(catalog: Path, out_dir: Path, engine: str, address: str | None, actors: int | None,
