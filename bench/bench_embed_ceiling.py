@@ -23,9 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_embed_scaling import make_catalog, run_local  # noqa: E402
-
-KEYS = ("items_per_s_per_core", "steady_items_per_s_per_core", "items_per_cpu_s", "steady_items_per_cpu_s")
+from bench_embed_scaling import RATES, make_catalog, ratios, run_local, shown  # noqa: E402
 
 
 def run_parallel(catalog: Path, work: Path, shard_rows: int, cpus: list[int]) -> dict:
@@ -36,7 +34,7 @@ def run_parallel(catalog: Path, work: Path, shard_rows: int, cpus: list[int]) ->
         each = [j.result() for j in jobs]
     out = {"engine": "local", "processes": len(cpus), "cores": len(cpus),
            "items": sum(r["items"] for r in each), "seconds": max(r["seconds"] for r in each)}
-    for key in KEYS:
+    for key in RATES:
         vals = [r[key] for r in each if r.get(key)]
         out[key] = round(sum(vals) / len(vals), 2) if len(vals) == len(each) else None
     return out
@@ -65,16 +63,12 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def mean(processes: int, key: str) -> float | None:
-        vals = [r[key] for r in runs if r.get("processes", 1) == processes and r.get(key)]
-        return sum(vals) / len(vals) if vals else None
+    def alone(run):
+        return run.get("processes", 1) == 1
 
-    ratio = {k: round(mean(len(cpus), k) / mean(1, k), 3) if mean(len(cpus), k) and mean(1, k) else None
-             for k in KEYS}
+    ratio = ratios(runs, lambda run: not alone(run), alone)
     result = {"machine": {"platform": platform.platform(), "cpus": len(cpus)},
-              "args": {k: str(v.relative_to(ROOT)) if isinstance(v, Path) and v.is_relative_to(ROOT) else
-                       (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "runs": runs, "all_cores_vs_one": ratio}
+              "args": {k: shown(v) for k, v in vars(args).items()}, "runs": runs, "all_cores_vs_one": ratio}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{len(cpus)} processes at once / one alone, per core: items/s {ratio['items_per_s_per_core']}, "

@@ -162,15 +162,15 @@ def steady(out: Path, cpu: CpuLedger, workers: int = 1) -> tuple[float | None, f
     return (rows / (t1 - t0) if t1 > t0 else None), (rows / used if used > 0 else None)
 
 
-def run_local(catalog: Path, out: Path, shard_rows: int, cpu: int | None = None) -> dict:
-    """The local engine with this process held to one core (``cpu``, default the first it may use;
+def run_local(catalog: Path, out: Path, shard_rows: int, core: int | None = None) -> dict:
+    """The local engine with this process held to one core (``core``, default the first it may use;
     ``sched_setaffinity``): its items/s is then exactly the items/s of one core."""
     from pi_search.embed.local import embed_local
     from pi_search.model.extractor import Extractor
 
     shutil.rmtree(out, ignore_errors=True)
     allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(allowed) if cpu is None else cpu})
+    os.sched_setaffinity(0, {min(allowed) if core is None else core})
     try:
         sampler = CpuLedger()
         t0 = time.perf_counter()
@@ -185,6 +185,24 @@ def run_local(catalog: Path, out: Path, shard_rows: int, cpu: int | None = None)
             "items_per_s": round(n / wall, 2), "items_per_s_per_core": round(n / wall, 2),
             "steady_items_per_s_per_core": _round(rate), "cpu_seconds": round(cpu, 2),
             "items_per_cpu_s": round(n / cpu, 2), "steady_items_per_cpu_s": _round(per_cpu)}
+
+
+RATES = ("items_per_s_per_core", "steady_items_per_s_per_core", "items_per_cpu_s", "steady_items_per_cpu_s")
+
+
+def mean_of(runs: list[dict], key: str, which) -> float | None:
+    """The mean of ``key`` over the runs ``which(run)`` picks (None where no run has it)."""
+    vals = [r[key] for r in runs if which(r) and r.get(key)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def ratios(runs: list[dict], top, bottom) -> dict[str, float | None]:
+    """Each of ``RATES``: the mean over the runs ``top`` picks / the mean over those ``bottom`` picks."""
+    out = {}
+    for key in RATES:
+        a, b = mean_of(runs, key, top), mean_of(runs, key, bottom)
+        out[key] = round(a / b, 3) if a and b else None
+    return out
 
 
 def _round(x: float | None) -> float | None:
@@ -229,7 +247,7 @@ def run_ray(catalog: Path, out: Path, shard_rows: int, nodes: int, cpus: int, st
             "steady_items_per_cpu_s": _round(per_cpu), "cpu_seconds_by_process": by_process}
 
 
-def _shown(v):
+def shown(v):
     """An argument as the report shows it: paths inside the checkout relative to it."""
     if isinstance(v, Path):
         v = v.resolve()
@@ -289,18 +307,16 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def mean(engine, key):
-        vals = [r[key] for r in runs if r["engine"] == engine and r.get(key)]
-        return sum(vals) / len(vals) if vals else None
+    def is_ray(run):
+        return run["engine"] == "ray"
 
-    ratio = {k: round(mean("ray", k) / mean("local", k), 3) if mean("ray", k) and mean("local", k) else None
-             for k in ("items_per_s_per_core", "steady_items_per_s_per_core", "items_per_cpu_s",
-                       "steady_items_per_cpu_s")}
-    per_core = mean("ray", "steady_items_per_s_per_core") or mean("ray", "items_per_s_per_core")
+    ratio = ratios(runs, is_ray, lambda run: not is_ray(run))
+    per_core = (mean_of(runs, "steady_items_per_s_per_core", is_ray)
+                or mean_of(runs, "items_per_s_per_core", is_ray))
     projection = {str(c): round(ITEMS_10M / (per_core * c) / 3600, 2) for c in (16, 64, 256)}
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2)},
-              "args": {k: _shown(v) for k, v in vars(args).items()},
+              "args": {k: shown(v) for k, v in vars(args).items()},
               "runs": runs, "ray_vs_local": ratio, "min_cosine_ray_vs_local": round(cosine, 6),
               "projection_items_per_s_per_core": round(per_core, 2),
               "hours_for_10m_items_by_cores": projection,
