@@ -32,7 +32,14 @@ class OpenCVSource(BaseSource):
 
         if self.path is not None and not self.path.is_file():
             raise SourceError(f"{self.path}: no such video file for the opencv: source")
-        cap = cv2.VideoCapture(self.device if self.device is not None else str(self.path))
+        # OpenCV's own log says why it could not open the device ([ WARN ...] cap_v4l.cpp) on every retry;
+        # the SourceError below says it once in the project's words, so its logger is silent meanwhile.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            cap = cv2.VideoCapture(self.device if self.device is not None else str(self.path))
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             what = f"webcam {self.device} (is it plugged in? see ls /dev/video*)" if self.path is None \

@@ -6,7 +6,11 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
+import os
+import sys
+import tempfile
 import threading
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,36 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 _PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
 _TFLITE_MAGIC = b"TFL3"
+# LiteRT's C++ logger writes this on fd 2 when the first interpreter allocates its tensors; no environment
+# variable or API of the wheel turns it off (TF_CPP_MIN_LOG_LEVEL has no effect on it).
+_RUNTIME_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+_FD2_LOCK = threading.Lock()
+
+
+@contextmanager
+def _runtime_noise_filtered():
+    """Catch what the runtime writes on fd 2 meanwhile and pass every line on except ``_RUNTIME_NOISE``."""
+    with _FD2_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no stderr to filter
+            yield
+            return
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                with suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                kept = [line for line in caught.read().splitlines(keepends=True)
+                        if line.rstrip() not in _RUNTIME_NOISE]
+                if kept:
+                    os.write(2, b"".join(kept))
 
 
 def default_model_path() -> Path:
@@ -105,8 +139,9 @@ class Extractor:
             raise ModelError(f"{path}: not a TFLite model (no TFL3 identifier); use a .tflite file")
         self.runtime, interpreter_cls, self.runtime_version = load_runtime(runtime)
         try:
-            self._interp = interpreter_cls(model_path=str(path), num_threads=int(num_threads))
-            self._interp.allocate_tensors()
+            with _runtime_noise_filtered():
+                self._interp = interpreter_cls(model_path=str(path), num_threads=int(num_threads))
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: the runtime cannot load it ({str(exc).splitlines()[0]}); "
                              "the file is corrupt or truncated: copy it again") from exc
