@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from . import __version__, doctor, images
 from .bootstrap import build_daemon
-from .config import load_config
+from .config import is_loopback, load_config, token_problem
 from .demo import demo_bundle, demo_data
 from .doctor import default_config_path
 from .embed.local import embed_local
@@ -27,7 +28,7 @@ from .model.extractor import Extractor, default_model_path, file_sha256
 from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from .pipeline.photos import query_images
 from .shutdown import terminate_as_exit
-from .web.server import check_address
+from .web.server import check_address, page_urls
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ def main(verbose: int) -> None:
     """Offline visual search: point an item at the camera, see the most similar catalog items."""
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def say_where(command: str, *, token: bool = False) -> Callable[[str], None]:
+    """``on_serving`` for ``serve`` and ``demo``: one line on stderr naming the address(es) to open, printed
+    once the page is served (for a bind to every address: this machine's addresses too, for a phone)."""
+
+    def on_serving(url: str) -> None:
+        first = "  (add ?token=TOKEN on the first visit)" if token else ""
+        urls = " or ".join(page_urls(url))
+        click.echo(f"pi-search {command}: open {urls}{first}  (Ctrl+C stops)", err=True)
+
+    return on_serving
 
 
 # ---------------------------------------------------------------- model
@@ -350,7 +363,7 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
         "camera.source": source, "camera.fps": fps, "index.bundle": str(bundle) if bundle else None,
         "model.path": str(model_path) if model_path else None, "model.threads": threads,
         "server.host": host, "server.port": port})
-    build_daemon(config).run()
+    build_daemon(config).run(on_serving=say_where("serve", token=not is_loopback(config.server.host)))
 
 
 # ---------------------------------------------------------------- eval
@@ -423,20 +436,31 @@ def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
 
 # ---------------------------------------------------------------- demo
 @main.command("demo")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (0.0.0.0: every address, for a phone; needs --token).")
 @click.option("--port", default=8080, show_default=True, help="Port.")
+@click.option("--token", envvar="PI_SEARCH_TOKEN", default=None,
+              help="Token the page asks for when --host is reachable from the network (16+ random "
+                   "characters, e.g. $(openssl rand -hex 16)) [env PI_SEARCH_TOKEN].")
 @click.option("--fps", default=2.0, show_default=True, help="Replay rate of the demo camera frames.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the demo bundle is built [default: ~/.cache/pi-search].")
 @click.option("--rebuild", is_flag=True, help="Build the demo bundle again.")
-def demo_cmd(host: str, port: int, fps: float, state_dir: Path | None, rebuild: bool) -> None:
+def demo_cmd(host: str, port: int, token: str | None, fps: float, state_dir: Path | None,
+             rebuild: bool) -> None:
     """The whole appliance on any machine: the bundled demo catalog and a replayed camera."""
+    if token and token_problem(token):
+        raise PiSearchError(f"--token {token_problem(token)}; make one with: --token $(openssl rand -hex 16)")
+    if not token and not is_loopback(host):
+        raise PiSearchError(f"--host {host} is reachable from the network, so the page needs a token: add "
+                            "--token $(openssl rand -hex 16), or leave --host out (this machine only)")
     check_address(host, port)  # a busy port fails before the demo bundle is built
-    bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild)
+    bundle = demo_bundle(Extractor(), state_dir, rebuild=rebuild, on_build=lambda out: click.echo(
+        f"pi-search demo: building the demo bundle in {out} (once)", err=True))
     config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
-                                "index.bundle": str(bundle), "server.host": host, "server.port": port})
-    build_daemon(config).run(on_serving=lambda url: click.echo(f"pi-search demo: open {url}  (Ctrl+C stops)",
-                                                         err=True))
+                                "index.bundle": str(bundle), "server.host": host, "server.port": port,
+                                "server.token": token or None})
+    build_daemon(config).run(on_serving=say_where("demo", token=bool(token) and not is_loopback(host)))
 
 
 # ---------------------------------------------------------------- item

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import BundleError, CatalogError
@@ -43,8 +44,9 @@ def _catalog_key(catalog: Path, extractor) -> str:
 
 
 def demo_bundle(extractor, state_dir: str | Path | None = None, *, rebuild: bool = False,
-                progress: bool = True) -> Path:
-    """The demo bundle in ``state_dir``, built (with a progress bar) on first use or when stale."""
+                progress: bool = True, on_build: Callable[[Path], None] | None = None) -> Path:
+    """The demo bundle in ``state_dir``, built (with a progress bar) on first use or when stale;
+    ``on_build(out)`` is called before a build starts."""
     catalog = demo_data()
     state = Path(state_dir) if state_dir else default_state_dir()
     out = state / "demo-bundle"
@@ -59,7 +61,9 @@ def demo_bundle(extractor, state_dir: str | Path | None = None, *, rebuild: bool
                 return out
             except BundleError as exc:
                 log.info("rebuilding the demo bundle: %s", exc)
-        log.warning("building the demo bundle in %s (once)", out)
+        log.info("building the demo bundle in %s (once)", out)
+        if on_build is not None:
+            on_build(out)
         build_bundle(catalog, out, extractor, progress=progress, locked=True)
         key_file.write_text(key + "\n")
     return out

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -96,3 +97,122 @@ def test_address_printed_once_the_page_is_served(extractor, catalog, coffee):
     run(create_app(service, config), service, host="127.0.0.1", port=0, max_viewers=2, on_serving=on_serving)
     assert seen["url"].startswith("http://127.0.0.1:") and not seen["url"].endswith(":0/")
     assert seen["status"] == 200 and b"<html" in seen["page"].lower()
+
+
+def _serve_until_announced(args: list[str], tmp_path: Path, command: str = "serve"):
+    """Start the command; return (process, its 'open' line, stderr so far) once the line is printed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": ""}
+    proc = subprocess.Popen([sys.executable, "-c", "from pi_search.cli import main; main()", command, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    announced = threading.Event()
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith(f"pi-search {command}: open "):
+                announced.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    announced.wait(120)
+    return proc, reader, lines
+
+
+def _stop(proc, reader) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(5)
+
+
+@pytest.mark.slow
+def test_serve_prints_where_it_listens_once_ready(tmp_path, extractor):
+    """``serve`` says where the page is once it answers there, and the runtimes' own log lines stay out."""
+    from fakes import free_port
+
+    from pi_search.demo import demo_bundle, demo_data
+
+    bundle = demo_bundle(extractor, tmp_path / "state", progress=False)
+    port = free_port()
+    frames = f"folder:{demo_data() / 'frames'}"
+    proc, reader, lines = _serve_until_announced(
+        ["--bundle", str(bundle), "--source", frames, "--port", str(port)], tmp_path)
+    try:
+        opened = [line for line in lines if line.startswith("pi-search serve: open ")]
+        assert opened == [f"pi-search serve: open http://127.0.0.1:{port}/  (Ctrl+C stops)"], lines
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:  # listening already
+            assert r.status == 200
+    finally:
+        code = _stop(proc, reader)
+    assert code == 0, lines
+    assert not [line for line in lines if "XNNPACK" in line], lines
+
+
+def test_page_urls_of_every_address_are_this_machines_addresses():
+    """Bound to 0.0.0.0 (or ::), the printed addresses are 127.0.0.1 and each interface's IPv4 address as
+    iproute2 lists it; any other bind prints its own URL."""
+    from pi_search.web.server import machine_addresses, page_urls
+
+    listed = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True)
+    first_per_interface: dict[str, str] = {}
+    for line in listed.stdout.splitlines():
+        fields = line.split()
+        first_per_interface.setdefault(fields[1], fields[3].split("/")[0])
+    expected = [a for a in first_per_interface.values() if not a.startswith("127.")]
+    assert sorted(machine_addresses()) == sorted(expected)
+    for wildcard in ("http://0.0.0.0:8080/", "http://[::]:8080/"):
+        assert page_urls(wildcard) == ["http://127.0.0.1:8080/", *(f"http://{a}:8080/" for a in
+                                                                  machine_addresses())]
+    assert page_urls("http://192.0.2.7:8081/") == ["http://192.0.2.7:8081/"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--host", "0.0.0.0"], "error: --host 0.0.0.0 is reachable from the network, so the page needs a token: "
+                            "add --token $(openssl rand -hex 16), or leave --host out (this machine only)"),
+    (["--host", "0.0.0.0", "--token", "short"], "error: --token is 5 characters long: use at least 16; make "
+                                                "one with: --token $(openssl rand -hex 16)"),
+])
+def test_demo_on_the_network_names_its_own_token_option(tmp_path, args, message):
+    """The refusal names ``--token``, the option ``demo`` has (it reads no config file); nothing is built."""
+    from click.testing import CliRunner
+
+    from pi_search.cli import main
+
+    res = CliRunner().invoke(main, ["demo", *args, "--state-dir", str(tmp_path / "state")])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == message
+    assert "--token" in CliRunner().invoke(main, ["demo", "--help"]).output
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.slow
+def test_demo_with_a_token_serves_every_address_and_asks_for_the_token(tmp_path):
+    """``demo --host 0.0.0.0 --token T``: the page can be opened from a phone, with the token only."""
+    import secrets
+
+    from fakes import free_port
+
+    token, port = secrets.token_hex(16), free_port()
+    proc, reader, lines = _serve_until_announced(
+        ["--host", "0.0.0.0", "--port", str(port), "--token", token, "--state-dir", str(tmp_path / "state")],
+        tmp_path, command="demo")
+    try:
+        opened = [line for line in lines if line.startswith("pi-search demo: open ")]
+        assert len(opened) == 1, lines
+        assert f"http://127.0.0.1:{port}/" in opened[0] and "?token=TOKEN" in opened[0]
+        assert token not in "\n".join(lines)  # the token is never printed
+        assert [line for line in lines if "building the demo bundle" in line] == [
+            f"pi-search demo: building the demo bundle in {tmp_path / 'state' / 'demo-bundle'} (once)"]
+        assert not [line for line in lines if line.startswith("WARNING")], lines
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/results", timeout=30)
+        assert denied.value.code in (401, 403)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=30) as r:  # a phone
+            assert r.status == 200 and "pi_search_token" in (r.headers.get("Set-Cookie") or "")
+    finally:
+        code = _stop(proc, reader)
+    assert code == 0, lines

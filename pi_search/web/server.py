@@ -109,6 +109,40 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def machine_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, one per interface that has one (Linux; else [])."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915  # Linux ioctl: the IPv4 address of the named interface
+    found: list[str] = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for name in names:
+                try:
+                    packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+                except OSError:  # no IPv4 address on this interface
+                    continue
+                addr = socket.inet_ntoa(packed[20:24])
+                if not addr.startswith("127.") and addr not in found:
+                    found.append(addr)
+    except OSError:
+        return []
+    return found
+
+
+def page_urls(url: str) -> list[str]:
+    """Where to open the page served at ``url``: ``url`` itself, or for a bind to every address (0.0.0.0,
+    ::) http://127.0.0.1:PORT/ on this machine and then this machine's other addresses (for a phone)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.hostname not in ("0.0.0.0", "::", ""):
+        return [url]
+    return [f"http://{host}:{parts.port}/" for host in ("127.0.0.1", *machine_addresses())]
+
+
 def _reload(service) -> None:
     """SIGHUP: map the bundle rebuilt in place; a broken one is logged and the old one keeps serving."""
     try:
