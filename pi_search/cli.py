@@ -420,7 +420,8 @@ def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, q
 def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
     """Check camera access, runtime, model, bundle, config, disk and port; print OK or the fix for each.
 
-    Exits 1 if any check fails. It never opens the camera: a running daemon may hold it.
+    Exits 1 if any check fails. A USB webcam or a video file is opened for one frame; the Pi camera is only
+    listed, never opened (a running daemon may hold it).
     """
     path = config_file or doctor.default_config_path()
     results = doctor.run_checks(path, {"camera.source": source, "server.port": port,

@@ -30,6 +30,8 @@ OK, WARN, FAIL = "OK", "WARN", "FAIL"
 DEFAULT_CONFIG = Path("/etc/pi-search/config.toml")
 MIN_FREE_MB = 200     # below this a bundle rebuild (written beside the old one, then swapped) may not fit
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# The board's name, where Raspberry Pi OS (and other Linux on a Pi) shows it.
+PI_MODEL_FILES = (Path("/proc/device-tree/model"), Path("/sys/firmware/devicetree/base/model"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class _Context:
     config_path: Path | None = None
     config: object | None = None
     extractor: object | None = None
+    pi_model_files: tuple | None = None  # None: PI_MODEL_FILES
 
 
 def check_python(_ctx: _Context) -> Check:
@@ -135,8 +138,48 @@ def _device_access(paths: list[str]) -> tuple[list[str], list[str]]:
     return ok, [p for p in paths if p not in ok]
 
 
+def raspberry_pi_model(model_files=None) -> str | None:
+    """The board's name ("Raspberry Pi 4 Model B Rev 1.5") when this is a Raspberry Pi, else None."""
+    for path in model_files if model_files is not None else PI_MODEL_FILES:
+        try:
+            text = Path(path).read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if text.startswith("Raspberry Pi"):
+            return text
+    return None
+
+
+def _opens(source: str, ctx: _Context) -> tuple[str | None, str]:
+    """Open an OpenCV source and read one frame: ``(None, "WxH frames")``, or ``(the error, "")``."""
+    from .camera import open_source
+    from .errors import SourceError
+
+    cam = ctx.config.camera
+    src = open_source(source, width=cam.width, height=cam.height, fps=cam.fps, loop=False)
+    try:
+        with src:
+            frame = src.read()
+    except SourceError as exc:
+        return str(exc), ""
+    h, w = frame.rgb.shape[:2]
+    return None, f"{w}x{h} frames"
+
+
+def _held_by_daemon(ctx: _Context) -> int | None:
+    """The /healthz status of a pi-search on the configured port (which may hold the camera), else None."""
+    server = getattr(ctx.config, "server", None)
+    return _probe_healthz(server.host, server.port) if server else None
+
+
+NOT_A_PI_FIX = ("picamera2 is the Raspberry Pi camera; on this machine use a USB webcam (--source opencv:0, "
+                "[camera] source = \"opencv:0\") or replay photos (folder:DIR)")
+
+
 def check_camera(ctx: _Context) -> Check:
-    """Checks the source can be opened without opening it: a running daemon may hold the camera."""
+    """Checks the configured source: a folder holds images, an OpenCV webcam or video gives a frame (unless
+    a running pi-search holds it), picamera2 imports and lists a camera (never opened: the daemon may hold
+    it). Pi-only advice (apt's python3-picamera2) is given on a Raspberry Pi only."""
     source = getattr(getattr(ctx.config, "camera", None), "source", "picamera2")
     kind, _, arg = source.partition(":")
     if kind == "folder":
@@ -152,7 +195,11 @@ def check_camera(ctx: _Context) -> Check:
         if not Path(arg).is_file():
             return Check("camera", FAIL, f"{source}: no such video file",
                          "set [camera] source to a video file")
-        return Check("camera", OK, f"{source}: video file")
+        error, got = _opens(source, ctx)
+        if error:
+            return Check("camera", FAIL, f"{source}: {error}",
+                         "convert it to a video OpenCV reads (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        return Check("camera", OK, f"{source}: video file opens, {got}")
     if kind == "opencv" and arg.isdigit():
         dev = f"/dev/video{arg}"
         if not os.path.exists(dev):
@@ -161,10 +208,22 @@ def check_camera(ctx: _Context) -> Check:
         if not os.access(dev, os.R_OK | os.W_OK):
             return Check("camera", FAIL, f"{source}: no access to {dev}",
                          "add the user to the video group: sudo usermod -aG video $USER (then log in again)")
-        return Check("camera", OK, f"{source}: {dev} accessible")
+        error, got = _opens(source, ctx)
+        if error is None:
+            return Check("camera", OK, f"{source}: {dev} opens, {got}")
+        status = _held_by_daemon(ctx)
+        if status is not None:  # only one program can hold a camera: the daemon running beside the doctor
+            return Check("camera", OK if status == 200 else WARN,
+                         f"{source}: {dev} in use by the running pi-search", "see journalctl -u pi-search")
+        return Check("camera", FAIL, f"{source}: {dev} does not give frames ({error})",
+                     f"stop the program using it (fuser -v {dev}) or pick another camera (ls /dev/video*)")
     if kind == "picamera2":
+        board = raspberry_pi_model(ctx.pi_model_files)
+        if board is None:
+            return Check("camera", FAIL, "picamera2: this is not a Raspberry Pi (no board name in "
+                         f"{Path((ctx.pi_model_files or PI_MODEL_FILES)[0])})", NOT_A_PI_FIX)
         if importlib.util.find_spec("picamera2") is None:
-            return Check("camera", FAIL, "picamera2: module not found",
+            return Check("camera", FAIL, f"picamera2: module not found ({board})",
                          "sudo apt-get install python3-picamera2, and make the venv with "
                          "--system-site-packages (install.sh does both)")
         devices = sorted(glob.glob("/dev/media*") + glob.glob("/dev/video*"))
@@ -175,7 +234,14 @@ def check_camera(ctx: _Context) -> Check:
         if not ok:
             return Check("camera", FAIL, f"picamera2: no access to {', '.join(denied[:3])}",
                          "add the user to the video group: sudo usermod -aG video $USER (then log in again)")
-        return Check("camera", OK, f"picamera2: {len(ok)} camera devices accessible")
+        from picamera2 import Picamera2  # lists cameras without opening one
+
+        cameras = Picamera2.global_camera_info()
+        if not cameras:
+            return Check("camera", FAIL, f"picamera2: no camera found ({board})",
+                         "connect the camera cable with the Pi off; check: rpicam-hello --list-cameras")
+        models = ", ".join(str(c.get("Model", "?")) for c in cameras)
+        return Check("camera", OK, f"picamera2: {models} ({board})")
     return Check("camera", FAIL, f"{source}: unknown source",
                  "use picamera2, opencv:N, opencv:PATH or folder:DIR in [camera] source")
 
@@ -234,9 +300,13 @@ def check_port(ctx: _Context) -> Check:
     return Check("port", OK, f"{host}:{port} free")
 
 
-def run_checks(config_path: str | Path | None = None, overrides: dict | None = None) -> list[Check]:
-    """Run every check in order; later checks use what earlier ones loaded (config, model)."""
-    ctx = _Context(Path(config_path) if config_path else None)
+def run_checks(config_path: str | Path | None = None, overrides: dict | None = None, *,
+               pi_model_files=None) -> list[Check]:
+    """Run every check in order; later checks use what earlier ones loaded (config, model).
+
+    ``pi_model_files``: where the board's name is read (default ``PI_MODEL_FILES``).
+    """
+    ctx = _Context(Path(config_path) if config_path else None, pi_model_files=pi_model_files)
     checks: list[Callable[[_Context], Check]] = [
         check_python,
         lambda c: check_config(c, overrides),

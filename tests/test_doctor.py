@@ -117,14 +117,83 @@ def test_empty_frames_folder(tmp_path):
     assert _by_name(doctor.run_checks(cfg))["camera"].detail.endswith("no images")
 
 
-def test_picamera2_missing_module(tmp_path, monkeypatch):
+def _pi_model_file(tmp_path, text: bytes):
+    path = tmp_path / "model"
+    path.write_bytes(text)
+    return (tmp_path / "no-proc-model", path)
+
+
+def test_board_name_read_as_the_kernel_writes_it(tmp_path):
+    """/proc/device-tree/model ends in a NUL; the second place is read when the first is missing."""
+    assert doctor.raspberry_pi_model(_pi_model_file(tmp_path, b"Raspberry Pi 4 Model B Rev 1.5\0")) == \
+        "Raspberry Pi 4 Model B Rev 1.5"
+    assert doctor.raspberry_pi_model(_pi_model_file(tmp_path, b"Radxa ROCK 5B\0")) is None
+    assert doctor.raspberry_pi_model((tmp_path / "nothing",)) is None
+
+
+def test_picamera2_missing_module_on_a_pi(tmp_path, monkeypatch):
     real = doctor.importlib.util.find_spec
     monkeypatch.setattr(doctor.importlib.util, "find_spec",
                         lambda name, *a: None if name == "picamera2" else real(name, *a))
     cfg = _config(tmp_path, '[camera]\nsource = "picamera2"\n')
-    check = _by_name(doctor.run_checks(cfg))["camera"]
+    pi = _pi_model_file(tmp_path, b"Raspberry Pi 5 Model B Rev 1.0\0")
+    check = _by_name(doctor.run_checks(cfg, pi_model_files=pi))["camera"]
     assert check.status == "FAIL"
+    assert "Raspberry Pi 5" in check.detail
     assert "python3-picamera2" in check.fix and "--system-site-packages" in check.fix
+
+
+def test_picamera2_on_a_pc_gives_pc_advice(tmp_path):
+    """Not a Pi: picamera2 fails with what works here (a webcam, a folder), not an apt package Debian
+    lacks."""
+    cfg = _config(tmp_path, '[camera]\nsource = "picamera2"\n')
+    pc = _pi_model_file(tmp_path, b"Intel NUC\0")
+    check = _by_name(doctor.run_checks(cfg, pi_model_files=pc))["camera"]
+    assert check.status == "FAIL"
+    assert check.detail.startswith("picamera2: this is not a Raspberry Pi")
+    assert "opencv:0" in check.fix and "folder:DIR" in check.fix
+    assert "apt" not in check.fix and "python3-picamera2" not in check.fix
+
+
+def test_doctor_on_this_machine_checks_the_source_it_is_given(tmp_path, bundle_dir, frames_dir):
+    """The command as a user runs it: a folder source passes (exit 0); picamera2 fails with the advice that
+    fits this machine (a Pi: the apt package; any other machine: a webcam or a folder)."""
+    port = str(_free_port())
+    ok = CliRunner().invoke(main, ["doctor", "--source", f"folder:{frames_dir}", "--bundle", str(bundle_dir),
+                                   "--port", port])
+    assert ok.exit_code == 0, ok.output
+    assert f"OK    camera   folder:{frames_dir}: 3 images to replay" in ok.output
+    pi = CliRunner().invoke(main, ["doctor", "--source", "picamera2", "--bundle", str(bundle_dir),
+                                   "--port", port])
+    assert pi.exit_code == 1, pi.output
+    if doctor.raspberry_pi_model() is None:
+        assert "FAIL  camera   picamera2: this is not a Raspberry Pi" in pi.output
+        assert "opencv:0" in pi.output and "apt-get" not in pi.output
+    else:
+        assert "picamera2" in pi.output
+
+
+def test_a_video_file_source_is_opened(tmp_path, frames_dir):
+    """opencv:PATH is opened and one frame read; a file OpenCV cannot decode fails with what to do."""
+    import cv2
+
+    from pi_search import images
+
+    clip = tmp_path / "clip.avi"
+    frame = images.read(sorted(frames_dir.iterdir())[0])
+    h, w = frame.shape[:2]
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (w, h))
+    for _ in range(3):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    check = _by_name(doctor.run_checks(_config(tmp_path, f'[camera]\nsource = "opencv:{clip}"\n')))["camera"]
+    assert (check.status, check.detail) == ("OK", f"opencv:{clip}: video file opens, {w}x{h} frames")
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n")
+    check = _by_name(doctor.run_checks(_config(tmp_path, f'[camera]\nsource = "opencv:{fake}"\n')))["camera"]
+    assert check.status == "FAIL"
+    assert "not a video OpenCV can read" in check.detail and "ffmpeg" in check.fix
 
 
 @pytest.mark.slow
