@@ -248,7 +248,8 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(catalog_dir, extrac
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(PiSearchError, match="is not a bundle"):
+    with pytest.raises(PiSearchError, match=r"photos is a catalog \(it holds photos\), not a bundle: "
+                                            r".* --out .*photos-bundle \(nothing was replaced\)"):
         build_bundle(catalog_dir, out, extractor, progress=False)
     assert (out / "holiday.jpg").read_bytes() == b"precious"
     assert embedded_photos == []  # refused before any work

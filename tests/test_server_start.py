@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import server_daemon
-from fakes import ListSource, SourceFactory
+from fakes import ListSource, SourceFactory, free_port
 
 from pi_search.errors import PiSearchError
 
@@ -112,6 +112,7 @@ def _serve_until_announced(args: list[str], tmp_path: Path, command: str = "serv
             lines.append(line.rstrip("\n"))
             if line.startswith(f"pi-search {command}: open "):
                 announced.set()
+        announced.set()  # the process ended without it
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -132,7 +133,6 @@ def _stop(proc, reader) -> int:
 @pytest.mark.slow
 def test_serve_prints_where_it_listens_once_ready(tmp_path, extractor):
     """``serve`` says where the page is once it answers there, and the runtimes' own log lines stay out."""
-    from fakes import free_port
 
     from pi_search.demo import demo_bundle, demo_data
 
@@ -194,7 +194,6 @@ def test_demo_with_a_token_serves_every_address_and_asks_for_the_token(tmp_path)
     """``demo --host 0.0.0.0 --token T``: the page can be opened from a phone, with the token only."""
     import secrets
 
-    from fakes import free_port
 
     token, port = secrets.token_hex(16), free_port()
     proc, reader, lines = _serve_until_announced(
@@ -216,3 +215,38 @@ def test_demo_with_a_token_serves_every_address_and_asks_for_the_token(tmp_path)
     finally:
         code = _stop(proc, reader)
     assert code == 0, lines
+
+
+@pytest.mark.slow
+def test_serve_given_a_catalog_says_so_and_where_to_build_its_bundle(tmp_path, catalog_dir):
+    """``serve --bundle CATALOG`` (an easy slip) names the folder a catalog and suggests another --out; the
+    suggested command works, and ``index build CATALOG --out CATALOG`` says the same instead of a riddle."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pi_search.cli import main
+    from pi_search.index.bundle import Bundle
+
+
+    shop = tmp_path / "shop"
+    shutil.copytree(catalog_dir, shop)
+    frames = server_daemon.camera_folder(tmp_path / "frames", ("coffee",))
+    proc, reader, lines = _serve_until_announced(
+        ["--bundle", str(shop), "--source", f"folder:{frames}", "--port", str(free_port())], tmp_path)
+    _stop(proc, reader)
+    said = [line for line in lines if "is a catalog" in line]
+    suggested = f"pi-search index build {shop} --out {tmp_path / 'shop-bundle'}"
+    assert len(said) == 1, lines
+    assert f"{shop} is a catalog (it holds catalog.csv and images/), not a bundle: build its bundle with " \
+           f"{suggested}, then use {tmp_path / 'shop-bundle'}" in said[0]
+
+    same = CliRunner().invoke(main, ["index", "build", str(shop), "--out", str(shop)])
+    assert same.exit_code == 2
+    assert same.stderr.strip() == (f"error: --out {shop} is a catalog (it holds catalog.csv and images/), "
+                                   f"not a bundle: write the bundle to another folder, e.g. --out "
+                                   f"{tmp_path / 'shop-bundle'} (nothing was replaced)")
+    built = CliRunner().invoke(main, suggested.split()[1:])
+    assert built.exit_code == 0, built.output
+    with Bundle.open(tmp_path / "shop-bundle") as bundle:
+        assert len(bundle) == 16

@@ -184,6 +184,21 @@ class Manifest:
                               f"{_rebuild(directory)}") from None
 
 
+def catalog_not_bundle(directory: Path) -> tuple[str, Path] | None:
+    """When ``directory`` is a catalog given where a bundle belongs: ``(what it holds, a folder to build its
+    bundle in instead)``, e.g. ``("catalog.csv and images/", Path("shop-bundle"))``; else None."""
+    if not directory.is_dir():
+        return None
+    held = [name for name, there in (("catalog.csv", (directory / "catalog.csv").is_file()),
+                                     ("images/", (directory / "images").is_dir())) if there]
+    if not held and any(p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") for p in directory.iterdir()):
+        held = ["photos"]
+    if not held:
+        return None
+    named = directory if directory.name else directory.resolve()
+    return " and ".join(held), named.with_name(f"{named.name}-bundle")
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """The bundle's manifest; BundleError if it is missing, unreadable or of a newer format."""
     directory = Path(directory)
@@ -194,6 +209,11 @@ def read_manifest(directory: str | Path) -> Manifest:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
+        catalog = catalog_not_bundle(directory)
+        if catalog:
+            held, out = catalog
+            raise BundleError(f"{directory} is a catalog (it holds {held}), not a bundle: build its bundle "
+                              f"with pi-search index build {directory} --out {out}, then use {out}") from None
         raise BundleError(f"{path}: missing; {directory} is not a bundle (pi-search index build CATALOG "
                           f"--out {directory})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

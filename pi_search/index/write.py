@@ -30,6 +30,7 @@ from .manifest import (
     ModelRef,
     ProjectionEntry,
     SearchSettings,
+    catalog_not_bundle,
     write_manifest,
 )
 from .memory import needs
@@ -108,6 +109,11 @@ def check_out_dir(out_dir: Path) -> None:
     """Refuse to replace something that is not a bundle (a non-empty directory without a manifest, a file)."""
     if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (
             not out_dir.is_dir() or any(out_dir.iterdir())):
+        catalog = catalog_not_bundle(out_dir)
+        if catalog:
+            held, out = catalog
+            raise BundleError(f"--out {out_dir} is a catalog (it holds {held}), not a bundle: write the "
+                              f"bundle to another folder, e.g. --out {out} (nothing was replaced)")
         raise BundleError(f"{out_dir} exists and is not a bundle; choose another --out (nothing was "
                           "replaced)")
 
