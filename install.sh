@@ -18,6 +18,8 @@ MAX_PY_MINOR=14      # ... to 3.14 (ai-edge-litert publishes aarch64 wheels for 
 
 MODE=system
 EXPORT=0
+MIN_PIP=21.3         # editable installs of a pyproject.toml project (PEP 660); older venvs' pip is upgraded
+VENV_NEW=0           # set when this run makes the venv: its pip is upgraded once, then left alone
 KIOSK=0
 DRY_RUN=0
 UNINSTALL=0
@@ -224,7 +226,15 @@ ensure_venv() {
       note "  note:  $dir exists but does not run; making it anew"
     fi
     run "create venv $dir ($PYTHON${*:+ $*})" "$PYTHON" -m venv --clear "$@" "$dir"
+    VENV_NEW=1
   fi
+}
+
+# pip_recent VENV: its pip runs and is at least MIN_PIP.
+pip_recent() {
+  local ver
+  ver=$("$1/bin/python" -m pip --version 2>/dev/null | awk '{print $2}')
+  [ -n "$ver" ] && [ "$(printf '%s\n' "$MIN_PIP" "$ver" | sort -V | head -n 1)" = "$MIN_PIP" ]
 }
 
 # ensure_project VENV STAMP_TEXT PIP_ARGS...: pip-installs the project unless the stamp matches.
@@ -236,7 +246,9 @@ ensure_project() {
     ok "pi-search installed in $venv (up to date)"
     return 0
   fi
-  run "upgrade pip in $venv" "$venv/bin/python" -m pip install --quiet --upgrade pip
+  if [ "$VENV_NEW" = 1 ] || ! pip_recent "$venv"; then
+    run "upgrade pip in $venv" "$venv/bin/python" -m pip install --quiet --upgrade pip
+  fi
   run "install pi-search and its dependencies into $venv (pip; a few minutes the first time)" \
     "$venv/bin/python" -m pip install --quiet "$@"
   if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$stamp" > "$stamp_file"; fi
@@ -279,7 +291,11 @@ install_dev() {
   ensure_test_node
   finish
   note "Run the demo:   .venv/bin/pi-search demo"
-  note "Run the tests:  .venv/bin/python -m pytest"
+  if [ "$EXPORT" = 1 ]; then
+    note "Run the tests:  .venv/bin/python -m pytest"
+  else
+    note "Run the tests:  ./install.sh --dev --export && .venv/bin/python -m pytest  (--export: TensorFlow, for the model tests)"
+  fi
 }
 
 # The browser tests' accessibility checker (axe-core, injected by the tests; the page never loads it), at the

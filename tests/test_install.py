@@ -192,7 +192,7 @@ def test_dev_install(tmp_path):
                              "import importlib.util as u; print(u.find_spec('pi_search').origin)"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert origin.stdout.strip() == str(src / "pi_search/__init__.py"), origin.stderr
-    assert "Run the tests:  .venv/bin/python -m pytest" in first.stdout
+    assert "Run the tests:  ./install.sh --dev --export && .venv/bin/python -m pytest" in first.stdout
 
     second = run(["--dev", "--no-apt", "--python", sys.executable], script=src / "install.sh", env=NO_DEPS)
     assert second.returncode == 0
@@ -201,6 +201,46 @@ def test_dev_install(tmp_path):
     gone = run(["--dev", "--uninstall"], script=src / "install.sh")
     assert gone.returncode == 0
     assert not venv.exists()
+
+
+@pytest.mark.slow
+def test_pip_is_upgraded_only_in_a_new_venv(tmp_path):
+    """A first run makes the venv and upgrades its pip once; a later run on that venv (whose pip is recent
+    enough) leaves pip alone, even when the project itself is installed again."""
+    src = copy_checkout(tmp_path / "src")
+    args = ["--dev", "--no-apt", "--dry-run", "--python", sys.executable]
+    fresh = run(args, script=src / "install.sh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert f"would: create venv {src}/.venv" in fresh.stdout
+    assert f"would: upgrade pip in {src}/.venv" in fresh.stdout
+
+    subprocess.run([sys.executable, "-m", "venv", str(src / ".venv")], check=True)
+    again = run(args, script=src / "install.sh")
+    assert again.returncode == 0, again.stderr
+    assert f"ok:    venv {src}/.venv" in again.stdout
+    assert f"would: install pi-search and its dependencies into {src}/.venv" in again.stdout  # no stamp yet
+    assert "upgrade pip" not in again.stdout, again.stdout
+
+
+def _install_sh_dev_apt() -> list[str]:
+    """The Debian packages ``install.sh --dev`` installs (its DEV_APT list), read by bash itself."""
+    res = subprocess.run(["bash", "-c", 'eval "$(sed -n "/^DEV_APT=(/,/)/p" "$1")"; printf "%s\\n" '
+                          '"${DEV_APT[@]}"', "-", str(INSTALL)], capture_output=True, text=True, check=True)
+    return res.stdout.split()
+
+
+@pytest.mark.parametrize(("doc", "start"), [("README.md", "the ones the tests need:"),
+                                            ("docs/development.md", "the Debian packages the tests use")])
+def test_docs_name_the_debian_packages_install_sh_installs(doc, start):
+    import re
+
+    text = (ROOT / doc).read_text()
+    sentence = text[text.index(start):].split(". ", 1)[0]
+    named = re.findall(r"`([a-z0-9][a-z0-9.+-]*)`", re.sub(r"\([^)]*\)", "", sentence))  # not the asides
+    packages = _install_sh_dev_apt()
+    assert len(packages) >= 8
+    assert [p for p in named if p != "npm"] == packages, sentence
+    assert "`npm`" in sentence  # added when no npm is installed
 
 
 def _kiosk(tmp_path, url, wait):
