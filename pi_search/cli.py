@@ -158,7 +158,8 @@ def index() -> None:
               help="PCA dimensions of the Annoy index: a number, auto (256 for large catalogs) or none.")
 @click.option("--whiten/--no-whiten", default=True, show_default=True, help="Whiten the PCA projection.")
 @click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
-@click.option("--trees", default=None, type=int, help="Annoy trees (default: see README, Scale).")
+@click.option("--trees", default=None, type=int,
+              help=f"Annoy trees (default {DEFAULT_TREES}; why: docs/scale.md#the-defaults-and-why).")
 @click.option("--search", "search_mode", type=click.Choice(["auto", "exact", "ann"]), default="auto",
               show_default=True, help="Query mode: exact (small catalogs) or ann (index + re-rank).")
 @click.option("--store", "store_dtype", type=click.Choice(["auto", "float32", "float16", "int8"]),
@@ -171,7 +172,7 @@ def index() -> None:
               help="Index candidates re-ranked on the stored vectors per query (default 100; ivfpq 500).")
 @click.option("--search-k", "search_k", default=None, type=int, help="Annoy nodes searched per query.")
 @click.option("--nlist", default=0, type=click.IntRange(0, 1 << 20),
-              help="ivfpq: inverted lists (default: about 4 x sqrt(items); past 4M items one a 80 items).")
+              help="ivfpq: inverted lists (default: about 4 x sqrt(items); past 4M items one per 80 items).")
 @click.option("--pq-bytes", "pq_bytes", default=0, type=click.IntRange(0, 256),
               help="ivfpq: bytes per item in the index (default 32).")
 @click.option("--nprobe", default=0, type=click.IntRange(0, 1 << 20),
