@@ -166,9 +166,57 @@ def test_csv_oddities_are_rows_not_crashes(tmp_path):
     assert [(r.id, r.title) for r in rows] == [("a1", "Caf\xe9")]
     assert rows[0].extra == {"notes": "multi\nline"}
     msgs = [str(p) for p in problems]
-    assert any("line 5" in m and "6 fields but the header has 5" in m for m in msgs)
+    assert any("line 5" in m and "6 values for 5 columns (id,title,price,image,notes): remove the extra value"
+               in m for m in msgs)
     assert any("line 6" in m and "no image" in m for m in msgs)
     assert any("line 7" in m and "/etc/passwd" in m and "relative" in m for m in msgs)
+
+
+def _shop_with_rows(tmp_path, catalog_dir, lines: list[str]):
+    """A real catalog: the test catalog's header and photos, plus the given raw CSV lines."""
+    shop = tmp_path / "shop"
+    shutil.copytree(catalog_dir, shop)
+    with open(shop / "catalog.csv", "a", newline="") as f:
+        f.write("".join(line + "\r\n" for line in lines))
+    return shop
+
+
+def test_too_many_values_hints_at_quotes_only_for_an_unquoted_comma(tmp_path, catalog_dir):
+    """The comma hint appears only where an unquoted comma split a value; a quoted comma with one value too
+    many is told as values against columns."""
+    image = sorted((catalog_dir / "images").iterdir())[0].relative_to(catalog_dir).as_posix()
+    shop = _shop_with_rows(tmp_path, catalog_dir, [
+        f'x1,"Mug, blue",3.50,{image},n/a,gift',          # quoted comma, one value too many
+        f"x2,Mug, blue,3.50,{image},n/a",                  # unquoted comma inside the title
+        f"x3,Jug,3,50,{image},n/a",                        # a decimal comma in the price
+        f'x4,"Bowl, ""large""",4.00,{image},n/a',          # quoted comma and quotes: a good row
+    ])
+    rows, problems = read_catalog(shop)
+    assert "x4" in {r.id for r in rows} and 'Bowl, "large"' in {r.title for r in rows}
+    found = {p.line: str(p) for p in problems}
+    header = "id,title,price,image,colour"
+    n = len((catalog_dir / "catalog.csv").read_text().splitlines())  # header + the catalog's rows
+    assert found[n + 1].endswith(f"6 values for 5 columns ({header}): remove the extra value, or name its "
+                                 "column in the header line")
+    assert "comma" not in found[n + 1]
+    assert found[n + 2].endswith("6 values for 5 columns: the comma in 'Mug, blue' splits a value; put "
+                                 'quotes around a value with a comma ("Mug, blue")')
+    assert found[n + 3].endswith("6 values for 5 columns: the comma in '3,50' splits a value; put quotes "
+                                 'around a value with a comma ("3,50")')
+    assert len(problems) == 3
+
+
+def test_index_build_strict_names_the_bad_row(tmp_path, catalog_dir):
+    from click.testing import CliRunner
+
+    from pi_search.cli import main
+
+    image = sorted((catalog_dir / "images").iterdir())[0].relative_to(catalog_dir).as_posix()
+    shop = _shop_with_rows(tmp_path, catalog_dir, [f'x1,"Mug, blue",3.50,{image},n/a,gift'])
+    res = CliRunner().invoke(main, ["index", "build", str(shop), "--out", str(tmp_path / "b"), "--strict"])
+    assert res.exit_code == 2
+    assert "6 values for 5 columns (id,title,price,image,colour): remove the extra value" in res.stderr
+    assert "quotes" not in res.stderr
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -98,6 +98,7 @@ def read_csv(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
     rows: list[Row] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
+    raw_lines: list[str] | None = None
     while True:
         line = reader.line_num + 1
         try:
@@ -108,7 +109,13 @@ def read_csv(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
             problems.append(Problem(line, "", f"unreadable CSV ({exc})"))
             continue
         try:
-            row, problem = _parse_row(catalog_dir, header, values, line, seen)
+            if len(values) > len(header) and any(v.strip() for v in values):
+                if raw_lines is None:  # only split the text again when a row needs it
+                    raw_lines = io.StringIO(text, newline="").readlines()
+                raw = "".join(raw_lines[line - 1:reader.line_num])
+                row, problem = None, Problem(line, "", _too_many_values(raw, len(values), header))
+            else:
+                row, problem = _parse_row(catalog_dir, header, values, line, seen)
         except Exception as exc:  # a row must never stop the build: report it and go on
             row, problem = None, Problem(line, "", f"cannot read this row ({type(exc).__name__}: {exc})")
         if problem:
@@ -118,13 +125,37 @@ def read_csv(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
     return rows, problems
 
 
+def _unquoted_value_comma(raw: str) -> str | None:
+    """The first value of a CSV row's raw text that an unquoted comma split in two, as written: a comma
+    followed by a space ("Mug, blue") or between digits ("3,50"); None if every such comma was quoted."""
+    quoted, start = False, 0
+    for i, ch in enumerate(raw):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            after = raw[i + 1:i + 2]
+            if after == " " or (after.isdigit() and raw[i - 1:i].isdigit()):
+                end = i + 1
+                while end < len(raw) and raw[end] not in ',\r\n"':
+                    end += 1
+                return raw[start:end].strip()
+            start = i + 1
+    return None
+
+
+def _too_many_values(raw: str, n: int, header: list[str]) -> str:
+    split = _unquoted_value_comma(raw)
+    if split is not None:
+        return (f"{n} values for {len(header)} columns: the comma in {split!r} splits a value; put quotes "
+                f"around a value with a comma (\"{split}\")")
+    return (f"{n} values for {len(header)} columns ({','.join(header)}): remove the extra value, or name its "
+            "column in the header line")
+
+
 def _parse_row(root: Path, header: list[str], values: list[str], line: int,
                seen: dict[str, int]) -> tuple[Row | None, Problem | None]:
     if not any(v.strip() for v in values):
         return None, None  # blank line
-    if len(values) > len(header):
-        return None, Problem(line, "", f"{len(values)} fields but the header has {len(header)} "
-                                       "(a comma inside a value needs quotes)")
     rec = dict(zip(header, [v.strip() for v in values], strict=False))
     item_id = rec.get("id", "")
     image = rec.get("image", "")
