@@ -18,7 +18,7 @@ from .doctor import default_config_path
 from .embed.local import embed_local
 from .embed.ray_engine import embed_ray
 from .errors import PiSearchError
-from .index.build import build_bundle
+from .index.build import build_bundle, interrupted_note
 from .index.compact import compact_path
 from .index.install import info, install_bundle
 from .index.live import LiveCatalog
@@ -196,10 +196,14 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
                            backend=backend, candidates=candidates or 0, search_k=search_k or DEFAULT_SEARCH_K,
                            nlist=nlist, pq_bytes=pq_bytes, nprobe=nprobe)
-    with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
-        report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
-                              strict=strict, options=options, embeddings=embeddings, ids=ids,
-                              thumbnails=thumbnails)
+    try:
+        with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
+            report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
+                                  strict=strict, options=options, embeddings=embeddings, ids=ids,
+                                  thumbnails=thumbnails)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {interrupted_note(out_dir)}", err=True)
+        sys.exit(130)
     if as_json:
         emit_json(report.as_dict())
         return

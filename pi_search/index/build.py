@@ -58,6 +58,25 @@ def partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.partial"
 
 
+def interrupted_note(out_dir: str | Path) -> str:
+    """What an interrupted build of ``out_dir`` kept, and what the next run does (one line)."""
+    out_dir = Path(out_dir)
+    partial = partial_dir(out_dir)
+    kept = 0
+    for f in sorted(partial.glob("chunk-*.npz")):
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                kept += len(z["keys"])
+        except (OSError, ValueError, KeyError):
+            continue
+    old = f"{out_dir} is unchanged" if (out_dir / "manifest.json").is_file() else f"no bundle in {out_dir}"
+    if not kept:
+        return (f"stopped before the first checkpoint ({CHUNK} items): nothing was kept, {old}; the next run "
+                "starts over")
+    return (f"{kept} embedded item(s) are kept in {partial}, {old}; the same command again resumes from "
+            "there")
+
+
 def row_key(row: Row) -> str:
     """Identity of a row's embedding: id, image path, and the image file's size and modification time."""
     try:
