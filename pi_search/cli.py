@@ -445,9 +445,9 @@ def doctor_cmd(config_file, source, bundle, port, as_json) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (0.0.0.0: every address, for a phone; needs --token).")
 @click.option("--port", default=8080, show_default=True, help="Port.")
-@click.option("--token", envvar="PI_SEARCH_TOKEN", default=None,
+@click.option("--token", envvar="PI_SEARCH_TOKEN", show_envvar=True, default=None,
               help="Token the page asks for when --host is reachable from the network (16+ random "
-                   "characters, e.g. $(openssl rand -hex 16)) [env PI_SEARCH_TOKEN].")
+                   "characters, e.g. $(openssl rand -hex 16)).")
 @click.option("--fps", default=2.0, show_default=True, help="Replay rate of the demo camera frames.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the demo bundle is built [default: ~/.cache/pi-search].")

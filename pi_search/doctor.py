@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .camera import open_source
 from .config import check_bind, load_config
-from .errors import PiSearchError
+from .errors import PiSearchError, SourceError
 from .index.bundle import Bundle
 from .index.memory import machine_fit, needs
 from .model.extractor import RUNTIMES, Extractor, load_runtime
@@ -152,9 +153,6 @@ def raspberry_pi_model(model_files=None) -> str | None:
 
 def _opens(source: str, ctx: _Context) -> tuple[str | None, str]:
     """Open an OpenCV source and read one frame: ``(None, "WxH frames")``, or ``(the error, "")``."""
-    from .camera import open_source
-    from .errors import SourceError
-
     cam = ctx.config.camera
     src = open_source(source, width=cam.width, height=cam.height, fps=cam.fps, loop=False)
     try:
