@@ -60,7 +60,8 @@ def main(verbose: int) -> None:
 
 def say_where(command: str, *, token: bool = False) -> Callable[[str], None]:
     """``on_serving`` for ``serve`` and ``demo``: one line on stderr naming the address(es) to open, printed
-    once the page is served (for a bind to every address: this machine's addresses too, for a phone)."""
+    once the page is served (for a bind to every address: this machine's addresses too, for a phone);
+    ``token``: the page asks for the token, so say how to give it."""
 
     def on_serving(url: str) -> None:
         first = "  (add ?token=TOKEN on the first visit)" if token else ""
@@ -368,7 +369,7 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
         "camera.source": source, "camera.fps": fps, "index.bundle": str(bundle) if bundle else None,
         "model.path": str(model_path) if model_path else None, "model.threads": threads,
         "server.host": host, "server.port": port})
-    build_daemon(config).run(on_serving=say_where("serve", token=not is_loopback(config.server.host)))
+    build_daemon(config).run(on_serving=say_where("serve", token=bool(config.server.token)))
 
 
 # ---------------------------------------------------------------- eval
@@ -466,7 +467,7 @@ def demo_cmd(host: str, port: int, token: str | None, fps: float, state_dir: Pat
     config = load_config(None, {"camera.source": f"folder:{demo_data() / 'frames'}", "camera.fps": fps,
                                 "index.bundle": str(bundle), "server.host": host, "server.port": port,
                                 "server.token": token or None})
-    build_daemon(config).run(on_serving=say_where("demo", token=bool(token) and not is_loopback(host)))
+    build_daemon(config).run(on_serving=say_where("demo", token=bool(token)))
 
 
 # ---------------------------------------------------------------- item
