@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -120,6 +121,19 @@ def _serve_until_announced(args: list[str], tmp_path: Path, command: str = "serv
     return proc, reader, lines
 
 
+def _wait_for_matches(url: str, headers: dict | None = None) -> None:
+    """Until the replayed camera's first matches are served (a stop before that is not what is tested)."""
+    import json
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+            if json.loads(r.read()).get("matches"):
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"{url}: no matches within 60 s")
+
+
 def _stop(proc, reader) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -146,6 +160,7 @@ def test_serve_prints_where_it_listens_once_ready(tmp_path, extractor):
         assert opened == [f"pi-search serve: open http://127.0.0.1:{port}/  (Ctrl+C stops)"], lines
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:  # listening already
             assert r.status == 200
+        _wait_for_matches(f"http://127.0.0.1:{port}/api/results")
     finally:
         code = _stop(proc, reader)
     assert code == 0, lines
@@ -212,6 +227,7 @@ def test_demo_with_a_token_serves_every_address_and_asks_for_the_token(tmp_path)
         assert denied.value.code in (401, 403)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=30) as r:  # a phone
             assert r.status == 200 and "pi_search_token" in (r.headers.get("Set-Cookie") or "")
+        _wait_for_matches(f"http://127.0.0.1:{port}/api/results", {"Authorization": f"Bearer {token}"})
     finally:
         code = _stop(proc, reader)
     assert code == 0, lines
