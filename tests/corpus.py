@@ -198,6 +198,15 @@ class Corpus:
         path.write_bytes(jpeg_bytes(shot, 99, orientation=6))
         return path
 
+    @functools.cached_property
+    def phone_50mp(self) -> Path:
+        """A 50 MP phone photo (8160x6120, q95, EXIF orientation 6), over images.MAX_PIXELS: only a page that
+        shrinks it first can search it. Made on first use."""
+        path = self.root / "phone-50mp.jpg"
+        shot = handheld(cover(self.upright, 8160, 6120), (8160, 6120), seed=2)
+        path.write_bytes(jpeg_bytes(shot, 95, orientation=6))
+        return path
+
     def all_photos(self) -> list[Path]:
         """Every photo of the corpus and every packaged wallpaper."""
         return [*self.phone.values(), self.phone_5mb, self.phone_png, self.phone_webp, self.turned_png,

@@ -29,7 +29,8 @@ CHECK_S = 1.0  # long polls and previews look this often whether their client is
 
 
 def status() -> dict:
-    """The status line's data: camera state, fps, timings of the last result, catalog size, model."""
+    """The status line's data: camera state, fps, timings of the last result, catalog size, model, and
+    whether teaching is open, unlocked or locked for this request."""
     service, config = _ext()["service"], _ext()["config"]
     up, reason = service.camera_state()
     latest = service.latest()
@@ -43,6 +44,7 @@ def status() -> dict:
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
+        "teach": teaching_state(),  # the page locks itself when this screen's unlock runs out
     }
 
 

@@ -80,6 +80,10 @@ function problem(text) {
 }
 
 function showStatus(s) {
+  if (s.teach === "locked" && document.documentElement.dataset.teach === "unlocked") {
+    location.reload();   // the PIN's 30 minutes ran out (or another tab locked): show the page locked
+    return;
+  }
   const items = s.catalog_items + (s.catalog_items === 1 ? " item" : " items");
   const el = $("status");
   el.classList.toggle("down", !s.camera.up);
