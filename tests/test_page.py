@@ -828,6 +828,7 @@ def test_teach_page_words_and_undo_remove(shop, browser):
     browser.find_element(By.CSS_SELECTOR, card + " .remove").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, card + " .undo"), what="Undo")
     assert not {i["id"]: i for i in _request(shop.url + "/api/items")[1]["items"]}[item["id"]]["deleted"]
+    assert _axe(browser) == [] and browser.execute_script(OVERFLOW, ["#shots"]) == []
     _wait(browser, lambda d: _request(shop.url + "/api/items")[1]["items"] and next(
         i for i in _request(shop.url + "/api/items")[1]["items"] if i["id"] == item["id"])["deleted"],
         timeout=20, what="the removal sent after 10 s")

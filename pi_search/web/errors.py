@@ -39,8 +39,7 @@ def too_big(size_bytes: int | None, limit_mb: float) -> str:
         if shown <= limit_mb:  # never "too big (25 MB); the limit is 25 MB"
             shown = math.ceil(mb * 10) / 10
         size = f" ({shown:g} MB)"
-    return (f"This photo is too big{size}; the limit is {limit_mb:g} MB. Take it again at a smaller size, or "
-            "choose a smaller photo.")
+    return f"This photo is too big{size}; the limit is {limit_mb:g} MB. Take it again at a smaller size."
 
 
 def no_catalog(problem: str | None):
