@@ -64,6 +64,7 @@ def make(tmp_path, bundle_dir, extractor, ostrich):
 
 def test_teach_from_the_camera_frame_then_search_another_view(make, ostrich):
     svc, client = make()
+    assert client.get("/api/items").get_json()["no_catalog"] is None
     frame = client.get("/frame.jpg")
     assert frame.status_code == 200
     before = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
@@ -222,8 +223,8 @@ def no_bundle(tmp_path, extractor, ostrich):
 def _says_no_catalog(r) -> str:
     assert r.status_code == 503, (r.status_code, r.get_json())
     message = r.get_json()["error"]
-    assert message.startswith("there is no catalog yet") and "pi-search index build" in message \
-        and "pi-search index install" in message
+    assert message.startswith("there is no catalog yet") and message.count("pi-search index build") == 1 \
+        and "pi-search index install" in message and "picks it up by itself" in message
     return message
 
 
@@ -239,6 +240,7 @@ def test_without_a_bundle_teaching_and_search_say_there_is_no_catalog_yet(no_bun
     # Listing still answers (the teach page shows it), with nothing in it.
     listed = client.get("/api/items")
     assert listed.status_code == 200 and listed.get_json()["catalog_items"] == 0
+    assert listed.get_json()["no_catalog"].startswith("there is no catalog yet")
     # A reload that finds nothing does not claim to keep a bundle that was never there.
     r = client.post("/api/reload")
     assert r.status_code == 409

@@ -26,8 +26,8 @@ MB = 1024 * 1024
 # What a multipart form may add around its photos (boundaries, field names, title, price): the HTTP server
 # refuses a body only once it is this much over ``server.max_upload_mb``; the app refuses the rest.
 FORM_BYTES = 64 * 1024
-NO_CATALOG = ("there is no catalog yet ({problem}); build one (pi-search index build CATALOG --out DIR) or "
-              "install one (pi-search index install DIR): the appliance picks it up by itself")
+BUILD_OR_INSTALL = ("build one (pi-search index build CATALOG --out DIR) or install one "
+                    "(pi-search index install BUNDLE)")
 
 
 def too_big(size_bytes: int | None, limit_mb: float) -> str:
@@ -42,9 +42,18 @@ def too_big(size_bytes: int | None, limit_mb: float) -> str:
     return f"This photo is too big{size}; the limit is {limit_mb:g} MB. Take it again at a smaller size."
 
 
+def no_catalog_message(problem: str | None) -> str:
+    """What to say while no bundle is served: why (the catalog's ``problem``) and what to do."""
+    why = problem or "no bundle is served"
+    if "pi-search index" in why:  # the problem already says how to build one
+        return f"there is no catalog yet: {why}; or install one (pi-search index install BUNDLE); the " \
+               "appliance picks it up by itself"
+    return f"there is no catalog yet ({why}); {BUILD_OR_INSTALL}; the appliance picks it up by itself"
+
+
 def no_catalog(problem: str | None):
     """503 for a request that needs the catalog while no bundle is served: says what to do."""
-    return error(503, NO_CATALOG.format(problem=problem or "no bundle is served"), {"Retry-After": "5"})
+    return error(503, no_catalog_message(problem), {"Retry-After": "5"})
 
 
 def _http(exc: HTTPException):

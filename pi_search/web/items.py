@@ -15,6 +15,7 @@ from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error
 from .errors import no_catalog as _no_catalog
+from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
 from .uploads import decode_upload
 
@@ -79,7 +80,8 @@ def page():
 @bp.get("/api/items")
 def list_items():
     """The items taught, edited or removed since the bundle was built or compacted, newest first; and
-    (``folded``) the 50 items taught most recently that a compaction already folded into the bundle."""
+    (``folded``) the 50 items taught most recently that a compaction already folded into the bundle;
+    ``no_catalog`` says what to do while no bundle is served (else null)."""
     cat = _catalog()
     rows = []
     for it in cat.changes():
@@ -89,7 +91,8 @@ def list_items():
     folded = [{**f, "thumb": f"/thumbs/{f['id']}", "in_bundle": True, "deleted": False}
               for f in cat.folded(50)]
     resp = jsonify({"items": rows, "folded": folded, "catalog_items": len(cat), "compacting": cat.compacting,
-                    "last_compaction": cat.last_compaction, "background": cat.background is not None})
+                    "last_compaction": cat.last_compaction, "background": cat.background is not None,
+                    "no_catalog": None if cat.serving else no_catalog_message(cat.problem)})
     resp.headers["Cache-Control"] = "no-store"
     return resp
 

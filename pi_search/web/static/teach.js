@@ -247,6 +247,12 @@ async function loadRecent() {
     const folded = (body.folded || []).map((f) => row({ ...f, folded: true }));
     $("recent").replaceChildren(...body.items.map(row), ...folded);
     showScene(body.background);
+    if (body.no_catalog) {   // nothing can be taught until a bundle is served
+      const text = body.no_catalog.charAt(0).toUpperCase() + body.no_catalog.slice(1) + ".";
+      $("count").textContent = text;
+      say(text, "error");
+      return;
+    }
     const n = body.items.length;
     $("count").textContent = body.catalog_items + (body.catalog_items === 1 ? " item" : " items")
       + " in the catalog" + (n ? "; " + n + (n === 1 ? " recent change" : " recent changes") + ", listed "
