@@ -127,8 +127,9 @@ class ServerConfig:
     # Host names the page may be opened by besides loopback names, IP addresses and ``host`` (e.g.
     # "pi.local"); requests naming any other host are refused (a DNS-rebinding page in the kiosk's browser).
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_check(each=_host_name_problem))
-    # Largest photo accepted by /api/search, in megabytes.
-    max_upload_mb: float = field(default=8.0, metadata=_check(0.1, 100.0))
+    # Largest photo accepted by /api/search and the teach page, in megabytes: a 50 MP phone photo is 10-20 MB
+    # (the page shrinks photos before sending them where the browser can decode them).
+    max_upload_mb: float = field(default=25.0, metadata=_check(0.1, 100.0))
     # Most simultaneous /stream.mjpg viewers; each holds one server thread.
     max_viewers: int = field(default=20, metadata=_check(1, 200))
     # JPEG quality of the live preview (encoded once per frame, shared by every viewer).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import shutil
 import struct
 import zlib
@@ -187,6 +188,24 @@ class Corpus:
     turned_webp: Path             # 4032x3024 WebP stored turned with an EXIF chunk, orientation 8
     alpha_png: Path               # 2400 px RGBA cut-out of ALPHA_ITEM on transparency
     big: Path                     # 7296x5472 (39.9 MP) JPEG: the phone item enlarged
+
+    @functools.cached_property
+    def phone_21mb(self) -> Path:
+        """A top phone camera's full-size photo: 7296x5472 (39.9 MP) with its own sensor noise, q99, stored
+        turned (EXIF orientation 6): 21.5 MB. Made on first use (about 10 s)."""
+        path = self.root / "phone-40mp-21mb.jpg"
+        shot = handheld(cover(self.upright, *BIG_SIZE), BIG_SIZE, seed=1)
+        path.write_bytes(jpeg_bytes(shot, 99, orientation=6))
+        return path
+
+    @functools.cached_property
+    def phone_50mp(self) -> Path:
+        """A 50 MP phone photo (8160x6120, q95, EXIF orientation 6), over images.MAX_PIXELS: only a page that
+        shrinks it first can search it. Made on first use."""
+        path = self.root / "phone-50mp.jpg"
+        shot = handheld(cover(self.upright, 8160, 6120), (8160, 6120), seed=2)
+        path.write_bytes(jpeg_bytes(shot, 95, orientation=6))
+        return path
 
     def all_photos(self) -> list[Path]:
         """Every photo of the corpus and every packaged wallpaper."""

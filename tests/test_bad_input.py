@@ -159,7 +159,7 @@ def test_many_files_at_once_are_refused(app_client, samples):
 def test_oversized_body_is_413(app_client, samples):
     _, _, client = app_client
     r = post(client, [("image", samples["jpeg"] + bytes(3 * 1024 * 1024), "big.jpg")])
-    assert r.status_code == 413 and "larger than 2 MB" in r.get_json()["error"]
+    assert r.status_code == 413 and "the limit is 2 MB" in r.get_json()["error"]
     assert client.get("/healthz").status_code == 200
 
 

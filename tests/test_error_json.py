@@ -62,7 +62,7 @@ def test_flask_refusals_are_json(app_for):
     assert "GET is not allowed on /api/reload" in _json_error(r, 405) and "POST" in r.headers["Allow"]
     assert _json_error(client.put("/api/items"), 405)
     big = {"image": (io.BytesIO(b"\xff\xd8" + b"0" * 200_000), "big.jpg")}
-    assert "larger than 0.1 MB" in _json_error(client.post("/api/search", data=big), 413)
+    assert "the limit is 0.1 MB" in _json_error(client.post("/api/search", data=big), 413)
     many = {f"f{n}": "x" for n in range(100)}
     assert "too many fields" in _json_error(client.post("/api/items", data=many,
                                                         content_type="multipart/form-data"), 413)

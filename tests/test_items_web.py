@@ -64,6 +64,7 @@ def make(tmp_path, bundle_dir, extractor, ostrich):
 
 def test_teach_from_the_camera_frame_then_search_another_view(make, ostrich):
     svc, client = make()
+    assert client.get("/api/items").get_json()["no_catalog"] is None
     frame = client.get("/frame.jpg")
     assert frame.status_code == 200
     before = client.post("/api/search", data={"image": (jpeg(other_view(ostrich)), "q.jpg")}).get_json()
@@ -204,3 +205,44 @@ def test_teach_page_and_link(make):
         assert asset.status_code == 200 and not re.search(rb"https?://", asset.data)
 
 
+
+
+@pytest.fixture
+def no_bundle(tmp_path, extractor, ostrich):
+    """(service, client) of a daemon that serves no bundle yet (its bundle directory does not exist)."""
+    cat = LiveCatalog.open(tmp_path / "bundle", extractor=extractor, wait=True)
+    config = load_config(None, {"gate.enabled": False})
+    frame = camera_view(ostrich)
+    svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config,
+                 source_name="test")
+    yield svc, create_app(svc, config).test_client()
+    svc.stop()
+    cat.close()
+
+
+def _says_no_catalog(r) -> str:
+    assert r.status_code == 503, (r.status_code, r.get_json())
+    message = r.get_json()["error"]
+    assert message.startswith("there is no catalog yet") and message.count("pi-search index build") == 1 \
+        and "pi-search index install" in message and "picks it up by itself" in message
+    return message
+
+
+def test_without_a_bundle_teaching_and_search_say_there_is_no_catalog_yet(no_bundle, ostrich):
+    svc, client = no_bundle
+    assert not svc.catalog.serving
+    shot = {"title": "Ostrich figure", "image": (jpeg(ostrich), "shot-1.jpg")}
+    _says_no_catalog(client.post("/api/items", data=shot))
+    _says_no_catalog(client.patch("/api/items/ostrich", data={"title": "Ostrich"}))
+    _says_no_catalog(client.delete("/api/items/ostrich"))
+    # A search is not an empty success ("nothing like it"): the page says the catalog is missing.
+    _says_no_catalog(client.post("/api/search", data={"image": (jpeg(ostrich), "q.jpg")}))
+    # Listing still answers (the teach page shows it), with nothing in it.
+    listed = client.get("/api/items")
+    assert listed.status_code == 200 and listed.get_json()["catalog_items"] == 0
+    assert listed.get_json()["no_catalog"].startswith("there is no catalog yet")
+    # A reload that finds nothing does not claim to keep a bundle that was never there.
+    r = client.post("/api/reload")
+    assert r.status_code == 409
+    message = r.get_json()["error"]
+    assert "kept the bundle" not in message and "still no catalog" in message and "index build" in message

@@ -357,3 +357,44 @@ def test_orientation_of_cut_or_damaged_metadata_is_as_stored(corpus):
         assert images.orientation(data[:cut]) in (1, 6)
     bad = data.replace(b"Exif\x00\x00II*\x00\x08\x00\x00\x00", b"Exif\x00\x00II*\x00\xff\xff\x00\x00", 1)
     assert bad != data and images.orientation(bad) == 1
+
+
+# ---------------------------------------------------------------- a top phone camera's full-size photo
+MB = 1024 * 1024
+
+
+def test_a_21_mb_phone_photo_is_searched_and_decoded_within_its_bound(make, corpus):
+    """A 40 MP phone JPEG of 21.5 MB goes through /api/search under the default limit (25 MB); the decoder
+    never holds its full-size pixels (120 MB): at most a quarter-scale decode (7.5 MB) and the result."""
+    import tracemalloc
+
+    data = corpus.phone_21mb.read_bytes()
+    assert 20 * MB < len(data) < 25 * MB and images.photo_size(data) == (7296, 5472)   # as shown
+    tracemalloc.start()
+    try:
+        rgb = images.decode(data, name="phone.jpg")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    h, w = rgb.shape[:2]   # upright (stored turned), no larger than framing needs
+    assert w > h and images.MIN_SIDE <= h < 2 * images.MIN_SIDE and abs(w / h - 7296 / 5472) < 0.01
+    assert peak < 12 * MB, f"decoding took {peak / MB:.1f} MB"
+    svc, client = make()
+    assert svc.config.server.max_upload_mb == 25
+    r = search(client, corpus.phone_21mb, k=3)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["image_size"] == [7296, 5472] and body["matches"][0]["id"] == PHONE_ITEM
+
+
+def test_a_photo_over_the_limit_is_refused_in_staff_words(make, corpus):
+    """27 MB (the 21.5 MB photo with 5.5 MB more after its end): 413 saying how big it is and the limit."""
+    data = corpus.phone_21mb.read_bytes()
+    big = data + bytes(27 * MB - len(data))
+    _, client = make()
+    r = client.post("/api/search", data={"image": (io.BytesIO(big), "IMG_2041.jpg")})
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "This photo is too big (27 MB); the limit is 25 MB. Take it again at a " \
+                                    "smaller size."
+    r = client.post("/api/items", data={"title": "Bird", "image": (io.BytesIO(big), "IMG_2041.jpg")})
+    assert r.status_code == 413 and "too big (27 MB)" in r.get_json()["error"]

@@ -222,3 +222,15 @@ def test_token_guards_everything_but_health(make):
     r = client.get("/?token=b7e1c94a0f3d6e28")
     assert r.status_code == 200 and "pi_search_token" in r.headers["Set-Cookie"]
     assert client.get("/api/results").status_code == 200  # the cookie now carries it
+
+
+def test_both_pages_shrink_photos_with_the_one_shared_function():
+    """Search photo and Add photo send phone photos shrunk by common.js's ``shrink``, not each by its own."""
+    from pathlib import Path
+
+    static = Path(__file__).resolve().parents[1] / "pi_search/web/static"
+    common = (static / "common.js").read_text()
+    assert "async function shrink(" in common
+    for page in ("app.js", "teach.js"):
+        text = (static / page).read_text()
+        assert "piSearch.shrink(" in text and "function shrink(" not in text and "toBlob(" not in text, page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -19,6 +20,40 @@ def error(status: int, message: str, headers: dict | None = None):
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
+
+
+MB = 1024 * 1024
+# What a multipart form may add around its photos (boundaries, field names, title, price): the HTTP server
+# refuses a body only once it is this much over ``server.max_upload_mb``; the app refuses the rest.
+FORM_BYTES = 64 * 1024
+BUILD_OR_INSTALL = ("build one (pi-search index build CATALOG --out DIR) or install one "
+                    "(pi-search index install BUNDLE)")
+
+
+def too_big(size_bytes: int | None, limit_mb: float) -> str:
+    """The one-line refusal of a photo over the upload limit, in words staff use (no "request body")."""
+    size = ""
+    if size_bytes:
+        mb = size_bytes / MB
+        shown = round(mb) if mb >= 10 else round(mb, 1)
+        if shown <= limit_mb:  # never "too big (25 MB); the limit is 25 MB"
+            shown = math.ceil(mb * 10) / 10
+        size = f" ({shown:g} MB)"
+    return f"This photo is too big{size}; the limit is {limit_mb:g} MB. Take it again at a smaller size."
+
+
+def no_catalog_message(problem: str | None) -> str:
+    """What to say while no bundle is served: why (the catalog's ``problem``) and what to do."""
+    why = problem or "no bundle is served"
+    if "pi-search index" in why:  # the problem already says how to build one
+        return f"there is no catalog yet: {why}; or install one (pi-search index install BUNDLE); the " \
+               "appliance picks it up by itself"
+    return f"there is no catalog yet ({why}); {BUILD_OR_INSTALL}; the appliance picks it up by itself"
+
+
+def no_catalog(problem: str | None):
+    """503 for a request that needs the catalog while no bundle is served: says what to do."""
+    return error(503, no_catalog_message(problem), {"Retry-After": "5"})
 
 
 def _http(exc: HTTPException):
@@ -43,7 +78,7 @@ def _too_large_message() -> str:
         return (f"the form has too many fields or files (at most {current_app.config.get('MAX_FORM_PARTS')} "
                 f"parts) or a text field over {current_app.config.get('MAX_FORM_MEMORY_SIZE') // 1024} KB")
     mb = current_app.extensions["pi_search"]["config"].server.max_upload_mb
-    return f"the upload is larger than {mb:g} MB; send a smaller photo"
+    return too_big(request.content_length, mb)
 
 
 def _known(exc: PiSearchError):

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import resource
 import socket
 import threading
@@ -16,6 +17,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import Error
+
+from .errors import FORM_BYTES, MB, too_big
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,15 @@ class Busy(Error):
     reason = "Service Unavailable"
 
 
-def _message(error: Error, adj) -> tuple[int, str, str]:
-    """(status code, reason, one-line message) for one of waitress's own refusals."""
+def _message(error: Error, adj, size: int | None = None) -> tuple[int, str, str]:
+    """(status code, reason, one-line message) for one of waitress's own refusals (``size``: the declared
+    body size)."""
     code, detail = error.code, " ".join(str(error.body).split()).rstrip(".")
     if code == 431:
         return code, error.reason, f"the request headers are too large (at most {MAX_HEADER_BYTES >> 10} KB)"
-    if code == 413:
-        mb = adj.max_request_body_size / 1024 / 1024
-        return code, error.reason, f"the request body is larger than {mb:.1f} MB; send a smaller photo"
+    if code == 413:  # the server's body limit is the upload limit plus the form's own bytes (server.py)
+        mb = math.floor((adj.max_request_body_size - FORM_BYTES) / MB * 10) / 10
+        return code, error.reason, too_big(size, mb)
     if code == 501:  # an unknown Transfer-Encoding: the request is unusable here, not a server fault
         return 400, "Bad Request", f"bad request: {detail}; send the body with Content-Length or chunked"
     if code == 503:
@@ -81,7 +85,8 @@ class JSONErrorTask(ErrorTask):
     """waitress's own refusals (bad request line or headers, body too large, 500) as ``{"error": ...}``."""
 
     def execute(self):
-        code, reason, message = _message(self.request.error, self.channel.adj)
+        code, reason, message = _message(self.request.error, self.channel.adj,
+                                         getattr(self.request, "content_length", None))
         body = json.dumps({"error": message}).encode()
         self.status = f"{code} {reason}"
         self.response_headers.extend([("Content-Type", "application/json"), ("Cache-Control", "no-store"),

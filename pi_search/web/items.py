@@ -7,13 +7,15 @@ import threading
 
 from flask import Blueprint, jsonify, render_template, request
 
-from ..errors import CatalogError, ImageError
+from ..errors import BundleError, CatalogError, ImageError
 from ..images import decode
 from ..index.changes import MAX_SHOTS
 from ..index.teach import embed_background, embed_shots
 from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error
+from .errors import no_catalog as _no_catalog
+from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
 from .uploads import decode_upload
 
@@ -27,10 +29,14 @@ _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a 
 @bp.before_request
 def _locked():
     """With ``[page] lock_teaching`` every route here but the page itself needs the PIN or the token too
-    (Host, Origin and token checks ran before, in ``auth``)."""
-    if request.endpoint != "pi_search_items.page":
-        return refuse_if_locked()
-    return None
+    (Host, Origin and token checks ran before, in ``auth``). A change needs a served catalog: 503 saying so
+    before any photo is read or embedded."""
+    if request.endpoint == "pi_search_items.page":
+        return None
+    refused = refuse_if_locked()
+    if refused is None and request.method != "GET" and not _catalog().serving:
+        return _no_catalog(_catalog().problem)
+    return refused
 
 
 def _catalog():
@@ -74,7 +80,8 @@ def page():
 @bp.get("/api/items")
 def list_items():
     """The items taught, edited or removed since the bundle was built or compacted, newest first; and
-    (``folded``) the 50 items taught most recently that a compaction already folded into the bundle."""
+    (``folded``) the 50 items taught most recently that a compaction already folded into the bundle;
+    ``no_catalog`` says what to do while no bundle is served (else null)."""
     cat = _catalog()
     rows = []
     for it in cat.changes():
@@ -84,7 +91,8 @@ def list_items():
     folded = [{**f, "thumb": f"/thumbs/{f['id']}", "in_bundle": True, "deleted": False}
               for f in cat.folded(50)]
     resp = jsonify({"items": rows, "folded": folded, "catalog_items": len(cat), "compacting": cat.compacting,
-                    "last_compaction": cat.last_compaction, "background": cat.background is not None})
+                    "last_compaction": cat.last_compaction, "background": cat.background is not None,
+                    "no_catalog": None if cat.serving else no_catalog_message(cat.problem)})
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
@@ -102,6 +110,10 @@ def add_item():
                           item_id=request.form.get("id") or None, thumb=thumb)
     except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
         return _error(exc.status, str(exc))
+    except BundleError:
+        if cat.serving:
+            raise
+        return _no_catalog(cat.problem)  # the bundle went away while the shots were embedded
     log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
     resp = jsonify({"item": _item_json(cat, item_id)})
     resp.status_code = 201

@@ -78,7 +78,7 @@ def refuse_if_locked():
     if teaching_state() != "locked":
         return None
     pin = current_app.extensions["pi_search"]["config"].page.pin
-    how = "enter the PIN on the Teach page" if pin else "open /teach?token=TOKEN"
+    how = "tap Staff and enter the PIN" if pin else "open /teach?token=TOKEN"
     resp = jsonify({"error": f"teaching is locked on this screen; {how} to unlock it", "locked": True})
     resp.status_code = 403
     return resp

@@ -14,6 +14,7 @@ from .auth import page as _page
 from .auth import public as _public
 from .context import ext as _ext
 from .errors import error as _error
+from .errors import no_catalog as _no_catalog
 from .lock import teaching_state
 from .uploads import UploadError, check_form, decode_upload
 
@@ -28,7 +29,8 @@ CHECK_S = 1.0  # long polls and previews look this often whether their client is
 
 
 def status() -> dict:
-    """The status line's data: camera state, fps, timings of the last result, catalog size, model."""
+    """The status line's data: camera state, fps, timings of the last result, catalog size, model, and
+    whether teaching is open, unlocked or locked for this request."""
     service, config = _ext()["service"], _ext()["config"]
     up, reason = service.camera_state()
     latest = service.latest()
@@ -42,6 +44,7 @@ def status() -> dict:
         "frames": s.frames, "inferences": s.inferences, "skipped": s.skipped,
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
+        "teach": teaching_state(),  # the page locks itself when this screen's unlock runs out
     }
 
 
@@ -88,6 +91,8 @@ def _wait_for_result(service, after, wait: float):
 def search():
     """Search with an uploaded photo: multipart field ``image``; answers ``{"matches": [...]}``."""
     service = _ext()["service"]
+    if not service.catalog.serving:  # an empty list would read as "nothing like it in the catalog"
+        return _no_catalog(service.catalog.problem)
     try:
         upload = check_form(request)[0]
         k = request.args.get("k", type=int)
@@ -106,6 +111,8 @@ def search():
             return rgb
 
         matches, timings = service.search_image(read_and_decode, k)
+        if not matches and not service.catalog.serving:  # the bundle went away while the photo was searched
+            return _no_catalog(service.catalog.problem)
     except UploadError as exc:
         return _error(exc.status, str(exc))
     except ImageError as exc:  # a full upload slot is Busy (503): the error handler answers it
@@ -231,11 +238,16 @@ class _Preview:
 
 @bp.post("/api/reload")
 def reload_bundle():
-    """Map the bundle rebuilt in place (like SIGHUP); 409 and the old bundle keeps serving if it is broken."""
+    """Map the bundle rebuilt in place (like SIGHUP); 409 if it is broken (the old bundle, if any, keeps
+    serving)."""
+    service = _ext()["service"]
+    serving = service.catalog.serving
     try:
-        info = _ext()["service"].reload_bundle()
+        info = service.reload_bundle()
     except PiSearchError as exc:
-        return _error(409, f"kept the bundle in use: {exc}")
+        if serving:
+            return _error(409, f"kept the bundle in use: {exc}")
+        return _error(409, f"no bundle could be loaded, so there is still no catalog: {exc}")
     return jsonify({"reloaded": True, **info})
 
 

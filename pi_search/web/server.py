@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .. import notify
 from ..errors import PiSearchError
+from .errors import FORM_BYTES
 from .http import adjustments, make_server
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 def max_body_bytes(app) -> int:
     """A body larger than the upload limit (plus the form's own bytes) is refused before it is buffered."""
     limit = app.config.get("MAX_CONTENT_LENGTH") or 8 * 1024 * 1024
-    return limit + 64 * 1024
+    return limit + FORM_BYTES
 
 
 def server_options(app) -> dict:

@@ -80,6 +80,10 @@ function problem(text) {
 }
 
 function showStatus(s) {
+  if (s.teach === "locked" && document.documentElement.dataset.teach === "unlocked") {
+    location.reload();   // the PIN's 30 minutes ran out (or another tab locked): show the page locked
+    return;
+  }
   const items = s.catalog_items + (s.catalog_items === 1 ? " item" : " items");
   const el = $("status");
   el.classList.toggle("down", !s.camera.up);
@@ -232,12 +236,13 @@ async function upload() {
   const file = $("photo").files[0];
   if (!file) return;
   $("photo").value = "";
-  const form = new FormData();
-  form.append("image", file);
   setMode("searching", "Searching…");
   problem("");
   $("heading").textContent = "Searching the photo…";
   $("matches").classList.add("stale");   // the matches below are not the photo's
+  const photo = await piSearch.shrink(file);   // a phone's 10-20 MB photo goes as a JPEG of 1280 px
+  const form = new FormData();
+  form.append("image", photo, file.name);
   try {
     const r = await fetch("/api/search", { method: "POST", body: form });
     let body;
@@ -247,7 +252,7 @@ async function upload() {
       body = { error: "the appliance answered " + r.status + " " + r.statusText };
     }
     if (!r.ok) throw new Error(body.error || r.statusText);
-    const shot = await decoded(file);
+    const shot = await decoded(photo);
     if (shot) {
       swapPreview(shot.img, shot.url, "Uploaded photo " + file.name);
     } else {   // searched by the appliance, but a format this browser cannot show (HEIC, TIFF)
@@ -256,11 +261,15 @@ async function upload() {
     setMode("upload", "Photo");
     showMatches(body.matches, "Matches for " + file.name);
   } catch (e) {
+    swapPreview(new Image(), null, "");   // no picture: neither the refused photo nor a live frame
     setMode("failed", "Photo not searched");
     clearMatches();
     $("heading").textContent = "Photo not searched";
-    problem("The photo " + file.name + " could not be searched: " + e.message
-      + ". Choose another photo, or tap Live to go back to the camera.");
+    // The appliance's message names the file when it is about the file: the name is said once.
+    let why = e.message.includes(file.name) ? e.message : file.name + ": " + e.message;
+    if (!/[.!?]$/.test(why)) why += ".";
+    problem("The photo could not be searched. " + why + " Choose another photo, or tap Live to go back to "
+      + "the camera.");
   }
 }
 
@@ -278,6 +287,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("photo").addEventListener("change", upload);
   $("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
   $("details").addEventListener("click", toggleDetails);
+  if ($("relock")) $("relock").addEventListener("click", () => piSearch.lock());
   try {
     if (localStorage.getItem("pi-search-details")) toggleDetails();
   } catch (e) { /* no storage */ }

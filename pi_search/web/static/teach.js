@@ -5,6 +5,11 @@
 const $ = (id) => document.getElementById(id);
 let shots = [];          // {blob, kind, url}
 let editing = null;      // id of the item being edited, or null when adding
+const leaving = new Map(); // id -> {timer, item}: removals that wait UNDO_S for Undo before they are sent
+const UNDO_S = 10;
+
+// Ids the appliance made up (item-1a2b3c4d) mean nothing to staff: they see the title only.
+const automatic = (id) => /^item-[0-9a-f]{8}$/.test(id);
 
 function say(text, kind) {
   const m = $("message");
@@ -47,24 +52,6 @@ function renderShots() {
   }));
   $("save").textContent = (editing ? "Save changes" : "Save item")
     + (shots.length ? " (" + shots.length + " shot" + (shots.length > 1 ? "s" : "") + ")" : "");
-}
-
-// Phone photos are several MB each: send them at most 1280 px on the long side (the model sees 224 px), so a
-// few shots stay within the daemon's upload limit.
-async function shrink(file, side = 1280) {
-  try {
-    const bmp = await createImageBitmap(file);
-    const scale = Math.min(1, side / Math.max(bmp.width, bmp.height));
-    if (scale === 1 && file.size < 1024 * 1024) return file;
-    const canvas = document.createElement("canvas");
-    canvas.width = Math.round(bmp.width * scale);
-    canvas.height = Math.round(bmp.height * scale);
-    canvas.getContext("2d").drawImage(bmp, 0, 0, canvas.width, canvas.height);
-    const blob = await new Promise((ok) => canvas.toBlob(ok, "image/jpeg", 0.9));
-    return blob || file;
-  } catch (e) {
-    return file;   // not decodable here: let the daemon say what is wrong with it
-  }
 }
 
 function addShot(blob, kind) {
@@ -116,8 +103,8 @@ function startEdit(item) {
   editing = item.id;
   $("mode").textContent = "Edit " + item.title;
   $("title").value = item.title;
-  $("price").value = item.price || "";
-  $("item-id").value = item.id;
+  $("price").value = piSearch.priceInput(item.price);
+  $("item-id").value = automatic(item.id) ? "" : item.id;
   $("item-id").readOnly = true;
   $("cancel").hidden = false;
   say("Change the title or price, or capture more shots of the item; then save.", "");
@@ -132,7 +119,9 @@ async function save(e) {
   }
   const form = new FormData();
   form.append("title", $("title").value);
-  form.append("price", $("price").value);
+  // "22,90" or "1.234,50 €" as typed here: the plain number catalog prices are ("22.90"); words stay words.
+  const typed = $("price").value.trim();
+  form.append("price", piSearch.parsePrice(typed) ?? typed);
   if (!editing) form.append("id", $("item-id").value);
   shots.forEach((s, i) => {
     form.append("image", s.blob, "shot-" + (i + 1) + ".jpg");
@@ -147,8 +136,8 @@ async function save(e) {
     const r = await fetch(url, { method: editing ? "PATCH" : "POST", body: form });
     const body = await answer(r);
     const it = body.item;
-    say((editing ? "Saved changes to " : "Saved ") + "“" + it.title + "” (" + it.id + "): it is searchable now.",
-      "ok");
+    say((editing ? "Saved changes to " : "Taught ") + "“" + it.title + "”" + (automatic(it.id) ? "" : " (" + it.id
+      + ")") + ": it is searchable now.", "ok");
     clearForm();
     await loadRecent();
   } catch (err) {
@@ -161,19 +150,41 @@ async function save(e) {
   }
 }
 
-async function remove(item, button) {
-  if (button.dataset.confirm !== "1") {
-    button.dataset.confirm = "1";
-    button.textContent = "Confirm remove";
-    return;
-  }
+// Remove waits UNDO_S seconds for Undo before it is sent (and is sent at once when the page is left).
+function remove(item) {
+  if (leaving.has(item.id)) return;
+  const timer = setTimeout(() => sendRemove(item.id), UNDO_S * 1000);
+  leaving.set(item.id, { timer, item });
+  say("Removing “" + item.title + "” in " + UNDO_S + " seconds: tap Undo to keep it.", "");
+  loadRecent();
+}
+
+function undo(id) {
+  const l = leaving.get(id);
+  if (!l) return;
+  clearTimeout(l.timer);
+  leaving.delete(id);
+  say("Kept “" + l.item.title + "”: nothing was removed.", "ok");
+  loadRecent();
+}
+
+async function sendRemove(id, keepalive = false) {
+  const l = leaving.get(id);
+  if (!l) return;
+  clearTimeout(l.timer);
+  leaving.delete(id);
   try {
-    await answer(await fetch("/api/items/" + encodeURIComponent(item.id), { method: "DELETE" }));
-    say("Removed “" + item.title + "”.", "ok");
-    await loadRecent();
+    await answer(await fetch("/api/items/" + encodeURIComponent(id), { method: "DELETE", keepalive }));
+    if (!keepalive) say("Removed “" + l.item.title + "”.", "ok");
   } catch (err) {
     say("Not removed: " + err.message, "error");
   }
+  if (!keepalive) await loadRecent();
+}
+
+// Before the page is left or locked: the removals still waiting for Undo are sent now.
+function sendWaitingRemovals() {
+  return Promise.all([...leaving.keys()].map((id) => sendRemove(id, true)));
 }
 
 function row(item) {
@@ -195,10 +206,23 @@ function row(item) {
   info.className = "score";
   const what = item.folded ? "taught, in the catalog"
     : (item.deleted ? "removed" : (item.in_bundle ? "edited" : "taught"));
-  info.textContent = what + " · " + item.id + (item.shots ? " · " + item.shots + " shot(s)" : "");
+  const waiting = leaving.has(item.id);
+  if (waiting) li.classList.add("leaving");
+  info.textContent = (waiting ? "removing in a few seconds" : what) + (automatic(item.id) ? "" : " · " + item.id)
+    + (item.shots ? " · " + item.shots + " shot" + (item.shots > 1 ? "s" : "") : "");
   text.append(title, price, info);
   li.append(img, text);
-  if (!item.deleted) {
+  if (waiting) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const back = document.createElement("button");
+    back.type = "button";
+    back.className = "undo";
+    back.textContent = "Undo";
+    back.addEventListener("click", () => undo(item.id));
+    actions.append(back);
+    li.append(actions);
+  } else if (!item.deleted) {
     const actions = document.createElement("div");
     actions.className = "actions";
     const edit = document.createElement("button");
@@ -210,7 +234,7 @@ function row(item) {
     del.type = "button";
     del.className = "danger remove";
     del.textContent = "Remove";
-    del.addEventListener("click", () => remove(item, del));
+    del.addEventListener("click", () => remove(item));
     actions.append(edit, del);
     li.append(actions);
   }
@@ -223,9 +247,16 @@ async function loadRecent() {
     const folded = (body.folded || []).map((f) => row({ ...f, folded: true }));
     $("recent").replaceChildren(...body.items.map(row), ...folded);
     showScene(body.background);
-    $("hint").textContent = body.catalog_items + " items in the catalog"
-      + (body.items.length ? ", " + body.items.length + " changed since the last compaction" : "")
-      + (body.compacting ? " · compacting…" : "") + ".";
+    if (body.no_catalog) {   // nothing can be taught until a bundle is served
+      const text = body.no_catalog.charAt(0).toUpperCase() + body.no_catalog.slice(1) + ".";
+      $("count").textContent = text;
+      say(text, "error");
+      return;
+    }
+    const n = body.items.length;
+    $("count").textContent = body.catalog_items + (body.catalog_items === 1 ? " item" : " items")
+      + " in the catalog" + (n ? "; " + n + (n === 1 ? " recent change" : " recent changes") + ", listed "
+      + "below" : "") + (body.compacting ? " · the catalog is being updated…" : "") + ".";
   } catch (err) {
     say("Cannot list the items: " + err.message, "error");
   }
@@ -244,23 +275,27 @@ async function unlock(e) {
   }
 }
 
-async function relock() {
-  await fetch("/api/lock", { method: "POST" });
-  location.assign("/");
-}
 
 document.addEventListener("DOMContentLoaded", () => {
   if (document.documentElement.dataset.teach === "locked") {
     if ($("unlock")) $("unlock").addEventListener("submit", unlock);
     return;
   }
-  if ($("relock")) $("relock").addEventListener("click", relock);
+  if ($("relock")) {
+    $("relock").addEventListener("click", () => piSearch.lock(sendWaitingRemovals));   // removals first
+  }
+  window.addEventListener("pagehide", sendWaitingRemovals);
   $("capture").addEventListener("click", capture);
   $("background").addEventListener("click", captureScene);
   $("files").addEventListener("change", async () => {
     const files = [...$("files").files];
     $("files").value = "";
-    for (const f of files) addShot(await shrink(f), "photo");
+    for (const f of files) addShot(await piSearch.shrink(f), "photo");
+    if (files.length) {
+      say((files.length === 1 ? "Photo added" : files.length + " photos added") + ": " + shots.length
+        + (shots.length === 1 ? " shot" : " shots") + " ready. Add more, or give the item a title and save.",
+        "ok");
+    }
   });
   $("item-form").addEventListener("submit", save);
   $("cancel").addEventListener("click", () => { clearForm(); say("", ""); });
