@@ -94,13 +94,29 @@ class JSONErrorTask(ErrorTask):
 
 
 class Task(WSGITask):
-    """A WSGI task whose environ tells a streaming route how much of its output the client has not taken."""
+    """A WSGI task whose environ tells a streaming route how much of its output the client has not taken
+    (``pi_search.backlog``) and whether the client has left (``pi_search.gone``)."""
 
     def get_environment(self):
         environ = super().get_environment()
         channel = self.channel
         environ["pi_search.backlog"] = lambda: channel.total_outbufs_len
+        environ["pi_search.gone"] = lambda: peer_gone(channel)
         return environ
+
+
+def peer_gone(channel) -> bool:
+    """True when the client of ``channel`` has closed or reset its connection (a peek at the socket: the
+    server loop does not read a connection whose request is being served, so the end of its stream waits
+    there). A client that only half-closes after sending its request looks the same and is counted gone."""
+    if not channel.connected:
+        return True
+    try:
+        return channel.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or the socket already closed
+        return True
 
 
 class Channel(HTTPChannel):
