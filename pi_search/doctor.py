@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import limits
 from .config import check_bind, load_config
 from .errors import PiSearchError
 from .index.bundle import Bundle
@@ -128,6 +129,29 @@ def check_bundle(ctx: _Context) -> Check:
     if fit["fits"] and fit["verdict"].startswith("tight"):
         return Check("bundle", WARN, detail, "stop other programs, or rebuild it smaller (docs/scale.md)")
     return Check("bundle", OK, detail)
+
+
+def check_memory(ctx: _Context) -> Check:
+    """The daemon's own start check, with its figures: what it needs with this bundle against what this
+    process may use (MemAvailable, the cgroup's memory.max, ulimit -v and -d)."""
+    bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
+    memory = limits.bundle_memory(bundle) if bundle else None
+    where = limits.room()
+    verdict = limits.fit(memory, where)
+
+    def mb(n):
+        return "no limit" if n is None else f"{n / 1e6:,.0f} MB"
+
+    detail = (f"{verdict.message} (needs ~{mb(verdict.resident_need)} resident, "
+              f"~{mb(verdict.address_need)} address space; available {mb(where.mem_available)}, cgroup "
+              f"memory.max {mb(where.cgroup_max)}, ulimit -v {mb(where.address_limit)}, ulimit -d "
+              f"{mb(where.data_limit)})")
+    if not verdict.ok:
+        return Check("memory", FAIL, detail, "raise the limit named above (systemctl edit pi-search: "
+                     "MemoryMax=), or serve a smaller bundle (docs/reliability.md)")
+    if verdict.message.startswith("tight"):
+        return Check("memory", WARN, detail, "stop other programs, or serve a smaller bundle")
+    return Check("memory", OK, detail)
 
 
 def _device_access(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -243,6 +267,7 @@ def run_checks(config_path: str | Path | None = None, overrides: dict | None = N
         check_runtime,
         check_model,
         check_bundle,
+        check_memory,
         check_camera,
         check_disk,
         check_port,
