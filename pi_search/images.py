@@ -18,10 +18,11 @@ MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards a
 # 608x456.
 MIN_SIDE = 345
 # The most memory one decode may take (pixels as the decoder writes them, or a progressive JPEG's
-# coefficients), judged from the file's header before any decoder runs. A JPEG is decoded reduced, so any
-# JPEG up to MAX_PIXELS fits; PNG, WebP, BMP, TIFF and GIF are decoded whole, so a 40 MP 16-bit RGBA PNG
-# (320 MB decoded, from a 330 KB file) is refused here. 96 MB takes a 12 MP 8-bit RGBA PNG and a 24 MP
-# progressive phone JPEG; two uploads decode at once at most (the upload slots), so 200 MB bounds them.
+# coefficients), judged from the file's header before any decoder runs (``decode_cost``). A JPEG is decoded
+# reduced, so any JPEG up to MAX_PIXELS fits; PNG, WebP, BMP, TIFF and GIF are decoded whole, so a 40 MP
+# 16-bit RGBA PNG (640 MB at the decoder's peak, from a 330 KB file) is refused here. 96 MB takes a 16 MP
+# RGB PNG or WebP, a 12 MP RGBA PNG and a 16 MP progressive phone JPEG; two uploads decode at once at most
+# (the upload slots), so about 200 MB bounds them.
 MAX_DECODE_BYTES = 96_000_000
 
 
@@ -122,9 +123,10 @@ def decode_cost(data: bytes, min_side: int | None = MIN_SIDE) -> tuple[int, int,
     """``(width, height, bytes, kind)``: the most memory decoding ``data`` takes, read from its header
     (None when the format is not one we decode: JPEG, PNG, WebP, BMP, TIFF, GIF).
 
-    bytes counts what the decoder holds at once: a JPEG's reduced output (and a progressive JPEG's
-    coefficients, 2 bytes each, which it keeps whole), or the whole image at the depth and channels the
-    decoder writes it for the other formats. ``kind`` names the format for messages ("16-bit RGBA PNG").
+    bytes counts what the decoder holds at its peak: a JPEG's reduced output (and a progressive JPEG's
+    coefficients, 2 bytes each, which it keeps whole), or for the other formats twice the whole image at
+    the depth and channels the decoder writes it. ``kind`` names the format for messages ("16-bit RGBA
+    PNG").
     """
     size = _header_size(data)
     if size is None:
@@ -140,7 +142,10 @@ def decode_cost(data: bytes, min_side: int | None = MIN_SIDE) -> tuple[int, int,
             return w, h, out, "JPEG"
         hmax, vmax = max(c[0] for c in comps) or 1, max(c[1] for c in comps) or 1
         coefs = sum(-(-w * c[0] // (8 * hmax)) * -(-h * c[1] // (8 * vmax)) * 128 for c in comps)
-        return w, h, coefs + out, "progressive JPEG"
+        return w, h, coefs * 3 // 2 + out, "progressive JPEG"  # measured: 1.5 times its coefficients
+    # The other decoders write the whole image into a buffer of their own and convert it into the result:
+    # they hold twice the decoded pixels at their peak (measured with OpenCV 5.1: a 94 MB PNG decode peaks
+    # at 191 MB, a 74 MB WebP one at 145 MB).
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         depth, colour = data[24], data[25]
         # as OpenCV writes it unchanged: grey stays one channel, grey+alpha and anything transparent
@@ -150,16 +155,18 @@ def decode_cost(data: bytes, min_side: int | None = MIN_SIDE) -> tuple[int, int,
             channels = 4
         name = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(colour, "")
         sample = 2 if depth == 16 and colour != 3 else 1
-        return w, h, w * h * channels * sample, f"{depth}-bit {name} PNG"
+        return w, h, 2 * w * h * channels * sample, f"{depth}-bit {name} PNG"
     if data[:2] == b"BM":
-        return w, h, w * h * 4, "BMP"
+        return w, h, 2 * w * h * 4, "BMP"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         layout = _tiff_layout(data)
         spp, bits = (layout[2], layout[3]) if layout else (4, 16)
-        return w, h, w * h * max(spp, 3) * max(1, -(-bits // 8)), f"{bits}-bit TIFF"
+        return w, h, 2 * w * h * max(spp, 3) * max(1, -(-bits // 8)), f"{bits}-bit TIFF"
     if data[:3] == b"GIF":
-        return w, h, w * h * 4, "GIF"
-    return w, h, w * h * 4, "WebP"
+        return w, h, 2 * w * h * 4, "GIF"
+    kind = data[12:16]
+    alpha = (kind == b"VP8X" and data[20] & 0x10) or (kind == b"VP8L" and data[24] & 0x10)
+    return w, h, 2 * w * h * (4 if alpha else 3), "WebP"
 
 
 def _jpeg_scale(w: int, h: int, min_side: int | None, progressive: bool) -> int:
@@ -183,7 +190,8 @@ def too_large(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
     if need > max_bytes:
         most = max_pixels if need == 0 else min(max_pixels, int(w * h * max_bytes / need))
         return (f"{name}: this {kind} is {mp:.0f} megapixels ({w}x{h}, {need / 1e6:.0f} MB to decode); the "
-                f"largest {kind} accepted is {most / 1e6:.0f} megapixels. Send a smaller photo, or a JPEG.")
+                f"largest {kind} accepted is {most / 1e6:.0f} megapixels. Send a smaller photo, or a "
+                f"{'baseline ' if 'JPEG' in kind else ''}JPEG.")
     return None
 
 
