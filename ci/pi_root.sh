@@ -436,7 +436,7 @@ s_watchdog() {
 # (a host on cgroup v1), systemd cannot apply MemoryMax=; the address-space limit LimitAS= (ulimit -v) is
 # checked the same way instead, and the note says so.
 s_memory_max() {
-  local conf=/etc/systemd/system/pi-search.service.d/memory.conf restarts since line small enough want
+  local conf=/etc/systemd/system/pi-search.service.d/memory.conf since line small enough want
   if inside test -e /sys/fs/cgroup/system.slice/pi-search.service/memory.max \
      || inside test -e /sys/fs/cgroup/memory/system.slice/pi-search.service/memory.limit_in_bytes; then
     small=MemoryMax=200M enough=MemoryMax=400M
@@ -447,7 +447,6 @@ s_memory_max() {
     small=LimitAS=450M enough=LimitAS=900M
     want='may use 472 MB (ulimit -v, RLIMIT_AS): raise ulimit -v'
   fi
-  restarts=$(inside systemctl show -p NRestarts --value pi-search.service)
   since=$(inside date '+%Y-%m-%d %H:%M:%S')
   inside mkdir -p /etc/systemd/system/pi-search.service.d
   printf '[Service]\n%s\n' "$small" | inside tee "$conf" > /dev/null
@@ -457,7 +456,8 @@ s_memory_max() {
   inside systemctl status --no-pager pi-search.service || true
   [ "$(inside systemctl is-active pi-search.service || true)" = failed ]
   [ "$(inside systemctl show -p ExecMainStatus --value pi-search.service)" = 3 ]
-  [ "$(inside systemctl show -p NRestarts --value pi-search.service)" = "$restarts" ]
+  # a start by hand resets the count of automatic restarts: any since then would show here
+  [ "$(inside systemctl show -p NRestarts --value pi-search.service)" = 0 ]
   inside journalctl -u pi-search.service --since "$since" --no-pager -o cat > "$LOGS/memory-journal.txt"
   cat "$LOGS/memory-journal.txt"
   line=$(grep -F 'error: not enough' "$LOGS/memory-journal.txt")
