@@ -154,7 +154,7 @@ def main() -> None:
                 "vm_hwm_mb": round(rest["VmHWM"] / MB), "vm_data_mb": round(rest["VmData"] / MB),
                 "threads": rest["Threads"], "smallest_ulimit_v_mb": round(hi / MB)}
     room = args.pi_total_mb - args.os_mb
-    upload_peak = 2 * images.MAX_DECODE_BYTES / MB
+    upload_peak = images.MAX_DECODE_BYTES / MB  # decodes running at once share it (images.BUDGET)
     daemon_peak = measured["vm_hwm_mb"] + upload_peak
     pi3 = []
     for row in est:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import Busy, ImageError
 
 MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards against decompression bombs.
 # Photos are decoded no larger than the model and the thumbnails need: with the shorter side at least
@@ -17,13 +18,43 @@ MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards a
 # at 1/4 scale and averaged down to 504x378 (1.5 MB at most instead of 37 MB); a 40 MP one at 1/4, then to
 # 608x456.
 MIN_SIDE = 345
-# The most memory one decode may take (pixels as the decoder writes them, or a progressive JPEG's
-# coefficients), judged from the file's header before any decoder runs (``decode_cost``). A JPEG is decoded
-# reduced, so any JPEG up to MAX_PIXELS fits; PNG, WebP, BMP, TIFF and GIF are decoded whole, so a 40 MP
-# 16-bit RGBA PNG (640 MB at the decoder's peak, from a 330 KB file) is refused here. 96 MB takes a 16 MP
-# RGB PNG or WebP, a 12 MP RGBA PNG and a 16 MP progressive phone JPEG; two uploads decode at once at most
-# (the upload slots), so about 200 MB bounds them.
-MAX_DECODE_BYTES = 96_000_000
+# The most memory decoding may take, judged from each file's header before any decoder runs
+# (``decode_cost``): one photo may take all of it, and photos decoding at once share it (``DecodeBudget``),
+# so decoding never holds more than this, whatever arrives. A JPEG is decoded reduced, so any baseline JPEG
+# up to MAX_PIXELS fits; PNG, WebP, BMP, TIFF and GIF are decoded whole, so a 40 MP 16-bit RGBA PNG (640 MB
+# at the decoder's peak, from a 330 KB file) is refused. 192 MB takes a 12 MP 16-bit RGBA PNG, a 24 MP RGBA
+# PNG, a 32 MP RGB PNG or WebP, and a 40 MP progressive phone JPEG (4:2:0).
+MAX_DECODE_BYTES = 192_000_000
+# How long a photo waits for others to finish decoding before it is refused as busy.
+DECODE_WAIT_S = 30.0
+
+
+class DecodeBudget:
+    """Memory shared by the decodes running at once: ``hold(n)`` waits until n bytes are free."""
+
+    def __init__(self, total: int):
+        import threading
+
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, need: int, wait: float = DECODE_WAIT_S):
+        need = min(need, self.total)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + need <= self.total, timeout=wait):
+                raise Busy("the appliance is busy decoding other photos; try again in a moment")
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
+
+BUDGET = DecodeBudget(MAX_DECODE_BYTES)
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
@@ -303,10 +334,10 @@ def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
     decoded at 1/2, 1/4 or 1/8 scale directly (the decoder never holds the full-size pixels); other formats
     are decoded whole and shrunk a band of rows at a time. Before any decoder runs, the header says how much
     memory the decode takes: over ``max_bytes`` (or ``max_pixels``) the photo is refused with the largest
-    size accepted (``too_large``); a format whose header we cannot read is refused too. Alpha is
-    composited on white (catalog photos with transparent backgrounds look like shop listings).
+    size accepted (``too_large``); a format whose header we cannot read is refused too. Decodes running at
+    once share MAX_DECODE_BYTES (``BUDGET``): a photo waits for room up to DECODE_WAIT_S, then Busy (503).
+    Alpha is composited on white (catalog photos with transparent backgrounds look like shop listings).
     """
-    import cv2
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
@@ -316,6 +347,14 @@ def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
     refused = too_large(data, name=name, max_pixels=max_pixels, max_bytes=max_bytes, min_side=min_side)
     if refused:
         raise ImageError(refused)
+    with BUDGET.hold(decode_cost(data, min_side)[2]):
+        return _decode(data, size, name, max_pixels, min_side)
+
+
+def _decode(data: bytes, size: tuple[int, int], name: str, max_pixels: int, min_side: int | None
+            ) -> np.ndarray:
+    import cv2
+
     buf = np.frombuffer(data, dtype=np.uint8)
     if data[:2] == b"\xff\xd8":
         # A baseline JPEG is decoded one step short of the largest reduction and averaged down below, which

@@ -80,13 +80,6 @@ def _default_native_stack(libc, size: int) -> bool:
         libc.pthread_attr_destroy(attr)
 
 
-def release_free_memory() -> None:
-    """Hand memory freed by a large decode back to the system (glibc's malloc_trim; nothing elsewhere)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 # ---------------------------------------------------------------- what this process may use
 def _read(path: Path) -> str | None:
     try:

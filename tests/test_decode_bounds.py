@@ -234,3 +234,47 @@ def test_the_largest_accepted_photo_decodes_within_the_bound(tmp_path, kind):
     assert out.returncode == 0, out.stderr
     peak = json.loads(out.stdout)["peak"]
     assert peak < images.MAX_DECODE_BYTES * 1.1, f"{kind}: {peak / 1e6:.0f} MB at the peak"
+
+
+def test_decodes_running_at_once_share_one_budget():
+    """Two photos whose decodes would together pass the budget run one after the other; a photo that waits
+    too long is Busy (503), and one photo may take the whole budget."""
+    from pi_search.errors import Busy
+
+    budget = images.DecodeBudget(100)
+    order = []
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def first():
+        with budget.hold(80):
+            order.append("first in")
+            first_in.set()
+            release.wait(10)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert first_in.wait(10)
+    with pytest.raises(Busy), budget.hold(50, wait=0.2):
+        pass
+    release.set()
+    t.join(10)
+    with budget.hold(100):  # the whole budget, once the first photo is done
+        order.append("whole")
+    assert order == ["first in", "first out", "whole"] and budget.used == 0
+
+
+def test_the_decoder_holds_the_shared_budget_while_it_runs(coffee, monkeypatch):
+    """images.decode takes its photo's cost from images.BUDGET for as long as the decoder runs."""
+    seen = []
+    real = images._decode
+
+    def spy(*args):
+        seen.append(images.BUDGET.used)
+        return real(*args)
+
+    monkeypatch.setattr(images, "_decode", spy)
+    data = _cv(".png", cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
+    images.decode(data)
+    assert seen == [images.decode_cost(data)[2]] and images.BUDGET.used == 0
