@@ -40,10 +40,13 @@ class DecodeBudget:
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
-    def hold(self, need: int, wait: float = DECODE_WAIT_S):
+    def hold(self, need: int, wait: float | None = None):
+        """Hold ``need`` bytes (at most the whole budget) while inside; Busy after ``wait`` seconds
+        (default DECODE_WAIT_S) without room."""
         need = min(need, self.total)
         with self._cond:
-            if not self._cond.wait_for(lambda: self.used + need <= self.total, timeout=wait):
+            if not self._cond.wait_for(lambda: self.used + need <= self.total,
+                                       timeout=DECODE_WAIT_S if wait is None else wait):
                 raise Busy("the appliance is busy decoding other photos; try again in a moment")
             self.used += need
         try:

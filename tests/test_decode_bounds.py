@@ -278,3 +278,15 @@ def test_the_decoder_holds_the_shared_budget_while_it_runs(coffee, monkeypatch):
     data = _cv(".png", cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
     images.decode(data)
     assert seen == [images.decode_cost(data)[2]] and images.BUDGET.used == 0
+
+
+def test_an_upload_that_waits_too_long_for_decoding_memory_is_busy(coffee, monkeypatch):
+    """Busy (503), not a bad photo, when other decodes hold the budget past the wait."""
+    from pi_search.errors import Busy
+
+    monkeypatch.setattr(images, "DECODE_WAIT_S", 0.1)
+    monkeypatch.setattr(images, "BUDGET", images.DecodeBudget(1000))
+    jpeg = images.encode_jpeg(coffee)
+    with images.BUDGET.hold(1000), pytest.raises(Busy):
+        decode_upload(jpeg, "photo.jpg", gone=lambda: False)
+    assert decode_upload(jpeg, "photo.jpg", gone=lambda: False).shape[2] == 3

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import Busy, ImageError
 from ..images import decode
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ def decode_upload(data: bytes, name: str = "upload", gone: Callable[[], bool] | 
         rgb = decode(data, name=name)
     except ImageError as exc:
         raise UploadError(400, str(exc)) from None
+    except Busy:  # other photos hold the decoding memory: 503, try again
+        raise
     except Exception as exc:  # a decoder error on hostile bytes is a bad upload, not a server fault
         log.info("%s: decoder refused it: %s", name, exc)
         raise UploadError(400, f"{name}: not a readable image ({type(exc).__name__})") from None
