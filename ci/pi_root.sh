@@ -464,6 +464,10 @@ s_memory_max() {
   [ "$(printf '%s\n' "$line" | wc -l)" = 1 ]
   printf '%s\n' "$line" | grep -F "$want"
   not grep -F 'Traceback' "$LOGS/memory-journal.txt"
+  # doctor, run outside the service, judges by the unit's limits and says the same
+  as_pi "sudo -u pi-search $CLI doctor --config /etc/pi-search/config.toml" > "$LOGS/memory-doctor.txt" 2>&1 || true
+  cat "$LOGS/memory-doctor.txt"
+  grep -E '^FAIL +memory' "$LOGS/memory-doctor.txt" | grep -F "$want"
   printf '[Service]\n%s\n' "$enough" | inside tee "$conf" > /dev/null
   inside systemctl daemon-reload
   inside systemctl reset-failed pi-search.service

@@ -133,11 +133,17 @@ def check_bundle(ctx: _Context) -> Check:
 
 def check_memory(ctx: _Context) -> Check:
     """The daemon's own start check, with its figures: what it needs with this bundle against what this
-    process may use (MemAvailable, the cgroup's memory.max, ulimit -v and -d)."""
+    process may use (MemAvailable, the cgroup's memory.max, ulimit -v and -d), or, when pi-search.service is
+    installed with limits of its own (MemoryMax=, LimitAS=), against those."""
     bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
     memory = limits.bundle_memory(bundle) if bundle else None
     where = limits.room()
     verdict = limits.fit(memory, where)
+    service = limits.service_room()  # the installed unit's MemoryMax=/LimitAS=: what the daemon will get
+    if service is not None and verdict.ok:
+        in_service = limits.fit(memory, service)
+        if not in_service.ok or (service.cgroup_max or 0) or service.address_limit:
+            where, verdict = service, in_service
 
     def mb(n):
         return "no limit" if n is None else f"{n / 1e6:,.0f} MB"

@@ -8,6 +8,8 @@ import ctypes.util
 import json
 import logging
 import resource
+import shutil
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,44 @@ def room() -> Room:
     return Room(mem_available=None if avail is None else avail + _rss(),
                 cgroup_max=cg[0] if cg else None, cgroup=cg[1] if cg else "",
                 data_limit=_rlimit(resource.RLIMIT_DATA), address_limit=_rlimit(resource.RLIMIT_AS))
+
+
+SERVICE = "pi-search.service"
+
+
+def _systemd_bytes(value: str) -> int | None:
+    value = value.strip()
+    return int(value) if value.isdigit() and int(value) < (1 << 60) else None
+
+
+def parse_service_limits(text: str, unit: str = SERVICE) -> Room | None:
+    """The Room of a systemd unit from ``systemctl show -p LoadState -p MemoryMax -p LimitAS -p LimitDATA``
+    output (``KEY=VALUE`` lines); None when the unit is not installed. MemAvailable is left to the caller."""
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if props.get("LoadState") != "loaded":
+        return None
+    limit = _systemd_bytes(props.get("MemoryMax", ""))
+    return Room(mem_available=None, cgroup_max=limit, cgroup=f"/system.slice/{unit}" if limit else "",
+                data_limit=_systemd_bytes(props.get("LimitDATA", "")),
+                address_limit=_systemd_bytes(props.get("LimitAS", "")))
+
+
+def service_room(unit: str = SERVICE) -> Room | None:
+    """What the installed service may use (its MemoryMax=, LimitAS=, LimitDATA=, as systemd will apply
+    them) and this machine's MemAvailable; None without systemd or without the unit."""
+    exe = shutil.which("systemctl")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "show", unit, "-p", "LoadState", "-p", "MemoryMax", "-p", "LimitAS", "-p",
+                              "LimitDATA"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = parse_service_limits(out, unit)
+    if found is None:
+        return None
+    avail = meminfo().get("MemAvailable")
+    return Room(avail, found.cgroup_max, found.cgroup, found.data_limit, found.address_limit)
 
 
 @dataclass(frozen=True)

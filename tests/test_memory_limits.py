@@ -163,3 +163,23 @@ def test_the_doctor_reports_the_same_figures_under_the_limit(bundle_dir, tmp_pat
     memory = checks["memory"]
     assert memory["status"] == "FAIL" and "may use 450 MB (ulimit -v, RLIMIT_AS)" in memory["detail"]
     assert out.returncode == 1
+
+
+def test_the_doctor_judges_by_the_installed_service_s_limits(tmp_path, monkeypatch, bundle_dir):
+    """`doctor` runs outside the service's cgroup: it reads the unit's MemoryMax= from systemd (a stand-in
+    systemctl here answers as systemd does) and fails with the daemon's own line."""
+    from pi_search import doctor
+
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf 'LoadState=loaded\\nMemoryMax=209715200\\nLimitAS=infinity\\n"
+                    "LimitDATA=infinity\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    ctx = doctor._Context()
+    ctx.config = type("C", (), {"index": type("I", (), {"bundle": str(bundle_dir)})()})()
+    check = doctor.check_memory(ctx)
+    assert check.status == "FAIL", check
+    assert "may use 210 MB (MemoryMax= of pi-search.service): raise MemoryMax" in check.detail
+    fake.write_text("#!/bin/sh\nprintf 'LoadState=not-found\\nMemoryMax=infinity\\n'\n")
+    assert doctor.check_memory(ctx).status in ("OK", "WARN")
