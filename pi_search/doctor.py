@@ -153,8 +153,8 @@ def check_memory(ctx: _Context) -> Check:
               f"memory.max {mb(where.cgroup_max)}, ulimit -v {mb(where.address_limit)}, ulimit -d "
               f"{mb(where.data_limit)})")
     if not verdict.ok:
-        return Check("memory", FAIL, detail, "raise the limit named above (systemctl edit pi-search: "
-                     "MemoryMax=), or serve a smaller bundle (docs/reliability.md)")
+        return Check("memory", FAIL, detail, "raise the limit named above (for the service: systemctl edit "
+                     "pi-search), or serve a smaller bundle (docs/reliability.md)")
     if verdict.message.startswith("tight"):
         return Check("memory", WARN, detail, "stop other programs, or serve a smaller bundle")
     return Check("memory", OK, detail)

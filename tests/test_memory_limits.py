@@ -183,3 +183,31 @@ def test_the_doctor_judges_by_the_installed_service_s_limits(tmp_path, monkeypat
     assert "may use 210 MB (MemoryMax= of pi-search.service): raise MemoryMax" in check.detail
     fake.write_text("#!/bin/sh\nprintf 'LoadState=not-found\\nMemoryMax=infinity\\n'\n")
     assert doctor.check_memory(ctx).status in ("OK", "WARN")
+
+
+BLAS_SCRIPT = r"""
+import os, sys
+import pi_search  # first, as the pi-search entry point imports it
+import numpy  # noqa: F401
+from threadpoolctl import threadpool_info
+blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+print(os.environ.get("OPENBLAS_NUM_THREADS"), max(blas or [0]))
+"""
+
+
+@pytest.mark.parametrize("argv, preset, want", [(["serve"], None, "1 1"), (["-v", "demo"], None, "1 1"),
+                                                (["serve"], "2", "2 2"), (["query", "x.jpg"], None, None)])
+def test_the_daemon_commands_load_blas_with_one_thread(argv, preset, want):
+    """For serve and demo the package sets OPENBLAS_NUM_THREADS=1 before numpy loads (unless the
+    environment already says); other commands keep BLAS's own choice."""
+    env = _env()
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    out = subprocess.run([sys.executable, "-c", BLAS_SCRIPT, *argv], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    var, threads = out.stdout.split()
+    if want is None:
+        assert var == "None" and int(threads) >= 1  # BLAS's own choice (a thread per core)
+    else:
+        assert f"{var} {threads}" == want
