@@ -763,6 +763,32 @@ def t_fuzz(r: Results) -> str:
     return md(header, rows) + "\n" + source("fuzz_http")
 
 
+def t_hostile_uploads(r: Results) -> str:
+    h = r["hostile-uploads"]
+    rows = [[row["format"], row["photo"], num(row["file_bytes"] / 1e6, 2),
+             ", ".join(f"{n} x {k}" for k, n in sorted(row["statuses"].items())),
+             f"+{num(row['peak_over_idle_mb'], 0)}", f"+{num(max(0.0, row['after_5s_over_idle_mb']), 0)}",
+             num(row["seconds"], 1)] for row in h["rows"]]
+    return md([f"{h['concurrent']} uploads at once of", "photo", "file MB", "answers", "peak over idle MB",
+               "5 s later MB", "all answered in s"], rows) + "\n" + source("hostile-uploads")
+
+
+def t_memory_floor(r: Results) -> str:
+    f = r["memory-floor"]
+    rows = [[e["layout"], num(e["in_ram_mb"], 0), num(e["mapped_mb"], 0), num(e["memory_max_mb"], 0),
+             num(e["ulimit_v_mb"], 0)] for e in f["estimates"]]
+    return md(["bundle", "read into RAM MB", "mapped MB", "smallest MemoryMax= MB", "smallest ulimit -v MB"],
+              rows) + "\n" + source("memory-floor")
+
+
+def t_pi3(r: Results) -> str:
+    p = r["memory-floor"]["pi3"]
+    rows = [[row["layout"], num(row["resident_mb"], 0), num(row["page_cache_mb"], 0),
+             pct(row["cached_fraction"]), row["verdict"]] for row in p["rows"]]
+    return md(["bundle", "daemon at its peak MB", "left for the page cache MB", "mapped files cached",
+               "verdict"], rows) + "\n" + source("memory-floor")
+
+
 TABLES: dict[str, Callable[[Results], str]] = {
     "slow-clients": t_slow_clients,
     "health": t_health,
@@ -795,11 +821,25 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "hard-attempts": t_hard_attempts,
     "hard-hint": t_hard_hint,
     "hard-cost": t_hard_cost,
+    "hostile-uploads": t_hostile_uploads,
+    "memory-floor": t_memory_floor,
+    "pi3": t_pi3,
 }
 
 
 # ------------------------------------------------------------------------------------------------ figures
 VALUES: dict[str, Callable[[Results], str]] = {
+    # memory (docs/reliability.md)
+    "memory.worst": lambda r: num(r["hostile-uploads"]["worst_peak_over_idle_mb"], 0),
+    "memory.before.peak": lambda r: num(r["hostile-uploads-before"]["rows"][0]["peak_over_idle_mb"], 0),
+    "memory.before.after": lambda r: num(r["hostile-uploads-before"]["rows"][0]["after_5s_over_idle_mb"], 0),
+    "memory.before.seconds": lambda r: num(r["hostile-uploads-before"]["rows"][0]["seconds"], 0),
+    "memory.demo.vsz": lambda r: num(r["memory-floor"]["measured_demo"]["vm_size_mb"], 0),
+    "memory.demo.rss": lambda r: num(r["memory-floor"]["measured_demo"]["vm_rss_mb"], 0),
+    "memory.demo.hwm": lambda r: num(r["memory-floor"]["measured_demo"]["vm_hwm_mb"], 0),
+    "memory.demo.threads": lambda r: str(r["memory-floor"]["measured_demo"]["threads"]),
+    "memory.demo.ulimit": lambda r: num(r["memory-floor"]["measured_demo"]["smallest_ulimit_v_mb"], 0),
+    "memory.pi3.room": lambda r: num(r["memory-floor"]["pi3"]["room_mb"], 0),
     "embed.steady": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["steady_items_per_s_per_core"]),
     "embed.e2e": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["items_per_s_per_core"]),
     "embed.ceiling": lambda r: pct(r["embed-ceiling"]["all_cores_vs_one"]["steady_items_per_s_per_core"]),

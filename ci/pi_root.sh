@@ -2,8 +2,9 @@
 # Follows the README's Pi set-up in a Debian Bookworm root booted with real systemd (systemd-nspawn -b), as the
 # desktop user "pi" with sudo: sudo ./install.sh --kiosk, a bundle built as the service user and one installed
 # over it while serving, the service (re)started and checked with doctor, status and journal, the page on
-# 127.0.0.1:8080, systemctl reload, a frozen process restarted by the watchdog, the page opened to the
-# network with a token and a drop-in, the kiosk turned off, the service disabled, and the uninstall.
+# 127.0.0.1:8080, systemctl reload, a frozen process restarted by the watchdog, too small a MemoryMax= refused
+# in one line, the page opened to the network with a token and a drop-in, the kiosk turned off, the service
+# disabled, and the uninstall.
 #
 #   sudo ci/pi_root.sh
 #
@@ -429,6 +430,57 @@ s_watchdog() {
   http http://127.0.0.1:8080/healthz
 }
 
+# Too little memory for the bundle: under a MemoryMax= below what the daemon needs it refuses in one line (the
+# figures and the fix) with exit 3, which the unit does not restart (RestartPreventExitStatus=3): no silent
+# crash loop. With enough memory it starts and serves. Where the container's cgroup controllers are read-only
+# (a host on cgroup v1), systemd cannot apply MemoryMax=; the address-space limit LimitAS= (ulimit -v) is
+# checked the same way instead, and the note says so.
+s_memory_max() {
+  local conf=/etc/systemd/system/pi-search.service.d/memory.conf since line small enough want
+  if inside test -e /sys/fs/cgroup/system.slice/pi-search.service/memory.max \
+     || inside test -e /sys/fs/cgroup/memory/system.slice/pi-search.service/memory.limit_in_bytes; then
+    small=MemoryMax=200M enough=MemoryMax=400M
+    want='may use 210 MB (MemoryMax= of pi-search.service): raise MemoryMax'
+  else
+    echo "MemoryMax= is not enforced in this container (read-only cgroup controllers): LimitAS= instead" \
+      | tee "$LOGS/s_memory_max.note"
+    small=LimitAS=450M enough=LimitAS=900M
+    want='may use 472 MB (ulimit -v, RLIMIT_AS): raise ulimit -v'
+  fi
+  since=$(inside date '+%Y-%m-%d %H:%M:%S')
+  inside mkdir -p /etc/systemd/system/pi-search.service.d
+  printf '[Service]\n%s\n' "$small" | inside tee "$conf" > /dev/null
+  inside systemctl daemon-reload
+  inside systemctl restart pi-search.service || true
+  sleep 8  # longer than RestartSec: a restart would have happened by now
+  inside systemctl status --no-pager pi-search.service || true
+  [ "$(inside systemctl is-active pi-search.service || true)" = failed ]
+  [ "$(inside systemctl show -p ExecMainStatus --value pi-search.service)" = 3 ]
+  # a start by hand resets the count of automatic restarts: any since then would show here
+  [ "$(inside systemctl show -p NRestarts --value pi-search.service)" = 0 ]
+  inside journalctl -u pi-search.service --since "$since" --no-pager -o cat > "$LOGS/memory-journal.txt"
+  cat "$LOGS/memory-journal.txt"
+  line=$(grep -F 'error: not enough' "$LOGS/memory-journal.txt")
+  [ "$(printf '%s\n' "$line" | wc -l)" = 1 ]
+  printf '%s\n' "$line" | grep -F "$want"
+  not grep -F 'Traceback' "$LOGS/memory-journal.txt"
+  # doctor, run outside the service, judges by the unit's limits and says the same
+  as_pi "sudo -u pi-search $CLI doctor --config /etc/pi-search/config.toml" > "$LOGS/memory-doctor.txt" 2>&1 || true
+  cat "$LOGS/memory-doctor.txt"
+  grep -E '^FAIL +memory' "$LOGS/memory-doctor.txt" | grep -F "$want"
+  printf '[Service]\n%s\n' "$enough" | inside tee "$conf" > /dev/null
+  inside systemctl daemon-reload
+  inside systemctl reset-failed pi-search.service
+  inside systemctl restart pi-search.service
+  wait_active 60
+  http http://127.0.0.1:8080/healthz
+  echo "$small: \"$line\", not restarted; $enough: serving" | tee -a "$LOGS/s_memory_max.note"
+  inside rm "$conf"
+  inside systemctl daemon-reload
+  inside systemctl restart pi-search.service
+  wait_active 60
+}
+
 s_network() {
   local token
   token=$(as_pi 'openssl rand -hex 16')
@@ -502,6 +554,7 @@ boot_two_steps() {
   step "sudo systemctl reload pi-search, no /bin/kill (same process, bundle mapped again)" s_reload
   step "index install /tmp/newbundle --to /var/lib/pi-search/bundle: served without a restart" s_index_install
   step "a frozen process (SIGSTOP) is restarted by the watchdog" s_watchdog
+  step "too little memory (MemoryMax=, else LimitAS=): one line, no restart loop; enough: it serves" s_memory_max
   step "the page opened to the network: token, host 0.0.0.0, allowed_hosts, IPAddressAllow drop-in" s_network
   step "sudo ./install.sh --kiosk again changes nothing" s_reinstall
   step "the kiosk turned off for good (sed on ~/.config/labwc/autostart)" s_kiosk_off

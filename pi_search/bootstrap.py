@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
+from . import limits
 from .camera import open_source
 from .config import Config, check_bind
 from .errors import ConfigError
@@ -64,8 +65,9 @@ class Daemon:
         """Serve under waitress until SIGTERM/SIGINT; ``on_serving(url)`` once the page is served."""
         server = self.config.server
         try:
-            run(self.app, self.worker, host=server.host, port=server.port, max_viewers=server.max_viewers,
-                on_serving=on_serving)
+            with limits.out_of_memory_as_error("starting the server"):
+                run(self.app, self.worker, host=server.host, port=server.port, max_viewers=server.max_viewers,
+                    on_serving=on_serving)
         finally:
             self.close()
 
@@ -74,12 +76,21 @@ class Daemon:
 
 
 def build_daemon(config: Config) -> Daemon:
-    """Wire the concrete parts named by ``config``: check the bind and the camera spec, load the model, open
-    the live catalog (waiting for a good bundle if there is none yet), make the worker and the app."""
+    """Wire the concrete parts named by ``config``: check the bind, the memory the bundle needs against
+    what this process may use, and the camera spec; load the model, open the live catalog (waiting for a
+    good bundle if there is none yet), make the worker and the app. MemoryLimitError (one line, exit 3)
+    when memory is short, before anything large is loaded."""
     check_bind(config.server)  # a daemon open to the network needs a token
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
                           "(make one with: pi-search index build CATALOG --out DIR)")
+    limits.cap_daemon()
+    limits.check_start(limits.bundle_memory(config.index.bundle))
+    with limits.out_of_memory_as_error("loading the model and the bundle"):
+        return _wire(config)
+
+
+def _wire(config: Config) -> Daemon:
     cam = config.camera
 
     def source():

@@ -46,7 +46,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except PiSearchError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(getattr(exc, "exit_code", 2))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

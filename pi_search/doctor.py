@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import limits
 from .camera import open_source
 from .config import check_bind, load_config
 from .errors import PiSearchError, SourceError
@@ -132,6 +133,35 @@ def check_bundle(ctx: _Context) -> Check:
     if fit["fits"] and fit["verdict"].startswith("tight"):
         return Check("bundle", WARN, detail, "stop other programs, or rebuild it smaller (docs/scale.md)")
     return Check("bundle", OK, detail)
+
+
+def check_memory(ctx: _Context) -> Check:
+    """The daemon's own start check, with its figures: what it needs with this bundle against what this
+    process may use (MemAvailable, the cgroup's memory.max, ulimit -v and -d), or, when pi-search.service is
+    installed with limits of its own (MemoryMax=, LimitAS=), against those."""
+    bundle = getattr(getattr(ctx.config, "index", None), "bundle", "")
+    memory = limits.bundle_memory(bundle) if bundle else None
+    where = limits.room()
+    verdict = limits.fit(memory, where)
+    service = limits.service_room()  # the installed unit's MemoryMax=/LimitAS=: what the daemon will get
+    if service is not None and verdict.ok:
+        in_service = limits.fit(memory, service)
+        if not in_service.ok or (service.cgroup_max or 0) or service.address_limit:
+            where, verdict = service, in_service
+
+    def mb(n):
+        return "no limit" if n is None else f"{n / 1e6:,.0f} MB"
+
+    detail = (f"{verdict.message} (needs ~{mb(verdict.resident_need)} resident, "
+              f"~{mb(verdict.address_need)} address space; available {mb(where.mem_available)}, cgroup "
+              f"memory.max {mb(where.cgroup_max)}, ulimit -v {mb(where.address_limit)}, ulimit -d "
+              f"{mb(where.data_limit)})")
+    if not verdict.ok:
+        return Check("memory", FAIL, detail, "raise the limit named above (for the service: systemctl edit "
+                     "pi-search), or serve a smaller bundle (docs/reliability.md)")
+    if verdict.message.startswith("tight"):
+        return Check("memory", WARN, detail, "stop other programs, or serve a smaller bundle")
+    return Check("memory", OK, detail)
 
 
 def _device_access(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -311,6 +341,7 @@ def run_checks(config_path: str | Path | None = None, overrides: dict | None = N
         check_runtime,
         check_model,
         check_bundle,
+        check_memory,
         check_camera,
         check_disk,
         check_port,

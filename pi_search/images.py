@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import Busy, ImageError
 
 MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards against decompression bombs.
 # Photos are decoded no larger than the model and the thumbnails need: with the shorter side at least
@@ -17,10 +18,56 @@ MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards a
 # at 1/4 scale and averaged down to 504x378 (1.5 MB at most instead of 37 MB); a 40 MP one at 1/4, then to
 # 608x456.
 MIN_SIDE = 345
+# The most memory decoding may take, judged from each file's header before any decoder runs
+# (``decode_cost``): one photo may take all of it, and photos decoding at once share it (``DecodeBudget``),
+# so decoding never holds more than this, whatever arrives. A JPEG is decoded reduced, so any baseline JPEG
+# up to MAX_PIXELS fits; PNG, WebP, BMP, TIFF and GIF are decoded whole, so a 40 MP 16-bit RGBA PNG (640 MB
+# at the decoder's peak, from a 330 KB file) is refused. 192 MB takes a 12 MP 16-bit RGBA PNG, a 24 MP RGBA
+# PNG, a 32 MP RGB PNG or WebP, and a 40 MP progressive phone JPEG (4:2:0).
+MAX_DECODE_BYTES = 192_000_000
+# How long a photo waits for others to finish decoding before it is refused as busy.
+DECODE_WAIT_S = 30.0
+
+
+class DecodeBudget:
+    """Memory shared by the decodes running at once: ``hold(n)`` waits until n bytes are free."""
+
+    def __init__(self, total: int):
+        import threading
+
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, need: int, wait: float | None = None):
+        """Hold ``need`` bytes (at most the whole budget) while inside; Busy after ``wait`` seconds
+        (default DECODE_WAIT_S) without room."""
+        need = min(need, self.total)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + need <= self.total,
+                                       timeout=DECODE_WAIT_S if wait is None else wait):
+                raise Busy("the appliance is busy decoding other photos; try again in a moment")
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
+
+BUDGET = DecodeBudget(MAX_DECODE_BYTES)
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     """``(SOF marker, width, height)`` of a JPEG from its frame header (0xC0 baseline, 0xC2 progressive)."""
+    found = _jpeg_sof(data)
+    return None if found is None else found[:3]
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int, int, list[tuple[int, int]]] | None:
+    """``(SOF marker, width, height, [(h, v) sampling factor of each component]``) of a JPEG."""
     import struct
 
     i = 2
@@ -35,13 +82,16 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
         (seg,) = struct.unpack(">H", data[i + 2 : i + 4])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return marker, w, h
+            n = data[i + 9] if i + 9 < len(data) else 0
+            comps = [(b >> 4, b & 15) for b in data[i + 11 : i + 11 + 3 * n : 3]]
+            return marker, w, h, comps
         i += 2 + seg
     return None
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height read from a PNG, JPEG, GIF or WebP header without decoding; None if unknown."""
+    """Width and height read from a PNG, JPEG, GIF, WebP, BMP or TIFF header without decoding; None if
+    unknown."""
     import struct
 
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
@@ -50,6 +100,12 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     if data[:2] == b"\xff\xd8":
         sof = _jpeg_frame(data)
         return None if sof is None else sof[1:]
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        layout = _tiff_layout(data)
+        return None if layout is None else layout[:2]
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         w, h = struct.unpack("<HH", data[6:10])
         return w, h
@@ -67,6 +123,109 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
             w = 1 + (((b[1] & 0x3F) << 8) | b[0])
             h = 1 + (((b[3] & 0xF) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
             return w, h
+    return None
+
+
+def _tiff_layout(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(width, height, samples per pixel, bits per sample)`` from a TIFF's first directory."""
+    order = {b"II": "little", b"MM": "big"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return None
+    ifd = int.from_bytes(data[4:8], order)
+    count = int.from_bytes(data[ifd : ifd + 2], order) if ifd + 2 <= len(data) else 0
+    tags: dict[int, int] = {}
+    for n in range(count):
+        entry = data[ifd + 2 + 12 * n : ifd + 14 + 12 * n]
+        if len(entry) < 12:
+            break
+        tag, kind, num = (int.from_bytes(entry[0:2], order), int.from_bytes(entry[2:4], order),
+                          int.from_bytes(entry[4:8], order))
+        if kind == 3 and (num == 1 or tag != 258):
+            tags[tag] = int.from_bytes(entry[8:10], order)
+        elif kind == 4 and num == 1:
+            tags[tag] = int.from_bytes(entry[8:12], order)
+        elif kind == 3 and tag == 258:  # one size per sample, stored elsewhere: the widest counts
+            at = int.from_bytes(entry[8:12], order)
+            sizes = [int.from_bytes(data[at + 2 * k : at + 2 * k + 2], order) for k in range(min(num, 16))]
+            tags[tag] = max(sizes or [8])
+    if 256 not in tags or 257 not in tags:
+        return None
+    return tags[256], tags[257], max(1, tags.get(277, 1)), max(1, tags.get(258, 1))
+
+
+def decode_cost(data: bytes, min_side: int | None = MIN_SIDE) -> tuple[int, int, int, str] | None:
+    """``(width, height, bytes, kind)``: the most memory decoding ``data`` takes, read from its header
+    (None when the format is not one we decode: JPEG, PNG, WebP, BMP, TIFF, GIF).
+
+    bytes counts what the decoder holds at its peak: a JPEG's reduced output (and a progressive JPEG's
+    coefficients, 2 bytes each, which it keeps whole), or for the other formats twice the whole image at
+    the depth and channels the decoder writes it. ``kind`` names the format for messages ("16-bit RGBA
+    PNG").
+    """
+    size = _header_size(data)
+    if size is None:
+        return None
+    w, h = size
+    if data[:2] == b"\xff\xd8":
+        marker, _, _, comps = _jpeg_sof(data) or (0xC0, w, h, [(1, 1)] * 3)
+        comps = comps or [(1, 1)]
+        progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        scale = _jpeg_scale(w, h, min_side, progressive)
+        out = -(-w // scale) * -(-h // scale) * 3
+        if not progressive:
+            return w, h, out, "JPEG"
+        hmax, vmax = max(c[0] for c in comps) or 1, max(c[1] for c in comps) or 1
+        coefs = sum(-(-w * c[0] // (8 * hmax)) * -(-h * c[1] // (8 * vmax)) * 128 for c in comps)
+        return w, h, coefs * 3 // 2 + out, "progressive JPEG"  # measured: 1.5 times its coefficients
+    # The other decoders write the whole image into a buffer of their own and convert it into the result:
+    # they hold twice the decoded pixels at their peak (measured with OpenCV 5.1: a 94 MB PNG decode peaks
+    # at 191 MB, a 74 MB WebP one at 145 MB).
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        depth, colour = data[24], data[25]
+        # as OpenCV writes it unchanged: grey stays one channel, grey+alpha and anything transparent
+        # become BGRA, palette becomes BGR(A) 8-bit; 16-bit samples stay 16-bit
+        channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}.get(colour, 4)
+        if b"tRNS" in data[:data.find(b"IDAT")] and colour in (0, 2, 3):
+            channels = 4
+        name = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}.get(colour, "")
+        sample = 2 if depth == 16 and colour != 3 else 1
+        return w, h, 2 * w * h * channels * sample, f"{depth}-bit {name} PNG"
+    if data[:2] == b"BM":
+        return w, h, 2 * w * h * 4, "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        layout = _tiff_layout(data)
+        spp, bits = (layout[2], layout[3]) if layout else (4, 16)
+        return w, h, 2 * w * h * max(spp, 3) * max(1, -(-bits // 8)), f"{bits}-bit TIFF"
+    if data[:3] == b"GIF":
+        return w, h, 2 * w * h * 4, "GIF"
+    kind = data[12:16]
+    alpha = (kind == b"VP8X" and data[20] & 0x10) or (kind == b"VP8L" and data[24] & 0x10)
+    return w, h, 2 * w * h * (4 if alpha else 3), "WebP"
+
+
+def _jpeg_scale(w: int, h: int, min_side: int | None, progressive: bool) -> int:
+    """The reduced scale a JPEG is decoded at (8, 4, 2 or 1): see ``decode``."""
+    most = reduction(w, h, min_side)
+    return next((s for s in (8, 4, 2) if s * (1 if progressive else 2) <= most), 1)
+
+
+def too_large(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
+              max_bytes: int = MAX_DECODE_BYTES, min_side: int | None = MIN_SIDE) -> str | None:
+    """The one-line reason a photo is refused from its header (too many pixels, or too much memory to
+    decode), or None when it may be decoded."""
+    cost = decode_cost(data, min_side)
+    if cost is None:
+        return None
+    w, h, need, kind = cost
+    mp = w * h / 1e6
+    if w * h > max_pixels:
+        return (f"{name}: this photo is {mp:.0f} megapixels ({w}x{h}); the largest accepted is "
+                f"{max_pixels / 1e6:.0f} megapixels. Send a smaller photo.")
+    if need > max_bytes:
+        most = max_pixels if need == 0 else min(max_pixels, int(w * h * max_bytes / need))
+        return (f"{name}: this {kind} is {mp:.0f} megapixels ({w}x{h}, {need / 1e6:.0f} MB to decode); the "
+                f"largest {kind} accepted is {most / 1e6:.0f} megapixels. Send a smaller photo, or a "
+                f"{'baseline ' if 'JPEG' in kind else ''}JPEG.")
     return None
 
 
@@ -170,33 +329,43 @@ def reduction(width: int, height: int, min_side: int | None = MIN_SIDE) -> int:
 
 
 def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
-           min_side: int | None = MIN_SIDE) -> np.ndarray:
+           min_side: int | None = MIN_SIDE, max_bytes: int = MAX_DECODE_BYTES) -> np.ndarray:
     """Decode encoded image bytes to an upright RGB uint8 array [H, W, 3]; raise ImageError with the reason.
 
     The EXIF orientation is applied. The photo comes out no larger than needed: its shorter side is shrunk
     by a whole factor to between ``min_side`` and twice that (``min_side`` None: full size). A JPEG is
     decoded at 1/2, 1/4 or 1/8 scale directly (the decoder never holds the full-size pixels); other formats
-    are decoded whole and shrunk at once. Alpha is composited on white (catalog photos with transparent
-    backgrounds look like shop listings).
+    are decoded whole and shrunk a band of rows at a time. Before any decoder runs, the header says how much
+    memory the decode takes: over ``max_bytes`` (or ``max_pixels``) the photo is refused with the largest
+    size accepted (``too_large``); a format whose header we cannot read is refused too. Decodes running at
+    once share MAX_DECODE_BYTES (``BUDGET``): a photo waits for room up to DECODE_WAIT_S, then Busy (503).
+    Alpha is composited on white (catalog photos with transparent backgrounds look like shop listings).
     """
-    import cv2
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     size = _header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(
-            f"{name}: {size[0]}x{size[1]} pixels is larger than the limit of {max_pixels:,} pixels"
-        )
+    if size is None:
+        raise ImageError(f"{name}: not a readable image (JPEG, PNG or WebP expected)")
+    refused = too_large(data, name=name, max_pixels=max_pixels, max_bytes=max_bytes, min_side=min_side)
+    if refused:
+        raise ImageError(refused)
+    with BUDGET.hold(decode_cost(data, min_side)[2]):
+        return _decode(data, size, name, max_pixels, min_side)
+
+
+def _decode(data: bytes, size: tuple[int, int], name: str, max_pixels: int, min_side: int | None
+            ) -> np.ndarray:
+    import cv2
+
     buf = np.frombuffer(data, dtype=np.uint8)
-    if data[:2] == b"\xff\xd8" and size is not None:
+    if data[:2] == b"\xff\xd8":
         # A baseline JPEG is decoded one step short of the largest reduction and averaged down below, which
         # keeps the picture closer to a full-size decode than the decoder's own 1/8 (rounded chroma
         # upsampling). A progressive one holds all its coefficients while decoding whatever the scale, so
         # it takes the largest reduction to keep memory down.
         progressive = (_jpeg_frame(data) or (0,))[0] in (0xC2, 0xC6, 0xCA, 0xCE)
-        most = reduction(*size, min_side)
-        scale = next((s for s in (8, 4, 2) if s * (1 if progressive else 2) <= most), 1)
+        scale = _jpeg_scale(*size, min_side, progressive)
         flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
                 2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[scale]
         img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -207,6 +376,7 @@ def decode(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
     if img.shape[0] * img.shape[1] > max_pixels:
         raise ImageError(f"{name}: {img.shape[1]}x{img.shape[0]} pixels is larger than the limit")
     rgb = to_rgb(img, reduction(img.shape[1], img.shape[0], min_side))
+    del img  # the full-size pixels go before the turn below makes its copy
     return upright(rgb, orientation(data))
 
 
@@ -214,29 +384,44 @@ def to_rgb(img: np.ndarray, shrink: int = 1) -> np.ndarray:
     """OpenCV's decoded layout (gray, BGR or BGRA, any depth) to RGB uint8 [H, W, 3], ``shrink`` times
     smaller (box average over whole ``shrink`` x ``shrink`` blocks; up to shrink - 1 edge pixels dropped).
 
-    Alpha is composited on white a band of rows at a time, so no full-size float copy is ever made.
+    Depth, alpha (composited on white) and size are dealt with a band of rows at a time, so no full-size
+    copy of any kind is made: a 16-bit or transparent photo takes no more than its decoded pixels.
     """
     import cv2
 
-    if img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8) if img.dtype.kind == "f" \
-            else (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
     if shrink > 1:
         img = img[: img.shape[0] - img.shape[0] % shrink, : img.shape[1] - img.shape[1] % shrink]
     h, w = img.shape[:2]
-    if img.ndim == 3 and img.shape[2] == 4:
-        band = shrink * max(1, 256 // shrink)
-        out = np.empty((h // shrink, w // shrink, 3), np.uint8)
-        for top in range(0, h, band):
-            part = img[top : top + band]
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    lo, span = 0.0, 1.0
+    if img.dtype.kind == "f":
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        span = (hi - lo) or 1.0
+    band = shrink * max(1, 256 // shrink)
+    out = np.empty((h // shrink, w // shrink, 3), np.uint8)
+    for top in range(0, h, band):
+        part = _to_uint8(img[top : top + band], lo, span)
+        if channels == 4:
             alpha = part[:, :, 3:4].astype(np.float32) * (1.0 / 255.0)
-            flat = (part[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-            out[top // shrink : (top + part.shape[0]) // shrink] = _shrink(flat, shrink)
-        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-    img = _shrink(img, shrink)
-    if img.ndim == 2 or img.shape[2] == 1:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            part = (part[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        elif channels == 1 or channels == 2:
+            part = part if part.ndim == 2 else part[:, :, 0]
+            part = cv2.cvtColor(part, cv2.COLOR_GRAY2BGR)
+        elif channels > 4:
+            part = np.ascontiguousarray(part[:, :, :3])
+        out[top // shrink : (top + part.shape[0]) // shrink] = _shrink(part, shrink)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+
+
+def _to_uint8(part: np.ndarray, lo: float, span: float) -> np.ndarray:
+    """A band of decoded pixels as uint8: 16-bit keeps its high byte, float is stretched from ``lo``."""
+    if part.dtype == np.uint8:
+        return part
+    if part.dtype == np.uint16:
+        return (part >> 8).astype(np.uint8)
+    if part.dtype.kind == "f":
+        return np.clip((np.nan_to_num(part) - lo) * (255.0 / span), 0, 255).astype(np.uint8)
+    return part.astype(np.uint8)
 
 
 def _shrink(img: np.ndarray, factor: int) -> np.ndarray:

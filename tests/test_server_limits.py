@@ -152,3 +152,79 @@ def test_a_body_that_never_finishes_is_cut_off(server, monkeypatch):
         assert wait_until(trickle_then_check, 30)
     finally:
         s.close()
+
+
+def _blocking_app(release: threading.Event):
+    """/api/results?wait=... waits for ``release`` (a long poll); anything else answers at once."""
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/api/results" and "wait=" in environ.get("QUERY_STRING", ""):
+            release.wait(60)
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def request(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def test_long_polls_filling_an_address_leave_room_for_the_health_check(monkeypatch):
+    """Every connection of 127.0.0.1 is a long poll being served (or queued): /healthz and /metrics from the
+    same address are still answered; any other request on the headroom is a 503."""
+    monkeypatch.setattr(http, "MAX_PER_ADDRESS", 12)
+    release = threading.Event()
+    lanes = http.Lanes({"health": 1, "main": 1, "poll": 4})
+    srv = http.Server(_blocking_app(release), host="127.0.0.1", port=0, dispatcher=lanes, max_connections=200,
+                      **http.adjustments(1024 * 1024))
+    lanes.start()
+    threading.Thread(target=srv.run, daemon=True).start()
+    port = int(srv.effective_port)
+    polls = []
+    try:
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(b"GET /api/results?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            polls.append(s)
+        assert wait_until(lambda: sum(bool(c.requests) for c in srv.active_channels.values()) == 12, 30)
+        for _ in range(3):
+            assert request(port, "/healthz").startswith(b"HTTP/1.1 200"), "the health check was refused"
+            assert request(port, "/metrics").startswith(b"HTTP/1.1 200")
+        page = request(port, "/")
+        assert page.startswith(b"HTTP/1.1 503") and b"too many connections" in page
+        assert not any(closed_by_server(s) for s in polls)  # the polls being served are never closed
+    finally:
+        release.set()
+        for s in polls:
+            s.close()
+        lanes.shutdown(timeout=5)
+        srv.close()
+
+
+def test_a_body_shorter_than_its_content_length_gets_a_408(monkeypatch):
+    """The client announced 100 bytes and sent 3, then nothing: 408 Request Timeout with the reason, then
+    the connection closes (not a silent close by the idle sweep)."""
+    monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 1.0)
+    lanes = http.Lanes({"health": 1, "main": 2})
+    srv = http.Server(_app, host="127.0.0.1", port=0, dispatcher=lanes, max_connections=40,
+                      **{**http.adjustments(1024 * 1024), "channel_timeout": 1.0})
+    lanes.start()
+    threading.Thread(target=srv.run, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", int(srv.effective_port)), timeout=30) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 408 Request Timeout"), got
+        assert b"body is shorter than its Content-Length" in got
+    finally:
+        lanes.shutdown(timeout=5)
+        srv.close()

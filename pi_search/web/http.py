@@ -31,6 +31,9 @@ IDLE_TIMEOUT_S = 30.0
 # At most this many connections from one address: a new one closes that address's oldest connection that
 # is waiting for its client (idle or half-sent); connections being served are never closed.
 MAX_PER_ADDRESS = 128
+# Beyond MAX_PER_ADDRESS, when every connection of the address is being served (300 long polls), this many
+# more are let in to ask /healthz or /metrics only: any other request on them is answered 503 at once.
+HEALTH_HEADROOM = 8
 ACCEPT_BATCH = 32
 MAX_HEADER_BYTES = 32 * 1024
 # Kernel send buffer per connection (Linux doubles it): bounds what a client that stopped reading can
@@ -53,6 +56,10 @@ class Busy(Error):
     reason = "Service Unavailable"
 
 
+class TooMany(Busy):
+    """A connection let in over its address's limit asked for more than /healthz or /metrics."""
+
+
 def _message(error: Error, adj, size: int | None = None) -> tuple[int, str, str]:
     """(status code, reason, one-line message) for one of waitress's own refusals (``size``: the declared
     body size)."""
@@ -64,6 +71,8 @@ def _message(error: Error, adj, size: int | None = None) -> tuple[int, str, str]
         return code, error.reason, too_big(size, mb)
     if code == 501:  # an unknown Transfer-Encoding: the request is unusable here, not a server fault
         return 400, "Bad Request", f"bad request: {detail}; send the body with Content-Length or chunked"
+    if isinstance(error, TooMany):
+        return code, error.reason, "too many connections from this address; try again"
     if code == 503:
         return code, error.reason, "the server is busy; try again in a moment"
     if code >= 500:
@@ -99,13 +108,29 @@ class JSONErrorTask(ErrorTask):
 
 
 class Task(WSGITask):
-    """A WSGI task whose environ tells a streaming route how much of its output the client has not taken."""
+    """A WSGI task whose environ tells a streaming route how much of its output the client has not taken
+    (``pi_search.backlog``) and whether the client has left (``pi_search.gone``)."""
 
     def get_environment(self):
         environ = super().get_environment()
         channel = self.channel
         environ["pi_search.backlog"] = lambda: channel.total_outbufs_len
+        environ["pi_search.gone"] = lambda: peer_gone(channel)
         return environ
+
+
+def peer_gone(channel) -> bool:
+    """True when the client of ``channel`` has closed or reset its connection (a peek at the socket: the
+    server loop does not read a connection whose request is being served, so the end of its stream waits
+    there). A client that only half-closes after sending its request looks the same and is counted gone."""
+    if not channel.connected:
+        return True
+    try:
+        return channel.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or the socket already closed
+        return True
 
 
 class Channel(HTTPChannel):
@@ -115,6 +140,7 @@ class Channel(HTTPChannel):
     error_task_class = JSONErrorTask
     request_began = 0.0
     lane = ""  # the lane serving the current request (set by Lanes.add_task)
+    over_cap = False  # let in beyond MAX_PER_ADDRESS: may ask for /healthz and /metrics only
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map=map)
@@ -146,13 +172,22 @@ class Channel(HTTPChannel):
         """True when the connection holds nothing of ours: no request being served, no output to send."""
         return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
 
-    def too_slow(self, now: float) -> bool:
-        """True when the request being received is past its deadline (headers, or the whole request)."""
+    def too_slow(self, now: float) -> str | None:
+        """Why the request being received is past its deadline (headers or the whole request not in time,
+        or nothing more received for IDLE_TIMEOUT_S), as the 408's message; None while it is in time."""
         request = self.request
         if request is None or request.error or request.completed:
-            return False
+            return None
+        part = "request" if request.headers_finished else "headers"
         limit = REQUEST_TIMEOUT_S if request.headers_finished else HEADER_TIMEOUT_S
-        return now - self.request_began > limit
+        if now - self.request_began > limit:
+            return f"the request's {part} did not arrive within {limit:g} s; send it at once"
+        if now - self.last_activity > IDLE_TIMEOUT_S:
+            missing = ("its body is shorter than its Content-Length" if request.headers_finished
+                       else "its headers stopped")
+            return (f"the request stalled: nothing received for {IDLE_TIMEOUT_S:g} s ({missing}); "
+                    "send it whole")
+        return None
 
 
 class Server(TcpWSGIServer):
@@ -185,16 +220,15 @@ class Server(TcpWSGIServer):
         return self.accepting
 
     def maintenance(self, now):
-        super().maintenance(now)
+        # Before waitress's own idle sweep, which would close a stalled half-sent request without a word.
         for channel in list(self.active_channels.values()):
-            if channel.waiting() and channel.too_slow(now):
-                part = "headers" if not channel.request.headers_finished else "request"
-                limit = HEADER_TIMEOUT_S if part == "headers" else REQUEST_TIMEOUT_S
+            why = channel.too_slow(now) if channel.waiting() else None
+            if why:
                 with contextlib.suppress(OSError):  # best effort: the client may not be reading at all
-                    channel.socket.send(json_error(408, "Request Timeout", f"the request's {part} did not "
-                                                   f"arrive within {limit:g} s; send it at once"))
+                    channel.socket.send(json_error(408, "Request Timeout", why))
                 channel.handle_close()
                 self.evicted += 1
+        super().maintenance(now)
 
     def handle_accept(self):
         for _ in range(ACCEPT_BATCH):  # several per wake-up: a flood of connections costs fewer loop turns
@@ -223,6 +257,9 @@ class Server(TcpWSGIServer):
         if len(self.active_channels) - len(victims) > self.max_connections and new not in victims:
             crowd = max(self._by_host.values(), key=len)
             victims.append(self._oldest_waiting(crowd, new, victims))
+        if victims == [new] and len(mine) <= MAX_PER_ADDRESS + HEALTH_HEADROOM:
+            new.over_cap = True  # every other connection is being served: this one may ask for health only
+            return
         for c in victims:
             if c is new:  # every connection of that address is being served: refuse the new one
                 with contextlib.suppress(OSError):
@@ -319,7 +356,10 @@ class Lanes:
     def add_task(self, channel):
         lane = self.lanes.get(lane_of(channel)) or self.lanes["main"]
         channel.lane = lane.name
-        if lane.max_queue is not None and lane.queued() >= lane.max_queue:
+        if channel.over_cap and lane.name != "health":
+            channel.requests[0].error = TooMany("too many connections from this address")
+            lane = self.lanes["health"]
+        elif lane.max_queue is not None and lane.queued() >= lane.max_queue:
             channel.requests[0].error = Busy(f"the {lane.name} lane is full")
             lane = self.lanes["health"]
         lane.add_task(channel)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import Busy, ImageError
 from ..images import decode
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,35 @@ def check_form(request, field: str = "image", max_files: int = 1):
     return files
 
 
-def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
+class ClientGone(UploadError):
+    """The client closed its connection while its upload waited: the work for it is dropped."""
+
+    def __init__(self, name: str):
+        super().__init__(499, f"{name}: the client closed the connection; the photo was not searched")
+
+
+def client_gone() -> Callable[[], bool]:
+    """The current request's "has the client left?" test (the server's ``pi_search.gone``); never True
+    outside a request or under a server that does not provide it."""
+    from flask import has_request_context, request
+
+    if has_request_context():
+        return request.environ.get("pi_search.gone") or (lambda: False)
+    return lambda: False
+
+
+def decode_upload(data: bytes, name: str = "upload", gone: Callable[[], bool] | None = None) -> np.ndarray:
     """Bytes of an uploaded photo to RGB uint8 [H, W, 3]; UploadError (4xx) with the reason otherwise.
 
     Only JPEG, PNG and WebP are decoded (other codecs are refused before any decoder sees them); a file cut
-    short is refused rather than shown half grey; huge dimensions are refused from the header.
+    short is refused rather than shown half grey; huge dimensions, or a decode that would take more memory
+    than ``images.MAX_DECODE_BYTES``, are refused from the header. ``gone`` (default: the current request's
+    connection) is asked before decoding and again before the pixels go on to be embedded: ClientGone when
+    the client has left, so a flood of abandoned uploads costs no decoding or inference.
     """
+    gone = gone or client_gone()
+    if gone():
+        raise ClientGone(name)
     if not data:
         raise UploadError(400, f"{name}: empty file (0 bytes)")
     kind = kind_of(data)
@@ -77,9 +101,14 @@ def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
         raise UploadError(400, f"{name}: the {kind.upper()} file is truncated (cut off before its end); "
                                "send the whole file")
     try:
-        return decode(data, name=name)
+        rgb = decode(data, name=name)
     except ImageError as exc:
         raise UploadError(400, str(exc)) from None
+    except Busy:  # other photos hold the decoding memory: 503, try again
+        raise
     except Exception as exc:  # a decoder error on hostile bytes is a bad upload, not a server fault
         log.info("%s: decoder refused it: %s", name, exc)
         raise UploadError(400, f"{name}: not a readable image ({type(exc).__name__})") from None
+    if gone():
+        raise ClientGone(name)
+    return rgb
