@@ -9,7 +9,10 @@ import numpy as np
 
 from .errors import Busy, ImageError
 
-MAX_PIXELS = 40_000_000  # 40 MP: more than any camera photo we accept; guards against decompression bombs.
+# 200 MP: a 200-megapixel phone sensor's full-size photo (16320x12240); more is a decompression bomb. What a
+# photo may take to decode is bounded apart from this (MAX_DECODE_BYTES), so only baseline JPEGs, decoded
+# reduced, come near it.
+MAX_PIXELS = 200_000_000
 # Photos are decoded no larger than the model and the thumbnails need: with the shorter side at least
 # MIN_SIDE pixels (and under twice that). A query is framed as the centre 0.65 (views.QUERY_CROP) of its
 # shorter side scaled to the model's 224 pixels: 224 / 0.65 = 345, so every model pixel still averages at

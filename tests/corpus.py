@@ -200,8 +200,8 @@ class Corpus:
 
     @functools.cached_property
     def phone_50mp(self) -> Path:
-        """A 50 MP phone photo (8160x6120, q95, EXIF orientation 6), over images.MAX_PIXELS: only a page that
-        shrinks it first can search it. Made on first use."""
+        """A 50 MP phone photo (8160x6120, q95, EXIF orientation 6), sent shrunk by the pages or as it is
+        through the API. Made on first use."""
         path = self.root / "phone-50mp.jpg"
         shot = handheld(cover(self.upright, 8160, 6120), (8160, 6120), seed=2)
         path.write_bytes(jpeg_bytes(shot, 95, orientation=6))

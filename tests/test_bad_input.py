@@ -107,9 +107,9 @@ BAD_UPLOADS = [
     ("JPEG header only", lambda s: s["jpeg"][:600], 400, "JPEG file is truncated"),
     ("corrupt JPEG", lambda s: s["corrupt_jpeg"], 400, "not a readable image"),
     ("corrupt PNG", lambda s: s["corrupt_png"], 400, "not a readable image"),
-    ("PNG bomb", lambda s: png_bomb(), 400, "400 megapixels (20000x20000); the largest accepted is 40"),
+    ("PNG bomb", lambda s: png_bomb(), 400, "400 megapixels (20000x20000); the largest accepted is 200"),
     ("JPEG bomb", lambda s: jpeg_with_size(s["jpeg"], 65000, 65000), 400,
-     "(65000x65000); the largest accepted is 40 megapixels"),
+     "(65000x65000); the largest accepted is 200 megapixels"),
 ]
 
 

@@ -387,6 +387,20 @@ def test_a_21_mb_phone_photo_is_searched_and_decoded_within_its_bound(make, corp
     assert body["image_size"] == [7296, 5472] and body["matches"][0]["id"] == PHONE_ITEM
 
 
+def test_a_50_mp_phone_photo_sent_as_it_is_is_searched(make, corpus):
+    """A 50 MP phone JPEG (8160x6120, EXIF 6) posted straight to /api/search, not shrunk by a page: decoded
+    reduced, upright, and its item found."""
+    data = corpus.phone_50mp.read_bytes()
+    assert images.photo_size(data) == (8160, 6120)   # as shown
+    assert images.too_large(data) is None
+    _, client = make()
+    r = search(client, corpus.phone_50mp, k=3)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["image_size"] == [8160, 6120]
+    assert body["matches"][0]["id"] == PHONE_ITEM
+
+
 def test_a_photo_over_the_limit_is_refused_in_staff_words(make, corpus):
     """27 MB (the 21.5 MB photo with 5.5 MB more after its end): 413 saying how big it is and the limit."""
     data = corpus.phone_21mb.read_bytes()
