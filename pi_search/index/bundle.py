@@ -44,6 +44,7 @@ class Bundle:
         self._searcher: Searcher | None = None
         self._store: VectorStore | None = None
         self._items: ItemsFile | None = None
+        self.copy_of: Path | None = None   # the bundle directory this one is a private copy of
 
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None,
