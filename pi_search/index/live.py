@@ -135,6 +135,7 @@ class LiveCatalog:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self.problem: str | None = problem
+        self.refused: str | None = None   # why the bundle now at the directory is not served (the old one is)
         self.fault: tuple[float, str] | None = None   # the last read that failed while serving
         self._state: _State | None = None
         if bundle is not None:
@@ -253,8 +254,8 @@ class LiveCatalog:
         manifest = read_manifest(self._dir)
         lease = None
         if self.guard:
-            names = manifest.opened_files()
-            try:
+            names = sorted({Path(n).name for n in manifest.files} | set(manifest.opened_files()))
+            try:   # every file: a private copy, made when one is about to change, needs them all unchanged
                 lease = leases.Leases([self._dir / n for n in names], self._on_lease_break)
             except leases.LeaseBusy as exc:
                 raise BundleError(f"{exc.strerror}: a copy into the bundle is in progress") from None
@@ -451,13 +452,14 @@ class LiveCatalog:
                                 "no usable bundle yet, serving nothing until one is in place", exc)
                 self._bad_key, self._bad_since = key, time.monotonic()
                 if st is not None:
+                    self.refused = str(exc)
                     self._publish(self._build(st.bundle, st.key, snap))
                 else:
                     self.problem = str(exc)
                 if strict:
                     raise
                 return
-            self._bad_key = None
+            self._bad_key, self.refused = None, None
             log.info("bundle %s opened: %d items", self._dir, len(bundle))
             self._publish(self._build(bundle, key, snap), None, lease)
 

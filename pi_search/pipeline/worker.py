@@ -425,6 +425,7 @@ class Worker:
             "model": {"up": model_up, "name": getattr(self.extractor, "name", None),
                       "threads": getattr(self.extractor, "num_threads", None)},
             "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
+                      "refused": getattr(cat, "refused", None) if index_up else None,
                       "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
                                                                 "error": fault[1]}},
             "worker": {"alive": alive},
