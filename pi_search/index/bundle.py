@@ -22,13 +22,18 @@ from .verify import check_file
 
 @dataclass(frozen=True)
 class Match:
-    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1]."""
+    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1].
+
+    ``generation``: which bundle the live catalog served when it was found (results of different generations
+    must not be combined into one).
+    """
 
     id: str
     title: str
     price: str | None
     score: float
     index: int = field(default=-1, compare=False)
+    generation: int = field(default=0, compare=False)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "price": self.price, "score": round(self.score, 6)}

@@ -72,6 +72,7 @@ class _State:
     coarse: np.ndarray | None  # float32 [m, COARSE_DIMS]: shots projected by the bundle's PCA (large m)
     projection: Projection | None
     size: int
+    generation: int = 0       # counts the bundles served: every Match found in this state carries it
     buffer: np.ndarray | None = None         # float32 [capacity, dim]: ``vectors`` is its first m rows
     coarse_buffer: np.ndarray | None = None  # float32 [capacity, COARSE_DIMS]: the same for ``coarse``
 
@@ -124,6 +125,8 @@ class LiveCatalog:
         self._reload_lock = threading.RLock()
         self._version = store.data_version()
         self._projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> Projection
+        self._generations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> int
+        self._last_generation = 0
         self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
         self._bad_since = 0.0
         self._seen_key: tuple | None = None  # files changing in place: opened once unchanged for SETTLE_S
@@ -367,6 +370,20 @@ class LiveCatalog:
             self._projections[bundle] = p
         return self._projections[bundle]
 
+    def _generation(self, bundle: Bundle) -> int:
+        """The generation of ``bundle``: a number given to each bundle when it is first served."""
+        with self._cv:
+            if bundle not in self._generations:
+                self._last_generation += 1
+                self._generations[bundle] = self._last_generation
+            return self._generations[bundle]
+
+    @property
+    def generation(self) -> int:
+        """The served bundle's generation (0 while none is served)."""
+        st = self._state
+        return 0 if st is None else st.generation
+
     def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
         done = bundle.manifest.folded_seq
         items = {}
@@ -395,7 +412,7 @@ class LiveCatalog:
         size -= sum(1 for it in items.values() if it.base and it.deleted)
         size += sum(1 for it in items.values() if not it.base and not it.deleted)
         return _State(bundle, key, items, masked, vecs[:m], owners, None if coarse is None else coarse[:m],
-                      proj, size, vecs, coarse)
+                      proj, size, self._generation(bundle), vecs, coarse)
 
     def _appended(self, st: _State, it: TaughtItem, vectors: np.ndarray) -> _State | None:
         """``st`` plus one new taught item and its shots (float32 [n, dim], L2-normalised), without reading
@@ -414,7 +431,7 @@ class LiveCatalog:
         items = {**st.items, it.id: it}
         return _State(st.bundle, st.key, items, st.masked, st.buffer[:m + n], owners,
                       None if st.coarse is None else st.coarse_buffer[:m + n], st.projection, st.size + 1,
-                      st.buffer, st.coarse_buffer)
+                      st.generation, st.buffer, st.coarse_buffer)
 
     def reload(self, *, strict: bool = False) -> None:
         """Read the store again and, if another bundle is at the directory now, check it and map it.
@@ -541,7 +558,8 @@ class LiveCatalog:
         self.close()
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
-        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once.
+        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once, all found
+        in one bundle (their ``generation``).
 
         Reads the published state only: no reload, no compaction (``refresh`` does those)."""
         q = normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
@@ -577,7 +595,7 @@ class LiveCatalog:
                 if old is None:
                     kept += 1
                 if old is None or m.score > old.score:
-                    best[iid] = Match(iid, title, price, m.score, m.index)
+                    best[iid] = Match(iid, title, price, m.score, m.index, st.generation)
             if kept >= k or len(found) < want or want >= n:
                 return
             want = min(n, want * 4)
@@ -607,7 +625,7 @@ class LiveCatalog:
             old = best.get(iid)
             if old is None or score > old.score:
                 it = st.items[iid]
-                best[iid] = Match(iid, it.title, it.price, score, -1)
+                best[iid] = Match(iid, it.title, it.price, score, -1, st.generation)
             if len(seen) == k:     # any further taught item ranks below these k
                 break
 

@@ -335,7 +335,11 @@ class Worker:
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        matches, region, gain = settling.fuse(self.catalog.search(job["vec"], depth), job["done"], k)
+        kept = self.catalog.search(job["vec"], depth)
+        if not settling.one_generation(kept, *(ms for _, ms in job["done"])):
+            job["done"], job["seconds"] = [], 0.0   # another bundle came in meanwhile: look again, on it only
+            return None
+        matches, region, gain = settling.fuse(kept, job["done"], k)
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
