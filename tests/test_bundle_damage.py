@@ -157,3 +157,19 @@ def test_a_guarded_catalog_without_leases_serves_a_private_copy(tmp_path, bundle
     finally:
         cat.close()
     assert [p.name for p in live.parent.iterdir() if ".serving-" in p.name] == []
+
+
+def test_doctor_names_the_damaged_file(tmp_path, bundle_dir, catalog_dir):
+    from pi_search import doctor
+
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, b)
+    _damage(b / "index.ann", "middle", "zeros")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    photo = sorted((catalog_dir / "images").iterdir())[0]
+    (frames / photo.name).write_bytes(photo.read_bytes())
+    config = tmp_path / "config.toml"
+    config.write_text(f'[camera]\nsource = "folder:{frames}"\n[index]\nbundle = "{b}"\n')
+    check = {c.name: c for c in doctor.run_checks(config)}["bundle"]
+    assert check.status == "FAIL" and "index.ann: damaged" in check.detail, check
