@@ -115,6 +115,10 @@ class Leases:
                 return True
         return False
 
+    def held(self) -> bool:
+        """True while every lease is still held and no other process has asked to write a file."""
+        return bool(self._fds) and not self.breaking()
+
     def release(self) -> None:
         """Give the leases back (the waiting writer goes on). Safe to call twice."""
         with _lock:

@@ -280,6 +280,11 @@ class LiveCatalog:
             except BaseException:
                 lease.release()
                 raise
+            if not lease.held():   # written to while it was checked: a copy in progress
+                bundle.close()
+                lease.release()
+                raise BundleError(f"{self._dir}: its files are being written (a copy in progress?); "
+                                  "waiting for the copy to finish")
             lease.bundle = bundle
             return bundle, lease
         if not snapshot.fits(self._dir, manifest):
@@ -308,39 +313,40 @@ class LiveCatalog:
         """Another process opened a file of the served bundle for writing, and waits until this returns:
         serve a private copy of the files as they still are, or let the bundle go if that cannot be had in
         time."""
-        st = self._state
-        if st is None or getattr(lease, "bundle", None) is not st.bundle:
-            return
         budget = _lease_break_s() / 2
         t0 = time.monotonic()
-        copied = None
-        if snapshot.fits(st.bundle.directory, st.bundle.manifest) and self._reload_lock.acquire(
-                timeout=budget / 2):
-            try:
-                st = self._state
-                if st is None or lease.bundle is not st.bundle:
-                    return
-                copied = self._open_copy(st.bundle.directory, st.bundle.manifest,
-                                         seconds=budget - (time.monotonic() - t0))
-                self._publish(self._build(copied, st.key, self.store.snapshot()))
-            except (BundleError, OSError, TimeoutError) as exc:
-                log.warning("%s: cannot copy the bundle aside (%s)", self._dir, exc)
-                if copied is not None:
-                    copied.close()
-                    snapshot.drop(copied.directory)
-                copied = None
-            finally:
+        # a reload that is opening this lease's bundle publishes it first (a lease it has not published yet
+        # is let go, and that reload then refuses the bundle: ``Leases.held``)
+        locked = self._reload_lock.acquire(timeout=budget / 2)
+        try:
+            st = self._state
+            if st is None or getattr(lease, "bundle", None) is not st.bundle:
+                return
+            copied = None
+            if locked and snapshot.fits(st.bundle.directory, st.bundle.manifest):
+                try:
+                    copied = self._open_copy(st.bundle.directory, st.bundle.manifest,
+                                             seconds=budget - (time.monotonic() - t0))
+                    self._publish(self._build(copied, st.key, self.store.snapshot()))
+                except (BundleError, OSError, TimeoutError) as exc:
+                    log.warning("%s: cannot copy the bundle aside (%s)", self._dir, exc)
+                    if copied is not None:
+                        copied.close()
+                        snapshot.drop(copied.directory)
+                    copied = None
+            if copied is not None:
+                log.warning("%s: a file of the bundle is being overwritten in place; serving a private copy "
+                            "of it (made in %.2f s) until the new bundle is complete and checked", self._dir,
+                            time.monotonic() - t0)
+            else:
+                log.warning("%s: a file of the bundle is being overwritten in place; serving nothing until "
+                            "the new bundle is complete", self._dir)
+                self._publish(None, f"the bundle at {self._dir} is being replaced (its files are being "
+                                    "overwritten); waiting for the copy to finish")
+            self._seen_key, self._seen_since = dir_key(self._dir), time.monotonic()
+        finally:
+            if locked:
                 self._reload_lock.release()
-        if copied is not None:
-            log.warning("%s: a file of the bundle is being overwritten in place; serving a private copy "
-                        "of it (made in %.2f s) until the new bundle is complete and checked", self._dir,
-                        time.monotonic() - t0)
-        else:
-            log.warning("%s: a file of the bundle is being overwritten in place; serving nothing until the "
-                        "new bundle is complete", self._dir)
-            self._publish(None, f"the bundle at {self._dir} is being replaced (its files are being "
-                                "overwritten); waiting for the copy to finish")
-        self._seen_key, self._seen_since = dir_key(self._dir), time.monotonic()
 
     @property
     def serving(self) -> bool:
