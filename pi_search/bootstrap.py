@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,7 +79,8 @@ class Daemon:
 def build_daemon(config: Config) -> Daemon:
     """Wire the concrete parts named by ``config``: check the bind and the camera spec, load the model, open
     the live catalog (waiting for a good bundle if there is none yet), make the worker and the app."""
-    faulthandler.enable()      # a crash in a native library leaves the threads' stacks in the journal
+    with contextlib.suppress(OSError, ValueError, AttributeError):   # no stderr file: nothing to write to
+        faulthandler.enable(sys.__stderr__)   # a crash in a native library leaves its stacks in the journal
     check_bind(config.server)  # a daemon open to the network needs a token
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "
