@@ -195,6 +195,8 @@ def test_cp_r_again_and_again_over_the_served_bundle(served, other_bundle, bundl
         assert wait_until(lambda: clients.searches > 5)
         for source, items in ((other_bundle, len(OTHER)), (bundle_dir, len(CATALOG_PHOTOS)),
                               (other_bundle, len(OTHER))):
+            # its manifest first (the old files are then listed by no manifest on the disk), then the rest
+            subprocess.run(["cp", str(source / "manifest.json"), str(live)], check=True)
             subprocess.run(["cp", "-r", f"{source}/.", str(live)], check=True)
             assert _replaced_within(d, items), d.text()
             assert d.proc.poll() is None, d.text()

@@ -22,7 +22,7 @@ from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
 from .compact import compact
 from .files import recover
 from .ids import VIEW_SEP, check_id, item_of
-from .manifest import read_manifest
+from .manifest import MANIFEST, read_manifest
 from .projection import Projection, normalise
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class LiveCatalog:
         manifest = read_manifest(self._dir)
         lease = None
         if self.guard:
-            names = sorted({Path(n).name for n in manifest.files} | set(manifest.opened_files()))
+            names = sorted({Path(n).name for n in manifest.files} | set(manifest.opened_files()) | {MANIFEST})
             try:   # every file: a private copy, made when one is about to change, needs them all unchanged
                 lease = leases.Leases([self._dir / n for n in names], self._on_lease_break)
             except leases.LeaseBusy as exc:
@@ -280,7 +280,7 @@ class LiveCatalog:
             except BaseException:
                 lease.release()
                 raise
-            if not lease.held():   # written to while it was checked: a copy in progress
+            if not lease.held() or bundle.manifest.files != manifest.files:   # written to while checked
                 bundle.close()
                 lease.release()
                 raise BundleError(f"{self._dir}: its files are being written (a copy in progress?); "

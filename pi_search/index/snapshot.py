@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import BundleError
 from . import verify
-from .manifest import MANIFEST, Manifest, read_manifest
+from .manifest import Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,13 @@ def fits(directory: Path, manifest: Manifest) -> bool:
 
 def take(directory: Path, manifest: Manifest | None = None, *, seconds: float | None = None) -> Path:
     """Copy the bundle at ``directory`` into a new private folder beside it, checking every byte copied
-    against its manifest's SHA-256 (one read of each file); returns the folder.
+    against ``manifest`` (default: its own) (one read of each file); returns the folder.
 
     The copy's files are known checked (``verify.remember``), so opening it does not read them again.
     BundleError naming the file if one is damaged, missing or mixed; TimeoutError after ``seconds``. Nothing
     is left behind on failure.
     """
     directory = Path(directory)
-    raw = (directory / MANIFEST).read_bytes()
     if manifest is None:
         manifest = read_manifest(directory)
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -54,7 +53,7 @@ def take(directory: Path, manifest: Manifest | None = None, *, seconds: float | 
         for name, want in manifest.files.items():
             name = Path(name).name
             verify.copy_checked(directory / name, dst / name, want, deadline)
-        (dst / MANIFEST).write_bytes(raw)
+        write_manifest(dst, manifest)   # the one these files were checked against, not what is there now
     except BaseException:
         drop(dst)
         raise
