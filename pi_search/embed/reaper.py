@@ -1,8 +1,8 @@
 """Ends what a run started (a local Ray instance) as soon as the run's process is gone, however it ended.
 
-Ray's core processes share the fate of the process that started them, but its agents (the dashboard and
-runtime-env agents) notice a killed run only a minute or more later. ``watch()`` starts a small helper
-process that notes the run's descendants every ``PERIOD_S`` and, once the run's process has ended (its pipe
+Ray's core processes share the fate of the process that started them, but its dashboard and runtime-env
+processes notice a killed run only a minute or more later. ``watch()`` starts a small watcher process that
+notes the run's descendants every ``PERIOD_S`` and, once the run's process has ended (its pipe
 closes: exit, crash or SIGKILL), ends those still running (SIGTERM, then SIGKILL after ``GRACE_S``).
 """
 
@@ -57,7 +57,7 @@ def _still(known: dict[int, str]) -> list[int]:
 
 
 def _serve(root: int) -> None:
-    """The helper: note ``root``'s descendants until stdin closes, then end the ones still running."""
+    """The watcher: note ``root``'s descendants until stdin closes, then end the ones still running."""
     known: dict[int, str] = {}
     closed = threading.Event()
 
@@ -84,7 +84,7 @@ def _serve(root: int) -> None:
 
 
 def watch() -> subprocess.Popen | None:
-    """Start the helper for this process (Linux only; None elsewhere). Keep the returned handle: closing its
+    """Start the watcher for this process (Linux only; None elsewhere). Keep the returned handle: closing its
     stdin (``stop``) or this process ending lets it clean up and exit."""
     if not Path("/proc/self/stat").exists():
         return None
@@ -93,15 +93,15 @@ def watch() -> subprocess.Popen | None:
                             close_fds=True)
 
 
-def stop(helper: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """This run is over: the helper ends what is left of it now, and exits."""
-    if helper is None:
+def stop(watcher: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """This run is over: the watcher ends what is left of it now, and exits."""
+    if watcher is None:
         return
     try:
-        helper.stdin.close()
-        helper.wait(timeout)
+        watcher.stdin.close()
+        watcher.wait(timeout)
     except (OSError, subprocess.TimeoutExpired):
-        log.warning("the clean-up helper (pid %d) did not finish in %.0f s", helper.pid, timeout)
+        log.warning("the clean-up watcher (pid %d) did not finish in %.0f s", watcher.pid, timeout)
 
 
 if __name__ == "__main__":
