@@ -828,6 +828,23 @@ TABLES: dict[str, Callable[[Results], str]] = {
 
 
 # ------------------------------------------------------------------------------------------------ figures
+PI4_MODEL_MS = (17.0, 22.0)   # published Pi 4 figures for a model of this size (performance.md, The model)
+
+
+def pi4_ratio(r: Results) -> tuple[float, float]:
+    """How many times slower a Pi 4 core is than this machine's, by the model: published Pi 4 ms over ours."""
+    here = extractor_ms(r, "uint8", 1)
+    return PI4_MODEL_MS[0] / here, PI4_MODEL_MS[1] / here
+
+
+def hash_pi4_s(r: Results, bundle: str) -> str:
+    """Seconds to check a bundle on a Pi 4: this machine's rate without SHA instructions over the ratio."""
+    lo, hi = pi4_ratio(r)
+    h = r["hash"]
+    mb, rate = h["bundles"][bundle]["mb"], h["mb_per_s"]["no_sha_instructions"]
+    return f"{mb * lo / rate:,.0f}-{mb * hi / rate:,.0f}"
+
+
 VALUES: dict[str, Callable[[Results], str]] = {
     # memory (docs/reliability.md)
     "memory.worst": lambda r: num(r["hostile-uploads"]["worst_peak_over_idle_mb"], 0),
@@ -840,6 +857,21 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "memory.demo.threads": lambda r: str(r["memory-floor"]["measured_demo"]["threads"]),
     "memory.demo.ulimit": lambda r: num(r["memory-floor"]["measured_demo"]["smallest_ulimit_v_mb"], 0),
     "memory.pi3.room": lambda r: num(r["memory-floor"]["pi3"]["room_mb"], 0),
+    # damaged files: what checking every byte costs
+    "hash.warm": lambda r: f"{r['hash']['mb_per_s']['warm']:,.0f}",
+    "hash.cold": lambda r: f"{r['hash']['mb_per_s']['cold']:,.0f}",
+    "hash.copy": lambda r: f"{r['hash']['mb_per_s']['copy']:,.0f}",
+    "hash.soft": lambda r: f"{r['hash']['mb_per_s']['no_sha_instructions']:,.0f}",
+    "hash.1m.mb": lambda r: f"{r['hash']['bundles']['1M']['mb']:,.0f}",
+    "hash.10m.gb": lambda r: num(r["hash"]["bundles"]["10M"]["mb"] / 1000, 1),
+    "hash.1m.cold": lambda r: num(r["hash"]["seconds"]["1M"]["cold"], 1),
+    "hash.10m.cold": lambda r: num(r["hash"]["seconds"]["10M"]["cold"], 1),
+    "hash.1m.copy": lambda r: num(r["hash"]["seconds"]["1M"]["copy"], 1),
+    "hash.10m.copy": lambda r: num(r["hash"]["seconds"]["10M"]["copy"], 1),
+    "hash.10m.soft": lambda r: num(r["hash"]["seconds"]["10M"]["no_sha_instructions"], 0),
+    "hash.pi4.ratio": lambda r: "-".join(num(x, 1) for x in pi4_ratio(r)),
+    "hash.pi4.1m": lambda r: hash_pi4_s(r, "1M"),
+    "hash.pi4.10m": lambda r: hash_pi4_s(r, "10M"),
     "embed.steady": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["steady_items_per_s_per_core"]),
     "embed.e2e": lambda r: pct(r["embed-scaling"]["ray_vs_local"]["items_per_s_per_core"]),
     "embed.ceiling": lambda r: pct(r["embed-ceiling"]["all_cores_vs_one"]["steady_items_per_s_per_core"]),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +83,8 @@ def build_daemon(config: Config) -> Daemon:
     what this process may use, and the camera spec; load the model, open the live catalog (waiting for a
     good bundle if there is none yet), make the worker and the app. MemoryLimitError (one line, exit 3)
     when memory is short, before anything large is loaded."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):   # no stderr file: nothing to write to
+        faulthandler.enable(sys.__stderr__)   # a crash in a native library leaves its stacks in the journal
     check_bind(config.server)  # a daemon open to the network needs a token
     if not config.index.bundle:
         raise ConfigError("no bundle to search: pass --bundle DIR or set [index] bundle in the config "

@@ -46,7 +46,14 @@ KILLED_BUILD = textwrap.dedent("""
         if where == "two-renames" and ".old-" in str(b):   # between the two renames
             die()
 
-    write.fsync_tree, files._exchange, os.rename = fsync_tree, exchange, rename
+    real_swap = write.swap_into_place
+
+    def swap(new, out):
+        real_swap(new, out)
+        if where == "swapped":            # the new bundle in place, nothing cleaned up yet
+            die()
+
+    write.fsync_tree, files._exchange, os.rename, write.swap_into_place = fsync_tree, exchange, rename, swap
     build_bundle(catalog, out, Extractor(), progress=False)
     print("finished")
 """)
@@ -108,3 +115,30 @@ def test_two_demos_on_one_cache_share_one_build(tmp_path):
     assert "Traceback" not in "".join(e for _, e in results)
     assert any("waiting for another pi-search demo build" in e for _, e in results), results
     assert _items(tmp_path / "demo-bundle") == 150
+
+
+def test_a_rerun_after_a_build_killed_once_swapped_does_no_work_again(tmp_path, new_catalog, extractor):
+    from pi_search.index.build import build_bundle
+
+    out = tmp_path / "bundle"
+    p = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(new_catalog), str(out), "swapped"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9 and "finished" not in p.stdout, p.stderr
+    assert _items(out) == len(NEW)
+    built = (out / "manifest.json").read_bytes()
+    report = build_bundle(new_catalog, out, extractor, progress=False)
+    assert report.embedded == 0 and report.items == len(NEW)
+    assert (out / "manifest.json").read_bytes() == built                    # the finished bundle, kept
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle"]         # its checkpoint is gone
+    again = build_bundle(new_catalog, out, extractor, progress=False)       # and a plain rerun: the same
+    assert again.embedded == 0 and (out / "manifest.json").read_bytes() == built
+    csv = new_catalog / "catalog.csv"                                        # a changed row is built again
+    text = csv.read_text()
+    try:
+        csv.write_text(text.replace(NEW[0][1], NEW[0][1] + " (new)"))
+        changed = build_bundle(new_catalog, out, extractor, progress=False)
+        assert changed.embedded == len(NEW) and (out / "manifest.json").read_bytes() != built
+        with Bundle.open(out) as b:
+            assert b.item(NEW[0][0])["title"] == NEW[0][1] + " (new)"
+    finally:
+        csv.write_text(text)

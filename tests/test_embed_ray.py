@@ -202,3 +202,29 @@ def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path
     assert {k: (after[k].stat().st_ino, after[k].stat().st_mtime_ns) for k in before} == before
     assert_each_row_once(out, demo_reference)
     assert not wait_gone(seen, 120), "processes of the killed job outlived it"   # Ray's agents take a while
+
+
+def test_a_killed_job_leaves_no_ray_process_behind(tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.Popen(embed_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env())
+    seen: dict[int, str] = {}
+    try:
+        end = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < end:
+            seen.update(descendants(proc.pid))
+            if out.is_dir() and len(sh.shard_files(out)) >= 2:
+                seen.update(descendants(proc.pid))
+                os.kill(proc.pid, signal.SIGKILL)       # the whole job: pi-search index embed
+                break
+            time.sleep(0.05)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    late = [p for p, c in seen.items() if "Agent" in c]   # Ray's DashboardAgent and RuntimeEnvAgent
+    assert late, seen
+    left = wait_gone(seen, 15)
+    assert not left, [seen[p] for p in left]             # all gone at once, those two included

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from pi_search.errors import BundleError
 from pi_search.index.backends.annoy import FILE as ANNOY_FILE
 from pi_search.index.bundle import Bundle
+from pi_search.index.files import fingerprint
 from pi_search.index.install import info
 from pi_search.index.items import Item
 from pi_search.index.manifest import MANIFEST, STORE_FILE, read_manifest
@@ -143,6 +144,10 @@ def test_damaged_faiss_file_is_refused_naming_it_and_the_fix(tmp_path, data):
         Bundle.open(b)
     m = json.loads((b / MANIFEST).read_text())
     del m["files"]["index.faiss"]
+    (b / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"index\.faiss: not listed in the manifest"):   # not opened
+        Bundle.open(b)
+    m["files"]["index.faiss"] = fingerprint(path)        # a manifest that lists the damaged file as it is
     (b / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"index\.faiss: faiss cannot read it .*--backend ivfpq"):
         Bundle.open(b)

@@ -6,6 +6,7 @@ import io
 import shutil
 import threading
 
+import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 from fakes import wait_until
@@ -202,3 +203,65 @@ def test_reload_swaps_in_the_rebuilt_bundle(tmp_path, bundle_dir, small_catalog,
     assert info["items"] == len(SMALL) and cat.bundle is not old and len(cat) == len(SMALL)
     assert svc.catalog.search(vectors[0], 1)[0].id == "coffee"
     cat.close()
+
+
+def _bundle_without(tmp_path, bundle_dir, drop: set) -> tuple:
+    """A bundle of ``bundle_dir``'s items but ``drop`` (the same embeddings), written beside the live one."""
+    from pi_search.index.bundle import Bundle
+    from pi_search.index.items import Item
+    from pi_search.index.write import write_bundle
+
+    with Bundle.open(bundle_dir) as b:
+        rows = b.items.rows(list(range(len(b))))
+        keep = [i for i in range(len(b)) if rows[i][1] not in drop]
+        vectors = np.asarray(b.store.rows[keep], np.float32)
+        items = [Item(rows[i][1], rows[i][2], rows[i][3]) for i in keep]
+        m = b.manifest.model
+    out = tmp_path / "state" / "staged"
+    write_bundle(out, vectors, items, model={"name": m.name, "sha256": m.sha256, "dim": m.dim})
+    return out, {it.id for it in items}
+
+
+@pytest.mark.parametrize("look", ["frames", "settled"])
+def test_a_published_result_never_mixes_two_bundles(tmp_path, bundle_dir, extractor, monkeypatch, look):
+    from fakes import ListSource
+
+    from pi_search.index.files import _exchange
+    from pi_search.pipeline import settle
+
+    live = tmp_path / "state" / "bundle"
+    shutil.copytree(bundle_dir, live)
+    cat = LiveCatalog.open(live, extractor=extractor, readonly=True)
+    svc = Worker(None, extractor, cat, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+    svc.settle_enabled = look == "settled"
+    monkeypatch.setattr(settle, "SETTLE_SLICE_S", 0.0)   # one window per still frame: a look spans frames
+    src = ListSource([camera_view(load_photo("skimage:coffee"))], loop=True, noise=1.0)
+    src.start()
+    try:
+        first = svc.process(src.read())
+        assert first.matches[0].id == "coffee" and first.matches[0].generation == cat.generation
+        if look == "settled":
+            assert svc.process(src.read()) is None and svc._settle_job["done"]   # one window, old bundle
+        staged, new_ids = _bundle_without(tmp_path, bundle_dir, {"coffee"})
+        assert _exchange(staged, live)      # swapped in whole, as index install and rsync do
+        cat.reload()
+        assert len(cat) == len(new_ids)
+        published = []
+        if look == "frames":
+            for _ in range(4):
+                svc.gate.reset()
+                published.append(svc.process(src.read()))
+        else:
+            for _ in range(60):
+                assert svc.process(src.read()) is None
+                if svc.latest() is not first:
+                    break
+            published.append(svc.latest())
+            assert published[-1].settle_ms is not None
+        for r in published:
+            ids = [m.id for m in r.matches]
+            assert ids and set(ids) <= new_ids, ids           # only the served bundle's items
+            assert {m.generation for m in r.matches} == {cat.generation}
+    finally:
+        src.stop()
+        cat.close()

@@ -677,8 +677,9 @@ window.fetch = (url, opts) => {
 
 
 def test_full_size_phone_photo_is_shrunk_and_searched_on_both_pages(shop, browser, corpus):
-    """Phone JPEGs stored turned (EXIF 6): 40 MP of 21.5 MB and 50 MP of 10 MB. Search photo and Add photo send them shrunk by the same function (upright, 1280 px on the long
-    side) and they are searched / taught."""
+    """Phone JPEGs stored turned (EXIF 6): 40 MP of 21.5 MB and 50 MP of 10 MB. Search photo and Add photo
+    send them shrunk by the same function (upright, 1280 px on the long side) and they are searched /
+    taught."""
     from selenium.webdriver.common.by import By
 
     assert corpus.phone_21mb.stat().st_size > 20 * 1024 * 1024

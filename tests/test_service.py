@@ -145,7 +145,7 @@ def test_health_reports_the_camera_reason(extractor, catalog, shots):
         h = svc.health()
         assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
         assert h["model"]["up"] and h["index"] == {"up": True, "items": len(catalog), "problem": None,
-                                                   "last_fault": None}
+                                                   "refused": None, "last_fault": None}
     finally:
         svc.stop()
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import PiSearchError
 from ..index.build import Progress
 from ..model.extractor import Extractor
+from . import reaper
 from . import shards as sh
 from .local import EmbedReport, embed_work, framing_threads, prepare, read_bytes
 
@@ -122,8 +123,10 @@ def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, addres
     quiet = contextlib.redirect_stdout(sys.stderr)
     quiet.__enter__()
     started = False
-    bar = writer = None
+    bar = writer = watcher = None
     try:
+        if not address and not ray.is_initialized():   # Ray started here: it ends with this run, however
+            watcher = reaper.watch()
         started = _init(ray, address, num_cpus)    # first: a wrong --address fails before any work
         plan, writer, problems = prepare(catalog_dir, out_dir, extractor, shard_rows, strict)
         report = EmbedReport(Path(out_dir), "ray", plan.rows, plan.shards, resumed=writer.done_rows,
@@ -158,6 +161,7 @@ def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, addres
             writer.close()
         if started:
             ray.shutdown()
+        reaper.stop(watcher)
         quiet.__exit__(None, None, None)
     report.failed = report.manifest["failed"]
     report.seconds = time.perf_counter() - t0

@@ -11,20 +11,21 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import images
 from ..embed.shards import shards_for_build
-from ..errors import CatalogError, ImageError
+from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
 from ..model.framing import embed_catalog_image
+from .bundle import Bundle
 from .catalog import Problem, Row, read_catalog
 from .files import bundle_lock
 from .items import Item
-from .manifest import Manifest
+from .manifest import Manifest, read_manifest
 from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,15 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
         source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     else:
         source = "extractor"
-    ckpt = _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim, source)
     keys = [row_key(r) for r in rows]
+    built_from = build_key(extractor, source, rows, keys, opts, thumbnails, problems)
+    done = _already_built(out_dir, built_from)
+    if done is not None:   # e.g. a rerun after a build killed once its bundle was in place
+        shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+        log.info("%s: already built from these %d rows with this model and these options; nothing to do",
+                 out_dir, len(rows))
+        return BuildReport(out_dir, done, done.items, problems, 0, done.items, time.perf_counter() - t0)
+    ckpt = _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim, source)
     resumed = sum(k in ckpt.done for k in keys)
     if resumed:
         log.info("resuming: %d of %d items already done in %s", resumed, len(rows), ckpt.dir)
@@ -346,19 +354,49 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     try:
         items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
         manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
-                                         len(rows), problems, late, strict)
+                                         len(rows), problems, late, strict, built_from)
     finally:
         ckpt.close()
     shutil.rmtree(ckpt.dir, ignore_errors=True)
     return BuildReport(out_dir, manifest, len(kept), problems, embedded, resumed, time.perf_counter() - t0)
 
 
+def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: BuildOptions, thumbnails: bool,
+              problems: list[Problem]) -> str:
+    """What a bundle was built from: the model, the vectors' source, every row (its metadata and its image's
+    ``row_key``, in order), the rows skipped, the options and whether it has thumbnails. The same key means
+    the same bundle would be written again."""
+    h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
+                                   "options": asdict(opts), "thumbnails": bool(thumbnails),
+                                   "skipped": [str(p) for p in problems], "partial": PARTIAL_VERSION},
+                                  sort_keys=True, default=str).encode())
+    for r, k in zip(rows, keys, strict=True):
+        h.update(json.dumps([k, r.title, r.price, r.extra], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _already_built(out_dir: Path, key: str) -> Manifest | None:
+    """The manifest of the bundle at ``out_dir`` if it was built with ``key`` and is whole; else None."""
+    try:
+        manifest = read_manifest(out_dir)
+    except BundleError:
+        return None
+    if (manifest.catalog or {}).get("build_key") != key:
+        return None
+    try:
+        Bundle.open(out_dir).close()   # every byte checked: a damaged bundle is built again
+    except BundleError as exc:
+        log.warning("%s: built from this catalog but not whole (%s); building it again", out_dir, exc)
+        return None
+    return manifest
+
+
 def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions, vectors, items,
-                n_rows: int, problems: list[Problem], late: list[Problem], strict: bool
-                ) -> tuple[Manifest, list[Problem]]:
+                n_rows: int, problems: list[Problem], late: list[Problem], strict: bool,
+                key: str | None = None) -> tuple[Manifest, list[Problem]]:
     """Write the bundle of the kept rows (``vectors`` float32 [n, dim], row i is ``items``' i-th); reports
     the rows that failed while embedding (``late``: fatal with ``strict``). Returns the manifest and every
-    skipped row."""
+    skipped row. ``key``: the ``build_key`` recorded in the manifest (a rerun finds it there)."""
     _report(late, strict)
     total_rows = n_rows + len(problems)
     problems = problems + late
@@ -367,7 +405,8 @@ def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions,
     model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
     manifest = write_bundle(out_dir, vectors, items, model=model, options=opts, locked=True,
                             extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
-                                                        "skipped": len(problems)}})
+                                                        "skipped": len(problems),
+                                                        **({"build_key": key} if key else {})}})
     if problems:
         log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
     return manifest, problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +17,23 @@ from .manifest import Manifest, check_model, read_manifest
 from .pca_store import PcaStore
 from .projection import Projection, load_projection, normalise
 from .store import VectorStore
+from .verify import check_file
 
 
 @dataclass(frozen=True)
 class Match:
-    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1]."""
+    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1].
+
+    ``generation``: which bundle the live catalog served when it was found (results of different generations
+    must not be combined into one).
+    """
 
     id: str
     title: str
     price: str | None
     score: float
     index: int = field(default=-1, compare=False)
+    generation: int = field(default=0, compare=False)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "price": self.price, "score": round(self.score, 6)}
@@ -42,15 +49,17 @@ class Bundle:
         self._searcher: Searcher | None = None
         self._store: VectorStore | None = None
         self._items: ItemsFile | None = None
+        self.copy_of: Path | None = None   # the bundle directory this one is a private copy of
 
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, search: dict | None = None,
              deep: bool = False) -> Bundle:
         """Map a bundle; with ``extractor`` the manifest must match its model (sha256 and dim).
 
-        Every file is checked against the manifest (sizes, fingerprints, item count) before anything is
-        served; ``deep`` also runs SQLite's quick_check over the items (the daemon does). ``search`` overrides
-        the manifest's query settings (``mode``, ``candidates``, ``search_k``).
+        Every file is checked against the manifest (sizes, the SHA-256 of every byte, item count) before any
+        library opens it (a file this process checked before and unchanged since is not read again);
+        ``deep`` also runs SQLite's quick_check over the items (the daemon does). ``search`` overrides the
+        manifest's query settings (``mode``, ``candidates``, ``search_k``).
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -108,21 +117,31 @@ class Bundle:
                               "incomplete or mixed: copy the whole bundle again (pi-search index install)")
 
     def _check_files(self) -> None:
-        """Every file the manifest lists has the size and fingerprint it was written with."""
-        for name, want in self.manifest.files.items():
+        """Every file the manifest lists has the size, sample and SHA-256 it was written with, and every file
+        this bundle opens is listed: no library maps a byte that was not checked."""
+        listed = self.manifest.files
+        for name in self.manifest.opened_files():
+            if name not in listed:
+                raise BundleError(f"{self.directory / name}: not listed in the manifest, so it cannot be "
+                                  "checked; copy the whole bundle again (pi-search index install) or rebuild "
+                                  f"it: pi-search index build CATALOG --out {self.directory}")
+        for name, want in listed.items():
             path = self.directory / Path(name).name
             if not path.is_file():
                 raise BundleError(f"{path}: missing; copy the whole bundle again (pi-search index install) "
                                   f"or rebuild it: pi-search index build CATALOG --out {self.directory}")
-            have = fingerprint(path)
-            if have["bytes"] != want.get("bytes"):
-                raise BundleError(f"{path}: {have['bytes']} bytes, manifest says {want.get('bytes')}; "
+            have = os.stat(path).st_size
+            if have != want.get("bytes"):
+                raise BundleError(f"{path}: {have} bytes, manifest says {want.get('bytes')}; "
                                   "the bundle is incomplete (a copy in progress?) or mixed: copy the whole "
                                   "bundle again (pi-search index install) or rebuild it")
-            if want.get("sample_sha256") and have["sample_sha256"] != want["sample_sha256"]:
+            if want.get("sample_sha256") and fingerprint(path, whole=False)["sample_sha256"] != \
+                    want["sample_sha256"]:
                 raise BundleError(f"{path}: does not belong to this bundle's manifest (another "
                                   "build's file); copy the whole bundle again (pi-search index install) or "
                                   "rebuild it")
+        for name, want in listed.items():
+            check_file(self.directory / Path(name).name, want)
 
     def mapped_files(self) -> list[Path]:
         """The files this bundle keeps mapped or open while it serves (their in-place overwrite is fatal)."""

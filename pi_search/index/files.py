@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import CatalogError
 from .manifest import MANIFEST
+from .verify import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,10 @@ log = logging.getLogger(__name__)
 SAMPLE_BYTES = 64 * 1024   # a file's fingerprint hashes its size, first and last 64 KiB
 
 
-def fingerprint(path: Path) -> dict:
-    """``{"bytes", "sample_sha256"}`` of a bundle file: cheap (two reads), and different for files that do not
-    belong to the manifest that lists them (a half-copied or mixed bundle)."""
+def fingerprint(path: Path, *, whole: bool = True) -> dict:
+    """``{"bytes", "sample_sha256", "sha256"}`` of a bundle file, as its manifest lists it: the sample (its
+    size, first and last 64 KiB) tells a file of another build cheaply; the SHA-256 of every byte is what a
+    bundle is checked against before it is served (``verify.check_file``). ``whole=False``: no SHA-256."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
@@ -34,7 +36,10 @@ def fingerprint(path: Path) -> dict:
         if size > SAMPLE_BYTES:
             f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
             h.update(f.read(SAMPLE_BYTES))
-    return {"bytes": size, "sample_sha256": h.hexdigest()}
+    out = {"bytes": size, "sample_sha256": h.hexdigest()}
+    if whole:
+        out["sha256"] = sha256_file(path)
+    return out
 
 
 def fsync_dir(path: Path) -> None:

@@ -10,9 +10,10 @@ import uuid
 from pathlib import Path
 
 from ..errors import BundleError
+from . import verify
 from .bundle import Bundle
 from .files import bundle_lock, fsync_tree, recover, swap_into_place
-from .manifest import read_manifest
+from .manifest import MANIFEST, read_manifest
 from .memory import machine_fit, needs
 from .write import check_out_dir
 
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str | None = None) -> dict:
     """Put the bundle at ``source`` (built elsewhere, copied here) at ``out_dir`` in one atomic step.
 
-    The source is checked whole first (every file against its manifest, SQLite's quick_check, the model when
-    ``model_sha256`` is given); it is copied beside ``out_dir``, checked again, synced, and swapped in
+    The source is checked whole first (every byte of every file against its manifest's SHA-256, SQLite's
+    quick_check, the model when ``model_sha256`` is given); the files its manifest lists are copied beside
+    ``out_dir`` (each byte copied checked again), synced, read back, and swapped in
     (``swap_into_place``), so a daemon serving ``out_dir`` keeps answering from the old bundle until it maps
     the new one. Run as root, the copy gets the owner of the bundle it replaces. Returns a report.
     """
@@ -33,8 +35,11 @@ def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str
         raise BundleError(f"{source}: no such folder; give the folder of the bundle you copied over")
     if source.resolve() == out_dir.resolve():
         raise BundleError(f"{source} is already the bundle at {out_dir}; give the folder of the new bundle")
+    raw = (source / MANIFEST).read_bytes() if (source / MANIFEST).is_file() else b""
     with Bundle.open(source, deep=True) as bundle:
         manifest = bundle.manifest
+    if (source / MANIFEST).read_bytes() != raw:
+        raise BundleError(f"{source / MANIFEST}: changed while it was checked; copy the bundle again")
     if model_sha256 and manifest.model.sha256 != model_sha256:
         raise BundleError(f"{source}: built with model {manifest.model.name} (sha256 "
                           f"{manifest.model.sha256[:12]}), but this appliance uses another model "
@@ -44,13 +49,17 @@ def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str
         recover(out_dir, locked=True)
         tmp = out_dir.parent / f".{out_dir.name}.install-{uuid.uuid4().hex[:8]}"
         try:
-            shutil.copytree(source, tmp)
+            tmp.mkdir()
+            for name, want in manifest.files.items():   # each byte copied is checked against the manifest
+                name = Path(name).name
+                verify.copy_checked(source / name, tmp / name, want)
+            (tmp / MANIFEST).write_bytes(raw)
             if os.geteuid() == 0 and out_dir.exists():
                 st = out_dir.stat()
-                for p in (tmp, *tmp.rglob("*")):
+                for p in (tmp, *tmp.iterdir()):
                     os.chown(p, st.st_uid, st.st_gid)
             fsync_tree(tmp)
-            Bundle.open(tmp).close()   # the copy is what the source was
+            Bundle.open(tmp).close()   # the copy is what the source was, as written
             swap_into_place(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

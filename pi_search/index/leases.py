@@ -23,6 +23,7 @@ _lock = threading.Lock()
 _leases: set[Leases] = set()
 _wakeups: queue.SimpleQueue = queue.SimpleQueue()   # put() is safe from a signal handler
 _enabled = False
+ENV = "PI_SEARCH_LEASES"
 
 
 class LeaseBusy(OSError):
@@ -33,11 +34,15 @@ def enable() -> bool:
     """Handle lease breaks in this process (call once, from the main thread, before ``take``).
 
     The kernel signals a lease break with SIGIO, whose default action ends the process: only a process that
-    called this may take leases. Returns False where leases cannot work (no SIGIO, not the main thread).
+    called this may take leases. Returns False where leases cannot work (no SIGIO, not the main thread) or
+    are turned off (``PI_SEARCH_LEASES=0`` in the environment: a file system whose leases misbehave).
     """
     global _enabled
     if _enabled:
         return True
+    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        log.info("read leases are off (%s); bundles are served from private copies", ENV)
+        return False
     if not hasattr(signal, "SIGIO") or threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGIO, lambda _signum, _frame: _wakeups.put(None))
@@ -109,6 +114,10 @@ class Leases:
             except OSError:
                 return True
         return False
+
+    def held(self) -> bool:
+        """True while every lease is still held and no other process has asked to write a file."""
+        return bool(self._fds) and not self.breaking()
 
     def release(self) -> None:
         """Give the leases back (the waiting writer goes on). Safe to call twice."""

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from . import leases
+from . import leases, snapshot
 from .bundle import Bundle, Match
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
 from .compact import compact
 from .files import recover
 from .ids import VIEW_SEP, check_id, item_of
+from .manifest import MANIFEST, read_manifest
 from .projection import Projection, normalise
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,14 @@ COARSE_MIN = 128           # shots kept by the pre-selection (at least; 16 per r
 REFRESH_S = 1.0            # how often another process's changes are looked for
 RETRY_BAD_S = 10.0         # how often a bundle that failed to open is tried again
 SETTLE_S = 2.0             # files changed in place must stay unchanged this long before they are opened
+
+
+def _lease_break_s() -> float:
+    """How long the kernel lets a writer wait for a lease to be given back (``fs.lease-break-time``)."""
+    try:
+        return float(Path("/proc/sys/fs/lease-break-time").read_text())
+    except (OSError, ValueError):
+        return 45.0
 
 
 def dir_key(directory: Path) -> tuple | None:
@@ -63,6 +72,7 @@ class _State:
     coarse: np.ndarray | None  # float32 [m, COARSE_DIMS]: shots projected by the bundle's PCA (large m)
     projection: Projection | None
     size: int
+    generation: int = 0       # counts the bundles served: every Match found in this state carries it
     buffer: np.ndarray | None = None         # float32 [capacity, dim]: ``vectors`` is its first m rows
     coarse_buffer: np.ndarray | None = None  # float32 [capacity, COARSE_DIMS]: the same for ``coarse``
 
@@ -87,10 +97,13 @@ class LiveCatalog:
     ``refresh_s`` seconds.
 
     A catalog may serve no bundle for a while (``problem`` says why): the daemon starts on a bundle that is
-    missing, half-copied or broken and waits for a good one; a bundle whose files another process starts to
-    overwrite in place (``cp``, ``scp``) is let go before the first byte changes (``guard``: read leases),
-    and the new one is mapped once its files have settled and pass every check. Searches meanwhile answer no
-    matches; nothing crashes.
+    missing, half-copied or broken and waits for a good one. With ``guard`` (the daemon) no file another
+    process may overwrite in place (``cp``, ``scp``) is ever mapped unguarded: the bundle's files are mapped
+    under read leases, and when another process opens one for writing (it waits meanwhile) they are copied
+    into a private folder beside the bundle, checked, and served from there; where leases cannot be had
+    (files of another user, no CAP_LEASE) every bundle is served from such a copy. Either way the old bundle
+    keeps answering until the new one's files have settled, pass every check and are swapped in; nothing
+    crashes. A bundle too large to copy is let go instead (searches answer no matches until the new one).
     """
 
     def __init__(self, bundle: Bundle | None, store: ChangeStore, *, directory: str | Path | None = None,
@@ -103,7 +116,8 @@ class LiveCatalog:
         self.refresh_s = refresh_s
         self.compact_after = compact_after
         self.compact_every_s = compact_every_s
-        self.guard = guard and leases.enabled()
+        self.protect = guard                  # never map files another process may truncate unguarded
+        self.guard = guard and leases.enabled()   # ... by holding read leases on them (else private copies)
         self._compactor: threading.Thread | None = None
         self._last_compact = time.monotonic()
         self.last_compaction: dict | None = None
@@ -111,6 +125,8 @@ class LiveCatalog:
         self._reload_lock = threading.RLock()
         self._version = store.data_version()
         self._projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> Projection
+        self._generations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Bundle -> int
+        self._last_generation = 0
         self._bad_key: tuple | None = None   # a bundle that failed to open: retried every RETRY_BAD_S only
         self._bad_since = 0.0
         self._seen_key: tuple | None = None  # files changing in place: opened once unchanged for SETTLE_S
@@ -122,10 +138,10 @@ class LiveCatalog:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self.problem: str | None = problem
+        self.refused: str | None = None   # why the bundle now at the directory is not served (the old one is)
         self.fault: tuple[float, str] | None = None   # the last read that failed while serving
         self._state: _State | None = None
         if bundle is not None:
-            self._leases = self._take_leases(bundle)
             self._state = self._build(bundle, dir_key(self._dir), store.snapshot())
 
     @classmethod
@@ -139,19 +155,23 @@ class LiveCatalog:
         ``compact_after`` pending changes (0: never) or ``compact_every_s`` seconds with pending changes (0:
         never) start a compaction in a background thread. ``wait`` (the daemon; needs ``extractor``): a
         bundle that cannot be opened gives a catalog that serves nothing yet and says why (``problem``)
-        instead of BundleError. ``guard``: hold read leases on the mapped files (``leases.enable`` first).
+        instead of BundleError. ``guard`` (the daemon; needs ``extractor``): never map files another process
+        may overwrite in place unguarded (read leases, ``leases.enable`` first, or private copies).
         """
         directory = Path(directory)
         recover(directory)
+        path = Path(store or store_path(directory))
+        if guard:
+            return cls._open_guarded(directory, path, extractor, wait, refresh_s=refresh_s,
+                                     compact_after=compact_after, compact_every_s=compact_every_s)
         key = dir_key(directory)
         try:
-            bundle = Bundle.open(directory, extractor=extractor, deep=guard)
+            bundle = Bundle.open(directory, extractor=extractor)
             problem = None
         except BundleError as exc:
             if not wait or extractor is None:
                 raise
             bundle, problem = None, str(exc)
-        path = Path(store or store_path(directory))
         if readonly and not path.is_file():
             path = Path(":memory:")
         if bundle is not None:
@@ -160,23 +180,30 @@ class LiveCatalog:
             except BaseException:
                 bundle.close()
                 raise
-        else:   # the store is opened with the first good bundle (its model decides whose items fit)
-            cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
-        args = dict(directory=directory, extractor=extractor, refresh_s=refresh_s,
-                    compact_after=compact_after, compact_every_s=compact_every_s, guard=guard,
-                    store_path=None if bundle is not None else path)
-        if bundle is not None:
-            try:
-                return cls(bundle, cs, **args)
-            except BundleError as exc:   # a file of it is open for writing: a copy in progress
-                bundle.close()
-                if not wait:
-                    cs.close()
-                    raise
-                problem = str(exc)
+            return cls(bundle, cs, directory=directory, extractor=extractor, refresh_s=refresh_s,
+                       compact_after=compact_after, compact_every_s=compact_every_s)
         log.warning("no usable bundle yet: %s; serving nothing until one is in place", problem)
-        cat = cls(None, cs, problem=problem, **args)
+        cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
+        cat = cls(None, cs, problem=problem, directory=directory, extractor=extractor, refresh_s=refresh_s,
+                  compact_after=compact_after, compact_every_s=compact_every_s, store_path=path)
         cat._bad_key, cat._bad_since = key, time.monotonic()
+        return cat
+
+    @classmethod
+    def _open_guarded(cls, directory: Path, path: Path, extractor, wait: bool, **args) -> LiveCatalog:
+        """The daemon's catalog: the bundle is opened the way a reload opens one (``_open_served``)."""
+        if extractor is None:
+            raise ValueError("a guarded catalog needs the extractor (its model decides which bundle fits)")
+        snapshot.clear(directory)
+        # the store is opened with the first good bundle (its model decides whose items fit)
+        cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
+        cat = cls(None, cs, directory=directory, extractor=extractor, guard=True, store_path=path,
+                  problem="starting", **args)
+        try:
+            cat.reload(strict=not wait)
+        except BaseException:
+            cat.close()
+            raise
         return cat
 
     # ------------------------------------------------------------ serving and letting go
@@ -215,36 +242,111 @@ class LiveCatalog:
             old.bundle.close()
             if old_lease is not None:
                 old_lease.release()
+            if old.bundle.copy_of is not None:
+                snapshot.drop(old.bundle.directory)
 
-    def _take_leases(self, bundle: Bundle) -> leases.Leases | None:
-        """Read leases on the files ``bundle`` maps (``guard``); BundleError while one is open for writing."""
-        if not self.guard:
-            return None
+    def _open_served(self) -> tuple[Bundle, leases.Leases | None]:
+        """Check and map the bundle at the directory the way ``protect`` asks; BundleError says why not.
+
+        Without ``protect``: its files, as they are. With it: its files under read leases (``guard``); where
+        leases cannot be had, a private copy of them (checked while copied); where that does not fit on the
+        disk either, its files as they are, with a warning.
+        """
+        if not self.protect:
+            return Bundle.open(self._dir, extractor=self.extractor), None
+        manifest = read_manifest(self._dir)
+        lease = None
+        if self.guard:
+            names = sorted({Path(n).name for n in manifest.files} | set(manifest.opened_files()) | {MANIFEST})
+            try:   # every file: a private copy, made when one is about to change, needs them all unchanged
+                lease = leases.Leases([self._dir / n for n in names], self._on_lease_break)
+            except leases.LeaseBusy as exc:
+                raise BundleError(f"{exc.strerror}: a copy into the bundle is in progress") from None
+            except FileNotFoundError as exc:
+                raise BundleError(f"{exc.filename}: missing; copy the whole bundle again (pi-search index "
+                                  f"install) or rebuild it: pi-search index build CATALOG --out {self._dir}"
+                                  ) from None
+            except OSError as exc:
+                log.warning("%s: cannot take read leases on the bundle's files (%s)", self._dir, exc)
+                lease = None
+            if lease is not None and lease.unguarded:
+                log.info("%s: the files %s cannot be leased (owned by another user?)", self._dir,
+                         ", ".join(p.name for p in lease.unguarded))
+                lease.release()
+                lease = None
+        if lease is not None:
+            try:
+                bundle = Bundle.open(self._dir, extractor=self.extractor, deep=True)
+            except BaseException:
+                lease.release()
+                raise
+            if not lease.held() or bundle.manifest.files != manifest.files:   # written to while checked
+                bundle.close()
+                lease.release()
+                raise BundleError(f"{self._dir}: its files are being written (a copy in progress?); "
+                                  "waiting for the copy to finish")
+            lease.bundle = bundle
+            return bundle, lease
+        if not snapshot.fits(self._dir, manifest):
+            log.warning("%s: its files cannot be guarded against in-place copies and a private copy (%d MB) "
+                        "does not fit beside it; replace the bundle only with pi-search index install",
+                        self._dir, snapshot.size_of(manifest) >> 20)
+            return Bundle.open(self._dir, extractor=self.extractor, deep=True), None
+        return self._open_copy(self._dir, manifest), None
+
+    def _open_copy(self, directory: Path, manifest, seconds: float | None = None) -> Bundle:
+        """A private copy of the bundle at ``directory`` (checked while copied), opened."""
         try:
-            lease = leases.Leases(bundle.mapped_files(), self._on_lease_break)
-        except leases.LeaseBusy as exc:
-            raise BundleError(f"{exc.strerror}: a copy into the bundle is in progress") from None
+            copy = snapshot.take(directory, manifest, seconds=seconds)
         except OSError as exc:
-            log.warning("%s: cannot guard the bundle's files (%s); replace it only with pi-search index "
-                        "install", self._dir, exc)
-            return None
-        lease.bundle = bundle
-        if lease.unguarded:
-            log.warning("%s: the files %s cannot be guarded against in-place copies (owned by another "
-                        "user?); replace the bundle only with pi-search index install", self._dir,
-                        ", ".join(p.name for p in lease.unguarded))
-        return lease
+            raise snapshot.copy_error(exc, self._dir) from None
+        try:
+            bundle = Bundle.open(copy, extractor=self.extractor)
+        except BaseException:
+            snapshot.drop(copy)
+            raise
+        bundle.copy_of = self._dir
+        log.info("%s: serving a private copy of its files (%s)", self._dir, copy.name)
+        return bundle
 
     def _on_lease_break(self, lease: leases.Leases) -> None:
-        """Another process opened a file of the served bundle for writing: let the bundle go now."""
-        st = self._state
-        if st is None or getattr(lease, "bundle", None) is not st.bundle:
-            return
-        log.warning("%s: a file of the bundle is being overwritten in place; serving nothing until the new "
-                    "bundle is complete", self._dir)
-        self._publish(None, f"the bundle at {self._dir} is being replaced (its files are being overwritten); "
-                            "waiting for the copy to finish")
-        self._seen_key, self._seen_since = dir_key(self._dir), time.monotonic()
+        """Another process opened a file of the served bundle for writing, and waits until this returns:
+        serve a private copy of the files as they still are, or let the bundle go if that cannot be had in
+        time."""
+        budget = _lease_break_s() / 2
+        t0 = time.monotonic()
+        # a reload that is opening this lease's bundle publishes it first (a lease it has not published yet
+        # is let go, and that reload then refuses the bundle: ``Leases.held``)
+        locked = self._reload_lock.acquire(timeout=budget / 2)
+        try:
+            st = self._state
+            if st is None or getattr(lease, "bundle", None) is not st.bundle:
+                return
+            copied = None
+            if locked and snapshot.fits(st.bundle.directory, st.bundle.manifest):
+                try:
+                    copied = self._open_copy(st.bundle.directory, st.bundle.manifest,
+                                             seconds=budget - (time.monotonic() - t0))
+                    self._publish(self._build(copied, st.key, self.store.snapshot()))
+                except (BundleError, OSError, TimeoutError) as exc:
+                    log.warning("%s: cannot copy the bundle aside (%s)", self._dir, exc)
+                    if copied is not None:
+                        copied.close()
+                        snapshot.drop(copied.directory)
+                    copied = None
+            if copied is not None:
+                log.warning("%s: a file of the bundle is being overwritten in place; serving a private copy "
+                            "of it (made in %.2f s) until the new bundle is complete and checked", self._dir,
+                            time.monotonic() - t0)
+            else:
+                log.warning("%s: a file of the bundle is being overwritten in place; serving nothing until "
+                            "the new bundle is complete", self._dir)
+                self._publish(None, f"the bundle at {self._dir} is being replaced (its files are being "
+                                    "overwritten); waiting for the copy to finish")
+            self._seen_key, self._seen_since = dir_key(self._dir), time.monotonic()
+        finally:
+            if locked:
+                self._reload_lock.release()
 
     @property
     def serving(self) -> bool:
@@ -274,6 +376,20 @@ class LiveCatalog:
             self._projections[bundle] = p
         return self._projections[bundle]
 
+    def _generation(self, bundle: Bundle) -> int:
+        """The generation of ``bundle``: a number given to each bundle when it is first served."""
+        with self._cv:
+            if bundle not in self._generations:
+                self._last_generation += 1
+                self._generations[bundle] = self._last_generation
+            return self._generations[bundle]
+
+    @property
+    def generation(self) -> int:
+        """The served bundle's generation (0 while none is served)."""
+        st = self._state
+        return 0 if st is None else st.generation
+
     def _build(self, bundle: Bundle, key, snap: Snapshot) -> _State:
         done = bundle.manifest.folded_seq
         items = {}
@@ -302,7 +418,7 @@ class LiveCatalog:
         size -= sum(1 for it in items.values() if it.base and it.deleted)
         size += sum(1 for it in items.values() if not it.base and not it.deleted)
         return _State(bundle, key, items, masked, vecs[:m], owners, None if coarse is None else coarse[:m],
-                      proj, size, vecs, coarse)
+                      proj, size, self._generation(bundle), vecs, coarse)
 
     def _appended(self, st: _State, it: TaughtItem, vectors: np.ndarray) -> _State | None:
         """``st`` plus one new taught item and its shots (float32 [n, dim], L2-normalised), without reading
@@ -321,7 +437,7 @@ class LiveCatalog:
         items = {**st.items, it.id: it}
         return _State(st.bundle, st.key, items, st.masked, st.buffer[:m + n], owners,
                       None if st.coarse is None else st.coarse_buffer[:m + n], st.projection, st.size + 1,
-                      st.buffer, st.coarse_buffer)
+                      st.generation, st.buffer, st.coarse_buffer)
 
     def reload(self, *, strict: bool = False) -> None:
         """Read the store again and, if another bundle is at the directory now, check it and map it.
@@ -341,28 +457,32 @@ class LiveCatalog:
                 if key is None:
                     raise BundleError(f"{self._dir}: no such bundle directory; build one: pi-search index "
                                       f"build CATALOG --out {self._dir}")
-                bundle = Bundle.open(self._dir, extractor=self.extractor, deep=self.guard)
+                bundle, lease = self._open_served()
                 try:
-                    lease = self._take_leases(bundle)
                     if self._store_path is not None:
                         self._first_store(bundle)
                         snap = self.store.snapshot()
                 except BaseException:
                     bundle.close()
+                    if lease is not None:
+                        lease.release()
+                    if bundle.copy_of is not None:
+                        snapshot.drop(bundle.directory)
                     raise
             except BundleError as exc:
                 if key != self._bad_key:
                     log.warning("%s: %s", "keeping the bundle in use" if st is not None else
-                                "still no usable bundle", exc)
+                                "no usable bundle yet, serving nothing until one is in place", exc)
                 self._bad_key, self._bad_since = key, time.monotonic()
                 if st is not None:
+                    self.refused = str(exc)
                     self._publish(self._build(st.bundle, st.key, snap))
                 else:
                     self.problem = str(exc)
                 if strict:
                     raise
                 return
-            self._bad_key = None
+            self._bad_key, self.refused = None, None
             log.info("bundle %s opened: %d items", self._dir, len(bundle))
             self._publish(self._build(bundle, key, snap), None, lease)
 
@@ -444,7 +564,8 @@ class LiveCatalog:
         self.close()
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
-        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once.
+        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once, all found
+        in one bundle (their ``generation``).
 
         Reads the published state only: no reload, no compaction (``refresh`` does those)."""
         q = normalise(np.asarray(vector, dtype=np.float32).reshape(-1))
@@ -480,7 +601,7 @@ class LiveCatalog:
                 if old is None:
                     kept += 1
                 if old is None or m.score > old.score:
-                    best[iid] = Match(iid, title, price, m.score, m.index)
+                    best[iid] = Match(iid, title, price, m.score, m.index, st.generation)
             if kept >= k or len(found) < want or want >= n:
                 return
             want = min(n, want * 4)
@@ -510,7 +631,7 @@ class LiveCatalog:
             old = best.get(iid)
             if old is None or score > old.score:
                 it = st.items[iid]
-                best[iid] = Match(iid, it.title, it.price, score, -1)
+                best[iid] = Match(iid, it.title, it.price, score, -1, st.generation)
             if len(seen) == k:     # any further taught item ranks below these k
                 break
 

@@ -70,7 +70,7 @@ class Manifest:
 
     ``index`` is the backend's own entry (``backend``, ``file``, ``dim`` and what that backend needs to open
     the file again); ``changes`` holds ``folded_seq`` (the last taught change a compaction folded in) and
-    ``views`` (rows holding further shots of an item); ``files`` the size and fingerprint of every file;
+    ``views`` (rows holding further shots of an item); ``files`` the size, sample and SHA-256 of every file;
     ``extra`` any other entry, kept as written.
     """
 
@@ -100,6 +100,15 @@ class Manifest:
     @property
     def views(self) -> int:
         return int(self.changes.get("views", 0))
+
+    def opened_files(self) -> list[str]:
+        """Names of the files a reader of this bundle opens (each must be listed in ``files``)."""
+        names = [self.items_file, self.store.file, self.store.scale, self.store.offset,
+                 self.index.get("file") if self.search.mode == "ann" else None,
+                 self.index.get("scale") if self.search.mode == "ann" else None]
+        if self.projection is not None:
+            names += [self.projection.mean, self.projection.components]
+        return [Path(n).name for n in dict.fromkeys(names) if n]
 
     def with_search(self, overrides: dict) -> Manifest:
         """The manifest with query settings overridden (``mode``, ``candidates``, ``search_k``)."""

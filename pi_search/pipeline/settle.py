@@ -77,6 +77,11 @@ def fuse(kept: list, windows: list[tuple[tuple, list]], k: int) -> tuple[list, t
     return [m for m, _, _ in fused], w_tabs[fused[0][1]][0], float(fused[0][2])
 
 
+def one_generation(*lists: list) -> bool:
+    """True when every match in ``lists`` was found in the same bundle (``Match.generation``)."""
+    return len({getattr(m, "generation", 0) for ms in lists for m in ms}) <= 1
+
+
 def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
     """Matches scored by the mean of two embeddings' cosine scores (as ``fuse`` scores one window), with one
     search: the mean score is the cosine with the mean vector times its length. ``a``, ``b``: float32 [dim],

@@ -41,7 +41,8 @@ class Agreement:
     """Holds the shown matches until a new best match has led ``agree`` consecutive inferred frames.
 
     Near-ties (an item that is not in the catalog, or two similar items) would otherwise swap places from
-    frame to frame. ``fresh=True`` (a new item came into view) shows the new matches at once.
+    frame to frame. ``fresh=True`` (a new item came into view) shows the new matches at once, as do matches
+    found in another bundle than the shown ones (``generation``: a result never mixes two bundles).
     """
 
     def __init__(self, agree: int):
@@ -53,6 +54,8 @@ class Agreement:
     def update(self, matches: tuple, fresh: bool) -> tuple:
         top = matches[0].id if matches else None
         shown_top = self._shown[0].id if self._shown else None
+        if matches and self._shown and _generation(matches) != _generation(self._shown):
+            fresh = True
         if fresh or self.agree <= 1 or not self._shown or top == shown_top:
             self._shown, self._candidate, self._streak = matches, None, 0
             return matches
@@ -67,3 +70,7 @@ class Agreement:
 
     def reset(self) -> None:
         self._shown, self._candidate, self._streak = (), None, 0
+
+
+def _generation(matches: tuple) -> int:
+    return getattr(matches[0], "generation", 0)

@@ -335,7 +335,11 @@ class Worker:
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        matches, region, gain = settling.fuse(self.catalog.search(job["vec"], depth), job["done"], k)
+        kept = self.catalog.search(job["vec"], depth)
+        if not settling.one_generation(kept, *(ms for _, ms in job["done"])):
+            job["done"], job["seconds"] = [], 0.0   # another bundle came in meanwhile: look again, on it only
+            return None
+        matches, region, gain = settling.fuse(kept, job["done"], k)
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
@@ -425,6 +429,7 @@ class Worker:
             "model": {"up": model_up, "name": getattr(self.extractor, "name", None),
                       "threads": getattr(self.extractor, "num_threads", None)},
             "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
+                      "refused": getattr(cat, "refused", None) if index_up else None,
                       "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
                                                                 "error": fault[1]}},
             "worker": {"alive": alive},
