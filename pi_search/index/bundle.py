@@ -39,6 +39,7 @@ class Bundle:
         self.directory = directory
         self.manifest = manifest
         self.projection: Projection | None = None
+        self.learned = None        # learn.whiten.Learned: the catalog's own projection, stored rows are in it
         self._searcher: Searcher | None = None
         self._store: VectorStore | None = None
         self._items: ItemsFile | None = None
@@ -89,6 +90,11 @@ class Bundle:
         for name in (m.store.file, m.store.scale, m.store.offset):
             if name:
                 self._file(name)
+        if m.learned is not None:
+            from ..learn.whiten import Learned
+
+            self.learned = Learned.load(self._file(m.learned["mean"]), self._file(m.learned["matrix"]),
+                                        m.model.dim)
         ann = m.search.mode == "ann"
         if m.store.space == "pca":
             if not ann:
@@ -164,12 +170,20 @@ class Bundle:
         qi = self.projection.apply(q) if self.projection is not None else q
         return self._searcher.candidates(qi, n)
 
-    def search_indices(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector."""
+    def to_learned(self, vector: np.ndarray) -> np.ndarray:
+        """An embedding (float32 [..., dim]) in the space of the stored rows: through the learned projection
+        when the bundle has one (L2-normalised either way)."""
+        q = normalise(np.asarray(vector, dtype=np.float32))
+        return self.learned.apply(q) if self.learned is not None else q
+
+    def search_indices(self, vector: np.ndarray, k: int = 5, *,
+                       learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector (an
+        embedding; ``learned``: already through ``to_learned``)."""
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise BundleError(f"query vector has {q.shape[0]} dims, bundle {self.directory} has {self.dim}")
-        q = normalise(q)
+        q = normalise(q) if learned else self.to_learned(q)
         k = max(1, min(int(k), len(self)))
         store = self.store
         if self.manifest.search.mode == "exact":
@@ -181,9 +195,10 @@ class Bundle:
         order = np.argsort(-s, kind="stable")[:k]
         return cand[order], s[order]
 
-    def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
-        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first."""
-        idx, scores = self.search_indices(vector, k)
+    def search(self, vector: np.ndarray, k: int = 5, *, learned: bool = False) -> list[Match]:
+        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first; ``learned``: the
+        vector went through ``to_learned`` already."""
+        idx, scores = self.search_indices(vector, k, learned=learned)
         if idx.size == 0:
             return []
         meta = self.items.rows(idx.tolist())

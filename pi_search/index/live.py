@@ -289,7 +289,7 @@ class LiveCatalog:
         m = int(keep.sum())
         # room to grow: an add writes its shots after row m, which no published state reads
         vecs = np.empty((m + max(256, m // 4), snap.vectors.shape[1]), np.float32)
-        vecs[:m] = snap.vectors[keep]
+        vecs[:m] = bundle.to_learned(snap.vectors[keep])   # taught shots in the stored rows' space
         owners = snap.owners[keep]
         masked = frozenset(i for i, it in items.items() if it.masks_bundle)
         proj = self._projection(bundle) if m > EXACT_TAUGHT_MAX else None
@@ -312,6 +312,7 @@ class LiveCatalog:
             return None
         if (st.coarse is None) != (m + n <= EXACT_TAUGHT_MAX):
             return None
+        vectors = st.bundle.to_learned(vectors)
         st.buffer[m:m + n] = vectors
         if st.coarse is not None:
             st.coarse_buffer[m:m + n] = st.projection.apply(vectors)
@@ -453,6 +454,7 @@ class LiveCatalog:
         with self._reading() as st:
             if st is None:
                 return []
+            q = st.bundle.to_learned(q)   # once, for the bundle and the taught shots alike
             self._search_bundle(st, q, k, best)
             self._search_taught(st, q, k, best)
         return sorted(best.values(), key=lambda m: -m.score)[:k]
@@ -468,7 +470,7 @@ class LiveCatalog:
         views = bundle.manifest.views
         want = min(n, k + min(len(st.masked), 4 * k) + (2 * k if views else 0))
         while True:
-            found = bundle.search(q, want)
+            found = bundle.search(q, want, learned=True)
             kept = 0
             for m in found:
                 iid = item_of(m.id)

@@ -15,6 +15,7 @@ from .. import images, notify
 from ..camera.guard import GuardedSource
 from ..errors import Busy, PiSearchError, SourceError
 from ..model import framing
+from ..model import look as looking
 from . import settle as settling
 from .gate import Gate
 from .result import LatestResult
@@ -324,18 +325,20 @@ class Worker:
         t0 = time.perf_counter()
         fh, fw = frame.rgb.shape[:2]
         k = self.config.index.top_k
-        depth = max(k, settling.SETTLE_DEPTH)
-        boxes = settling.settle_windows(fw, fh)
+        depth = looking.depth(k)
+        if "boxes" not in job:   # the same windows as an upload or a query of this image (model.look)
+            job["boxes"] = looking.windows_for(frame.rgb)
+        boxes = job["boxes"]
         while len(job["done"]) < len(boxes):
             box = boxes[len(job["done"])]
-            v = self.extractor.embed(framing.window_input(frame.rgb, box, self.extractor.size))
+            v = looking.embed_window(self.extractor, frame.rgb, box)
             job["done"].append((box, self.catalog.search(v, depth)))
             if time.perf_counter() - t0 >= settling.SETTLE_SLICE_S:
                 break
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        matches, region, gain = settling.fuse(self.catalog.search(job["vec"], depth), job["done"], k)
+        matches, region, gain = looking.fuse(self.catalog, job["vec"], job["done"], k)
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
@@ -468,9 +471,9 @@ class Worker:
             t0 = time.perf_counter()
             rgb = image() if callable(image) else image
             t1 = time.perf_counter()
-            vec = self.embed_query(self.extractor, rgb)
+            seen = looking.look(self.extractor, rgb, self.embed_query)   # as a still camera frame
             t2 = time.perf_counter()
-            matches = self.catalog.search(vec, k or self.config.index.top_k)
+            matches = looking.search(self.catalog, seen, k or self.config.index.top_k)[0]
             t3 = time.perf_counter()
         self.stats.add("uploads")
         return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,
