@@ -101,6 +101,15 @@ def main(argv=None) -> int:
         view_s = (time.perf_counter() - t0) / len(ids) / MAX_VIEWS
         np.savez(cat_file, catalog=cat, views=views, owners=owners, view_s=view_s)
     print(f"{len(ids)} items, {len(views)} views, {1000 * view_s:.1f} ms per view (make + embed)")
+    up_file = args.cache / "learn-catalog-uploads.npy"
+    if not up_file.is_file():   # each catalog photo uploaded as a query: its look (on white: one framing)
+        ups = []
+        for p in paths:
+            seen = looking.look(ex, images.read(p))
+            assert not seen.windows, p
+            ups.append(seen.kept)
+        np.save(up_file, np.stack(ups).astype(np.float32))
+    uploads = np.load(up_file)
     slot = np.tile(np.arange(MAX_VIEWS), len(ids))
     sets = {}
     for name, bench in (("standard", args.benchmark), ("hard", args.hard)):
@@ -125,10 +134,11 @@ def main(argv=None) -> int:
                 top_l = [ids[j] for j in np.argmax(fused(ks, ws), axis=1)]
                 row["hard_conditions"] = {"kept": by_condition(rk, truth, top_k),
                                           "look": by_condition(rl, truth, top_l)}
+        row["uploads"] = metrics(ranks(project(uploads) @ c.T, np.arange(len(ids))))
         r = [row[n][m]["recall@1"] for n in ("standard", "hard") for m in ("kept", "look")]
         r5 = [row[n]["look"]["recall@5"] for n in ("standard", "hard")]
         print(f"{label:58} std {r[0]:.3f} look {r[1]:.3f} (r5 {r5[0]:.3f}) | hard {r[2]:.3f} "
-              f"look {r[3]:.3f} (r5 {r5[1]:.3f})", flush=True)
+              f"look {r[3]:.3f} (r5 {r5[1]:.3f}) | uploads {row['uploads']['recall@1']:.3f}", flush=True)
         return row
 
     rows = [attempt("none: the model's embeddings as they come", _norm)]

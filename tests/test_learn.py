@@ -120,6 +120,13 @@ def test_learned_projection_round_trips_through_a_bundle(bundle_dir, catalog_dir
         taught = next((x for x in near if x.id == "astro"), None)
         if taught is not None:
             assert abs(taught.score - float(learned.apply(q) @ learned.apply(shot))) < 1e-4
+        cat.compact()   # folded into a new bundle: the projection comes along, the taught row projected once
+        folded = read_manifest(copy)
+        assert folded.folded_seq > 0 and folded.learned["pairs"] == entry["pairs"]
+        assert np.array_equal(np.load(copy / entry["matrix"]), learned.matrix)
+        cat.refresh()
+        top = cat.search(shot, 1)[0]
+        assert top.id == "astro" and top.score > 0.999
 
     with open(copy / entry["matrix"], "r+b") as f:   # a damaged projection is refused, not served
         f.truncate(1000)

@@ -355,12 +355,13 @@ class _Learning:
         if self.views <= 0 or len(rows) < learning.MIN_ITEMS:
             return None, {}
         sample = learning.sample_rows(len(rows))
+        synth_side = learning.synth.ITEM_SIDE   # the views need the item no larger than this
         bar = Progress(len(sample), 0, self.progress, "learning from views of", "learned from")
 
         def photos():
             for i in sample.tolist():
                 try:
-                    rgb = images.read(rows[i].image)
+                    rgb = images.read(rows[i].image, min_side=synth_side)   # reduced decoding
                 except (ImageError, OSError) as exc:
                     log.warning("%s: left out of the learning (%s)", rows[i].image, exc)
                     continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from .store import VectorStore
 
 @dataclass(frozen=True)
 class Match:
-    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1]."""
+    """One search result. ``score`` is the cosine similarity of the full embeddings (through the bundle's
+    learned projection when it has one), in [-1, 1]."""
 
     id: str
     title: str
@@ -210,6 +211,16 @@ class Bundle:
                                   "rebuild the bundle")
             out.append(Match(r[1], r[2], r[3], float(min(1.0, max(-1.0, s))), i))
         return out
+
+    def search_mean(self, vectors: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k matches scored by the mean of their cosines with each of ``vectors`` (float32 [m, dim]
+        embeddings), with one search: their mean in the stored rows' space, its scores times its length."""
+        v = normalise(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        q = self.to_learned(v).mean(axis=0)
+        n = float(np.linalg.norm(q))
+        if n <= 1e-6:
+            return self.search(v[0], k)
+        return [replace(m, score=m.score * n) for m in self.search(q / n, k, learned=True)]
 
     def item(self, item_id: str) -> dict | None:
         """Metadata of one item by catalog id (id, title, price, extra), or None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -458,6 +459,27 @@ class LiveCatalog:
             self._search_bundle(st, q, k, best)
             self._search_taught(st, q, k, best)
         return sorted(best.values(), key=lambda m: -m.score)[:k]
+
+    def search_mean(self, vectors: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k items scored by the mean of their cosines with each of ``vectors`` (float32 [m, dim],
+        L2-normalised embeddings), with one search: the mean of the vectors in the stored rows' space (through
+        the learned projection), its scores times the mean's length."""
+        v = normalise(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        k = max(1, int(k))
+        best: dict[str, Match] = {}
+        with self._reading() as st:
+            if st is None:
+                return []
+            q = st.bundle.to_learned(v).mean(axis=0)
+            n = float(np.linalg.norm(q))
+            if n <= 1e-6:
+                q, n = st.bundle.to_learned(v[0]), 1.0
+            else:
+                q = q / n
+            self._search_bundle(st, q, k, best)
+            self._search_taught(st, q, k, best)
+        return [dataclasses.replace(m, score=m.score * n)
+                for m in sorted(best.values(), key=lambda m: -m.score)[:k]]
 
     def _faulted(self, exc: BundleError) -> None:
         """A read of the served bundle failed: remembered for /healthz, and raised for this request only."""

@@ -81,6 +81,8 @@ def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
     """Matches scored by the mean of two embeddings' cosine scores (as ``fuse`` scores one window), with one
     search: the mean score is the cosine with the mean vector times its length. ``a``, ``b``: float32 [dim],
     L2-normalised."""
+    if hasattr(bundle, "search_mean"):   # a bundle or the live catalog: the mean in its stored rows' space
+        return list(bundle.search_mean(np.stack([a, b]), k))
     m = (np.asarray(a, np.float32) + np.asarray(b, np.float32)) / 2
     n = float(np.linalg.norm(m))
     if n <= 1e-6:
