@@ -27,18 +27,35 @@ def sample_rows(n: int, most: int = MAX_ITEMS) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
-def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS):
+RENDER_THREADS = 2   # views of the next items rendered while this item's are embedded (OpenCV, NumPy)
+
+
+def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
+               threads: int = RENDER_THREADS):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
-    items, small, to put beside the next ones."""
+    items, small, to put beside the next ones. The views of the next ``threads`` items are rendered in other
+    threads while this item's are embedded: the same views, in the same order, as one thread makes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     backgrounds = synth.room_backgrounds()
     others: deque = deque(maxlen=synth.OTHERS_KEPT)
-    for item_id, rgb in photos:
-        rgba = synth.cut_out(rgb)
-        vecs = np.stack([extractor.embed(v) for v in synth.views(
-            rgba, list(others), backgrounds, synth.item_rng(item_id), n_views, extractor.size)])
-        others.append(synth.shrink(rgba))
-        yield (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def embedded(made: list) -> np.ndarray:
+        vecs = np.stack([extractor.embed(v) for v in made])
+        return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="views") as pool:
+        pending: deque = deque()
+        for item_id, rgb in photos:
+            rgba = synth.cut_out(rgb)
+            pending.append(pool.submit(synth.views, rgba, list(others), backgrounds,
+                                       synth.item_rng(item_id), n_views, extractor.size))
+            others.append(synth.shrink(rgba))
+            if len(pending) > max(1, threads):
+                yield embedded(pending.popleft().result())
+        while pending:
+            yield embedded(pending.popleft().result())
 
 
 def view_vectors(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS
@@ -60,7 +77,7 @@ def learn(extractor, items: Iterable[tuple[str, np.ndarray, np.ndarray]], *, n_v
     manifest records of it. Memory: the running sums (``PairStats``), whatever the catalog's size."""
     t0 = time.perf_counter()
     stats = PairStats(int(extractor.dim))
-    photos: list[np.ndarray] = []
+    photos: deque = deque()   # the photos' embeddings, taken in order as their views come back
 
     def pictures():
         for item_id, rgb, vec in items:
@@ -70,7 +87,7 @@ def learn(extractor, items: Iterable[tuple[str, np.ndarray, np.ndarray]], *, n_v
 
     n = 0
     for views in item_views(extractor, pictures(), n_views):
-        stats.add(photos.pop(), views)
+        stats.add(photos.popleft(), views)
         n += 1
         if on_item:
             on_item()
