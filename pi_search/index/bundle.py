@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
+from ..learn.whiten import Learned
 from .backends import Searcher, get_backend
 from .files import fingerprint
 from .items import ItemsFile
@@ -40,7 +41,7 @@ class Bundle:
         self.directory = directory
         self.manifest = manifest
         self.projection: Projection | None = None
-        self.learned = None        # learn.whiten.Learned: the catalog's own projection, stored rows are in it
+        self.learned: Learned | None = None   # the catalog's own projection; the stored rows are in it
         self._searcher: Searcher | None = None
         self._store: VectorStore | None = None
         self._items: ItemsFile | None = None
@@ -92,8 +93,6 @@ class Bundle:
             if name:
                 self._file(name)
         if m.learned is not None:
-            from ..learn.whiten import Learned
-
             self.learned = Learned.load(self._file(m.learned["mean"]), self._file(m.learned["matrix"]),
                                         m.model.dim)
         ann = m.search.mode == "ann"

