@@ -170,7 +170,7 @@ def index() -> None:
               help="Catalog ids of the --embeddings rows, one per line.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
               help="Thumbnails in the bundle (millions of items: --no-thumbnails keeps it small, and with "
-                   "--embeddings no photo is read).")
+                   "--embeddings and --no-learn no photo is read).")
 @click.option("--learn/--no-learn", default=True, show_default=True,
               help="Learn the bundle's projection from synthetic camera views of its catalog photos "
                    "(docs/quality.md).")

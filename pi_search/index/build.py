@@ -239,10 +239,10 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
     for this one) unless the caller does (``locked``). ``embeddings``: a shards directory of ``index embed``
     (refused unless made from these catalog rows with this model and framing; streamed, see
-    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards,
-    no image is read at all). ``learn``: learn the bundle's projection from ``views`` synthetic camera views
-    of each catalog photo (``pi_search.learn``; an even sample of at most ``learn.catalog.MAX_ITEMS`` photos,
-    read again after embedding).
+    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards
+    and without ``learn``, no image is read at all). ``learn``: learn the bundle's projection from ``views``
+    synthetic camera views of each catalog photo (``pi_search.learn``; an even sample of at most
+    ``learn.catalog.MAX_ITEMS`` photos, read again after embedding).
     """
     if not locked:
         check_out_dir(Path(out_dir))

@@ -103,6 +103,8 @@ class PairStats:
         cw[np.diag_indices(dim)] += shrink * np.trace(cw) / dim
         evals, evecs = np.linalg.eigh(cw)
         wt = (evecs / np.sqrt(np.maximum(evals, 1e-12))).T.astype(np.float32)   # [dim, dim]: rows = axes
+        if dims is None and not lda:   # all axes kept: turning to them changes no cosine, so it is left out
+            return Learned(mean.astype(np.float32), np.ascontiguousarray(wt))
         n, s, sq = self.items, self.cat_sum, self.cat_sq
         if not lda:
             n, s, sq = n + self.pairs, s + self.view_sum, sq + self.view_sq
