@@ -202,3 +202,26 @@ def test_one_look_camera_upload_and_query_agree(tmp_path, bundle_dir, extractor)
     for other in (up, cli):
         for item in set(cam) & set(other):
             assert abs(cam[item] - other[item]) < 0.01, (item, cam, other)
+
+
+def test_an_ivfpq_bundle_builds_its_pca_on_the_learned_rows(tmp_path):
+    pytest.importorskip("faiss")
+    from pi_search.index.items import Item
+    from pi_search.index.write import BuildOptions, write_bundle
+
+    rng = np.random.default_rng(5)
+    dim, n = 32, 3000
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    views = x[:200, None, :] + 0.3 * rng.normal(size=(200, 3, dim)).astype(np.float32)
+    learned = fit(views.reshape(-1, dim), np.repeat(x[:200], 3, axis=0), x[:200])
+    model = {"name": "synthetic", "sha256": "0" * 64, "dim": dim}
+    out = tmp_path / "big"
+    write_bundle(out, x, [Item(f"id{i}", f"item {i}") for i in range(n)], model=model,
+                 options=BuildOptions(backend="ivfpq", dims=16), learned=learned, learned_info={"items": 200})
+    m = read_manifest(out)
+    assert m.backend == "ivfpq" and m.learned["dims"] == dim and m.learned["items"] == 200
+    with Bundle.open(out) as b:
+        assert b.learned is not None
+        hits = sum(b.search(x[i], 1)[0].id == f"id{i}" for i in range(0, n, 100))
+    assert hits >= 27   # of 30: each item's own vector, projected like the rows, finds it
