@@ -907,13 +907,9 @@ VALUES: dict[str, Callable[[Results], str]] = {
     # what each bundle learns (pi_search/learn/) and the one look
     "learned.r1": lambda r: learned_r(r, "standard", "settled"),
     "learned.r5": lambda r: learned_r(r, "standard", "settled", 5),
-    "learned.kept.r1": lambda r: learned_r(r, "standard", "annoy"),
-    "learned.plain.r1": lambda r: learned_r(r, "standard_plain", "settled"),
-    "learned.plain.kept.r1": lambda r: learned_r(r, "standard_plain", "annoy"),
     "learned.hard.r1": lambda r: learned_r(r, "hard", "settled"),
     "learned.hard.r5": lambda r: learned_r(r, "hard", "settled", 5),
     "learned.hard.kept.r1": lambda r: learned_r(r, "hard", "annoy"),
-    "learned.hard.kept.r5": lambda r: learned_r(r, "hard", "annoy", 5),
     "learned.hard.plain.r1": lambda r: learned_r(r, "hard_plain", "settled"),
     "learned.hard.plain.r5": lambda r: learned_r(r, "hard_plain", "settled", 5),
     "learned.hard.plain.kept.r1": lambda r: learned_r(r, "hard_plain", "annoy"),

@@ -295,7 +295,8 @@ class Worker:
         fh, fw = frame.rgb.shape[:2]
         target = framing.target_box(fw, fh)
         gain = self._region_gain if region else 0.0  # as the settled look measured it
-        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain,
+                                       settling.thresholds(getattr(self.catalog, "manifest", None))),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
@@ -345,7 +346,8 @@ class Worker:
         t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.add("settled")
         target = framing.target_box(fw, fh)
-        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain,
+                                       settling.thresholds(getattr(self.catalog, "manifest", None))),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
