@@ -789,6 +789,86 @@ def t_pi3(r: Results) -> str:
                "verdict"], rows) + "\n" + source("memory-floor")
 
 
+# ------------------------------------------------------------------------------------------------ learned
+LEARNED_KEPT = "whitening, 6 views per item, shrinkage 0.2"   # what index build learns (pi_search/learn/)
+
+
+def learned_attempt(r: Results, name: str) -> dict:
+    for row in r["retrieval-learned"]["attempts"]:
+        if row["attempt"] == name:
+            return row
+    raise KeyError(name)
+
+
+def learned_run(r: Results, s: str, search: str) -> dict:
+    """One run of ``pi-search eval`` (retrieval-learned-eval.json): ``s`` standard, hard, standard_plain or
+    hard_plain; ``search`` exact, annoy (kept framing) or settled (the look)."""
+    for run in r["retrieval-learned-eval"][s]["runs"]:
+        if run["search"] == search:
+            return run
+    raise KeyError((s, search))
+
+
+def learned_r(r: Results, s: str, search: str, k: int = 1) -> str:
+    run = learned_run(r, s, search)
+    return share(run[f"recall@{k}"], run["queries"])
+
+
+def learned_bin(r: Results, s: str, search: str, condition: str, bin_: str) -> dict:
+    for c in r["retrieval-learned-eval"][s]["conditions"][f"efficientnet_lite0_int8 {search}"]:
+        if c["condition"] == condition and c["bin"] == bin_:
+            return c
+    raise KeyError((s, search, condition, bin_))
+
+
+def t_learned_attempts(r: Results) -> str:
+    rows = []
+    for a in r["retrieval-learned"]["attempts"]:
+        st, hd = a["standard"], a["hard"]
+        kept = "yes" if a["attempt"] == LEARNED_KEPT else "no"
+        cost = (f"{a['views']} passes an item; {a['dims']}x1280" if "views" in a else "none")
+        rows.append([a["attempt"], cost, num(st["kept"]["recall@1"], 3), num(st["look"]["recall@1"], 3),
+                     num(st["look"]["recall@5"], 3), num(hd["kept"]["recall@1"], 3),
+                     num(hd["look"]["recall@1"], 3), num(hd["look"]["recall@5"], 3),
+                     num(a["uploads"]["recall@1"], 3), kept])
+    return md(["attempt", "build / query cost", "std R@1 kept", "std R@1 look", "std R@5 look",
+               "hard R@1 kept", "hard R@1 look", "hard R@5 look", "catalog photos R@1", "kept"],
+              rows) + source("retrieval-learned")
+
+
+def t_learned_results(r: Results) -> str:
+    names = {"annoy": "kept framing (each live frame)", "settled": "the look (still frame, upload, query)"}
+    rows = []
+    for s in ("standard", "hard"):
+        for bundle, key in (("as the model gives them", f"{s}_plain"), ("**learned** (index build)", s)):
+            for search in ("annoy", "settled"):
+                run = learned_run(r, key, search)
+                n = run["queries"]
+                rows.append([f"{s} ({n})", bundle, names[search], share(run["recall@1"], n),
+                             share(run["recall@5"], n), share(run["recall@10"], n), num(run["map"], 3)])
+    return md(["set", "embeddings", "framing", "R@1", "R@5", "R@10", "mAP"], rows) + source(
+        "retrieval-learned-eval")
+
+
+def t_learned_conditions(r: Results) -> str:
+    def pair(c: dict) -> str:
+        n = c["queries"]
+        return f"{share(c['recall@1'], n)} / {share(c['recall@5'], n)}"
+
+    rows = []
+    plain = r["retrieval-learned-eval"]["hard_plain"]["conditions"]["efficientnet_lite0_int8 settled"]
+    for c in plain:
+        kept0 = learned_bin(r, "hard_plain", "annoy", c["condition"], c["bin"])
+        kept = learned_bin(r, "hard", "annoy", c["condition"], c["bin"])
+        look = learned_bin(r, "hard", "settled", c["condition"], c["bin"])
+        second = (f"{c['second_first']} -> {look['second_first']}" if c["bin"] == "with" else "")
+        rows.append([c["condition"], c["bin"], c["queries"], pair(kept0), pair(kept), pair(c), pair(look),
+                     second])
+    return md(["condition", "bin", "queries", "kept framing, before", "kept framing, learned",
+               "look, before", "look, learned (after)", "second object first (look)"], rows) + source(
+        "retrieval-learned-eval")
+
+
 TABLES: dict[str, Callable[[Results], str]] = {
     "slow-clients": t_slow_clients,
     "health": t_health,
@@ -824,6 +904,9 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "hostile-uploads": t_hostile_uploads,
     "memory-floor": t_memory_floor,
     "pi3": t_pi3,
+    "learned-attempts": t_learned_attempts,
+    "learned-results": t_learned_results,
+    "learned-conditions": t_learned_conditions,
 }
 
 
@@ -893,6 +976,28 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "viewers.ms0": lambda r: num(viewers_ms_per_inference(r["bench_daemon"]["viewers"]["runs"]["0"]), 1),
     "viewers.ms20": lambda r: num(viewers_ms_per_inference(r["bench_daemon"]["viewers"]["runs"]["20"]), 1),
     "viewers.per_viewer": lambda r: num(per_viewer_ms(r)),
+    # what each bundle learns (pi_search/learn/) and the one look
+    "learned.r1": lambda r: learned_r(r, "standard", "settled"),
+    "learned.r5": lambda r: learned_r(r, "standard", "settled", 5),
+    "learned.hard.r1": lambda r: learned_r(r, "hard", "settled"),
+    "learned.hard.r5": lambda r: learned_r(r, "hard", "settled", 5),
+    "learned.hard.kept.r1": lambda r: learned_r(r, "hard", "annoy"),
+    "learned.hard.plain.r1": lambda r: learned_r(r, "hard_plain", "settled"),
+    "learned.hard.plain.r5": lambda r: learned_r(r, "hard_plain", "settled", 5),
+    "learned.hard.plain.kept.r1": lambda r: learned_r(r, "hard_plain", "annoy"),
+    "learned.uploads.r1": lambda r: num(learned_attempt(r, LEARNED_KEPT)["uploads"]["recall@1"], 3),
+    "learned.view_ms": lambda r: num(r["retrieval-learned"]["view_ms"], 1),
+    "look.kept_ms": lambda r: num(r["look-cost"]["kept_ms"], 1),
+    "look.ms": lambda r: num(r["look-cost"]["look_ms"], 1),
+    "look.passes": lambda r: str(r["look-cost"]["look_passes"]),
+    "look.project1_ms": lambda r: num(r["look-cost"]["project_1_ms"], 3),
+    "look.project8_ms": lambda r: num(r["look-cost"]["project_8_ms"], 3),
+    "look.search_kept_ms": lambda r: num(r["look-cost"]["search_kept_ms"], 2),
+    "look.search_ms": lambda r: num(r["look-cost"]["search_look_ms"], 2),
+    "look.learned_mb": lambda r: num(r["look-cost"]["learned_bytes"] / 1e6, 1),
+    "look.build_plain_s": lambda r: num(r["look-cost"]["build_s"]["plain"], 1),
+    "look.build_learned_s": lambda r: num(r["look-cost"]["build_s"]["learned"], 1),
+    "look.build_ratio": lambda r: num(r["look-cost"]["build_ratio"], 1),
     # quality
     "quality.r1": lambda r: num(kept(r)["recall@1"], 3),
     "quality.r5": lambda r: num(kept(r)["recall@5"], 3),

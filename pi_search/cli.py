@@ -185,13 +185,19 @@ def index() -> None:
               help="Catalog ids of the --embeddings rows, one per line.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
               help="Thumbnails in the bundle (millions of items: --no-thumbnails keeps it small, and with "
-                   "--embeddings no photo is read).")
+                   "--embeddings and --no-learn no photo is read).")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Learn the bundle's projection from synthetic camera views of its catalog photos "
+                   "(docs/quality.md).")
+@click.option("--views", default=6, show_default=True, type=click.IntRange(1, 64),
+              help="Synthetic camera views per catalog photo for --learn.")
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
                 trees: int | None, search_mode: str, store_dtype: str, backend: str, candidates: int | None,
                 search_k: int | None, nlist: int, pq_bytes: int, nprobe: int, embeddings: Path | None,
-                ids: Path | None, thumbnails: bool, threads: int, as_json: bool) -> None:
+                ids: Path | None, thumbnails: bool, learn: bool, views: int, threads: int,
+                as_json: bool) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     extractor = Extractor(model_path, num_threads=threads)
     options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
@@ -201,7 +207,7 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
         with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
             report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
                                   strict=strict, options=options, embeddings=embeddings, ids=ids,
-                                  thumbnails=thumbnails)
+                                  thumbnails=thumbnails, learn=learn, views=views)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {interrupted_note(out_dir)}", err=True)
         sys.exit(130)
@@ -278,6 +284,10 @@ def index_info(directory: Path, as_json: bool) -> None:
     click.echo(f"model       {m['name']}  {m['dim']}-d  sha256 {m['sha256']}")
     click.echo("projection  " + (f"PCA {proj['dims']}-d{' whitened' if proj['whiten'] else ''}, "
                                  f"{proj['explained_variance']:.1%} of the variance" if proj else "none"))
+    learned = data.get("learned")
+    click.echo("learned     " + (f"{learned.get('type', 'projection')} {learned['dims']}-d from "
+                                 f"{learned.get('pairs', '?')} synthetic views of "
+                                 f"{learned.get('items', '?')} catalog photos" if learned else "none"))
     click.echo(f"index       {ix['backend']} {ix['metric']} {ix['dim']}-d"
                + (f", {ix['n_trees']} trees" if ix.get("n_trees") else "")
                + (f", {ix['nlist']} lists, {ix['pq_bytes']} bytes an item" if ix.get("nlist") else ""))
@@ -384,12 +394,14 @@ def serve(config_file, source, bundle, model_path, threads, host, port, fps) -> 
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Model(s) to compare (repeat; default: the shipped int8 and float32 models).")
 @click.option("--no-annoy", is_flag=True, help="Exact search only (skip building an Annoy bundle).")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="The Annoy bundle learns its projection from the catalog's photos (as index build).")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="PNG report (recall@k curves, worst misses); default: eval.png beside the truth file.")
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, queries: Path | None,
-             models: tuple[Path, ...], no_annoy: bool, report: Path | None, threads: int,
+             models: tuple[Path, ...], no_annoy: bool, learn: bool, report: Path | None, threads: int,
              as_json: bool) -> None:
     """Recall@1/5/10 and mAP of a catalog + queries + truth file, exact search and through an Annoy bundle.
 
@@ -405,7 +417,8 @@ def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, q
         models = tuple(p for p in shipped if p.is_file()) or (None,)
     from .tools.evaluate import evaluate, format_table, write_report  # an offline tool, not the daemon
 
-    result = evaluate(catalog, truth, models, queries_dir=queries, annoy=not no_annoy, threads=threads)
+    result = evaluate(catalog, truth, models, queries_dir=queries, annoy=not no_annoy, threads=threads,
+                      learn=learn)
     png = write_report(result, report or truth.parent / "eval.png")
     result["report"] = str(png)
     if as_json:

@@ -119,12 +119,14 @@ def check_bundle(ctx: _Context) -> Check:
     try:
         n = len(b)
         name = b.manifest.model.name
+        learned = b.manifest.learned
         memory = b.manifest.extra.get("memory") or needs(bundle, b.manifest.to_dict())
     finally:
         b.close()
     checked = "matches the model" if ctx.extractor is not None else "model not checked"
     fit = machine_fit(memory)
-    detail = (f"{bundle}: {n} items, built with {name} ({checked}); {memory['layout']}: "
+    taught = f", projection learned from {learned.get('pairs', '?')} views" if learned else ""
+    detail = (f"{bundle}: {n} items, built with {name} ({checked}{taught}); {memory['layout']}: "
               f"{memory['in_ram_bytes'] / 1e6:.0f} MB in RAM + {memory['mapped_bytes'] / 1e6:.0f} MB mapped; "
               f"this machine: {fit['verdict']}")
     if fit["fits"] is False:

@@ -104,6 +104,17 @@ def bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
 
 
 @pytest.fixture(scope="session")
+def plain_bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
+    """``catalog_dir`` built without learning (``--no-learn``): its stored rows are the model's embeddings
+    themselves, for tests that use them as queries (read-only for tests)."""
+    from pi_search.index.build import build_bundle
+
+    out = tmp_path_factory.mktemp("plain-bundles") / "bundle"
+    build_bundle(catalog_dir, out, extractor, progress=False, learn=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def query_photo(tmp_path_factory) -> Path:
     """A camera-like JPEG of the catalog's coffee cup."""
     from pi_search import images

@@ -28,10 +28,10 @@ def near(v: np.ndarray, rng: np.random.Generator, noise: float = 0.01) -> np.nda
 
 
 @pytest.fixture
-def live_dir(tmp_path, bundle_dir):
+def live_dir(tmp_path, plain_bundle_dir):
     """A private copy of the shared real bundle (changes and compactions must not touch the original)."""
     out = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, out)
+    shutil.copytree(plain_bundle_dir, out)   # stored rows = model embeddings: usable as queries
     return out
 
 

@@ -25,9 +25,9 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def live_dir(tmp_path, bundle_dir):
+def live_dir(tmp_path, plain_bundle_dir):
     out = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, out)
+    shutil.copytree(plain_bundle_dir, out)   # stored rows = model embeddings: usable as queries
     return out
 
 

@@ -73,9 +73,11 @@ def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bu
     assert items(tmp_path / "b") == items(bundle_dir)
 
 
-def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir, bundle_dir, extractor,
+def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir, plain_bundle_dir, extractor,
                                                              tmp_path, monkeypatch, caplog):
-    """The path for millions of items: vectors streamed from the shards, no photo decoded."""
+    """The path for millions of items: vectors streamed from the shards, no photo decoded (nothing learned
+    from them either)."""
+    bundle_dir = plain_bundle_dir
     out, _ = shards
 
     def no_photos(*args, **kwargs):
@@ -83,7 +85,7 @@ def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir
 
     monkeypatch.setattr(images, "read", no_photos)
     report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False,
-                          thumbnails=False)
+                          thumbnails=False, learn=False)
     assert report.items == 16 and report.skipped == []
     assert np.array_equal(np.load(tmp_path / "b" / "vectors.npy"), np.load(bundle_dir / "vectors.npy"))
     with sqlite3.connect(tmp_path / "b" / "items.sqlite") as db:

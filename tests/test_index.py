@@ -69,7 +69,8 @@ def test_score_is_the_cosine_of_the_full_vectors(bundle, extractor):
     q = rng.standard_normal(extractor.dim).astype(np.float32)
     q /= np.linalg.norm(q)
     store = np.load(bundle.directory / STORE_FILE).astype(np.float32)
-    expected = np.sort(store @ q)[::-1][:4]
+    expected = np.sort(store @ bundle.to_learned(q))[::-1][:4]   # stored rows: in the learned space
+    assert bundle.learned is not None
     got = [m.score for m in bundle.search(q, k=4)]
     np.testing.assert_allclose(got, expected, atol=1e-5)
 

@@ -163,11 +163,12 @@ def test_options_that_do_not_fit_ivfpq_are_refused(tmp_path, data):
                        search={"mode": "exact"})
 
 
-def test_query_cli_finds_real_photos_among_thousands(tmp_path, bundle_dir, extractor, query_photo,
+def test_query_cli_finds_real_photos_among_thousands(tmp_path, plain_bundle_dir, extractor, query_photo,
                                                      catalog_dir):
     """Real embeddings of the catalog photos among 4,000 distractors, served through ``pi-search query``."""
     from pi_search.cli import main
 
+    bundle_dir = plain_bundle_dir   # its stored rows are the model's embeddings
     real = np.load(bundle_dir / STORE_FILE).astype(np.float32)
     with Bundle.open(bundle_dir) as b:
         ids = [b.search(v, 1)[0].id for v in real]

@@ -33,6 +33,7 @@ OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 # costs the phone item 0.18.
 SAME = 0.01
 SAME_WEBP = 0.03  # lossy WebP (q90) turned or not: up to 0.017 apart; still far from 0.18
+SAME_LEARNED = 0.02  # two decodings of one photo through a bundle's learned projection
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_every_real_photo_is_accepted_by_upload_search(make, corpus):
 def test_packaged_photos_search_like_on_the_command_line(make, extractor):
     """Each packaged photo uploaded as it ships (0.3-4.4 MB, up to 6028x3391) is searched at its real size
     and gets the answer the command line's decoding gets."""
-    from pi_search.model.framing import embed_query_image
+    from pi_search.model import look as looking
 
     svc, client = make()
     top1 = 0
@@ -175,8 +176,8 @@ def test_packaged_photos_search_like_on_the_command_line(make, extractor):
         assert r.status_code == 200, r.get_json()
         assert r.get_json()["image_size"] == list(images.photo_size(path.read_bytes()))
         got = scores(r.get_json())
-        vec = embed_query_image(extractor, images.read(path))
-        want = {m.id: m.score for m in svc.catalog.search(vec, 25)}
+        seen = looking.look(extractor, images.read(path))   # an upload takes the look a query takes
+        want = {m.id: m.score for m in looking.search(svc.catalog, seen, 25)[0]}
         assert_same_scores(got, want, name)
         top1 += max(got, key=got.get) == item_id
     print(f"{top1} of {len(PHOTO_ITEMS)} packaged photos find their own item first")
@@ -312,7 +313,10 @@ def test_cli_query_and_item_add_honour_orientation(run, corpus, photo_bundle_dir
     run("item", "add", "--bundle", live, "--title", "Turned", "--id", "turned", corpus.phone[8])
     res = run("query", "--bundle", live, "--k", 30, "--json", corpus.phone[1])["results"]
     found = {m["id"]: m["score"] for m in res[0]["matches"]}
-    assert max(found, key=found.get) in {"up", "turned"} and abs(found["up"] - found["turned"]) <= SAME, found
+    # the same photo taught upright and turned by EXIF: decoded a little differently, which the bundle's
+    # learned projection stretches a little (measured 0.0104 apart)
+    assert max(found, key=found.get) in {"up", "turned"}, found
+    assert abs(found["up"] - found["turned"]) <= SAME_LEARNED, found
 
 
 @pytest.mark.slow

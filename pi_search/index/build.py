@@ -20,6 +20,7 @@ from .. import images
 from ..embed.shards import shards_for_build
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
+from ..learn import catalog as learning
 from ..model.framing import embed_catalog_image
 from .bundle import Bundle
 from .catalog import Problem, Row, read_catalog
@@ -173,17 +174,19 @@ class _Items:
 class Progress:
     """A tqdm bar on a terminal; plain stderr lines with items/s and ETA (every 5 s) otherwise."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, what: str = "embedding",
+                 done: str = "embedded"):
         self.total, self.count, self.start_count = total, initial, initial
+        self.what, self.done = what, done
         self.t0 = self.last = time.monotonic()
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="item", desc="embedding", file=sys.stderr,
+            self.bar = tqdm(total=total, initial=initial, unit="item", desc=what, file=sys.stderr,
                             smoothing=0.1)
         elif enabled:
-            self._line(f"embedding {total} items ({initial} already done)")
+            self._line(f"{what} {total} items ({initial} already done)")
         self.enabled = enabled
 
     def update(self, n: int = 1) -> None:
@@ -198,7 +201,8 @@ class Progress:
             eta = (self.total - self.count) / rate if rate > 0 else float("inf")
             eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
             if self.enabled:
-                self._line(f"embedded {self.count}/{self.total} items ({rate:.1f} items/s, ETA {eta_text})")
+                self._line(f"{self.done} {self.count}/{self.total} items ({rate:.1f} items/s, "
+                           f"ETA {eta_text})")
 
     @staticmethod
     def _line(text: str) -> None:
@@ -245,7 +249,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                  embeddings: str | Path | None = None, ids: str | Path | None = None,
                  chunk: int = CHUNK, progress: bool = True,
                  on_chunk: Callable[[int, int], None] | None = None, locked: bool = False,
-                 thumbnails: bool = True) -> BuildReport:
+                 thumbnails: bool = True, learn: bool = True, views: int = learning.VIEWS) -> BuildReport:
     """Read ``catalog_dir``, embed every good row (or take ``embeddings``/``ids``), write ``out_dir``.
 
     Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning; ``strict``
@@ -255,15 +259,18 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
     for this one) unless the caller does (``locked``). ``embeddings``: a shards directory of ``index embed``
     (refused unless made from these catalog rows with this model and framing; streamed, see
-    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards,
-    no image is read at all).
+    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards
+    and without ``learn``, no image is read at all). ``learn``: learn the bundle's projection from ``views``
+    synthetic camera views of each catalog photo (``pi_search.learn``; an even sample of at most
+    ``learn.catalog.MAX_ITEMS`` photos, read again after embedding).
     """
     if not locked:
         check_out_dir(Path(out_dir))
         with bundle_lock(out_dir, what="build"):
             return build_bundle(catalog_dir, out_dir, extractor, dims=dims, whiten=whiten, strict=strict,
                                 options=options, embeddings=embeddings, ids=ids, chunk=chunk,
-                                progress=progress, on_chunk=on_chunk, locked=True, thumbnails=thumbnails)
+                                progress=progress, on_chunk=on_chunk, locked=True, thumbnails=thumbnails,
+                                learn=learn, views=views)
     t0 = time.perf_counter()
     catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
     check_out_dir(out_dir)
@@ -271,13 +278,15 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     _report(problems, strict)
     opts = options or BuildOptions()
     opts = replace(opts, dims=dims, whiten=whiten)
+    teach = _Learning(extractor, views if learn else 0, progress)
     given = None
     shards = embeddings is not None and Path(embeddings).is_dir()
     if shards:   # made by pi-search index embed: checked against this catalog and model
         if ids is not None:
             raise CatalogError("--ids goes with a .npy file; a shards directory from index embed has its ids")
         return _build_from_shards(catalog_dir, Path(embeddings), out_dir, extractor, rows, problems, opts,
-                                  strict=strict, thumbnails=thumbnails, progress=progress, t0=t0)
+                                  strict=strict, thumbnails=thumbnails, progress=progress, t0=t0,
+                                  teach=teach)
     if (embeddings is None) != (ids is None):
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
     elif embeddings is not None:
@@ -288,7 +297,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     else:
         source = "extractor"
     keys = [row_key(r) for r in rows]
-    built_from = build_key(extractor, source, rows, keys, opts, thumbnails, problems)
+    built_from = build_key(extractor, source, rows, keys, opts, thumbnails, problems, teach.views)
     done = _already_built(out_dir, built_from)
     if done is not None:   # e.g. a rerun after a build killed once its bundle was in place
         shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
@@ -354,7 +363,8 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     try:
         items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
         manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
-                                         len(rows), problems, late, strict, built_from)
+                                         len(rows), problems, late, strict, built_from,
+                                         teach.run([rows[i] for i in kept], vectors[:len(kept)]))
     finally:
         ckpt.close()
     shutil.rmtree(ckpt.dir, ignore_errors=True)
@@ -362,12 +372,13 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
 
 
 def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: BuildOptions, thumbnails: bool,
-              problems: list[Problem]) -> str:
+              problems: list[Problem], views: int = 0) -> str:
     """What a bundle was built from: the model, the vectors' source, every row (its metadata and its image's
-    ``row_key``, in order), the rows skipped, the options and whether it has thumbnails. The same key means
-    the same bundle would be written again."""
+    ``row_key``, in order), the rows skipped, the options, whether it has thumbnails and the views per item
+    it learns from (0: none). The same key means the same bundle would be written again."""
     h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
                                    "options": asdict(opts), "thumbnails": bool(thumbnails),
+                                   "views": int(views),
                                    "skipped": [str(p) for p in problems], "partial": PARTIAL_VERSION},
                                   sort_keys=True, default=str).encode())
     for r, k in zip(rows, keys, strict=True):
@@ -391,9 +402,38 @@ def _already_built(out_dir: Path, key: str) -> Manifest | None:
     return manifest
 
 
+class _Learning:
+    """The projection a build learns from its catalog's photos (``pi_search.learn``), or none (0 views)."""
+
+    def __init__(self, extractor, views: int, progress: bool):
+        self.extractor, self.views, self.progress = extractor, int(views), progress
+
+    def run(self, rows: list[Row], vectors) -> tuple:
+        """(``Learned`` or None, manifest info) from the kept ``rows`` and their vectors (row i is row i)."""
+        if self.views <= 0 or len(rows) < learning.MIN_ITEMS:
+            return None, {}
+        sample = learning.sample_rows(len(rows))
+        synth_side = learning.synth.ITEM_SIDE   # the views need the item no larger than this
+        bar = Progress(len(sample), 0, self.progress, "learning from views of", "learned from")
+
+        def photos():
+            for i in sample.tolist():
+                try:
+                    rgb = images.read(rows[i].image, min_side=synth_side)   # reduced decoding
+                except (ImageError, OSError) as exc:
+                    log.warning("%s: left out of the learning (%s)", rows[i].image, exc)
+                    continue
+                yield rows[i].id, rgb, np.asarray(vectors[i], np.float32)
+
+        try:
+            return learning.learn(self.extractor, photos(), n_views=self.views, on_item=bar.update)
+        finally:
+            bar.close()
+
+
 def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions, vectors, items,
                 n_rows: int, problems: list[Problem], late: list[Problem], strict: bool,
-                key: str | None = None) -> tuple[Manifest, list[Problem]]:
+                key: str | None = None, learned: tuple = (None, {})) -> tuple[Manifest, list[Problem]]:
     """Write the bundle of the kept rows (``vectors`` float32 [n, dim], row i is ``items``' i-th); reports
     the rows that failed while embedding (``late``: fatal with ``strict``). Returns the manifest and every
     skipped row. ``key``: the ``build_key`` recorded in the manifest (a rerun finds it there)."""
@@ -406,7 +446,8 @@ def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions,
     manifest = write_bundle(out_dir, vectors, items, model=model, options=opts, locked=True,
                             extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
                                                         "skipped": len(problems),
-                                                        **({"build_key": key} if key else {})}})
+                                                        **({"build_key": key} if key else {})}},
+                            learned=learned[0], learned_info=learned[1])
     if problems:
         log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
     return manifest, problems
@@ -436,7 +477,7 @@ class _RowItems:
 
 def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extractor, rows: list[Row],
                        problems: list[Problem], opts: BuildOptions, *, strict: bool, thumbnails: bool,
-                       progress: bool, t0: float) -> BuildReport:
+                       progress: bool, t0: float, teach: _Learning | None = None) -> BuildReport:
     """A bundle from the shards of ``index embed``, streamed: one shard in memory at a time, the vectors
     gathered in a memory map beside ``out_dir`` (float32 [n, dim]; its file unlinked at once), the items
     written as they are made. Memory stays bounded by a shard and the catalog's rows, whatever the
@@ -460,8 +501,9 @@ def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extra
             bar.update(n + len(shard.failed_rows))
         bar.close()   # before the bundle's own log lines
         items = _RowItems(rows, kept, thumbnails)
+        learned = teach.run([rows[i] for i in kept], vectors[:len(kept)]) if teach else (None, {})
         manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
-                                         len(rows), problems, late, strict)
+                                         len(rows), problems, late, strict, learned=learned)
     finally:
         bar.close()
         del vectors

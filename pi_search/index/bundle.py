@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BundleError
+from ..learn.whiten import Learned
 from .backends import Searcher, get_backend
 from .files import fingerprint
 from .items import ItemsFile
@@ -22,7 +23,8 @@ from .verify import check_file
 
 @dataclass(frozen=True)
 class Match:
-    """One search result. ``score`` is the cosine similarity of the full embeddings, in [-1, 1].
+    """One search result. ``score`` is the cosine similarity of the full embeddings (through the bundle's
+    learned projection when it has one), in [-1, 1].
 
     ``generation``: which bundle the live catalog served when it was found (results of different generations
     must not be combined into one).
@@ -46,6 +48,7 @@ class Bundle:
         self.directory = directory
         self.manifest = manifest
         self.projection: Projection | None = None
+        self.learned: Learned | None = None   # the catalog's own projection; the stored rows are in it
         self._searcher: Searcher | None = None
         self._store: VectorStore | None = None
         self._items: ItemsFile | None = None
@@ -98,6 +101,9 @@ class Bundle:
         for name in (m.store.file, m.store.scale, m.store.offset):
             if name:
                 self._file(name)
+        if m.learned is not None:
+            self.learned = Learned.load(self._file(m.learned["mean"]), self._file(m.learned["matrix"]),
+                                        m.model.dim)
         ann = m.search.mode == "ann"
         if m.store.space == "pca":
             if not ann:
@@ -183,12 +189,20 @@ class Bundle:
         qi = self.projection.apply(q) if self.projection is not None else q
         return self._searcher.candidates(qi, n)
 
-    def search_indices(self, vector: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector."""
+    def to_learned(self, vector: np.ndarray) -> np.ndarray:
+        """An embedding (float32 [..., dim]) in the space of the stored rows: through the learned projection
+        when the bundle has one (L2-normalised either way)."""
+        q = normalise(np.asarray(vector, dtype=np.float32))
+        return self.learned.apply(q) if self.learned is not None else q
+
+    def search_indices(self, vector: np.ndarray, k: int = 5, *,
+                       learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector (an
+        embedding; ``learned``: already through ``to_learned``)."""
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise BundleError(f"query vector has {q.shape[0]} dims, bundle {self.directory} has {self.dim}")
-        q = normalise(q)
+        q = normalise(q) if learned else self.to_learned(q)
         k = max(1, min(int(k), len(self)))
         store = self.store
         if self.manifest.search.mode == "exact":
@@ -200,9 +214,10 @@ class Bundle:
         order = np.argsort(-s, kind="stable")[:k]
         return cand[order], s[order]
 
-    def search(self, vector: np.ndarray, k: int = 5) -> list[Match]:
-        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first."""
-        idx, scores = self.search_indices(vector, k)
+    def search(self, vector: np.ndarray, k: int = 5, *, learned: bool = False) -> list[Match]:
+        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first; ``learned``: the
+        vector went through ``to_learned`` already."""
+        idx, scores = self.search_indices(vector, k, learned=learned)
         if idx.size == 0:
             return []
         meta = self.items.rows(idx.tolist())
@@ -214,6 +229,16 @@ class Bundle:
                                   "rebuild the bundle")
             out.append(Match(r[1], r[2], r[3], float(min(1.0, max(-1.0, s))), i))
         return out
+
+    def search_mean(self, vectors: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k matches scored by the mean of their cosines with each of ``vectors`` (float32 [m, dim]
+        embeddings), with one search: their mean in the stored rows' space, its scores times its length."""
+        v = normalise(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        q = self.to_learned(v).mean(axis=0)
+        n = float(np.linalg.norm(q))
+        if n <= 1e-6:
+            return self.search(v[0], k)
+        return [replace(m, score=m.score * n) for m in self.search(q / n, k, learned=True)]
 
     def item(self, item_id: str) -> dict | None:
         """Metadata of one item by catalog id (id, title, price, extra), or None."""

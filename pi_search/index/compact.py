@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, CatalogError
+from ..learn.whiten import Learned
 from .changes import ChangeStore, Snapshot, store_path
 from .files import bundle_lock, recover, swap_into_place
 from .ids import VIEW_SEP, item_of
@@ -145,9 +146,11 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
             part = bundle_rows[i:i + _CHUNK]
             dst = np.array([p[0] for p in part], np.int64)
             vecs[dst] = stored.full(np.array([p[1] for p in part], np.int64))
+        learned = _learned(bundle_dir, manifest)   # stored rows are in its space: taught shots join them
         for n, m in enumerate(plan.meta):
             if m[4] == "taught":
-                vecs[n] = snap.vectors[m[5]]
+                v = snap.vectors[m[5]]
+                vecs[n] = v if learned is None else learned.apply(v / max(float(np.linalg.norm(v)), 1e-12))
         vecs.flush()
         items = _CompactedItems(plan.meta, store.thumbnails(), old_items)
         model = {"name": manifest.model.name, "sha256": manifest.model.sha256, "dim": dim}
@@ -155,14 +158,24 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
                  "changes": {"folded_seq": snap.seq, "views": plan.views,
                              "compacted": datetime.now(UTC).isoformat(timespec="seconds"),
                              "folded_items": len(snap.items)}}
+        info = {k: v for k, v in (manifest.learned or {}).items() if k not in ("mean", "matrix", "dims")}
         new_manifest = write_bundle(staging, vecs, items, model=model, options=_options(manifest),
-                                    extra_manifest=extra, locked=True)
+                                    extra_manifest=extra, locked=True, learned=learned, learned_info=info,
+                                    learned_applied=True)
         del vecs
         return new_manifest
     finally:
         stored.close()
         with contextlib.suppress(OSError):
             tmp_vecs.unlink()
+
+
+def _learned(bundle_dir: Path, manifest: Manifest):
+    """The bundle's learned projection (``learn.whiten.Learned``), or None: carried into the new bundle."""
+    if manifest.learned is None:
+        return None
+    return Learned.load(bundle_dir / Path(manifest.learned["mean"]).name,
+                        bundle_dir / Path(manifest.learned["matrix"]).name, manifest.model.dim)
 
 
 class _CompactedItems:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -405,7 +406,7 @@ class LiveCatalog:
         m = int(keep.sum())
         # room to grow: an add writes its shots after row m, which no published state reads
         vecs = np.empty((m + max(256, m // 4), snap.vectors.shape[1]), np.float32)
-        vecs[:m] = snap.vectors[keep]
+        vecs[:m] = bundle.to_learned(snap.vectors[keep])   # taught shots in the stored rows' space
         owners = snap.owners[keep]
         masked = frozenset(i for i, it in items.items() if it.masks_bundle)
         proj = self._projection(bundle) if m > EXACT_TAUGHT_MAX else None
@@ -428,6 +429,7 @@ class LiveCatalog:
             return None
         if (st.coarse is None) != (m + n <= EXACT_TAUGHT_MAX):
             return None
+        vectors = st.bundle.to_learned(vectors)
         st.buffer[m:m + n] = vectors
         if st.coarse is not None:
             st.coarse_buffer[m:m + n] = st.projection.apply(vectors)
@@ -574,9 +576,31 @@ class LiveCatalog:
         with self._reading() as st:
             if st is None:
                 return []
+            q = st.bundle.to_learned(q)   # once, for the bundle and the taught shots alike
             self._search_bundle(st, q, k, best)
             self._search_taught(st, q, k, best)
         return sorted(best.values(), key=lambda m: -m.score)[:k]
+
+    def search_mean(self, vectors: np.ndarray, k: int = 5) -> list[Match]:
+        """Top-k items scored by the mean of their cosines with each of ``vectors`` (float32 [m, dim],
+        L2-normalised embeddings), with one search: the mean of the vectors in the stored rows' space (through
+        the learned projection), its scores times the mean's length."""
+        v = normalise(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        k = max(1, int(k))
+        best: dict[str, Match] = {}
+        with self._reading() as st:
+            if st is None:
+                return []
+            q = st.bundle.to_learned(v).mean(axis=0)
+            n = float(np.linalg.norm(q))
+            if n <= 1e-6:
+                q, n = st.bundle.to_learned(v[0]), 1.0
+            else:
+                q = q / n
+            self._search_bundle(st, q, k, best)
+            self._search_taught(st, q, k, best)
+        return [dataclasses.replace(m, score=m.score * n)
+                for m in sorted(best.values(), key=lambda m: -m.score)[:k]]
 
     def _faulted(self, exc: BundleError) -> None:
         """A read of the served bundle failed: remembered for /healthz, and raised for this request only."""
@@ -589,7 +613,7 @@ class LiveCatalog:
         views = bundle.manifest.views
         want = min(n, k + min(len(st.masked), 4 * k) + (2 * k if views else 0))
         while True:
-            found = bundle.search(q, want)
+            found = bundle.search(q, want, learned=True)
             kept = 0
             for m in found:
                 iid = item_of(m.id)

@@ -15,6 +15,8 @@ STORE_FILE = "vectors.npy"
 STORE_SCALE_FILE = "vectors_scale.npy"
 PCA_MEAN_FILE = "pca_mean.npy"
 PCA_COMPONENTS_FILE = "pca_components.npy"
+LEARNED_MEAN_FILE = "learned_mean.npy"        # the projection learned from the catalog (pi_search.learn)
+LEARNED_MATRIX_FILE = "learned_matrix.npy"
 SEARCH_KEYS = ("mode", "candidates", "search_k", "nprobe")
 
 
@@ -92,6 +94,14 @@ class Manifest:
     @property
     def backend(self) -> str:
         return str(self.index.get("backend", "annoy"))
+
+    @property
+    def learned(self) -> dict | None:
+        """The ``learned`` entry: the projection learned from the catalog's own photos at build time
+        (``type``, ``dims``, ``mean`` and ``matrix`` files, how it was learned), or None. Stored vectors are
+        in its space; a query is projected the same way before it is searched."""
+        entry = self.extra.get("learned")
+        return dict(entry) if isinstance(entry, dict) else None
 
     @property
     def folded_seq(self) -> int:

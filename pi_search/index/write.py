@@ -22,6 +22,8 @@ from .items import Item, write_items
 from .manifest import (
     FORMAT_VERSION,
     ITEMS_FILE,
+    LEARNED_MATRIX_FILE,
+    LEARNED_MEAN_FILE,
     MANIFEST,
     PCA_COMPONENTS_FILE,
     PCA_MEAN_FILE,
@@ -118,15 +120,37 @@ def check_out_dir(out_dir: Path) -> None:
                           "replaced)")
 
 
+class LearnedRows:
+    """Rows of [n, dim] embeddings seen through a learned projection (``learn.whiten.Learned``), a slice at
+    a time: slicing yields float32 [rows, dim], L2-normalised (the store, PCA and index read it in chunks)."""
+
+    def __init__(self, vectors, learned):
+        self._v, self._l = vectors, learned
+        self.shape = (int(vectors.shape[0]), learned.dims)
+        self.ndim = 2
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, sl):
+        return self._l.apply(normalise(np.asarray(self._v[sl], dtype=np.float32)))
+
+
 def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item], *, model: dict,
                  options: BuildOptions | None = None, extra_manifest: dict | None = None,
-                 locked: bool = False) -> Manifest:
+                 locked: bool = False, learned=None, learned_info: dict | None = None,
+                 learned_applied: bool = False) -> Manifest:
     """Write a bundle for ``items`` (row i of ``vectors`` is item i) atomically into ``out_dir``.
 
     ``vectors``: float32 [n, dim] embeddings (normalised again). ``model``: ``name``, ``sha256``, ``dim``.
     Everything is written into a temporary directory beside ``out_dir``, synced, and renamed into place; an
     existing bundle at ``out_dir`` is swapped out only once the new one is complete (``swap_into_place``).
-    Holds ``bundle_lock`` unless the caller does (``locked``). Returns the manifest.
+    Holds ``bundle_lock`` unless the caller does (``locked``). ``learned`` (``learn.whiten.Learned``): the
+    projection learned from the catalog, written beside the store (``learned_mean.npy``,
+    ``learned_matrix.npy``, the manifest's ``learned`` entry with ``learned_info``); the store and index hold
+    the projected rows (``learned_applied``: ``vectors`` are projected already, as a compaction's are).
+    Returns the manifest.
     """
     out_dir = Path(out_dir)
     n = len(items)
@@ -144,18 +168,28 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     lock = contextlib.nullcontext() if locked else bundle_lock(out_dir)
     with lock:
         recover(out_dir, locked=True)
-        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest)
+        if learned is not None:
+            if learned.dims != dim:
+                raise BundleError(f"the learned projection gives {learned.dims} dims; the store needs {dim}")
+            extra_manifest = {**(extra_manifest or {}), "learned": {
+                **(learned_info or {}), "dims": learned.dims, "mean": LEARNED_MEAN_FILE,
+                "matrix": LEARNED_MATRIX_FILE}}
+            if not learned_applied:
+                vectors = LearnedRows(vectors, learned)
+        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest, learned)
 
 
 
 
 def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, opts: BuildOptions,
-                  extra_manifest: dict | None) -> Manifest:
+                  extra_manifest: dict | None, learned=None) -> Manifest:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     t0 = time.perf_counter()
     backend = get_backend(opts.backend)
     try:
+        if learned is not None:
+            learned.save(tmp / LEARNED_MEAN_FILE, tmp / LEARNED_MATRIX_FILE)
         projection = None
         big = opts.backend == "ivfpq"   # millions of rows: the PCA learns from a spread sample
         if opts.dims:
@@ -172,7 +206,7 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
             elif opts.store_dtype != "int8":
                 indexed = np.load(tmp / STORE_FILE, mmap_mode="r")
             else:
-                indexed = normalise(vectors)
+                indexed = normalise(vectors[:])
         index_entry = backend.build(tmp, indexed, opts)
         write_items(tmp / ITEMS_FILE, items)
         extra = dict(extra_manifest or {})

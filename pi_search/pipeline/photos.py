@@ -1,4 +1,4 @@
-"""Searching still photos (``pi-search query``): each image framed like a camera query and searched."""
+"""Searching still photos (``pi-search query``): each image gets the look a still camera frame gets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import images
 from ..errors import ImageError
-from ..model.framing import embed_query_image
+from ..model import look as looking
 
 
 def query_images(extractor, catalog, paths: Sequence[str | Path], k: int = 5) -> list[dict]:
@@ -15,9 +15,10 @@ def query_images(extractor, catalog, paths: Sequence[str | Path], k: int = 5) ->
     results = []
     for path in paths:
         try:
-            vec = embed_query_image(extractor, images.read(path))
+            seen = looking.look(extractor, images.read(path))
         except ImageError as exc:
             results.append({"query": str(path), "error": str(exc), "matches": []})
             continue
-        results.append({"query": str(path), "matches": [m.as_dict() for m in catalog.search(vec, k)]})
+        matches = looking.search(catalog, seen, k)[0]
+        results.append({"query": str(path), "matches": [m.as_dict() for m in matches]})
     return results

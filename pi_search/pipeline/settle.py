@@ -86,6 +86,8 @@ def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
     """Matches scored by the mean of two embeddings' cosine scores (as ``fuse`` scores one window), with one
     search: the mean score is the cosine with the mean vector times its length. ``a``, ``b``: float32 [dim],
     L2-normalised."""
+    if hasattr(bundle, "search_mean"):   # a bundle or the live catalog: the mean in its stored rows' space
+        return list(bundle.search_mean(np.stack([a, b]), k))
     m = (np.asarray(a, np.float32) + np.asarray(b, np.float32)) / 2
     n = float(np.linalg.norm(m))
     if n <= 1e-6:
@@ -93,15 +95,23 @@ def search_mean(bundle, a: np.ndarray, b: np.ndarray, k: int) -> list:
     return [replace(x, score=x.score * n) for x in bundle.search(m / n, k)]
 
 
-def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0) -> str | None:
+def thresholds(manifest) -> tuple[float, float]:
+    """(HINT_SCORE, HINT_GAIN) for a bundle's scores: a bundle with a learned projection carries its own
+    (``learn.catalog.calibrate``: its cosines run lower than the model's own); None or none: the defaults."""
+    learned = getattr(manifest, "learned", None) or {}
+    return float(learned.get("hint_score", HINT_SCORE)), float(learned.get("hint_gain", HINT_GAIN))
+
+
+def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0,
+         limits: tuple[float, float] = (HINT_SCORE, HINT_GAIN)) -> str | None:
     """The guide's sentence, or None: when the best match is weak, or when it was found in a window outside
     the target box that frames it clearly better than the box does (``gain``, from ``fuse``). No matches at
     all (no catalog loaded, or an empty one) is not the holder's fault: no hint."""
     if top_score is None:
         return None
-    if top_score < HINT_SCORE:
+    if top_score < limits[0]:
         return HINT
-    if region is not None and gain >= HINT_GAIN:
+    if region is not None and gain >= limits[1]:
         cx, cy = (region[0] + region[2]) / 2, (region[1] + region[3]) / 2
         if not (target[0] <= cx <= target[2] and target[1] <= cy <= target[3]):
             return HINT

@@ -15,6 +15,7 @@ from .. import images, notify
 from ..camera.guard import GuardedSource
 from ..errors import Busy, PiSearchError, SourceError
 from ..model import framing
+from ..model import look as looking
 from . import settle as settling
 from .gate import Gate
 from .result import LatestResult
@@ -294,7 +295,8 @@ class Worker:
         fh, fw = frame.rgb.shape[:2]
         target = framing.target_box(fw, fh)
         gain = self._region_gain if region else 0.0  # as the settled look measured it
-        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain,
+                                       settling.thresholds(getattr(self.catalog, "manifest", None))),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
@@ -324,29 +326,32 @@ class Worker:
         t0 = time.perf_counter()
         fh, fw = frame.rgb.shape[:2]
         k = self.config.index.top_k
-        depth = max(k, settling.SETTLE_DEPTH)
-        boxes = settling.settle_windows(fw, fh)
+        depth = looking.depth(k)
+        if "boxes" not in job:   # the same windows as an upload or a query of this image (model.look)
+            job["boxes"] = looking.windows_for(frame.rgb)
+        boxes = job["boxes"]
         while len(job["done"]) < len(boxes):
             box = boxes[len(job["done"])]
-            v = self.extractor.embed(framing.window_input(frame.rgb, box, self.extractor.size))
+            v = looking.embed_window(self.extractor, frame.rgb, box)
             job["done"].append((box, self.catalog.search(v, depth)))
             if time.perf_counter() - t0 >= settling.SETTLE_SLICE_S:
                 break
         if len(job["done"]) < len(boxes):
             job["seconds"] += time.perf_counter() - t0
             return None
-        kept = self.catalog.search(job["vec"], depth)
-        if not settling.one_generation(kept, *(ms for _, ms in job["done"])):
-            job["done"], job["seconds"] = [], 0.0   # another bundle came in meanwhile: look again, on it only
+        fused = looking.fuse(self.catalog, job["vec"], job["done"], k)
+        if fused is None:   # another bundle came in meanwhile: look again, on it only
+            job["done"], job["seconds"] = [], 0.0
             return None
-        matches, region, gain = settling.fuse(kept, job["done"], k)
+        matches, region, gain = fused
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
         t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.add("settled")
         target = framing.target_box(fw, fh)
-        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain),
+        guide = {"hint": settling.hint(matches[0].score if matches else None, region, target, gain,
+                                       settling.thresholds(getattr(self.catalog, "manifest", None))),
                  "target": list(target), "region": list(region) if region else None}
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
@@ -473,9 +478,9 @@ class Worker:
             t0 = time.perf_counter()
             rgb = image() if callable(image) else image
             t1 = time.perf_counter()
-            vec = self.embed_query(self.extractor, rgb)
+            seen = looking.look(self.extractor, rgb, self.embed_query)   # as a still camera frame
             t2 = time.perf_counter()
-            matches = self.catalog.search(vec, k or self.config.index.top_k)
+            matches = looking.search(self.catalog, seen, k or self.config.index.top_k)[0]
             t3 = time.perf_counter()
         self.stats.add("uploads")
         return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,

@@ -389,12 +389,13 @@ def _bbox(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> tuple[float, f
     m = cv2.getPerspectiveTransform(src, dst + np.array([pad_w, pad_h], np.float32))
     a = cv2.warpPerspective(np.ascontiguousarray(rgba[:, :, 3]), m, (w + 2 * pad_w, h + 2 * pad_h),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    ys, xs = np.nonzero(a > 8)
+    opaque = a > 8
+    ys, xs = np.flatnonzero(opaque.any(axis=1)), np.flatnonzero(opaque.any(axis=0))  # rows, columns
     if ys.size == 0:  # nothing opaque inside the canvas: the corners' box
         return (float(dst[:, 0].min()), float(dst[:, 1].min()), float(dst[:, 0].max()),
                 float(dst[:, 1].max()))
-    return (float(xs.min() - pad_w), float(ys.min() - pad_h), float(xs.max() + 1 - pad_w),
-            float(ys.max() + 1 - pad_h))
+    return (float(xs[0] - pad_w), float(ys[0] - pad_h), float(xs[-1] + 1 - pad_w),
+            float(ys[-1] + 1 - pad_h))
 
 
 def _place(box: tuple[float, float, float, float], shot: Shot, size: tuple[int, int],

