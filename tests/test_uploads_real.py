@@ -343,15 +343,15 @@ def test_catalog_photos_shot_on_phones_build_like_upright(run, corpus, tmp_path)
         assert ta.shape == tb.shape and ta.shape[1] > ta.shape[0]  # the thumbnail is upright too
 
 
-def test_over_40_mp_is_still_refused_from_the_header(make, corpus):
-    """The pixel cap stays: a JPEG declaring 8000x6000 (48 MP) is refused before any decoding."""
+def test_over_200_mp_is_still_refused_from_the_header(make, corpus):
+    """The pixel cap stays: a JPEG declaring 20000x12000 (240 MP) is refused before any decoding."""
     _, client = make()
     data = bytearray(corpus.phone[1].read_bytes())
     sof = data.find(b"\xff\xc0")
     assert sof > 0 and images.photo_size(bytes(data)) == (4032, 3024)
-    data[sof + 5: sof + 9] = (6000).to_bytes(2, "big") + (8000).to_bytes(2, "big")
+    data[sof + 5: sof + 9] = (12000).to_bytes(2, "big") + (20000).to_bytes(2, "big")
     r = client.post("/api/search", data={"image": (io.BytesIO(bytes(data)), "huge.jpg")})
-    assert r.status_code == 400 and "(8000x6000); the largest accepted is 40" in r.get_json()["error"]
+    assert r.status_code == 400 and "(20000x12000); the largest accepted is 200" in r.get_json()["error"]
 
 
 def test_orientation_of_cut_or_damaged_metadata_is_as_stored(corpus):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..embed.shards import shards_for_build
+from ..embed.shards import catalog_framing, shards_for_build
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
 from ..learn import catalog as learning
@@ -374,11 +374,13 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
 def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: BuildOptions, thumbnails: bool,
               problems: list[Problem], views: int = 0) -> str:
     """What a bundle was built from: the model, the vectors' source, every row (its metadata and its image's
-    ``row_key``, in order), the rows skipped, the options, whether it has thumbnails and the views per item
-    it learns from (0: none). The same key means the same bundle would be written again."""
+    ``row_key``, in order), the rows skipped, the options, whether it has thumbnails, the catalog framing and
+    what it learns (views per item, 0: none; shrinkage). The same key means the same bundle would be written
+    again."""
     h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
                                    "options": asdict(opts), "thumbnails": bool(thumbnails),
-                                   "views": int(views),
+                                   "views": int(views), "framing": catalog_framing(extractor.size),
+                                   "shrink": learning.SHRINK,
                                    "skipped": [str(p) for p in problems], "partial": PARTIAL_VERSION},
                                   sort_keys=True, default=str).encode())
     for r, k in zip(rows, keys, strict=True):
