@@ -208,7 +208,8 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
     if as_json:
         emit_json(report.as_dict())
         return
-    click.echo(f"{out_dir}: {report.items} items indexed, {len(report.skipped)} bad row(s) skipped, "
+    photos = f" ({report.photos} photos)" if report.photos != report.items else ""
+    click.echo(f"{out_dir}: {report.items} items{photos} indexed, {len(report.skipped)} bad row(s) skipped, "
                f"{report.embedded} embedded, {report.resumed} resumed, {report.seconds:.1f} s", err=True)
 
 
@@ -274,7 +275,8 @@ def index_info(directory: Path, as_json: bool) -> None:
     m, ix, proj, s = data["model"], data["index"], data["projection"], data["search"]
     click.echo(f"bundle      {data['directory']} (format {data['format_version']}, "
                f"created {data['created']})")
-    click.echo(f"items       {data['items']}")
+    click.echo(f"items       {data['items']}" + (f" ({data['photos']} photos)"
+                                                 if data["photos"] != data["items"] else ""))
     click.echo(f"model       {m['name']}  {m['dim']}-d  sha256 {m['sha256']}")
     click.echo("projection  " + (f"PCA {proj['dims']}-d{' whitened' if proj['whiten'] else ''}, "
                                  f"{proj['explained_variance']:.1%} of the variance" if proj else "none"))
@@ -344,9 +346,13 @@ def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path 
             click.echo(r["query"])
             if "error" in r:
                 click.echo(f"  error: {r['error']}")
+            for c in r.get("codes", []):
+                if not c["matched"]:
+                    click.echo(f"  code {c['code']}: not in the catalog")
             for i, mt in enumerate(r["matches"], 1):
                 price = f"  {mt['price']}" if mt["price"] else ""
-                click.echo(f"  {i:>2}. {mt['score']:.3f}  {mt['id']}  {mt['title']}{price}")
+                how = "barcode" if mt.get("via") == "barcode" else f"{mt['score']:.3f}"
+                click.echo(f"  {i:>2}. {how}  {mt['id']}  {mt['title']}{price}")
     if failed:
         log.warning("%d of %d image(s) could not be read", failed, len(results))
         sys.exit(1)
