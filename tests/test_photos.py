@@ -6,8 +6,8 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
+
 from pi_search import images
 from pi_search.index.build import build_bundle
 from pi_search.index.bundle import Bundle
@@ -25,7 +25,8 @@ SOURCES = {p[0]: p[3] for p in CATALOG_PHOTOS}
 def _catalog(root):
     write_catalog(root, SINGLE + [p for p in CATALOG_PHOTOS if p[0] in ("astronaut", "rocket", "orange",
                                                                          "seville-orange")])
-    rows = list(csv.reader(open(root / "catalog.csv", newline="")))
+    with open(root / "catalog.csv", newline="") as f:
+        rows = list(csv.reader(f))
     out = [rows[0]]
     for r in rows[1:]:
         if r[0] == "astronaut":

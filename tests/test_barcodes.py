@@ -1,0 +1,140 @@
+"""Barcodes: read from real-size photos and camera frames (zxing-cpp), looked up in the catalog, put first."""
+
+from __future__ import annotations
+
+import csv
+
+import corpus
+import cv2
+import numpy as np
+import pytest
+from conftest import camera_view, load_photo, write_catalog
+
+from pi_search.barcodes.codes import check_codes, keys
+from pi_search.barcodes.decode import Code, read_codes
+from pi_search.barcodes.pictures import codes_in_photo
+from pi_search.barcodes.search import codes_first
+from pi_search.index.build import build_bundle
+from pi_search.index.live import LiveCatalog
+from pi_search.pipeline.photos import query_images
+
+EAN = "5012345678900"
+EAN_APPLE = "4006381333931"
+EAN8 = "96385074"
+
+
+def test_one_spelling_for_ean_upc_and_text_codes():
+    assert keys("012345678905") == keys("0012345678905") == ["00012345678905"]   # UPC-A is EAN-13 with 0
+    assert "00012345000065" in keys("01234565")            # UPC-E also as the UPC-A it stands for
+    assert keys(" https://shop.example/p/1 ") == ["https://shop.example/p/1"]
+    assert keys("") == []
+    assert check_codes("5012345678900;96385074") is None
+    assert "wrong check digit" in check_codes("5012345678901")
+
+
+@pytest.fixture(scope="module")
+def shot() -> np.ndarray:
+    """A 12 MP phone photo (4032x3024, RGB) of a packaged photo: the background a code is printed on."""
+    src = corpus.wallpaper(dict((i, f) for i, _, f in corpus.PHOTO_ITEMS)[corpus.PHONE_ITEM])
+    return corpus.handheld(corpus.full_size(src))
+
+
+def _on(s, width, **kw):
+    return corpus.with_code(s, corpus.barcode(EAN), width, **kw)
+
+
+CONDITIONS = {   # photo -> (the photo with the code, JPEG quality)
+    "small (10% of the width)": lambda s: (_on(s, 0.10, at=(0.3, 0.6)), 92),
+    "tilted 15 degrees": lambda s: (_on(s, 0.15, angle=15), 92),
+    "dim (30% light)": lambda s: ((_on(s, 0.12) * 0.3).astype(np.uint8), 92),
+    "blurred (sigma 3 px)": lambda s: (cv2.GaussianBlur(_on(s, 0.12), (0, 0), 3), 92),
+    "JPEG quality 70": lambda s: (_on(s, 0.10), 70),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("condition", list(CONDITIONS))
+def test_a_code_is_read_from_a_real_size_photo(shot, condition):
+    img, quality = CONDITIONS[condition](shot)
+    codes = codes_in_photo(corpus.jpeg_bytes(img, quality))
+    assert [(c.text, c.format) for c in codes] == [(EAN, "EAN13")]
+
+
+@pytest.mark.slow
+def test_a_wrong_check_digit_is_refused_and_two_codes_come_in_reading_order(shot):
+    import zxingcpp
+
+    bad = corpus.ean13_wrong_check(EAN, "3")
+    img = corpus.with_code(shot, bad, 0.15)
+    # the bars are there and readable: the decoder sees the number and refuses its check digit
+    seen = zxingcpp.read_barcodes(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), return_errors=True)
+    bars = [b for b in seen if b.text]
+    assert [b.text for b in bars] == ["5012345678903"] and not bars[0].valid
+    assert codes_in_photo(corpus.jpeg_bytes(img, 92)) == []
+    two = corpus.with_code(corpus.with_code(shot, corpus.barcode(EAN8, "EAN8"), 0.12, at=(0.7, 0.5)),
+                           corpus.barcode(EAN), 0.15, at=(0.3, 0.52))
+    assert [c.text for c in codes_in_photo(corpus.jpeg_bytes(two, 90))] == [EAN, EAN8]
+
+
+def test_codes_on_a_camera_frame_qr_and_code128():
+    frame = camera_view(load_photo("skimage:chelsea"))
+    frame = cv2.resize(frame, (640, 480), interpolation=cv2.INTER_AREA)
+    qr = corpus.with_code(frame, corpus.barcode("https://shop.example/p/7", "QRCode"), 0.3, at=(0.25, 0.5))
+    both = corpus.with_code(qr, corpus.barcode("SKU-0042", "Code128"), 0.45, at=(0.7, 0.5))
+    assert [(c.text, c.format) for c in read_codes(both)] == [("https://shop.example/p/7", "QRCode"),
+                                                             ("SKU-0042", "Code128")]
+    assert read_codes(frame) == []
+
+
+@pytest.fixture(scope="module")
+def barcode_bundle(tmp_path_factory, extractor):
+    root = write_catalog(tmp_path_factory.mktemp("barcode-catalog"))
+    with open(root / "catalog.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    codes = {"apple": EAN_APPLE, "coffee": f"{EAN8}; SKU-0042", "orange": "012345678905"}
+    out = [rows[0] + ["barcode"]] + [r + [codes.get(r[0], "")] for r in rows[1:]]
+    with open(root / "catalog.csv", "w", newline="") as f:
+        csv.writer(f).writerows(out)
+    bundle = tmp_path_factory.mktemp("barcode") / "bundle"
+    build_bundle(root, bundle, extractor, progress=False)
+    return bundle
+
+
+def test_a_code_of_a_catalog_item_puts_it_first_via_barcode(barcode_bundle, extractor, tmp_path):
+    cat_photo = cv2.resize(camera_view(load_photo("skimage:chelsea")), (1600, 1200))
+    known = tmp_path / "known.jpg"
+    known.write_bytes(corpus.jpeg_bytes(corpus.with_code(cat_photo, corpus.barcode(EAN_APPLE), 0.3), 90))
+    unknown = tmp_path / "unknown.jpg"
+    unknown.write_bytes(corpus.jpeg_bytes(corpus.with_code(cat_photo, corpus.barcode(EAN), 0.3), 90))
+    upca = tmp_path / "upca.jpg"   # printed as UPC-A, listed as UPC-A; read as EAN-13 with a leading 0
+    upca.write_bytes(corpus.jpeg_bytes(corpus.with_code(cat_photo, corpus.barcode("012345678905", "UPCA"),
+                                                        0.3), 90))
+    with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
+        res = query_images(extractor, cat, [known, unknown, upca], k=3)
+    first = res[0]
+    assert first["codes"] == [{"code": EAN_APPLE, "format": "EAN13", "matched": True, "id": "apple"}]
+    assert [(m["id"], m["via"]) for m in first["matches"]][:2] == [("apple", "barcode"), ("cat", "image")]
+    assert len(first["matches"]) == 3
+    second = res[1]
+    assert second["codes"] == [{"code": EAN, "format": "EAN13", "matched": False, "id": None}]
+    assert second["matches"][0]["id"] == "cat" and {m["via"] for m in second["matches"]} == {"image"}
+    assert res[2]["matches"][0]["id"] == "orange" and res[2]["matches"][0]["via"] == "barcode"
+
+
+def test_taught_items_keep_their_barcode(barcode_bundle, extractor, tmp_path):
+    import shutil
+
+    directory = tmp_path / "bundle"
+    shutil.copytree(barcode_bundle, directory)
+    with LiveCatalog.open(directory, extractor=extractor) as cat:
+        vec = np.ones((1, extractor.dim), np.float32)
+        cat.add("Tea tin", "4.00", vec, item_id="tea", extra={"barcode": EAN})
+        matches, codes = codes_first(cat, [Code(EAN, "EAN13", (0, 0, 1, 1))], [], 5)
+        assert [m.id for m in matches] == ["tea"] and codes[0]["matched"]
+        cat.edit("apple", extra={"barcode": EAN8})          # the apple's code changed after the build
+        found = cat.code_items(keys(EAN8) + keys(EAN_APPLE))
+        # the edited item's code is the one that counts: its old one names nothing now
+        assert {k: m.id for k, m in found.items()} == {keys(EAN8)[0]: "apple"}
+        cat.compact()                                        # folded into the bundle's codes table
+        found = cat.code_items(keys(EAN) + keys(EAN_APPLE) + keys("SKU-0042"))
+        assert {k: m.id for k, m in found.items()} == {keys(EAN)[0]: "tea", "SKU-0042": "coffee"}
