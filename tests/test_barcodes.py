@@ -138,3 +138,31 @@ def test_taught_items_keep_their_barcode(barcode_bundle, extractor, tmp_path):
         cat.compact()                                        # folded into the bundle's codes table
         found = cat.code_items(keys(EAN) + keys(EAN_APPLE) + keys("SKU-0042"))
         assert {k: m.id for k, m in found.items()} == {keys(EAN)[0]: "tea", "SKU-0042": "coffee"}
+
+
+def test_the_camera_loop_reads_codes_once_the_scene_is_still(barcode_bundle, extractor):
+    from fakes import ListSource
+
+    from pi_search.config import load_config
+    from pi_search.pipeline.worker import Worker
+
+    frame = cv2.resize(camera_view(load_photo("skimage:chelsea")), (640, 480), interpolation=cv2.INTER_AREA)
+    frame = corpus.with_code(frame, corpus.barcode(EAN_APPLE), 0.45, at=(0.5, 0.75))
+    with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
+        svc = Worker(None, extractor, cat, load_config(None, {"gate.refresh_s": 0.0}), source_name="test")
+        src = ListSource([frame], loop=True, noise=1.0)
+        src.start()
+        first = svc.process(src.read())     # inferred: by its look only, no read on a changing scene
+        assert first.codes == () and first.matches[0].via == "image" and svc.stats.code_reads == 0
+        assert svc.process(src.read()) is None   # still: read once, published with the item first
+        still = svc.latest()
+        assert svc.stats.code_reads == 1 and still is not first and still.jpeg == first.jpeg
+        d = still.as_dict()
+        assert d["codes"] == [{"code": EAN_APPLE, "format": "EAN13", "matched": True, "id": "apple"}]
+        assert [(m["id"], m["via"]) for m in d["matches"]][:2] == [("apple", "barcode"), ("cat", "image")]
+        for _ in range(5):
+            svc.process(src.read())
+        assert svc.stats.code_reads == 1            # once per still scene
+        svc.gate.reset()                            # the same item moves a little: it keeps its code
+        moved = svc.process(src.read())
+        assert moved.matches[0].id == "apple" and moved.matches[0].via == "barcode"
