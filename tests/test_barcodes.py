@@ -166,3 +166,27 @@ def test_the_camera_loop_reads_codes_once_the_scene_is_still(barcode_bundle, ext
         svc.gate.reset()                            # the same item moves a little: it keeps its code
         moved = svc.process(src.read())
         assert moved.matches[0].id == "apple" and moved.matches[0].via == "barcode"
+
+
+def test_an_upload_with_a_code_answers_the_item_first_and_lists_the_codes(barcode_bundle, extractor):
+    import io
+
+    from fakes import FakeWorker
+
+    from pi_search.config import load_config
+    from pi_search.web import create_app
+
+    photo = cv2.resize(camera_view(load_photo("skimage:chelsea")), (1600, 1200))
+    photo = corpus.with_code(corpus.with_code(photo, corpus.barcode(EAN_APPLE), 0.25, at=(0.3, 0.8)),
+                             corpus.barcode(EAN), 0.25, at=(0.7, 0.8))
+    config = load_config(None, {})
+    with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
+        client = create_app(FakeWorker(cat, extractor, config), config).test_client()
+        r = client.post("/api/search?k=3", data={"image": (io.BytesIO(corpus.jpeg_bytes(photo, 85)), "p.jpg")},
+                        content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["codes"] == [{"code": EAN_APPLE, "format": "EAN13", "matched": True, "id": "apple"},
+                             {"code": EAN, "format": "EAN13", "matched": False, "id": None}]
+    assert [(m["id"], m["via"]) for m in body["matches"]][:2] == [("apple", "barcode"), ("cat", "image")]
+    assert len(body["matches"]) == 3 and body["timings_ms"]["codes"] > 0

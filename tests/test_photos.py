@@ -107,3 +107,22 @@ def test_compaction_keeps_every_photo(photos_bundle, extractor, tmp_path):
         assert cat.thumbnail("pair", 1) is not None and cat.thumbnail("pair", 1) != cat.thumbnail("pair")
     data = info(directory)
     assert (data["items"], data["photos"]) == (len(SINGLE) + 3, len(SINGLE) + 5)
+
+
+def test_the_page_shows_the_thumbnail_of_the_photo_that_matched(photos_bundle, extractor):
+    from fakes import FakeWorker
+
+    from pi_search.config import load_config
+    from pi_search.web import create_app
+
+    config = load_config(None, {})
+    with LiveCatalog.open(photos_bundle, extractor=extractor, readonly=True) as cat:
+        svc = FakeWorker(cat, extractor, config)
+        client = create_app(svc, config).test_client()
+        svc.start().publish(_query(SOURCES["rocket"]))
+        top = client.get("/api/results").get_json()["matches"][0]
+        assert (top["id"], top["photo"], top["via"]) == ("pair", 1, "image")
+        back, front = client.get("/thumbs/pair?photo=1"), client.get("/thumbs/pair")
+        assert back.status_code == front.status_code == 200 and back.data != front.data
+        assert back.data == cat.thumbnail("pair", 1)
+        assert client.get("/thumbs/pair?photo=7").data == front.data   # no such photo: the item's first
