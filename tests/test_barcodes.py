@@ -182,11 +182,67 @@ def test_an_upload_with_a_code_answers_the_item_first_and_lists_the_codes(barcod
     config = load_config(None, {})
     with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
         client = create_app(FakeWorker(cat, extractor, config), config).test_client()
-        r = client.post("/api/search?k=3", data={"image": (io.BytesIO(corpus.jpeg_bytes(photo, 85)), "p.jpg")},
-                        content_type="multipart/form-data")
+        upload = (io.BytesIO(corpus.jpeg_bytes(photo, 85)), "p.jpg")
+        r = client.post("/api/search?k=3", data={"image": upload}, content_type="multipart/form-data")
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert body["codes"] == [{"code": EAN_APPLE, "format": "EAN13", "matched": True, "id": "apple"},
                              {"code": EAN, "format": "EAN13", "matched": False, "id": None}]
     assert [(m["id"], m["via"]) for m in body["matches"]][:2] == [("apple", "barcode"), ("cat", "image")]
     assert len(body["matches"]) == 3 and body["timings_ms"]["codes"] > 0
+
+
+def test_staff_scan_a_code_into_a_taught_item_and_edit_it(barcode_bundle, extractor, tmp_path):
+    import io
+    import shutil
+
+    from fakes import FakeWorker
+
+    from pi_search.config import load_config
+    from pi_search.web import create_app
+
+    directory = tmp_path / "bundle"
+    shutil.copytree(barcode_bundle, directory)
+    tin = cv2.resize(camera_view(load_photo("skimage:rocket")), (640, 480), interpolation=cv2.INTER_AREA)
+    held = corpus.with_code(tin, corpus.barcode(EAN), 0.5, at=(0.5, 0.7))
+    config = load_config(None, {})
+    with LiveCatalog.open(directory, extractor=extractor) as cat:
+        svc = FakeWorker(cat, extractor, config).start()
+        client = create_app(svc, config).test_client()
+        svc.publish(tin)
+        r = client.post("/api/scan")
+        assert r.status_code == 422 and "no barcode found" in r.get_json()["error"]
+        svc.publish(held)                               # the code held up to the camera
+        r = client.post("/api/scan")
+        assert r.get_json() == {"codes": [{"code": EAN, "format": "EAN13", "id": None}], "barcode": EAN}
+        shot = (io.BytesIO(corpus.jpeg_bytes(tin, 90)), "shot.jpg")
+        r = client.post("/api/items", data={"title": "Tea tin", "id": "tea", "barcode": EAN, "image": shot,
+                                            "kind": "camera"}, content_type="multipart/form-data")
+        assert r.status_code == 201 and r.get_json()["item"]["extra"] == {"barcode": EAN}
+        r = client.post("/api/scan")                    # the code names the new item now
+        assert r.get_json()["codes"][0]["id"] == "tea"
+        bad = client.post("/api/items", data={"title": "X", "barcode": "5012345678901", "image": (
+            io.BytesIO(corpus.jpeg_bytes(tin, 90)), "s.jpg")}, content_type="multipart/form-data")
+        assert bad.status_code == 400 and "wrong check digit" in bad.get_json()["error"]
+        # an item from the bundle gets a code, keeping its other columns
+        r = client.patch("/api/items/cat", data={"barcode": EAN8})
+        assert r.status_code == 200 and r.get_json()["item"]["extra"] == {"colour": "n/a", "barcode": EAN8}
+        assert cat.code_items(keys(EAN8))[keys(EAN8)[0]].id == "cat"
+        r = client.patch("/api/items/tea", data={"barcode": ""})       # cleared
+        assert r.get_json()["item"]["extra"] == {} and cat.code_items(keys(EAN)) == {}
+
+
+def test_scanning_needs_the_same_staff_unlock_as_teaching(barcode_bundle, extractor):
+    from fakes import FakeWorker
+
+    from pi_search.config import load_config
+    from pi_search.web import create_app
+
+    config = load_config(None, {"page.lock_teaching": True, "page.pin": "4321"})
+    with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
+        svc = FakeWorker(cat, extractor, config).start()
+        svc.publish(corpus.with_code(np.full((480, 640, 3), 200, np.uint8), corpus.barcode(EAN), 0.5))
+        client = create_app(svc, config).test_client()
+        assert client.post("/api/scan").status_code == 403
+        assert client.post("/api/unlock", data={"pin": "4321"}).status_code == 200
+        assert client.post("/api/scan").get_json()["barcode"] == EAN
