@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _catalog(src: Path, dst: Path, photos: int) -> None:
-    """``dst``: the catalog of ``src`` with the first ``photos`` rows of every item (images linked)."""
+    """``dst``: the catalog of ``src`` with the first ``photos`` rows of every item (images hard-linked: a
+    catalog's images must be inside it)."""
     dst.mkdir(parents=True, exist_ok=True)
     if not (dst / "images").exists():
-        os.symlink((src / "images").resolve(), dst / "images")
+        shutil.copytree(src / "images", dst / "images", copy_function=os.link)
     with open(src / "catalog.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     seen: dict[str, int] = {}
