@@ -246,3 +246,19 @@ def test_scanning_needs_the_same_staff_unlock_as_teaching(barcode_bundle, extrac
         assert client.post("/api/scan").status_code == 403
         assert client.post("/api/unlock", data={"pin": "4321"}).status_code == 200
         assert client.post("/api/scan").get_json()["barcode"] == EAN
+
+
+def test_a_catalog_code_with_a_wrong_check_digit_is_a_warning_naming_the_line(tmp_path, caplog):
+    import logging
+
+    from pi_search.index.catalog import read_catalog
+
+    root = write_catalog(tmp_path / "cat", [("apple", "Apple", "0.50", "skimage:coffee")])
+    with open(root / "catalog.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(root / "catalog.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0] + ["barcode"], rows[1] + ["5012345678901"]])
+    with caplog.at_level(logging.WARNING):
+        rows, problems = read_catalog(root)
+    assert len(rows) == 1 and problems == []
+    assert "catalog.csv line 2: barcode 5012345678901: wrong check digit" in caplog.text
