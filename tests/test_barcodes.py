@@ -262,3 +262,31 @@ def test_a_catalog_code_with_a_wrong_check_digit_is_a_warning_naming_the_line(tm
         rows, problems = read_catalog(root)
     assert len(rows) == 1 and problems == []
     assert "catalog.csv line 2: barcode 5012345678901: wrong check digit" in caplog.text
+
+
+def test_item_add_and_edit_take_a_barcode_from_the_command_line(barcode_bundle, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pi_search.cli import main
+
+    directory = tmp_path / "bundle"
+    shutil.copytree(barcode_bundle, directory)
+    photo = tmp_path / "tin.jpg"
+    photo.write_bytes(corpus.jpeg_bytes(camera_view(load_photo("skimage:rocket")), 90))
+    run = CliRunner().invoke
+    r = run(main, ["item", "add", "--bundle", str(directory), "--title", "Tea tin", "--id", "tea",
+                   "--barcode", f" {EAN} ; SKU-9 ", "--json", str(photo)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["item"]["extra"] == {"barcode": f"{EAN};SKU-9"}
+    r = run(main, ["item", "edit", "tea", "--bundle", str(directory), "--barcode", "5012345678901"])
+    assert r.exit_code != 0 and "wrong check digit" in r.output
+    r = run(main, ["item", "edit", "cat", "--bundle", str(directory), "--barcode", EAN8, "--json"])
+    assert json.loads(r.stdout)["item"]["extra"] == {"colour": "n/a", "barcode": EAN8}
+    held = tmp_path / "held.jpg"   # the tin's code in view: the taught item first, in the text output too
+    scene = cv2.resize(camera_view(load_photo("skimage:chelsea")), (1600, 1200))
+    held.write_bytes(corpus.jpeg_bytes(corpus.with_code(scene, corpus.barcode(EAN), 0.3), 90))
+    r = run(main, ["query", "--bundle", str(directory), "--k", "2", str(held)])
+    assert r.exit_code == 0 and "   1. barcode  tea  Tea tin" in r.stdout, r.output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import CatalogError
+
 SEP = ";"            # several codes of one item in the ``barcode`` column
 MAX_CODE = 200       # characters kept of one code (QR text can be long; a code is a key, not a document)
 _DIGITS = re.compile(r"\d+")
@@ -63,3 +65,22 @@ def check_codes(value: str | None) -> str | None:
                 len(c) == 8 and upce_to_upca(c) and gtin_ok(upce_to_upca(c))):
             return f"barcode {c}: wrong check digit (the last digit); copy the number again from the pack"
     return None
+
+
+def tidy(value: str) -> str:
+    """A ``barcode`` value as stored: its codes joined by ``;`` ("" clears); CatalogError (400) for an EAN/UPC
+    number with a wrong check digit."""
+    problem = check_codes(value)
+    if problem:
+        raise CatalogError(problem)
+    return SEP.join(split_codes(value))
+
+
+def with_barcode(extra: dict | None, value: str) -> dict:
+    """``extra`` (an item's other columns, kept) with its ``barcode`` set to ``value`` (``tidy``; "" drops
+    it)."""
+    out = {k: v for k, v in (extra or {}).items() if k != "barcode"}
+    value = tidy(value)
+    if value:
+        out["barcode"] = value
+    return out

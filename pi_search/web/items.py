@@ -7,7 +7,7 @@ import threading
 
 from flask import Blueprint, jsonify, render_template, request
 
-from ..barcodes.codes import check_codes, keys, split_codes
+from ..barcodes.codes import keys, tidy, with_barcode
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, CatalogError, ImageError
@@ -73,12 +73,7 @@ def _barcode() -> str | None:
     """The form's ``barcode`` (codes separated by ``;``) tidied, "" to clear it, None when not sent;
     CatalogError (400) for an EAN/UPC number with a wrong check digit."""
     value = request.form.get("barcode")
-    if value is None:
-        return None
-    problem = check_codes(value)
-    if problem:
-        raise CatalogError(problem)
-    return ";".join(split_codes(value))
+    return None if value is None else tidy(value)
 
 
 def _embed(cat, shots):
@@ -145,10 +140,7 @@ def edit_item(item_id: str):
     try:
         barcode, extra = _barcode(), None
         if barcode is not None:
-            info = cat.item(item_id)
-            extra = {k: v for k, v in ((info or {}).get("extra") or {}).items() if k != "barcode"}
-            if barcode:
-                extra["barcode"] = barcode
+            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
         shots = _shots()
         vecs = _embed(cat, shots)[0] if shots else None
         price = request.form.get("price")
