@@ -140,7 +140,7 @@ def thumb(item_id: str):
     cat = _ext()["service"].catalog
     # a damaged row raises BundleError: JSON 500 for this request (web/errors.py), /healthz shows it
     photo = request.args.get("photo", 0, type=int)   # which of the item's photos (the one that matched)
-    data = cat.thumbnail(item_id, max(0, min(photo, 1 << 20)))
+    data = cat.thumbnail(item_id, min(photo, 1 << 20)) if photo > 0 else cat.thumbnail(item_id)
     if data is None and not cat.serving:
         return _error(503, f"no catalog is served right now: {cat.problem}")
     if data is None:
