@@ -935,6 +935,17 @@ def t_photos(r: Results) -> str:
                "search ms"], rows) + "\n" + source("photos")
 
 
+def t_photos_fusion(r: Results) -> str:
+    """Recall@1/5 by how an item's photos are fused into its score (exact scores; bench/bench_photos.py)."""
+    rows = []
+    for row in r["photos"]["rows"]:
+        for name, f in (row.get("fusions") or {}).items():
+            n = row["queries"]
+            rows.append([row["photos_per_item"], name, share_pct(f["recall_at_1"], n),
+                         share_pct(f["recall_at_5"], n)])
+    return md(["photos per item", "an item's score", "recall@1", "recall@5"], rows) + "\n" + source("photos")
+
+
 def t_barcode_rates(r: Results) -> str:
     """Codes read by condition and code width (bench/bench_barcodes.py)."""
     b = r["barcodes"]
@@ -965,7 +976,8 @@ def t_barcode_cost(r: Results) -> str:
     return md(["what", "time"], rows) + "\n" + source("barcodes")
 
 
-TABLES.update({"photos": t_photos, "barcode-rates": t_barcode_rates, "barcode-cost": t_barcode_cost})
+TABLES.update({"photos": t_photos, "photos-fusion": t_photos_fusion, "barcode-rates": t_barcode_rates,
+               "barcode-cost": t_barcode_cost})
 VALUES.update({
     "barcodes.frame_ms": lambda r: num(r["barcodes"]["cost_ms"]["frame_no_code_ms"]["p50"], 1),
     "barcodes.code_ms": lambda r: num(r["barcodes"]["cost_ms"]["frame_with_code_ms"]["p50"], 1),
