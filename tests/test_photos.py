@@ -126,3 +126,29 @@ def test_the_page_shows_the_thumbnail_of_the_photo_that_matched(photos_bundle, e
         assert back.status_code == front.status_code == 200 and back.data != front.data
         assert back.data == cat.thumbnail("pair", 1)
         assert client.get("/thumbs/pair?photo=7").data == front.data   # no such photo: the item's first
+
+
+@pytest.mark.slow
+def test_shards_from_index_embed_build_the_same_items_and_photos(photos_bundle, extractor, tmp_path):
+    from pi_search.embed.local import embed_local
+
+    root = _catalog(tmp_path / "cat")
+    embed_local(root, tmp_path / "shards", extractor, shard_rows=5, progress=False)
+    report = build_bundle(root, tmp_path / "b", extractor, embeddings=tmp_path / "shards", progress=False)
+    assert (report.items, report.photos) == (len(SINGLE) + 2, len(SINGLE) + 4)
+    with Bundle.open(tmp_path / "b") as b, Bundle.open(photos_bundle) as a:
+        q = embed_query_image(extractor, _query(SOURCES["rocket"]))
+        assert [(m.id, m.photo) for m in b.search(q, 4)] == [(m.id, m.photo) for m in a.search(q, 4)]
+        assert b.thumbnail("pair", 1) == a.thumbnail("pair", 1)
+
+
+def test_one_vector_per_id_cannot_feed_several_photos(extractor, tmp_path):
+    from pi_search.errors import CatalogError
+
+    root = _catalog(tmp_path / "cat")
+    np.save(tmp_path / "v.npy", np.ones((2, extractor.dim), np.float32))
+    (tmp_path / "ids.txt").write_text("pair\nfruit\n")
+    with pytest.raises(CatalogError, match=r"item 'pair' has several photos .*pi-search index embed"):
+        build_bundle(root, tmp_path / "b", extractor, embeddings=tmp_path / "v.npy", ids=tmp_path / "ids.txt",
+                     progress=False)
+    assert not (tmp_path / "b").exists()

@@ -292,6 +292,11 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     if (embeddings is None) != (ids is None):
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
     elif embeddings is not None:
+        several = next((r for r in rows if r.photo), None)
+        if several is not None:   # a .npy with ids holds one vector per id: it cannot say which photo
+            raise CatalogError(f"--embeddings with --ids holds one vector per id, but item {several.id!r} "
+                               f"has several photos (catalog.csv line {several.line}); embed the catalog "
+                               "with pi-search index embed and build from its shards instead")
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
     if embeddings is not None:
         st = Path(embeddings).stat()
