@@ -482,7 +482,7 @@ class LiveCatalog:
                 if old is None:
                     kept += 1
                 if old is None or m.score > old.score:
-                    best[iid] = Match(iid, title, price, m.score, m.index, m.photo)
+                    best[iid] = Match(iid, title, price, m.score, m.index, photo=m.photo)
             if kept >= k or len(found) < want or want >= n:
                 return
             want = min(n, want * 4)
@@ -530,7 +530,7 @@ class LiveCatalog:
                 for code in split_codes((it.extra or {}).get("barcode")):
                     for key in code_keys(code):
                         if key in want and key not in out:
-                            out[key] = Match(it.id, it.title, it.price, 1.0, -1, 0, "barcode")
+                            out[key] = Match(it.id, it.title, it.price, 1.0, via="barcode")
             try:
                 found = st.bundle.code_items([k for k in keys if k not in out])
             except BundleError as exc:
@@ -543,7 +543,7 @@ class LiveCatalog:
                     continue
                 row = st.bundle.item(iid)
                 if row is not None:
-                    out[key] = Match(iid, row["title"], row["price"], 1.0, -1, 0, "barcode")
+                    out[key] = Match(iid, row["title"], row["price"], 1.0, via="barcode")
         return out
 
     def thumbnail(self, item_id: str, photo: int = 0) -> bytes | None:
