@@ -208,7 +208,8 @@ class Bundle:
                 rows.append((r[1], float(min(1.0, max(-1.0, s))), i, r[2], r[3]))
             best = best_per_item(rows, k)
             if len(best) >= k or want >= n or len(idx) < want:
-                return [Match(iid, title, price, s, i, photo=photo) for iid, photo, s, i, title, price in best]
+                return [Match(iid, title, price, s, i, photo=photo)
+                        for iid, photo, s, i, title, price in best]
             want = min(n, want * 4)
 
     def item(self, item_id: str) -> dict | None:
