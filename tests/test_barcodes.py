@@ -109,8 +109,14 @@ def test_a_code_of_a_catalog_item_puts_it_first_via_barcode(barcode_bundle, extr
     upca = tmp_path / "upca.jpg"   # printed as UPC-A, listed as UPC-A; read as EAN-13 with a leading 0
     upca.write_bytes(corpus.jpeg_bytes(corpus.with_code(cat_photo, corpus.barcode("012345678905", "UPCA"),
                                                         0.3), 90))
+    two = tmp_path / "two.jpg"     # two items' codes: both first, in reading order (right one higher up)
+    two.write_bytes(corpus.jpeg_bytes(corpus.with_code(corpus.with_code(
+        cat_photo, corpus.barcode("012345678905", "UPCA"), 0.25, at=(0.7, 0.3)),
+        corpus.barcode(EAN_APPLE), 0.25, at=(0.3, 0.75)), 90))
     with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
-        res = query_images(extractor, cat, [known, unknown, upca], k=3)
+        res = query_images(extractor, cat, [known, unknown, upca, two], k=3)
+    assert [(m["id"], m["via"]) for m in res[3]["matches"]] == [("orange", "barcode"), ("apple", "barcode"),
+                                                                ("cat", "image")]
     first = res[0]
     assert first["codes"] == [{"code": EAN_APPLE, "format": "EAN13", "matched": True, "id": "apple"}]
     assert [(m["id"], m["via"]) for m in first["matches"]][:2] == [("apple", "barcode"), ("cat", "image")]
