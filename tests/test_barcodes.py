@@ -296,3 +296,19 @@ def test_item_add_and_edit_take_a_barcode_from_the_command_line(barcode_bundle, 
     held.write_bytes(corpus.jpeg_bytes(corpus.with_code(scene, corpus.barcode(EAN), 0.3), 90))
     r = run(main, ["query", "--bundle", str(directory), "--k", "2", str(held)])
     assert r.exit_code == 0 and "   1. barcode  tea  Tea tin" in r.stdout, r.output
+
+
+@pytest.mark.slow
+def test_a_big_progressive_jpeg_is_not_decoded_again_for_codes(shot):
+    """Its decoder would hold every coefficient a second time: left out; baseline photos of any size are
+    read, and a small progressive one too."""
+    from pi_search.barcodes.pictures import PROGRESSIVE_MAX_PIXELS, grey_for_codes
+
+    img = corpus.with_code(cv2.resize(shot, (4800, 3600)), corpus.barcode(EAN), 0.12)
+    assert PROGRESSIVE_MAX_PIXELS < 4800 * 3600
+    progressive = [cv2.IMWRITE_JPEG_QUALITY, 85, cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    prog = cv2.imencode(".jpg", img, progressive)[1]
+    assert grey_for_codes(prog.tobytes()) is None and codes_in_photo(prog.tobytes()) == []
+    assert [c.text for c in codes_in_photo(corpus.jpeg_bytes(img, 85))] == [EAN]
+    small = cv2.imencode(".jpg", img[:1500, :2000], progressive)[1]
+    assert grey_for_codes(small.tobytes()).shape == (1500, 2000)

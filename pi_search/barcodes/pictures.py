@@ -16,18 +16,44 @@ log = logging.getLogger(__name__)
 # of 1/2, 1/4, 1/8 that keeps its shorter side at CODE_SIDE pixels or more (a 4032x3024 phone photo:
 # 2016x1512, 3 MB; a 40 MP one: 1824x1368, 2.5 MB), never in colour at full size.
 CODE_SIDE = 1200
+# A progressive JPEG's decoder holds every coefficient of the photo whatever the scale (about 2.7 bytes a
+# pixel: 110 MB at 40 MP); above this many pixels such a photo is not read for codes, so two uploads at once
+# stay within the daemon's memory goal (bench/bench_uploads.py --progressive). Phone cameras write baseline
+# JPEGs, and the page sends every photo as a 1280-pixel baseline JPEG.
+PROGRESSIVE_MAX_PIXELS = 16_000_000
 _REDUCED = {2: "IMREAD_REDUCED_GRAYSCALE_2", 4: "IMREAD_REDUCED_GRAYSCALE_4", 8: "IMREAD_REDUCED_GRAYSCALE_8"}
+
+
+def _progressive(data: bytes) -> bool:
+    """True for a progressive JPEG (its frame header, found by walking the segments, is SOF2, 6, 10 or 14)."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        if marker == 0xDA:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
 
 
 def grey_for_codes(data: bytes, name: str = "image") -> np.ndarray | None:
     """The photo in ``data`` as upright grey uint8 [H, W] for the reader, or None when it cannot be decoded
-    (the visual search reports why)."""
+    (the visual search reports why) or is a progressive JPEG over ``PROGRESSIVE_MAX_PIXELS``."""
     import cv2
 
     size = images.photo_size(data)
     if size is None or size[0] * size[1] > images.MAX_PIXELS:
         return None
     flag = cv2.IMREAD_GRAYSCALE
+    if data[:2] == b"\xff\xd8" and size[0] * size[1] > PROGRESSIVE_MAX_PIXELS and _progressive(data):
+        log.info("%s: a progressive JPEG of %dx%d is not read for barcodes (memory)", name, *size)
+        return None
     if data[:2] == b"\xff\xd8":
         scale = next((s for s in (8, 4, 2) if min(size) // s >= CODE_SIDE), 1)
         if scale > 1:
