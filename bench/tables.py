@@ -1097,6 +1097,76 @@ VALUES: dict[str, Callable[[Results], str]] = {
 }
 
 
+# ------------------------------------------------------------------------------- photos per item, barcodes
+def t_photos(r: Results) -> str:
+    """Recall, build time and bundle size with 1-3 catalog photos per item (bench/bench_photos.py)."""
+    p = r["photos"]
+    rows = []
+    for row in p["rows"]:
+        n = row["queries"]
+        rows.append([row["photos_per_item"], "exact" if row["search"] == "exact" else "Annoy",
+                     f"{row['items']} / {row['photos']}", share_pct(row["recall_at_1"], n),
+                     share_pct(row["recall_at_5"], n), num(row["build_s"], 1),
+                     num(row["bundle_bytes"] / 1e6, 2), num(row["search_ms"], 2)])
+    return md(["photos per item", "search", "items / photos", "recall@1", "recall@5", "build s", "bundle MB",
+               "search ms"], rows) + "\n" + source("photos")
+
+
+def t_photos_fusion(r: Results) -> str:
+    """Recall@1/5 by how an item's photos are fused into its score (exact scores; bench/bench_photos.py)."""
+    rows = []
+    for row in r["photos"]["rows"]:
+        for name, f in (row.get("fusions") or {}).items():
+            n = row["queries"]
+            rows.append([row["photos_per_item"], name, share_pct(f["recall_at_1"], n),
+                         share_pct(f["recall_at_5"], n)])
+    return md(["photos per item", "an item's score", "recall@1", "recall@5"], rows) + "\n" + source("photos")
+
+
+def t_barcode_rates(r: Results) -> str:
+    """Codes read by condition and code width (bench/bench_barcodes.py)."""
+    b = r["barcodes"]
+    widths = sorted({row["width"] for row in b["rates"]})
+    cells: dict[tuple, dict] = {(row["picture"], row["condition"]): {} for row in b["rates"]}
+    for row in b["rates"]:
+        cells[(row["picture"], row["condition"])][row["width"]] = f"{row['decoded']}/{row['trials']}"
+    rows = [[pic, cond, *[c.get(w, "") for w in widths]] for (pic, cond), c in cells.items()]
+    return md(["picture", "condition", *[f"code {round(w * 100)}% of the width" for w in widths]], rows) + \
+        "\n" + source("barcodes")
+
+
+def t_barcode_cost(r: Results) -> str:
+    """What reading codes costs: per picture, and the live loop with the reader off and on."""
+    b = r["barcodes"]
+    c, live = b["cost_ms"], b["live"]
+    rows = [["read one 640x480 camera frame, no code (p50 / p95)",
+             f"{num(c['frame_no_code_ms']['p50'])} / {num(c['frame_no_code_ms']['p95'])} ms"],
+            ["read one 640x480 camera frame with a code",
+             f"{num(c['frame_with_code_ms']['p50'])} / {num(c['frame_with_code_ms']['p95'])} ms"],
+            ["read one 12 MP phone photo (JPEG decode included)",
+             f"{num(c['phone_photo_ms']['p50'])} / {num(c['phone_photo_ms']['p95'])} ms"]]
+    for scene in ("changing, 15 fps", "still + noise, 15 fps"):
+        off, on = live[f"{scene}, barcodes off"], live[f"{scene}, barcodes on"]
+        rows.append([f"frame to result p50, {scene}: reader off / on",
+                     f"{num(off['p50_ms'])} / {num(on['p50_ms'])} ms "
+                     f"(**{num(live[f'{scene}: p50 ratio on/off'])}x**)"])
+    return md(["what", "time"], rows) + "\n" + source("barcodes")
+
+
+TABLES.update({"photos": t_photos, "photos-fusion": t_photos_fusion, "barcode-rates": t_barcode_rates,
+               "barcode-cost": t_barcode_cost})
+VALUES.update({
+    "barcodes.frame_ms": lambda r: num(r["barcodes"]["cost_ms"]["frame_no_code_ms"]["p50"], 1),
+    "barcodes.code_ms": lambda r: num(r["barcodes"]["cost_ms"]["frame_with_code_ms"]["p50"], 1),
+    "barcodes.photo_ms": lambda r: num(r["barcodes"]["cost_ms"]["phone_photo_ms"]["p50"], 0),
+    "barcodes.ratio": lambda r: num(r["barcodes"]["live"]["changing, 15 fps: p50 ratio on/off"]),
+    "barcodes.still_ratio": lambda r: num(r["barcodes"]["live"]["still + noise, 15 fps: p50 ratio on/off"]),
+    "barcodes.frame_share": lambda r: pct(r["barcodes"]["cost_ms"]["frame_with_code_ms"]["p50"]
+                                          / r["bench_daemon"]["pipeline"]["changing, 15 fps camera"]
+                                          ["latency_ms"]["p50"]),
+})
+
+
 # ------------------------------------------------------------------------------------------------ docs
 def doc_files(root: Path = ROOT) -> list[Path]:
     return [root / "README.md"] + sorted((root / "docs").glob("*.md"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__, doctor, images
+from .barcodes.codes import with_barcode
 from .bootstrap import build_daemon
 from .config import is_loopback, load_config, token_problem
 from .demo import demo_bundle, demo_data
@@ -214,7 +215,8 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
     if as_json:
         emit_json(report.as_dict())
         return
-    click.echo(f"{out_dir}: {report.items} items indexed, {len(report.skipped)} bad row(s) skipped, "
+    photos = f" ({report.photos} photos)" if report.photos != report.items else ""
+    click.echo(f"{out_dir}: {report.items} items{photos} indexed, {len(report.skipped)} bad row(s) skipped, "
                f"{report.embedded} embedded, {report.resumed} resumed, {report.seconds:.1f} s", err=True)
 
 
@@ -280,7 +282,8 @@ def index_info(directory: Path, as_json: bool) -> None:
     m, ix, proj, s = data["model"], data["index"], data["projection"], data["search"]
     click.echo(f"bundle      {data['directory']} (format {data['format_version']}, "
                f"created {data['created']})")
-    click.echo(f"items       {data['items']}")
+    click.echo(f"items       {data['items']}" + (f" ({data['photos']} photos)"
+                                                 if data["photos"] != data["items"] else ""))
     click.echo(f"model       {m['name']}  {m['dim']}-d  sha256 {m['sha256']}")
     click.echo("projection  " + (f"PCA {proj['dims']}-d{' whitened' if proj['whiten'] else ''}, "
                                  f"{proj['explained_variance']:.1%} of the variance" if proj else "none"))
@@ -354,9 +357,13 @@ def query(images_: tuple[Path, ...], bundle_dir: Path, k: int, model_path: Path 
             click.echo(r["query"])
             if "error" in r:
                 click.echo(f"  error: {r['error']}")
+            for c in r.get("codes", []):
+                if not c["matched"]:
+                    click.echo(f"  code {c['code']}: not in the catalog")
             for i, mt in enumerate(r["matches"], 1):
                 price = f"  {mt['price']}" if mt["price"] else ""
-                click.echo(f"  {i:>2}. {mt['score']:.3f}  {mt['id']}  {mt['title']}{price}")
+                how = "barcode" if mt.get("via") == "barcode" else f"{mt['score']:.3f}"
+                click.echo(f"  {i:>2}. {how}  {mt['id']}  {mt['title']}{price}")
     if failed:
         log.warning("%d of %d image(s) could not be read", failed, len(results))
         sys.exit(1)
@@ -519,18 +526,22 @@ def item() -> None:
 @click.option("--title", required=True, help="Item title.")
 @click.option("--price", default=None, help="Price, as shown.")
 @click.option("--id", "item_id", default=None, help="Item id (default: a new unique id).")
+@click.option("--barcode", default=None,
+              help="Its barcode(s): EAN/UPC digits, Code 128 or QR text; ';' between.")
 @_kind_option
 @_background_option
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Model file (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def item_add(images_, bundle_dir, title, price, item_id, camera, background, model_path, as_json) -> None:
+def item_add(images_, bundle_dir, title, price, item_id, barcode, camera, background, model_path,
+             as_json) -> None:
     """Teach a new item from one or more photos of it (each photo is one more view of the item)."""
+    extra = with_barcode(None, barcode) if barcode else None
     cat, ex = _open_catalog(bundle_dir, model_path)
     with cat:
         vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
                                   background=_background(cat, ex, background))
-        new_id = cat.add(title, price, vecs, item_id=item_id, thumb=thumb)
+        new_id = cat.add(title, price, vecs, item_id=item_id, thumb=thumb, extra=extra or None)
         info = cat.item(new_id)
     if as_json:
         emit_json({"item": info})
@@ -567,6 +578,7 @@ def item_list(bundle_dir, as_json) -> None:
 @_bundle_option
 @click.option("--title", default=None, help="New title.")
 @click.option("--price", default=None, help="New price ('' clears it).")
+@click.option("--barcode", default=None, help="New barcode(s), ';' between ('' clears them).")
 @click.option("--image", "images_", multiple=True, type=click.Path(path_type=Path),
               help="Add a photo as one more view of the item (repeat).")
 @_kind_option
@@ -574,17 +586,22 @@ def item_list(bundle_dir, as_json) -> None:
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Model file (default: the shipped model).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def item_edit(item_id, bundle_dir, title, price, images_, camera, background, model_path, as_json) -> None:
-    """Change an item's title or price, or add views of it (taught items and bundle items alike)."""
-    if title is None and price is None and not images_:
-        raise click.UsageError("nothing to change: give --title, --price or --image")
+def item_edit(item_id, bundle_dir, title, price, barcode, images_, camera, background, model_path,
+              as_json) -> None:
+    """Change an item's title, price or barcode, or add views of it (taught items and bundle items alike)."""
+    if title is None and price is None and barcode is None and not images_:
+        raise click.UsageError("nothing to change: give --title, --price, --barcode or --image")
     cat, ex = _open_catalog(bundle_dir, model_path, extractor=bool(images_))
     with cat:
         vecs = None
         if images_:
             vecs, _ = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
                                   background=_background(cat, ex, background))
-        cat.edit(item_id, title=title, price=price or None, vectors=vecs, clear_price=price == "")
+        extra = None
+        if barcode is not None:
+            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
+        cat.edit(item_id, title=title, price=price or None, vectors=vecs, clear_price=price == "",
+                 extra=extra)
         info = cat.item(item_id)
     if as_json:
         emit_json({"item": info})

@@ -69,6 +69,11 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None if found is None else found[:3]
 
 
+def progressive_jpeg(data: bytes) -> bool:
+    """True for a progressive JPEG (its frame header is SOF2, 6, 10 or 14)."""
+    return (_jpeg_frame(data) or (0,))[0] in (0xC2, 0xC6, 0xCA, 0xCE)
+
+
 def _jpeg_sof(data: bytes) -> tuple[int, int, int, list[tuple[int, int]]] | None:
     """``(SOF marker, width, height, [(h, v) sampling factor of each component]``) of a JPEG."""
     import struct
@@ -367,7 +372,7 @@ def _decode(data: bytes, size: tuple[int, int], name: str, max_pixels: int, min_
         # keeps the picture closer to a full-size decode than the decoder's own 1/8 (rounded chroma
         # upsampling). A progressive one holds all its coefficients while decoding whatever the scale, so
         # it takes the largest reduction to keep memory down.
-        progressive = (_jpeg_frame(data) or (0,))[0] in (0xC2, 0xC6, 0xCA, 0xCE)
+        progressive = progressive_jpeg(data)
         scale = _jpeg_scale(*size, min_side, progressive)
         flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
                 2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[scale]

@@ -252,3 +252,75 @@ def write_photo_catalog(root: Path, small_photos, phone: Path | None = None) -> 
     with open(root / "catalog.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return root
+
+
+# ---------------------------------------------------------------- barcodes
+def barcode(text: str, fmt: str = "EAN13", scale: int = 4) -> np.ndarray:
+    """A code drawn by zxing-cpp's writer: grey uint8 [H, W] with its quiet zones (EAN13, EAN8, UPCA,
+    UPCE, Code128 or QRCode). EAN/UPC codes are given with their check digit."""
+    import cv2
+    import zxingcpp
+
+    code = zxingcpp.create_barcode(text, getattr(zxingcpp.BarcodeFormat, fmt))
+    img = np.asarray(zxingcpp.write_barcode_to_image(code, scale=scale))
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if fmt in ("EAN13", "EAN8", "UPCA", "UPCE", "Code128") and img.shape[0] < img.shape[1] // 3:
+        # bars a third as tall as the code is wide, as on a pack
+        img = cv2.resize(img, (img.shape[1], img.shape[1] // 3), interpolation=cv2.INTER_NEAREST)
+    return img
+
+
+def ean13_wrong_check(good: str, wrong_digit: str) -> np.ndarray:
+    """An EAN-13 whose printed check digit is wrong: the bars of ``good`` with the last digit's bars
+    redrawn for ``wrong_digit`` (the writer refuses to draw it, so it is pieced from two valid codes: the
+    right half of an EAN-13 encodes its digits the same way whatever the left half)."""
+    other = next(good[:7] + mid + wrong_digit for mid in ("00000", "00001", "11111", "22222", "33333",
+                                                           "44444", "55555", "66666", "77777", "88888")
+                 if _gtin_check(good[:7] + mid) == int(wrong_digit))
+    a, b = barcode(good), barcode(other)
+    # the last digit's 7 modules end 3 modules (end guard) + quiet zone before the right edge
+    scale = 4
+    quiet = (a.shape[1] // scale - 95) // 2
+    end = a.shape[1] - (quiet + 3) * scale
+    out = a.copy()
+    out[:, end - 7 * scale:end] = b[:, end - 7 * scale:end]
+    return out
+
+
+def _gtin_check(body: str) -> int:
+    total = sum(int(c) * (3 if i % 2 == 0 else 1) for i, c in enumerate(reversed(body)))
+    return (10 - total % 10) % 10
+
+
+def with_code(photo: np.ndarray, code: np.ndarray, width: float, at=(0.5, 0.5), angle: float = 0.0
+              ) -> np.ndarray:
+    """``photo`` (RGB uint8) with ``code`` (grey) printed on a white label ``width`` of the photo's width
+    wide, centred at ``at`` (fractions of the photo), turned ``angle`` degrees (a new array)."""
+    import cv2
+
+    h, w = photo.shape[:2]
+    cw = max(8, int(w * width))
+    ch = max(8, round(code.shape[0] * cw / code.shape[1]))
+    label = cv2.resize(code, (cw, ch), interpolation=cv2.INTER_AREA)
+    pad = max(2, cw // 20)
+    label = cv2.copyMakeBorder(label, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=255)
+    lh, lw = label.shape
+    big = int(np.ceil(np.hypot(lh, lw))) + 2
+    canvas = np.zeros((big, big), np.uint8)
+    mask = np.zeros((big, big), np.uint8)
+    y0, x0 = (big - lh) // 2, (big - lw) // 2
+    canvas[y0:y0 + lh, x0:x0 + lw] = label
+    mask[y0:y0 + lh, x0:x0 + lw] = 255
+    rot = cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0)
+    canvas = cv2.warpAffine(canvas, rot, (big, big), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(mask, rot, (big, big), flags=cv2.INTER_LINEAR)
+    out = photo.copy()
+    cx, cy = int(at[0] * w), int(at[1] * h)
+    top, left = cy - big // 2, cx - big // 2
+    ys, xs = slice(max(0, top), min(h, top + big)), slice(max(0, left), min(w, left + big))
+    part = out[ys, xs].astype(np.float32)
+    m = mask[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left, None].astype(np.float32) / 255
+    c = canvas[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left, None].astype(np.float32)
+    out[ys, xs] = (part * (1 - m) + c * m).astype(np.uint8)
+    return out

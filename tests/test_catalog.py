@@ -54,7 +54,7 @@ def _catalog_with_rows(catalog_dir, tmp_path, extra_rows, keep=6):
 def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extractor, tmp_path, caplog):
     root = _catalog_with_rows(catalog_dir, tmp_path, [
         ["ghost", "Ghost", "1", "images/ghost.jpg", ""],          # line 8: missing file
-        ["coffee", "Coffee again", "1", "images/coffee.jpg", ""],  # line 9: duplicate id
+        ["coffee", "Coffee again", "1", "images/coffee.jpg", ""],  # line 9: a second photo of coffee
         ["untitled", "", "1", "images/rocket.jpg", ""],           # line 10: empty title
         ["broken", "Broken", "1", "images/broken.jpg", ""],       # line 11: unreadable image
         ["escape", "Escape", "1", "../outside.jpg", ""],          # line 12: outside the catalog
@@ -64,18 +64,20 @@ def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extrac
     (tmp_path / "outside.jpg").write_bytes((root / "images" / "apple.jpg").read_bytes())
     with caplog.at_level(logging.WARNING):
         report = build_bundle(root, tmp_path / "out", extractor, progress=False)
-    assert report.items == 7
-    assert len(report.skipped) == 5
+    assert report.items == 7 and report.photos == 8
+    assert len(report.skipped) == 4
     text = "\n".join(str(p) for p in report.skipped)
     assert "line 8: images/ghost.jpg: missing image file" in text
-    assert "line 9: images/coffee.jpg: duplicate id 'coffee' (first on line 4)" in text
+    # a repeated id adds a photo; its other title and price are one warning naming both lines
+    assert ("catalog.csv line 9: a further photo of id 'coffee' with another title 'Coffee again' (line 4: "
+            "'Cup of coffee') and price '1' (line 4: '3.20'); line 4's are kept") in caplog.text
     assert "line 10: images/rocket.jpg: empty title" in text
     assert "line 11: images/broken.jpg: unreadable image" in text
     assert "line 12: ../outside.jpg: image path must be relative" in text
-    assert "5 bad row(s) skipped, 7 items indexed" in caplog.text
+    assert "4 bad row(s) skipped, 7 items indexed" in caplog.text
     assert "line 11: images/broken.jpg" in caplog.text
     with Bundle.open(tmp_path / "out", extractor=extractor) as b:
-        assert len(b) == 7
+        assert len(b) == 8 and b.manifest.views == 1
         assert b.item("rocket2")["title"] == "Rocket copy"
         assert b.item("ghost") is None and b.item("broken") is None
         assert b.item("coffee")["title"] == "Cup of coffee"
@@ -122,20 +124,24 @@ def test_strict_makes_a_bad_row_fatal_and_writes_nothing(catalog_dir, extractor,
 
 def test_plain_folder_catalog_takes_id_and_title_from_file_names(catalog_dir, extractor, tmp_path, capsys):
     root = tmp_path / "folder"
-    (root / "sub").mkdir(parents=True)
+    (root / "coffee-cup" / "back").mkdir(parents=True)
     shutil.copy(catalog_dir / "images" / "apple.jpg", root / "green_apple.jpg")
-    shutil.copy(catalog_dir / "images" / "coffee.jpg", root / "sub" / "coffee-cup.JPG")
-    shutil.copy(catalog_dir / "images" / "rocket.jpg", root / "sub" / "green_apple.png")  # duplicate id
+    # a sub-folder is one item with its photos (at any depth), named after the folder
+    shutil.copy(catalog_dir / "images" / "coffee.jpg", root / "coffee-cup" / "front.JPG")
+    shutil.copy(catalog_dir / "images" / "coffee.jpg", root / "coffee-cup" / "back" / "b.png")
+    (root / "green_apple").mkdir()
+    shutil.copy(catalog_dir / "images" / "rocket.jpg", root / "green_apple" / "x.png")  # duplicate id
     (root / "notes.txt").write_text("not an image")
     report = build_bundle(root, tmp_path / "out", extractor)
-    assert report.items == 2 and len(report.skipped) == 1
+    assert report.items == 2 and report.photos == 3 and len(report.skipped) == 1
     # Without a terminal, progress is plain lines on stderr with the rate and the time left.
-    assert re.search(r"embedded 2/2 items \(\d+\.\d items/s, ETA 00:00:00\)", capsys.readouterr().err)
-    assert "duplicate id 'green_apple'" in str(report.skipped[0])
+    assert re.search(r"embedded 3/3 items \(\d+\.\d items/s, ETA 00:00:00\)", capsys.readouterr().err)
+    assert "green_apple.jpg: duplicate id 'green_apple' (also green_apple/)" in str(report.skipped[0])
     with Bundle.open(tmp_path / "out") as b:
         assert b.item("green_apple")["title"] == "green apple"
         assert b.item("coffee-cup")["title"] == "coffee cup"
-        assert b.item("coffee-cup")["extra"] == {"file": "sub/coffee-cup.JPG"}
+        assert b.item("coffee-cup")["extra"] == {"folder": "coffee-cup"}
+        assert b.thumbnail("coffee-cup", 1) is not None and b.thumbnail("coffee-cup", 2) is None
 
 
 def test_catalog_level_problems_are_one_line_errors(tmp_path):

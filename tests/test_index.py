@@ -58,7 +58,8 @@ def test_camera_view_of_an_item_ranks_it_first(bundle, extractor):
 def test_match_fields_and_metadata(bundle, extractor):
     vec = embed_query_image(extractor, load_photo("skimage:coffee"))
     m = bundle.search(vec, k=1)[0]
-    expected = {"id": "coffee", "title": "Cup of coffee", "price": "3.20", "score": round(m.score, 6)}
+    expected = {"id": "coffee", "title": "Cup of coffee", "price": "3.20", "score": round(m.score, 6),
+                "photo": 0, "via": "image"}
     assert m.as_dict() == expected
     assert bundle.item("coffee")["extra"] == {"colour": "n/a"}
     assert len(bundle.search(vec, k=100)) == len(CATALOG_PHOTOS)

@@ -277,3 +277,30 @@ def test_list_counts_follow_the_catalog_size():
     assert auto_nlist(10_000_000) == 131_072 and default_nprobe(131_072) == 4096
     assert default_nprobe(4096) == 128
     assert auto_nlist(2000) * 39 <= 2000        # every list has the rows faiss wants to learn it
+
+
+def test_items_with_several_photos_come_back_once_through_ivfpq(tmp_path, data):
+    """The ten-million layout holds several vectors per item too: rows map to items, each item once."""
+    from pi_search.index.photos import row_id
+
+    items, per = [], 4
+    for i in range(len(data)):     # 1,000 items of 4 photos each: near copies of one another
+        items.append(Item(row_id(f"item{i // per}", i % per), f"item {i // per}"))
+    rng = np.random.default_rng(3)
+    x = data.copy()
+    for i in range(len(x)):
+        base = data[(i // per) * per]
+        v = base + _noise(rng, 0.25)
+        x[i] = v / np.linalg.norm(v)
+    model = {"name": "synthetic", "sha256": "0" * 64, "dim": DIM}
+    write_bundle(tmp_path / "b", x, items, model=model, options=BuildOptions(backend="ivfpq", dims=128),
+                 extra_manifest={"changes": {"views": len(x) - len(x) // per}})
+    with Bundle.open(tmp_path / "b") as b:
+        assert b.manifest.backend == "ivfpq"
+        for item in (0, 123, 999):
+            photo = 2
+            q = x[item * per + photo] + _noise(rng, 0.05)
+            found = b.search(q / np.linalg.norm(q), 10)
+            ids = [m.id for m in found]
+            assert len(ids) == 10 and len(set(ids)) == 10 and "\x1f" not in "".join(ids)
+            assert ids[0] == f"item{item}" and found[0].photo == photo

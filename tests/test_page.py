@@ -860,3 +860,33 @@ def test_adding_a_photo_says_it_was_added(shop, browser, tmp_path):
     browser.find_element(By.ID, "files").send_keys(str(photo))
     _wait(browser, lambda d: _text(d, "#message").startswith("Photo added"), what="the photo added")
     assert "Empty scene" not in _text(browser, "#message")
+
+
+def test_a_code_in_an_uploaded_photo_shows_its_item_first_with_barcode(shop, browser, tmp_path):
+    """An item taught with a barcode: a photo showing that code lists it first with "Barcode" instead of the
+    similarity; a code of no item is said so above the matches; the page stays accessible."""
+    import corpus
+    from selenium.webdriver.common.by import By
+
+    tin = camera_view(load_photo("skimage:rocket"))
+    status, body = shop.post("/api/items", [("title", "Tea tin"), ("id", "tea-tin"),
+                                            ("barcode", "4006381333931"), ("kind", "camera"),
+                                            ("image", ("tin.jpg", images.encode_jpeg(tin, 90)))])
+    assert status == 201, body
+    scene = cv2.resize(camera_view(load_photo("skimage:chelsea")), (1600, 1200))
+    scene = corpus.with_code(scene, corpus.barcode("4006381333931"), 0.25, at=(0.3, 0.8))
+    scene = corpus.with_code(scene, corpus.barcode("5012345678900"), 0.25, at=(0.7, 0.8))
+    photo = tmp_path / "codes.jpg"
+    photo.write_bytes(corpus.jpeg_bytes(scene, 90))
+    browser.get(shop.url + "/")
+    _wait(browser, lambda d: _text(d, "#matches .card .title"), what="live matches")
+    browser.find_element(By.ID, "photo").send_keys(str(photo))
+    _wait(browser, lambda d: _text(d, "#heading") == "Matches for codes.jpg", timeout=60, what="the matches")
+    assert _text(browser, "#matches .card .title") == "Tea tin"
+    assert _text(browser, "#matches .card .score") == "Barcode"
+    assert _text(browser, "#codes") == "Code 5012345678900: not in the catalog" and _shown(browser, "#codes")
+    # the matches by look follow, with their similarity bar
+    assert browser.execute_script("return [...document.querySelectorAll('#matches .card')].map("
+                                  "(c) => !!c.querySelector('.score .bar'))")[:2] == [False, True]
+    assert browser.execute_script(OVERFLOW, ["#matches"]) == []
+    assert _axe(browser) == [] and _severe(browser) == []

@@ -50,12 +50,13 @@ def test_build_info_and_query_json_contract(run, catalog_dir, query_photo, tmp_p
     assert res[1]["matches"] == [] and "not a readable image" in res[1]["error"]
     for entry in (res[0], res[2]):
         assert "error" not in entry and len(entry["matches"]) == 3
+        assert entry["codes"] == []     # no barcode in these photos
         for m in entry["matches"]:
-            assert set(m) == {"id", "title", "price", "score"}
+            assert set(m) == {"id", "title", "price", "score", "photo", "via"} and m["via"] == "image"
             assert -1.0 <= m["score"] <= 1.0
     assert res[0]["matches"][0]["id"] == "coffee"
     assert res[2]["matches"][0] == {"id": "apple", "title": "Apple", "price": "0.50",
-                                    "score": res[2]["matches"][0]["score"]}
+                                    "score": res[2]["matches"][0]["score"], "photo": 0, "via": "image"}
     assert "1 of 3 image(s) could not be read" in caplog.text
 
 

@@ -44,7 +44,8 @@ def test_worker_publishes_matches_timings_and_one_jpeg(extractor, catalog, shots
     assert (r.width, r.height) == (shots["coffee"].shape[1], shots["coffee"].shape[0])
     d = r.as_dict()
     assert d["matches"][0] == {"id": "coffee", "title": "Cup of coffee", "price": "3.20",
-                               "score": pytest.approx(r.matches[0].score, abs=1e-5)}
+                               "score": pytest.approx(r.matches[0].score, abs=1e-5), "photo": 0,
+                               "via": "image"}
     assert "jpeg" not in d and d["frame_id"] == r.frame_id
 
 

@@ -27,6 +27,7 @@ from .catalog import Problem, Row, read_catalog
 from .files import bundle_lock
 from .items import Item
 from .manifest import Manifest, read_manifest
+from .photos import RowNames, counts
 from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,14 @@ class BuildReport:
     resumed: int = 0
     seconds: float = 0.0
 
+    @property
+    def photos(self) -> int:
+        """Photos indexed (an item has one or several)."""
+        return int((self.manifest.catalog or {}).get("photos", self.manifest.items))
+
     def as_dict(self) -> dict:
-        return {"out": str(self.out_dir), "items": self.items, "skipped": len(self.skipped),
+        return {"out": str(self.out_dir), "items": self.items, "photos": self.photos,
+                "skipped": len(self.skipped),
                 "problems": [str(p) for p in self.skipped], "embedded": self.embedded,
                 "resumed": self.resumed, "seconds": round(self.seconds, 2),
                 "search": self.manifest.search.mode,
@@ -167,8 +174,13 @@ class _Items:
         return len(self.rows)
 
     def __iter__(self):
+        name = RowNames()
         for r, k in zip(self.rows, self.keys, strict=True):
-            yield Item(r.id, r.title, r.price, r.extra, self.ckpt.thumbnail(k))
+            rid, extra = name(r.id, r.extra)
+            yield Item(rid, r.title, r.price, extra, self.ckpt.thumbnail(k))
+
+    def item_ids(self) -> list[str]:
+        return [r.id for r in self.rows]
 
 
 class Progress:
@@ -290,6 +302,11 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     if (embeddings is None) != (ids is None):
         raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
     elif embeddings is not None:
+        several = next((r for r in rows if r.photo), None)
+        if several is not None:   # a .npy with ids holds one vector per id: it cannot say which photo
+            raise CatalogError(f"--embeddings with --ids holds one vector per id, but item {several.id!r} "
+                               f"has several photos (catalog.csv line {several.line}); embed the catalog "
+                               "with pi-search index embed and build from its shards instead")
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
     if embeddings is not None:
         st = Path(embeddings).stat()
@@ -368,7 +385,13 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     finally:
         ckpt.close()
     shutil.rmtree(ckpt.dir, ignore_errors=True)
-    return BuildReport(out_dir, manifest, len(kept), problems, embedded, resumed, time.perf_counter() - t0)
+    return BuildReport(out_dir, manifest, _items_of(manifest, len(kept)), problems, embedded, resumed,
+                       time.perf_counter() - t0)
+
+
+def _items_of(manifest: Manifest, rows: int) -> int:
+    """Items in a built bundle (its rows less the further photos of items)."""
+    return int((manifest.catalog or {}).get("items", rows))
 
 
 def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: BuildOptions, thumbnails: bool,
@@ -445,13 +468,16 @@ def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions,
     if not len(items):
         raise CatalogError(f"{catalog_dir}: no usable items ({len(problems)} bad row(s)); fix the rows above")
     model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
+    kept = counts(items.item_ids())   # several photos of an item: rows <id>\x1f<n> beside its own
+    views = kept["photos"] - kept["items"]
     manifest = write_bundle(out_dir, vectors, items, model=model, options=opts, locked=True,
                             extra_manifest={"catalog": {"source": catalog_dir.name, "rows": total_rows,
-                                                        "skipped": len(problems),
-                                                        **({"build_key": key} if key else {})}},
+                                                        "skipped": len(problems), **kept,
+                                                        **({"build_key": key} if key else {})},
+                                            **({"changes": {"views": views}} if views else {})},
                             learned=learned[0], learned_info=learned[1])
     if problems:
-        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), len(items))
+        log.warning("%d bad row(s) skipped, %d items indexed", len(problems), kept["items"])
     return manifest, problems
 
 
@@ -465,7 +491,11 @@ class _RowItems:
     def __len__(self) -> int:
         return len(self.kept)
 
+    def item_ids(self) -> list[str]:
+        return [self.rows[i].id for i in self.kept]
+
     def __iter__(self):
+        name = RowNames()
         for i in self.kept:
             row = self.rows[i]
             thumb = None
@@ -474,7 +504,8 @@ class _RowItems:
                     thumb = thumbnail(images.read(row.image))
                 except (ImageError, OSError):
                     self.no_thumb += 1   # the embedding exists: the item stays, without a picture
-            yield Item(row.id, row.title, row.price, row.extra, thumb)
+            rid, extra = name(row.id, row.extra)
+            yield Item(rid, row.title, row.price, extra, thumb)
 
 
 def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extractor, rows: list[Row],
@@ -511,4 +542,5 @@ def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extra
         del vectors
     if items.no_thumb:
         log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
-    return BuildReport(out_dir, manifest, len(kept), problems, 0, 0, time.perf_counter() - t0)
+    return BuildReport(out_dir, manifest, _items_of(manifest, len(kept)), problems, 0, 0,
+                       time.perf_counter() - t0)

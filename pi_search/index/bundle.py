@@ -16,6 +16,7 @@ from .files import fingerprint
 from .items import ItemsFile
 from .manifest import Manifest, check_model, read_manifest
 from .pca_store import PcaStore
+from .photos import DEPTH, best_per_item, row_id
 from .projection import Projection, load_projection, normalise
 from .store import VectorStore
 from .verify import check_file
@@ -24,7 +25,8 @@ from .verify import check_file
 @dataclass(frozen=True)
 class Match:
     """One search result. ``score`` is the cosine similarity of the full embeddings (through the bundle's
-    learned projection when it has one), in [-1, 1].
+    learned projection when it has one), in [-1, 1]; ``photo`` the item's photo that matched (0: its first);
+    ``via`` "image" or "barcode" (a code read in the image names the item; its score is then 1).
 
     ``generation``: which bundle the live catalog served when it was found (results of different generations
     must not be combined into one).
@@ -36,9 +38,12 @@ class Match:
     score: float
     index: int = field(default=-1, compare=False)
     generation: int = field(default=0, compare=False)
+    photo: int = field(default=0, compare=False)
+    via: str = field(default="image", compare=False)
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "price": self.price, "score": round(self.score, 6)}
+        return {"id": self.id, "title": self.title, "price": self.price, "score": round(self.score, 6),
+                "photo": self.photo, "via": self.via}
 
 
 class Bundle:
@@ -215,20 +220,30 @@ class Bundle:
         return cand[order], s[order]
 
     def search(self, vector: np.ndarray, k: int = 5, *, learned: bool = False) -> list[Match]:
-        """Top-k matches for an embedding (float32 [dim], L2-normalised), best first; ``learned``: the
-        vector went through ``to_learned`` already."""
-        idx, scores = self.search_indices(vector, k, learned=learned)
-        if idx.size == 0:
-            return []
-        meta = self.items.rows(idx.tolist())
-        out = []
-        for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
-            r = meta.get(i)
-            if r is None:
-                raise BundleError(f"{self.directory}: item {i} missing from {self.manifest.items_file}; "
-                                  "rebuild the bundle")
-            out.append(Match(r[1], r[2], r[3], float(min(1.0, max(-1.0, s))), i))
-        return out
+        """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once at the
+        score of its best photo (``Match.photo`` says which). With several photos per item, the index is
+        asked for more rows until k distinct items come back (or every row was seen). ``learned``: the vector
+        went through ``to_learned`` already."""
+        k = max(1, int(k))
+        n = len(self)
+        want = k if not self.manifest.views else min(n, k * DEPTH)
+        while True:
+            idx, scores = self.search_indices(vector, want, learned=learned)
+            if idx.size == 0:
+                return []
+            meta = self.items.rows(idx.tolist())
+            rows = []
+            for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
+                r = meta.get(i)
+                if r is None:
+                    raise BundleError(f"{self.directory}: item {i} missing from {self.manifest.items_file}; "
+                                      "rebuild the bundle")
+                rows.append((r[1], float(min(1.0, max(-1.0, s))), i, r[2], r[3]))
+            best = best_per_item(rows, k)
+            if len(best) >= k or want >= n or len(idx) < want:
+                return [Match(iid, title, price, s, i, photo=photo)
+                        for iid, photo, s, i, title, price in best]
+            want = min(n, want * 4)
 
     def search_mean(self, vectors: np.ndarray, k: int = 5) -> list[Match]:
         """Top-k matches scored by the mean of their cosines with each of ``vectors`` (float32 [m, dim]
@@ -244,9 +259,14 @@ class Bundle:
         """Metadata of one item by catalog id (id, title, price, extra), or None."""
         return self.items.item(item_id)
 
-    def thumbnail(self, item_id: str) -> bytes | None:
-        """JPEG bytes of an item's thumbnail looked up by catalog id; None if unknown."""
-        return self.items.thumbnail(item_id)
+    def thumbnail(self, item_id: str, photo: int = 0) -> bytes | None:
+        """JPEG bytes of an item's thumbnail (of its photo ``photo``) looked up by catalog id; None if
+        unknown."""
+        return self.items.thumbnail(row_id(item_id, photo))
+
+    def code_items(self, codes: list[str]) -> dict[str, str]:
+        """``code -> item id`` of the (normalised) barcodes that name an item of this bundle."""
+        return self.items.code_items(codes)
 
     def close(self) -> None:
         if self._searcher is not None:

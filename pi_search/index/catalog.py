@@ -9,8 +9,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..barcodes.codes import check_codes
 from ..errors import CatalogError
 from .ids import id_problem
+from .photos import MAX_PHOTOS
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,8 @@ MAX_FIELD = 1 << 20
 
 @dataclass(frozen=True)
 class Row:
-    """One usable catalog item. ``line`` is its line in catalog.csv (0 for a plain folder)."""
+    """One usable catalog photo. ``line`` is its line in catalog.csv (0 for a plain folder); ``photo`` is 0
+    for an item's first photo and 1, 2, ... for its further ones (same id, title, price and extra)."""
 
     line: int
     id: str
@@ -30,6 +33,7 @@ class Row:
     price: str | None
     image: Path
     extra: dict = field(default_factory=dict)
+    photo: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def read_csv(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
         raise CatalogError(f"{path}: column(s) {', '.join(dupes)} appear twice in the header line")
     rows: list[Row] = []
     problems: list[Problem] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, list[Row]] = {}
     raw_lines: list[str] | None = None
     while True:
         line = reader.line_num + 1
@@ -152,8 +156,23 @@ def _too_many_values(raw: str, n: int, header: list[str]) -> str:
             "column in the header line")
 
 
+def _further_photo(first: Row, rec: dict, line: int, image: str, photos: int) -> Problem | None:
+    """Checks a further row of an item (a repeated id): the first row's title and price win; a different
+    one is one warning naming both lines. A Problem when the item has MAX_PHOTOS photos already."""
+    if photos >= MAX_PHOTOS:
+        return Problem(line, image, f"id {first.id!r} has {MAX_PHOTOS} photos already (from line "
+                                    f"{first.line}); at most {MAX_PHOTOS} photos per item")
+    differ = [f"{col} {value!r} (line {first.line}: {have!r})"
+              for col, have in (("title", first.title), ("price", first.price))
+              if (value := rec.get(col) or None) is not None and value != have]
+    if differ:
+        log.warning("%s line %d: a further photo of id %r with another %s; line %d's are kept", CSV_NAME,
+                    line, first.id, " and ".join(differ), first.line)
+    return None
+
+
 def _parse_row(root: Path, header: list[str], values: list[str], line: int,
-               seen: dict[str, int]) -> tuple[Row | None, Problem | None]:
+               seen: dict[str, list[Row]]) -> tuple[Row | None, Problem | None]:
     if not any(v.strip() for v in values):
         return None, None  # blank line
     rec = dict(zip(header, [v.strip() for v in values], strict=False))
@@ -164,11 +183,14 @@ def _parse_row(root: Path, header: list[str], values: list[str], line: int,
     problem = id_problem(item_id)
     if problem:
         return None, Problem(line, image, problem)
-    if item_id in seen:
-        return None, Problem(line, image, f"duplicate id {item_id!r} (first on line {seen[item_id]})")
-    seen[item_id] = line
-    title = rec.get("title", "")
-    if not title:
+    photos = seen.get(item_id, [])
+    first = photos[0] if photos else None
+    title = rec.get("title", "") if first is None else first.title
+    if first is not None:   # a further photo of an item
+        problem = _further_photo(first, rec, line, image, len(photos))
+        if problem:
+            return None, problem
+    elif not title:
         return None, Problem(line, image, f"empty title for id {item_id!r}")
     if not image:
         return None, Problem(line, "", f"no image for id {item_id!r}")
@@ -182,9 +204,17 @@ def _parse_row(root: Path, header: list[str], values: list[str], line: int,
         is_file = False
     if not is_file:
         return None, Problem(line, image, "missing image file")
-    price = rec.get("price") or None
-    extra = {k: v for k, v in rec.items() if k not in ("id", "title", "price", "image")}
-    return Row(line, item_id, title, price, path, extra), None
+    if first is not None:
+        row = Row(line, item_id, first.title, first.price, path, first.extra, len(photos))
+    else:
+        price = rec.get("price") or None
+        extra = {k: v for k, v in rec.items() if k not in ("id", "title", "price", "image")}
+        bad_code = check_codes(extra.get("barcode"))
+        if bad_code:   # kept as written (the item is fine), but no reader will ever return that number
+            log.warning("%s line %d: %s (id %r)", CSV_NAME, line, bad_code, item_id)
+        row = Row(line, item_id, title, price, path, extra)
+    seen.setdefault(item_id, []).append(row)
+    return row, None
 
 
 def _title_from_name(stem: str) -> str:
@@ -193,7 +223,9 @@ def _title_from_name(stem: str) -> str:
 
 
 def read_folder(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
-    """A plain folder of images: one item per image file (recursively); id and title from the file name."""
+    """A plain folder of images: each image in the folder itself is one item, each sub-folder is one item
+    with the images in it (at any depth, in name order) as its photos; id and title from the file's or the
+    sub-folder's name."""
     rows: list[Row] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}
@@ -201,6 +233,7 @@ def read_folder(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
         files = sorted(p for p in catalog_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as exc:
         raise CatalogError(f"{catalog_dir}: cannot list ({exc.strerror or exc})") from exc
+    photos: dict[str, list[Row]] = {}
     for p in files:
         rel = p.relative_to(catalog_dir).as_posix()
         try:
@@ -209,16 +242,27 @@ def read_folder(catalog_dir: Path) -> tuple[list[Row], list[Problem]]:
         except OSError:
             problems.append(Problem(0, rel, "cannot read"))
             continue
-        item_id = p.stem.strip()
+        parts = p.relative_to(catalog_dir).parts
+        folder = parts[0] if len(parts) > 1 else None
+        item_id = (folder if folder is not None else p.stem).strip()
+        source = f"{folder}/" if folder is not None else rel
         problem = id_problem(item_id)
         if problem:
-            problems.append(Problem(0, rel, f"{problem} (rename the file)"))
+            what = "the folder" if folder is not None else "the file"
+            problems.append(Problem(0, rel, f"{problem} (rename {what})"))
             continue
-        if item_id in seen:
+        if seen.setdefault(item_id, source) != source:
             problems.append(Problem(0, rel, f"duplicate id {item_id!r} (also {seen[item_id]})"))
             continue
-        seen[item_id] = rel
-        rows.append(Row(0, item_id, _title_from_name(item_id), None, p, {"file": rel}))
+        have = photos.setdefault(item_id, [])
+        if len(have) >= MAX_PHOTOS:
+            problems.append(Problem(0, rel, f"{source} has {MAX_PHOTOS} photos already; at most "
+                                            f"{MAX_PHOTOS} photos per item"))
+            continue
+        extra = have[0].extra if have else ({"folder": folder} if folder is not None else {"file": rel})
+        row = Row(0, item_id, _title_from_name(item_id), None, p, extra, len(have))
+        have.append(row)
+        rows.append(row)
     return rows, problems
 
 

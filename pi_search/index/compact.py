@@ -192,6 +192,8 @@ class _CompactedItems:
             thumb = None
             if VIEW_SEP not in rid:
                 thumb = self.taught_thumbs.get(rid) or self.old.thumbnail(rid)
+            elif _source == "bundle":   # a catalog item's further photo keeps its own thumbnail
+                thumb = self.old.thumbnail(rid)
             yield Item(rid, title, price, json.loads(extra or "{}"), thumb)
 
 

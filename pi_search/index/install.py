@@ -76,5 +76,6 @@ def info(directory: str | Path) -> dict:
     files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
     raw = manifest.to_dict()
     memory = raw.get("memory") or needs(directory, raw)
-    return {"directory": str(directory), **raw, "files": files, "total_bytes": sum(files.values()),
+    return {"directory": str(directory), **raw, "items": manifest.items - manifest.views,
+            "photos": manifest.items, "files": files, "total_bytes": sum(files.values()),
             "memory": {**memory, "machine": machine_fit(memory)}}

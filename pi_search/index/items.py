@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..barcodes.codes import keys, split_codes
 from ..errors import BundleError
+from .ids import VIEW_SEP
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,17 +29,31 @@ class Item:
 
 
 def write_items(path: Path, items: Iterable[Item]) -> None:
-    """Write the rows of a new bundle, row ``idx`` being the i-th item (the index's integer id)."""
+    """Write the rows of a new bundle, row ``idx`` being the i-th item (the index's integer id), and the
+    ``codes`` table (barcode key -> item id) from each item's ``barcode`` extra (codes separated by ``;``;
+    a code already taken by another item stays with the first and is a warning)."""
     con = sqlite3.connect(path)
+    codes: dict[str, str] = {}
+
+    def rows():
+        for i, it in enumerate(items):
+            if VIEW_SEP not in it.id:
+                for code in split_codes(it.extra.get("barcode")):
+                    for key in keys(code):
+                        owner = codes.setdefault(key, it.id)
+                        if owner != it.id:
+                            log.warning("barcode %s of item %r is already item %r's; kept for %r", code,
+                                        it.id, owner, owner)
+            yield i, it.id, it.title, it.price, json.dumps(it.extra, ensure_ascii=False), it.thumbnail
+
     try:
         con.execute("PRAGMA journal_mode=OFF")
         con.execute("PRAGMA synchronous=OFF")
         con.execute("CREATE TABLE items (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
                     "title TEXT NOT NULL, price TEXT, extra TEXT NOT NULL, thumb BLOB)")
-        con.executemany(
-            "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
-            ((i, it.id, it.title, it.price, json.dumps(it.extra, ensure_ascii=False), it.thumbnail)
-             for i, it in enumerate(items)))
+        con.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", rows())
+        con.execute("CREATE TABLE codes (code TEXT PRIMARY KEY, id TEXT NOT NULL)")
+        con.executemany("INSERT INTO codes VALUES (?, ?)", codes.items())
         con.commit()
     finally:
         con.close()
@@ -50,6 +69,7 @@ class ItemsFile:
     def __init__(self, path: Path, *, deep: bool = False):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._has_codes: bool | None = None
         self._db: sqlite3.Connection | None = sqlite3.connect(
             f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         if deep:
@@ -91,6 +111,20 @@ class ItemsFile:
         """JPEG bytes of an item's thumbnail by catalog id; None if unknown or without one."""
         r = self._query("SELECT thumb FROM items WHERE id = ?", (str(item_id),))
         return None if r is None or r[0] is None else bytes(r[0])
+
+    def code_items(self, codes: list[str]) -> dict[str, str]:
+        """``code -> item id`` for the lookup keys (``barcodes.codes.keys``) that name an item; a bundle
+        written before barcodes has no codes table and names none."""
+        if not codes:
+            return {}
+        if self._has_codes is None:
+            self._has_codes = self._query(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'codes'") is not None
+        if not self._has_codes:
+            return {}
+        marks = ",".join("?" * len(codes))
+        found = self._query(f"SELECT code, id FROM codes WHERE code IN ({marks})", list(codes), many=True)
+        return dict(found)
 
     def all_rows(self) -> list[tuple]:
         """``(idx, id, title, price, extra_json)`` of every row, in index order (compaction)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..barcodes.codes import keys as code_keys
+from ..barcodes.codes import split_codes
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
 from . import leases, snapshot
 from .bundle import Bundle, Match
@@ -625,7 +627,7 @@ class LiveCatalog:
                 if old is None:
                     kept += 1
                 if old is None or m.score > old.score:
-                    best[iid] = Match(iid, title, price, m.score, m.index, st.generation)
+                    best[iid] = Match(iid, title, price, m.score, m.index, st.generation, photo=m.photo)
             if kept >= k or len(found) < want or want >= n:
                 return
             want = min(n, want * 4)
@@ -659,8 +661,39 @@ class LiveCatalog:
             if len(seen) == k:     # any further taught item ranks below these k
                 break
 
-    def thumbnail(self, item_id: str) -> bytes | None:
-        """JPEG bytes of an item's thumbnail (a taught one first), looked up by id; None if unknown."""
+    def code_items(self, keys: list[str]) -> dict[str, Match]:
+        """``key -> Match`` (score 1, via "barcode") of the barcode keys (``barcodes.codes.keys``) that name
+        a served item: a taught item's ``barcode`` first, then the bundle's codes table."""
+        out: dict[str, Match] = {}
+        with self._reading() as st:
+            if st is None:
+                return out
+            want = set(keys)
+            for it in st.items.values():
+                if it.deleted:
+                    continue
+                for code in split_codes((it.extra or {}).get("barcode")):
+                    for key in code_keys(code):
+                        if key in want and key not in out:
+                            out[key] = Match(it.id, it.title, it.price, 1.0, via="barcode")
+            try:
+                found = st.bundle.code_items([k for k in keys if k not in out])
+            except BundleError as exc:
+                self._faulted(exc)
+            for key, iid in found.items():
+                if iid in st.masked:
+                    continue
+                over = st.items.get(iid)
+                if over is not None:   # edited since the build: its barcode may have changed
+                    continue
+                row = st.bundle.item(iid)
+                if row is not None:
+                    out[key] = Match(iid, row["title"], row["price"], 1.0, via="barcode")
+        return out
+
+    def thumbnail(self, item_id: str, photo: int = 0) -> bytes | None:
+        """JPEG bytes of an item's thumbnail (a taught one first), looked up by id; None if unknown.
+        ``photo``: which of a bundle item's photos (0: its first; an unknown one gives the first)."""
         item_id = str(item_id)
         with self._reading() as st:
             if st is None:
@@ -673,6 +706,10 @@ class LiveCatalog:
                 if data is not None:
                     return data
             try:
+                if photo:
+                    data = st.bundle.thumbnail(item_id, photo)
+                    if data is not None:
+                        return data
                 return st.bundle.thumbnail(item_id)
             except BundleError as exc:
                 self._faulted(exc)

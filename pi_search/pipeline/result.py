@@ -29,6 +29,7 @@ class LatestResult:
     height: int = 0
     guide: dict | None = None
     settle_ms: float | None = None
+    codes: tuple = ()        # barcodes read in the still scene: {"code", "format", "matched", "id"} each
 
     def as_dict(self) -> dict:
         out = {
@@ -39,6 +40,7 @@ class LatestResult:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "frame_size": [self.width, self.height],
             "matches": [m.as_dict() for m in self.matches],
+            "codes": list(self.codes),
         }
         if self.guide is not None:
             out["guide"] = self.guide

@@ -15,6 +15,7 @@ COUNTERS = {
     "frame_errors": "Frames that could not be processed",
     "uploads": "Photos searched through /api/search",
     "settled": "Settled looks at a still scene (windows over the whole frame)",
+    "code_reads": "Still frames read for barcodes",
 }
 
 
@@ -77,4 +78,5 @@ class Stats:
     frame_errors = property(lambda self: int(self._value(self._counters["frame_errors"])))
     uploads = property(lambda self: int(self._value(self._counters["uploads"])))
     settled = property(lambda self: int(self._value(self._counters["settled"])))
+    code_reads = property(lambda self: int(self._value(self._counters["code_reads"])))
     viewers = property(lambda self: int(self._value(self._viewers, "")))

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from ..errors import Busy, PiSearchError, SourceError
 from ..model import framing
 from ..model import look as looking
 from . import settle as settling
+from .codes import StillCodes
 from .gate import Gate
 from .result import LatestResult
 from .stabilise import Agreement, Smoother
@@ -91,6 +93,7 @@ class Worker:
         self._settle_job: dict | None = None  # the settled look under way: last inferred vector, windows done
         self._region: tuple | None = None  # the settled look's window, used by each frame of the same item
         self._region_gain = 0.0  # how much better that window framed the first match than the target box
+        self.codes = StillCodes()  # barcodes, read once the scene is still
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Worker:
@@ -256,7 +259,9 @@ class Worker:
             self.stats.add("skipped_frames")
             stats.observe("capture", capture_s)
             stats.observe("gate", t_gate)
-            if self.settle_enabled and self._settle_job is not None:
+            if self.codes.due:   # the still scene's barcodes first: one read, then the settled look
+                self._read_codes(frame)
+            elif self.settle_enabled and self._settle_job is not None:
                 self.settle(frame)
             return None
         timed = _TimedExtractor(self.extractor)
@@ -279,6 +284,8 @@ class Worker:
         else:  # the mean of the two scores is the score of the mean vector: one search
             matches = tuple(settling.search_mean(self.catalog, vec, rv, k))
         matches = self.agreement.update(matches, fresh=fresh)
+        self.codes.inferred(fresh)
+        matches, codes = self.codes.apply(self.catalog, matches, k)   # the same item keeps its codes
         t_search = time.perf_counter() - t2
         t3 = time.perf_counter()
         jpeg = images.encode_jpeg(frame.rgb, self.config.server.jpeg_quality)
@@ -301,7 +308,7 @@ class Worker:
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=published, matches=matches,
             timings_ms={k: v * 1000.0 for k, v in timings.items()}, latency_ms=latency * 1000.0, jpeg=jpeg,
-            width=int(fw), height=int(fh), guide=guide)
+            width=int(fw), height=int(fh), guide=guide, codes=codes)
         self._settle_job = {"vec": vec, "done": [], "seconds": 0.0}  # a new look once the scene is still
         with self._cond:
             self._latest = result
@@ -347,6 +354,7 @@ class Worker:
         self._settle_job = None
         self._region, self._region_gain = region, gain
         self.agreement.update(tuple(matches), fresh=True)  # the settled matches are the ones shown now
+        matches, codes = self.codes.apply(self.catalog, matches, k)
         t_settle = job["seconds"] + time.perf_counter() - t0
         self.stats.add("settled")
         target = framing.target_box(fw, fh)
@@ -356,7 +364,26 @@ class Worker:
         result = LatestResult(
             frame_id=frame.index, frame_time=frame.t, published_time=time.time(), matches=tuple(matches),
             timings_ms=last.timings_ms, latency_ms=last.latency_ms, jpeg=last.jpeg, width=int(fw),
-            height=int(fh), guide=guide, settle_ms=t_settle * 1000.0)
+            height=int(fh), guide=guide, settle_ms=t_settle * 1000.0, codes=codes)
+        with self._cond:
+            self._latest = result
+            self._recent.append(result)
+            self._cond.notify_all()
+        return result
+
+    def _read_codes(self, frame) -> LatestResult | None:
+        """Read the barcodes of a still frame; when there are any, publish the last result again with the
+        items they name first (same preview and timings, reachable by this frame's id too)."""
+        last = self._latest
+        before = self.codes.codes
+        codes = self.codes.read(frame.rgb)
+        self.stats.add("code_reads")
+        if last is None or codes == before:
+            return None
+        visual = tuple(m for m in last.matches if m.via != "barcode")
+        matches, info = self.codes.apply(self.catalog, visual, self.config.index.top_k)
+        result = replace(last, frame_id=frame.index, frame_time=frame.t, published_time=time.time(),
+                         matches=matches, codes=info)
         with self._cond:
             self._latest = result
             self._recent.append(result)

@@ -124,6 +124,37 @@ def on_white(rgba: np.ndarray, long_side: int | None = None, margin: float = 0.0
     return out
 
 
+def other_photo(rgba: np.ndarray, n: int, rng: np.random.Generator, long_side: int) -> np.ndarray:
+    """Another catalog photo of the same object (RGB uint8 on white, ``long_side`` pixels): photo ``n`` >= 1
+    of an item is taken from another angle (a perspective turn of 20-35 degrees about the upright axis and a
+    tilt of 5-15 degrees), in other light (warmer or cooler, 0.75-1.1 exposure) and cropped closer (a 0-12%
+    margin cut on a random side), so no two photos of an item are the same picture."""
+    import cv2
+
+    img = on_white(rgba, long_side)
+    h, w = img.shape[:2]
+    turn = np.deg2rad(rng.uniform(20, 35)) * (1 if n % 2 else -1)
+    squeeze = (1 - np.cos(turn)) * w / 2
+    near = 0.08 * h * np.sin(abs(turn))
+    if turn > 0:   # the right side moves away: it narrows and shortens
+        dst = [(squeeze * 0.4, 0), (w - squeeze, near), (w - squeeze, h - near), (squeeze * 0.4, h)]
+    else:
+        dst = [(squeeze, near), (w - squeeze * 0.4, 0), (w - squeeze * 0.4, h), (squeeze, h - near)]
+    src = [(0, 0), (w, 0), (w, h), (0, h)]
+    m = cv2.getPerspectiveTransform(np.float32(src), np.float32(dst))
+    img = cv2.warpPerspective(img, m, (w, h), borderValue=(255, 255, 255))
+    tilt = rng.uniform(5, 15) * rng.choice([-1, 1])
+    r = cv2.getRotationMatrix2D((w / 2, h / 2), tilt, 1.0)
+    img = cv2.warpAffine(img, r, (w, h), borderValue=(255, 255, 255))
+    gain = rng.uniform(0.75, 1.1) * (np.array([1.06, 1.0, 0.88]) if rng.random() < 0.5
+                                     else np.array([0.9, 1.0, 1.08]))
+    img = np.clip(img.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    cut = int(rng.uniform(0, 0.12) * min(h, w))
+    side = int(rng.integers(4))
+    crop = [img[cut:], img[:h - cut], img[:, cut:], img[:, :w - cut]][side] if cut else img
+    return np.ascontiguousarray(crop)
+
+
 def _thumb(rgba: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -489,7 +520,8 @@ def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
 # ------------------------------------------------------------------ benchmark
 def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0, scenes: int = 2,
                    burst: int = 3, limit: int | None = None, stamps_root: str | Path = STAMPS_ROOT,
-                   catalog_side: int = 512, scale: tuple[float, float] = SCALE, hard: bool = False) -> dict:
+                   catalog_side: int = 512, scale: tuple[float, float] = SCALE, hard: bool = False,
+                   photos: int = 1) -> dict:
     """Write the benchmark to ``out_dir`` and return its summary.
 
     Layout: ``catalog/catalog.csv`` + ``catalog/images/<id>.jpg`` (each photo on white);
@@ -502,8 +534,13 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     conditions of each query as extra columns: ``cover`` (share of the frame the item covers), ``offset``
     (its centre's distance from the frame centre, 0 centre .. 1 corner), ``second_item`` (the id of the
     second object, empty when there is none) and ``dim`` (1 or 0).
+
+    ``photos``: catalog photos per item; the further ones (``images/<id>_p<n>.jpg``, further rows with the
+    same id) are other views of the same object (``other_photo``), drawn from their own random stream so
+    the queries are the same whatever the number of photos.
     """
     out = Path(out_dir)
+    views = np.random.default_rng([seed, 1])
     stamps = select_stamps(stamps_root)
     if limit:
         stamps = stamps[:limit]
@@ -522,6 +559,11 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
             _write_jpeg(out / "catalog" / "images" / f"{st.id}.jpg", on_white(full, min(catalog_side,
                         max(full.shape[:2]))), 92)
             cat.writerow([st.id, st.title, "", f"images/{st.id}.jpg", st.rel])
+            for p in range(1, photos):
+                side = min(catalog_side, max(full.shape[:2]))
+                photo = other_photo(full, p, views, side)
+                _write_jpeg(out / "catalog" / "images" / f"{st.id}_p{p}.jpg", photo, 92)
+                cat.writerow([st.id, "", "", f"images/{st.id}_p{p}.jpg", ""])
             for sc in range(scenes):
                 others, cond = (), ()
                 if hard:
@@ -543,7 +585,8 @@ def make_benchmark(out_dir: str | Path = DEFAULT_BENCHMARK_DIR, *, seed: int = 0
     extra = ["cover", "offset", "second_item", "dim"] if hard else []
     _write_csv(out / "truth.csv", ["query_path", "item_id", *extra], truth)
     _write_csv(out / "bursts.csv", ["query_path", "item_id", "scene"], bursts)
-    summary = {"seed": seed, "items": len(stamps), "scenes_per_item": scenes, "frames_per_scene": burst,
+    summary = {"seed": seed, "items": len(stamps), "photos_per_item": photos, "scenes_per_item": scenes,
+               "frames_per_scene": burst,
                "object_scale": list(scale),
                "queries": len(truth), "frames": len(bursts), "stamps_root": str(stamps_root),
                "selection": {"min_side": MIN_SIDE, "min_texture": MIN_TEXTURE, "drawn": sorted(DRAWN),
@@ -723,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="object size range as a fraction of the frame height")
     b.add_argument("--hard", action="store_true",
                    help="the hard variant: small, off-centre items, a second object, dim light")
+    b.add_argument("--photos", type=int, default=1,
+                   help="catalog photos per item (the further ones: other angle, light and crop)")
     e = sub.add_parser("empty", help=f"camera frames of rooms with no item (default: {EMPTY_SCENES_DIR})")
     e.add_argument("--out", type=Path, default=EMPTY_SCENES_DIR)
     e.add_argument("--seed", type=int, default=0)
@@ -736,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "benchmark":
             args.out = args.out or (HARD_BENCHMARK_DIR if args.hard else DEFAULT_BENCHMARK_DIR)
             summary = make_benchmark(args.out, seed=args.seed, scenes=args.scenes, burst=args.burst,
-                                     limit=args.limit, scale=tuple(args.scale), hard=args.hard)
+                                     limit=args.limit, scale=tuple(args.scale), hard=args.hard,
+                                     photos=max(1, args.photos))
         elif args.what == "empty":
             summary = make_empty_scenes(args.out, n=args.scenes, seed=args.seed)
         else:

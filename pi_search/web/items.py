@@ -7,6 +7,9 @@ import threading
 
 from flask import Blueprint, jsonify, render_template, request
 
+from ..barcodes.codes import keys, tidy, with_barcode
+from ..barcodes.decode import read_codes
+from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import decode
 from ..index.changes import MAX_SHOTS
@@ -66,6 +69,13 @@ def _item_json(cat, item_id: str) -> dict | None:
     return info
 
 
+def _barcode() -> str | None:
+    """The form's ``barcode`` (codes separated by ``;``) tidied, "" to clear it, None when not sent;
+    CatalogError (400) for an EAN/UPC number with a wrong check digit."""
+    value = request.form.get("barcode")
+    return None if value is None else tidy(value)
+
+
 def _embed(cat, shots):
     with _embedding:
         return embed_shots(_ext()["service"].extractor, shots, background=cat.background)
@@ -105,9 +115,11 @@ def add_item():
         shots = _shots()
         if not shots:
             return _error(400, "no shots: capture or upload at least one photo of the item")
+        barcode = _barcode()
         vecs, thumb = _embed(cat, shots)
         item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
-                          item_id=request.form.get("id") or None, thumb=thumb)
+                          item_id=request.form.get("id") or None, thumb=thumb,
+                          extra={"barcode": barcode} if barcode else None)
     except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
         return _error(exc.status, str(exc))
     except BundleError:
@@ -122,17 +134,47 @@ def add_item():
 
 @bp.route("/api/items/<path:item_id>", methods=["PATCH", "POST"])
 def edit_item(item_id: str):
-    """Edit an item: any of ``title``, ``price`` (empty clears it) and further ``image`` shots."""
+    """Edit an item: any of ``title``, ``price`` (empty clears it), ``barcode`` (empty clears it) and
+    further ``image`` shots."""
     cat = _catalog()
     try:
+        barcode, extra = _barcode(), None
+        if barcode is not None:
+            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
         shots = _shots()
         vecs = _embed(cat, shots)[0] if shots else None
         price = request.form.get("price")
         cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
-                 clear_price=price == "")
+                 clear_price=price == "", extra=extra)
     except (CatalogError, ImageError) as exc:  # 400 bad input, 404 no such item
         return _error(exc.status, str(exc))
     return jsonify({"item": _item_json(cat, item_id)})
+
+
+@bp.post("/api/scan")
+def scan():
+    """Read the barcodes in the camera's current frame (or an uploaded ``image``) for the teach form:
+    ``{"codes": [{"code", "format", "id"}], "barcode": "CODE;CODE"}`` (``id``: the item a code already
+    names, or null); 422 when no code is found, saying how to hold it."""
+    cat = _catalog()
+    upload = request.files.get("image")
+    service = _ext()["service"]
+    with service.upload_slot():   # a read takes a fraction of a second of CPU, like an upload
+        if upload is not None:
+            grey = grey_for_codes(upload.read(), upload.filename or "image")
+        else:
+            latest = service.latest()
+            if latest is None:
+                return _error(503, "no camera frame yet; try again in a moment")
+            grey = grey_for_codes(latest.jpeg, "the current frame")
+        codes = read_codes(grey) if grey is not None else []
+    if not codes:
+        return _error(422, "no barcode found: hold the code flat and close to the camera, in good light, "
+                           "and press Scan again (or type the number)")
+    named = cat.code_items([k for c in codes for k in keys(c.text)])
+    found = [{"code": c.text, "format": c.format,
+              "id": next((named[k].id for k in keys(c.text) if k in named), None)} for c in codes]
+    return jsonify({"codes": found, "barcode": ";".join(c.text for c in codes)})
 
 
 @bp.delete("/api/items/<path:item_id>")

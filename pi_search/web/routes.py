@@ -8,6 +8,8 @@ import time
 
 from flask import Blueprint, Response, jsonify, render_template, request
 
+from ..barcodes.pictures import codes_in_photo
+from ..barcodes.search import codes_first
 from ..errors import ImageError, PiSearchError
 from ..images import photo_size
 from .auth import page as _page
@@ -108,16 +110,21 @@ def search():
                 upload.close()
             rgb = decode_upload(data, name=_display_name(upload.filename))
             photo["size"] = list(photo_size(data) or (rgb.shape[1], rgb.shape[0]))  # as shown, not as decoded
+            t0 = time.perf_counter()
+            photo["codes"] = codes_in_photo(data, _display_name(upload.filename))  # in the upload slot too
+            photo["codes_ms"] = (time.perf_counter() - t0) * 1000.0
             return rgb
 
         matches, timings = service.search_image(read_and_decode, k)
+        matches, codes = codes_first(service.catalog, photo.get("codes", []), matches, k or len(matches))
+        timings["codes"] = photo.get("codes_ms", 0.0)
         if not matches and not service.catalog.serving:  # the bundle went away while the photo was searched
             return _no_catalog(service.catalog.problem)
     except UploadError as exc:
         return _error(exc.status, str(exc))
     except ImageError as exc:  # a full upload slot is Busy (503): the error handler answers it
         return _error(exc.status, str(exc))
-    return jsonify({"matches": [m.as_dict() for m in matches],
+    return jsonify({"matches": [m.as_dict() for m in matches], "codes": codes,
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()},
                     "image_size": photo["size"]})
 
@@ -132,7 +139,8 @@ def _display_name(filename: str | None) -> str:
 def thumb(item_id: str):
     cat = _ext()["service"].catalog
     # a damaged row raises BundleError: JSON 500 for this request (web/errors.py), /healthz shows it
-    data = cat.thumbnail(item_id)
+    photo = request.args.get("photo", 0, type=int)   # which of the item's photos (the one that matched)
+    data = cat.thumbnail(item_id, min(photo, 1 << 20)) if photo > 0 else cat.thumbnail(item_id)
     if data is None and not cat.serving:
         return _error(503, f"no catalog is served right now: {cat.problem}")
     if data is None:

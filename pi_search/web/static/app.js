@@ -14,9 +14,16 @@ let guide = null;         // the result's optional guide: {hint, target, region}
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
-function scoreBlock(score) {
+function scoreBlock(score, via) {
   const box = document.createElement("div");
   box.className = "score";
+  if (via === "barcode") {   // named by a code read in the picture, not by its look
+    const tag = document.createElement("span");
+    tag.className = "via";
+    tag.textContent = "Barcode";
+    box.append(tag);
+    return box;
+  }
   const bar = document.createElement("span");
   bar.className = "bar";
   bar.setAttribute("aria-hidden", "true");
@@ -39,7 +46,8 @@ function card(m) {
   li.className = "card";
   li.dataset.id = m.id;
   const img = document.createElement("img");
-  img.src = "/thumbs/" + encodeURIComponent(m.id);
+  // the thumbnail of the photo that matched (an item may have several)
+  img.src = "/thumbs/" + encodeURIComponent(m.id) + (m.photo ? "?photo=" + m.photo : "");
   img.alt = "";
   const text = document.createElement("div");
   text.className = "text";
@@ -49,19 +57,33 @@ function card(m) {
   const price = document.createElement("div");
   price.className = "price";
   price.textContent = piSearch.price(m.price);
-  text.append(title, price, scoreBlock(m.score));
+  text.append(title, price, scoreBlock(m.score, m.via));
   li.append(img, text);
   return li;
 }
 
-function showMatches(matches, heading) {
+// The codes read in the picture that name no catalog item: "Code 5012345678900: not in the catalog".
+function showCodes(codes) {
+  const box = $("codes");
+  const unknown = (codes || []).filter((c) => !c.matched);
+  box.replaceChildren(...unknown.map((c) => {
+    const li = document.createElement("li");
+    li.textContent = "Code " + c.code + ": not in the catalog";
+    return li;
+  }));
+  box.hidden = !unknown.length;
+}
+
+function showMatches(matches, heading, codes) {
   $("heading").textContent = heading;
+  showCodes(codes);
   const list = $("matches");
   list.classList.remove("stale");
   // Keep the thumbnails that are already there when the order did not change (no flicker).
-  const ids = matches.map((m) => m.id).join("\n");
+  const ids = matches.map((m) => m.id + "#" + (m.photo || 0) + (m.via || "")).join("\n");
   if (list.dataset.ids === ids && matches.length) {
-    list.querySelectorAll(".score").forEach((el, i) => el.replaceWith(scoreBlock(matches[i].score)));
+    list.querySelectorAll(".score").forEach((el, i) => el.replaceWith(scoreBlock(matches[i].score,
+      matches[i].via)));
     return;
   }
   list.dataset.ids = ids;
@@ -69,6 +91,7 @@ function showMatches(matches, heading) {
 }
 
 function clearMatches() {
+  showCodes([]);
   const list = $("matches");
   list.dataset.ids = "";
   list.replaceChildren();
@@ -152,7 +175,7 @@ async function showResult(body) {
   swapPreview(shot.img, shot.url, "Camera view");
   $("stage").dataset.frame = body.frame_id;
   $("results").dataset.frame = body.frame_id;
-  showMatches(body.matches, body.matches.length ? "Best matches" : "No match");
+  showMatches(body.matches, body.matches.length ? "Best matches" : "No match", body.codes);
   return true;
 }
 
@@ -259,7 +282,7 @@ async function upload() {
       swapPreview(new Image(), null, "");
     }
     setMode("upload", "Photo");
-    showMatches(body.matches, "Matches for " + file.name);
+    showMatches(body.matches, "Matches for " + file.name, body.codes);
   } catch (e) {
     swapPreview(new Image(), null, "");   // no picture: neither the refused photo nor a live frame
     setMode("failed", "Photo not searched");

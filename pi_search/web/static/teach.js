@@ -86,6 +86,26 @@ async function capture() {
   }
 }
 
+// Reads the code held up to the camera (POST /api/scan) into the barcode field; a code already in the
+// catalog is named, so the same pack is not taught twice by mistake.
+async function scan() {
+  $("scan").disabled = true;
+  try {
+    const body = await answer(await fetch("/api/scan", { method: "POST" }));
+    const have = $("barcode").value.split(";").map((c) => c.trim()).filter(Boolean);
+    for (const c of body.codes) if (!have.includes(c.code)) have.push(c.code);
+    $("barcode").value = have.join(";");
+    const taken = body.codes.filter((c) => c.id && c.id !== editing);
+    say(taken.length
+      ? "Code " + taken[0].code + " is already item " + taken[0].id + "'s."
+      : "Barcode " + body.codes.map((c) => c.code).join(", ") + " read.", taken.length ? "error" : "ok");
+  } catch (e) {
+    say("Scan failed: " + e.message, "error");
+  } finally {
+    $("scan").disabled = false;
+  }
+}
+
 function clearForm() {
   editing = null;
   shots.forEach((s) => URL.revokeObjectURL(s.url));
@@ -105,6 +125,7 @@ function startEdit(item) {
   $("title").value = item.title;
   $("price").value = piSearch.priceInput(item.price);
   $("item-id").value = automatic(item.id) ? "" : item.id;
+  $("barcode").value = (item.extra && item.extra.barcode) || "";
   $("item-id").readOnly = true;
   $("cancel").hidden = false;
   say("Change the title or price, or capture more shots of the item; then save.", "");
@@ -123,6 +144,7 @@ async function save(e) {
   const typed = $("price").value.trim();
   form.append("price", piSearch.parsePrice(typed) ?? typed);
   if (!editing) form.append("id", $("item-id").value);
+  form.append("barcode", $("barcode").value.trim());
   shots.forEach((s, i) => {
     form.append("image", s.blob, "shot-" + (i + 1) + ".jpg");
     form.append("kind", s.kind);
@@ -286,6 +308,7 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   window.addEventListener("pagehide", sendWaitingRemovals);
   $("capture").addEventListener("click", capture);
+  $("scan").addEventListener("click", scan);
   $("background").addEventListener("click", captureScene);
   $("files").addEventListener("change", async () => {
     const files = [...$("files").files];

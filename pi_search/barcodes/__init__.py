@@ -1,0 +1,1 @@
+"""Barcodes: reading them from images (zxing-cpp, imported lazily) and naming catalog items by them."""
