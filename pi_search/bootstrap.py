@@ -48,10 +48,14 @@ def open_catalog(config: Config, extractor: Extractor) -> LiveCatalog:
     the page and /healthz, and maps a good bundle as soon as one is in place. The bundle's files are guarded
     with read leases, so copying over them in place lets the bundle go instead of crashing the process.
     """
+    from .index.trust import Trust
+
     leases.enable()
     ix = config.index
-    return LiveCatalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
-                            compact_every_s=ix.compact_every_s, wait=True, guard=True).watch()
+    trust = Trust.from_paths(ix.trusted_keys)   # signed bundles only: a compaction here could not be signed
+    return LiveCatalog.open(ix.bundle, extractor=extractor, compact_after=0 if trust else ix.compact_after,
+                            compact_every_s=0.0 if trust else ix.compact_every_s, wait=True, guard=True,
+                            trust=trust).watch()
 
 
 @dataclass
