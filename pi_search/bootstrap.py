@@ -17,6 +17,7 @@ from .config import Config, check_bind
 from .errors import ConfigError
 from .index import leases
 from .index.live import LiveCatalog
+from .index.trust import Trust
 from .model.extractor import Extractor
 from .pipeline.worker import Worker
 from .web import create_app
@@ -48,8 +49,6 @@ def open_catalog(config: Config, extractor: Extractor) -> LiveCatalog:
     the page and /healthz, and maps a good bundle as soon as one is in place. The bundle's files are guarded
     with read leases, so copying over them in place lets the bundle go instead of crashing the process.
     """
-    from .index.trust import Trust
-
     leases.enable()
     ix = config.index
     trust = Trust.from_paths(ix.trusted_keys)   # signed bundles only: a compaction here could not be signed

@@ -23,7 +23,9 @@ from .camera import open_source
 from .config import check_bind, load_config
 from .errors import PiSearchError, SourceError
 from .index.bundle import Bundle
+from .index.install import update_status
 from .index.memory import machine_fit, needs
+from .index.signing import load_trusted
 from .model.extractor import RUNTIMES, Extractor, load_runtime
 
 log = logging.getLogger(__name__)
@@ -137,9 +139,6 @@ def check_bundle(ctx: _Context) -> Check:
 
 def check_update(ctx: _Context) -> Check:
     """The bundle's slot, version and signer; with ``[index] trusted_keys`` its signature must check."""
-    from .index.install import update_status
-    from .index.signing import load_trusted
-
     ix = getattr(ctx.config, "index", None)
     bundle = getattr(ix, "bundle", "")
     if not bundle or not Path(bundle).is_dir():

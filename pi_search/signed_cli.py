@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
+from .config import load_config
+from .doctor import default_config_path
 from .errors import BundleError
+from .index.bundle import Bundle
+from .index.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
+from .index.slots import rollback
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +24,6 @@ def _emit(obj) -> None:
 
 def trusted_from(config) -> dict | None:
     """The trusted keys of ``[index] trusted_keys`` (None when none are set: signatures are not required)."""
-    from .index.signing import load_trusted
 
     paths = config.index.trusted_keys
     return load_trusted(paths) if paths else None
@@ -36,7 +40,6 @@ def keygen_cmd(directory: Path, name: str, as_json: bool) -> None:
     Keep the .key where bundles are built; list the .pub in [index] trusted_keys on every kiosk.
     Never overwrites an existing key.
     """
-    from .index.signing import keygen, load_public
 
     key, pub = keygen(directory, name)
     k = load_public(pub)
@@ -59,7 +62,6 @@ def keygen_cmd(directory: Path, name: str, as_json: bool) -> None:
 def sign_cmd(bundle: Path, key: Path, version: int | None, signer: str | None, as_json: bool) -> None:
     """Sign a bundle: writes BUNDLE/manifest.sig over its exact manifest.json (which lists the size and
     SHA-256 of every file), its version and the signer. Every file is checked first."""
-    from .index.signing import sign
 
     signed = sign(bundle, key, version=version, signer=signer)
     if as_json:
@@ -80,9 +82,6 @@ def verify_cmd(bundle: Path, trusted: tuple[Path, ...], config_file: Path | None
     """Check a bundle's signature against trusted keys and every file against the signed manifest: one line
     per failure, naming the rule (unsigned, unknown key, bad signature, file changed, wrong bundle);
     exit status 1 when any fails."""
-    from .config import load_config
-    from .doctor import default_config_path
-    from .index.signing import load_trusted, verify_lines
 
     if trusted:
         keys = load_trusted(trusted)
@@ -114,11 +113,6 @@ def verify_cmd(bundle: Path, trusted: tuple[Path, ...], config_file: Path | None
 def rollback_cmd(target: Path | None, config_file: Path | None, as_json: bool) -> None:
     """Go back to the bundle installed before the one served (the other slot), checked whole first; a
     running daemon serves it within seconds."""
-    from .config import load_config
-    from .doctor import default_config_path
-    from .index.bundle import Bundle
-    from .index.signing import parse
-    from .index.slots import rollback
 
     config = load_config(config_file or default_config_path())
     target = target or (Path(config.index.bundle) if config.index.bundle else None)

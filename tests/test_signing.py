@@ -268,3 +268,45 @@ def test_a_rollback_is_served_though_older(tmp_path, signed_pair, keys, extracto
         assert cat.refused is None and cat.signed.version == 5
     finally:
         cat.close()
+
+
+# ---------------------------------------------------------------- kills at every step
+KILL_STEPS = ["copy", "written", "switch", "convert", "switched"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", KILL_STEPS)
+def test_a_kill_at_any_step_of_install_leaves_a_complete_bundle_served(tmp_path, signed_pair, keys, step):
+    """``index install`` is SIGKILLed where it pauses (``PI_SEARCH_INSTALL_PAUSE``); the served path then
+    names the old or the new bundle, whole and signed, and the next install tidies up and succeeds."""
+    from pi_search.index.bundle import Bundle
+
+    live = tmp_path / "live"
+    shutil.copytree(signed_pair[5], live)          # a plain bundle: the first install converts it
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[index]\nbundle = "{live}"\ntrusted_keys = ["{keys / "shop.pub"}"]\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), slots.FAULT_ENV: f"{step}:60"}
+    proc = subprocess.Popen([*EXE, "index", "install", str(signed_pair[7]), "--config", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"PAUSED {step}", (line, proc.stderr.read() if proc.poll() is not None else "")
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    trusted = _trusted(keys)
+    version = signing.parse(live, trusted).version
+    assert version in (5, 7)
+    with Bundle.open(live, deep=True) as b:
+        assert len(b) > 0
+    if step in ("switched", "convert"):
+        assert version == 7
+    else:
+        assert version == 5
+    report = install_bundle(signed_pair[7], live, trusted=trusted, allow_downgrade=True, selfcheck=False)
+    assert report["version"] == 7 and signing.parse(live, trusted).version == 7
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".live")]
+    leftovers += [p.name for p in slots.slots_dir(live).iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+    assert sorted(p.name for p in slots.slots_dir(live).iterdir()) == ["a", "b", "state.json"]

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from ..errors import BundleError
+from . import selfcheck as selfcheck_mod
+from . import signing, slots
 from .bundle import Bundle
 from .files import bundle_lock, recover
 from .manifest import MANIFEST, check_model, read_manifest
@@ -31,9 +33,6 @@ def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str
     A failed self-check switches nothing and is recorded. Run as root, the copy gets the owner of the
     bundle it replaces.
     """
-    from . import selfcheck as selfcheck_mod
-    from . import signing, slots
-
     source, out_dir = Path(source), Path(out_dir)
     t0 = time.perf_counter()
     if not source.is_dir():
@@ -93,8 +92,6 @@ def install_bundle(source: str | Path, out_dir: str | Path, *, model_sha256: str
 
 def served_version(out_dir: Path, trusted: dict | None) -> int | None:
     """The version of the bundle served at ``out_dir``: its trusted signature's, else the recorded one."""
-    from . import signing, slots
-
     version = None
     if (Path(out_dir) / signing.SIGNATURE).is_file():
         try:
@@ -120,8 +117,6 @@ def info(directory: str | Path) -> dict:
 def update_status(directory: str | Path, trusted: dict | None = None) -> dict:
     """Slot, version and signer of the bundle at ``directory`` (its ``manifest.sig``, checked against
     ``trusted`` when given) and the last install event recorded beside it."""
-    from . import signing, slots
-
     out = slots.status(directory)
     try:
         signed = signing.parse(directory, trusted)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..embed.local import embed_one
 from ..errors import BundleError
 from .bundle import Bundle
 
@@ -32,8 +33,6 @@ def run(directory: str | Path, extractor=None, *, probes: int = PROBES,
     ``THUMB_TOP`` matches. Every probed item's stored vector (float32 [dim]) must find itself first (or tie
     with the first). Returns ``{"probes", "worst_ms"}``.
     """
-    from ..embed.local import embed_one
-
     directory = Path(directory)
     with Bundle.open(directory, extractor=extractor) as bundle:
         n = len(bundle)

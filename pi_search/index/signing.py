@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
+from . import verify
 from .manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,6 @@ def sign(bundle_dir: str | Path, key_path: str | Path, *, version: int | None = 
     """
     from cryptography.hazmat.primitives import serialization
 
-    from . import verify
-
     bundle_dir, key_path = Path(bundle_dir), Path(key_path)
     secret = _load_secret(key_path)
     raw_manifest = _manifest_bytes(bundle_dir)
@@ -271,8 +270,6 @@ def verify_lines(directory: str | Path, trusted: dict[str, PublicKey] | None, *,
                  = None) -> tuple[Signed | None, list[str]]:
     """Every problem of the bundle at ``directory`` as one line naming its rule (``pi-search index verify``):
     the signature, then every file against the signed manifest, the item count and the model."""
-    from . import verify
-
     directory = Path(directory)
     problems: list[str] = []
     signed = None

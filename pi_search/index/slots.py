@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
-from . import verify
+from . import signing, verify
 from .files import _exchange, bundle_lock, fsync_dir, fsync_tree, swap_into_place
 from .manifest import MANIFEST
 
@@ -184,8 +184,6 @@ def write_slot(target: Path, source: Path, files: dict, raw_manifest: bytes, ext
 
 def record_of(directory: Path, signed=None) -> dict:
     """What the state file keeps about a slot's bundle: its signature's version, signer and digest."""
-    from . import signing
-
     if signed is None:
         try:
             signed = signing.parse(directory, None)
