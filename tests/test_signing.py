@@ -18,7 +18,7 @@ from pi_search.index import signing, slots
 from pi_search.index.install import install_bundle
 from pi_search.index.live import LiveCatalog
 from pi_search.index.manifest import MANIFEST
-from pi_search.index.trust import Trust
+from pi_search.index.trust import Trust, served_status
 from pi_search.model.framing import embed_query_image
 
 EXE = [sys.executable, "-c", "import sys; from pi_search.cli import main; sys.exit(main())"]
@@ -251,6 +251,9 @@ def test_the_daemon_catalog_serves_only_signed_newer_bundles(tmp_path, signed_pa
         _swap_in(older, live)                     # a replayed older signed bundle
         cat.reload()
         assert "version 5 older than served 7" in cat.refused and cat.signed.version == 7
+        shown = served_status(cat)                # what /healthz shows under index.update
+        assert shown["slot"] == "b" and shown["version"] == 7 and shown["signer"] == "shop"
+        assert shown["signatures_required"] is True and shown["last_event"]["kind"] == "installed"
     finally:
         cat.close()
 
