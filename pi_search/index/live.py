@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from . import leases, snapshot
+from . import leases, slots, snapshot
 from .bundle import Bundle, Match
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
 from .compact import compact
@@ -253,8 +253,11 @@ class LiveCatalog:
     def _open_served(self) -> tuple[Bundle, leases.Leases | None]:
         """``_open_mapped`` after the signing rules of ``trust`` (when set) passed for the bundle; its files
         are then checked against the manifest the signature covers."""
+        slot = slots.active(self._dir)   # read before the bundle: a switch meanwhile is seen next time
         if self.trust is None:
-            return self._open_mapped()
+            bundle, lease = self._open_mapped()
+            bundle.served_slot = slot
+            return bundle, lease
         signed, manifest = self.trust.admit(self._dir, self.signed)
         bundle, lease = self._open_mapped(manifest)
         if bundle.manifest.files != manifest.files or bundle.manifest.items != manifest.items:
@@ -265,7 +268,7 @@ class LiveCatalog:
                 snapshot.drop(bundle.directory)
             raise BundleError(f"{self._dir / MANIFEST}: file changed while it was checked (a copy in "
                               "progress?); waiting for the copy to finish")
-        bundle.signed = signed
+        bundle.signed, bundle.served_slot = signed, slot
         return bundle, lease
 
     @property
@@ -356,6 +359,9 @@ class LiveCatalog:
                 try:
                     copied = self._open_copy(st.bundle.directory, st.bundle.manifest,
                                              seconds=budget - (time.monotonic() - t0))
+                    for name in ("signed", "served_slot"):   # the same bundle, as it was checked
+                        if hasattr(st.bundle, name):
+                            setattr(copied, name, getattr(st.bundle, name))
                     self._publish(self._build(copied, st.key, self.store.snapshot()))
                 except (BundleError, OSError, TimeoutError) as exc:
                     log.warning("%s: cannot copy the bundle aside (%s)", self._dir, exc)

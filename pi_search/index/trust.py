@@ -52,15 +52,25 @@ class Trust:
 
 
 def served_status(catalog) -> dict | None:
-    """Slot, version and signer of the bundle ``catalog`` serves and the last install event (``/healthz``):
-    the version and signer are the checked signature's when signatures are required, else the slot's
+    """Slot, version and signer of the bundle ``catalog`` serves, and the last install event (``/healthz``):
+    the version and signer are its checked signature's when signatures are required, else the slot's
     record."""
     directory = getattr(catalog, "directory", None)
     if directory is None:
         return None
     out = slots.status(directory)
-    signed = getattr(catalog, "signed", None)
-    out["signatures_required"] = getattr(catalog, "trust", None) is not None
-    if signed is not None:
-        out.update(version=signed.version, signer=signed.signer, key_id=signed.key_id)
+    bundle = getattr(catalog, "bundle", None)
+    required = getattr(catalog, "trust", None) is not None
+    out["signatures_required"] = required
+    if bundle is None:
+        out.update(slot=None, version=None, signer=None)
+        return out
+    slot = getattr(bundle, "served_slot", out["slot"])
+    if required:
+        signed = getattr(bundle, "signed", None)
+        out.update(slot=slot, version=signed and signed.version, signer=signed and signed.signer,
+                   key_id=signed and signed.key_id)
+    elif slot != out["slot"]:
+        held = (slots.read_state(directory).get("slots") or {}).get(slot or "", {})
+        out.update(slot=slot, version=held.get("version"), signer=held.get("signer"))
     return out
