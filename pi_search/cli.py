@@ -18,6 +18,7 @@ from .doctor import default_config_path
 from .embed.local import embed_local
 from .embed.ray_engine import embed_ray
 from .errors import PiSearchError
+from .index import confirm
 from .index.build import build_bundle, interrupted_note
 from .index.compact import compact_path
 from .index.install import info, install_bundle
@@ -307,9 +308,12 @@ def index_info(directory: Path, as_json: bool) -> None:
               help="Config naming the bundle and model [default: /etc/pi-search/config.toml if it exists].")
 @click.option("--allow-downgrade", is_flag=True,
               help="Install a signed bundle older than the one served (going back on purpose).")
+@click.option("--wait-healthy", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a daemon serving the bundle ([server] host and port) to serve the "
+                   "new one; if it does not, switch back. 0: do not wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def index_install(source: Path, target: Path | None, config_file: Path | None, allow_downgrade: bool,
-                  as_json: bool) -> None:
+                  wait_s: float, as_json: bool) -> None:
     """Put a bundle built elsewhere in place in one atomic step; a running daemon maps it within seconds.
 
     Copy the bundle to the Pi anywhere first (scp, rsync, a USB stick), then install it over the served one.
@@ -322,9 +326,14 @@ def index_install(source: Path, target: Path | None, config_file: Path | None, a
         raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
     model = Path(config.model.path) if config.model.path else default_model_path()
     extractor = Extractor(model, num_threads=config.model.threads) if model.is_file() else None
+    url = confirm.healthz_url(config.server.host, config.server.port)
+    before = confirm.health(url) if wait_s > 0 else None
     report = install_bundle(source, target, model_sha256=file_sha256(model) if model.is_file() else None,
                             trusted=trusted_from(config), allow_downgrade=allow_downgrade,
                             extractor=extractor)
+    if confirm.serves(before, target):   # the local daemon serves this bundle: it must take the new one
+        confirm.await_served(target, url, report["slot"], wait_s, confirm.refused(before))
+        report["daemon"] = "serving it"
     if as_json:
         emit_json(report)
         return

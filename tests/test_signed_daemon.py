@@ -81,6 +81,15 @@ def test_a_daemon_with_trusted_keys(tmp_path, bundle_dir, extractor):
         assert p.returncode == 0, p.stderr
         assert wait_until(lambda: _update(url).get("update", {}).get("version") == 7, 30), log.read_text()
         assert _update(url)["update"]["last_event"]["kind"] == "rolled back"
+        # installed under a config without trusted_keys: the daemon refuses it, so install switches back
+        loose = tmp_path / "loose.toml"
+        loose.write_text(f'[index]\nbundle = "{live}"\n[server]\nport = {port}\n')
+        p = subprocess.run([str(EXE), "index", "install", str(bundle_dir), "--config", str(loose),
+                            "--wait-healthy", "20"], capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 2 and "did not serve it" in p.stderr and "unsigned" in p.stderr \
+            and "switched back" in p.stderr, p.stderr
+        assert signing.parse(live, trusted).version == 7
+        assert _update(url)["update"]["version"] == 7
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -62,6 +62,7 @@ def served_status(catalog) -> dict | None:
     bundle = getattr(catalog, "bundle", None)
     required = getattr(catalog, "trust", None) is not None
     out["signatures_required"] = required
+    out["bundle"] = str(directory)
     if bundle is None:
         out.update(slot=None, version=None, signer=None)
         return out
