@@ -12,8 +12,10 @@ from .config import load_config
 from .doctor import default_config_path
 from .errors import BundleError
 from .index.bundle import Bundle
+from .index.pull import pull
 from .index.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
 from .index.slots import rollback
+from .model.extractor import Extractor, default_model_path, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -137,4 +139,32 @@ def rollback_cmd(target: Path | None, config_file: Path | None, as_json: bool) -
                f"{report.get('signer')}); a running daemon serves it within a few seconds", err=True)
 
 
-COMMANDS = (keygen_cmd, sign_cmd, verify_cmd, rollback_cmd)
+@click.command("pull")
+@click.argument("url")
+@click.option("--to", "target", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory to replace [index.bundle of the config].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config naming the bundle, model and trusted keys [default: /etc/pi-search/config.toml].")
+@click.option("--allow-downgrade", is_flag=True, help="Install a signed bundle older than the one served.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_downgrade: bool,
+             as_json: bool) -> None:
+    """Download a bundle published as a folder over HTTP (manifest.json, manifest.sig and its files) and
+    install it like index install. A cut download goes on where it stopped the next time (HTTP Range);
+    with [index] trusted_keys the signature is checked before the large files are fetched."""
+    config = load_config(config_file or default_config_path())
+    target = target or (Path(config.index.bundle) if config.index.bundle else None)
+    if target is None:
+        raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
+    model = Path(config.model.path) if config.model.path else default_model_path()
+    extractor = Extractor(model, num_threads=config.model.threads) if model.is_file() else None
+    report = pull(url, target, trusted=trusted_from(config), allow_downgrade=allow_downgrade,
+                  extractor=extractor, model_sha256=file_sha256(model) if model.is_file() else None)
+    if as_json:
+        _emit(report)
+        return
+    click.echo(f"{target}: {report['items']} items pulled from {url} ({report['downloaded_bytes']} bytes "
+               f"downloaded) into slot {report['slot']}, version {report.get('version')}", err=True)
+
+
+COMMANDS = (keygen_cmd, sign_cmd, verify_cmd, rollback_cmd, pull_cmd)
