@@ -11,6 +11,7 @@ import click
 from .config import load_config
 from .doctor import default_config_path
 from .errors import BundleError
+from .index import confirm
 from .index.bundle import Bundle
 from .index.pull import pull
 from .index.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
@@ -146,8 +147,10 @@ def rollback_cmd(target: Path | None, config_file: Path | None, as_json: bool) -
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Config naming the bundle, model and trusted keys [default: /etc/pi-search/config.toml].")
 @click.option("--allow-downgrade", is_flag=True, help="Install a signed bundle older than the one served.")
+@click.option("--wait-healthy", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a daemon serving the bundle to serve the new one, else switch back.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_downgrade: bool,
+def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_downgrade: bool, wait_s: float,
              as_json: bool) -> None:
     """Download a bundle published as a folder over HTTP (manifest.json, manifest.sig and its files) and
     install it like index install. A cut download goes on where it stopped the next time (HTTP Range);
@@ -158,8 +161,12 @@ def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_down
         raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
     model = Path(config.model.path) if config.model.path else default_model_path()
     extractor = Extractor(model, num_threads=config.model.threads) if model.is_file() else None
+    health = confirm.healthz_url(config.server.host, config.server.port)
+    before = confirm.health(health) if wait_s > 0 else None
     report = pull(url, target, trusted=trusted_from(config), allow_downgrade=allow_downgrade,
                   extractor=extractor, model_sha256=file_sha256(model) if model.is_file() else None)
+    if confirm.serves(before, target):
+        confirm.await_served(target, health, report["slot"], wait_s, confirm.refused(before))
     if as_json:
         _emit(report)
         return
