@@ -30,7 +30,7 @@ from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from .pipeline.photos import query_images
 from .shutdown import terminate_as_exit
 from .signed_cli import COMMANDS as SIGNED_COMMANDS
-from .signed_cli import trusted_from
+from .signed_cli import fleet_group, trusted_from
 from .web.server import check_address, page_urls
 
 log = logging.getLogger(__name__)
@@ -345,6 +345,7 @@ def index_install(source: Path, target: Path | None, config_file: Path | None, a
 
 for _command in SIGNED_COMMANDS:
     index.add_command(_command)
+main.add_command(fleet_group)
 
 
 # ---------------------------------------------------------------- query

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import fleet
 from .config import load_config
 from .doctor import default_config_path
 from .errors import BundleError
@@ -175,3 +176,53 @@ def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_down
 
 
 COMMANDS = (keygen_cmd, sign_cmd, verify_cmd, rollback_cmd, pull_cmd)
+
+
+# ---------------------------------------------------------------- fleet
+@click.group("fleet")
+def fleet_group() -> None:
+    """Several kiosks: their bundle and health, and pushing a bundle to them one at a time."""
+
+
+_TOKEN = click.option("--token", envvar="PI_SEARCH_TOKEN", default=None,
+                      help="The kiosks' [server] token [env PI_SEARCH_TOKEN].")
+
+
+@fleet_group.command("status")
+@click.argument("hosts", metavar="HOST...", nargs=-1, required=True)
+@_TOKEN
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def fleet_status_cmd(hosts: tuple[str, ...], token: str | None, as_json: bool) -> None:
+    """Each kiosk's health, slot, bundle version and signer (HOST or HOST:PORT, port 8080 by default);
+    exit status 1 when any is down or unhealthy."""
+    rows = [fleet.status(h, token) for h in hosts]
+    if as_json:
+        _emit({"kiosks": rows})
+    else:
+        for r in rows:
+            click.echo(f"{r['host']:<24} {'ok' if r['ok'] else 'DOWN':<5} slot {r['slot'] or '-'}  version "
+                       f"{r['version'] if r['version'] is not None else '-'}  signer {r['signer'] or '-'}  "
+                       f"items {r['items'] if r['items'] is not None else '-'}"
+                       + (f"  ({r['problem']})" if r["problem"] else ""))
+    if not all(r["ok"] for r in rows):
+        raise SystemExit(1)
+
+
+@fleet_group.command("push")
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("hosts", metavar="HOST...", nargs=-1, required=True)
+@_TOKEN
+@click.option("--allow-downgrade", is_flag=True, help="Install a signed bundle older than the one served.")
+@click.option("--wait", "wait_s", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds each kiosk has to install and serve the bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def fleet_push_cmd(bundle: Path, hosts: tuple[str, ...], token: str | None, allow_downgrade: bool,
+                   wait_s: float, as_json: bool) -> None:
+    """Upload BUNDLE to each kiosk in turn over HTTP (needs its [server] token), install it there (checked,
+    signed when the kiosk has trusted_keys, self-checked, switched) and wait until it serves it; stops at the
+    first kiosk that fails, so the rest keep their bundle."""
+    done = fleet.push(bundle, list(hosts), token, allow_downgrade=allow_downgrade, wait_s=wait_s,
+                      say=lambda line: click.echo(line, err=True))
+    if as_json:
+        _emit({"kiosks": done})
+
