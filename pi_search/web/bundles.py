@@ -69,13 +69,18 @@ def put_file(name: str):
         if _job["state"] == "running":
             return _error(409, "an install is running; wait for it")
     written = 0
-    with open(path, "ab") as f:
-        while True:
-            block = request.stream.read(PIECE)
-            if not block:
-                break
-            f.write(block)
-            written += len(block)
+    try:
+        with open(path, "ab") as f:
+            while True:
+                block = request.stream.read(PIECE)
+                if not block:
+                    break
+                f.write(block)
+                written += len(block)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        return _error(507, f"{name}: cannot store it beside the bundle ({exc.strerror or exc}); free some "
+                           "space on the kiosk and push again")
     return jsonify({"name": name, "bytes": have + written})
 
 
