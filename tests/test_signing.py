@@ -313,3 +313,19 @@ def test_a_kill_at_any_step_of_install_leaves_a_complete_bundle_served(tmp_path,
     leftovers += [p.name for p in slots.slots_dir(live).iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers
     assert sorted(p.name for p in slots.slots_dir(live).iterdir()) == ["a", "b", "state.json"]
+
+
+def test_a_build_into_the_slot_link_is_converted_again(tmp_path, signed_pair, keys, extractor):
+    from conftest import CATALOG_PHOTOS, write_catalog
+
+    from pi_search.index.build import build_bundle
+
+    live = tmp_path / "live"
+    install_bundle(signed_pair[5], live, selfcheck=False)
+    small = write_catalog(tmp_path / "small", CATALOG_PHOTOS[:4])
+    build_bundle(small, live, extractor, progress=False)            # e.g. a build on the kiosk itself
+    assert live.is_dir() and not live.is_symlink() and slots.active(live) is None
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".live")] == []   # no stray link
+    report = install_bundle(signed_pair[7], live, trusted=_trusted(keys), extractor=extractor)
+    assert live.is_symlink() and report["version"] == 7
+    assert slots.rollback(live)["version"] is None                   # the build, unsigned, kept as the other
