@@ -260,7 +260,7 @@ class LiveCatalog:
             return bundle, lease
         signed, manifest = self.trust.admit(self._dir, self.signed)
         bundle, lease = self._open_mapped(manifest)
-        if bundle.manifest.files != manifest.files or bundle.manifest.items != manifest.items:
+        if bundle.manifest.to_dict() != manifest.to_dict():   # the one read is the one signed
             bundle.close()
             if lease is not None:
                 lease.release()
