@@ -95,6 +95,47 @@ def test_a_cut_download_resumes_and_installs(tmp_path, server, bundle_dir, extra
     assert not pull.staging_dir(live).exists()
 
 
+def test_a_tar_is_resumed_then_installed_and_a_tar_with_a_link_is_refused(tmp_path, server, bundle_dir,
+                                                                         keys_dir, extractor):
+    import tarfile
+
+    root, handler, url = server
+    root.mkdir()
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle_dir, signed)
+    signing.sign(signed, keys_dir / "shop.key", version=12)
+    with tarfile.open(root / "shop.tar", "w") as tar:
+        tar.add(signed, arcname="shop-bundle")
+    trusted = signing.load_trusted([keys_dir / "shop.pub"])
+    live = tmp_path / "live"
+    handler.cut = "shop.tar"
+    with pytest.raises(BundleError, match="shop.tar: download cut after"):
+        pull.pull(url + "shop.tar", live, trusted=trusted, extractor=extractor)
+    assert not live.exists()
+    report = pull.pull(url + "shop.tar", live, trusted=trusted, extractor=extractor)
+    assert report["version"] == 12 and signing.parse(live, trusted).version == 12
+    size = (root / "shop.tar").stat().st_size
+    cut_at = size - report["downloaded_bytes"]
+    assert 0 < cut_at < size and ("shop.tar", f"bytes={cut_at}-") in handler.log   # went on where it stopped
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".live")] == []
+    # a tar holding anything but the bundle's files
+    with tarfile.open(root / "evil.tar", "w") as tar:
+        link = tarfile.TarInfo("shop-bundle/items.sqlite")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(BundleError, match="evil.tar: holds 'shop-bundle/items.sqlite', which is not a"):
+        pull.pull(url + "evil.tar", live, trusted=trusted, extractor=extractor)
+    assert signing.parse(live, trusted).version == 12
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".live")] == []
+
+
+@pytest.fixture
+def keys_dir(tmp_path):
+    d = tmp_path / "keys"
+    signing.keygen(d, "shop")
+    return d
+
+
 def test_an_unknown_key_is_refused_before_the_files_are_downloaded(tmp_path, server, bundle_dir, extractor):
     root, handler, url = server
     keys = tmp_path / "keys"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -90,12 +91,86 @@ def _fetch(url: str, path: Path, want: dict) -> int:
     return fetched
 
 
+def _fetch_whole(url: str, path: Path) -> int:
+    """Download ``url`` into ``path`` going on from the bytes there (HTTP Range; its size is not known
+    beforehand); returns the bytes fetched now."""
+    have = path.stat().st_size if path.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    fetched = 0
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            if have and resp.status != 206:
+                have = 0
+            with open(path, "ab" if have else "wb") as f:
+                while True:
+                    block = resp.read(CHUNK)
+                    if not block:
+                        break
+                    f.write(block)
+                    fetched += len(block)
+            if resp.length:   # bytes the server announced but did not send
+                raise ConnectionError(f"{resp.length} bytes missing")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:   # nothing more to send: it is all here
+            return 0
+        raise BundleError(f"{url}: HTTP {exc.code}; check the address of the published bundle") from None
+    except OSError as exc:
+        raise BundleError(f"{url}: download cut after {have + fetched} bytes "
+                          f"({getattr(exc, 'reason', None) or exc}); pull again to go on") from None
+    return fetched
+
+
+def _unpack(archive: Path, out: Path, name: str) -> None:
+    """The regular files of the tar ``archive`` (at its top or in one folder) into ``out``; anything else
+    (links, devices, paths climbing out, nested folders) refuses the archive."""
+    try:
+        with tarfile.open(archive) as tar:
+            for m in tar:
+                parts = [p for p in Path(m.name).parts if p not in ("", ".")]
+                if m.isdir() and len(parts) <= 1:
+                    continue
+                if (not m.isfile() or not parts or len(parts) > 2 or ".." in parts
+                        or Path(m.name).is_absolute()):
+                    raise BundleError(f"{name}: holds {m.name!r}, which is not a bundle file; "
+                                      "publish the bundle folder's files only")
+                src = tar.extractfile(m)
+                with open(out / parts[-1], "wb") as f:
+                    shutil.copyfileobj(src, f, CHUNK)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError(f"{name}: not a readable tar ({exc}); pull again") from None
+
+
+def pull_tar(url: str, target: Path, **install) -> dict:
+    """``pull`` for a bundle published as one tar file (optionally gzip-compressed)."""
+    target = Path(target)
+    stage = staging_dir(target)
+    stage.mkdir(parents=True, exist_ok=True)
+    archive = target.parent / f".{target.name}.pull.tar"
+    fetched = _fetch_whole(url, archive)
+    shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        _unpack(archive, stage, url)
+    except BundleError:
+        archive.unlink(missing_ok=True)   # a broken archive is fetched whole again next time
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report = install_bundle(stage, target, **install)
+    shutil.rmtree(stage, ignore_errors=True)
+    archive.unlink(missing_ok=True)
+    return {**report, "source": url, "downloaded_bytes": fetched}
+
+
 def pull(url: str, target: str | Path, *, trusted: dict | None = None, allow_downgrade: bool = False,
          extractor=None, model_sha256: str | None = None) -> dict:
     """Download the bundle published at ``url`` (a folder holding ``manifest.json``, ``manifest.sig`` and
-    the files it lists) and install it at ``target`` (``install_bundle``: checked whole, the other slot,
-    self-check, switch). With ``trusted`` the signature is checked before any large file is downloaded."""
+    the files it lists, or a ``.tar``/``.tar.gz`` of them) and install it at ``target`` (``install_bundle``:
+    checked whole, the other slot, self-check, switch). With ``trusted`` the signature of a folder is checked
+    before any large file is downloaded."""
     target = Path(target)
+    if urllib.parse.urlparse(url).path.endswith((".tar", ".tar.gz", ".tgz")):
+        return pull_tar(url, target, trusted=trusted, allow_downgrade=allow_downgrade, extractor=extractor,
+                        model_sha256=model_sha256)
     raw = _get_small(_url(url, MANIFEST), MAX_MANIFEST_BYTES)
     if raw is None:
         raise BundleError(f"{url}: no {MANIFEST} there; give the address of the folder holding the bundle")
