@@ -17,6 +17,7 @@ from .config import Config, check_bind
 from .errors import ConfigError
 from .index import leases
 from .index.live import LiveCatalog
+from .index.trust import Trust
 from .model.extractor import Extractor
 from .pipeline.worker import Worker
 from .web import create_app
@@ -50,8 +51,10 @@ def open_catalog(config: Config, extractor: Extractor) -> LiveCatalog:
     """
     leases.enable()
     ix = config.index
-    return LiveCatalog.open(ix.bundle, extractor=extractor, compact_after=ix.compact_after,
-                            compact_every_s=ix.compact_every_s, wait=True, guard=True).watch()
+    trust = Trust.from_paths(ix.trusted_keys)   # signed bundles only: a compaction here could not be signed
+    return LiveCatalog.open(ix.bundle, extractor=extractor, compact_after=0 if trust else ix.compact_after,
+                            compact_every_s=0.0 if trust else ix.compact_every_s, wait=True, guard=True,
+                            trust=trust).watch()
 
 
 @dataclass

@@ -85,6 +85,10 @@ class IndexConfig:
     compact_after: int = field(default=200, metadata=_check(0, 1_000_000))
     # Also compact pending changes every this many seconds (e.g. 86400: daily); 0: no schedule.
     compact_every_s: float = field(default=0.0, metadata=_check(0.0, 31_536_000.0))
+    # Public keys (.pub files written by `pi-search index keygen`) a bundle must be signed by; empty: bundles
+    # need no signature. When set, install and the daemon refuse unsigned, altered and older bundles, and the
+    # daemon does not compact taught items into the (signed) bundle.
+    trusted_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from .camera import open_source
 from .config import check_bind, load_config
 from .errors import PiSearchError, SourceError
 from .index.bundle import Bundle
+from .index.install import update_status
 from .index.memory import machine_fit, needs
+from .index.signing import load_trusted
 from .model.extractor import RUNTIMES, Extractor, load_runtime
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,33 @@ def check_bundle(ctx: _Context) -> Check:
     if fit["fits"] and fit["verdict"].startswith("tight"):
         return Check("bundle", WARN, detail, "stop other programs, or rebuild it smaller (docs/scale.md)")
     return Check("bundle", OK, detail)
+
+
+def check_update(ctx: _Context) -> Check:
+    """The bundle's slot, version and signer; with ``[index] trusted_keys`` its signature must check."""
+    ix = getattr(ctx.config, "index", None)
+    bundle = getattr(ix, "bundle", "")
+    if not bundle or not Path(bundle).is_dir():
+        return Check("update", WARN, "no bundle to check",
+                     "install one: pi-search index install SRC --to DIR")
+    keys = None
+    if getattr(ix, "trusted_keys", ()):
+        try:
+            keys = load_trusted(ix.trusted_keys)
+        except PiSearchError as exc:
+            return Check("update", FAIL, str(exc), "copy the .pub written by pi-search index keygen")
+    st = update_status(bundle, keys)
+    event = st.get("last_event") or {}
+    detail = (f"slot {st.get('slot') or '- (a plain folder)'}, version {st.get('version')}, signer "
+              f"{st.get('signer')}" + (f"; last: {event.get('kind')} {event.get('at')}" if event else ""))
+    if keys is not None and not st.get("signed"):
+        return Check("update", FAIL, st.get("signature_problem") or "unsigned",
+                     "install a bundle signed by a trusted key: pi-search index install SRC")
+    if event.get("kind") in ("refused", "rolled back"):
+        return Check("update", WARN, f"{detail}: {event.get('reason')}", "install a good bundle")
+    if keys is None:
+        return Check("update", OK, f"{detail} (signatures not required: [index] trusted_keys is empty)")
+    return Check("update", OK, detail)
 
 
 def check_memory(ctx: _Context) -> Check:
@@ -343,6 +372,7 @@ def run_checks(config_path: str | Path | None = None, overrides: dict | None = N
         check_runtime,
         check_model,
         check_bundle,
+        check_update,
         check_memory,
         check_camera,
         check_disk,

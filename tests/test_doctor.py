@@ -49,8 +49,8 @@ def _by_name(results):
 
 def test_all_ok(good_config, bundle_dir):
     results = _by_name(doctor.run_checks(good_config))
-    assert list(results) == ["python", "config", "runtime", "model", "bundle", "memory", "camera", "disk",
-                             "port"]
+    assert list(results) == ["python", "config", "runtime", "model", "bundle", "update", "memory", "camera",
+                             "disk", "port"]
     assert {c.status for c in results.values()} == {"OK"}, doctor.format_checks(list(results.values()))
     assert "16 items" in results["bundle"].detail
     assert "MB in RAM +" in results["bundle"].detail and "this machine: enough" in results["bundle"].detail

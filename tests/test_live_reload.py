@@ -241,7 +241,7 @@ def test_a_published_result_never_mixes_two_bundles(tmp_path, bundle_dir, extrac
         first = svc.process(src.read())
         assert first.matches[0].id == "coffee" and first.matches[0].generation == cat.generation
         if look == "settled":
-            for _ in range(3):   # a still scene's barcodes are read first, then the look's windows, one a frame
+            for _ in range(3):   # a still scene's barcodes are read first, then one window a frame
                 assert svc.process(src.read()) is None
                 if svc._settle_job and svc._settle_job["done"]:
                     break

@@ -145,6 +145,8 @@ def test_health_reports_the_camera_reason(extractor, catalog, shots):
         assert wait_until(lambda: "not found" in svc.health()["camera"]["reason"])
         h = svc.health()
         assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
+        update = h["index"].pop("update")
+        assert update["slot"] is None and update["signatures_required"] is False   # a plain bundle folder
         assert h["model"]["up"] and h["index"] == {"up": True, "items": len(catalog), "problem": None,
                                                    "refused": None, "last_fault": None}
     finally:

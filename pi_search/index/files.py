@@ -149,13 +149,19 @@ def swap_into_place(new: Path, out_dir: Path) -> None:
         return
     if _exchange(new, out_dir):
         fsync_dir(out_dir.parent)
-        shutil.rmtree(new, ignore_errors=True)   # ``new`` now names the old bundle
+        if new.is_symlink():   # ``out_dir`` was a slot link (``slots``): the slots stay as they are
+            new.unlink()
+        else:
+            shutil.rmtree(new, ignore_errors=True)   # ``new`` now names the old bundle
         return
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(out_dir, old)
     os.rename(new, out_dir)
     fsync_dir(out_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _leftovers(out_dir: Path) -> list[Path]:
@@ -196,7 +202,7 @@ def recover(out_dir: str | Path, *, locked: bool = False) -> None:
         if not p.exists():
             continue
         log.warning("removing %s, left by an interrupted build", p)
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):

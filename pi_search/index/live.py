@@ -19,7 +19,7 @@ import numpy as np
 from ..barcodes.codes import keys as code_keys
 from ..barcodes.codes import split_codes
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from . import leases, snapshot
+from . import leases, slots, snapshot
 from .bundle import Bundle, Match
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
 from .compact import compact
@@ -142,6 +142,7 @@ class LiveCatalog:
         self._stop = threading.Event()
         self.problem: str | None = problem
         self.refused: str | None = None   # why the bundle now at the directory is not served (the old one is)
+        self.trust = None                 # ``trust.Trust``: serve only bundles signed by its keys
         self.fault: tuple[float, str] | None = None   # the last read that failed while serving
         self._state: _State | None = None
         if bundle is not None:
@@ -150,7 +151,8 @@ class LiveCatalog:
     @classmethod
     def open(cls, directory: str | Path, *, extractor=None, store: str | Path | None = None,
              refresh_s: float = REFRESH_S, readonly: bool = False, compact_after: int = 0,
-             compact_every_s: float = 0.0, wait: bool = False, guard: bool = False) -> LiveCatalog:
+             compact_every_s: float = 0.0, wait: bool = False, guard: bool = False,
+             trust=None) -> LiveCatalog:
         """Open the bundle at ``directory`` and its change store (``NAME.changes.sqlite`` beside it).
 
         Finishes or undoes a build or compaction interrupted by a crash first, and forgets changes the bundle
@@ -166,7 +168,8 @@ class LiveCatalog:
         path = Path(store or store_path(directory))
         if guard:
             return cls._open_guarded(directory, path, extractor, wait, refresh_s=refresh_s,
-                                     compact_after=compact_after, compact_every_s=compact_every_s)
+                                     compact_after=compact_after, compact_every_s=compact_every_s,
+                                     trust=trust)
         key = dir_key(directory)
         try:
             bundle = Bundle.open(directory, extractor=extractor)
@@ -193,7 +196,8 @@ class LiveCatalog:
         return cat
 
     @classmethod
-    def _open_guarded(cls, directory: Path, path: Path, extractor, wait: bool, **args) -> LiveCatalog:
+    def _open_guarded(cls, directory: Path, path: Path, extractor, wait: bool, trust=None, **args
+                      ) -> LiveCatalog:
         """The daemon's catalog: the bundle is opened the way a reload opens one (``_open_served``)."""
         if extractor is None:
             raise ValueError("a guarded catalog needs the extractor (its model decides which bundle fits)")
@@ -202,6 +206,7 @@ class LiveCatalog:
         cs = ChangeStore(":memory:", dim=int(extractor.dim), model_sha256=extractor.sha256)
         cat = cls(None, cs, directory=directory, extractor=extractor, guard=True, store_path=path,
                   problem="starting", **args)
+        cat.trust = trust
         try:
             cat.reload(strict=not wait)
         except BaseException:
@@ -249,6 +254,33 @@ class LiveCatalog:
                 snapshot.drop(old.bundle.directory)
 
     def _open_served(self) -> tuple[Bundle, leases.Leases | None]:
+        """``_open_mapped`` after the signing rules of ``trust`` (when set) passed for the bundle; its files
+        are then checked against the manifest the signature covers."""
+        slot = slots.active(self._dir)   # read before the bundle: a switch meanwhile is seen next time
+        if self.trust is None:
+            bundle, lease = self._open_mapped()
+            bundle.served_slot = slot
+            return bundle, lease
+        signed, manifest = self.trust.admit(self._dir, self.signed)
+        bundle, lease = self._open_mapped(manifest)
+        if bundle.manifest.to_dict() != manifest.to_dict():   # the one read is the one signed
+            bundle.close()
+            if lease is not None:
+                lease.release()
+            if bundle.copy_of is not None:
+                snapshot.drop(bundle.directory)
+            raise BundleError(f"{self._dir / MANIFEST}: file changed while it was checked (a copy in "
+                              "progress?); waiting for the copy to finish")
+        bundle.signed, bundle.served_slot = signed, slot
+        return bundle, lease
+
+    @property
+    def signed(self):
+        """The signature (``signing.Signed``) of the bundle served, when ``trust`` asked for one."""
+        st = self._state
+        return None if st is None else getattr(st.bundle, "signed", None)
+
+    def _open_mapped(self, manifest=None) -> tuple[Bundle, leases.Leases | None]:
         """Check and map the bundle at the directory the way ``protect`` asks; BundleError says why not.
 
         Without ``protect``: its files, as they are. With it: its files under read leases (``guard``); where
@@ -257,7 +289,7 @@ class LiveCatalog:
         """
         if not self.protect:
             return Bundle.open(self._dir, extractor=self.extractor), None
-        manifest = read_manifest(self._dir)
+        manifest = manifest or read_manifest(self._dir)
         lease = None
         if self.guard:
             names = sorted({Path(n).name for n in manifest.files} | set(manifest.opened_files()) | {MANIFEST})
@@ -330,6 +362,9 @@ class LiveCatalog:
                 try:
                     copied = self._open_copy(st.bundle.directory, st.bundle.manifest,
                                              seconds=budget - (time.monotonic() - t0))
+                    for name in ("signed", "served_slot"):   # the same bundle, as it was checked
+                        if hasattr(st.bundle, name):
+                            setattr(copied, name, getattr(st.bundle, name))
                     self._publish(self._build(copied, st.key, self.store.snapshot()))
                 except (BundleError, OSError, TimeoutError) as exc:
                     log.warning("%s: cannot copy the bundle aside (%s)", self._dir, exc)

@@ -15,6 +15,7 @@ import numpy as np
 from .. import images, notify
 from ..camera.guard import GuardedSource
 from ..errors import Busy, PiSearchError, SourceError
+from ..index.trust import served_status as update_of
 from ..model import framing
 from ..model import look as looking
 from . import settle as settling
@@ -462,6 +463,7 @@ class Worker:
                       "threads": getattr(self.extractor, "num_threads", None)},
             "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
                       "refused": getattr(cat, "refused", None) if index_up else None,
+                      "update": update_of(cat),
                       "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
                                                                 "error": fault[1]}},
             "worker": {"alive": alive},

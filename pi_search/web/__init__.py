@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import auth, errors
+from .bundles import bp as bundles_bp
 from .items import bp as items_bp
 from .lock import bp as lock_bp
 from .metrics import make_registry
@@ -40,6 +41,7 @@ def create_app(service, config):
     app.register_blueprint(bp)
     app.register_blueprint(items_bp)  # teaching items: the "add item" page and /api/items
     app.register_blueprint(lock_bp)   # the kiosk lock: /api/unlock and /api/lock
+    app.register_blueprint(bundles_bp)  # bundles pushed by pi-search fleet push (token only)
 
     @app.after_request
     def _headers(resp):
