@@ -10,6 +10,7 @@ import numpy as np
 
 from ..embed.local import embed_one
 from ..errors import BundleError
+from . import photos
 from .bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,23 @@ def run(directory: str | Path, extractor=None, *, probes: int = PROBES,
         worst = 0.0
         for row, vec in zip(rows.tolist(), stored, strict=True):
             t0 = time.perf_counter()
-            matches = bundle.search(vec, 3)
+            matches = bundle.search(vec, 3, learned=True)   # stored rows are in the bundle's own space
             worst = max(worst, (time.perf_counter() - t0) * 1000)
             own = meta.get(row)
             if own is None or not matches:
                 raise _fail(directory, f"item row {row} has no metadata or finds nothing")
+            item_id, photo = photos.split(own[1])   # a further photo's row names its item
             best = matches[0].score
-            if not any(m.id == own[1] and m.score >= best - 1e-4 for m in matches):
-                raise _fail(directory, f"item {own[1]} does not find itself from its stored vector (found "
+            if not any(m.id == item_id and m.score >= best - 1e-4 for m in matches):
+                raise _fail(directory, f"item {item_id} does not find itself from its stored vector (found "
                                        f"{matches[0].id}): the index and the items disagree")
             if extractor is not None:
-                thumb = bundle.thumbnail(own[1])
+                thumb = bundle.thumbnail(item_id, photo)
                 if thumb:
                     found = [m.id for m in bundle.search(embed_one(extractor, thumb, f"thumbnail {own[1]}"),
                                                          THUMB_TOP)]
-                    if own[1] not in found:
-                        raise _fail(directory, f"item {own[1]}'s own thumbnail does not find it (found "
+                    if item_id not in found:
+                        raise _fail(directory, f"item {item_id}'s own thumbnail does not find it (found "
                                                f"{', '.join(found[:3])}): another framing or model?")
         if worst > max_ms:
             raise _fail(directory, f"a search took {worst:.0f} ms (at most {max_ms:.0f} ms)")
