@@ -20,6 +20,7 @@ from pi_search.index.build import build_bundle
 from pi_search.index.bundle import Bundle
 from pi_search.index.live import LiveCatalog
 from pi_search.index.manifest import read_manifest
+from pi_search.learn import catalog as learning
 from pi_search.learn import views as synth
 from pi_search.learn.whiten import Learned, fit
 from pi_search.model import look as looking
@@ -90,7 +91,8 @@ def test_whitening_pulls_views_to_their_photo():
 def test_learned_projection_round_trips_through_a_bundle(bundle_dir, catalog_dir, extractor, tmp_path):
     m = read_manifest(bundle_dir)
     entry = m.learned
-    assert entry is not None and entry["type"] == "whitening" and entry["dims"] == 1280
+    assert entry is not None and entry["type"] == "whitening" and entry["dims"] == learning.DIMS < 1280
+    assert m.stored_dim == learning.DIMS and m.model.dim == 1280   # queries come 1280-d, rows stored smaller
     assert entry["items"] == 16 and entry["pairs"] == 16 * entry["views_per_item"]
     for name in (entry["mean"], entry["matrix"]):
         assert m.files[name]["bytes"] == (bundle_dir / name).stat().st_size   # listed like every file
@@ -99,6 +101,7 @@ def test_learned_projection_round_trips_through_a_bundle(bundle_dir, catalog_dir
     with Bundle.open(bundle_dir, extractor=extractor) as b:
         assert b.learned is not None and np.array_equal(b.learned.matrix, learned.matrix)
         stored = np.load(bundle_dir / "vectors.npy")
+        assert stored.shape == (16, learning.DIMS)
         apple = embed_catalog_image(extractor, images.read(catalog_dir / "images" / "apple.jpg"))
         row = b.search(apple, 1)[0]
         assert row.id == "apple" and row.score > 0.999    # the stored row is the projected photo

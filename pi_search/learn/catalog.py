@@ -17,6 +17,7 @@ from .whiten import SHRINK, Learned, PairStats
 log = logging.getLogger(__name__)
 
 VIEWS = 6            # views per item: 2 views 0.716, 4 0.744, 6 0.752 hard recall@1 (docs/quality.md)
+DIMS = 384           # the projection's output dims: the Pi 4's cost per query within 0.3 ms (docs/quality.md)
 MAX_ITEMS = 20_000   # a bigger catalog learns from an even sample of this many items
 MIN_ITEMS = 2        # fewer items: nothing to tell apart, no projection
 
