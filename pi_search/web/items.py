@@ -8,9 +8,10 @@ import threading
 from flask import Blueprint, jsonify, render_template, request
 
 from ..errors import BundleError, CatalogError, ImageError
-from ..images import decode
+from ..images import decode, encode_jpeg
 from ..index.changes import MAX_SHOTS
 from ..index.teach import embed_background, embed_shots
+from ..learn.relearn import keep_scene
 from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error
@@ -164,6 +165,10 @@ def set_background():
             cat.set_background(embed_background(_ext()["service"].extractor, rgb))
     except ImageError as exc:
         return _error(exc.status, str(exc))
+    try:   # kept for pi-search index relearn: the views learn on this counter too
+        keep_scene(cat.directory, encode_jpeg(rgb, 90))
+    except OSError as exc:
+        log.warning("the empty scene was not kept for relearning (%s)", exc)
     log.info("empty scene captured for teaching")
     return jsonify({"background": True})
 
