@@ -146,6 +146,11 @@ def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich
     room = np.full((240, 320, 3), (182, 160, 120), np.uint8)   # the counter with nothing on it
     r = client.post("/api/background", data={"image": (jpeg(room), "empty.jpg")})
     assert r.status_code == 200 and client.get("/api/items").get_json()["background"] is True
+    from pi_search.learn.relearn import scenes_dir
+
+    kept = sorted(scenes_dir(svc.catalog.directory).glob("*.jpg"))   # kept for pi-search index relearn
+    assert len(kept) == 1
+    assert np.abs(images.read(kept[0]).astype(int) - room).max() <= 6
     shot = camera_view(ostrich)
     r = client.post("/api/items", data={"title": "Ostrich", "id": "o", "image": [(jpeg(shot), "s.jpg")],
                                         "kind": ["camera"]})
