@@ -18,6 +18,7 @@ from .errors import error as _error
 from .errors import no_catalog as _no_catalog
 from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
+from .relearn_job import RelearnJob
 from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
 _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
+_relearning = RelearnJob()                   # one relearn at a time, in a process of its own
 
 
 @bp.before_request
@@ -178,6 +180,23 @@ def clear_background():
     cat = _catalog()
     cat.set_background(None)
     return jsonify({"background": False})
+
+
+@bp.post("/api/relearn")
+def relearn():
+    """Start learning the bundle's projection again on the captured empty scenes (``pi-search index
+    relearn`` in a process of its own); GET /api/relearn says how far it is. The old bundle serves until the
+    new generation is swapped in and reloaded."""
+    cat = _catalog()
+    started = _relearning.start(cat.directory, on_done=cat.reload)
+    resp = jsonify({"started": started, **_relearning.status()})
+    resp.status_code = 202
+    return resp
+
+
+@bp.get("/api/relearn")
+def relearn_status():
+    return jsonify(_relearning.status())
 
 
 @bp.post("/api/compact")
