@@ -24,6 +24,7 @@ from .index.install import info, install_bundle
 from .index.live import LiveCatalog
 from .index.teach import embed_background, embed_shots
 from .index.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from .learn.relearn import read_backgrounds, relearn, scenes_dir
 from .model.extractor import Extractor, default_model_path, file_sha256
 from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from .pipeline.photos import query_images
@@ -635,8 +636,6 @@ def index_relearn(directory: Path, backgrounds: Path | None, views: int, model_p
                   threads: int, as_json: bool) -> None:
     """Learn the bundle's projection again from its items' thumbnails, also on the kiosk's own empty scenes;
     written as a new bundle generation (the old one serves until it is swapped in)."""
-    from .learn.relearn import read_backgrounds, relearn, scenes_dir
-
     folder = backgrounds if backgrounds is not None else scenes_dir(directory)
     scenes = read_backgrounds(folder) if backgrounds is not None or folder.is_dir() else []
     extractor = Extractor(model_path, num_threads=threads)

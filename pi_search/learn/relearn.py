@@ -12,6 +12,13 @@ import numpy as np
 
 from .. import images
 from ..errors import BundleError, ImageError
+from ..index.build import Progress
+from ..index.bundle import Bundle
+from ..index.compact import _options
+from ..index.files import bundle_lock, recover
+from ..index.items import Item
+from ..index.projection import normalise
+from ..index.write import write_bundle
 from . import catalog as learning
 from . import views as synth
 from .whiten import SHRINK, Learned, PairStats
@@ -87,8 +94,6 @@ class _Rows:
         return self.shape[0]
 
     def __getitem__(self, sl):
-        from ..index.projection import normalise
-
         idx = np.arange(self.shape[0])[sl]
         x = self._store.full(np.asarray(idx, np.int64).reshape(-1))
         if self._mean is not None:
@@ -106,8 +111,6 @@ class _Items:
         return self._n
 
     def __iter__(self):
-        from ..index.items import Item
-
         for start in range(0, self._n, 512):
             rows = self._items.rows(list(range(start, min(self._n, start + 512))))
             for i in range(start, min(self._n, start + 512)):
@@ -128,11 +131,6 @@ def relearn(bundle_dir: str | Path, extractor, *, backgrounds: list[np.ndarray] 
     photo read again. A bundle without a projection (``--no-learn``) learns one as ``index build`` does.
     Holds the bundle's lock; until the swap the old bundle serves, and a failure leaves it as it was.
     Returns a report (items, views, seconds, manifest's ``learned`` entry)."""
-    from ..index.build import Progress
-    from ..index.bundle import Bundle
-    from ..index.compact import _options
-    from ..index.files import bundle_lock, recover
-    from ..index.write import write_bundle
 
     bundle_dir = Path(bundle_dir)
     t0 = time.perf_counter()
