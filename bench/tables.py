@@ -835,6 +835,12 @@ def learning_sample_s(r: Results) -> float:
     return per_item * 20_000
 
 
+def relearn_recall(rec: dict) -> str:
+    """Standard and hard recall@1 / recall@5 through the look, as "0.973 / 0.996 and 0.862 / 0.984"."""
+    return " and ".join(f"{num(rec[s]['look']['recall@1'], 3)} / {num(rec[s]['look']['recall@5'], 3)}"
+                        for s in ("standard", "hard"))
+
+
 def kept_project(r: Results) -> dict:
     """projection-cost.json's row for the dims index build keeps."""
     return project_row(r, learned_attempt(r, LEARNED_KEPT)["dims"])
@@ -1030,6 +1036,10 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "project.budget": lambda r: num(PI4_PROJECT_BUDGET_MS, 1),
     "look.hint_score": lambda r: num(r["look-cost"]["hint_score"], 2),
     "look.hint_gain": lambda r: num(r["look-cost"]["hint_gain"], 2),
+    "relearn.shrink": lambda r: num(r["relearn-cost"]["step_shrinkage"], 1),
+    "relearn.before": lambda r: relearn_recall(r["relearn-cost"]["recall_before"]),
+    "relearn.after": lambda r: relearn_recall(r["relearn-cost"]["recall_after"]["1.0"]),
+    "relearn.after.02": lambda r: relearn_recall(r["relearn-cost"]["recall_after"]["0.2"]),
     "relearn.s": lambda r: num(r["relearn-cost"]["seconds"], 1),
     "relearn.items_s": lambda r: num(r["relearn-cost"]["items_per_s"], 1),
     "relearn.3000.min": lambda r: num(3000 / r["relearn-cost"]["items_per_s"] / 60, 1),

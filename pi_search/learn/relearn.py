@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 SCENES_SUFFIX = ".scenes"   # NAME.scenes/ beside a bundle: the empty scenes staff captured (JPEG)
 SCENES_KEPT = 32            # the most recent captured scenes kept there
 SCENE_SIDE = 480            # a background's long side, as the packaged room photos are read
+# the step's shrinkage: it corrects a space whitened already; 1.0 lost less recall than 0.2 on the public
+# benchmarks after a relearn on two plain counters (bench/relearn_cost.py, docs/quality.md)
+STEP_SHRINK = 1.0
 
 
 def scenes_dir(bundle_dir: str | Path) -> Path:
@@ -120,7 +123,7 @@ class _Items:
 
 
 def relearn(bundle_dir: str | Path, extractor, *, backgrounds: list[np.ndarray] | None = None,
-            n_views: int = learning.VIEWS, progress: bool = True, shrink: float = SHRINK) -> dict:
+            n_views: int = learning.VIEWS, progress: bool = True, shrink: float | None = None) -> dict:
     """Learn ``bundle_dir``'s projection again from synthetic views of its items' thumbnails (256 px, what
     the views need), on the packaged room photos and ``backgrounds`` (RGB uint8: the kiosk's empty scenes),
     and write the result as a new bundle generation (``write_bundle``: built beside it, swapped in whole).
@@ -130,6 +133,7 @@ def relearn(bundle_dir: str | Path, extractor, *, backgrounds: list[np.ndarray] 
     stored row, taught ones folded in by a compaction too, is turned exactly (``normalise(W row)``), with no
     photo read again. A bundle without a projection (``--no-learn``) learns one as ``index build`` does.
     Holds the bundle's lock; until the swap the old bundle serves, and a failure leaves it as it was.
+    ``shrink``: the step's shrinkage (default ``STEP_SHRINK``; from scratch ``whiten.SHRINK``).
     Returns a report (items, views, seconds, manifest's ``learned`` entry)."""
 
     bundle_dir = Path(bundle_dir)
@@ -179,10 +183,12 @@ def relearn(bundle_dir: str | Path, extractor, *, backgrounds: list[np.ndarray] 
                 raise BundleError(f"{bundle_dir}: fewer than {learning.MIN_ITEMS} items with a thumbnail to "
                                   "learn from; rebuild it with thumbnails (pi-search index build)")
             if old is not None:   # a whitening in the stored rows' space, folded onto the projection
+                shrink = STEP_SHRINK if shrink is None else shrink
                 step = stats.fit(shrink=shrink)
                 new = Learned(old.mean, np.ascontiguousarray(step.matrix @ old.matrix))
                 rows = _Rows(store, n, step.matrix)
             else:
+                shrink = SHRINK if shrink is None else shrink
                 new = stats.fit(shrink=shrink, dims=learning.DIMS)
                 rows = _Rows(store, n, new.matrix, new.mean)
             info = {k: v for k, v in (m.learned or {"type": "whitening"}).items()
