@@ -240,6 +240,39 @@ class Viewers:
 
 
 # ---------------------------------------------------------------- report
+def learn_compare(extractor, frames: Path, tmp: Path, seconds: float, rounds: int) -> dict:
+    """The live loop (changing scene, 15 fps camera) on the demo catalog built with and without its learned
+    projection (``index build`` and ``index build --no-learn``), run alternately ``rounds`` times each in
+    this one process: frame-to-result p50 of each run, the medians of both, their ratio."""
+    from pi_search.demo import demo_data
+    from pi_search.index.build import build_bundle
+    from pi_search.index.bundle import Bundle
+
+    bundles = {}
+    for name, learn in (("learned", True), ("no-learn", False)):
+        out = tmp / f"compare-{name}"
+        build_bundle(demo_data(), out, extractor, progress=False, learn=learn)
+        bundles[name] = Bundle.open(out, extractor=extractor)
+    dims = int(bundles["learned"].manifest.stored_dim)
+    runs: dict[str, list] = {name: [] for name in bundles}
+    try:
+        for i in range(rounds):
+            for name in (("no-learn", "learned") if i % 2 == 0 else ("learned", "no-learn")):
+                r = run_pipeline(extractor, bundles[name], frames, seconds, 15.0, {})
+                runs[name].append(r)
+                print(f"  {name:9} p50 {r['latency_ms']['p50']:.2f} ms, p95 {r['latency_ms']['p95']:.2f} ms, "
+                      f"search {r['stage_ms']['search']:.3f} ms", file=sys.stderr, flush=True)
+    finally:
+        for b in bundles.values():
+            b.close()
+    p50 = {name: round(statistics.median(r["latency_ms"]["p50"] for r in rs), 2) for name, rs in runs.items()}
+    search = {name: round(statistics.median(r["stage_ms"]["search"] for r in rs), 3)
+              for name, rs in runs.items()}
+    return {"rounds": rounds, "seconds": seconds, "fps": 15.0, "runs": runs, "p50_ms": p50,
+            "search_ms": search, "learned_dims": dims,
+            "ratio": round(p50["learned"] / p50["no-learn"], 3)}
+
+
 def table(report: dict) -> str:
     lines = []
     p = report["pipeline"]
@@ -293,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="Also write the JSON report to this file.")
     ap.add_argument("--state", type=Path, help="Where the demo bundle is cached (default: a temp dir).")
     ap.add_argument("--table-from", type=Path, help="Only print the table of a saved JSON report.")
+    ap.add_argument("--learn-compare", type=int, metavar="ROUNDS", default=0,
+                    help="Only compare the live loop's latency with and without the learned projection: the "
+                    "demo catalog built both ways, ROUNDS runs of each, alternately.")
     args = ap.parse_args(argv)
     if args.table_from:
         print(table(json.loads(args.table_from.read_text())))
@@ -305,6 +341,16 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     extractor = Extractor(num_threads=args.threads)
+    if args.learn_compare:
+        from pi_search.demo import demo_data
+
+        report = learn_compare(extractor, demo_data() / "frames", tmp, args.seconds, args.learn_compare)
+        print(f"frame to result p50: learned {report['p50_ms']['learned']} ms, no-learn "
+              f"{report['p50_ms']['no-learn']} ms (x{report['ratio']}); search {report['search_ms']}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     bundle_dir, frames = demo_setup(args.state or tmp / "state", extractor)
     bundle = Bundle.open(bundle_dir, extractor=extractor)
     still = noisy_copies(sorted(frames.glob("*.jpg"))[0], tmp / "still")

@@ -53,19 +53,26 @@ def main(argv=None) -> int:
     ap.add_argument("--benchmark", type=Path, default=Path("var/benchmark"))
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--builds", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2, help="Builds of each kind, alternately (--builds).")
     ap.add_argument("--out", type=Path, default=Path("bench/results/look-cost.json"))
     args = ap.parse_args(argv)
     ex = Extractor(shipped_model(SHIPPED_INT8), num_threads=1)
     frames = [images.read(t.path) for t in read_truth(args.benchmark / "truth.csv")[:args.queries]]
     result: dict = {"queries": len(frames)}
     with tempfile.TemporaryDirectory(prefix="look-cost-") as tmp, threadpool_limits(1):
-        builds = {}
-        for learn in ((False, True) if args.builds else (True,)):
+        times: dict = {"plain": [], "learned": []}
+        order = [False, True] * max(1, args.rounds) if args.builds else [True]
+        for n, learn in enumerate(order):   # alternately: a busy spell on the shared machine hits both
             out = Path(tmp) / f"b{int(learn)}"
+            shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             build_bundle(args.benchmark / "catalog", out, ex, progress=False, learn=learn)
-            builds["learned" if learn else "plain"] = round(time.perf_counter() - t0, 2)
+            times["learned" if learn else "plain"].append(round(time.perf_counter() - t0, 2))
+            print(f"build {n + 1}/{len(order)} ({'learned' if learn else 'plain'}): "
+                  f"{times['learned' if learn else 'plain'][-1]} s", file=sys.stderr, flush=True)
         if args.builds:
+            builds = {k: round(statistics.fmean(v), 2) for k, v in times.items()}
+            result["build_runs_s"] = times
             result["build_s"] = builds
             result["build_ratio"] = round(builds["learned"] / builds["plain"], 2)
         bundle = Path(tmp) / "b1"
@@ -84,6 +91,9 @@ def main(argv=None) -> int:
                 "search_kept_ms": round(median_ms(lambda v: cat.search(v, 5), kept), 3),
                 "search_look_ms": round(median_ms(lambda s: looking.search(cat, s, 5), looks), 3),
                 "learned_bytes": int(learned.matrix.nbytes + learned.mean.nbytes),
+                "learned_dims": learned.dims,
+                "hint_score": cat.bundle.manifest.learned.get("hint_score"),
+                "hint_gain": cat.bundle.manifest.learned.get("hint_gain"),
                 "items": len(cat),
             })
         shutil.rmtree(tmp, ignore_errors=True)

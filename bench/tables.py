@@ -790,7 +790,8 @@ def t_pi3(r: Results) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ learned
-LEARNED_KEPT = "whitening, 6 views per item, shrinkage 0.2"   # what index build learns (pi_search/learn/)
+LEARNED_KEPT = "whitening, 6 views, shrinkage 0.2, 384 dims"   # what index build learns (pi_search/learn/)
+PI4_PROJECT_BUDGET_MS = 0.3   # what the projection may add to a query on a Pi 4
 
 
 def learned_attempt(r: Results, name: str) -> dict:
@@ -821,19 +822,54 @@ def learned_bin(r: Results, s: str, search: str, condition: str, bin_: str) -> d
     raise KeyError((s, search, condition, bin_))
 
 
+def project_row(r: Results, dims: int) -> dict | None:
+    """projection-cost.json's row for ``dims`` output dims, or None."""
+    return next((x for x in r["projection-cost"]["rows"] if x["dims"] == dims), None)
+
+
+def learning_sample_s(r: Results) -> float:
+    """Seconds the learning of a catalog of 20,000 items or more takes here (its even sample: the build's
+    extra seconds per item, learned over plain, times 20,000)."""
+    lc = r["look-cost"]
+    per_item = (lc["build_s"]["learned"] - lc["build_s"]["plain"]) / lc["items"]
+    return per_item * 20_000
+
+
+def relearn_recall(rec: dict) -> str:
+    """Standard and hard recall@1 / recall@5 through the look, as "0.973 / 0.996 and 0.862 / 0.984"."""
+    return " and ".join(f"{num(rec[s]['look']['recall@1'], 3)} / {num(rec[s]['look']['recall@5'], 3)}"
+                        for s in ("standard", "hard"))
+
+
+def kept_project(r: Results) -> dict:
+    """projection-cost.json's row for the dims index build keeps."""
+    return project_row(r, learned_attempt(r, LEARNED_KEPT)["dims"])
+
+
+def project_ms(r: Results, dims: int) -> str:
+    """ms of one vector's projection here, and on a Pi 4 by the model's ratio."""
+    row = project_row(r, dims)
+    if row is None:
+        return "not timed"
+    lo, hi = pi4_ratio(r)
+    return f"{num(row['one_ms'], 3)} ({num(row['one_ms'] * lo, 2)}-{num(row['one_ms'] * hi, 2)})"
+
+
 def t_learned_attempts(r: Results) -> str:
     rows = []
     for a in r["retrieval-learned"]["attempts"]:
         st, hd = a["standard"], a["hard"]
         kept = "yes" if a["attempt"] == LEARNED_KEPT else "no"
         cost = (f"{a['views']} passes an item; {a['dims']}x1280" if "views" in a else "none")
-        rows.append([a["attempt"], cost, num(st["kept"]["recall@1"], 3), num(st["look"]["recall@1"], 3),
+        rows.append([a["attempt"], cost, project_ms(r, a["dims"]) if "views" in a else "none",
+                     num(st["kept"]["recall@1"], 3), num(st["look"]["recall@1"], 3),
                      num(st["look"]["recall@5"], 3), num(hd["kept"]["recall@1"], 3),
                      num(hd["look"]["recall@1"], 3), num(hd["look"]["recall@5"], 3),
                      num(a["uploads"]["recall@1"], 3), kept])
-    return md(["attempt", "build / query cost", "std R@1 kept", "std R@1 look", "std R@5 look",
-               "hard R@1 kept", "hard R@1 look", "hard R@5 look", "catalog photos R@1", "kept"],
-              rows) + source("retrieval-learned")
+    return md(["attempt", "build / query cost", "ms a query here (Pi 4 by ratio)", "std R@1 kept",
+               "std R@1 look", "std R@5 look", "hard R@1 kept", "hard R@1 look", "hard R@5 look",
+               "catalog photos R@1", "kept"],
+              rows) + source("retrieval-learned", "projection-cost")
 
 
 def t_learned_results(r: Results) -> str:
@@ -990,11 +1026,37 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "look.kept_ms": lambda r: num(r["look-cost"]["kept_ms"], 1),
     "look.ms": lambda r: num(r["look-cost"]["look_ms"], 1),
     "look.passes": lambda r: str(r["look-cost"]["look_passes"]),
-    "look.project1_ms": lambda r: num(r["look-cost"]["project_1_ms"], 3),
-    "look.project8_ms": lambda r: num(r["look-cost"]["project_8_ms"], 3),
+    "learned.dims": lambda r: str(learned_attempt(r, LEARNED_KEPT)["dims"]),
+    "project.ms": lambda r: num(kept_project(r)["one_ms"], 3),
+    "project.8.ms": lambda r: num(kept_project(r)["batch8_ms"], 3),
+    "project.mb": lambda r: num(kept_project(r)["matrix_mb"], 1),
+    "project.pi4": lambda r: "-".join(num(kept_project(r)["one_ms"] * x, 2) for x in pi4_ratio(r)),
+    "project.full.ms": lambda r: num(project_row(r, 1280)["one_ms"], 3),
+    "project.full.pi4": lambda r: "-".join(num(project_row(r, 1280)["one_ms"] * x, 2) for x in pi4_ratio(r)),
+    "project.budget": lambda r: num(PI4_PROJECT_BUDGET_MS, 1),
+    "look.hint_score": lambda r: num(r["look-cost"]["hint_score"], 2),
+    "look.hint_gain": lambda r: num(r["look-cost"]["hint_gain"], 2),
+    "relearn.shrink": lambda r: num(r["relearn-cost"]["step_shrinkage"], 1),
+    "relearn.before": lambda r: relearn_recall(r["relearn-cost"]["recall_before"]),
+    "relearn.after": lambda r: relearn_recall(r["relearn-cost"]["recall_after"]["1.0"]),
+    "relearn.after.02": lambda r: relearn_recall(r["relearn-cost"]["recall_after"]["0.2"]),
+    "relearn.s": lambda r: num(r["relearn-cost"]["seconds"], 1),
+    "relearn.items_s": lambda r: num(r["relearn-cost"]["items_per_s"], 1),
+    "relearn.3000.min": lambda r: num(3000 / r["relearn-cost"]["items_per_s"] / 60, 1),
+    "relearn.3000.pi4": lambda r: "-".join(num(3000 / r["relearn-cost"]["items_per_s"] / 60 * x, 0)
+                                           for x in pi4_ratio(r)),
+    "loop.p50.learned": lambda r: num(r["learn-loop"]["p50_ms"]["learned"], 2),
+    "loop.p50.plain": lambda r: num(r["learn-loop"]["p50_ms"]["no-learn"], 2),
+    "loop.ratio": lambda r: num(r["learn-loop"]["ratio"], 2),
+    "loop.rounds": lambda r: str(r["learn-loop"]["rounds"]),
+    "loop.search.learned": lambda r: num(r["learn-loop"]["search_ms"]["learned"], 2),
+    "loop.search.plain": lambda r: num(r["learn-loop"]["search_ms"]["no-learn"], 2),
+    "look.build_items_s": lambda r: num(r["look-cost"]["items"] / r["look-cost"]["build_s"]["learned"], 1),
+    "look.build_plain_items_s": lambda r: num(r["look-cost"]["items"] / r["look-cost"]["build_s"]["plain"],
+                                              1),
+    "look.learn_10m_min": lambda r: num(learning_sample_s(r) / 60, 0),
     "look.search_kept_ms": lambda r: num(r["look-cost"]["search_kept_ms"], 2),
     "look.search_ms": lambda r: num(r["look-cost"]["search_look_ms"], 2),
-    "look.learned_mb": lambda r: num(r["look-cost"]["learned_bytes"] / 1e6, 1),
     "look.build_plain_s": lambda r: num(r["look-cost"]["build_s"]["plain"], 1),
     "look.build_learned_s": lambda r: num(r["look-cost"]["build_s"]["learned"], 1),
     "look.build_ratio": lambda r: num(r["look-cost"]["build_ratio"], 1),

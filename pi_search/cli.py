@@ -26,6 +26,7 @@ from .index.install import info, install_bundle
 from .index.live import LiveCatalog
 from .index.teach import embed_background, embed_shots
 from .index.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from .learn.relearn import read_backgrounds, relearn, scenes_dir
 from .model.extractor import Extractor, default_model_path, file_sha256
 from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from .pipeline.photos import query_images
@@ -664,3 +665,34 @@ def index_compact(directory: Path, as_json: bool) -> None:
         return
     click.echo(f"{directory}: {report['folded']} change(s) folded, {report['items']} items, "
                f"{report['seconds']:.1f} s", err=True)
+
+
+@index.command("relearn")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--backgrounds", type=click.Path(path_type=Path), default=None,
+              help="Folder of photos of the empty counter to put the views on as well (default: the empty "
+                   "scenes staff captured on the teach page, DIRECTORY.scenes/, when there are any).")
+@click.option("--views", default=6, show_default=True, type=click.IntRange(1, 64),
+              help="Synthetic camera views per item.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Model file (default: the shipped model).")
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def index_relearn(directory: Path, backgrounds: Path | None, views: int, model_path: Path | None,
+                  threads: int, as_json: bool) -> None:
+    """Learn the bundle's projection again from its items' thumbnails, also on the kiosk's own empty scenes;
+    written as a new bundle generation (the old one serves until it is swapped in)."""
+    folder = backgrounds if backgrounds is not None else scenes_dir(directory)
+    scenes = read_backgrounds(folder) if backgrounds is not None or folder.is_dir() else []
+    extractor = Extractor(model_path, num_threads=threads)
+    try:
+        with terminate_as_exit():  # SIGTERM: the half-written generation is removed, the old one stays
+            report = relearn(directory, extractor, backgrounds=scenes, n_views=views)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {directory} is unchanged", err=True)
+        sys.exit(130)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"{directory}: relearned from {report['items']} items' views ({report['backgrounds']} "
+               f"background(s) of its own), {report['seconds']:.1f} s", err=True)

@@ -122,7 +122,7 @@ def test_a_reload_to_a_damaged_bundle_keeps_the_old_one_serving(tmp_path, bundle
     shutil.copytree(bundle_dir, live)
     cat = LiveCatalog.open(live, extractor=extractor, guard=guard)
     try:
-        q = cat.bundle.store.rows[3].astype(np.float32)
+        q = np.random.default_rng(3).standard_normal(cat.bundle.dim).astype(np.float32)   # an embedding
         first = [m.id for m in cat.search(q, 5)]
         assert len(first) == 5
         staged = tmp_path / "state" / "staged"
@@ -147,7 +147,7 @@ def test_a_guarded_catalog_without_leases_serves_a_private_copy(tmp_path, bundle
     cat = LiveCatalog.open(live, extractor=extractor, guard=True)   # no leases in a test process
     try:
         assert cat.bundle.copy_of == live and cat.bundle.directory.parent == live.parent
-        q = cat.bundle.store.rows[0].astype(np.float32)
+        q = np.random.default_rng(0).standard_normal(cat.bundle.dim).astype(np.float32)   # an embedding
         want = [m.id for m in cat.search(q, 3)]
         for p in live.iterdir():                 # truncated under it, as cp does: nothing it maps changes
             if p.name != MANIFEST:

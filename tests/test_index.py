@@ -16,7 +16,7 @@ from pi_search.index.bundle import Bundle
 from pi_search.index.files import bundle_lock, recover
 from pi_search.index.install import info
 from pi_search.index.items import Item
-from pi_search.index.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE
+from pi_search.index.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE, read_manifest
 from pi_search.index.projection import fit_pca
 from pi_search.index.write import DEFAULT_TREES, BuildOptions, write_bundle
 from pi_search.model.framing import embed_catalog_image, embed_query_image
@@ -24,11 +24,13 @@ from pi_search.model.framing import embed_catalog_image, embed_query_image
 
 def test_small_catalog_uses_exact_search_and_writes_every_file(bundle_dir):
     m = json.loads((bundle_dir / MANIFEST).read_text())
+    learned = read_manifest(bundle_dir).learned
     assert m["format_version"] == FORMAT_VERSION
     assert m["items"] == len(CATALOG_PHOTOS)
     assert m["search"]["mode"] == "exact"
-    assert m["index"] == {"backend": "annoy", "file": ANNOY_FILE, "metric": "angular", "dim": 1280,
-                          "n_trees": DEFAULT_TREES}
+    assert m["index"] == {"backend": "annoy", "file": ANNOY_FILE, "metric": "angular",
+                          "dim": learned["dims"], "n_trees": DEFAULT_TREES}   # the stored rows'
+    assert learned["dims"] < m["model"]["dim"] == 1280
     for name in (ANNOY_FILE, ITEMS_FILE, STORE_FILE):
         assert (bundle_dir / name).stat().st_size > 0
     assert not list(bundle_dir.parent.glob(".bundle.*"))  # no temporary or old directories left behind

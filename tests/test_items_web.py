@@ -146,6 +146,11 @@ def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich
     room = np.full((240, 320, 3), (182, 160, 120), np.uint8)   # the counter with nothing on it
     r = client.post("/api/background", data={"image": (jpeg(room), "empty.jpg")})
     assert r.status_code == 200 and client.get("/api/items").get_json()["background"] is True
+    from pi_search.learn.relearn import scenes_dir
+
+    kept = sorted(scenes_dir(svc.catalog.directory).glob("*.jpg"))   # kept for pi-search index relearn
+    assert len(kept) == 1
+    assert np.abs(images.read(kept[0]).astype(int) - room).max() <= 6
     shot = camera_view(ostrich)
     r = client.post("/api/items", data={"title": "Ostrich", "id": "o", "image": [(jpeg(shot), "s.jpg")],
                                         "kind": ["camera"]})
@@ -246,3 +251,36 @@ def test_without_a_bundle_teaching_and_search_say_there_is_no_catalog_yet(no_bun
     assert r.status_code == 409
     message = r.get_json()["error"]
     assert "kept the bundle" not in message and "still no catalog" in message and "index build" in message
+
+
+@pytest.mark.slow
+def test_staff_relearn_runs_aside_and_the_new_generation_is_served(make, ostrich):
+    import time
+
+    from pi_search.index.manifest import read_manifest
+    from pi_search.learn.relearn import keep_scene
+
+    svc, client = make()
+    live = svc.catalog.directory
+    keep_scene(live, images.encode_jpeg(np.full((240, 320, 3), (182, 160, 120), np.uint8), 90))
+    before = read_manifest(live)
+    r = client.post("/api/relearn", headers={"Origin": "http://evil.example"})   # not from the page
+    assert r.status_code == 403 and client.get("/api/relearn").get_json()["running"] is False
+    r = client.post("/api/relearn")
+    assert r.status_code == 202 and r.get_json()["started"] is True
+    assert client.post("/api/relearn").get_json()["started"] is False   # one at a time
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        st = client.get("/api/relearn").get_json()
+        q = client.post("/api/search", data={"image": (jpeg(camera_view(ostrich)), "q.jpg")})
+        assert q.status_code == 200   # the old bundle answers meanwhile
+        if not st["running"]:
+            break
+        time.sleep(0.5)
+    assert st["running"] is False and st["error"] is None, st
+    assert st["done"] == st["total"] == 16
+    after = read_manifest(live)
+    assert after.learned["relearned"]["backgrounds"] == 1 and after.created >= before.created
+    assert svc.catalog.manifest.learned["relearned"]["times"] == 1   # reloaded: the new one is served
+    top = client.post("/api/search", data={"image": (jpeg(camera_view(ostrich)), "q.jpg")}).get_json()
+    assert top["matches"]

@@ -20,6 +20,7 @@ from pi_search.index.build import build_bundle
 from pi_search.index.bundle import Bundle
 from pi_search.index.live import LiveCatalog
 from pi_search.index.manifest import read_manifest
+from pi_search.learn import catalog as learning
 from pi_search.learn import views as synth
 from pi_search.learn.whiten import Learned, fit
 from pi_search.model import look as looking
@@ -90,7 +91,8 @@ def test_whitening_pulls_views_to_their_photo():
 def test_learned_projection_round_trips_through_a_bundle(bundle_dir, catalog_dir, extractor, tmp_path):
     m = read_manifest(bundle_dir)
     entry = m.learned
-    assert entry is not None and entry["type"] == "whitening" and entry["dims"] == 1280
+    assert entry is not None and entry["type"] == "whitening" and entry["dims"] == learning.DIMS < 1280
+    assert m.stored_dim == learning.DIMS and m.model.dim == 1280   # queries come 1280-d, rows stored smaller
     assert entry["items"] == 16 and entry["pairs"] == 16 * entry["views_per_item"]
     for name in (entry["mean"], entry["matrix"]):
         assert m.files[name]["bytes"] == (bundle_dir / name).stat().st_size   # listed like every file
@@ -99,6 +101,7 @@ def test_learned_projection_round_trips_through_a_bundle(bundle_dir, catalog_dir
     with Bundle.open(bundle_dir, extractor=extractor) as b:
         assert b.learned is not None and np.array_equal(b.learned.matrix, learned.matrix)
         stored = np.load(bundle_dir / "vectors.npy")
+        assert stored.shape == (16, learning.DIMS)
         apple = embed_catalog_image(extractor, images.read(catalog_dir / "images" / "apple.jpg"))
         row = b.search(apple, 1)[0]
         assert row.id == "apple" and row.score > 0.999    # the stored row is the projected photo
@@ -225,3 +228,73 @@ def test_an_ivfpq_bundle_builds_its_pca_on_the_learned_rows(tmp_path):
         assert b.learned is not None
         hits = sum(b.search(x[i], 1)[0].id == f"id{i}" for i in range(0, n, 100))
     assert hits >= 27   # of 30: each item's own vector, projected like the rows, finds it
+
+
+def _relearn_cmd(bundle: Path, *more: str) -> list[str]:
+    return [sys.executable, "-c", "from pi_search.cli import main; main()", "index", "relearn", str(bundle),
+            *more]
+
+
+@pytest.mark.slow
+def test_relearn_on_the_kiosks_scenes_writes_a_new_verifiable_generation(bundle_dir, catalog_dir, extractor,
+                                                                          tmp_path):
+    from pi_search.index.verify import check_file
+    from pi_search.learn.relearn import keep_scene, scenes_dir
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    before = read_manifest(copy)
+    old_matrix = np.load(copy / before.learned["matrix"])
+    for name in ("skimage:brick", "skimage:grass"):   # the empty counter, as the teach page keeps it
+        keep_scene(copy, images.encode_jpeg(load_photo(name), 90))
+    assert len(list(scenes_dir(copy).glob("*.jpg"))) == 2
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run(_relearn_cmd(copy, "--views", "4", "--json"), capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["backgrounds"] == 2 and report["items"] == 16 and report["times"] == 1
+    after = read_manifest(copy)
+    new_matrix = np.load(copy / after.learned["matrix"])
+    assert new_matrix.shape == old_matrix.shape and not np.allclose(new_matrix, old_matrix, atol=1e-3)
+    assert after.learned["relearned"]["pairs"] == 16 * 4 and after.learned["items"] == before.learned["items"]
+    for name, want in after.files.items():   # every file listed with its sha256, as verify checks it
+        check_file(copy / name, want)
+    with Bundle.open(copy, extractor=extractor) as b:
+        assert np.array_equal(b.learned.matrix, new_matrix)
+        for item_id in ("apple", "rocket"):   # a catalog photo still finds its item, in the new space
+            photo = embed_catalog_image(extractor, images.read(catalog_dir / "images" / f"{item_id}.jpg"))
+            top = b.search(photo, 1)[0]
+            assert top.id == item_id and top.score > 0.99
+
+
+@pytest.mark.slow
+def test_a_relearn_killed_midway_leaves_the_old_bundle_served(bundle_dir, extractor, tmp_path):
+    import signal
+    import time
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    files = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    with LiveCatalog.open(copy, extractor=extractor, readonly=True) as cat:
+        q = embed_query_image(extractor, load_photo("skimage:coffee"))
+        want = [(m.id, round(m.score, 5)) for m in cat.search(q, 5)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen(_relearn_cmd(copy, "--views", "64"), stderr=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            lines = []
+            while not lines or ("relearning from views of 16 items" not in lines[-1] and lines[-1]):
+                lines.append(proc.stderr.readline())   # until learning has begun: the views are being made
+            assert "relearning from views of 16 items" in lines[-1], lines
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+        assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == files   # nothing changed
+        assert [(m.id, round(m.score, 5)) for m in cat.search(q, 5)] == want           # still served
+    with Bundle.open(copy, extractor=extractor) as b:   # and it opens whole, every byte checked
+        assert len(b) == 16

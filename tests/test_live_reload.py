@@ -216,9 +216,10 @@ def _bundle_without(tmp_path, bundle_dir, drop: set) -> tuple:
         keep = [i for i in range(len(b)) if rows[i][1] not in drop]
         vectors = np.asarray(b.store.rows[keep], np.float32)
         items = [Item(rows[i][1], rows[i][2], rows[i][3]) for i in keep]
-        m = b.manifest.model
+        m, learned = b.manifest.model, b.learned   # stored rows are in the learned space: kept there
     out = tmp_path / "state" / "staged"
-    write_bundle(out, vectors, items, model={"name": m.name, "sha256": m.sha256, "dim": m.dim})
+    write_bundle(out, vectors, items, model={"name": m.name, "sha256": m.sha256, "dim": m.dim},
+                 learned=learned, learned_applied=learned is not None)
     return out, {it.id for it in items}
 
 

@@ -33,7 +33,7 @@ OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 # costs the phone item 0.18.
 SAME = 0.01
 SAME_WEBP = 0.03  # lossy WebP (q90) turned or not: up to 0.017 apart; still far from 0.18
-SAME_LEARNED = 0.02  # two decodings of one photo through a bundle's learned projection
+SAME_LEARNED = 0.02  # two decodings of one photo through a bundle's learned projection (384-d: up to 0.012)
 
 
 @pytest.fixture
@@ -192,9 +192,9 @@ def test_sideways_phone_photos_match_like_upright(make, corpus, tmp_path):
         assert r.status_code == 200, r.get_json()
         body = r.get_json()
         assert body["image_size"] == [4032, 3024]  # as shown, not as stored
-        assert_same_scores(scores(upright), scores(body), f"orientation {o}")
+        assert_same_scores(scores(upright), scores(body), f"orientation {o}", SAME_LEARNED)
     body = search(client, corpus.phone_5mb).get_json()
-    assert_same_scores(scores(upright), scores(body), corpus.phone_5mb.name)
+    assert_same_scores(scores(upright), scores(body), corpus.phone_5mb.name, SAME_LEARNED)
     webp = search(client, corpus.phone_webp).get_json()  # another codec: compared with its own kind
     assert_same_scores(scores(webp), scores(search(client, corpus.turned_webp).get_json()), "WebP EXIF",
                        SAME_WEBP)
@@ -304,8 +304,8 @@ def test_cli_query_and_item_add_honour_orientation(run, corpus, photo_bundle_dir
               corpus.phone_webp, corpus.turned_webp)["results"]
     found = [{m["id"]: m["score"] for m in entry["matches"]} for entry in res]
     assert res[0]["matches"][0]["id"] == PHONE_ITEM
-    for n in (1, 2, 3):
-        assert_same_scores(found[0], found[n], res[n]["query"])
+    for n in (1, 2, 3):   # the photo bundle learned its projection: scores through it
+        assert_same_scores(found[0], found[n], res[n]["query"], SAME_LEARNED)
     assert_same_scores(found[4], found[5], res[5]["query"], SAME_WEBP)
     live = tmp_path / "live"
     shutil.copytree(photo_bundle_dir, live)

@@ -290,7 +290,9 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
     _report(problems, strict)
     opts = options or BuildOptions()
     opts = replace(opts, dims=dims, whiten=whiten)
-    teach = _Learning(extractor, views if learn else 0, progress)
+    # the ivfpq backend projects the stored rows by PCA again: its learning keeps every axis
+    teach = _Learning(extractor, views if learn else 0, progress,
+                      None if opts.backend == "ivfpq" else learning.DIMS)
     given = None
     shards = embeddings is not None and Path(embeddings).is_dir()
     if shards:   # made by pi-search index embed: checked against this catalog and model
@@ -403,7 +405,7 @@ def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: Bu
     h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
                                    "options": asdict(opts), "thumbnails": bool(thumbnails),
                                    "views": int(views), "framing": catalog_framing(extractor.size),
-                                   "shrink": learning.SHRINK,
+                                   "shrink": learning.SHRINK, "learned_dims": learning.DIMS,
                                    "skipped": [str(p) for p in problems], "partial": PARTIAL_VERSION},
                                   sort_keys=True, default=str).encode())
     for r, k in zip(rows, keys, strict=True):
@@ -430,8 +432,8 @@ def _already_built(out_dir: Path, key: str) -> Manifest | None:
 class _Learning:
     """The projection a build learns from its catalog's photos (``pi_search.learn``), or none (0 views)."""
 
-    def __init__(self, extractor, views: int, progress: bool):
-        self.extractor, self.views, self.progress = extractor, int(views), progress
+    def __init__(self, extractor, views: int, progress: bool, dims: int | None = None):
+        self.extractor, self.views, self.progress, self.dims = extractor, int(views), progress, dims
 
     def run(self, rows: list[Row], vectors) -> tuple:
         """(``Learned`` or None, manifest info) from the kept ``rows`` and their vectors (row i is row i)."""
@@ -451,7 +453,8 @@ class _Learning:
                 yield rows[i].id, rgb, np.asarray(vectors[i], np.float32)
 
         try:
-            return learning.learn(self.extractor, photos(), n_views=self.views, on_item=bar.update)
+            return learning.learn(self.extractor, photos(), n_views=self.views, dims=self.dims,
+                                  on_item=bar.update)
         finally:
             bar.close()
 

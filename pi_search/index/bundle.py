@@ -101,7 +101,7 @@ class Bundle:
             self._file(m.projection.mean)
             self._file(m.projection.components)
             self.projection = load_projection(self.directory, m.projection)
-            if self.projection.mean.shape != (m.model.dim,):
+            if self.projection.mean.shape != (m.stored_dim,):
                 raise BundleError(f"{self.directory}: projection shapes differ from the manifest; rebuild it")
         for name in (m.store.file, m.store.scale, m.store.offset):
             if name:
@@ -116,7 +116,7 @@ class Bundle:
                                   "search can use; search it with mode ann (or rebuild it)")
             self._store = PcaStore(self.directory, m.store, m.items, self.projection, random_access=True)
         else:
-            self._store = VectorStore(self.directory, m.store, m.items, m.model.dim, random_access=ann)
+            self._store = VectorStore(self.directory, m.store, m.items, m.stored_dim, random_access=ann)
         if ann:
             backend = get_backend(m.backend)
             self._file(m.index["file"])
@@ -205,7 +205,7 @@ class Bundle:
         """Top-k item indices (int64 [k]) and cosine scores (float32 [k]) for one query vector (an
         embedding; ``learned``: already through ``to_learned``)."""
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self.dim:
+        if q.shape[0] != (self.manifest.stored_dim if learned else self.dim):
             raise BundleError(f"query vector has {q.shape[0]} dims, bundle {self.directory} has {self.dim}")
         q = normalise(q) if learned else self.to_learned(q)
         k = max(1, min(int(k), len(self)))

@@ -136,7 +136,7 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
                   snap: Snapshot, old_items: ItemsFile) -> Manifest:
     """Write the new bundle at ``staging``: the kept bundle rows' vectors (float32, from the old store) and
     the taught shots, gathered in a temporary memory map beside the bundle."""
-    dim = manifest.model.dim
+    dim = manifest.stored_dim   # the stored rows' dims (the learned projection's output, if any)
     stored = VectorStore(bundle_dir, manifest.store, manifest.items, dim, random_access=False)
     tmp_vecs = bundle_dir.parent / f".{bundle_dir.name}.fold-{snap.seq}.npy"
     try:
@@ -153,7 +153,7 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
                 vecs[n] = v if learned is None else learned.apply(v / max(float(np.linalg.norm(v)), 1e-12))
         vecs.flush()
         items = _CompactedItems(plan.meta, store.thumbnails(), old_items)
-        model = {"name": manifest.model.name, "sha256": manifest.model.sha256, "dim": dim}
+        model = {"name": manifest.model.name, "sha256": manifest.model.sha256, "dim": manifest.model.dim}
         extra = {"catalog": manifest.catalog,
                  "changes": {"folded_seq": snap.seq, "views": plan.views,
                              "compacted": datetime.now(UTC).isoformat(timespec="seconds"),

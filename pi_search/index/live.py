@@ -442,8 +442,9 @@ class LiveCatalog:
             [o in items and not items[o].deleted for o in snap.owners], dtype=bool).reshape(-1)
         m = int(keep.sum())
         # room to grow: an add writes its shots after row m, which no published state reads
-        vecs = np.empty((m + max(256, m // 4), snap.vectors.shape[1]), np.float32)
-        vecs[:m] = bundle.to_learned(snap.vectors[keep])   # taught shots in the stored rows' space
+        seen = bundle.to_learned(snap.vectors[keep])   # taught shots in the stored rows' space
+        vecs = np.empty((m + max(256, m // 4), seen.shape[1]), np.float32)
+        vecs[:m] = seen
         owners = snap.owners[keep]
         masked = frozenset(i for i, it in items.items() if it.masks_bundle)
         proj = self._projection(bundle) if m > EXACT_TAUGHT_MAX else None

@@ -104,6 +104,13 @@ class Manifest:
         return dict(entry) if isinstance(entry, dict) else None
 
     @property
+    def stored_dim(self) -> int:
+        """Dims of the stored rows: the learned projection's output when the bundle has one, else the
+        model's (``model.dim`` is what a query embedding has before it is projected)."""
+        entry = self.learned
+        return int(entry.get("dims") or self.model.dim) if entry else int(self.model.dim)
+
+    @property
     def folded_seq(self) -> int:
         return int(self.changes.get("folded_seq", 0))
 

@@ -160,17 +160,21 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     if n == 0:
         raise BundleError(f"no items to index for {out_dir}: every catalog row was skipped")
     dim = int(vectors.shape[1])
+    stored = dim   # the stored rows' dims: the learned projection's output when it has one
+    if learned is not None:
+        stored = learned.dims
+        if learned_applied and dim != learned.dims:
+            raise BundleError(f"projected rows have {dim} dims; the learned projection gives {learned.dims}")
+        dim = int(learned.mean.shape[0])
     if int(model["dim"]) != dim:
         raise BundleError(f"embeddings have {dim} dims but the model {model['name']} gives {model['dim']}")
     check_out_dir(out_dir)
-    opts = (options or BuildOptions()).resolved(n, dim)
+    opts = (options or BuildOptions()).resolved(n, stored)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = contextlib.nullcontext() if locked else bundle_lock(out_dir)
     with lock:
         recover(out_dir, locked=True)
         if learned is not None:
-            if learned.dims != dim:
-                raise BundleError(f"the learned projection gives {learned.dims} dims; the store needs {dim}")
             extra_manifest = {**(extra_manifest or {}), "learned": {
                 **(learned_info or {}), "dims": learned.dims, "mean": LEARNED_MEAN_FILE,
                 "matrix": LEARNED_MATRIX_FILE}}

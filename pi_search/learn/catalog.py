@@ -17,6 +17,7 @@ from .whiten import SHRINK, Learned, PairStats
 log = logging.getLogger(__name__)
 
 VIEWS = 6            # views per item: 2 views 0.716, 4 0.744, 6 0.752 hard recall@1 (docs/quality.md)
+DIMS = 384           # the projection's output dims: the Pi 4's cost per query within 0.3 ms (docs/quality.md)
 MAX_ITEMS = 20_000   # a bigger catalog learns from an even sample of this many items
 MIN_ITEMS = 2        # fewer items: nothing to tell apart, no projection
 
@@ -55,16 +56,18 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
 
 
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
-               threads: int = RENDER_THREADS, held_every: int = 0):
+               threads: int = RENDER_THREADS, held_every: int = 0,
+               backgrounds: list[np.ndarray] | None = None):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
     items, small, to put beside the next ones. The views of the next ``threads`` items are rendered in other
     threads while this item's are embedded: the same views, in the same order, as one thread makes.
     ``held_every``: every so many items (the first, then every ``held_every``-th) get one view more, the
-    last row (a view the fit never sees, to calibrate with)."""
+    last row (a view the fit never sees, to calibrate with). ``backgrounds``: the rooms (RGB uint8), by
+    default the packaged ones (``views.room_backgrounds``)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    backgrounds = synth.room_backgrounds()
+    backgrounds = synth.room_backgrounds() if backgrounds is None else backgrounds
     others: deque = deque(maxlen=synth.OTHERS_KEPT)
 
     def embedded(made: list) -> np.ndarray:

@@ -11,15 +11,17 @@ from ..barcodes.codes import keys, tidy, with_barcode
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, CatalogError, ImageError
-from ..images import decode
+from ..images import decode, encode_jpeg
 from ..index.changes import MAX_SHOTS
 from ..index.teach import embed_background, embed_shots
+from ..learn.relearn import keep_scene
 from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error
 from .errors import no_catalog as _no_catalog
 from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
+from .relearn_job import RelearnJob
 from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
 _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
+_relearning = RelearnJob()                   # one relearn at a time, in a process of its own
 
 
 @bp.before_request
@@ -206,6 +209,10 @@ def set_background():
             cat.set_background(embed_background(_ext()["service"].extractor, rgb))
     except ImageError as exc:
         return _error(exc.status, str(exc))
+    try:   # kept for pi-search index relearn: the views learn on this counter too
+        keep_scene(cat.directory, encode_jpeg(rgb, 90))
+    except OSError as exc:
+        log.warning("the empty scene was not kept for relearning (%s)", exc)
     log.info("empty scene captured for teaching")
     return jsonify({"background": True})
 
@@ -215,6 +222,23 @@ def clear_background():
     cat = _catalog()
     cat.set_background(None)
     return jsonify({"background": False})
+
+
+@bp.post("/api/relearn")
+def relearn():
+    """Start learning the bundle's projection again on the captured empty scenes (``pi-search index
+    relearn`` in a process of its own); GET /api/relearn says how far it is. The old bundle serves until the
+    new generation is swapped in and reloaded."""
+    cat = _catalog()
+    started = _relearning.start(cat.directory, on_done=cat.reload)
+    resp = jsonify({"started": started, **_relearning.status()})
+    resp.status_code = 202
+    return resp
+
+
+@bp.get("/api/relearn")
+def relearn_status():
+    return jsonify(_relearning.status())
 
 
 @bp.post("/api/compact")
