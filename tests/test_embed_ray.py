@@ -167,8 +167,9 @@ def test_a_killed_worker_is_replaced_and_every_row_is_embedded_once(tmp_path, de
     assert not wait_gone(seen), "Ray processes outlived the run"
 
 
-def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path, demo_reference):
-    out = tmp_path / "s"
+def kill_embedding_after(out, shards: int) -> dict[int, str]:
+    """Start ``pi-search index embed`` into ``out`` on Ray and SIGKILL it once ``shards`` shards are written;
+    returns every process it had started (pid -> command line)."""
     proc = subprocess.Popen(embed_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
     seen: dict[int, str] = {}
@@ -176,7 +177,7 @@ def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path
         end = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < end:
             seen.update(descendants(proc.pid))
-            if out.is_dir() and len(sh.shard_files(out)) >= 3:
+            if out.is_dir() and len(sh.shard_files(out)) >= shards:
                 seen.update(descendants(proc.pid))
                 os.kill(proc.pid, signal.SIGKILL)       # the whole job: pi-search index embed
                 break
@@ -187,6 +188,12 @@ def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    return seen
+
+
+def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path, demo_reference):
+    out = tmp_path / "s"
+    seen = kill_embedding_after(out, 3)
     before = {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in sh.shard_files(out).items()}
     assert 3 <= len(before) < 30
     assert not sh.read_manifest(out)["complete"]
@@ -206,24 +213,7 @@ def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path
 
 def test_a_killed_job_leaves_no_ray_process_behind(tmp_path):
     out = tmp_path / "s"
-    proc = subprocess.Popen(embed_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())
-    seen: dict[int, str] = {}
-    try:
-        end = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < end:
-            seen.update(descendants(proc.pid))
-            if out.is_dir() and len(sh.shard_files(out)) >= 2:
-                seen.update(descendants(proc.pid))
-                os.kill(proc.pid, signal.SIGKILL)       # the whole job: pi-search index embed
-                break
-            time.sleep(0.05)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    seen = kill_embedding_after(out, 2)
     late = [p for p, c in seen.items() if "Agent" in c]   # Ray's DashboardAgent and RuntimeEnvAgent
     assert late, seen
     left = wait_gone(seen, 15)

@@ -40,7 +40,8 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
     """The guide's thresholds (``settle.HINT_SCORE``, ``settle.HINT_GAIN``, set on the model's own cosines)
     in the learned space, where cosines run lower: ``hint_score`` is the learned cosine of a held-out view
     with its photo at the share of pairs whose plain cosine is below HINT_SCORE; ``hint_gain`` is HINT_GAIN
-    scaled by the ratio of the two cosines' spreads. From the catalog's own views only, none of them fitted
+    scaled by the ratio of the two cosines' spreads; ``likeness``: the page's words (``settle.LIKENESS``)
+    carried over as ``hint_score`` is. From the catalog's own views only, none of them fitted
     (views the fit saw score too high to calibrate with)."""
     if not pairs:
         return {}
@@ -52,7 +53,8 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
     spread = float(np.std(plain))
     return {"hint_score": round(float(np.quantile(mine, share)), 4),
             "hint_gain": round(settle.HINT_GAIN * float(np.std(mine)) / spread, 4) if spread > 0 else
-            settle.HINT_GAIN}
+            settle.HINT_GAIN,
+            "likeness": [round(float(np.quantile(mine, np.mean(plain < t))), 4) for t in settle.LIKENESS]}
 
 
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,

@@ -102,6 +102,19 @@ def thresholds(manifest) -> tuple[float, float]:
     return float(learned.get("hint_score", HINT_SCORE)), float(learned.get("hint_gain", HINT_GAIN))
 
 
+# The page's words for a match and its bar, on the model's own cosines (web/static/common.js): the bar's
+# empty end, "Possible match", "Good match", "Strong match", the bar's full end.
+LIKENESS = (0.15, 0.4, 0.5, 0.65, 0.85)
+
+
+def likeness(manifest) -> list[float]:
+    """``LIKENESS`` for a bundle's scores: a bundle with a learned projection carries its own, calibrated
+    like the guide's thresholds (``learn.catalog.calibrate``); None or none: the model's own."""
+    learned = getattr(manifest, "learned", None) or {}
+    scale = learned.get("likeness")
+    return [float(x) for x in scale] if scale and len(scale) == len(LIKENESS) else list(LIKENESS)
+
+
 def hint(top_score: float | None, region: tuple | None, target: tuple, gain: float = 0.0,
          limits: tuple[float, float] = (HINT_SCORE, HINT_GAIN)) -> str | None:
     """The guide's sentence, or None: when the best match is weak, or when it was found in a window outside

@@ -12,6 +12,7 @@ from ..barcodes.pictures import codes_in_photo
 from ..barcodes.search import codes_first
 from ..errors import ImageError, PiSearchError
 from ..images import photo_size
+from ..pipeline import settle as settling
 from .auth import page as _page
 from .auth import public as _public
 from .context import ext as _ext
@@ -47,6 +48,7 @@ def status() -> dict:
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
         "teach": teaching_state(),  # the page locks itself when this screen's unlock runs out
+        "likeness": settling.likeness(getattr(service.catalog, "manifest", None)),  # the bundle's score scale
     }
 
 

@@ -103,6 +103,7 @@ function problem(text) {
 }
 
 function showStatus(s) {
+  piSearch.setScale(s.likeness);   // the served bundle's score scale, before its matches are drawn
   if (s.teach === "locked" && document.documentElement.dataset.teach === "unlocked") {
     location.reload();   // the PIN's 30 minutes ran out (or another tab locked): show the page locked
     return;

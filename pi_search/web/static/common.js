@@ -102,19 +102,28 @@ const piSearch = (() => {
     }
   }
 
-  // Cosine similarity in words a person can act on (the shipped model gives the right item of a camera shot
-  // 0.4 to 0.8 and other items 0.2 to 0.45); the number itself stays in the details.
+  // The served bundle's score scale (the status's "likeness"): the bar's empty end, "Possible match", "Good
+  // match", "Strong match", the bar's full end. On the model's own cosines the right item of a camera shot
+  // scores 0.4 to 0.8 and other items 0.2 to 0.45; a bundle with a learned projection scores lower and
+  // carries its own scale, calibrated on its catalog's views.
+  let scale = [0.15, 0.4, 0.5, 0.65, 0.85];
+
+  function setScale(s) {
+    if (Array.isArray(s) && s.length === 5) scale = s;
+  }
+
+  // Cosine similarity in words a person can act on; the number itself stays in the details.
   function likeness(score) {
-    if (score >= 0.65) return "Strong match";
-    if (score >= 0.5) return "Good match";
-    if (score >= 0.4) return "Possible match";
+    if (score >= scale[3]) return "Strong match";
+    if (score >= scale[2]) return "Good match";
+    if (score >= scale[1]) return "Possible match";
     return "Unlikely";
   }
 
   // How full the similarity bar is (0..1): spread over the range scores really take.
   function fullness(score) {
-    return Math.max(0.03, Math.min(1, (score - 0.15) / 0.7));
+    return Math.max(0.03, Math.min(1, (score - scale[0]) / Math.max(1e-6, scale[4] - scale[0])));
   }
 
-  return { price, parsePrice, priceInput, likeness, fullness, shrink, lock };
+  return { price, parsePrice, priceInput, likeness, fullness, setScale, shrink, lock };
 })();
