@@ -267,7 +267,7 @@ try:
         status, body = r.status, r.read()
 except urllib.error.HTTPError as e:
     status, body = e.code, e.read()
-print(status, body[:300].decode("utf-8", "replace"))
+print(status, body[:4000].decode("utf-8", "replace"))
 sys.exit(0 if status == want else 1)' "$1" "${2:-200}" "${3:-}"
 }
 
