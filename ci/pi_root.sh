@@ -285,6 +285,16 @@ wait_active() {
   return 1
 }
 
+# wait_healthy SECONDS: until /healthz answers 200 (the camera's first frame comes a moment after READY=1).
+wait_healthy() {
+  local i
+  for i in $(seq 1 "$1"); do
+    if http http://127.0.0.1:8080/healthz > /dev/null; then echo "healthy after $i s"; return 0; fi
+    sleep 1
+  done
+  http http://127.0.0.1:8080/healthz
+}
+
 # Boot 1: the host's network. The README's install with the kiosk; apt installs Chromium (its .debs are cached).
 s_install() {
   local out=$LOGS/install.out status=0
@@ -473,7 +483,7 @@ s_memory_max() {
   inside systemctl reset-failed pi-search.service
   inside systemctl restart pi-search.service
   wait_active 60
-  http http://127.0.0.1:8080/healthz
+  wait_healthy 30
   echo "$small: \"$line\", not restarted; $enough: serving" | tee -a "$LOGS/s_memory_max.note"
   inside rm "$conf"
   inside systemctl daemon-reload
