@@ -64,21 +64,11 @@ def _fetch(url: str, path: Path, want: dict) -> int:
         req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-                if have and resp.status != 206:   # the server sends the whole file: start again
-                    have = 0
-                with open(path, "ab" if have else "wb") as f:
-                    while True:
-                        block = resp.read(CHUNK)
-                        if not block:
-                            break
-                        if have + fetched + len(block) > size:
-                            raise BundleError(f"{url}: longer than the {size} bytes the manifest lists")
-                        f.write(block)
-                        fetched += len(block)
+                fetched = _append(resp, path, have, url, size)
         except urllib.error.HTTPError as exc:
             raise BundleError(f"{url}: HTTP {exc.code}; the published bundle is incomplete") from None
         except OSError as exc:
-            raise BundleError(f"{url}: download cut after {have + fetched} of {size} bytes "
+            raise BundleError(f"{url}: download cut after {_on_disk(path)} of {size} bytes "
                               f"({getattr(exc, 'reason', None) or exc}); pull again to go on") from None
     if path.stat().st_size != size:
         raise BundleError(f"{url}: got {path.stat().st_size} of {size} bytes; pull again to go on")
@@ -91,23 +81,34 @@ def _fetch(url: str, path: Path, want: dict) -> int:
     return fetched
 
 
+def _append(resp, path: Path, have: int, url: str, size: int | None = None) -> int:
+    """Write the body of ``resp`` to ``path`` after the ``have`` bytes already there (from the start when the
+    server sends the whole file, not 206), never past ``size`` bytes when given; returns the bytes written."""
+    if have and resp.status != 206:
+        have = 0
+    written = 0
+    with open(path, "ab" if have else "wb") as f:
+        while block := resp.read(CHUNK):
+            if size is not None and have + written + len(block) > size:
+                raise BundleError(f"{url}: longer than the {size} bytes the manifest lists")
+            f.write(block)
+            written += len(block)
+    return written
+
+
+def _on_disk(path: Path) -> int:
+    """Bytes of ``path`` on disk so far (0 when there is none)."""
+    return path.stat().st_size if path.exists() else 0
+
+
 def _fetch_whole(url: str, path: Path) -> int:
     """Download ``url`` into ``path`` going on from the bytes there (HTTP Range; its size is not known
     beforehand); returns the bytes fetched now."""
     have = path.stat().st_size if path.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    fetched = 0
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-            if have and resp.status != 206:
-                have = 0
-            with open(path, "ab" if have else "wb") as f:
-                while True:
-                    block = resp.read(CHUNK)
-                    if not block:
-                        break
-                    f.write(block)
-                    fetched += len(block)
+            fetched = _append(resp, path, have, url)
             if resp.length:   # bytes the server announced but did not send
                 raise ConnectionError(f"{resp.length} bytes missing")
     except urllib.error.HTTPError as exc:
@@ -115,7 +116,7 @@ def _fetch_whole(url: str, path: Path) -> int:
             return 0
         raise BundleError(f"{url}: HTTP {exc.code}; check the address of the published bundle") from None
     except OSError as exc:
-        raise BundleError(f"{url}: download cut after {have + fetched} bytes "
+        raise BundleError(f"{url}: download cut after {_on_disk(path)} bytes "
                           f"({getattr(exc, 'reason', None) or exc}); pull again to go on") from None
     return fetched
 
