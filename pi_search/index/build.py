@@ -198,7 +198,7 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, unit="item", desc=what, file=sys.stderr,
                             smoothing=0.1)
         elif enabled:
-            self._line(f"{what} {total} items ({initial} already done)")
+            self._line(f"{what} {total} items" + (f" ({initial} already done)" if initial else ""))
         self.enabled = enabled
 
     def update(self, n: int = 1) -> None:
