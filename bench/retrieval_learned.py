@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
 
+from retrieval_hard import _topk  # noqa: E402  (this folder: scores as a bundle returns them)
+
 from pi_search import images  # noqa: E402
 from pi_search.learn import catalog as learning  # noqa: E402
 from pi_search.learn.whiten import fit  # noqa: E402
@@ -53,16 +55,6 @@ def embed_looks(ex, truth, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     kept, wins = np.stack(kept).astype(np.float32), np.stack(wins).astype(np.float32)
     np.savez(cache, kept=kept, windows=wins)
     return kept, wins
-
-
-def _topk(s: np.ndarray, d: int):
-    idx = np.argpartition(-s, d - 1, axis=1)[:, :d]
-    top = np.take_along_axis(s, idx, 1)
-    out = np.broadcast_to(top.min(1, keepdims=True), s.shape).copy()
-    np.put_along_axis(out, idx, top, 1)
-    known = np.zeros(s.shape, bool)
-    np.put_along_axis(known, idx, True, 1)
-    return out, known
 
 
 def fused(kept_s: np.ndarray, win_s: np.ndarray, d: int = settle.SETTLE_DEPTH) -> np.ndarray:
