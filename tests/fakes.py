@@ -423,3 +423,27 @@ class FakeWorker:
             matches = self.catalog.search(vec, k or self.config.index.top_k)
         self.stats.add("uploads")
         return matches, {"decode": 0.0, "embed": (time.perf_counter() - t0) * 1000.0, "search": 0.0}
+
+
+def signed_kiosk(tmp_path, bundle_dir, extractor) -> tuple[dict, object, dict, object]:
+    """A kiosk that trusts one key: ``bundle_dir`` signed as versions 5 and 7 (``tmp_path/v5``, ``v7``) by
+    ``tmp_path/keys/shop.key``, version 5 installed at ``tmp_path/live``, and ``tmp_path/config.toml`` naming
+    that bundle and ``shop.pub``. Returns ``(signed {version: dir}, live, trusted keys, config path)``."""
+    import shutil
+
+    from pi_search.index import signing
+    from pi_search.index.install import install_bundle
+
+    keys = tmp_path / "keys"
+    signing.keygen(keys, "shop")
+    signed = {}
+    for v in (5, 7):
+        signed[v] = tmp_path / f"v{v}"
+        shutil.copytree(bundle_dir, signed[v])
+        signing.sign(signed[v], keys / "shop.key", version=v)
+    live = tmp_path / "live"
+    trusted = signing.load_trusted([keys / "shop.pub"])
+    install_bundle(signed[5], live, trusted=trusted, extractor=extractor)
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[index]\nbundle = "{live}"\ntrusted_keys = ["{keys / "shop.pub"}"]\n')
+    return signed, live, trusted, conf

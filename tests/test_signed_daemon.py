@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import free_port, request_json, serve_command, wait_until
+from fakes import free_port, request_json, serve_command, signed_kiosk, wait_until
 
 from pi_search import images
 from pi_search.index import signing
-from pi_search.index.install import install_bundle
 
 EXE = Path(sys.executable).with_name("pi-search")
 
@@ -29,18 +28,7 @@ def _update(url: str) -> dict:
 
 
 def test_a_daemon_with_trusted_keys(tmp_path, bundle_dir, extractor):
-    keys = tmp_path / "keys"
-    signing.keygen(keys, "shop")
-    signed = {}
-    for v in (5, 7):
-        signed[v] = tmp_path / f"v{v}"
-        shutil.copytree(bundle_dir, signed[v])
-        signing.sign(signed[v], keys / "shop.key", version=v)
-    live = tmp_path / "live"
-    trusted = signing.load_trusted([keys / "shop.pub"])
-    install_bundle(signed[5], live, trusted=trusted, extractor=extractor)
-    conf = tmp_path / "config.toml"
-    conf.write_text(f'[index]\nbundle = "{live}"\ntrusted_keys = ["{keys / "shop.pub"}"]\n')
+    signed, live, trusted, conf = signed_kiosk(tmp_path, bundle_dir, extractor)
     frames = tmp_path / "frames"
     frames.mkdir()
     frames.joinpath("coffee.jpg").write_bytes(images.encode_jpeg(camera_view(load_photo("skimage:coffee"))))

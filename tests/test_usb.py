@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import signed_kiosk
 
 from pi_search.index import signing, slots
-from pi_search.index.install import install_bundle
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "systemd" / "pi-search-usb.sh"
@@ -42,18 +42,7 @@ def _run(dev: str, conf: Path, tmp_path: Path):
 
 
 def test_a_signed_stick_is_installed_and_an_unsigned_one_is_not(tmp_path, bundle_dir, extractor):
-    keys = tmp_path / "keys"
-    signing.keygen(keys, "shop")
-    signed = {}
-    for v in (5, 7):
-        signed[v] = tmp_path / f"v{v}"
-        shutil.copytree(bundle_dir, signed[v])
-        signing.sign(signed[v], keys / "shop.key", version=v)
-    live = tmp_path / "live"
-    trusted = signing.load_trusted([keys / "shop.pub"])
-    install_bundle(signed[5], live, trusted=trusted, extractor=extractor)
-    conf = tmp_path / "config.toml"
-    conf.write_text(f'[index]\nbundle = "{live}"\ntrusted_keys = ["{keys / "shop.pub"}"]\n')
+    signed, live, trusted, conf = signed_kiosk(tmp_path, bundle_dir, extractor)
     loose = tmp_path / "loose.toml"
     loose.write_text(f'[index]\nbundle = "{live}"\n')
     devs = [_stick(tmp_path, signed[7], "good"), _stick(tmp_path, bundle_dir, "unsigned")]
