@@ -112,7 +112,7 @@ def live_loop(rounds: int, seconds: float) -> dict:
     from bench_daemon import demo_setup, noisy_copies, run_pipeline
 
     import pi_search.pipeline.codes as codes_mod
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
     from pi_search.model.extractor import Extractor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-codes-"))

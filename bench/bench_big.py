@@ -42,7 +42,7 @@ class SyntheticItems(Sequence):
         return self.n
 
     def __getitem__(self, i):
-        from pi_search.index.items import Item
+        from pi_search.bundle.items import Item
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self.n))]
@@ -51,7 +51,7 @@ class SyntheticItems(Sequence):
         return Item(str(i), f"item {i}")
 
     def __iter__(self) -> Iterator:
-        from pi_search.index.items import Item
+        from pi_search.bundle.items import Item
 
         for i in range(self.n):
             yield Item(str(i), f"item {i}")
@@ -71,7 +71,7 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
     """Stream ``n`` vectors into an ivfpq bundle (and the queries' exact top 10 alongside)."""
     from threadpoolctl import threadpool_limits
 
-    from pi_search.index.write import BuildOptions, write_bundle
+    from pi_search.bundle.write import BuildOptions, write_bundle
 
     tag = f"{n}"
     out = work / f"ivfpq-{n}"
@@ -124,10 +124,10 @@ def derive_whitened(src: Path, out: Path, opts: dict) -> dict:
 
     from threadpoolctl import threadpool_limits
 
-    from pi_search.index import pca_store
-    from pi_search.index.backends import ivfpq
-    from pi_search.index.files import fingerprint
-    from pi_search.index.memory import needs
+    from pi_search.bundle import pca_store
+    from pi_search.bundle.backends import ivfpq
+    from pi_search.bundle.files import fingerprint
+    from pi_search.bundle.memory import needs
 
     info_path = out.parent / f"build-{out.name}.json"
     if (out / "manifest.json").is_file() and info_path.is_file():
@@ -216,9 +216,9 @@ def caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[
     """
     from threadpoolctl import threadpool_limits
 
-    from pi_search.index.backends.ivfpq import sample
-    from pi_search.index.pca_store import axes
-    from pi_search.index.projection import fit_pca
+    from pi_search.bundle.backends.ivfpq import sample
+    from pi_search.bundle.pca_store import axes
+    from pi_search.bundle.projection import fit_pca
 
     with threadpool_limits(1):
         x = Synth(n, real)

@@ -124,7 +124,7 @@ def coarse(train: np.ndarray, q: np.ndarray, tv: np.ndarray, nlist: int, probes:
     """Share of the true top 10 (vectors ``tv`` [nq, K, d]) in the ``nprobe`` lists nearest each query."""
     import faiss
 
-    from pi_search.index.backends.ivfpq import FLAT_LISTS_MAX, TwoLevelLists, _kmeans
+    from pi_search.bundle.backends.ivfpq import FLAT_LISTS_MAX, TwoLevelLists, _kmeans
 
     faiss.omp_set_num_threads(threads)
     d = train.shape[1]
@@ -178,8 +178,8 @@ def main() -> None:
     a = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
-    from pi_search.index.backends.ivfpq import FLAT_LISTS_MAX, TRAIN_ROWS_MAX, sample
-    from pi_search.index.projection import fit_pca
+    from pi_search.bundle.backends.ivfpq import FLAT_LISTS_MAX, TRAIN_ROWS_MAX, sample
+    from pi_search.bundle.projection import fit_pca
 
     a.work.mkdir(parents=True, exist_ok=True)
     real = bench_scale.real_embeddings(a.work, 3000)

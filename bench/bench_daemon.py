@@ -33,7 +33,7 @@ def pct(values, q):
 # ---------------------------------------------------------------- data
 def demo_setup(state: Path, extractor):
     """The shipped demo catalog's bundle and its replayed camera frames (real photos)."""
-    from pi_search.demo import demo_bundle, demo_data
+    from pi_search.ops.demo import demo_bundle, demo_data
 
     return demo_bundle(extractor, state, progress=False), demo_data() / "frames"
 
@@ -244,9 +244,9 @@ def learn_compare(extractor, frames: Path, tmp: Path, seconds: float, rounds: in
     """The live loop (changing scene, 15 fps camera) on the demo catalog built with and without its learned
     projection (``index build`` and ``index build --no-learn``), run alternately ``rounds`` times each in
     this one process: frame-to-result p50 of each run, the medians of both, their ratio."""
-    from pi_search.demo import demo_data
-    from pi_search.index.build import build_bundle
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
+    from pi_search.embed.build import build_bundle
+    from pi_search.ops.demo import demo_data
 
     bundles = {}
     for name, learn in (("learned", True), ("no-learn", False)):
@@ -336,13 +336,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from pi_search import images
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
     from pi_search.model.extractor import Extractor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     extractor = Extractor(num_threads=args.threads)
     if args.learn_compare:
-        from pi_search.demo import demo_data
+        from pi_search.ops.demo import demo_data
 
         report = learn_compare(extractor, demo_data() / "frames", tmp, args.seconds, args.learn_compare)
         print(f"frame to result p50: learned {report['p50_ms']['learned']} ms, no-learn "

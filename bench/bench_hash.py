@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pi_search.index import verify  # noqa: E402
+from pi_search.bundle import verify  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 NO_SHA_NI = "~0x0:~0x20000000"   # OPENSSL_ia32cap: clear the SHA extensions bit (CPUID.7.EBX bit 29)

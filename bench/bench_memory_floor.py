@@ -1,6 +1,6 @@
 """The smallest memory each bundle layout starts in: the start check's estimates; the demo bundle measured.
 
-Estimates (pi_search/limits.py over index/memory.py's figures): resident memory the daemon needs (what a
+Estimates (pi_search/ops/limits.py over index/memory.py's figures): resident memory the daemon needs (what a
 MemoryMax= must allow) and address space (what ulimit -v must allow) for the demo bundle, the default layout
 at 10k, 100k and 1M items (bench/results/scale*.json) and the ten-million layout (bench/results/big-10m.json).
 Measured on the demo bundle: resident memory at rest and after searches, and the smallest ulimit -v the
@@ -29,8 +29,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 import daemon as daemon_mod  # noqa: E402
 
-from pi_search import images, limits  # noqa: E402
-from pi_search.index.memory import _READ_INTO_RAM, DAEMON_BYTES, needs  # noqa: E402
+from pi_search import images  # noqa: E402
+from pi_search.bundle.memory import _READ_INTO_RAM, DAEMON_BYTES, needs  # noqa: E402
+from pi_search.ops import limits  # noqa: E402
 
 MB = 1_000_000
 DEFAULT_FILES = "annoy pca256w 50t"  # what index build writes for 5,000+ items (f16 re-rank store)

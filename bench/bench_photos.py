@@ -52,7 +52,7 @@ def _fusions(bundle: Path, queries: np.ndarray, truth: list) -> dict:
     scores of every photo): the mean, and the best plus a fifth of the second best."""
     import sqlite3
 
-    from pi_search.index.photos import split
+    from pi_search.bundle.photos import split
 
     v = np.load(bundle / "vectors.npy").astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from pi_search import images
-    from pi_search.index.build import build_bundle
-    from pi_search.index.bundle import Bundle
-    from pi_search.index.write import BuildOptions
+    from pi_search.bundle.reader import Bundle
+    from pi_search.bundle.write import BuildOptions
+    from pi_search.embed.build import build_bundle
     from pi_search.model.extractor import Extractor
     from pi_search.model.framing import embed_query_image
     from pi_search.tools.benchmark_data import make_benchmark

@@ -141,9 +141,9 @@ def recall(pred: list[np.ndarray], truth: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------- bundles
 def build(out: Path, x: np.ndarray, **opts) -> dict:
-    """Write a bundle with pi_search.index.write_bundle for synthetic vectors; returns timing and sizes."""
-    from pi_search.index.items import Item
-    from pi_search.index.write import BuildOptions, write_bundle
+    """Write a bundle with pi_search.bundle.write.write_bundle for synthetic vectors; returns timing and sizes."""
+    from pi_search.bundle.items import Item
+    from pi_search.bundle.write import BuildOptions, write_bundle
 
     if (out / "manifest.json").is_file():
         m = json.loads((out / "manifest.json").read_text())
@@ -157,11 +157,11 @@ def build(out: Path, x: np.ndarray, **opts) -> dict:
 def derive(base: Path, out: Path, x: np.ndarray, *, store: str | None = None, usearch_dims: int | None = -1,
            usearch_dtype: str = "f16") -> dict:
     """A bundle sharing ``base``'s files (hard links) with another store precision or a usearch index."""
-    from pi_search.index.backends.annoy import FILE as ANNOY_FILE
-    from pi_search.index.backends.usearch import FILE, build_index
-    from pi_search.index.manifest import PCA_COMPONENTS_FILE, PCA_MEAN_FILE, STORE_FILE, STORE_SCALE_FILE
-    from pi_search.index.projection import ProjectedView, Projection
-    from pi_search.index.store import write_store
+    from pi_search.bundle.backends.annoy import FILE as ANNOY_FILE
+    from pi_search.bundle.backends.usearch import FILE, build_index
+    from pi_search.bundle.manifest import PCA_COMPONENTS_FILE, PCA_MEAN_FILE, STORE_FILE, STORE_SCALE_FILE
+    from pi_search.bundle.projection import ProjectedView, Projection
+    from pi_search.bundle.store import write_store
 
     if (out / "manifest.json").is_file():
         m = json.loads((out / "manifest.json").read_text())
@@ -228,7 +228,7 @@ def _rss() -> dict:
 
 def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int) -> dict:
     """Runs in a fresh process: open the bundle, answer ``nq`` queries one by one, measure everything."""
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
 
     q = np.load(queries)[:nq]
     t = np.load(truth)[:nq]
@@ -330,7 +330,7 @@ def ensure_bundle(name: str, work: Path, tag: str, x: np.ndarray, built: dict) -
 
 def pca_cap(x: np.ndarray, q: np.ndarray, truth: np.ndarray, dims: int, whiten: bool) -> float:
     """Recall@10 of exact search in the PCA space alone (no re-ranking): the ceiling of projection only."""
-    from pi_search.index.projection import fit_pca
+    from pi_search.bundle.projection import fit_pca
 
     p = fit_pca(x, dims, whiten=whiten)
     step, proj = 100_000, []

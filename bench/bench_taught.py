@@ -42,9 +42,9 @@ def taught_vectors(x: np.ndarray, n: int, seed: int) -> np.ndarray:
 def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, compact: bool = False
             ) -> list[dict]:
     from pi_search.bootstrap import single_threaded_blas
-    from pi_search.index.bundle import Bundle
-    from pi_search.index.changes import ChangeStore
-    from pi_search.index.live import EXACT_TAUGHT_MAX, LiveCatalog
+    from pi_search.bundle.reader import Bundle
+    from pi_search.live.catalog import EXACT_TAUGHT_MAX, LiveCatalog
+    from pi_search.live.changes import ChangeStore
 
     single_threaded_blas()   # as the daemon runs
     bundle_dir, x = scale_bundle(work, n_bundle)
@@ -129,8 +129,8 @@ def compaction(bundle_dir: Path, store_file: Path, work: Path, taught: np.ndarra
     """Fold a store into a copy of the bundle (hard links: the original stays as it is); time it."""
     import shutil
 
-    from pi_search.index.compact import compact
-    from pi_search.index.live import LiveCatalog
+    from pi_search.live.catalog import LiveCatalog
+    from pi_search.live.compact import compact
 
     copy = work / "compacted"
     for p in (copy, work / "compacted.changes.sqlite"):
@@ -172,9 +172,9 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
     import csv
 
     from pi_search import images
-    from pi_search.index.build import build_bundle
-    from pi_search.index.changes import ChangeStore
-    from pi_search.index.live import LiveCatalog
+    from pi_search.embed.build import build_bundle
+    from pi_search.live.catalog import LiveCatalog
+    from pi_search.live.changes import ChangeStore
     from pi_search.model.extractor import Extractor
     from pi_search.model.framing import embed_catalog_image, embed_query_image
     from pi_search.tools.benchmark_data import load_backgrounds, load_rgba, random_shot, render, select_stamps
@@ -219,7 +219,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
         if bcache.is_file():
             bv = np.load(bcache)
         else:
-            from pi_search.index.teach import embed_background
+            from pi_search.live.teach import embed_background
 
             backgrounds = load_backgrounds()
             rng = np.random.default_rng(seed)
@@ -239,7 +239,7 @@ def views(benchmark: Path, work: Path, max_views: int, seed: int, kind: str = "c
             empty.setdefault(str(i), []).append(v)
 
     def measure(name: str, n_views: int, keep_photo: bool, scene_out: bool = False) -> dict:
-        from pi_search.index.teach import without_background
+        from pi_search.live.teach import without_background
 
         store_file = work / f"views-{kind}-{name}.sqlite"
         for suffix in ("", "-wal", "-shm"):
@@ -286,7 +286,7 @@ def rooms(benchmark: Path, work: Path, seed: int) -> dict:
     frames per item, as ``python -m pi_search.tools.benchmark_data benchmark`` makes it) and of ``views``."""
     import csv
 
-    from pi_search.index.live import LiveCatalog
+    from pi_search.live.catalog import LiveCatalog
     from pi_search.tools.benchmark_data import (
         jitter,
         load_backgrounds,

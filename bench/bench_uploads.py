@@ -100,7 +100,7 @@ def main() -> int:
     from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 
     from pi_search import images
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
     from pi_search.model.extractor import Extractor
 
     with tempfile.TemporaryDirectory(prefix="bench-uploads-") as tmp:

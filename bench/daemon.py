@@ -26,8 +26,8 @@ def free_port() -> int:
 def demo_bundle(state: Path) -> Path:
     """The demo bundle (built once in ``state`` with the shipped model)."""
     sys.path.insert(0, str(ROOT))
-    from pi_search.demo import demo_bundle as build
     from pi_search.model.extractor import Extractor
+    from pi_search.ops.demo import demo_bundle as build
 
     return build(Extractor(), state, progress=False)
 
@@ -35,7 +35,7 @@ def demo_bundle(state: Path) -> Path:
 def scene(folder: Path, frames: int) -> Path:
     """A camera folder with the first ``frames`` demo frames (1: a still scene)."""
     sys.path.insert(0, str(ROOT))
-    from pi_search.demo import demo_data
+    from pi_search.ops.demo import demo_data
 
     folder.mkdir(parents=True, exist_ok=True)
     for src in sorted((demo_data() / "frames").glob("*.jpg"))[:frames]:

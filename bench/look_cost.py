@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
 
 from pi_search import images  # noqa: E402
-from pi_search.index.build import build_bundle  # noqa: E402
-from pi_search.index.live import LiveCatalog  # noqa: E402
+from pi_search.embed.build import build_bundle  # noqa: E402
+from pi_search.live.catalog import LiveCatalog  # noqa: E402
 from pi_search.model import look as looking  # noqa: E402
 from pi_search.model.extractor import Extractor  # noqa: E402
 from pi_search.model.framing import embed_query_image  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 import numpy as np  # noqa: E402
 
-from pi_search.index.build import build_bundle  # noqa: E402
+from pi_search.embed.build import build_bundle  # noqa: E402
 from pi_search.learn import catalog as learning  # noqa: E402
 from pi_search.learn.relearn import STEP_SHRINK, relearn  # noqa: E402
 from pi_search.learn.whiten import SHRINK  # noqa: E402
@@ -41,7 +41,7 @@ def recall(bundle_dir: Path, standard: Path, hard: Path, cache: Path) -> dict:
     """Recall@1/5 of each benchmark's cached looks against the bundle's stored rows (exact), or {}."""
     from retrieval_learned import fused, ranks
 
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
     from pi_search.tools.evaluate import metrics
 
     out = {}

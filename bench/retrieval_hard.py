@@ -20,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pi_search
 
-from pi_search.model import framing  # noqa: E402
-from pi_search.pipeline import settle  # noqa: E402
+from pi_search.model import (
+    framing,  # noqa: E402
+    settle,  # noqa: E402
+)
 from pi_search.tools.evaluate import by_condition, load_catalog, metrics, read_truth
 
 CACHE = Path("var/cache")

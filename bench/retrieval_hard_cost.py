@@ -39,10 +39,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from pi_search import images
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
     from pi_search.model.extractor import Extractor
     from pi_search.model.framing import embed_query_image, window_input
-    from pi_search.pipeline.settle import SETTLE_DEPTH, fuse, settle_windows
+    from pi_search.model.settle import SETTLE_DEPTH, fuse, settle_windows
     from pi_search.pipeline.worker import Worker
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-settle-"))

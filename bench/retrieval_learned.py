@@ -28,11 +28,13 @@ from retrieval_hard import _topk  # noqa: E402  (this folder: scores as a bundle
 from pi_search import images  # noqa: E402
 from pi_search.learn import catalog as learning  # noqa: E402
 from pi_search.learn.whiten import fit  # noqa: E402
-from pi_search.model import framing  # noqa: E402
+from pi_search.model import (
+    framing,  # noqa: E402
+    settle,  # noqa: E402
+)
 from pi_search.model import look as looking  # noqa: E402
 from pi_search.model.extractor import Extractor  # noqa: E402
 from pi_search.model.shipped import SHIPPED_INT8, shipped_model  # noqa: E402
-from pi_search.pipeline import settle  # noqa: E402
 from pi_search.tools.evaluate import by_condition, load_catalog, metrics, read_truth  # noqa: E402
 
 MAX_VIEWS = 8

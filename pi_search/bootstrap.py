@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from . import limits
+from .bundle.trust import Trust
 from .camera import open_source
 from .config import Config, check_bind
 from .errors import ConfigError
-from .index import leases
-from .index.live import LiveCatalog
-from .index.trust import Trust
+from .live import leases
+from .live.catalog import LiveCatalog
 from .model.extractor import Extractor
+from .ops import limits
 from .pipeline.worker import Worker
 from .web import create_app
 from .web.server import run

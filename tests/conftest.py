@@ -96,7 +96,7 @@ def catalog_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
     """A bundle built once from ``catalog_dir`` with the real extractor (read-only for tests)."""
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     build_bundle(catalog_dir, out, extractor, progress=False)
@@ -107,7 +107,7 @@ def bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
 def plain_bundle_dir(tmp_path_factory, catalog_dir, extractor) -> Path:
     """``catalog_dir`` built without learning (``--no-learn``): its stored rows are the model's embeddings
     themselves, for tests that use them as queries (read-only for tests)."""
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     out = tmp_path_factory.mktemp("plain-bundles") / "bundle"
     build_bundle(catalog_dir, out, extractor, progress=False, learn=False)
@@ -133,7 +133,7 @@ def coffee() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle(bundle_dir, extractor):
     """``bundle_dir`` opened (memory-mapped) for the module's tests."""
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
 
     b = Bundle.open(bundle_dir, extractor=extractor)
     yield b
@@ -143,7 +143,7 @@ def bundle(bundle_dir, extractor):
 @pytest.fixture
 def catalog(bundle_dir, extractor):
     """``bundle_dir`` as the live catalog the worker serves (bundle plus an in-memory change store)."""
-    from pi_search.index.live import LiveCatalog
+    from pi_search.live.catalog import LiveCatalog
 
     cat = LiveCatalog.open(bundle_dir, extractor=extractor, readonly=True)
     yield cat
@@ -165,7 +165,7 @@ def photo_bundle_dir(tmp_path_factory, extractor) -> Path:
     JPEGs of up to 6028x3391 pixels); read-only for tests."""
     from corpus import write_photo_catalog
 
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     root = tmp_path_factory.mktemp("photo-catalog")
     out = tmp_path_factory.mktemp("photo-bundles") / "bundle"

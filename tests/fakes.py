@@ -431,8 +431,8 @@ def signed_kiosk(tmp_path, bundle_dir, extractor) -> tuple[dict, object, dict, o
     that bundle and ``shop.pub``. Returns ``(signed {version: dir}, live, trusted keys, config path)``."""
     import shutil
 
-    from pi_search.index import signing
-    from pi_search.index.install import install_bundle
+    from pi_search.bundle import signing
+    from pi_search.updates.install import install_bundle
 
     keys = tmp_path / "keys"
     signing.keygen(keys, "shop")

@@ -14,7 +14,7 @@ from fakes import ListSource, SourceFactory, wait_until
 from pi_search import images
 from pi_search.config import check_bind, load_config, token_problem
 from pi_search.errors import ConfigError
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import auth, create_app
 

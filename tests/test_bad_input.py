@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from pi_search import images
 from pi_search.config import load_config
+from pi_search.embed.catalog import read_catalog
 from pi_search.errors import CatalogError
-from pi_search.index.catalog import read_catalog
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 

@@ -14,8 +14,8 @@ from pi_search.barcodes.codes import check_codes, keys
 from pi_search.barcodes.decode import Code, read_codes
 from pi_search.barcodes.pictures import codes_in_photo
 from pi_search.barcodes.search import codes_first
-from pi_search.index.build import build_bundle
-from pi_search.index.live import LiveCatalog
+from pi_search.embed.build import build_bundle
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.photos import query_images
 
 EAN = "5012345678900"
@@ -257,7 +257,7 @@ def test_scanning_needs_the_same_staff_unlock_as_teaching(barcode_bundle, extrac
 def test_a_catalog_code_with_a_wrong_check_digit_is_a_warning_naming_the_line(tmp_path, caplog):
     import logging
 
-    from pi_search.index.catalog import read_catalog
+    from pi_search.embed.catalog import read_catalog
 
     root = write_catalog(tmp_path / "cat", [("apple", "Apple", "0.50", "skimage:coffee")])
     with open(root / "catalog.csv", newline="") as f:

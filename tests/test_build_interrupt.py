@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pi_search.demo import demo_data
-from pi_search.index.build import CHUNK, partial_dir
+from pi_search.embed.build import CHUNK, partial_dir
+from pi_search.ops.demo import demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow   # real builds of the demo catalog (150 items), interrupted

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from conftest import CATALOG_PHOTOS, write_catalog
 
-from pi_search.index.bundle import Bundle
-from pi_search.index.files import recover
+from pi_search.bundle.files import recover
+from pi_search.bundle.reader import Bundle
 
 NEW = CATALOG_PHOTOS[:4]
 pytestmark = pytest.mark.slow
 
 KILLED_BUILD = textwrap.dedent("""
     import os, signal, sys
-    import pi_search.index.files as files
-    import pi_search.index.write as write
-    from pi_search.index.build import build_bundle
+    import pi_search.bundle.files as files
+    import pi_search.bundle.write as write
+    from pi_search.embed.build import build_bundle
     from pi_search.model.extractor import Extractor
 
     catalog, out, where = sys.argv[1:4]
@@ -104,7 +104,7 @@ def test_two_builds_of_one_bundle_wait_for_each_other(tmp_path, catalog_dir, new
 
 
 def test_two_demos_on_one_cache_share_one_build(tmp_path):
-    script = ("import sys; from pi_search.demo import demo_bundle; "
+    script = ("import sys; from pi_search.ops.demo import demo_bundle; "
               "from pi_search.model.extractor import Extractor;"
               "print(demo_bundle(Extractor(), sys.argv[1], progress=False))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
@@ -118,7 +118,7 @@ def test_two_demos_on_one_cache_share_one_build(tmp_path):
 
 
 def test_a_rerun_after_a_build_killed_once_swapped_does_no_work_again(tmp_path, new_catalog, extractor):
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     out = tmp_path / "bundle"
     p = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(new_catalog), str(out), "swapped"],

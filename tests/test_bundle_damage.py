@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pi_search.bundle.files import _exchange
+from pi_search.bundle.items import Item
+from pi_search.bundle.manifest import MANIFEST
+from pi_search.bundle.reader import Bundle
+from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.cli import main
 from pi_search.errors import BundleError
-from pi_search.index.bundle import Bundle
-from pi_search.index.files import _exchange
-from pi_search.index.install import install_bundle
-from pi_search.index.items import Item
-from pi_search.index.live import LiveCatalog
-from pi_search.index.manifest import MANIFEST
-from pi_search.index.write import BuildOptions, write_bundle
+from pi_search.live.catalog import LiveCatalog
+from pi_search.updates.install import install_bundle
 
 FILES = ("index.ann", "items.sqlite", "vectors.npy")
 SPOT = 4096   # bytes damaged: one SD card page
@@ -88,7 +88,7 @@ def test_a_bundle_without_whole_file_checksums_is_not_opened(tmp_path, ann_bundl
 
 
 def test_a_checked_unchanged_file_is_not_read_again_in_one_process(tmp_path, ann_bundle, monkeypatch):
-    from pi_search.index import verify
+    from pi_search.bundle import verify
 
     b = tmp_path / "b"
     shutil.copytree(ann_bundle, b)
@@ -160,7 +160,7 @@ def test_a_guarded_catalog_without_leases_serves_a_private_copy(tmp_path, bundle
 
 
 def test_doctor_names_the_damaged_file(tmp_path, bundle_dir, catalog_dir):
-    from pi_search import doctor
+    from pi_search.ops import doctor
 
     b = tmp_path / "bundle"
     shutil.copytree(bundle_dir, b)

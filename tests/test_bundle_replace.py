@@ -130,7 +130,7 @@ class Clients:
 @pytest.fixture(scope="module")
 def other_bundle(tmp_path_factory, extractor) -> Path:
     """A complete bundle of another catalog (4 items), to copy over the served one."""
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     root = tmp_path_factory.mktemp("other")
     out = root / "bundle"
@@ -318,7 +318,7 @@ def test_sighup_with_a_corrupt_items_file_keeps_the_old_bundle_and_answers_409(s
     m = json.loads((staged / "manifest.json").read_text())
     m["files"]["items.sqlite"]["sample_sha256"] = None     # only the deep check can find this damage
     (staged / "manifest.json").write_text(json.dumps(m))
-    from pi_search.index.files import _exchange
+    from pi_search.bundle.files import _exchange
 
     assert _exchange(staged, live)
     status, body = _get(d.url + "/api/reload", b"")

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pi_search.bundle.backends.annoy import Annoy
+from pi_search.bundle.ids import MAX_ID, RULE, check_id
+from pi_search.bundle.manifest import STORE_FILE
+from pi_search.bundle.reader import Bundle
+from pi_search.embed import build as build_mod
+from pi_search.embed.build import build_bundle, partial_dir
+from pi_search.embed.catalog import read_catalog
 from pi_search.errors import CatalogError, PiSearchError
-from pi_search.index import build as build_mod
-from pi_search.index.backends.annoy import Annoy
-from pi_search.index.build import build_bundle, partial_dir
-from pi_search.index.bundle import Bundle
-from pi_search.index.catalog import read_catalog
-from pi_search.index.ids import MAX_ID, RULE, check_id
-from pi_search.index.live import LiveCatalog
-from pi_search.index.manifest import STORE_FILE
+from pi_search.live.catalog import LiveCatalog
 
 
 @pytest.fixture()

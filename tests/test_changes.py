@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import camera_view
 
+from pi_search.bundle.items import Item
+from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.errors import CatalogError
-from pi_search.index.changes import ChangeStore, store_path
-from pi_search.index.items import Item
-from pi_search.index.live import LiveCatalog, dir_key
-from pi_search.index.teach import embed_shots
-from pi_search.index.write import BuildOptions, write_bundle
+from pi_search.live.catalog import LiveCatalog, dir_key
+from pi_search.live.changes import ChangeStore, store_path
+from pi_search.live.teach import embed_shots
 
 DIM = 1280
 
@@ -189,7 +189,7 @@ def test_real_photos_teach_an_object_not_in_the_catalog(catalog, extractor):
 
 
 def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, monkeypatch):
-    import pi_search.index.live as live
+    import pi_search.live.catalog as live
 
     rng = np.random.default_rng(5)
     base = unit(rng.normal(size=(300, 64)))
@@ -210,7 +210,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
 
 @pytest.mark.slow
 def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
-    import pi_search.index.live as live
+    import pi_search.live.catalog as live
 
     rng = np.random.default_rng(6)
     items = [Item(f"b{i}", f"B {i}") for i in range(200)]
@@ -262,7 +262,7 @@ def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalo
 
 
 def test_the_empty_scene_is_taken_out_of_camera_shots(tmp_path):
-    from pi_search.index.teach import BACKGROUND_WEIGHT, without_background
+    from pi_search.live.teach import BACKGROUND_WEIGHT, without_background
 
     rng = np.random.default_rng(8)
     obj, scene = unit(rng.normal(size=(2, 64)))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from fakes import wait_until
 
+from pi_search.bundle.ids import VIEW_SEP
+from pi_search.bundle.manifest import read_manifest
 from pi_search.errors import CatalogError
-from pi_search.index import compact as compact_mod
-from pi_search.index.changes import store_path
-from pi_search.index.ids import VIEW_SEP
-from pi_search.index.live import LiveCatalog
-from pi_search.index.manifest import read_manifest
+from pi_search.live import compact as compact_mod
+from pi_search.live.catalog import LiveCatalog
+from pi_search.live.changes import store_path
 
 DIM = 1280
 
@@ -191,8 +191,8 @@ def test_recover_puts_a_bundle_back_after_a_crash_between_renames(live_dir):
 
 
 def test_compaction_refuses_to_remove_every_item(tmp_path):
-    from pi_search.index.items import Item
-    from pi_search.index.write import write_bundle
+    from pi_search.bundle.items import Item
+    from pi_search.bundle.write import write_bundle
 
     write_bundle(tmp_path / "b", unit(np.eye(2, 8, dtype=np.float32)), [Item("a", "A"), Item("b", "B")],
                  model={"name": "m", "sha256": "x", "dim": 8})

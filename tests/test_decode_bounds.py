@@ -21,7 +21,7 @@ from PIL import Image
 from pi_search import images
 from pi_search.config import load_config
 from pi_search.errors import ImageError
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 from pi_search.web.uploads import ClientGone, decode_upload

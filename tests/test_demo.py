@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from fakes import free_port as _free_port
 
-from pi_search.demo import KEY_FILE, demo_bundle, demo_data
-from pi_search.index.bundle import Bundle
+from pi_search.bundle.reader import Bundle
+from pi_search.ops.demo import KEY_FILE, demo_bundle, demo_data
 
 pytestmark = pytest.mark.slow   # the demo builds its bundle and serves it
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from fakes import free_port as _free_port
 
-from pi_search import doctor
 from pi_search.cli import main
+from pi_search.ops import doctor
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_port_held_by_running_pi_search(tmp_path):
 
 
 def test_bundle_larger_than_the_machine_fails_with_what_it_needs(good_config, monkeypatch):
-    from pi_search.index import memory as bundle_memory
+    from pi_search.bundle import memory as bundle_memory
 
     tiny = {"MemTotal": 200_000_000, "MemAvailable": 90_000_000}
     monkeypatch.setattr(bundle_memory, "meminfo", lambda: tiny)
@@ -255,7 +255,7 @@ def test_low_disk_fails(tmp_path, monkeypatch):
 
 
 def test_network_bind_without_a_token_fails_the_config_check(tmp_path, bundle_dir):
-    from pi_search import doctor
+    from pi_search.ops import doctor
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[index]\nbundle = "{bundle_dir}"\n[server]\nhost = "0.0.0.0"\n')

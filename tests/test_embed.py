@@ -15,10 +15,10 @@ from conftest import CATALOG_PHOTOS, write_catalog
 
 from pi_search import images
 from pi_search.embed import shards as sh
+from pi_search.embed.build import build_bundle
+from pi_search.embed.catalog import read_catalog
 from pi_search.embed.local import embed_local
 from pi_search.errors import CatalogError
-from pi_search.index.build import build_bundle
-from pi_search.index.catalog import read_catalog
 from pi_search.model.framing import embed_catalog_image
 
 
@@ -280,7 +280,7 @@ def test_engine_ray_without_ray_names_the_extra(catalog_dir, tmp_path, monkeypat
 
 def test_pi_search_and_the_daemon_never_import_ray():
     code = ("import sys, pi_search, pi_search.cli, pi_search.bootstrap, pi_search.pipeline.worker, "
-            "pi_search.web, pi_search.index.build, pi_search.embed, pi_search.embed.shards, "
+            "pi_search.web, pi_search.embed.build, pi_search.embed, pi_search.embed.shards, "
             "pi_search.embed.local, pi_search.embed.ray_engine\n"
             "from pi_search.bootstrap import build_daemon\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")

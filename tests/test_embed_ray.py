@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pi_search.embed import shards as sh
-from pi_search.index.catalog import read_catalog
+from pi_search.embed.catalog import read_catalog
 
 pytestmark = pytest.mark.slow
 

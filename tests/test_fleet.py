@@ -17,8 +17,8 @@ from conftest import camera_view, load_photo
 from fakes import free_port, request_json, serve_command, wait_until
 
 from pi_search import images
-from pi_search.index import signing
-from pi_search.index.install import install_bundle
+from pi_search.bundle import signing
+from pi_search.updates.install import install_bundle
 
 EXE = Path(sys.executable).with_name("pi-search")
 

@@ -12,11 +12,11 @@ from conftest import load_photo
 from fakes import ListSource
 
 from pi_search import images
+from pi_search.bundle.reader import Match
 from pi_search.config import load_config
-from pi_search.index.bundle import Match
+from pi_search.model import settle as settle_mod
 from pi_search.model.framing import embed_query_image, target_box, window_input
-from pi_search.pipeline import settle as settle_mod
-from pi_search.pipeline.settle import (
+from pi_search.model.settle import (
     HINT,
     HINT_GAIN,
     HINT_SCORE,

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo
 
+from pi_search.bundle.backends.annoy import FILE as ANNOY_FILE
+from pi_search.bundle.backends.usearch import FILE as USEARCH_FILE
+from pi_search.bundle.files import bundle_lock, recover
+from pi_search.bundle.items import Item
+from pi_search.bundle.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE, read_manifest
+from pi_search.bundle.projection import fit_pca
+from pi_search.bundle.reader import Bundle
+from pi_search.bundle.write import DEFAULT_TREES, BuildOptions, write_bundle
 from pi_search.errors import BundleError, CatalogError
-from pi_search.index.backends.annoy import FILE as ANNOY_FILE
-from pi_search.index.backends.usearch import FILE as USEARCH_FILE
-from pi_search.index.bundle import Bundle
-from pi_search.index.files import bundle_lock, recover
-from pi_search.index.install import info
-from pi_search.index.items import Item
-from pi_search.index.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE, read_manifest
-from pi_search.index.projection import fit_pca
-from pi_search.index.write import DEFAULT_TREES, BuildOptions, write_bundle
 from pi_search.model.framing import embed_catalog_image, embed_query_image
+from pi_search.updates.install import info
 
 
 def test_small_catalog_uses_exact_search_and_writes_every_file(bundle_dir):

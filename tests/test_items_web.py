@@ -14,7 +14,7 @@ from fakes import ListSource, SourceFactory, wait_until
 
 from pi_search import images
 from pi_search.config import is_loopback, load_config
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.tools.benchmark_data import load_rgba, on_white
 from pi_search.web import create_app
@@ -138,7 +138,7 @@ def test_compaction_from_the_api_keeps_the_item(make, ostrich):
 
 
 def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich, extractor):
-    from pi_search.index.teach import embed_background, without_background
+    from pi_search.live.teach import embed_background, without_background
     from pi_search.model.framing import embed_query_image
 
     svc, client = make()
@@ -257,7 +257,7 @@ def test_without_a_bundle_teaching_and_search_say_there_is_no_catalog_yet(no_bun
 def test_staff_relearn_runs_aside_and_the_new_generation_is_served(make, ostrich):
     import time
 
-    from pi_search.index.manifest import read_manifest
+    from pi_search.bundle.manifest import read_manifest
     from pi_search.learn.relearn import keep_scene
 
     svc, client = make()

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pi_search.bundle.backends.annoy import FILE as ANNOY_FILE
+from pi_search.bundle.files import fingerprint
+from pi_search.bundle.items import Item
+from pi_search.bundle.manifest import MANIFEST, STORE_FILE, read_manifest
+from pi_search.bundle.reader import Bundle
+from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.errors import BundleError
-from pi_search.index.backends.annoy import FILE as ANNOY_FILE
-from pi_search.index.bundle import Bundle
-from pi_search.index.files import fingerprint
-from pi_search.index.install import info
-from pi_search.index.items import Item
-from pi_search.index.manifest import MANIFEST, STORE_FILE, read_manifest
-from pi_search.index.write import BuildOptions, write_bundle
+from pi_search.updates.install import info
 
 pytestmark = pytest.mark.slow   # faiss trains its lists and codes on thousands of vectors
 
@@ -117,7 +117,7 @@ def test_info_and_manifest_report_the_memory_it_needs(ivf_dir):
 
 
 def test_machine_fit_says_when_a_bundle_is_too_big():
-    from pi_search.index.memory import machine_fit
+    from pi_search.bundle.memory import machine_fit
 
     mem = {"in_ram_bytes": 3_000_000_000, "mapped_bytes": 10_000_000_000}
     small = machine_fit(mem, {"MemTotal": 2_000_000_000, "MemAvailable": 1_500_000_000})
@@ -199,7 +199,7 @@ def test_query_cli_finds_real_photos_among_thousands(tmp_path, plain_bundle_dir,
 
 def test_taught_items_are_served_and_compaction_refuses_keeping_them(tmp_path, data):
     from pi_search.errors import CatalogError
-    from pi_search.index.live import LiveCatalog
+    from pi_search.live.catalog import LiveCatalog
 
     b = _write(tmp_path / "b", data[:3000], backend="ivfpq", dims=64)
     rng = np.random.default_rng(4)
@@ -225,7 +225,7 @@ def test_many_lists_learn_group_by_group_and_find_what_one_kmeans_finds(tmp_path
     one built with a single k-means."""
     import faiss
 
-    from pi_search.index.backends import ivfpq
+    from pi_search.bundle.backends import ivfpq
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((20_000, 32)).astype(np.float32) * np.linspace(2.0, 0.2, 32, dtype=np.float32)
@@ -270,7 +270,7 @@ def test_many_lists_learn_group_by_group_and_find_what_one_kmeans_finds(tmp_path
 def test_list_counts_follow_the_catalog_size():
     """4,096 lists at a million items (one k-means); one list per ~80 items past four million (learned group
     by group), with 1/32 of them probed: the settings measured at 1M and 10M (docs/scale.md)."""
-    from pi_search.index.backends.ivfpq import FLAT_LISTS_MAX, auto_nlist, default_dims, default_nprobe
+    from pi_search.bundle.backends.ivfpq import FLAT_LISTS_MAX, auto_nlist, default_dims, default_nprobe
 
     assert default_dims(1_000_000) == 512 and default_dims(10_000_000) == 768
     assert auto_nlist(1_000_000) == 4096 <= FLAT_LISTS_MAX
@@ -281,7 +281,7 @@ def test_list_counts_follow_the_catalog_size():
 
 def test_items_with_several_photos_come_back_once_through_ivfpq(tmp_path, data):
     """The ten-million layout holds several vectors per item too: rows map to items, each item once."""
-    from pi_search.index.photos import row_id
+    from pi_search.bundle.photos import row_id
 
     items, per = [], 4
     for i in range(len(data)):     # 1,000 items of 4 photos each: near copies of one another

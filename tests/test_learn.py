@@ -15,14 +15,14 @@ import pytest
 from conftest import load_photo
 
 from pi_search import images
+from pi_search.bundle.manifest import read_manifest
+from pi_search.bundle.reader import Bundle
+from pi_search.embed.build import build_bundle
 from pi_search.errors import BundleError
-from pi_search.index.build import build_bundle
-from pi_search.index.bundle import Bundle
-from pi_search.index.live import LiveCatalog
-from pi_search.index.manifest import read_manifest
 from pi_search.learn import catalog as learning
 from pi_search.learn import views as synth
 from pi_search.learn.whiten import Learned, fit
+from pi_search.live.catalog import LiveCatalog
 from pi_search.model import look as looking
 from pi_search.model.framing import embed_catalog_image, embed_query_image
 
@@ -209,8 +209,8 @@ def test_one_look_camera_upload_and_query_agree(tmp_path, bundle_dir, extractor)
 
 def test_an_ivfpq_bundle_builds_its_pca_on_the_learned_rows(tmp_path):
     pytest.importorskip("faiss")
-    from pi_search.index.items import Item
-    from pi_search.index.write import BuildOptions, write_bundle
+    from pi_search.bundle.items import Item
+    from pi_search.bundle.write import BuildOptions, write_bundle
 
     rng = np.random.default_rng(5)
     dim, n = 32, 3000
@@ -238,7 +238,7 @@ def _relearn_cmd(bundle: Path, *more: str) -> list[str]:
 @pytest.mark.slow
 def test_relearn_on_the_kiosks_scenes_writes_a_new_verifiable_generation(bundle_dir, catalog_dir, extractor,
                                                                           tmp_path):
-    from pi_search.index.verify import check_file
+    from pi_search.bundle.verify import check_file
     from pi_search.learn.relearn import keep_scene, scenes_dir
 
     copy = tmp_path / "bundle"

@@ -13,8 +13,8 @@ from fakes import wait_until
 
 from pi_search import images
 from pi_search.config import load_config
-from pi_search.index.build import build_bundle
-from pi_search.index.live import LiveCatalog
+from pi_search.embed.build import build_bundle
+from pi_search.live.catalog import LiveCatalog
 from pi_search.model.framing import embed_query_image
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
@@ -139,7 +139,7 @@ def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extr
 
 
 def test_a_failed_build_leaves_the_old_bundle_serving(live, small_catalog, extractor, queries, monkeypatch):
-    import pi_search.index.write as index
+    import pi_search.bundle.write as index
 
     vectors, _ = queries
     d, cat, svc, client = live()
@@ -207,9 +207,9 @@ def test_reload_swaps_in_the_rebuilt_bundle(tmp_path, bundle_dir, small_catalog,
 
 def _bundle_without(tmp_path, bundle_dir, drop: set) -> tuple:
     """A bundle of ``bundle_dir``'s items but ``drop`` (the same embeddings), written beside the live one."""
-    from pi_search.index.bundle import Bundle
-    from pi_search.index.items import Item
-    from pi_search.index.write import write_bundle
+    from pi_search.bundle.items import Item
+    from pi_search.bundle.reader import Bundle
+    from pi_search.bundle.write import write_bundle
 
     with Bundle.open(bundle_dir) as b:
         rows = b.items.rows(list(range(len(b))))
@@ -227,8 +227,8 @@ def _bundle_without(tmp_path, bundle_dir, drop: set) -> tuple:
 def test_a_published_result_never_mixes_two_bundles(tmp_path, bundle_dir, extractor, monkeypatch, look):
     from fakes import ListSource
 
-    from pi_search.index.files import _exchange
-    from pi_search.pipeline import settle
+    from pi_search.bundle.files import _exchange
+    from pi_search.model import settle
 
     live = tmp_path / "state" / "bundle"
     shutil.copytree(bundle_dir, live)

@@ -13,7 +13,7 @@ from fakes import ListSource, SourceFactory
 from pi_search import images
 from pi_search.config import load_config
 from pi_search.errors import ConfigError
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 from pi_search.web.lock import MAX_TRIES

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pi_search import limits
-from pi_search.index.memory import DAEMON_BYTES
+from pi_search.bundle.memory import DAEMON_BYTES
+from pi_search.ops import limits
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -79,7 +79,7 @@ def test_the_cgroup_limit_is_read_from_this_process_s_cgroup_and_its_parents(tmp
 
 THREAD_SCRIPT = r"""
 import resource, sys, threading
-from pi_search import limits
+from pi_search.ops import limits
 from pi_search.errors import PiSearchError
 limits.cap_daemon()
 soft = int(sys.argv[1])
@@ -168,7 +168,7 @@ def test_the_doctor_reports_the_same_figures_under_the_limit(bundle_dir, tmp_pat
 def test_the_doctor_judges_by_the_installed_service_s_limits(tmp_path, monkeypatch, bundle_dir):
     """`doctor` runs outside the service's cgroup: it reads the unit's MemoryMax= from systemd (a stand-in
     systemctl here answers as systemd does) and fails with the daemon's own line."""
-    from pi_search import doctor
+    from pi_search.ops import doctor
 
     fake = tmp_path / "bin" / "systemctl"
     fake.parent.mkdir()

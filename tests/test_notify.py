@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pi_search import notify
+from pi_search.ops import notify
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 
 from pi_search import images
-from pi_search.index.build import build_bundle
-from pi_search.index.bundle import Bundle
-from pi_search.index.install import info
-from pi_search.index.live import LiveCatalog
-from pi_search.index.write import BuildOptions
+from pi_search.bundle.reader import Bundle
+from pi_search.bundle.write import BuildOptions
+from pi_search.embed.build import build_bundle
+from pi_search.live.catalog import LiveCatalog
 from pi_search.model.framing import embed_query_image
+from pi_search.updates.install import info
 
 # "pair" is one item with two photos that look nothing alike (its front and its back): the astronaut and
 # the rocket. "fruit" has two photos of oranges.

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pi_search.bundle import signing, slots
 from pi_search.errors import BundleError
-from pi_search.index import pull, signing, slots
+from pi_search.updates import pull
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fakes import free_port
 
-from pi_search.demo import demo_bundle, demo_data
+from pi_search.ops.demo import demo_bundle, demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow   # real commands in their own processes, on the demo bundle

@@ -148,7 +148,7 @@ def _stop(proc, reader) -> int:
 def test_serve_prints_where_it_listens_once_ready(tmp_path, extractor):
     """``serve`` says where the page is once it answers there, and the runtimes' own log lines stay out."""
 
-    from pi_search.demo import demo_bundle, demo_data
+    from pi_search.ops.demo import demo_bundle, demo_data
 
     bundle = demo_bundle(extractor, tmp_path / "state", progress=False)
     port = free_port()
@@ -241,8 +241,8 @@ def test_serve_given_a_catalog_says_so_and_where_to_build_its_bundle(tmp_path, c
 
     from click.testing import CliRunner
 
+    from pi_search.bundle.reader import Bundle
     from pi_search.cli import main
-    from pi_search.index.bundle import Bundle
 
 
     shop = tmp_path / "shop"

@@ -244,7 +244,7 @@ def test_stats_are_prometheus_metrics_safe_from_many_threads():
 
 
 def test_agreement_holds_a_near_tie_until_the_new_leader_repeats():
-    from pi_search.index.bundle import Match
+    from pi_search.bundle.reader import Match
     from pi_search.pipeline.stabilise import Agreement
 
     def ms(*ids):

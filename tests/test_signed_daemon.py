@@ -15,7 +15,7 @@ from conftest import camera_view, load_photo
 from fakes import free_port, request_json, serve_command, signed_kiosk, wait_until
 
 from pi_search import images
-from pi_search.index import signing
+from pi_search.bundle import signing
 
 EXE = Path(sys.executable).with_name("pi-search")
 

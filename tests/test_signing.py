@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pi_search.bundle import signing, slots
+from pi_search.bundle.manifest import MANIFEST
+from pi_search.bundle.trust import Trust, served_status
 from pi_search.errors import BundleError
-from pi_search.index import signing, slots
-from pi_search.index.install import install_bundle
-from pi_search.index.live import LiveCatalog
-from pi_search.index.manifest import MANIFEST
-from pi_search.index.trust import Trust, served_status
+from pi_search.live.catalog import LiveCatalog
 from pi_search.model.framing import embed_query_image
+from pi_search.updates.install import install_bundle
 
 EXE = [sys.executable, "-c", "import sys; from pi_search.cli import main; sys.exit(main())"]
 
@@ -168,7 +168,7 @@ def test_a_bundle_failing_its_self_check_is_not_switched_in(tmp_path, catalog_di
                                                             extractor):
     """A bundle whose vectors do not come from these photos with this framing (here: random ones) opens and
     is signed, but its items' own thumbnails do not find them."""
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     ids = [row.split(",")[0] for row in (catalog_dir / "catalog.csv").read_text().splitlines()[1:]]
     rng = np.random.default_rng(3)
@@ -282,7 +282,7 @@ KILL_STEPS = ["copy", "written", "switch", "convert", "switched"]
 def test_a_kill_at_any_step_of_install_leaves_a_complete_bundle_served(tmp_path, signed_pair, keys, step):
     """``index install`` is SIGKILLed where it pauses (``PI_SEARCH_INSTALL_PAUSE``); the served path then
     names the old or the new bundle, whole and signed, and the next install tidies up and succeeds."""
-    from pi_search.index.bundle import Bundle
+    from pi_search.bundle.reader import Bundle
 
     live = tmp_path / "live"
     shutil.copytree(signed_pair[5], live)          # a plain bundle: the first install converts it
@@ -318,7 +318,7 @@ def test_a_kill_at_any_step_of_install_leaves_a_complete_bundle_served(tmp_path,
 def test_a_build_into_the_slot_link_is_converted_again(tmp_path, signed_pair, keys, extractor):
     from conftest import CATALOG_PHOTOS, write_catalog
 
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     live = tmp_path / "live"
     install_bundle(signed_pair[5], live, selfcheck=False)

@@ -122,9 +122,9 @@ def test_refusal_in_a_real_process_prints_no_traceback(tmp_path, bundle_dir):
 def test_sigterm_while_the_bundle_is_written_removes_it(tmp_path, catalog_dir, bundle_dir, extractor,
                                                         monkeypatch):
     """SIGTERM arrives in the middle of writing the new bundle: nothing half-written stays, the old serves."""
-    import pi_search.index.write as index
-    from pi_search.index.build import build_bundle
-    from pi_search.shutdown import EXIT_TERMINATED, terminate_as_exit
+    import pi_search.bundle.write as index
+    from pi_search.embed.build import build_bundle
+    from pi_search.ops.shutdown import EXIT_TERMINATED, terminate_as_exit
 
     d = _copy(bundle_dir, tmp_path)
     manifest = (d / "manifest.json").read_bytes()
@@ -233,7 +233,7 @@ def _stop(proc) -> int:
 
 @pytest.mark.slow
 def test_sighup_maps_a_rebuilt_bundle(tmp_path, bundle_dir, extractor):
-    from pi_search.index.build import build_bundle
+    from pi_search.embed.build import build_bundle
 
     d = _copy(bundle_dir, tmp_path)
     proc, url, log = _daemon(tmp_path, d)

@@ -22,8 +22,8 @@ from fakes import multipart
 from fakes import request_json as _request
 
 from pi_search import images
-from pi_search.index.changes import store_path
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
+from pi_search.live.changes import store_path
 from pi_search.tools.benchmark_data import load_rgba, on_white
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_running_daemon_learns_items_and_keeps_them_through_compaction(tmp_path,
 
 ADDER = textwrap.dedent("""
     import sys, numpy as np
-    from pi_search.index.live import LiveCatalog
+    from pi_search.live.catalog import LiveCatalog
     cat = LiveCatalog.open(sys.argv[1])
     rng = np.random.default_rng(int(sys.argv[2]))
     for i in range(100000):
@@ -183,9 +183,9 @@ def test_kill_9_during_adds_loses_nothing_acknowledged(tmp_path, setup):
 
 COMPACTOR = textwrap.dedent("""
     import sys, time
-    import pi_search.index.write as index
-    from pi_search.index.compact import compact
-    from pi_search.index.changes import ChangeStore, store_path
+    import pi_search.bundle.write as index
+    from pi_search.live.compact import compact
+    from pi_search.live.changes import ChangeStore, store_path
     bundle, where = sys.argv[1], sys.argv[2]
     real_fsync = index.fsync_tree
     def fsync_tree(path):

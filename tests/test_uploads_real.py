@@ -17,9 +17,9 @@ from corpus import ALPHA_ITEM, PHONE_ITEM, PHOTO_ITEMS, jpeg_bytes, wallpaper, w
 from fakes import ListSource, SourceFactory
 
 from pi_search import images
+from pi_search.bundle.reader import Bundle
 from pi_search.config import load_config
-from pi_search.index.bundle import Bundle
-from pi_search.index.live import LiveCatalog
+from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
 from pi_search.web import create_app
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fakes import signed_kiosk
 
-from pi_search.index import signing, slots
+from pi_search.bundle import signing, slots
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "systemd" / "pi-search-usb.sh"

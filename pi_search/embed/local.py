@@ -11,10 +11,10 @@ import numpy as np
 
 from .. import images
 from ..errors import CatalogError, ImageError
-from ..index.build import Progress
-from ..index.catalog import Problem, read_catalog
 from ..model.framing import embed_catalog_image
 from . import shards as sh
+from .build import Progress
+from .catalog import Problem, read_catalog
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PiSearchError
-from ..index.build import Progress
 from ..model.extractor import Extractor
 from . import reaper
 from . import shards as sh
+from .build import Progress
 from .local import EmbedReport, embed_work, framing_threads, prepare, read_bytes
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.files import fsync_dir
 from ..errors import CatalogError
-from ..index.catalog import Row
-from ..index.files import fsync_dir
 from ..model.framing import CATALOG_TILT, CATALOG_TINT, CATALOG_ZOOM
+from .catalog import Row
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from ..pipeline import settle
+from ..model import settle
 from . import views as synth
 from .whiten import SHRINK, Learned, PairStats
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
+from ..bundle.files import bundle_lock, recover
+from ..bundle.items import Item
+from ..bundle.projection import normalise
+from ..bundle.reader import Bundle
+from ..bundle.write import write_bundle
+from ..embed.build import Progress
 from ..errors import BundleError, ImageError
-from ..index.build import Progress
-from ..index.bundle import Bundle
-from ..index.compact import _options
-from ..index.files import bundle_lock, recover
-from ..index.items import Item
-from ..index.projection import normalise
-from ..index.write import write_bundle
+from ..live.compact import _options
 from . import catalog as learning
 from . import views as synth
 from .whiten import SHRINK, Learned, PairStats

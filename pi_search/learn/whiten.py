@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.projection import normalise
 from ..errors import BundleError
-from ..index.projection import normalise
 
 SHRINK = 0.2   # Cw + SHRINK * trace(Cw) / dim * I: 0.1-0.3 measured alike, 0.01 worse (docs/quality.md)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline import settle as settling
 from . import framing
+from . import settle as settling
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import images, notify
+from .. import images
+from ..bundle.trust import served_status as update_of
 from ..camera.guard import GuardedSource
 from ..errors import Busy, PiSearchError, SourceError
-from ..index.trust import served_status as update_of
 from ..model import framing
 from ..model import look as looking
-from . import settle as settling
+from ..model import settle as settling
+from ..ops import notify
 from .codes import StillCodes
 from .gate import Gate
 from .result import LatestResult
@@ -55,7 +56,7 @@ class Worker:
 
     ``source_factory()`` returns a fresh, unstarted FrameSource (called again after a failure, with backoff);
     ``extractor`` has ``.embed`` (RGB uint8 [size, size, 3] -> float32 [dim]); ``catalog`` is the live
-    catalog (``index.live.LiveCatalog``: ``search(vector, k)``, ``serving``, ``problem``, ``fault``,
+    catalog (``live.catalog.LiveCatalog``: ``search(vector, k)``, ``serving``, ``problem``, ``fault``,
     ``reload``). Request handlers only call the read-side methods (``latest``, ``wait_for_result``,
     ``health``, ``search_image``); only the worker thread touches the source.
     """

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
+from ..bundle.reader import Bundle
+from ..bundle.write import BuildOptions
+from ..embed.build import build_bundle
+from ..embed.catalog import read_catalog
 from ..errors import CatalogError, PiSearchError
-from ..index.build import build_bundle
-from ..index.bundle import Bundle
-from ..index.catalog import read_catalog
-from ..index.write import BuildOptions
 from ..model import look as looking
+from ..model import settle as settling
 from ..model.extractor import Extractor
 from ..model.framing import embed_catalog_image, embed_query_image
-from ..pipeline import settle as settling
 
 log = logging.getLogger(__name__)
 

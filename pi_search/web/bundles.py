@@ -10,10 +10,10 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from ..bundle.trust import Trust
 from ..errors import PiSearchError
-from ..index.install import install_bundle
-from ..index.trust import Trust
 from ..model.extractor import Extractor
+from ..updates.install import install_bundle
 from .context import ext as _ext
 from .errors import error as _error
 

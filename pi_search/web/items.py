@@ -12,9 +12,9 @@ from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import decode, encode_jpeg
-from ..index.changes import MAX_SHOTS
-from ..index.teach import embed_background, embed_shots
 from ..learn.relearn import keep_scene
+from ..live.changes import MAX_SHOTS
+from ..live.teach import embed_background, embed_shots
 from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error

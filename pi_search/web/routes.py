@@ -12,7 +12,7 @@ from ..barcodes.pictures import codes_in_photo
 from ..barcodes.search import codes_first
 from ..errors import ImageError, PiSearchError
 from ..images import photo_size
-from ..pipeline import settle as settling
+from ..model import settle as settling
 from .auth import page as _page
 from .auth import public as _public
 from .context import ext as _ext

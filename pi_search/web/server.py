@@ -9,8 +9,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from .. import notify
 from ..errors import PiSearchError
+from ..ops import notify
 from .errors import FORM_BYTES
 from .http import adjustments, make_server
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..barcodes.codes import check_codes
+from ..bundle.ids import id_problem
+from ..bundle.photos import MAX_PHOTOS
 from ..errors import CatalogError
-from .ids import id_problem
-from .photos import MAX_PHOTOS
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..embed.shards import catalog_framing, shards_for_build
+from ..bundle.files import bundle_lock
+from ..bundle.items import Item
+from ..bundle.manifest import Manifest, read_manifest
+from ..bundle.photos import RowNames, counts
+from ..bundle.reader import Bundle
+from ..bundle.write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
 from ..learn import catalog as learning
 from ..model.framing import embed_catalog_image
-from .bundle import Bundle
 from .catalog import Problem, Row, read_catalog
-from .files import bundle_lock
-from .items import Item
-from .manifest import Manifest, read_manifest
-from .photos import RowNames, counts
-from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
+from .shards import catalog_framing, shards_for_build
 
 log = logging.getLogger(__name__)
 

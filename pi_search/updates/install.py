@@ -6,14 +6,14 @@ import logging
 import time
 from pathlib import Path
 
+from ..bundle import signing, slots
+from ..bundle.files import bundle_lock, recover
+from ..bundle.manifest import MANIFEST, check_model, read_manifest
+from ..bundle.memory import machine_fit, needs
+from ..bundle.reader import Bundle
+from ..bundle.write import check_out_dir
 from ..errors import BundleError
 from . import selfcheck as selfcheck_mod
-from . import signing, slots
-from .bundle import Bundle
-from .files import bundle_lock, recover
-from .manifest import MANIFEST, check_model, read_manifest
-from .memory import machine_fit, needs
-from .write import check_out_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PiSearchError
-from .index.memory import DAEMON_BYTES, meminfo, needs
+from ..bundle.memory import DAEMON_BYTES, meminfo, needs
+from ..errors import PiSearchError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import BundleError, PiSearchError
-from .index.manifest import MANIFEST, Manifest
-from .index.signing import SIGNATURE
+from ..bundle.manifest import MANIFEST, Manifest
+from ..bundle.signing import SIGNATURE
+from ..errors import BundleError, PiSearchError
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.files import bundle_lock, recover, swap_into_place
+from ..bundle.ids import VIEW_SEP, item_of
+from ..bundle.items import Item, ItemsFile
+from ..bundle.manifest import Manifest, read_manifest
+from ..bundle.store import VectorStore
+from ..bundle.write import BuildOptions, write_bundle
 from ..errors import BundleError, CatalogError
 from ..learn.whiten import Learned
 from .changes import ChangeStore, Snapshot, store_path
-from .files import bundle_lock, recover, swap_into_place
-from .ids import VIEW_SEP, item_of
-from .items import Item, ItemsFile
-from .manifest import Manifest, read_manifest
-from .store import VectorStore
-from .write import BuildOptions, write_bundle
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import photos
+from ..bundle.reader import Bundle
 from ..embed.local import embed_one
 from ..errors import BundleError
-from . import photos
-from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 

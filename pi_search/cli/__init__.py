@@ -10,30 +10,31 @@ from pathlib import Path
 
 import click
 
-from . import __version__, doctor, images
-from .barcodes.codes import with_barcode
-from .bootstrap import build_daemon
-from .config import is_loopback, load_config, token_problem
-from .demo import demo_bundle, demo_data
-from .doctor import default_config_path
-from .embed.local import embed_local
-from .embed.ray_engine import embed_ray
-from .errors import PiSearchError
-from .index import confirm
-from .index.build import build_bundle, interrupted_note
-from .index.compact import compact_path
-from .index.install import info, install_bundle
-from .index.live import LiveCatalog
-from .index.teach import embed_background, embed_shots
-from .index.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
-from .learn.relearn import read_backgrounds, relearn, scenes_dir
-from .model.extractor import Extractor, default_model_path, file_sha256
-from .model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
-from .pipeline.photos import query_images
-from .shutdown import terminate_as_exit
-from .signed_cli import COMMANDS as SIGNED_COMMANDS
-from .signed_cli import fleet_group, trusted_from
-from .web.server import check_address, page_urls
+from .. import __version__, images
+from ..barcodes.codes import with_barcode
+from ..bootstrap import build_daemon
+from ..bundle.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from ..config import is_loopback, load_config, token_problem
+from ..embed.build import build_bundle, interrupted_note
+from ..embed.local import embed_local
+from ..embed.ray_engine import embed_ray
+from ..errors import PiSearchError
+from ..learn.relearn import read_backgrounds, relearn, scenes_dir
+from ..live.catalog import LiveCatalog
+from ..live.compact import compact_path
+from ..live.teach import embed_background, embed_shots
+from ..model.extractor import Extractor, default_model_path, file_sha256
+from ..model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
+from ..ops import doctor
+from ..ops.demo import demo_bundle, demo_data
+from ..ops.doctor import default_config_path
+from ..ops.shutdown import terminate_as_exit
+from ..pipeline.photos import query_images
+from ..updates import confirm
+from ..updates.install import info, install_bundle
+from ..web.server import check_address, page_urls
+from .updates import COMMANDS as SIGNED_COMMANDS
+from .updates import fleet_group, trusted_from
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def model_export(arch: str, weights: str, out_dir: Path, calibration_per_photo: 
         import tensorflow  # noqa: F401
     except ImportError as exc:
         raise PiSearchError("model export needs TensorFlow: pip install 'pi-search[export]'") from exc
-    from .export.convert import export  # the export extra (TensorFlow): never loaded by the daemon
+    from ..export.convert import export  # the export extra (TensorFlow): never loaded by the daemon
 
     report = export(arch, weights, out_dir, calibration_per_photo=calibration_per_photo)
     if as_json:
@@ -452,7 +453,7 @@ def eval_cmd(benchmark: Path | None, catalog: Path | None, truth: Path | None, q
     if not models:
         shipped = (shipped_model(SHIPPED_INT8), shipped_model(SHIPPED_FLOAT))
         models = tuple(p for p in shipped if p.is_file()) or (None,)
-    from .tools.evaluate import evaluate, format_table, write_report  # an offline tool, not the daemon
+    from ..tools.evaluate import evaluate, format_table, write_report  # an offline tool, not the daemon
 
     result = evaluate(catalog, truth, models, queries_dir=queries, annoy=not no_annoy, threads=threads,
                       learn=learn)

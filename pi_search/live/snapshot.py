@@ -8,9 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
+from ..bundle import verify
+from ..bundle.manifest import Manifest, read_manifest, write_manifest
 from ..errors import BundleError
-from . import verify
-from .manifest import Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,16 @@ import numpy as np
 
 from ..barcodes.codes import keys as code_keys
 from ..barcodes.codes import split_codes
+from ..bundle import slots
+from ..bundle.files import recover
+from ..bundle.ids import VIEW_SEP, check_id, item_of
+from ..bundle.manifest import MANIFEST, read_manifest
+from ..bundle.projection import Projection, normalise
+from ..bundle.reader import Bundle, Match
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
-from . import leases, slots, snapshot
-from .bundle import Bundle, Match
+from . import leases, snapshot
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path
 from .compact import compact
-from .files import recover
-from .ids import VIEW_SEP, check_id, item_of
-from .manifest import MANIFEST, read_manifest
-from .projection import Projection, normalise
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.ids import check_id
 from ..errors import CatalogError, ItemConflict, NoSuchItem
-from .ids import check_id
 
 log = logging.getLogger(__name__)
 

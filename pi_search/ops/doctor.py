@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..bundle.memory import machine_fit, needs
+from ..bundle.reader import Bundle
+from ..bundle.signing import load_trusted
+from ..camera import open_source
+from ..config import check_bind, load_config
+from ..errors import PiSearchError, SourceError
+from ..model.extractor import RUNTIMES, Extractor, load_runtime
+from ..updates.install import update_status
 from . import limits
-from .camera import open_source
-from .config import check_bind, load_config
-from .errors import PiSearchError, SourceError
-from .index.bundle import Bundle
-from .index.install import update_status
-from .index.memory import machine_fit, needs
-from .index.signing import load_trusted
-from .model.extractor import RUNTIMES, Extractor, load_runtime
 
 log = logging.getLogger(__name__)
 

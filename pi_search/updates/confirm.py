@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..bundle import slots
 from ..errors import BundleError
-from . import slots
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import click
 
-from . import fleet
-from .config import load_config
-from .doctor import default_config_path
-from .errors import BundleError
-from .index import confirm
-from .index.bundle import Bundle
-from .index.pull import pull
-from .index.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
-from .index.slots import rollback
-from .model.extractor import Extractor, default_model_path, file_sha256
+from ..bundle.reader import Bundle
+from ..bundle.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
+from ..bundle.slots import rollback
+from ..config import load_config
+from ..errors import BundleError
+from ..model.extractor import Extractor, default_model_path, file_sha256
+from ..ops.doctor import default_config_path
+from ..updates import confirm, fleet
+from ..updates.pull import pull
 
 log = logging.getLogger(__name__)
 

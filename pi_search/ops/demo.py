@@ -8,10 +8,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import BundleError, CatalogError
-from .index.build import build_bundle
-from .index.bundle import Bundle
-from .index.files import bundle_lock
+from ..bundle.files import bundle_lock
+from ..bundle.reader import Bundle
+from ..embed.build import build_bundle
+from ..errors import BundleError, CatalogError
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ..bundle import signing
+from ..bundle.manifest import MANIFEST, Manifest
 from ..errors import BundleError
-from . import signing
 from .install import install_bundle, served_version
-from .manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 

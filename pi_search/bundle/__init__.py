@@ -1,0 +1,1 @@
+"""The bundle format and nothing else: typed manifest, files and the one swap, opening, searching, writing."""

@@ -1,0 +1,1 @@
+"""Running the appliance on a machine: doctor, the demo, systemd notifications, shutdown, memory limits."""
