@@ -1,6 +1,6 @@
 """Big-catalog benchmark: ivfpq bundles of 1M, 3M and 10M streamed synthetic vectors, against exact search.
 
-Nothing holds all the vectors: they are made block by block from per-block seeds (bench/synth_stream.py) as
+Nothing holds all the vectors: they are made block by block from per-block seeds (support/synth_stream.py) as
 the bundle build reads them, and the exact full-dimension ground truth rides along the build's first full
 pass (batched matrix products per block). Every bundle is then probed in a fresh process (page cache
 dropped, one thread): cold and warm latency, resident memory after 1,000 queries, recall@10.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_scale  # noqa: E402
-from synth_stream import CHUNK, StreamedTopK, Synth  # noqa: E402
+from support.synth_stream import CHUNK, StreamedTopK, Synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 10

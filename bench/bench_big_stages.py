@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_scale  # noqa: E402
 from bench_big import queries  # noqa: E402
-from synth_stream import Synth  # noqa: E402
+from support.synth_stream import Synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 10

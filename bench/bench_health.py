@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import ROOT, Daemon, demo_bundle, scene  # noqa: E402
+from support.daemon import ROOT, Daemon, demo_bundle, scene  # noqa: E402
 
 
 # ---------------------------------------------------------------- clients (run in worker processes)

@@ -31,7 +31,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import daemon as daemon_mod  # noqa: E402
+from support import daemon as daemon_mod  # noqa: E402
 
 W40, H40 = 7296, 5472  # 39.9 MP
 CONCURRENT = 16

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-import daemon as daemon_mod  # noqa: E402
+from support import daemon as daemon_mod  # noqa: E402
 
 from pi_search import images  # noqa: E402
 from pi_search.bundle.memory import _READ_INTO_RAM, DAEMON_BYTES, needs  # noqa: E402

@@ -141,7 +141,7 @@ def recall(pred: list[np.ndarray], truth: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------- bundles
 def build(out: Path, x: np.ndarray, **opts) -> dict:
-    """Write a bundle with pi_search.bundle.write.write_bundle for synthetic vectors; returns timing and sizes."""
+    """Write a bundle with bundle.write.write_bundle for synthetic vectors; returns timing and sizes."""
     from pi_search.bundle.items import Item
     from pi_search.bundle.write import BuildOptions, write_bundle
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import ROOT, Daemon, demo_bundle, scene  # noqa: E402
-from slow_clients import SlowClients  # noqa: E402
+from support.daemon import ROOT, Daemon, demo_bundle, scene  # noqa: E402
+from support.slow_clients import SlowClients  # noqa: E402
 
 PATHS = ("/", "/healthz", "/api/results")
 

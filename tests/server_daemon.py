@@ -10,7 +10,7 @@ from conftest import camera_view, load_photo
 from pi_search import images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from daemon import Daemon  # noqa: E402
+from support.daemon import Daemon  # noqa: E402
 
 PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")
 

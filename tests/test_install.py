@@ -292,7 +292,7 @@ def test_kiosk_opens_the_page_anyway_after_the_wait(tmp_path):
 
 
 def test_arm64_script_usage():
-    script = ROOT / "ci/arm64.sh"
+    script = ROOT / ".ci/arm64.sh"
     res = run(["--help"], script=script)
     assert res.returncode == 0 and "--suite" in res.stdout and "SKIPPED" in res.stdout
     res = run(["--suite", "buster"], script=script)
@@ -300,7 +300,7 @@ def test_arm64_script_usage():
 
 
 def test_pi_root_script_usage():
-    script = ROOT / "ci/pi_root.sh"
+    script = ROOT / ".ci/pi_root.sh"
     res = run(["--help"], script=script)
     assert res.returncode == 0 and "systemd-nspawn" in res.stdout and "SKIPPED" in res.stdout
     res = run(["--bogus"], script=script)

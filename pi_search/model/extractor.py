@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, RuntimeMissingError
-from .framing import to_model_input
 from .shipped import shipped_model
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class Extractor:
     """Image embedding model.
 
     Tensor contract of ``embed``: input RGB uint8 [224, 224, 3] (one image, NHWC without the batch axis;
-    see ``preprocess.to_model_input``); output float32 [dim], L2-normalised. The model's own input dtype
+    see ``framing.to_model_input``); output float32 [dim], L2-normalised. The model's own input dtype
     (uint8, int8 or float32 taking 0..255) and output quantisation are read from the file, never assumed.
     One interpreter is created and reused; calls are serialised by a lock (the interpreter is not
     thread-safe).
@@ -210,10 +209,6 @@ class Extractor:
         vec = self.features(rgb)
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm > 0 else vec
-
-    def embed_image(self, rgb: np.ndarray, crop: float = 1.0) -> np.ndarray:
-        """Any RGB uint8 [H, W, 3] image -> float32 [dim] (centre crop and resize first)."""
-        return self.embed(to_model_input(rgb, self.size, crop))
 
     def info(self) -> dict:
         """Machine-readable description (``pi-search model info --json``)."""

@@ -753,7 +753,7 @@ we credit Pexels and the package here anyway. `frames/truth.csv` names the catal
 def main(argv: list[str] | None = None) -> int:
     """``python -m pi_search.benchmark_data {benchmark,empty,demo}``: regenerate the benchmark, the empty
     scenes or the demo data."""
-    p = argparse.ArgumentParser(prog="python -m pi_search.benchmark_data", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pi_search.tools.benchmark_data", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("benchmark", help="write the public retrieval benchmark (default: var/benchmark)")
     b.add_argument("--out", type=Path, default=None,

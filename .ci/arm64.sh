@@ -2,8 +2,8 @@
 # Checks pi-search on 64-bit ARM under emulation: Debian Bookworm (Python 3.11) and Trixie (Python 3.13) roots,
 # this checkout's install.sh --dev inside each, then a smoke subset of the tests there.
 #
-#   sudo ci/arm64.sh                      both roots
-#   sudo ci/arm64.sh --suite bookworm     one root
+#   sudo .ci/arm64.sh                      both roots
+#   sudo .ci/arm64.sh --suite bookworm     one root
 #
 # Roots and the emulator are kept in --cache (default /var/cache/pi-search-arm64) and reused by later runs.
 # When the emulation itself cannot be set up (not root, no binfmt_misc, no mirror), a root is reported as
@@ -11,7 +11,7 @@
 set -euo pipefail
 
 SRC_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-PROG=ci/arm64.sh
+PROG=.ci/arm64.sh
 CACHE=${PI_SEARCH_ARM64_CACHE:-/var/cache/pi-search-arm64}
 SUITES=(bookworm trixie)
 MIRROR=${PI_SEARCH_DEBIAN_MIRROR:-}
@@ -237,14 +237,14 @@ t1=\$(date +%s); echo "== install.sh --dev: \$((t1 - t0)) s"
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 -m "not slow and not browser" \
   -k "$SMOKE_SELECT" ${SMOKE_FILES[*]}
 t2=\$(date +%s); echo "== smoke tests: \$((t2 - t1)) s"
-.venv/bin/python ci/runtime_parity.py --runtime ai_edge_litert --save /tmp/litert.npz
+.venv/bin/python .ci/runtime_parity.py --runtime ai_edge_litert --save /tmp/litert.npz
 EOF
   if [ "$suite" = bookworm ]; then
     cat <<'EOF'
 # tflite-runtime 2.14 (the last release; cp311 aarch64 only) with numpy<2, as the fallback runtime.
 [ -x /opt/tflite-venv/bin/python ] || python3 -m venv /opt/tflite-venv
 /opt/tflite-venv/bin/python -m pip install -q "numpy<2" "tflite-runtime==2.14.0"
-PYTHONPATH=/src /opt/tflite-venv/bin/python ci/runtime_parity.py --runtime tflite_runtime --compare /tmp/litert.npz
+PYTHONPATH=/src /opt/tflite-venv/bin/python .ci/runtime_parity.py --runtime tflite_runtime --compare /tmp/litert.npz
 t3=$(date +%s); echo "== tflite-runtime fallback: $((t3 - t2)) s"
 EOF
   fi

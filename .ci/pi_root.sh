@@ -6,7 +6,7 @@
 # in one line, the page opened to the network with a token and a drop-in, the kiosk turned off, the service
 # disabled, and the uninstall.
 #
-#   sudo ci/pi_root.sh
+#   sudo .ci/pi_root.sh
 #
 # There is no camera in a container: the run sets [camera] source = "folder:/srv/frames" (the demo's frames)
 # in /etc/pi-search/config.toml. The catalog is the demo catalog, in ~pi/shop. The PC side of the README
@@ -21,7 +21,7 @@
 set -euo pipefail
 
 SRC_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-PROG=ci/pi_root.sh
+PROG=.ci/pi_root.sh
 CACHE=${PI_SEARCH_PI_ROOT_CACHE:-/var/cache/pi-search-pi-root}
 SUITE=bookworm
 MIRROR=${PI_SEARCH_DEBIAN_MIRROR:-}
