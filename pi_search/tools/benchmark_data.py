@@ -725,7 +725,7 @@ def _credits(items: int, frames: int) -> str:
 
 Regenerate everything in this folder with one command (same seed, same files):
 
-    python -m pi_search.benchmark_data demo
+    python -m pi_search.tools.benchmark_data demo
 
 ## Catalog photos ({items} items: `images/`, `catalog.csv`)
 
@@ -751,8 +751,8 @@ we credit Pexels and the package here anyway. `frames/truth.csv` names the catal
 
 # ------------------------------------------------------------------ command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pi_search.benchmark_data {benchmark,empty,demo}``: regenerate the benchmark, the empty
-    scenes or the demo data."""
+    """``python -m pi_search.tools.benchmark_data {benchmark,empty,demo}``: regenerate the benchmark,
+    the empty scenes or the demo data."""
     p = argparse.ArgumentParser(prog="python -m pi_search.tools.benchmark_data", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("benchmark", help="write the public retrieval benchmark (default: var/benchmark)")
