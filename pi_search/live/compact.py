@@ -33,11 +33,7 @@ def _staging(bundle_dir: Path, seq: int) -> Path:
 
 def _options(manifest: Manifest) -> BuildOptions:
     """The old bundle's build settings, so a compacted bundle searches like the one it replaces."""
-    proj, s = manifest.projection, manifest.search
-    return BuildOptions(dims=proj.dims if proj else None, whiten=bool(proj and proj.whiten),
-                        n_trees=int(manifest.index.get("n_trees") or 50), search=s.mode,
-                        candidates=s.candidates, search_k=s.search_k, store_dtype=manifest.store.dtype,
-                        backend=manifest.backend)
+    return BuildOptions.from_manifest(manifest)
 
 
 class _Plan:
