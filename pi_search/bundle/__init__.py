@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import photos, signing, slots, verify
 from .backends import Backend, get_backend
+from .backends import flags as backend_flags
 from .backends import names as backend_names
 from .files import bundle_lock, fingerprint, fsync_dir, recover, swap_into_place
 from .ids import VIEW_SEP, check_id, id_problem, item_of
@@ -28,9 +29,9 @@ from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 __all__ = [
     "DAEMON_BYTES", "DEFAULT_WHITEN", "MANIFEST", "MAX_PHOTOS", "SIGNATURE", "VIEW_SEP", "Backend", "Bundle",
     "BuildOptions", "Item", "ItemsFile", "Learned", "Manifest", "Match", "Projection", "RowNames", "Trust",
-    "VectorStore", "backend_names", "bundle_lock", "check_id", "check_model", "check_out_dir", "counts",
-    "fingerprint", "fsync_dir", "get_backend", "id_problem", "item_of", "keygen", "load_public",
-    "load_trusted", "machine_fit", "meminfo", "needs", "normalise", "photos", "read_manifest", "recover",
-    "rollback", "served_status", "sign", "signing", "slots", "swap_into_place", "verify", "verify_lines",
-    "write_bundle", "write_manifest",
+    "VectorStore", "backend_flags", "backend_names", "bundle_lock", "check_id", "check_model",
+    "check_out_dir", "counts", "fingerprint", "fsync_dir", "get_backend", "id_problem", "item_of", "keygen",
+    "load_public", "load_trusted", "machine_fit", "meminfo", "needs", "normalise", "photos", "read_manifest",
+    "recover", "rollback", "served_status", "sign", "signing", "slots", "swap_into_place", "verify",
+    "verify_lines", "write_bundle", "write_manifest",
 ]

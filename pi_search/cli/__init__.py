@@ -13,8 +13,7 @@ import click
 from .. import __version__, images
 from ..barcodes.codes import with_barcode
 from ..bootstrap import build_daemon
-from ..bundle import BuildOptions, backend_names, get_backend
-from ..bundle.backends import flags, option_names
+from ..bundle import BuildOptions, backend_flags, backend_names, get_backend
 from ..config import is_loopback, load_config, token_problem
 from ..embed.build import build_bundle, interrupted_note
 from ..embed.local import embed_local
@@ -154,7 +153,7 @@ def _dims_option(value: str) -> int | None:
 def backend_options(command: Callable) -> Callable:
     """``command`` with a flag for every registered backend's own options (``--trees``, ``--nlist``, ...),
     passed on by their field names; each is None when not given."""
-    for f in reversed(flags()):
+    for f in reversed(backend_flags()):
         kind = int if f.low is None and f.high is None else click.IntRange(f.low, f.high)
         command = click.option(f.flag, f.field, default=None, type=kind, help=f.help)(command)
     return command
@@ -208,7 +207,7 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     extractor = Extractor(model_path, num_threads=threads)
     # the chosen backend's own options, where given (0: its default; another backend's are not used)
-    own = {k: v for k, v in given.items() if v and k in option_names(get_backend(backend))}
+    own = {k: v for k, v in given.items() if v and k in get_backend(backend).option_names()}
     options = BuildOptions.parse(search=search_mode, store_dtype=store_dtype, backend=backend,
                                  candidates=candidates or 0, **own)
     try:

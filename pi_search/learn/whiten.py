@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle.learned import Learned
+from ..bundle import Learned
 
 SHRINK = 0.2   # Cw + SHRINK * trace(Cw) / dim * I: 0.1-0.3 measured alike, 0.01 worse (docs/quality.md)
 

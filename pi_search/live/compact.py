@@ -12,14 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.files import bundle_lock, recover, swap_into_place
-from ..bundle.ids import VIEW_SEP, item_of
-from ..bundle.items import Item, ItemsFile
-from ..bundle.manifest import Manifest, read_manifest
-from ..bundle.store import VectorStore
-from ..bundle.write import BuildOptions, write_bundle
+from ..bundle import (
+    VIEW_SEP,
+    BuildOptions,
+    Item,
+    ItemsFile,
+    Learned,
+    Manifest,
+    VectorStore,
+    bundle_lock,
+    item_of,
+    read_manifest,
+    recover,
+    swap_into_place,
+    write_bundle,
+)
 from ..errors import BundleError, CatalogError
-from ..learn.whiten import Learned
 from .changes import ChangeStore, Snapshot, store_path
 
 log = logging.getLogger(__name__)
@@ -167,7 +175,7 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
 
 
 def _learned(bundle_dir: Path, manifest: Manifest):
-    """The bundle's learned projection (``learn.whiten.Learned``), or None: carried into the new bundle."""
+    """The bundle's learned projection (``bundle.Learned``), or None: carried into the new bundle."""
     if manifest.learned is None:
         return None
     return Learned.load(bundle_dir / Path(manifest.learned["mean"]).name,

@@ -6,21 +6,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (
-    BACKENDS,
-    Backend,
-    Flag,
-    NoOptions,
-    Searcher,
-    flags,
-    get_backend,
-    names,
-    option,
-    option_names,
-)
+from .base import BACKENDS, Backend, Flag, NoOptions, Searcher, flags, get_backend, names, option
 
-__all__ = ["BACKENDS", "Backend", "Flag", "NoOptions", "Searcher", "flags", "get_backend", "names", "option",
-           "option_names"]
+__all__ = ["BACKENDS", "Backend", "Flag", "NoOptions", "Searcher", "flags", "get_backend", "names", "option"]
 
 
 def _load_all() -> None:

@@ -72,11 +72,15 @@ class Backend:
         if not isinstance(given, self.Options):
             raise BundleError(f"options {type(given).__name__} are not the {self.name} backend's; give "
                               f"{self.Options.__name__} (or none) with backend={self.name!r}")
-        unknown = set(fields) - {f.name for f in dataclasses.fields(self.Options)}
+        unknown = set(fields) - set(self.option_names())
         if unknown:
             raise BundleError(f"the {self.name} backend has no option {', '.join(sorted(unknown))}; its "
-                              f"options: {', '.join(option_names(self)) or 'none'}")
+                              f"options: {', '.join(self.option_names()) or 'none'}")
         return dataclasses.replace(given, **fields) if fields else given
+
+    def option_names(self) -> list[str]:
+        """The field names of this backend's ``Options``."""
+        return [f.name for f in dataclasses.fields(self.Options)]
 
     def resolve(self, opts, n: int, dim: int):
         """``opts`` (``BuildOptions`` with this backend's options) with every automatic choice made for
@@ -118,10 +122,6 @@ class Backend:
     def in_ram_files(self, entry: dict) -> set[str]:
         """Names of the index's files read whole into memory when the bundle opens."""
         return {Path(entry[key]).name for key in self.in_ram if entry.get(key)}
-
-
-def option_names(backend: Backend) -> list[str]:
-    return [f.name for f in dataclasses.fields(backend.Options)]
 
 
 def names() -> list[str]:
