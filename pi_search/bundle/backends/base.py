@@ -46,8 +46,9 @@ class Backend:
 
     ``Options``: a frozen dataclass of the backend's own build options (fields made with ``option``; every
     field has a default). ``store_space``: "full" when the store keeps the full vectors (exact search and
-    re-ranking on them), "pca" when it keeps int8 PCA coordinates only. ``in_ram``: the index entry's keys
-    that name files read whole into memory when the bundle opens (the rest is memory-mapped). ``rank``:
+    re-ranking on them), "pca" when it keeps int8 PCA coordinates only. ``file_keys``: the index entry's
+    keys that name the index's files (checked before it opens); ``in_ram``: those of them read whole into
+    memory when the bundle opens (the rest is memory-mapped). ``rank``:
     its place where backends are listed to users (the default, annoy, is 0).
     """
 
@@ -55,6 +56,7 @@ class Backend:
     rank: ClassVar[int] = 100
     Options: ClassVar[type] = NoOptions
     store_space: ClassVar[str] = "full"
+    file_keys: ClassVar[tuple[str, ...]] = ("file",)
     in_ram: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):

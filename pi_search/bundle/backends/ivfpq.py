@@ -226,7 +226,8 @@ class IvfPq(Backend):
     rank = 2
     Options = IvfPqOptions
     store_space = "pca"           # an int8 store of the PCA vectors; the lists are built from it
-    in_ram = ("file", "scale")    # faiss reads the index whole
+    file_keys = ("file", "scale")   # the index and, with many lists, the list space's factors
+    in_ram = ("file", "scale")      # faiss reads them whole
 
     def resolve(self, opts, n: int, dim: int):
         """ivfpq always searches approximately, over a PCA projection, re-ranking on the int8 PCA store."""
