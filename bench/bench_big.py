@@ -92,7 +92,7 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
         print(f"  {n}: generator and queries ready in {setup_s:.0f} s", file=sys.stderr, flush=True)
         model = {"name": "synthetic", "sha256": "0" * 64, "dim": 1280}
         m = write_bundle(out, x, SyntheticItems(n), model=model,
-                         options=BuildOptions(backend="ivfpq", **opts)).to_dict()
+                         options=BuildOptions.parse(backend="ivfpq", **opts)).to_dict()
         if not gt.complete:   # not expected: the store pass reads every block
             for j in range(x.blocks):
                 if j * CHUNK not in gt.seen:

@@ -150,7 +150,7 @@ def build(out: Path, x: np.ndarray, **opts) -> dict:
     else:
         items = [Item(str(i), f"item {i}") for i in range(len(x))]
         m = write_bundle(out, x, items, model={"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]},
-                         options=BuildOptions(**opts)).to_dict()
+                         options=BuildOptions.parse(**opts)).to_dict()
     return {"build_s": m["build_seconds"], "files_mb": _sizes(out)}
 
 

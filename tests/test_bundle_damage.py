@@ -35,7 +35,7 @@ def ann_bundle(tmp_path_factory) -> Path:
     items = [Item(f"id{i}", f"item {i}", thumbnail=rng.bytes(1500)) for i in range(len(x))]
     out = tmp_path_factory.mktemp("ann") / "bundle"
     write_bundle(out, x, items, model={"name": "synthetic", "sha256": "0" * 64, "dim": 96},
-                 options=BuildOptions(search="ann", dims=32, n_trees=4))
+                 options=BuildOptions.parse(search="ann", dims=32, n_trees=4))
     return out
 
 

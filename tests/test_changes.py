@@ -195,7 +195,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
     base = unit(rng.normal(size=(300, 64)))
     write_bundle(tmp_path / "b", base, [Item(f"b{i}", f"B {i}") for i in range(300)],
                  model={"name": "m", "sha256": "x", "dim": 64},
-                 options=BuildOptions(dims=16, search="ann", n_trees=5))
+                 options=BuildOptions.parse(dims=16, search="ann", n_trees=5))
     cat = LiveCatalog.open(tmp_path / "b", refresh_s=0.0)
     monkeypatch.setattr(live, "EXACT_TAUGHT_MAX", 10)
     taught = unit(rng.normal(size=(40, 64)))
@@ -216,7 +216,7 @@ def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
     items = [Item(f"b{i}", f"B {i}") for i in range(200)]
     write_bundle(tmp_path / "b", unit(rng.normal(size=(200, 32))), items,
                  model={"name": "m", "sha256": "x", "dim": 32},
-                 options=BuildOptions(dims=8, search="ann", n_trees=4))
+                 options=BuildOptions.parse(dims=8, search="ann", n_trees=4))
     monkeypatch.setattr(live, "EXACT_TAUGHT_MAX", 150)
     cat = LiveCatalog.open(tmp_path / "b", refresh_s=3600)
     taught = unit(rng.normal(size=(600, 32)))

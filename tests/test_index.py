@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo
 
+from pi_search.bundle.backends.annoy import DEFAULT_TREES
 from pi_search.bundle.backends.annoy import FILE as ANNOY_FILE
 from pi_search.bundle.backends.usearch import FILE as USEARCH_FILE
 from pi_search.bundle.files import bundle_lock, recover
@@ -16,7 +17,7 @@ from pi_search.bundle.items import Item
 from pi_search.bundle.manifest import FORMAT_VERSION, ITEMS_FILE, MANIFEST, STORE_FILE, read_manifest
 from pi_search.bundle.projection import fit_pca
 from pi_search.bundle.reader import Bundle
-from pi_search.bundle.write import DEFAULT_TREES, BuildOptions, write_bundle
+from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.errors import BundleError, CatalogError
 from pi_search.model.framing import embed_catalog_image, embed_query_image
 from pi_search.updates.install import info
@@ -160,7 +161,7 @@ def _clustered(n=3000, dim=64, seed=0):
 def _write(tmp_path, x, name, **opts):
     items = [Item(f"id{i}", f"item {i}") for i in range(len(x))]
     model = {"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]}
-    write_bundle(tmp_path / name, x, items, model=model, options=BuildOptions(**opts))
+    write_bundle(tmp_path / name, x, items, model=model, options=BuildOptions.parse(**opts))
     return tmp_path / name
 
 

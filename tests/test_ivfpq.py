@@ -41,7 +41,7 @@ def _noise(rng, norm: float) -> np.ndarray:
 def _write(path, x, model=None, **opts):
     items = [Item(f"id{i}", f"item {i}") for i in range(len(x))]
     model = model or {"name": "synthetic", "sha256": "0" * 64, "dim": x.shape[1]}
-    write_bundle(path, x, items, model=model, options=BuildOptions(**opts))
+    write_bundle(path, x, items, model=model, options=BuildOptions.parse(**opts))
     return path
 
 

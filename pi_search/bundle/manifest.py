@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import BundleError
+from .backends import BACKENDS
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -120,9 +121,10 @@ class Manifest:
 
     def opened_files(self) -> list[str]:
         """Names of the files a reader of this bundle opens (each must be listed in ``files``)."""
-        names = [self.items_file, self.store.file, self.store.scale, self.store.offset,
-                 self.index.get("file") if self.search.mode == "ann" else None,
-                 self.index.get("scale") if self.search.mode == "ann" else None]
+        names = [self.items_file, self.store.file, self.store.scale, self.store.offset]
+        if self.search.mode == "ann":   # the index's files, named by the keys its backend says
+            backend = BACKENDS.get(self.backend)
+            names += [self.index.get(key) for key in (backend.file_keys if backend else ("file",))]
         if self.projection is not None:
             names += [self.projection.mean, self.projection.components]
         return [Path(n).name for n in dict.fromkeys(names) if n]

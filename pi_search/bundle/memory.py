@@ -5,25 +5,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .backends import BACKENDS, Backend
+from .manifest import PCA_COMPONENTS_FILE, PCA_MEAN_FILE
+
 log = logging.getLogger(__name__)
 
-# Files a backend reads whole into the process (the rest is memory-mapped and paged in on demand).
-_READ_INTO_RAM = {"index.faiss", "index_scale.npy", "pca_mean.npy", "pca_components.npy"}
+# Files read whole into the process besides the index's own (the rest is memory-mapped, paged in on demand).
+_READ_INTO_RAM = {PCA_MEAN_FILE, PCA_COMPONENTS_FILE}
 # Memory the daemon needs besides the bundle: interpreter, model, camera frames, web server (measured on the
 # daemon: about 200 MB resident, docs/performance.md).
 DAEMON_BYTES = 250_000_000
 
 
-def _layout(manifest: dict) -> str:
+def _layout(manifest: dict, backend: Backend) -> str:
     ix, proj, store = manifest["index"], manifest.get("projection"), manifest["store"]
     pca = f"PCA-{proj['dims']}{'w' if proj.get('whiten') else ''}" if proj else "full"
     if manifest["search"]["mode"] == "exact":
         return f"exact search over the {store['dtype']} vectors"
-    if ix["backend"] == "ivfpq":
-        pq = f"PQ{ix['pq_m']}x{ix['pq_bits']} fast scan" if ix.get("fast_scan") else f"PQ{ix['pq_bytes']}"
-        return f"ivfpq: IVF{ix['nlist']},{pq} over {pca}, re-ranked on an int8 {pca} store"
-    extra = f" {ix['n_trees']} trees" if ix.get("n_trees") else ""
-    return f"{ix['backend']}{extra} over {pca}, re-ranked on the {store['dtype']} full vectors"
+    return backend.describe(ix, pca, store["dtype"])
 
 
 def needs(directory: str | Path, manifest: dict) -> dict:
@@ -37,9 +36,11 @@ def needs(directory: str | Path, manifest: dict) -> dict:
     listed = manifest.get("files") or {}
     sizes = {name: int(v["bytes"]) for name, v in listed.items()} if listed else {
         p.name: p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name != "manifest.json"}
-    in_ram = {n: s for n, s in sizes.items() if n in _READ_INTO_RAM}
-    mapped = {n: s for n, s in sizes.items() if n not in _READ_INTO_RAM}
-    return {"layout": _layout(manifest), "in_ram_bytes": sum(in_ram.values()),
+    backend = BACKENDS.get(str(manifest["index"].get("backend", "annoy"))) or Backend()
+    whole = _READ_INTO_RAM | backend.in_ram_files(manifest["index"])
+    in_ram = {n: s for n, s in sizes.items() if n in whole}
+    mapped = {n: s for n, s in sizes.items() if n not in whole}
+    return {"layout": _layout(manifest, backend), "in_ram_bytes": sum(in_ram.values()),
             "mapped_bytes": sum(mapped.values()), "mapped_files": sorted(mapped)}
 
 

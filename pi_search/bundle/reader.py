@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
-from ..learn.whiten import Learned
 from .backends import Searcher, get_backend
 from .files import fingerprint
 from .items import ItemsFile
+from .learned import Learned
 from .manifest import Manifest, check_model, read_manifest
 from .pca_store import PcaStore
 from .photos import DEPTH, best_per_item, row_id

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
-from . import verify
 from .manifest import MANIFEST, Manifest
+from .verify import check_file
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def sign(bundle_dir: str | Path, key_path: str | Path, *, version: int | None = 
         raise BundleError(f"{bundle_dir}: its manifest lists no files with their SHA-256 (an older bundle); "
                           f"rebuild it: pi-search index build CATALOG --out {bundle_dir}")
     for name, want in manifest.files.items():
-        verify.check_file(bundle_dir / Path(name).name, want)
+        check_file(bundle_dir / Path(name).name, want)
     version = int(time.time()) if version is None else int(version)
     if version < 0:
         raise BundleError(f"--version {version}: give a number of 0 or more")
@@ -287,7 +287,7 @@ def verify_lines(directory: str | Path, trusted: dict[str, PublicKey] | None, *,
                         "rebuild it")
     for name, want in manifest.files.items():
         try:
-            verify.check_file(directory / Path(name).name, want)
+            check_file(directory / Path(name).name, want)
         except BundleError as exc:
             problems.append(f"file changed: {exc}")
     try:

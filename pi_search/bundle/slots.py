@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
-from . import signing, verify
 from .files import _exchange, bundle_lock, fsync_dir, fsync_tree, swap_into_place
 from .manifest import MANIFEST
+from .signing import parse
+from .verify import copy_checked
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def write_slot(target: Path, source: Path, files: dict, raw_manifest: bytes, ext
         tmp.mkdir()
         for name, want in files.items():
             name = Path(name).name
-            verify.copy_checked(source / name, tmp / name, want)
+            copy_checked(source / name, tmp / name, want)
             pause("copy")
         (tmp / MANIFEST).write_bytes(raw_manifest)
         for name in extra:
@@ -186,7 +187,7 @@ def record_of(directory: Path, signed=None) -> dict:
     """What the state file keeps about a slot's bundle: its signature's version, signer and digest."""
     if signed is None:
         try:
-            signed = signing.parse(directory, None)
+            signed = parse(directory, None)
         except BundleError:
             signed = None
     if signed is None:

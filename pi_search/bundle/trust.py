@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from ..errors import BundleError
-from . import signing, slots
 from .manifest import MANIFEST, Manifest
+from .signing import Signed, check_contents, check_not_older, load_trusted, parse
+from .slots import read_state, status
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,9 @@ class Trust:
     @classmethod
     def from_paths(cls, paths) -> Trust | None:
         """The trust of ``[index] trusted_keys`` (None when it is empty: no signature is asked for)."""
-        return cls(signing.load_trusted(paths)) if paths else None
+        return cls(load_trusted(paths)) if paths else None
 
-    def admit(self, directory: Path, served: signing.Signed | None) -> tuple[signing.Signed, Manifest]:
+    def admit(self, directory: Path, served: Signed | None) -> tuple[Signed, Manifest]:
         """The signature and manifest of the bundle at ``directory`` if it may replace ``served``.
 
         The manifest is parsed from the very bytes the signature covers, so the files checked against it
@@ -36,18 +37,18 @@ class Trust:
         except FileNotFoundError:
             raise BundleError(f"{directory / MANIFEST}: missing; {directory} is not a bundle (pi-search "
                               "index install a signed one)") from None
-        signed = signing.parse(directory, self.keys, raw)
+        signed = parse(directory, self.keys, raw)
         try:
             manifest = Manifest.from_dict(json.loads(raw), directory)
         except ValueError as exc:
             raise BundleError(f"{directory / MANIFEST}: unreadable ({exc})") from None
-        signing.check_contents(directory, manifest)
-        state = slots.status(directory)
-        recorded = (slots.read_state(directory).get("slots") or {}).get(state.get("slot") or "", {})
+        check_contents(directory, manifest)
+        state = status(directory)
+        recorded = (read_state(directory).get("slots") or {}).get(state.get("slot") or "", {})
         if recorded.get("signature_sha256") == signed.signature_sha256:
             return signed, manifest   # put there by index install or rollback (a downgrade on purpose)
         floor = [v for v in (served.version if served else None, state.get("version")) if v is not None]
-        signing.check_not_older(directory, signed, max(floor) if floor else None)
+        check_not_older(directory, signed, max(floor) if floor else None)
         return signed, manifest
 
 
@@ -58,7 +59,7 @@ def served_status(catalog) -> dict | None:
     directory = getattr(catalog, "directory", None)
     if directory is None:
         return None
-    out = slots.status(directory)
+    out = status(directory)
     bundle = getattr(catalog, "bundle", None)
     required = getattr(catalog, "trust", None) is not None
     out["signatures_required"] = required
@@ -72,6 +73,6 @@ def served_status(catalog) -> dict | None:
         out.update(slot=slot, version=signed and signed.version, signer=signed and signed.signer,
                    key_id=signed and signed.key_id)
     elif slot != out["slot"]:
-        held = (slots.read_state(directory).get("slots") or {}).get(slot or "", {})
+        held = (read_state(directory).get("slots") or {}).get(slot or "", {})
         out.update(slot=slot, version=held.get("version"), signer=held.get("signer"))
     return out

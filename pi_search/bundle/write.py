@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -11,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import BundleError
-from . import pca_store
-from .backends import get_backend, ivfpq
+from .backends import get_backend
 from .files import bundle_lock, fingerprint, fsync_tree, recover, swap_into_place
 from .items import Item, write_items
+from .learned import manifest_entry
 from .manifest import (
     FORMAT_VERSION,
     ITEMS_FILE,
@@ -36,6 +38,8 @@ from .manifest import (
     write_manifest,
 )
 from .memory import needs
+from .pca_store import ProjectedRows
+from .pca_store import write as write_pca_store
 from .projection import ProjectedView, fit_pca, normalise
 from .store import STORE_DTYPES, write_store
 
@@ -44,29 +48,52 @@ log = logging.getLogger(__name__)
 EXACT_MAX_ITEMS = 5_000      # below this, exact search over the stored vectors is as fast as Annoy
 DEFAULT_DIMS = 256           # PCA dimensions of the Annoy index for larger catalogs
 DEFAULT_WHITEN = True        # whitened PCA finds better candidates (README, "Scale")
-DEFAULT_TREES = 50
-DEFAULT_CANDIDATES = 100     # Annoy candidates re-ranked on the full vectors
-DEFAULT_SEARCH_K = 10_000    # Annoy nodes inspected per query
+DEFAULT_CANDIDATES = 100     # index candidates re-ranked on the full vectors
 
 
 @dataclass
 class BuildOptions:
-    """How the searchable part of a bundle is made (see README, "Scale", for how the defaults were chosen)."""
+    """How the searchable part of a bundle is made (see README, "Scale", for how the defaults were chosen):
+    the fields every backend shares, and ``backend_options``, the chosen backend's own (its ``Options``
+    dataclass, e.g. ``AnnoyOptions(n_trees=...)``; None: its defaults). ``parse`` takes them all flat."""
 
     dims: int | None = -1              # -1: automatic (none below EXACT_MAX_ITEMS, DEFAULT_DIMS above)
     whiten: bool = DEFAULT_WHITEN
-    n_trees: int = DEFAULT_TREES
     search: str = "auto"              # "auto", "exact" or "ann"
-    candidates: int = 0               # 0: the backend's default (DEFAULT_CANDIDATES; ivfpq: its own)
-    search_k: int = DEFAULT_SEARCH_K
+    candidates: int = 0               # 0: the backend's default (DEFAULT_CANDIDATES unless it has its own)
     store_dtype: str = "auto"         # "auto" (float32 for exact search, float16 for re-ranking)
     backend: str = "annoy"
-    nlist: int = 0                    # ivfpq: inverted lists (0: automatic)
-    pq_bytes: int = 0                 # ivfpq: PQ bytes per item (0: default)
-    nprobe: int = 0                   # ivfpq: lists probed per query (0: default)
-    index_dims: int = 0               # ivfpq: leading PCA dims the lists are built on (0: default)
+    backend_options: Any = None
+
+    @classmethod
+    def parse(cls, **fields) -> BuildOptions:
+        """Options from flat keywords: the shared fields and the chosen backend's own, e.g.
+        ``parse(backend="annoy", dims=16, n_trees=5)``; BundleError for a field neither has."""
+        shared = {f.name for f in dataclasses.fields(cls)} - {"backend_options"}
+        backend = get_backend(fields.get("backend", cls.backend))
+        own = {k: v for k, v in fields.items() if k not in shared}
+        return cls(**{k: v for k, v in fields.items() if k in shared},
+                   backend_options=backend.options(None, **own))
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> BuildOptions:
+        """The settings a bundle was built with, so that a bundle built from it searches alike."""
+        proj, s = manifest.projection, manifest.search
+        backend = get_backend(manifest.backend)
+        return cls(dims=proj.dims if proj else None, whiten=bool(proj and proj.whiten), search=s.mode,
+                   candidates=s.candidates, store_dtype=manifest.store.dtype, backend=backend.name,
+                   backend_options=backend.options_of(manifest.index, s))
 
     def resolved(self, n: int, dim: int) -> BuildOptions:
+        """Every automatic choice made for ``n`` rows of ``dim`` dims, by the backend (BundleError naming
+        the known backends when it is not one)."""
+        backend = get_backend(self.backend)
+        opts = replace(self, backend_options=backend.options(self.backend_options))
+        return backend.resolve(opts, n, dim)
+
+    def resolved_generic(self, n: int, dim: int) -> BuildOptions:
+        """The automatic choices of a backend that searches exactly or approximately over the full (or
+        PCA-projected) vectors and re-ranks on a store of the full vectors."""
         search = self.search
         if search == "auto":
             search = "exact" if n < EXACT_MAX_ITEMS else "ann"
@@ -84,27 +111,8 @@ class BuildOptions:
             store = "float32" if search == "exact" else "float16"
         if store not in STORE_DTYPES:
             raise BundleError(f"store dtype {store!r}: choose one of {', '.join(STORE_DTYPES)}")
-        get_backend(self.backend)   # BundleError naming the known backends
-        if self.backend == "ivfpq":
-            return self._resolved_ivfpq(n, dim)
         return replace(self, dims=dims, search=search, store_dtype=store,
                        candidates=self.candidates or DEFAULT_CANDIDATES)
-
-    def _resolved_ivfpq(self, n: int, dim: int) -> BuildOptions:
-        """ivfpq always searches approximately, over a PCA projection, re-ranking on the int8 PCA store."""
-        if self.search == "exact":
-            raise BundleError("--backend ivfpq searches approximately; leave --search out (or use another "
-                              "backend for exact search)")
-        if self.store_dtype not in ("auto", "int8"):
-            raise BundleError(f"--store {self.store_dtype}: the ivfpq backend keeps an int8 store of the "
-                              "PCA vectors; leave --store out")
-        dims = ivfpq.default_dims(n) if self.dims == -1 else self.dims
-        if not dims or not 0 < dims < dim:
-            raise BundleError(f"--dims {dims}: the ivfpq backend needs a PCA projection of 1 to {dim - 1} "
-                              "dims (leave --dims out for the default)")
-        return replace(self, dims=dims, search="ann", store_dtype="int8",
-                       candidates=self.candidates or ivfpq.DEFAULT_CANDIDATES,
-                       nprobe=self.nprobe or ivfpq.default_nprobe(self.nlist or ivfpq.auto_nlist(n)))
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -121,7 +129,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 class LearnedRows:
-    """Rows of [n, dim] embeddings seen through a learned projection (``learn.whiten.Learned``), a slice at
+    """Rows of [n, dim] embeddings seen through a learned projection (``learned.Learned``), a slice at
     a time: slicing yields float32 [rows, dim], L2-normalised (the store, PCA and index read it in chunks)."""
 
     def __init__(self, vectors, learned):
@@ -146,7 +154,7 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     ``vectors``: float32 [n, dim] embeddings (normalised again). ``model``: ``name``, ``sha256``, ``dim``.
     Everything is written into a temporary directory beside ``out_dir``, synced, and renamed into place; an
     existing bundle at ``out_dir`` is swapped out only once the new one is complete (``swap_into_place``).
-    Holds ``bundle_lock`` unless the caller does (``locked``). ``learned`` (``learn.whiten.Learned``): the
+    Holds ``bundle_lock`` unless the caller does (``locked``). ``learned`` (``learned.Learned``): the
     projection learned from the catalog, written beside the store (``learned_mean.npy``,
     ``learned_matrix.npy``, the manifest's ``learned`` entry with ``learned_info``); the store and index hold
     the projected rows (``learned_applied``: ``vectors`` are projected already, as a compaction's are).
@@ -175,9 +183,7 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     with lock:
         recover(out_dir, locked=True)
         if learned is not None:
-            extra_manifest = {**(extra_manifest or {}), "learned": {
-                **(learned_info or {}), "dims": learned.dims, "mean": LEARNED_MEAN_FILE,
-                "matrix": LEARNED_MATRIX_FILE}}
+            extra_manifest = {**(extra_manifest or {}), "learned": manifest_entry(learned, learned_info)}
             if not learned_applied:
                 vectors = LearnedRows(vectors, learned)
         return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest, learned)
@@ -195,14 +201,13 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
         if learned is not None:
             learned.save(tmp / LEARNED_MEAN_FILE, tmp / LEARNED_MATRIX_FILE)
         projection = None
-        big = opts.backend == "ivfpq"   # millions of rows: the PCA learns from a spread sample
         if opts.dims:
-            projection = fit_pca(ivfpq.sample(vectors) if big else vectors, opts.dims, whiten=opts.whiten)
+            projection = fit_pca(backend.pca_rows(vectors), opts.dims, whiten=opts.whiten)
             np.save(tmp / PCA_MEAN_FILE, projection.mean)
             np.save(tmp / PCA_COMPONENTS_FILE, projection.components)
-        if big:   # an int8 store of the PCA vectors; the lists are built from it, not a second full read
-            store = pca_store.write(tmp, vectors, projection.mean, projection.components)
-            indexed = pca_store.ProjectedRows(tmp, projection.components)
+        if backend.store_space == "pca":   # an int8 store of the PCA vectors; the index is built from it
+            store = write_pca_store(tmp, vectors, projection.mean, projection.components)
+            indexed = ProjectedRows(tmp, projection.components)
         else:
             store = write_store(tmp, vectors, opts.store_dtype)
             if projection is not None:
@@ -211,13 +216,14 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
                 indexed = np.load(tmp / STORE_FILE, mmap_mode="r")
             else:
                 indexed = normalise(vectors[:])
-        index_entry = backend.build(tmp, indexed, opts)
+        index_entry = backend.build(tmp, indexed, opts.backend_options)
         write_items(tmp / ITEMS_FILE, items)
         extra = dict(extra_manifest or {})
         manifest = Manifest(
             format_version=FORMAT_VERSION, items=n,
             model=ModelRef(str(model["name"]), str(model["sha256"]), dim), index=index_entry, store=store,
-            search=SearchSettings(opts.search, opts.candidates, opts.search_k, opts.nprobe if big else 0),
+            search=SearchSettings(opts.search, opts.candidates,
+                                  **backend.search_settings(opts.backend_options)),
             projection=None if projection is None else ProjectionEntry(
                 projection.dims, projection.whiten, round(projection.explained, 4)),
             created=datetime.now(UTC).isoformat(timespec="seconds"),

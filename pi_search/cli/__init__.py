@@ -13,7 +13,7 @@ import click
 from .. import __version__, images
 from ..barcodes.codes import with_barcode
 from ..bootstrap import build_daemon
-from ..bundle.write import DEFAULT_SEARCH_K, DEFAULT_TREES, BuildOptions
+from ..bundle import BuildOptions, backend_flags, backend_names, get_backend
 from ..config import is_loopback, load_config, token_problem
 from ..embed.build import build_bundle, interrupted_note
 from ..embed.local import embed_local
@@ -150,6 +150,15 @@ def _dims_option(value: str) -> int | None:
         raise click.BadParameter(f"{value!r}: give a number of dimensions, auto or none") from None
 
 
+def backend_options(command: Callable) -> Callable:
+    """``command`` with a flag for every registered backend's own options (``--trees``, ``--nlist``, ...),
+    passed on by their field names; each is None when not given."""
+    for f in reversed(backend_flags()):
+        kind = int if f.low is None and f.high is None else click.IntRange(f.low, f.high)
+        command = click.option(f.flag, f.field, default=None, type=kind, help=f.help)(command)
+    return command
+
+
 @main.group()
 def index() -> None:
     """Build and inspect index bundles."""
@@ -165,25 +174,17 @@ def index() -> None:
               help="PCA dimensions of the Annoy index: a number, auto (256 for large catalogs) or none.")
 @click.option("--whiten/--no-whiten", default=True, show_default=True, help="Whiten the PCA projection.")
 @click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
-@click.option("--trees", default=None, type=int,
-              help=f"Annoy trees (default {DEFAULT_TREES}; why: docs/scale.md#the-defaults-and-why).")
 @click.option("--search", "search_mode", type=click.Choice(["auto", "exact", "ann"]), default="auto",
               show_default=True, help="Query mode: exact (small catalogs) or ann (index + re-rank).")
 @click.option("--store", "store_dtype", type=click.Choice(["auto", "float32", "float16", "int8"]),
               default="auto",
               show_default=True, help="Precision of the full vectors kept for exact search and re-ranking.")
-@click.option("--backend", type=click.Choice(["annoy", "usearch", "ivfpq"]), default="annoy",
+@click.option("--backend", type=click.Choice(backend_names()), default="annoy",
               show_default=True,
               help="Approximate index used for candidates (ivfpq: millions of items, needs faiss-cpu).")
 @click.option("--candidates", default=None, type=click.IntRange(1, 100_000),
               help="Index candidates re-ranked on the stored vectors per query (default 100; ivfpq 500).")
-@click.option("--search-k", "search_k", default=None, type=int, help="Annoy nodes searched per query.")
-@click.option("--nlist", default=0, type=click.IntRange(0, 1 << 20),
-              help="ivfpq: inverted lists (default: about 4 x sqrt(items); past 4M items one per 80 items).")
-@click.option("--pq-bytes", "pq_bytes", default=0, type=click.IntRange(0, 256),
-              help="ivfpq: bytes per item in the index (default 32).")
-@click.option("--nprobe", default=0, type=click.IntRange(0, 1 << 20),
-              help="ivfpq: inverted lists scanned per query (default 128; past 4,096 lists 1/32 of them).")
+@backend_options
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None,
               help="Embeddings made by index embed (its --out directory), or a .npy float32 [n, dim] "
                    "with --ids.")
@@ -200,15 +201,15 @@ def index() -> None:
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str, whiten: bool, strict: bool,
-                trees: int | None, search_mode: str, store_dtype: str, backend: str, candidates: int | None,
-                search_k: int | None, nlist: int, pq_bytes: int, nprobe: int, embeddings: Path | None,
-                ids: Path | None, thumbnails: bool, learn: bool, views: int, threads: int,
-                as_json: bool) -> None:
+                search_mode: str, store_dtype: str, backend: str, candidates: int | None,
+                embeddings: Path | None, ids: Path | None, thumbnails: bool, learn: bool, views: int,
+                threads: int, as_json: bool, **given) -> None:
     """Index a catalog (catalog.csv with id,title,price,image, or a folder of images) into a bundle."""
     extractor = Extractor(model_path, num_threads=threads)
-    options = BuildOptions(n_trees=trees or DEFAULT_TREES, search=search_mode, store_dtype=store_dtype,
-                           backend=backend, candidates=candidates or 0, search_k=search_k or DEFAULT_SEARCH_K,
-                           nlist=nlist, pq_bytes=pq_bytes, nprobe=nprobe)
+    # the chosen backend's own options, where given (0: its default; another backend's are not used)
+    own = {k: v for k, v in given.items() if v and k in get_backend(backend).option_names()}
+    options = BuildOptions.parse(search=search_mode, store_dtype=store_dtype, backend=backend,
+                                 candidates=candidates or 0, **own)
     try:
         with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
             report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,

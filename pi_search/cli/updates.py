@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..bundle.reader import Bundle
-from ..bundle.signing import keygen, load_public, load_trusted, parse, sign, verify_lines
-from ..bundle.slots import rollback
+from ..bundle import Bundle, keygen, load_public, load_trusted, rollback, sign, verify_lines
+from ..bundle.signing import parse
 from ..config import load_config
 from ..errors import BundleError
 from ..model.extractor import Extractor, default_model_path, file_sha256

@@ -17,12 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..bundle.files import bundle_lock
-from ..bundle.items import Item
-from ..bundle.manifest import Manifest, read_manifest
-from ..bundle.photos import RowNames, counts
-from ..bundle.reader import Bundle
-from ..bundle.write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
+from ..bundle import (
+    DEFAULT_WHITEN,
+    BuildOptions,
+    Bundle,
+    Item,
+    Manifest,
+    RowNames,
+    bundle_lock,
+    check_out_dir,
+    counts,
+    read_manifest,
+    write_bundle,
+)
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
 from ..learn import catalog as learning

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..barcodes.codes import check_codes
-from ..bundle.ids import id_problem
-from ..bundle.photos import MAX_PHOTOS
+from ..bundle import MAX_PHOTOS, id_problem
 from ..errors import CatalogError
 
 log = logging.getLogger(__name__)

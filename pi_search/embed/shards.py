@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.files import fsync_dir
+from ..bundle import fsync_dir
 from ..errors import CatalogError
 from ..model.framing import CATALOG_TILT, CATALOG_TINT, CATALOG_ZOOM
 from .catalog import Row

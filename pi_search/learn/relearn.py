@@ -11,11 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..bundle.files import bundle_lock, recover
-from ..bundle.items import Item
-from ..bundle.projection import normalise
-from ..bundle.reader import Bundle
-from ..bundle.write import write_bundle
+from ..bundle import Bundle, Item, bundle_lock, normalise, recover, write_bundle
 from ..embed.build import Progress
 from ..errors import BundleError, ImageError
 from ..live.compact import _options

@@ -3,45 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from ..bundle.projection import normalise
-from ..errors import BundleError
+from ..bundle import Learned
 
 SHRINK = 0.2   # Cw + SHRINK * trace(Cw) / dim * I: 0.1-0.3 measured alike, 0.01 worse (docs/quality.md)
-
-
-@dataclass(frozen=True)
-class Learned:
-    """``y = normalise((x - mean) @ matrix.T)``; tensor contract: x float32 [..., dim] (L2-normalised
-    embeddings) -> y float32 [..., dims], L2-normalised."""
-
-    mean: np.ndarray     # float32 [dim]
-    matrix: np.ndarray   # float32 [dims, dim]
-
-    @property
-    def dims(self) -> int:
-        return int(self.matrix.shape[0])
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        y = (np.asarray(x, np.float32) - self.mean) @ self.matrix.T
-        return normalise(y)
-
-    def save(self, mean_path: Path, matrix_path: Path) -> None:
-        np.save(mean_path, self.mean.astype(np.float32))
-        np.save(matrix_path, self.matrix.astype(np.float32))
-
-    @classmethod
-    def load(cls, mean_path: Path, matrix_path: Path, dim: int) -> Learned:
-        mean = np.load(mean_path, allow_pickle=False)
-        matrix = np.load(matrix_path, allow_pickle=False)
-        if mean.shape != (dim,) or matrix.ndim != 2 or matrix.shape[1] != dim:
-            raise BundleError(f"{matrix_path.parent}: learned projection of shapes {mean.shape} and "
-                              f"{matrix.shape} does not fit {dim}-d embeddings; rebuild the bundle")
-        return cls(mean.astype(np.float32), np.ascontiguousarray(matrix, np.float32))
 
 
 class PairStats:

@@ -18,12 +18,19 @@ import numpy as np
 
 from ..barcodes.codes import keys as code_keys
 from ..barcodes.codes import split_codes
-from ..bundle import slots
-from ..bundle.files import recover
-from ..bundle.ids import VIEW_SEP, check_id, item_of
-from ..bundle.manifest import MANIFEST, read_manifest
-from ..bundle.projection import Projection, normalise
-from ..bundle.reader import Bundle, Match
+from ..bundle import (
+    MANIFEST,
+    VIEW_SEP,
+    Bundle,
+    Match,
+    Projection,
+    check_id,
+    item_of,
+    normalise,
+    read_manifest,
+    recover,
+    slots,
+)
 from ..errors import BundleError, CatalogError, ItemConflict, NoSuchItem
 from . import leases, snapshot
 from .changes import MAX_SHOTS, ChangeStore, Snapshot, TaughtItem, store_path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.ids import check_id
+from ..bundle import check_id
 from ..errors import CatalogError, ItemConflict, NoSuchItem
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.files import bundle_lock, recover, swap_into_place
-from ..bundle.ids import VIEW_SEP, item_of
-from ..bundle.items import Item, ItemsFile
-from ..bundle.manifest import Manifest, read_manifest
-from ..bundle.store import VectorStore
-from ..bundle.write import BuildOptions, write_bundle
+from ..bundle import (
+    VIEW_SEP,
+    BuildOptions,
+    Item,
+    ItemsFile,
+    Learned,
+    Manifest,
+    VectorStore,
+    bundle_lock,
+    item_of,
+    read_manifest,
+    recover,
+    swap_into_place,
+    write_bundle,
+)
 from ..errors import BundleError, CatalogError
-from ..learn.whiten import Learned
 from .changes import ChangeStore, Snapshot, store_path
 
 log = logging.getLogger(__name__)
@@ -33,11 +41,7 @@ def _staging(bundle_dir: Path, seq: int) -> Path:
 
 def _options(manifest: Manifest) -> BuildOptions:
     """The old bundle's build settings, so a compacted bundle searches like the one it replaces."""
-    proj, s = manifest.projection, manifest.search
-    return BuildOptions(dims=proj.dims if proj else None, whiten=bool(proj and proj.whiten),
-                        n_trees=int(manifest.index.get("n_trees") or 50), search=s.mode,
-                        candidates=s.candidates, search_k=s.search_k, store_dtype=manifest.store.dtype,
-                        backend=manifest.backend)
+    return BuildOptions.from_manifest(manifest)
 
 
 class _Plan:
@@ -171,7 +175,7 @@ def _write_folded(bundle_dir: Path, staging: Path, manifest: Manifest, plan: _Pl
 
 
 def _learned(bundle_dir: Path, manifest: Manifest):
-    """The bundle's learned projection (``learn.whiten.Learned``), or None: carried into the new bundle."""
+    """The bundle's learned projection (``bundle.Learned``), or None: carried into the new bundle."""
     if manifest.learned is None:
         return None
     return Learned.load(bundle_dir / Path(manifest.learned["mean"]).name,

@@ -8,8 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..bundle import verify
-from ..bundle.manifest import Manifest, read_manifest, write_manifest
+from ..bundle import Manifest, read_manifest, verify, write_manifest
 from ..errors import BundleError
 
 log = logging.getLogger(__name__)

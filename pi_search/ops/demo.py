@@ -8,8 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bundle.files import bundle_lock
-from ..bundle.reader import Bundle
+from ..bundle import Bundle, bundle_lock
 from ..embed.build import build_bundle
 from ..errors import BundleError, CatalogError
 

@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..bundle.memory import machine_fit, needs
-from ..bundle.reader import Bundle
-from ..bundle.signing import load_trusted
+from ..bundle import Bundle, load_trusted, machine_fit, needs
 from ..camera import open_source
 from ..config import check_bind, load_config
 from ..errors import PiSearchError, SourceError

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle.memory import DAEMON_BYTES, meminfo, needs
+from ..bundle import DAEMON_BYTES, meminfo, needs
 from ..errors import PiSearchError
 
 log = logging.getLogger(__name__)

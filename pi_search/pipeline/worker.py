@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .. import images
-from ..bundle.trust import served_status as update_of
+from ..bundle import served_status as update_of
 from ..camera.guard import GuardedSource
 from ..errors import Busy, PiSearchError, SourceError
 from ..model import framing

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..bundle.reader import Bundle
-from ..bundle.write import BuildOptions
+from ..bundle import BuildOptions, Bundle
 from ..embed.build import build_bundle
 from ..embed.catalog import read_catalog
 from ..errors import CatalogError, PiSearchError

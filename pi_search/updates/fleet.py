@@ -10,8 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bundle.manifest import MANIFEST, Manifest
-from ..bundle.signing import SIGNATURE
+from ..bundle import MANIFEST, SIGNATURE, Manifest
 from ..errors import BundleError, PiSearchError
 
 log = logging.getLogger(__name__)

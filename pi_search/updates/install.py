@@ -6,12 +6,19 @@ import logging
 import time
 from pathlib import Path
 
-from ..bundle import signing, slots
-from ..bundle.files import bundle_lock, recover
-from ..bundle.manifest import MANIFEST, check_model, read_manifest
-from ..bundle.memory import machine_fit, needs
-from ..bundle.reader import Bundle
-from ..bundle.write import check_out_dir
+from ..bundle import (
+    MANIFEST,
+    Bundle,
+    bundle_lock,
+    check_model,
+    check_out_dir,
+    machine_fit,
+    needs,
+    read_manifest,
+    recover,
+    signing,
+    slots,
+)
 from ..errors import BundleError
 from . import selfcheck as selfcheck_mod
 

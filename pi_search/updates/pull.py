@@ -12,8 +12,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from ..bundle import signing
-from ..bundle.manifest import MANIFEST, Manifest
+from ..bundle import MANIFEST, Manifest, signing
 from ..errors import BundleError
 from .install import install_bundle, served_version
 

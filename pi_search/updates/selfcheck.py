@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import photos
-from ..bundle.reader import Bundle
+from ..bundle import Bundle, photos
 from ..embed.local import embed_one
 from ..errors import BundleError
 

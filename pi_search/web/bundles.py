@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from ..bundle.trust import Trust
+from ..bundle import Trust
 from ..errors import PiSearchError
 from ..model.extractor import Extractor
 from ..updates.install import install_bundle

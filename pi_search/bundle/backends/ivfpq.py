@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BundleError
+from .base import Backend, option
 
 log = logging.getLogger(__name__)
 
@@ -202,26 +204,80 @@ def list_scale(vectors, d: int, power: float = LIST_WHITEN_POWER) -> np.ndarray:
     return (np.asarray(w[:d], dtype=np.float64) ** (power - 1.0)).astype(np.float32)
 
 
-class IvfPq:
+@dataclass(frozen=True)
+class IvfPqOptions:
+    """Build options of the ivfpq backend (0: the default, chosen for the catalog's size)."""
+
+    nlist: int = option(0, flag="--nlist", low=0, high=1 << 20,
+                        help="ivfpq: inverted lists (default: about 4 x sqrt(items); past 4M items one per "
+                             "80 items).")
+    pq_bytes: int = option(0, flag="--pq-bytes", low=0, high=256,
+                           help=f"ivfpq: bytes per item in the index (default {DEFAULT_PQ_BYTES}).")
+    nprobe: int = option(0, flag="--nprobe", low=0, high=1 << 20,
+                         help=f"ivfpq: inverted lists scanned per query (default {DEFAULT_NPROBE}; past "
+                              f"{FLAT_LISTS_MAX:,} lists 1/32 of them).")
+    index_dims: int = option(0)   # leading PCA dims the lists are built on (0: DEFAULT_INDEX_DIMS)
+
+
+class IvfPq(Backend):
     """Builds and opens ``index.faiss`` (``IndexIVFPQ``, L2 on unit vectors: the same order as cosine)."""
 
     name = "ivfpq"
+    rank = 2
+    Options = IvfPqOptions
+    store_space = "pca"           # an int8 store of the PCA vectors; the lists are built from it
+    file_keys = ("file", "scale")   # the index and, with many lists, the list space's factors
+    in_ram = ("file", "scale")      # faiss reads them whole
+
+    def resolve(self, opts, n: int, dim: int):
+        """ivfpq always searches approximately, over a PCA projection, re-ranking on the int8 PCA store."""
+        if opts.search == "exact":
+            raise BundleError("--backend ivfpq searches approximately; leave --search out (or use another "
+                              "backend for exact search)")
+        if opts.store_dtype not in ("auto", "int8"):
+            raise BundleError(f"--store {opts.store_dtype}: the ivfpq backend keeps an int8 store of the "
+                              "PCA vectors; leave --store out")
+        dims = default_dims(n) if opts.dims == -1 else opts.dims
+        if not dims or not 0 < dims < dim:
+            raise BundleError(f"--dims {dims}: the ivfpq backend needs a PCA projection of 1 to {dim - 1} "
+                              "dims (leave --dims out for the default)")
+        own = opts.backend_options
+        own = replace(own, nprobe=own.nprobe or default_nprobe(own.nlist or auto_nlist(n)))
+        return replace(opts, dims=dims, search="ann", store_dtype="int8",
+                       candidates=opts.candidates or DEFAULT_CANDIDATES, backend_options=own)
+
+    def options_of(self, entry: dict, search) -> IvfPqOptions:
+        return IvfPqOptions(nlist=int(entry.get("nlist") or 0), pq_bytes=int(entry.get("pq_bytes") or 0),
+                            nprobe=int(search.nprobe or entry.get("nprobe") or 0),
+                            index_dims=int(entry.get("dim") or 0))
+
+    def search_settings(self, options: IvfPqOptions) -> dict:
+        return {"nprobe": options.nprobe}
+
+    def pca_rows(self, vectors):
+        """Millions of rows: the PCA learns from a spread sample."""
+        return sample(vectors)
+
+    def describe(self, entry: dict, pca: str, store_dtype: str) -> str:
+        pq = (f"PQ{entry['pq_m']}x{entry['pq_bits']} fast scan" if entry.get("fast_scan")
+              else f"PQ{entry['pq_bytes']}")
+        return f"ivfpq: IVF{entry['nlist']},{pq} over {pca}, re-ranked on an int8 {pca} store"
 
     def build(self, directory: Path, vectors, options) -> dict:
         """Train on a spread sample of ``vectors`` (float32 [n, d] array-like, projected, unit rows), add
         every row in chunks, write ``index.faiss``; returns the manifest's "index" entry.
 
-        ``options``: ``nlist`` (0: ``auto_nlist``), ``pq_bytes``, ``nprobe``, ``index_dims`` attributes (0:
-        defaults); the lists are built on the first ``index_dims`` PCA dimensions (the largest).
+        ``options``: ``IvfPqOptions`` (``nlist``, ``pq_bytes``, ``nprobe``, ``index_dims``; 0: defaults);
+        the lists are built on the first ``index_dims`` PCA dimensions (the largest).
         """
         faiss = _faiss()
         n = int(vectors.shape[0])
-        d = min(int(vectors.shape[1]), int(getattr(options, "index_dims", 0) or DEFAULT_INDEX_DIMS))
-        nlist = int(getattr(options, "nlist", 0) or auto_nlist(n))
+        d = min(int(vectors.shape[1]), int(options.index_dims or DEFAULT_INDEX_DIMS))
+        nlist = int(options.nlist or auto_nlist(n))
         many = nlist > FLAT_LISTS_MAX
         scale = list_scale(vectors, d) if many else None
         vectors = _ListSpace(vectors, d, scale)
-        m = pq_bytes_for(d, int(getattr(options, "pq_bytes", 0) or DEFAULT_PQ_BYTES))
+        m = pq_bytes_for(d, int(options.pq_bytes or DEFAULT_PQ_BYTES))
         nbits = 8 if n >= 256 * MIN_PER_LIST else max(1, min(8, int(math.log2(max(n // MIN_PER_LIST, 2)))))
         # enough rows for every list (faiss wants 39 a list): more lists than the default learn from more rows
         want = min(max(TRAIN_ROWS, MIN_PER_LIST * nlist), TRAIN_ROWS_MAX)
@@ -258,7 +314,7 @@ class IvfPq:
         entry = {"backend": "ivfpq", "file": FILE, "metric": "l2 of unit vectors", "dim": d, "nlist": nlist,
                  "of_dims": int(vectors.of),
                  "pq_bytes": m * nbits // 8 if many else m, "pq_m": m, "pq_bits": nbits,
-                 "nprobe": int(getattr(options, "nprobe", 0) or default_nprobe(nlist)),
+                 "nprobe": int(options.nprobe or default_nprobe(nlist)),
                  "faiss": faiss.__version__}
         if many:
             np.save(directory / SCALE_FILE, scale)
@@ -333,12 +389,6 @@ class IvfPqSearcher:
 
     def files(self) -> list[Path]:
         return [self.path] + ([self.scale_path] if self.scale_path is not None else [])
-
-    def resident_bytes(self) -> int:
-        """Bytes the index holds in memory once read: codes and ids of every list, plus the centroids."""
-        idx = self.index
-        lists = idx.ntotal * (idx.code_size + 8)
-        return int(lists + idx.nlist * idx.d * 4 + idx.pq.M * (1 << idx.pq.nbits) * idx.pq.dsub * 4)
 
     def close(self) -> None:
         self.index = None

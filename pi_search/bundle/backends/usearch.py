@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BundleError
+from .base import Backend
 
 FILE = "index.usearch"
 _CHUNK = 65_536
@@ -32,8 +33,9 @@ def build_index(path: Path, vectors, dtype: str = "f16") -> None:
     idx.save(str(path))
 
 
-class USearch:
+class USearch(Backend):
     name = "usearch"
+    rank = 1
 
     def build(self, directory: Path, vectors, options) -> dict:
         build_index(directory / FILE, vectors, "f16")
