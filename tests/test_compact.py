@@ -141,7 +141,7 @@ def test_background_compaction_after_enough_changes(live_dir):
     vecs = unit(rng.normal(size=(3, DIM)))
     for i in range(3):
         cat.add(f"Thing {i}", None, vecs[i:i + 1], item_id=f"thing{i}")
-    cat._compactor.join(60)
+    cat.compaction.join(60)
     assert cat.last_compaction["folded"] == 3 and cat.store.pending() == 0
     assert [cat.search(v, 1)[0].id for v in vecs] == ["thing0", "thing1", "thing2"]
     cat.close()
@@ -156,7 +156,7 @@ def test_scheduled_compaction_folds_pending_changes(live_dir):
     cat.add("Clock", None, v, item_id="clock")
     assert cat.compacting is False          # not due yet
     time.sleep(0.3)
-    assert cat.search(v[0], 1)[0].id == "clock" and cat._compactor is None   # a search starts nothing
+    assert cat.search(v[0], 1)[0].id == "clock" and not cat.compacting and cat.last_compaction is None
     cat.watch()                             # the daemon's timer finds the schedule due and starts it
     assert wait_until(lambda: cat.last_compaction is not None, 60)
     assert cat.last_compaction["folded"] == 1 and cat.store.pending() == 0
