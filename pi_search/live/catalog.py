@@ -21,6 +21,7 @@ from .changes import ChangeStore, TaughtItem, store_path
 from .compact import compact
 from .compaction import Compaction
 from .served import Served, dir_key, open_store
+from .teaching import Teaching
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class LiveCatalog:
     ``refresh_s`` seconds.
 
     The parts: ``served`` (``served.Served``: the bundle mapped, guarded, reloaded and published as one
-    ``view.View`` at a time) and ``compaction`` (``compaction.Compaction``: when changes are folded).
+    ``view.View`` at a time), ``compaction`` (``compaction.Compaction``: when changes are folded) and
+    ``teaching`` (``teaching.Teaching``: shots in, items out, for the page and the CLI alike).
 
     A catalog may serve no bundle for a while (``problem`` says why): the daemon starts on a bundle that is
     missing, half-copied or broken and waits for a good one. With ``guard`` (the daemon) no file another
@@ -60,6 +62,7 @@ class LiveCatalog:
                              store_path=store_path)
         self.compaction = Compaction(self._fold, after=compact_after, every_s=compact_every_s)
         self.fault: tuple[float, str] | None = None   # the last read that failed while serving
+        self.teaching = Teaching(self)   # the one teaching service over this catalog
         if bundle is not None:
             self.served.serve_opened(bundle)
 
