@@ -387,7 +387,7 @@ class LiveCatalog:
                     fast = views.appended(v, row, normalise(np.asarray(vectors, np.float32).reshape(
                         -1, v.bundle.dim)))
             if fast is not None:
-                served.view = fast
+                served.publish(fast)   # the same bundle: nothing to let go, no reader waits
             else:
                 served.reload()
         self._after_change()
