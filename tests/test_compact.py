@@ -226,3 +226,30 @@ def test_compact_cli_reports_and_empties_the_store(live_dir):
     assert listing["items"] == [] and listing["catalog_items"] == 16
     assert [f["id"] for f in listing["folded"]] == ["lamp"] and listing["folded"][0]["taught_at"] > 0
     assert store_path(live_dir).is_file()
+
+
+def test_one_background_compaction_at_a_time_and_a_failed_one_is_reported():
+    import threading
+
+    from pi_search.live.compaction import Compaction
+
+    gate, runs = threading.Event(), []
+
+    def fold():
+        runs.append(1)
+        gate.wait(10)
+        if len(runs) == 2:
+            raise CatalogError("disk full")
+        return {"folded": len(runs)}
+
+    c = Compaction(fold, after=2)
+    c.after_change(1)                                   # below the threshold: nothing starts
+    assert not c.running and runs == []
+    c.after_change(2)
+    assert c.running and c.start() is False             # a second start while one runs does nothing
+    gate.set()
+    c.join(10)
+    assert runs == [1] and c.last["folded"] == 1 and "finished" in c.last
+    assert c.start() is True
+    c.join(10)
+    assert c.last["error"] == "disk full" and not c.running   # kept for /api/items; the catalog serves on
