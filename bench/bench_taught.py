@@ -43,7 +43,8 @@ def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, c
             ) -> list[dict]:
     from pi_search.bootstrap import single_threaded_blas
     from pi_search.bundle.reader import Bundle
-    from pi_search.live.catalog import EXACT_TAUGHT_MAX, LiveCatalog
+    from pi_search.live import view
+    from pi_search.live.catalog import LiveCatalog
     from pi_search.live.changes import ChangeStore
 
     single_threaded_blas()   # as the daemon runs
@@ -95,11 +96,13 @@ def latency(work: Path, n_bundle: int, counts: list[int], shots: int, nq: int, c
                 found += res[0].id == f"t{_owner(taught, q, shots)}"
         base.close()
         # the same searches with every taught shot scored exactly (no PCA pre-selection)
-        exact_max, EXACT_TAUGHT_MAX = EXACT_TAUGHT_MAX, 10**9
-        cat.reload()
-        agree = np.mean([len(set(g) & {m.id for m in cat.search(q, 5)}) / 5 for g, q in zip(got, queries,
-                                                                                        strict=True)])
-        EXACT_TAUGHT_MAX = exact_max
+        exact_max, view.EXACT_TAUGHT_MAX = view.EXACT_TAUGHT_MAX, 10**9
+        try:
+            cat.reload()
+            agree = np.mean([len(set(g) & {m.id for m in cat.search(q, 5)}) / 5
+                             for g, q in zip(got, queries, strict=True)])
+        finally:
+            view.EXACT_TAUGHT_MAX = exact_max
         cat.reload()
         # one more add into the full store: the time until it is searchable (commit + state rebuild)
         extra = taught_vectors(x, shots, seed=5)

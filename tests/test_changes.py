@@ -12,8 +12,9 @@ from conftest import camera_view
 from pi_search.bundle.items import Item
 from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.errors import CatalogError
-from pi_search.live.catalog import LiveCatalog, dir_key
+from pi_search.live.catalog import LiveCatalog
 from pi_search.live.changes import ChangeStore, store_path
+from pi_search.live.served import dir_key
 from pi_search.live.teach import embed_shots
 
 DIM = 1280
@@ -189,7 +190,7 @@ def test_real_photos_teach_an_object_not_in_the_catalog(catalog, extractor):
 
 
 def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, monkeypatch):
-    import pi_search.live.catalog as live
+    import pi_search.live.view as live
 
     rng = np.random.default_rng(5)
     base = unit(rng.normal(size=(300, 64)))
@@ -201,7 +202,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
     taught = unit(rng.normal(size=(40, 64)))
     for i in range(0, 40, 2):
         cat.add(f"T {i}", None, taught[i:i + 2], item_id=f"t{i // 2}")
-    assert cat._state.coarse is not None and cat._state.coarse.shape == (40, 16)
+    assert cat.view.coarse is not None and cat.view.coarse.shape == (40, 16)
     for j in range(0, 40, 3):
         res = cat.search(near(taught[j], rng, 0.02), 3)
         assert res[0].id == f"t{j // 2}"
@@ -210,7 +211,7 @@ def test_many_taught_shots_use_the_projection_and_agree_with_exact(tmp_path, mon
 
 @pytest.mark.slow
 def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
-    import pi_search.live.catalog as live
+    import pi_search.live.view as live
 
     rng = np.random.default_rng(6)
     items = [Item(f"b{i}", f"B {i}") for i in range(200)]
@@ -228,7 +229,7 @@ def test_adds_appended_in_place_match_a_fresh_read(tmp_path, monkeypatch):
     assert len(reads) < 10      # most adds did not read the store again
     queries = [near(taught[j], rng, 0.02) for j in range(0, 600, 7)]
     appended = [[(m.id, round(m.score, 5)) for m in cat.search(q, 5)] for q in queries]
-    assert len(cat) == 500 and cat._state.coarse is not None and len(cat._state.vectors) == 600
+    assert len(cat) == 500 and cat.view.coarse is not None and len(cat.view.vectors) == 600
     cat.reload()
     assert [[(m.id, round(m.score, 5)) for m in cat.search(q, 5)] for q in queries] == appended
     assert [a[0][0] for a in appended] == [f"t{j // 2}" for j in range(0, 600, 7)]
@@ -258,7 +259,7 @@ def test_a_broken_replacement_bundle_is_not_mapped_until_a_good_one_comes(catalo
     os.rename(fixed, live_dir)
     catalog.refresh()
     assert catalog.search(v[0], 1)[0].id == "kettle" and catalog.search(cup, 1)[0].id == "coffee"
-    assert catalog._state.key == dir_key(live_dir)   # the good replacement is mapped
+    assert catalog.view.key == dir_key(live_dir)   # the good replacement is mapped
 
 
 def test_the_empty_scene_is_taken_out_of_camera_shots(tmp_path):

@@ -141,7 +141,7 @@ def test_background_compaction_after_enough_changes(live_dir):
     vecs = unit(rng.normal(size=(3, DIM)))
     for i in range(3):
         cat.add(f"Thing {i}", None, vecs[i:i + 1], item_id=f"thing{i}")
-    cat._compactor.join(60)
+    cat.compaction.join(60)
     assert cat.last_compaction["folded"] == 3 and cat.store.pending() == 0
     assert [cat.search(v, 1)[0].id for v in vecs] == ["thing0", "thing1", "thing2"]
     cat.close()
@@ -156,7 +156,7 @@ def test_scheduled_compaction_folds_pending_changes(live_dir):
     cat.add("Clock", None, v, item_id="clock")
     assert cat.compacting is False          # not due yet
     time.sleep(0.3)
-    assert cat.search(v[0], 1)[0].id == "clock" and cat._compactor is None   # a search starts nothing
+    assert cat.search(v[0], 1)[0].id == "clock" and not cat.compacting and cat.last_compaction is None
     cat.watch()                             # the daemon's timer finds the schedule due and starts it
     assert wait_until(lambda: cat.last_compaction is not None, 60)
     assert cat.last_compaction["folded"] == 1 and cat.store.pending() == 0
@@ -226,3 +226,30 @@ def test_compact_cli_reports_and_empties_the_store(live_dir):
     assert listing["items"] == [] and listing["catalog_items"] == 16
     assert [f["id"] for f in listing["folded"]] == ["lamp"] and listing["folded"][0]["taught_at"] > 0
     assert store_path(live_dir).is_file()
+
+
+def test_one_background_compaction_at_a_time_and_a_failed_one_is_reported():
+    import threading
+
+    from pi_search.live.compaction import Compaction
+
+    gate, runs = threading.Event(), []
+
+    def fold():
+        runs.append(1)
+        gate.wait(10)
+        if len(runs) == 2:
+            raise CatalogError("disk full")
+        return {"folded": len(runs)}
+
+    c = Compaction(fold, after=2)
+    c.after_change(1)                                   # below the threshold: nothing starts
+    assert not c.running and runs == []
+    c.after_change(2)
+    assert c.running and c.start() is False             # a second start while one runs does nothing
+    gate.set()
+    c.join(10)
+    assert runs == [1] and c.last["folded"] == 1 and "finished" in c.last
+    assert c.start() is True
+    c.join(10)
+    assert c.last["error"] == "disk full" and not c.running   # kept for /api/items; the catalog serves on

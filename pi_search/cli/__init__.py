@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 from .. import __version__, images
-from ..barcodes.codes import with_barcode
 from ..bootstrap import build_daemon
 from ..bundle import BuildOptions, backend_flags, backend_names, get_backend
 from ..config import is_loopback, load_config, token_problem
@@ -22,7 +21,6 @@ from ..errors import PiSearchError
 from ..learn.relearn import read_backgrounds, relearn, scenes_dir
 from ..live.catalog import LiveCatalog
 from ..live.compact import compact_path
-from ..live.teach import embed_background, embed_shots
 from ..model.extractor import Extractor, default_model_path, file_sha256
 from ..model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from ..ops import doctor
@@ -543,10 +541,6 @@ _background_option = click.option("--background", type=click.Path(path_type=Path
                                        "one captured on the page, if any).")
 
 
-def _background(cat, ex, path: Path | None):
-    return embed_background(ex, images.read(path)) if path else cat.background
-
-
 @main.group()
 def item() -> None:
     """Teach, edit and remove catalog items without rebuilding the bundle (searchable at once)."""
@@ -568,17 +562,15 @@ def item() -> None:
 def item_add(images_, bundle_dir, title, price, item_id, barcode, camera, background, model_path,
              as_json) -> None:
     """Teach a new item from one or more photos of it (each photo is one more view of the item)."""
-    extra = with_barcode(None, barcode) if barcode else None
-    cat, ex = _open_catalog(bundle_dir, model_path)
+    cat, _ = _open_catalog(bundle_dir, model_path)
     with cat:
-        vecs, thumb = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
-                                  background=_background(cat, ex, background))
-        new_id = cat.add(title, price, vecs, item_id=item_id, thumb=thumb, extra=extra or None)
-        info = cat.item(new_id)
+        shots = _shots(images_, "camera" if camera else "photo")
+        taught = cat.teaching.add(title, price, shots, item_id=item_id, barcode=barcode,
+                                  scene=images.read(background) if background else None)
     if as_json:
-        emit_json({"item": info})
+        emit_json({"item": taught.item})
     else:
-        click.echo(new_id)
+        click.echo(taught.id)
 
 
 @item.command("list")
@@ -589,9 +581,8 @@ def item_list(bundle_dir, as_json) -> None:
     that a compaction folded into the bundle."""
     cat, _ = _open_catalog(bundle_dir, None, extractor=False)
     with cat:
-        rows = [it.as_dict() for it in cat.changes()]
-        folded = cat.folded(50)
-        total = len(cat)
+        listing = cat.teaching.listing(50)
+    rows, folded, total = [it.as_dict() for it in listing.changes], listing.folded, listing.items
     if as_json:
         emit_json({"items": rows, "folded": folded, "catalog_items": total})
         return
@@ -623,22 +614,15 @@ def item_edit(item_id, bundle_dir, title, price, barcode, images_, camera, backg
     """Change an item's title, price or barcode, or add views of it (taught items and bundle items alike)."""
     if title is None and price is None and barcode is None and not images_:
         raise click.UsageError("nothing to change: give --title, --price, --barcode or --image")
-    cat, ex = _open_catalog(bundle_dir, model_path, extractor=bool(images_))
+    cat, _ = _open_catalog(bundle_dir, model_path, extractor=bool(images_))
     with cat:
-        vecs = None
-        if images_:
-            vecs, _ = embed_shots(ex, _shots(images_, "camera" if camera else "photo"),
-                                  background=_background(cat, ex, background))
-        extra = None
-        if barcode is not None:
-            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
-        cat.edit(item_id, title=title, price=price or None, vectors=vecs, clear_price=price == "",
-                 extra=extra)
-        info = cat.item(item_id)
+        shots = _shots(images_, "camera" if camera else "photo")
+        taught = cat.teaching.edit(item_id, title=title, price=price, barcode=barcode, shots=shots,
+                                   scene=images.read(background) if background and shots else None)
     if as_json:
-        emit_json({"item": info})
+        emit_json({"item": taught.item})
     else:
-        click.echo(item_id)
+        click.echo(taught.id)
 
 
 @item.command("remove")
@@ -649,7 +633,7 @@ def item_remove(item_id, bundle_dir, as_json) -> None:
     """Remove an item (taught, or from the bundle): it stops matching at once."""
     cat, _ = _open_catalog(bundle_dir, None, extractor=False)
     with cat:
-        cat.remove(item_id)
+        cat.teaching.remove(item_id)
     if as_json:
         emit_json({"removed": item_id})
     else:

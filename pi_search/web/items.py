@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from flask import Blueprint, jsonify, render_template, request
 
-from ..barcodes.codes import keys, tidy, with_barcode
+from ..barcodes.codes import keys, tidy
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import decode, encode_jpeg
 from ..learn.relearn import keep_scene
 from ..live.changes import MAX_SHOTS
-from ..live.teach import embed_background, embed_shots
 from .auth import page as _page
 from .context import ext as _ext
 from .errors import error as _error
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
-_embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
 _relearning = RelearnJob()                   # one relearn at a time, in a process of its own
 
 
@@ -50,6 +47,11 @@ def _catalog():
     return _ext()["service"].catalog
 
 
+def _teaching():
+    """The teaching service of the worker's live catalog (``live.teaching.Teaching``)."""
+    return _catalog().teaching
+
+
 def _shots() -> list:
     """The uploaded shots as ``(rgb, kind)``: multipart fields ``image`` (repeated) and ``kind`` (same order,
     ``camera`` or ``photo``; default photo)."""
@@ -65,10 +67,10 @@ def _shots() -> list:
     return out
 
 
-def _item_json(cat, item_id: str) -> dict | None:
-    info = cat.item(item_id)
+def _item_json(taught) -> dict | None:
+    info = taught.item
     if info is not None:
-        info["thumb"] = f"/thumbs/{item_id}"
+        info["thumb"] = f"/thumbs/{taught.id}"
     return info
 
 
@@ -77,11 +79,6 @@ def _barcode() -> str | None:
     CatalogError (400) for an EAN/UPC number with a wrong check digit."""
     value = request.form.get("barcode")
     return None if value is None else tidy(value)
-
-
-def _embed(cat, shots):
-    with _embedding:
-        return embed_shots(_ext()["service"].extractor, shots, background=cat.background)
 
 
 @bp.get("/teach")
@@ -96,15 +93,18 @@ def list_items():
     (``folded``) the 50 items taught most recently that a compaction already folded into the bundle;
     ``no_catalog`` says what to do while no bundle is served (else null)."""
     cat = _catalog()
+    teaching = _teaching()
+    listing = teaching.listing(50)
     rows = []
-    for it in cat.changes():
+    for it in listing.changes:
         d = it.as_dict()
         d["thumb"] = None if it.deleted else f"/thumbs/{it.id}"
         rows.append(d)
     folded = [{**f, "thumb": f"/thumbs/{f['id']}", "in_bundle": True, "deleted": False}
-              for f in cat.folded(50)]
-    resp = jsonify({"items": rows, "folded": folded, "catalog_items": len(cat), "compacting": cat.compacting,
-                    "last_compaction": cat.last_compaction, "background": cat.background is not None,
+              for f in listing.folded]
+    resp = jsonify({"items": rows, "folded": folded, "catalog_items": listing.items,
+                    "compacting": cat.compacting, "last_compaction": cat.last_compaction,
+                    "background": teaching.has_scene,
                     "no_catalog": None if cat.serving else no_catalog_message(cat.problem)})
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -115,22 +115,16 @@ def add_item():
     """Teach an item: multipart ``title``, ``price``, ``id`` (optional) and one or more ``image`` shots."""
     cat = _catalog()
     try:
-        shots = _shots()
-        if not shots:
-            return _error(400, "no shots: capture or upload at least one photo of the item")
-        barcode = _barcode()
-        vecs, thumb = _embed(cat, shots)
-        item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
-                          item_id=request.form.get("id") or None, thumb=thumb,
-                          extra={"barcode": barcode} if barcode else None)
+        taught = _teaching().add(request.form.get("title", ""), request.form.get("price") or None, _shots(),
+                                 item_id=request.form.get("id") or None, barcode=request.form.get("barcode"))
     except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
         return _error(exc.status, str(exc))
     except BundleError:
         if cat.serving:
             raise
         return _no_catalog(cat.problem)  # the bundle went away while the shots were embedded
-    log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
-    resp = jsonify({"item": _item_json(cat, item_id)})
+    log.info("item %s taught from the page (%d shot(s))", taught.id, taught.shots)
+    resp = jsonify({"item": _item_json(taught)})
     resp.status_code = 201
     return resp
 
@@ -139,19 +133,13 @@ def add_item():
 def edit_item(item_id: str):
     """Edit an item: any of ``title``, ``price`` (empty clears it), ``barcode`` (empty clears it) and
     further ``image`` shots."""
-    cat = _catalog()
     try:
-        barcode, extra = _barcode(), None
-        if barcode is not None:
-            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
-        shots = _shots()
-        vecs = _embed(cat, shots)[0] if shots else None
-        price = request.form.get("price")
-        cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
-                 clear_price=price == "", extra=extra)
+        barcode = _barcode()   # a wrong check digit is told before any photo is read
+        taught = _teaching().edit(item_id, title=request.form.get("title") or None,
+                                  price=request.form.get("price"), barcode=barcode, shots=_shots())
     except (CatalogError, ImageError) as exc:  # 400 bad input, 404 no such item
         return _error(exc.status, str(exc))
-    return jsonify({"item": _item_json(cat, item_id)})
+    return jsonify({"item": _item_json(taught)})
 
 
 @bp.post("/api/scan")
@@ -182,12 +170,11 @@ def scan():
 
 @bp.delete("/api/items/<path:item_id>")
 def remove_item(item_id: str):
-    cat = _catalog()
     try:
-        cat.remove(item_id)
+        left = _teaching().remove(item_id)
     except CatalogError as exc:  # 404 no such item, 409 already removed
         return _error(exc.status, str(exc))
-    return jsonify({"removed": item_id, "catalog_items": len(cat)})
+    return jsonify({"removed": item_id, "catalog_items": left})
 
 
 @bp.post("/api/background")
@@ -205,8 +192,7 @@ def set_background():
             if latest is None:
                 return _error(503, "no camera frame yet; try again in a moment")
             rgb = decode(latest.jpeg, name="the current frame")
-        with _embedding:
-            cat.set_background(embed_background(_ext()["service"].extractor, rgb))
+        _teaching().set_scene(rgb)
     except ImageError as exc:
         return _error(exc.status, str(exc))
     try:   # kept for pi-search index relearn: the views learn on this counter too
@@ -219,8 +205,7 @@ def set_background():
 
 @bp.delete("/api/background")
 def clear_background():
-    cat = _catalog()
-    cat.set_background(None)
+    _teaching().clear_scene()
     return jsonify({"background": False})
 
 
