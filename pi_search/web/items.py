@@ -115,8 +115,9 @@ def add_item():
     """Teach an item: multipart ``title``, ``price``, ``id`` (optional) and one or more ``image`` shots."""
     cat = _catalog()
     try:
+        barcode = _barcode() or None   # a wrong check digit is told before any photo is read
         taught = _teaching().add(request.form.get("title", ""), request.form.get("price") or None, _shots(),
-                                 item_id=request.form.get("id") or None, barcode=request.form.get("barcode"))
+                                 item_id=request.form.get("id") or None, barcode=barcode)
     except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
         return _error(exc.status, str(exc))
     except BundleError:
