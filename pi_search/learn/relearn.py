@@ -16,7 +16,7 @@ from ..bundle.items import Item
 from ..bundle.projection import normalise
 from ..bundle.reader import Bundle
 from ..bundle.write import write_bundle
-from ..embed.build import Progress
+from ..embed.progress import Progress
 from ..errors import BundleError, ImageError
 from ..live.compact import _options
 from . import catalog as learning
