@@ -374,3 +374,22 @@ def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, plain_
     with pytest.raises(CatalogError, match=r"expected \[n, 1280\]"):
         build_bundle(catalog_dir, tmp_path / "out2", extractor, progress=False,
                      source=FromVectors(tmp_path / "wrong.npy", ids_file))
+
+
+@pytest.mark.slow   # a real build
+def test_a_row_without_a_given_vector_or_a_readable_photo_is_skipped(catalog_dir, extractor, plain_bundle_dir,
+                                                                     tmp_path, embedded_photos):
+    cat = tmp_path / "cat"
+    shutil.copytree(catalog_dir, cat)
+    rows, _ = read_catalog(cat)
+    vecs = np.load(plain_bundle_dir / STORE_FILE)
+    np.save(tmp_path / "emb.npy", vecs[1:])
+    (tmp_path / "ids.txt").write_text("".join(f"{r.id}\n" for r in rows[1:]))   # none for the first row
+    rows[2].image.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")   # no thumbnail can be made
+    report = build_bundle(cat, tmp_path / "out", extractor, progress=False, learn=False,
+                          source=FromVectors(tmp_path / "emb.npy", tmp_path / "ids.txt"))
+    assert embedded_photos == [] and report.items == 14 and report.embedded == 0
+    reasons = [str(p) for p in report.skipped]
+    assert len(reasons) == 2 and f"no embedding for id {rows[0].id!r}" in reasons[0]
+    assert "unreadable image" in reasons[1] and rows[2].image.name in reasons[1]
+    assert not partial_dir(tmp_path / "out").exists()
