@@ -265,10 +265,10 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
         assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
 
 
-def test_checkpoints_of_another_model_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
+def test_checkpoints_of_an_older_kind_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
     out = tmp_path / "out"
     part = partial_dir(out)
-    part.mkdir()
+    part.mkdir()   # chunk files, not shards: left by an earlier pi-search
     (part / "state.json").write_text(json.dumps({"version": 1, "model_sha256": "f" * 64, "dim": 1280}))
     (part / "chunk-000000.npz").write_bytes(b"junk")
     report = build_bundle(catalog_dir, out, extractor, progress=False)
