@@ -52,7 +52,7 @@ def test_ctrl_c_before_the_first_checkpoint(tmp_path):
 
 def test_ctrl_c_after_a_checkpoint_says_the_next_run_resumes(tmp_path):
     out = tmp_path / "bundle"
-    chunk = partial_dir(out) / "chunk-000000.npz"
+    chunk = partial_dir(out) / "shard-000000.npz"
     code, err = _build_interrupted(out, lambda e: chunk.exists())
     assert code == 130, err
     kept = _last_line(err)

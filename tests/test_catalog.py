@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ from pi_search.bundle.backends.annoy import Annoy
 from pi_search.bundle.ids import MAX_ID, RULE, check_id
 from pi_search.bundle.manifest import STORE_FILE
 from pi_search.bundle.reader import Bundle
-from pi_search.embed import build as build_mod
-from pi_search.embed.build import build_bundle, partial_dir
+from pi_search.embed import local as engine
+from pi_search.embed import shards as sh
+from pi_search.embed.build import FromVectors, build_bundle, partial_dir
 from pi_search.embed.catalog import read_catalog
 from pi_search.errors import CatalogError, PiSearchError
 from pi_search.live.catalog import LiveCatalog
@@ -28,13 +30,13 @@ from pi_search.live.catalog import LiveCatalog
 def embedded_photos(monkeypatch):
     """Counts the catalog photos embedded (through the real embed_catalog_image and the real model)."""
     seen = []
-    real = build_mod.embed_catalog_image
+    real = engine.embed_catalog_image
 
     def counting(extractor, rgb):
         seen.append(rgb.shape)
         return real(extractor, rgb)
 
-    monkeypatch.setattr(build_mod, "embed_catalog_image", counting)
+    monkeypatch.setattr(engine, "embed_catalog_image", counting)
     return seen
 
 
@@ -250,7 +252,7 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
         build_bundle(catalog_dir, out, extractor, chunk=4, progress=False, on_chunk=stop_after_two_chunks)
     assert len(embedded_photos) == 8
     assert not out.exists()
-    chunks = sorted(partial_dir(out).glob("chunk-*.npz"))
+    chunks = sorted(partial_dir(out).glob("shard-*.npz"))
     assert len(chunks) == 2
 
     embedded_photos.clear()
@@ -263,14 +265,55 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
         assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
 
 
-def test_checkpoints_of_another_model_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
+def test_checkpoints_of_an_older_kind_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
     out = tmp_path / "out"
     part = partial_dir(out)
-    part.mkdir()
+    part.mkdir()   # chunk files, not shards: left by an earlier pi-search
     (part / "state.json").write_text(json.dumps({"version": 1, "model_sha256": "f" * 64, "dim": 1280}))
     (part / "chunk-000000.npz").write_bytes(b"junk")
     report = build_bundle(catalog_dir, out, extractor, progress=False)
     assert report.resumed == 0 and len(embedded_photos) == report.items == 16
+
+
+@pytest.mark.slow   # two real builds
+def test_shards_of_another_model_left_in_the_partial_are_discarded(catalog_dir, extractor, tmp_path,
+                                                                   embedded_photos, caplog):
+    out = tmp_path / "out"
+
+    def stop_after_one_chunk(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(catalog_dir, out, extractor, chunk=4, progress=False, on_chunk=stop_after_one_chunk)
+    manifest = sh.ShardsManifest.read(partial_dir(out))
+    replace(manifest, model=replace(manifest.model, sha256="f" * 64)).write(partial_dir(out))
+    embedded_photos.clear()
+    report = build_bundle(catalog_dir, out, extractor, chunk=4, progress=False)
+    assert (report.resumed, report.embedded, len(embedded_photos)) == (0, 16, 16)
+    assert "left by a build with another catalog, model or vectors" in caplog.text
+    assert not partial_dir(out).exists()
+
+
+@pytest.mark.slow   # two real builds
+def test_a_photo_changed_while_stopped_is_embedded_again_with_its_shard_only(catalog_dir, extractor, tmp_path,
+                                                                             embedded_photos):
+    cat = tmp_path / "cat"
+    shutil.copytree(catalog_dir, cat)
+    out = tmp_path / "out"
+
+    def stop_after_two_chunks(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(cat, out, extractor, chunk=4, progress=False, on_chunk=stop_after_two_chunks)
+    rows, _ = read_catalog(cat)
+    photo = rows[5].image                                # in the second shard (rows 4-7)
+    photo.write_bytes(photo.read_bytes() + b"\0")         # another file now (size and time)
+    embedded_photos.clear()
+    report = build_bundle(cat, out, extractor, chunk=4, progress=False)
+    assert (report.resumed, report.embedded, len(embedded_photos)) == (4, 12, 12)
+    assert report.items == 16 and not partial_dir(out).exists()
 
 
 def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extractor, tmp_path, monkeypatch):
@@ -316,17 +359,37 @@ def test_build_from_embeddings_computed_elsewhere(catalog_dir, extractor, plain_
         ids = [b.search(v, 1)[0].id for v in np.load(bundle_dir / STORE_FILE)]
     vecs = np.load(bundle_dir / STORE_FILE)
     order = np.arange(len(ids))[::-1]  # any order: rows are matched by id
+    emb, ids_file = tmp_path / "emb.npy", tmp_path / "ids.txt"
     np.save(tmp_path / "emb.npy", vecs[order])
     (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\nnot-in-catalog\n")
     with pytest.raises(CatalogError, match="17 ids for 16 embeddings"):
-        build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
-                     ids=tmp_path / "ids.txt", progress=False)
+        build_bundle(catalog_dir, tmp_path / "out", extractor, source=FromVectors(emb, ids_file),
+                     progress=False)
     (tmp_path / "ids.txt").write_text("\n".join(ids[i] for i in order) + "\n")
-    report = build_bundle(catalog_dir, tmp_path / "out", extractor, embeddings=tmp_path / "emb.npy",
-                          ids=tmp_path / "ids.txt", progress=False, learn=False)
+    report = build_bundle(catalog_dir, tmp_path / "out", extractor, source=FromVectors(emb, ids_file),
+                          progress=False, learn=False)
     assert embedded_photos == [] and report.items == 16
     np.testing.assert_allclose(np.load(tmp_path / "out" / STORE_FILE), vecs, atol=1e-6)
     np.save(tmp_path / "wrong.npy", vecs[:, :100])
     with pytest.raises(CatalogError, match=r"expected \[n, 1280\]"):
-        build_bundle(catalog_dir, tmp_path / "out2", extractor, embeddings=tmp_path / "wrong.npy",
-                     ids=tmp_path / "ids.txt", progress=False)
+        build_bundle(catalog_dir, tmp_path / "out2", extractor, progress=False,
+                     source=FromVectors(tmp_path / "wrong.npy", ids_file))
+
+
+@pytest.mark.slow   # a real build
+def test_a_row_without_a_given_vector_or_a_readable_photo_is_skipped(catalog_dir, extractor, plain_bundle_dir,
+                                                                     tmp_path, embedded_photos):
+    cat = tmp_path / "cat"
+    shutil.copytree(catalog_dir, cat)
+    rows, _ = read_catalog(cat)
+    vecs = np.load(plain_bundle_dir / STORE_FILE)
+    np.save(tmp_path / "emb.npy", vecs[1:])
+    (tmp_path / "ids.txt").write_text("".join(f"{r.id}\n" for r in rows[1:]))   # none for the first row
+    rows[2].image.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")   # no thumbnail can be made
+    report = build_bundle(cat, tmp_path / "out", extractor, progress=False, learn=False,
+                          source=FromVectors(tmp_path / "emb.npy", tmp_path / "ids.txt"))
+    assert embedded_photos == [] and report.items == 14 and report.embedded == 0
+    reasons = [str(p) for p in report.skipped]
+    assert len(reasons) == 2 and f"no embedding for id {rows[0].id!r}" in reasons[0]
+    assert "unreadable image" in reasons[1] and rows[2].image.name in reasons[1]
+    assert not partial_dir(tmp_path / "out").exists()

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from conftest import CATALOG_PHOTOS, write_catalog
 
 from pi_search import images
 from pi_search.embed import shards as sh
-from pi_search.embed.build import build_bundle
+from pi_search.embed.build import FromShards, build_bundle
 from pi_search.embed.catalog import read_catalog
 from pi_search.embed.local import embed_local
 from pi_search.errors import CatalogError
@@ -43,10 +44,10 @@ def shards(tmp_path_factory, catalog_dir, extractor):
 def test_local_shards_hold_the_vectors_index_build_computes(shards, catalog_dir, extractor):
     out, report = shards
     assert (report.rows, report.shards, report.embedded, report.resumed) == (16, 4, 16, 0)
-    manifest = sh.read_manifest(out)
-    assert manifest["complete"] and manifest["count"] == 16 and manifest["failed"] == 0
-    assert manifest["model"] == {"name": extractor.name, "sha256": extractor.sha256, "dim": 1280}
-    assert manifest["framing"] == sh.catalog_framing(224)
+    manifest = sh.ShardsManifest.read(out)
+    assert manifest.complete and manifest.count == 16 and manifest.failed == 0
+    assert manifest.model == sh.ModelRef(extractor.name, extractor.sha256, 1280)
+    assert manifest.framing == sh.catalog_framing(224)
     table = shard_table(out)
     rows, _ = read_catalog(catalog_dir)
     assert sorted(table) == sorted(r.id for r in rows)
@@ -60,7 +61,7 @@ def test_local_shards_hold_the_vectors_index_build_computes(shards, catalog_dir,
 def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bundle_dir, extractor,
                                                          tmp_path):
     out, _ = shards
-    report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False)
+    report = build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(out), progress=False)
     assert report.items == 16 and report.embedded == 0
     assert np.array_equal(np.load(tmp_path / "b" / "vectors.npy"), np.load(bundle_dir / "vectors.npy"))
     assert (tmp_path / "b" / "index.ann").read_bytes() == (bundle_dir / "index.ann").read_bytes()
@@ -84,7 +85,7 @@ def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir
         raise AssertionError("a photo was read")
 
     monkeypatch.setattr(images, "read", no_photos)
-    report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False,
+    report = build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(out), progress=False,
                           thumbnails=False, learn=False)
     assert report.items == 16 and report.skipped == []
     assert np.array_equal(np.load(tmp_path / "b" / "vectors.npy"), np.load(bundle_dir / "vectors.npy"))
@@ -127,8 +128,7 @@ def test_a_stopped_run_resumes_and_keeps_the_shards_it_wrote(shards, catalog_dir
     kept = {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in files.items() if k != 2}
     files[2].unlink()                                            # the shard in flight when it stopped
     (out / ".shard-000002.npz.123-abcd.tmp").write_bytes(b"half a shard")
-    manifest = sh.read_manifest(out)
-    sh.write_manifest(out, {**manifest, "complete": False})
+    replace(sh.ShardsManifest.read(out), complete=False).write(out)
     report = embed_local(catalog_dir, out, extractor, shard_rows=5, progress=False)
     assert (report.resumed, report.embedded) == (11, 5)
     after = sh.shard_files(out)
@@ -148,7 +148,7 @@ def test_a_shard_that_lost_rows_is_embedded_again(shards, catalog_dir, extractor
     sh.write_shard(out, 1, s.rows[:-1], s.ids[:-1], s.images[:-1], s.vectors[:-1], s.failed_rows,
                    s.failed_reasons)
     with pytest.raises(CatalogError, match="does not hold the catalog rows"):
-        build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False)
+        build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(out), progress=False)
     report = embed_local(catalog_dir, out, extractor, shard_rows=5, progress=False)
     assert (report.resumed, report.embedded) == (11, 5)
     assert len(shard_table(out)) == 16
@@ -160,7 +160,7 @@ def test_a_damaged_shard_is_embedded_again(shards, catalog_dir, extractor, tmp_p
     path = sh.shard_files(out)[3]
     path.write_bytes(path.read_bytes()[:1000])                   # cut short (a disk that lied about syncing)
     with pytest.raises(CatalogError, match="shard-000003.npz: damaged"):
-        build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False)
+        build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(out), progress=False)
     report = embed_local(catalog_dir, out, extractor, shard_rows=5, progress=False)
     assert (report.resumed, report.embedded) == (15, 1)
     assert "shard-000003.npz: unreadable" in caplog.text
@@ -175,29 +175,29 @@ def test_build_refuses_shards_of_another_model_catalog_or_an_unfinished_run(shar
     out, _ = shards
     other = Extractor(shipped_model(SHIPPED_FLOAT))
     with pytest.raises(CatalogError, match=r"made with model efficientnet_lite0_int8 .*index embed"):
-        build_bundle(catalog_dir, tmp_path / "b", other, embeddings=out, progress=False)
+        build_bundle(catalog_dir, tmp_path / "b", other, source=FromShards(out), progress=False)
     smaller = write_catalog(tmp_path / "smaller", CATALOG_PHOTOS[:15])
     with pytest.raises(CatalogError, match="catalog of 16 usable rows, this one has 15"):
-        build_bundle(smaller, tmp_path / "b", extractor, embeddings=out, progress=False)
+        build_bundle(smaller, tmp_path / "b", extractor, source=FromShards(out), progress=False)
     renamed = tmp_path / "renamed"
     shutil.copytree(catalog_dir, renamed)
     csv = renamed / "catalog.csv"
     csv.write_text(csv.read_text().replace("astronaut,", "astronaut-2,", 1))
     with pytest.raises(CatalogError, match="other ids or images"):
-        build_bundle(renamed, tmp_path / "b", extractor, embeddings=out, progress=False)
-    dim_512 = {**sh.read_manifest(out)["model"], "dim": 512}
+        build_bundle(renamed, tmp_path / "b", extractor, source=FromShards(out), progress=False)
+    dim_512 = replace(sh.ShardsManifest.read(out).model, dim=512)
     for field, value, words in (("framing", "catalog-v0 size=224 whole only", "framing 'catalog-v0"),
                                 ("model", dim_512, "vectors of 512 dims")):
         changed = tmp_path / f"other-{field}"
         shutil.copytree(out, changed)
-        sh.write_manifest(changed, {**sh.read_manifest(out), field: value})
+        replace(sh.ShardsManifest.read(out), **{field: value}).write(changed)
         with pytest.raises(CatalogError, match=words):
-            build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=changed, progress=False)
+            build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(changed), progress=False)
     unfinished = tmp_path / "unfinished"
     shutil.copytree(out, unfinished)
-    sh.write_manifest(unfinished, {**sh.read_manifest(out), "complete": False})
+    replace(sh.ShardsManifest.read(out), complete=False).write(unfinished)
     with pytest.raises(CatalogError, match="not finished .* run pi-search index embed"):
-        build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=unfinished, progress=False)
+        build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(unfinished), progress=False)
     assert not (tmp_path / "b").exists()
     # embedding another catalog or with another model into the same directory is refused too
     with pytest.raises(CatalogError, match="embed into another --out"):
@@ -224,7 +224,7 @@ def test_an_unreadable_photo_is_a_failed_row_skipped_by_the_build_like_without_s
                                                                      sh.shard_files(tmp_path / "s").values())
               if len(s.failed_rows)]
     assert failed == [([2], [failed[0][1][0]])] and failed[0][1][0].startswith("unreadable image")
-    via = build_bundle(cat, tmp_path / "b1", extractor, embeddings=tmp_path / "s", progress=False)
+    via = build_bundle(cat, tmp_path / "b1", extractor, source=FromShards(tmp_path / "s"), progress=False)
     direct = build_bundle(cat, tmp_path / "b2", extractor, progress=False)
     assert via.items == direct.items == 15
     assert [str(p) for p in via.skipped] == [str(p) for p in direct.skipped] and len(via.skipped) == 1
@@ -287,3 +287,25 @@ def test_pi_search_and_the_daemon_never_import_ray():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_the_manifest_is_read_back_as_written_and_a_wrong_field_is_one_line(shards, tmp_path):
+    import json
+
+    out, _ = shards
+    manifest = sh.ShardsManifest.read(out)
+    data = json.loads((out / sh.MANIFEST).read_text())
+    assert manifest.to_dict() == data                  # the file's layout, field for field
+    assert list(data)[:9] == ["format", "version", "model", "framing", "vectors", "catalog", "shard_rows",
+                              "shards", "complete"]
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    for field, value in (("shard_rows", "5"), ("model", {"name": "m", "sha256": "x"}), ("complete", 1)):
+        (bad / sh.MANIFEST).write_text(json.dumps({**data, field: value}))
+        with pytest.raises(CatalogError) as exc:
+            sh.ShardsManifest.read(bad)
+        assert "\n" not in str(exc.value) and str(exc.value).endswith(f"delete {bad} and embed again")
+        assert ("dim" if field == "model" else field) in str(exc.value)
+    (bad / sh.MANIFEST).write_text(json.dumps({**data, "format": "something-else"}))
+    with pytest.raises(CatalogError, match="not a pi-search embeddings directory"):
+        sh.ShardsManifest.read(bad)

@@ -111,8 +111,8 @@ def assert_each_row_once(out: Path, reference: dict[str, np.ndarray]) -> None:
     ids = shard_ids(out)
     assert len(ids) == len(set(ids)), "a row was embedded twice"
     assert sorted(ids) == sorted(demo_ids()), "a row is missing"
-    manifest = sh.read_manifest(out)
-    assert manifest["complete"] and manifest["count"] == len(ids) == 150 and manifest["failed"] == 0
+    manifest = sh.ShardsManifest.read(out)
+    assert manifest.complete and manifest.count == len(ids) == 150 and manifest.failed == 0
     got = vectors(out)
     worst = min(float(np.dot(got[i], reference[i])) for i in reference)
     assert worst >= 0.9999, worst
@@ -129,7 +129,7 @@ def test_ray_engine_gives_the_local_engines_vectors(catalog_dir, extractor, tmp_
     report = embed_ray(catalog_dir, tmp_path / "ray", extractor, shard_rows=4, num_cpus=2, progress=False)
     assert not ray.is_initialized()          # the Ray it started is shut down again
     assert (report.engine, report.rows, report.shards, report.embedded) == ("ray", 16, 4, 16)
-    assert sh.read_manifest(tmp_path / "ray")["engine"] == "ray"
+    assert sh.ShardsManifest.read(tmp_path / "ray").engine == "ray"
     ids = shard_ids(tmp_path / "ray")
     assert sorted(ids) == sorted(shard_ids(tmp_path / "local")) and len(ids) == len(set(ids)) == local.rows
     a, b = vectors(tmp_path / "local"), vectors(tmp_path / "ray")
@@ -196,7 +196,7 @@ def test_a_killed_job_resumes_from_its_shards_and_embeds_every_row_once(tmp_path
     seen = kill_embedding_after(out, 3)
     before = {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in sh.shard_files(out).items()}
     assert 3 <= len(before) < 30
-    assert not sh.read_manifest(out)["complete"]
+    assert not sh.ShardsManifest.read(out).complete
     core = [p for p, c in seen.items() if "/raylet " in c or "/gcs_server " in c]
     assert len(core) == 2 and not wait_gone(core, 30), "the raylet or GCS outlived the killed job"
 

@@ -11,7 +11,7 @@ from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
 from pi_search import images
 from pi_search.bundle.reader import Bundle
 from pi_search.bundle.write import BuildOptions
-from pi_search.embed.build import build_bundle
+from pi_search.embed.build import FromShards, FromVectors, build_bundle
 from pi_search.live.catalog import LiveCatalog
 from pi_search.model.framing import embed_query_image
 from pi_search.updates.install import info
@@ -134,7 +134,8 @@ def test_shards_from_index_embed_build_the_same_items_and_photos(photos_bundle, 
 
     root = _catalog(tmp_path / "cat")
     embed_local(root, tmp_path / "shards", extractor, shard_rows=5, progress=False)
-    report = build_bundle(root, tmp_path / "b", extractor, embeddings=tmp_path / "shards", progress=False)
+    report = build_bundle(root, tmp_path / "b", extractor, source=FromShards(tmp_path / "shards"),
+                          progress=False)
     assert (report.items, report.photos) == (len(SINGLE) + 2, len(SINGLE) + 4)
     with Bundle.open(tmp_path / "b") as b, Bundle.open(photos_bundle) as a:
         q = embed_query_image(extractor, _query(SOURCES["rocket"]))
@@ -149,6 +150,6 @@ def test_one_vector_per_id_cannot_feed_several_photos(extractor, tmp_path):
     np.save(tmp_path / "v.npy", np.ones((2, extractor.dim), np.float32))
     (tmp_path / "ids.txt").write_text("pair\nfruit\n")
     with pytest.raises(CatalogError, match=r"item 'pair' has several photos .*pi-search index embed"):
-        build_bundle(root, tmp_path / "b", extractor, embeddings=tmp_path / "v.npy", ids=tmp_path / "ids.txt",
-                     progress=False)
+        build_bundle(root, tmp_path / "b", extractor, progress=False,
+                     source=FromVectors(tmp_path / "v.npy", tmp_path / "ids.txt"))
     assert not (tmp_path / "b").exists()

@@ -168,15 +168,16 @@ def test_a_bundle_failing_its_self_check_is_not_switched_in(tmp_path, catalog_di
                                                             extractor):
     """A bundle whose vectors do not come from these photos with this framing (here: random ones) opens and
     is signed, but its items' own thumbnails do not find them."""
-    from pi_search.embed.build import build_bundle
+    from pi_search.embed.build import FromVectors, build_bundle
 
     ids = [row.split(",")[0] for row in (catalog_dir / "catalog.csv").read_text().splitlines()[1:]]
     rng = np.random.default_rng(3)
     np.save(tmp_path / "vecs.npy", rng.standard_normal((len(ids), extractor.dim)).astype(np.float32))
     (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
     wrong = tmp_path / "wrong"
-    build_bundle(catalog_dir, wrong, extractor, embeddings=tmp_path / "vecs.npy", ids=tmp_path / "ids.txt",
-                 progress=False, dims=None, learn=False)   # nothing learned to mend them
+    build_bundle(catalog_dir, wrong, extractor, progress=False,
+                 source=FromVectors(tmp_path / "vecs.npy", tmp_path / "ids.txt"),
+                 dims=None, learn=False)   # nothing learned to mend them
     signing.sign(wrong, keys / "shop.key", version=50)
     live = tmp_path / "live"
     install_bundle(signed_pair[7], live, trusted=_trusted(keys), extractor=extractor)

@@ -11,7 +11,7 @@ from . import photos, signing, slots, verify
 from .backends import Backend, get_backend
 from .backends import flags as backend_flags
 from .backends import names as backend_names
-from .files import bundle_lock, fingerprint, fsync_dir, recover, swap_into_place
+from .files import bundle_lock, fingerprint, fsync_dir, recover, swap_into_place, write_atomic
 from .ids import VIEW_SEP, check_id, id_problem, item_of
 from .items import Item, ItemsFile
 from .learned import Learned
@@ -33,5 +33,5 @@ __all__ = [
     "check_out_dir", "counts", "fingerprint", "fsync_dir", "get_backend", "id_problem", "item_of", "keygen",
     "load_public", "load_trusted", "machine_fit", "meminfo", "needs", "normalise", "photos", "read_manifest",
     "recover", "rollback", "served_status", "sign", "signing", "slots", "swap_into_place", "verify",
-    "verify_lines", "write_bundle", "write_manifest",
+    "verify_lines", "write_atomic", "write_bundle", "write_manifest",
 ]

@@ -12,8 +12,9 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import CatalogError
 from .manifest import MANIFEST
@@ -61,6 +62,22 @@ def fsync_tree(path: Path) -> None:
             with open(p, "rb+") as f:
                 os.fsync(f.fileno())
     fsync_dir(path)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a unique temporary file beside ``path``, sync it and rename it to ``path``: the
+    file is there whole or not at all (a write that fails or is interrupted leaves no temporary file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 LEFTOVER_PATTERNS = (".{name}.tmp-*", ".{name}.old-*", ".{name}.compact-*", "..{name}.compact-*.tmp-*",

@@ -14,7 +14,7 @@ from .. import __version__, images
 from ..bootstrap import build_daemon
 from ..bundle import BuildOptions, backend_flags, backend_names, get_backend
 from ..config import is_loopback, load_config, token_problem
-from ..embed.build import build_bundle, interrupted_note
+from ..embed.build import BuildSettings, build_bundle, interrupted_note, source_of
 from ..embed.local import embed_local
 from ..embed.ray_engine import embed_ray
 from ..errors import PiSearchError
@@ -210,9 +210,9 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
                                  candidates=candidates or 0, **own)
     try:
         with terminate_as_exit():  # SIGTERM: the half-written bundle is removed, the old one stays
-            report = build_bundle(catalog, out_dir, extractor, dims=_dims_option(dims), whiten=whiten,
-                                  strict=strict, options=options, embeddings=embeddings, ids=ids,
-                                  thumbnails=thumbnails, learn=learn, views=views)
+            settings = BuildSettings(dims=_dims_option(dims), whiten=whiten, strict=strict, options=options,
+                                     thumbnails=thumbnails, learn=learn, views=views)
+            report = build_bundle(catalog, out_dir, extractor, settings, source=source_of(embeddings, ids))
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {interrupted_note(out_dir)}", err=True)
         sys.exit(130)

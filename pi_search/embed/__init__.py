@@ -1,1 +1,1 @@
-"""Embedding a catalog into shards on one machine or on a Ray cluster (``pi-search index embed``)."""
+"""Embedding a catalog: one resumable engine over shards, here or on Ray (index embed, index build)."""

@@ -1,14 +1,12 @@
-"""Builds a bundle from a catalog: reads rows, embeds photos in resumable chunks, writes it atomically."""
+"""Builds a bundle from a catalog: its vectors (embedded here in resumable shards, or given), then written."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -21,9 +19,7 @@ from ..bundle import (
     DEFAULT_WHITEN,
     BuildOptions,
     Bundle,
-    Item,
     Manifest,
-    RowNames,
     bundle_lock,
     check_out_dir,
     counts,
@@ -31,16 +27,52 @@ from ..bundle import (
     write_bundle,
 )
 from ..errors import BundleError, CatalogError, ImageError
-from ..images import thumbnail
 from ..learn import catalog as learning
-from ..model.framing import embed_catalog_image
-from .catalog import Problem, Row, read_catalog
-from .shards import catalog_framing, shards_for_build
+from . import shards as sh
+from .catalog import Problem, Row, read_catalog, report_problems
+from .fold import Folded, RowItems, ShardItems, fold
+from .local import embed_pending
+from .progress import Progress
+from .shards import catalog_framing
+from .sources import FromPhotos, FromShards, FromVectors, Source, source_of
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64           # rows embedded between two resume checkpoints
-PARTIAL_VERSION = 1
+CHUNK = 64           # rows per shard of a build (between two resume checkpoints)
+PARTIAL_VERSION = 1  # part of the build key: bundles built before stay built
+
+__all__ = ["CHUNK", "BuildReport", "BuildSettings", "FromPhotos", "FromShards", "FromVectors", "Source",
+           "build_bundle", "build_key", "interrupted_note", "partial_dir", "row_key", "source_of"]
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How a bundle is built (whatever its vectors' source).
+
+    ``dims``: PCA dimensions (-1: automatic, None: no projection); ``whiten``: whiten the projection;
+    ``strict``: any bad row is a CatalogError before anything is written (else skipped with a warning);
+    ``options``: the index options (trees, search mode, store, backend...); ``thumbnails``: thumbnails in the
+    bundle (False, with shards and without ``learn``: no image is read at all); ``learn``: learn the
+    bundle's projection from ``views`` synthetic camera views of each catalog photo (``pi_search.learn``);
+    ``chunk``: rows per shard when embedding here; ``progress``: progress on stderr; ``on_chunk(done,
+    total)``: called after each shard written; ``locked``: the caller holds the bundle's lock.
+    """
+
+    dims: int | None = -1
+    whiten: bool = DEFAULT_WHITEN
+    strict: bool = False
+    options: BuildOptions | None = None
+    thumbnails: bool = True
+    learn: bool = True
+    views: int = learning.VIEWS
+    chunk: int = CHUNK
+    progress: bool = True
+    on_chunk: Callable[[int, int], None] | None = None
+    locked: bool = False
+
+    def index_options(self) -> BuildOptions:
+        """The bundle writer's options: ``options`` with these ``dims`` and ``whiten``."""
+        return replace(self.options or BuildOptions(), dims=self.dims, whiten=self.whiten)
 
 
 @dataclass
@@ -79,11 +111,10 @@ def interrupted_note(out_dir: str | Path) -> str:
     out_dir = Path(out_dir)
     partial = partial_dir(out_dir)
     kept = 0
-    for f in sorted(partial.glob("chunk-*.npz")):
+    for f in sorted(sh.shard_files(partial).values()) if partial.is_dir() else []:
         try:
-            with np.load(f, allow_pickle=False) as z:
-                kept += len(z["keys"])
-        except (OSError, ValueError, KeyError):
+            kept += len(sh.read_shard(f, vectors=False).rows)
+        except (OSError, ValueError):
             continue
     old = f"{out_dir} is unchanged" if (out_dir / "manifest.json").is_file() else f"no bundle in {out_dir}"
     if not kept:
@@ -103,299 +134,161 @@ def row_key(row: Row) -> str:
     return hashlib.sha256(f"{row.id}\x00{row.image}\x00{stamp}".encode()).hexdigest()[:32]
 
 
-class _Checkpoints:
-    """Work saved so far under ``OUT.partial/``: embeddings in chunk files, thumbnails in ``thumbs.sqlite``.
+def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor,
+                 settings: BuildSettings | None = None, *, source: Source | None = None,
+                 **changes) -> BuildReport:
+    """Read ``catalog_dir``, take the vectors of its good rows from ``source`` (default: embed its photos
+    here), write the bundle ``out_dir``; ``changes``: fields of ``settings`` to change (``progress=False``).
 
-    Keyed by row (``row_key``) and valid only for the same model sha256 and vector source.
+    Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning (see
+    ``BuildSettings.strict``). Embedding here writes shards of ``chunk`` rows in ``OUT.partial/`` (the
+    engine of ``index embed``) so an interrupted build resumes; they are deleted after success. A rerun
+    with nothing changed (``build_key``) keeps the bundle. Holds the bundle's lock throughout (a second
+    build of the same ``out_dir`` waits for this one) unless the caller does.
     """
-
-    def __init__(self, directory: Path, model_sha256: str, dim: int, source: str = "extractor"):
-        self.dir = directory
-        self.done: dict[str, np.ndarray] = {}
-        self._next = 0
-        state = {"version": PARTIAL_VERSION, "model_sha256": model_sha256, "dim": dim, "source": source}
-        state_file = directory / "state.json"
-        if directory.is_dir():
-            try:
-                old = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                old = None
-            if old != state:
-                log.warning("%s: left by a build with another model or vectors; starting again", directory)
-                shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state))
-        self._db = sqlite3.connect(directory / "thumbs.sqlite")
-        self._db.execute("CREATE TABLE IF NOT EXISTS thumbs (key TEXT PRIMARY KEY, thumb BLOB)")
-        for f in sorted(directory.glob("chunk-*.npz")):
-            try:
-                self._load(f, dim)
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("%s: unreadable checkpoint (%s); its items will be embedded again", f, exc)
-            self._next = max(self._next, int(f.stem.split("-")[1]) + 1)
-
-    def _load(self, f: Path, dim: int) -> None:
-        with np.load(f, allow_pickle=False) as z:
-            keys, vecs = z["keys"], z["vectors"]
-        if vecs.shape != (len(keys), dim):
-            raise ValueError("shapes do not match")
-        for i, k in enumerate(keys.tolist()):
-            self.done[k] = vecs[i]
-
-    def save(self, keys: list[str], vecs: list[np.ndarray], thumbs: list[bytes | None]) -> None:
-        """Thumbnails first (committed), then the chunk file: a key in a chunk always has its thumbnail."""
-        if not keys:
-            return
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)",
-                                 zip(keys, thumbs, strict=True))
-        path = self.dir / f"chunk-{self._next:06d}.npz"
-        tmp = self.dir / f".chunk-{self._next:06d}.tmp.npz"
-        try:
-            np.savez(tmp, keys=np.array(keys), vectors=np.stack(vecs).astype(np.float32))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # interrupted: no half-written chunk stays behind
-            raise
-        self._next += 1
-        for k, v in zip(keys, vecs, strict=True):
-            self.done[k] = v
-
-    def thumbnail(self, key: str) -> bytes | None:
-        r = self._db.execute("SELECT thumb FROM thumbs WHERE key = ?", (key,)).fetchone()
-        return None if r is None or r[0] is None else bytes(r[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class _Items:
-    """The kept rows as index Items, thumbnails read from the checkpoint one at a time (not all in RAM)."""
-
-    def __init__(self, rows: list[Row], keys: list[str], ckpt: _Checkpoints):
-        self.rows, self.keys, self.ckpt = rows, keys, ckpt
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self):
-        name = RowNames()
-        for r, k in zip(self.rows, self.keys, strict=True):
-            rid, extra = name(r.id, r.extra)
-            yield Item(rid, r.title, r.price, extra, self.ckpt.thumbnail(k))
-
-    def item_ids(self) -> list[str]:
-        return [r.id for r in self.rows]
-
-
-class Progress:
-    """A tqdm bar on a terminal; plain stderr lines with items/s and ETA (every 5 s) otherwise."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, what: str = "embedding",
-                 done: str = "embedded"):
-        self.total, self.count, self.start_count = total, initial, initial
-        self.what, self.done = what, done
-        self.t0 = self.last = time.monotonic()
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="item", desc=what, file=sys.stderr,
-                            smoothing=0.1)
-        elif enabled:
-            self._line(f"{what} {total} items" + (f" ({initial} already done)" if initial else ""))
-        self.enabled = enabled
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.monotonic()
-        if now - self.last >= 5.0 or self.count == self.total:
-            self.last = now
-            rate = (self.count - self.start_count) / max(now - self.t0, 1e-9)
-            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
-            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
-            if self.enabled:
-                self._line(f"{self.done} {self.count}/{self.total} items ({rate:.1f} items/s, "
-                           f"ETA {eta_text})")
-
-    @staticmethod
-    def _line(text: str) -> None:
-        """Progress for logs and pipes (no terminal): one plain line on stderr."""
-        print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _report(problems: list[Problem], strict: bool) -> None:
-    for p in problems:
-        log.warning("skipped %s", p)
-    if strict and problems:
-        raise CatalogError(f"{len(problems)} bad catalog row(s) and --strict; first: {problems[0]}")
-
-
-def _load_vectors(embeddings: Path, ids_file: Path, dim: int) -> dict[str, np.ndarray]:
-    try:
-        vecs = np.load(embeddings, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CatalogError(f"{embeddings}: not a readable .npy file ({exc})") from exc
-    try:
-        text = ids_file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{ids_file}: cannot read ({exc})") from exc
-    ids = [line.strip() for line in text.splitlines() if line.strip()]
-    if vecs.ndim != 2 or vecs.shape[1] != dim:
-        raise CatalogError(f"{embeddings}: shape {tuple(vecs.shape)}, expected [n, {dim}] from the model "
-                           "in use")
-    if len(ids) != vecs.shape[0]:
-        raise CatalogError(f"{ids_file}: {len(ids)} ids for {vecs.shape[0]} embeddings; one id per line, "
-                           "in order")
-    if len(set(ids)) != len(ids):
-        raise CatalogError(f"{ids_file}: duplicate ids")
-    if not np.isfinite(np.asarray(vecs, dtype=np.float32)).all():
-        raise CatalogError(f"{embeddings}: contains NaN or infinite values")
-    return {i: np.asarray(vecs[n], dtype=np.float32) for n, i in enumerate(ids)}
-
-
-def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dims: int | None = -1,
-                 whiten: bool = DEFAULT_WHITEN, strict: bool = False, options: BuildOptions | None = None,
-                 embeddings: str | Path | None = None, ids: str | Path | None = None,
-                 chunk: int = CHUNK, progress: bool = True,
-                 on_chunk: Callable[[int, int], None] | None = None, locked: bool = False,
-                 thumbnails: bool = True, learn: bool = True, views: int = learning.VIEWS) -> BuildReport:
-    """Read ``catalog_dir``, embed every good row (or take ``embeddings``/``ids``), write ``out_dir``.
-
-    Bad rows (missing or unreadable image, duplicate id, empty title) are skipped with a warning; ``strict``
-    makes any of them a CatalogError before anything is written. Embeddings are checkpointed every ``chunk``
-    rows in ``OUT.partial/`` so an interrupted build resumes; the checkpoint is deleted after success.
-    ``on_chunk(done, total)`` is called after each checkpoint. ``dims``: PCA dimensions (-1: automatic,
-    None: no projection). Holds the bundle's lock throughout (a second build of the same ``out_dir`` waits
-    for this one) unless the caller does (``locked``). ``embeddings``: a shards directory of ``index embed``
-    (refused unless made from these catalog rows with this model and framing; streamed, see
-    ``_build_from_shards``), or a .npy with ``ids``. ``thumbnails=False``: none in the bundle (with shards
-    and without ``learn``, no image is read at all). ``learn``: learn the bundle's projection from ``views``
-    synthetic camera views of each catalog photo (``pi_search.learn``; an even sample of at most
-    ``learn.catalog.MAX_ITEMS`` photos, read again after embedding).
-    """
-    if not locked:
-        check_out_dir(Path(out_dir))
-        with bundle_lock(out_dir, what="build"):
-            return build_bundle(catalog_dir, out_dir, extractor, dims=dims, whiten=whiten, strict=strict,
-                                options=options, embeddings=embeddings, ids=ids, chunk=chunk,
-                                progress=progress, on_chunk=on_chunk, locked=True, thumbnails=thumbnails,
-                                learn=learn, views=views)
-    t0 = time.perf_counter()
+    settings = replace(settings or BuildSettings(), **changes)
     catalog_dir, out_dir = Path(catalog_dir), Path(out_dir)
     check_out_dir(out_dir)
+    held = contextlib.nullcontext() if settings.locked else bundle_lock(out_dir, what="build")
+    with held:
+        return _build(catalog_dir, out_dir, extractor, settings, source or FromPhotos())
+
+
+@dataclass
+class _Build:
+    """One build under way: its inputs and the catalog rows read."""
+
+    catalog_dir: Path
+    out_dir: Path
+    extractor: object
+    settings: BuildSettings
+    rows: list[Row]
+    problems: list[Problem]
+    t0: float
+
+    @property
+    def learning(self) -> _Learning:
+        s = self.settings
+        # the ivfpq backend projects the stored rows by PCA again: its learning keeps every axis
+        return _Learning(self.extractor, s.views if s.learn else 0, s.progress,
+                         None if s.index_options().backend == "ivfpq" else learning.DIMS)
+
+    def write(self, folded: Folded, items, key: str | None) -> tuple[Manifest, list[Problem]]:
+        """Learn the projection from the kept rows, then write the bundle (see ``_write_kept``)."""
+        kept_rows = [self.rows[i] for i in folded.kept]
+        learned = self.learning.run(kept_rows, folded.vectors)
+        return _write_kept(self.catalog_dir, self.out_dir, self.extractor, self.settings.index_options(),
+                           folded.vectors, items, len(self.rows), self.problems, folded.late,
+                           self.settings.strict, key, learned)
+
+    def report(self, manifest: Manifest, kept: int, problems: list[Problem], embedded: int = 0,
+               resumed: int = 0) -> BuildReport:
+        return BuildReport(self.out_dir, manifest, _items_of(manifest, kept), problems, embedded, resumed,
+                           time.perf_counter() - self.t0)
+
+
+def _build(catalog_dir: Path, out_dir: Path, extractor, settings: BuildSettings,
+           source: Source) -> BuildReport:
+    t0 = time.perf_counter()
+    check_out_dir(out_dir)
     rows, problems = read_catalog(catalog_dir)
-    _report(problems, strict)
-    opts = options or BuildOptions()
-    opts = replace(opts, dims=dims, whiten=whiten)
-    # the ivfpq backend projects the stored rows by PCA again: its learning keeps every axis
-    teach = _Learning(extractor, views if learn else 0, progress,
-                      None if opts.backend == "ivfpq" else learning.DIMS)
-    given = None
-    shards = embeddings is not None and Path(embeddings).is_dir()
-    if shards:   # made by pi-search index embed: checked against this catalog and model
-        if ids is not None:
-            raise CatalogError("--ids goes with a .npy file; a shards directory from index embed has its ids")
-        return _build_from_shards(catalog_dir, Path(embeddings), out_dir, extractor, rows, problems, opts,
-                                  strict=strict, thumbnails=thumbnails, progress=progress, t0=t0,
-                                  teach=teach)
-    if (embeddings is None) != (ids is None):
-        raise CatalogError("--embeddings and --ids go together: the .npy file and its ids, one per line")
-    elif embeddings is not None:
-        several = next((r for r in rows if r.photo), None)
-        if several is not None:   # a .npy with ids holds one vector per id: it cannot say which photo
-            raise CatalogError(f"--embeddings with --ids holds one vector per id, but item {several.id!r} "
-                               f"has several photos (catalog.csv line {several.line}); embed the catalog "
-                               "with pi-search index embed and build from its shards instead")
-        given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
-    if embeddings is not None:
-        st = Path(embeddings).stat()
-        source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    else:
-        source = "extractor"
-    keys = [row_key(r) for r in rows]
-    built_from = build_key(extractor, source, rows, keys, opts, thumbnails, problems, teach.views)
-    done = _already_built(out_dir, built_from)
-    if done is not None:   # e.g. a rerun after a build killed once its bundle was in place
-        shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
-        log.info("%s: already built from these %d rows with this model and these options; nothing to do",
-                 out_dir, len(rows))
-        return BuildReport(out_dir, done, done.items, problems, 0, done.items, time.perf_counter() - t0)
-    ckpt = _Checkpoints(partial_dir(out_dir), extractor.sha256, extractor.dim, source)
-    resumed = sum(k in ckpt.done for k in keys)
-    if resumed:
-        log.info("resuming: %d of %d items already done in %s", resumed, len(rows), ckpt.dir)
-    bar = Progress(len(rows), resumed, progress)
-    kept: list[int] = []
-    vectors = np.empty((len(rows), extractor.dim), np.float32)
-    late: list[Problem] = []
-    pending: tuple[list, list, list] = ([], [], [])
-    embedded = 0
+    report_problems(problems, settings.strict)
+    job = _Build(catalog_dir, out_dir, extractor, settings, rows, problems, t0)
+    if isinstance(source, FromShards):
+        return _from_shards(job, source)
+    return _embedded_here(job, source)
+
+
+def _from_shards(job: _Build, source: FromShards) -> BuildReport:
+    """A bundle from the shards of ``index embed``, streamed (``fold``), thumbnails read from the photos."""
+    bar = Progress(len(job.rows), 0, job.settings.progress)
     try:
-        for n, (row, key) in enumerate(zip(rows, keys, strict=True)):
-            if key in ckpt.done:
-                vec = ckpt.done[key]
-            else:
-                rel = str(row.image.relative_to(catalog_dir))
-                if given is not None and row.id not in given:
-                    late.append(Problem(row.line, rel, f"no embedding for id {row.id!r} in {ids}"))
-                    continue
-                try:
-                    rgb = images.read(row.image) if thumbnails or given is None else None
-                    thumb = thumbnail(rgb) if thumbnails else None
-                    if given is not None:
-                        vec = given[row.id]
-                    else:
-                        vec = embed_catalog_image(extractor, rgb)
-                        embedded += 1
-                except ImageError as exc:
-                    late.append(Problem(row.line, rel, f"unreadable image: {str(exc).split(': ', 1)[-1]}"))
-                    bar.update()
-                    continue
-                except Exception as exc:  # one bad image must not stop a long build
-                    late.append(Problem(row.line, rel, f"cannot process image ({type(exc).__name__}: {exc})"))
-                    bar.update()
-                    continue
-                for lst, val in zip(pending, (key, vec, thumb), strict=True):
-                    lst.append(val)
-                if len(pending[0]) >= chunk:
-                    ckpt.save(*pending)
-                    pending = ([], [], [])
-                    if on_chunk:
-                        on_chunk(len(ckpt.done), len(rows))
-                bar.update()
-            vectors[len(kept)] = vec
-            kept.append(n)
-        ckpt.save(*pending)
-    except BaseException:
-        ckpt.close()
-        raise
+        shards = sh.shards_for_build(source.directory, job.catalog_dir, job.rows, job.extractor)
+        folded = fold(shards, job.rows, job.catalog_dir, job.out_dir, job.extractor.dim, bar)
+        bar.close()   # before the bundle's own log lines
+        items = RowItems(job.rows, folded.kept, job.settings.thumbnails)
+        manifest, problems = job.write(folded, items, None)
     finally:
         bar.close()
+    if items.no_thumb:
+        log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
+    return job.report(manifest, len(folded.kept), problems)
+
+
+def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport:
+    """Embed the catalog's photos (or take the given vectors) into shards in ``OUT.partial`` with the local
+    engine, resuming from the shards there, then write the bundle from them and delete them. A rerun of an
+    unchanged build keeps the bundle and does nothing."""
+    s, rows, extractor = job.settings, job.rows, job.extractor
+    given = _given_vectors(source, rows, extractor.dim)
+    keys = [row_key(r) for r in rows]
+    stamp = source.stamp if given is not None else None
+    built_from = build_key(extractor, stamp or "extractor", rows, keys, s.index_options(), s.thumbnails,
+                           job.problems, job.learning.views)
+    partial = partial_dir(job.out_dir)
+    done = _already_built(job.out_dir, built_from)
+    if done is not None:   # e.g. a rerun after a build killed once its bundle was in place
+        shutil.rmtree(partial, ignore_errors=True)
+        log.info("%s: already built from these %d rows with this model and these options; nothing to do",
+                 job.out_dir, len(rows))
+        return BuildReport(job.out_dir, done, done.items, job.problems, 0, done.items,
+                           time.perf_counter() - job.t0)
+    plan = sh.Plan.from_rows(job.catalog_dir, rows, s.chunk, keys=keys, thumbnails=s.thumbnails)
+    want = sh.model_header(plan, extractor, stamp)
+    writer = sh.ShardWriter(partial, want, plan, discard=True)
+    try:
+        if writer.done_kept:
+            log.info("resuming: %d of %d items already done in %s", writer.done_kept, len(rows), partial)
+        bar = Progress(len(rows), writer.done_rows, s.progress)
+        try:
+            vectors_of = None if given is None else _unit_vectors(given, source, extractor.dim)
+            embedded, _ = embed_pending(extractor, plan, writer, bar, s.on_chunk, vectors_of)
+        finally:
+            bar.close()
+        writer.finish("local")
+    finally:
+        writer.close()
     if given is not None:
         unused = set(given) - {r.id for r in rows}
         if unused:
-            log.warning("%d embedding(s) in %s have no catalog row; ignored (first: %s)", len(unused), ids,
-                        sorted(unused)[0])
-    try:
-        items = _Items([rows[i] for i in kept], [keys[i] for i in kept], ckpt)
-        manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
-                                         len(rows), problems, late, strict, built_from,
-                                         teach.run([rows[i] for i in kept], vectors[:len(kept)]))
-    finally:
-        ckpt.close()
-    shutil.rmtree(ckpt.dir, ignore_errors=True)
-    return BuildReport(out_dir, manifest, _items_of(manifest, len(kept)), problems, embedded, resumed,
-                       time.perf_counter() - t0)
+            log.warning("%d embedding(s) in %s have no catalog row; ignored (first: %s)", len(unused),
+                        source.ids, sorted(unused)[0])
+    folded = fold(sh.checked_shards(partial, plan, want), rows, job.catalog_dir, job.out_dir, extractor.dim)
+    items = ShardItems(rows, folded.kept, partial) if s.thumbnails else RowItems(rows, folded.kept, False)
+    manifest, problems = job.write(folded, items, built_from)
+    shutil.rmtree(partial, ignore_errors=True)
+    return job.report(manifest, len(folded.kept), problems, 0 if given is not None else embedded,
+                      writer.done_kept)
+
+
+def _given_vectors(source: Source, rows: list[Row], dim: int) -> dict[str, np.ndarray] | None:
+    """The vectors of a ``FromVectors`` source by id (None for the photos)."""
+    if not isinstance(source, FromVectors):
+        return None
+    several = next((r for r in rows if r.photo), None)
+    if several is not None:   # a .npy with ids holds one vector per id: it cannot say which photo
+        raise CatalogError(f"--embeddings with --ids holds one vector per id, but item {several.id!r} "
+                           f"has several photos (catalog.csv line {several.line}); embed the catalog "
+                           "with pi-search index embed and build from its shards instead")
+    return source.load(dim)
+
+
+def _unit_vectors(given: dict[str, np.ndarray], source: FromVectors, dim: int) -> Callable[[dict], dict]:
+    """For a unit of work: ``given`` float32 [n, dim] (zeros where missing) and ``missing`` [n] (the reason,
+    or None) from the vectors by id."""
+
+    def entries(work: dict) -> dict:
+        vecs = np.zeros((len(work["ids"]), dim), np.float32)
+        missing: list[str | None] = []
+        for n, i in enumerate(work["ids"]):
+            if i in given:
+                vecs[n] = given[i]
+                missing.append(None)
+            else:
+                missing.append(f"no embedding for id {i!r} in {source.ids}")
+        return {"given": vecs, "missing": missing}
+
+    return entries
 
 
 def _items_of(manifest: Manifest, rows: int) -> int:
@@ -472,7 +365,7 @@ def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions,
     """Write the bundle of the kept rows (``vectors`` float32 [n, dim], row i is ``items``' i-th); reports
     the rows that failed while embedding (``late``: fatal with ``strict``). Returns the manifest and every
     skipped row. ``key``: the ``build_key`` recorded in the manifest (a rerun finds it there)."""
-    _report(late, strict)
+    report_problems(late, strict)
     total_rows = n_rows + len(problems)
     problems = problems + late
     if not len(items):
@@ -489,68 +382,3 @@ def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions,
     if problems:
         log.warning("%d bad row(s) skipped, %d items indexed", len(problems), kept["items"])
     return manifest, problems
-
-
-class _RowItems:
-    """The Items of the kept catalog rows, made one at a time (thumbnails read from the photos on the way)."""
-
-    def __init__(self, rows: list[Row], kept: list[int], thumbnails: bool):
-        self.rows, self.kept, self.thumbnails = rows, kept, thumbnails
-        self.no_thumb = 0
-
-    def __len__(self) -> int:
-        return len(self.kept)
-
-    def item_ids(self) -> list[str]:
-        return [self.rows[i].id for i in self.kept]
-
-    def __iter__(self):
-        name = RowNames()
-        for i in self.kept:
-            row = self.rows[i]
-            thumb = None
-            if self.thumbnails:
-                try:
-                    thumb = thumbnail(images.read(row.image))
-                except (ImageError, OSError):
-                    self.no_thumb += 1   # the embedding exists: the item stays, without a picture
-            rid, extra = name(row.id, row.extra)
-            yield Item(rid, row.title, row.price, extra, thumb)
-
-
-def _build_from_shards(catalog_dir: Path, shards_dir: Path, out_dir: Path, extractor, rows: list[Row],
-                       problems: list[Problem], opts: BuildOptions, *, strict: bool, thumbnails: bool,
-                       progress: bool, t0: float, teach: _Learning | None = None) -> BuildReport:
-    """A bundle from the shards of ``index embed``, streamed: one shard in memory at a time, the vectors
-    gathered in a memory map beside ``out_dir`` (float32 [n, dim]; its file unlinked at once), the items
-    written as they are made. Memory stays bounded by a shard and the catalog's rows, whatever the
-    catalog's size."""
-    tmp = out_dir.parent / f".{out_dir.name}.fold-embeddings-{os.getpid()}.npy"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(len(rows), 1),
-                                                                                  extractor.dim))
-    tmp.unlink()   # the mapping keeps it while this build runs; a killed build leaves nothing behind
-    kept: list[int] = []
-    late: list[Problem] = []
-    bar = Progress(len(rows), 0, progress)
-    try:
-        for shard in shards_for_build(shards_dir, catalog_dir, rows, extractor):
-            n = len(shard.rows)
-            vectors[len(kept):len(kept) + n] = shard.vectors
-            kept.extend(int(r) for r in shard.rows)
-            for r, reason in zip(shard.failed_rows.tolist(), shard.failed_reasons, strict=True):
-                row = rows[r]
-                late.append(Problem(row.line, str(row.image.relative_to(catalog_dir)), reason))
-            bar.update(n + len(shard.failed_rows))
-        bar.close()   # before the bundle's own log lines
-        items = _RowItems(rows, kept, thumbnails)
-        learned = teach.run([rows[i] for i in kept], vectors[:len(kept)]) if teach else (None, {})
-        manifest, problems = _write_kept(catalog_dir, out_dir, extractor, opts, vectors[:len(kept)], items,
-                                         len(rows), problems, late, strict, learned=learned)
-    finally:
-        bar.close()
-        del vectors
-    if items.no_thumb:
-        log.warning("%d item(s) have no thumbnail: their photo could not be read again", items.no_thumb)
-    return BuildReport(out_dir, manifest, _items_of(manifest, len(kept)), problems, 0, 0,
-                       time.perf_counter() - t0)

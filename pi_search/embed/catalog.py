@@ -277,3 +277,11 @@ def read_catalog(catalog_dir: str | Path) -> tuple[list[Row], list[Problem]]:
     if not rows and not problems:
         raise CatalogError(f"{catalog_dir}: no catalog.csv and no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return rows, problems
+
+
+def report_problems(problems: list[Problem], strict: bool) -> None:
+    """Log each bad row as skipped; with ``strict`` any of them is a CatalogError (nothing is written)."""
+    for p in problems:
+        log.warning("skipped %s", p)
+    if strict and problems:
+        raise CatalogError(f"{len(problems)} bad catalog row(s) and --strict; first: {problems[0]}")

@@ -1,20 +1,22 @@
-"""The local engine: one process embeds a catalog's shards one after another (the baseline for Ray)."""
+"""The local engine: one process embeds a catalog's shards one after another (index embed, index build)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import images
 from ..errors import CatalogError, ImageError
+from ..images import thumbnail
 from ..model.framing import embed_catalog_image
 from . import shards as sh
-from .build import Progress
-from .catalog import Problem, read_catalog
+from .catalog import Problem, read_catalog, report_problems
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +34,15 @@ class EmbedReport:
     failed: int = 0
     seconds: float = 0.0
     skipped: list[Problem] = field(default_factory=list)
-    manifest: dict = field(default_factory=dict)
+    manifest: sh.ShardsManifest | None = None
 
     def as_dict(self) -> dict:
         return {"out": str(self.out_dir), "engine": self.engine, "rows": self.rows, "shards": self.shards,
                 "embedded": self.embedded, "resumed": self.resumed, "failed": self.failed,
                 "skipped": len(self.skipped), "problems": [str(p) for p in self.skipped],
-                "seconds": round(self.seconds, 2), "model": self.manifest.get("model"),
-                "framing": self.manifest.get("framing")}
+                "seconds": round(self.seconds, 2),
+                "model": asdict(self.manifest.model) if self.manifest else None,
+                "framing": self.manifest.framing if self.manifest else None}
 
 
 def embed_one(extractor, data: bytes, name: str) -> np.ndarray:
@@ -68,43 +71,86 @@ def read_bytes(path: str) -> tuple[bytes | None, str | None]:
         return None, f"unreadable image: cannot read ({exc.strerror or exc})"
 
 
-def embed_work(extractor, work: dict, out_dir: str | Path) -> dict:
+def embed_work(extractor, work: dict, out_dir: str | Path, on_row: Callable[[], None] | None = None) -> dict:
     """Embed one shard's rows and write the shard file; returns a summary (no vectors).
 
     ``work`` (``Plan.work``): ``shard`` int, ``rows`` int64 [n], ``ids``, ``images`` and ``paths`` [n] str,
     and optionally ``data`` [n] (the files' bytes, None where reading failed) with ``errors`` [n] (the
-    reason, or None): then nothing is read here.
+    reason, or None): then nothing is read here; ``keys`` [n] str (kept in the shard); ``thumbnails``
+    (a thumbnail of each photo kept in the shard, made from the one decoding); ``given`` float32 [n, dim]
+    vectors made elsewhere with ``missing`` [n] (why a row has none, or None): then the model is not run,
+    and a photo is read only for its thumbnail. ``on_row()`` is called after each row (done or failed).
     """
     rows = np.asarray(work["rows"], np.int64)
     paths = list(work["paths"])
     data = work.get("data")
     errors = work.get("errors")
-    keep, vecs, failed, reasons = [], [], [], []
+    want_thumbs = bool(work.get("thumbnails"))
+    given, missing = work.get("given"), work.get("missing")
+    keep, vecs, thumbs, failed, reasons = [], [], [], [], []
     for n, path in enumerate(paths):
-        if data is None:
+        blob = err = vec = thumb = None
+        if given is not None and missing[n]:
+            err = missing[n]
+        elif given is not None and not want_thumbs:
+            vec = given[n]       # nothing to read
+        elif data is None:
             blob, err = read_bytes(path)
         else:
             blob, err = data[n], errors[n]
-        vec = None
-        if err is None:
+        if blob is not None and err is None:
             try:
-                vec = embed_one(extractor, blob, path)
+                rgb = images.decode(blob, name=path)
+                thumb = thumbnail(rgb) if want_thumbs else None
+                vec = embed_catalog_image(extractor, rgb) if given is None else given[n]
             except ImageError as exc:
                 err = f"unreadable image: {str(exc).split(': ', 1)[-1]}"
             except Exception as exc:  # one bad image must not stop a long run
                 err = f"cannot process image ({type(exc).__name__}: {exc})"
+            del blob
+        if on_row is not None:
+            on_row()
         if err is not None:
             failed.append(int(rows[n]))
             reasons.append(err)
             continue
         keep.append(n)
         vecs.append(vec)
+        thumbs.append(thumb)
     dim = extractor.dim
     vectors = np.stack(vecs).astype(np.float32) if vecs else np.empty((0, dim), np.float32)
-    ids, images = list(work["ids"]), list(work["images"])
+    ids, names = list(work["ids"]), list(work["images"])
     sh.write_shard(out_dir, int(work["shard"]), rows[keep], [ids[n] for n in keep],
-                   [images[n] for n in keep], vectors, np.array(failed, np.int64), reasons)
+                   [names[n] for n in keep], vectors, np.array(failed, np.int64), reasons,
+                   keys=list(work["keys"]) if work.get("keys") is not None else None,
+                   thumbs=thumbs if want_thumbs else None)
     return {"shard": int(work["shard"]), "embedded": len(keep), "failed": len(failed)}
+
+
+def embed_pending(extractor, plan: sh.Plan, writer: sh.ShardWriter, bar: Progress | None = None,
+                  on_shard: Callable[[int, int], None] | None = None,
+                  given: Callable[[dict], dict] | None = None) -> tuple[int, int]:
+    """The local executor: embed every pending shard of ``writer`` here, one after another, with OpenCV
+    kept to the interpreter's threads; returns ``(embedded, failed)`` rows. ``bar`` advances by row,
+    ``on_shard(rows done, rows planned)`` is called after each shard file is written; ``given(work)``: the
+    ``given`` and ``missing`` entries of a unit of work whose vectors were made elsewhere."""
+    embedded = failed = 0
+    done = writer.done_rows
+    threads_before = framing_threads(extractor.num_threads)
+    try:
+        for k in writer.pending:
+            work = plan.work(k)
+            if given is not None:
+                work.update(given(work))
+            result = embed_work(extractor, work, writer.dir, bar.update if bar else None)
+            embedded += result["embedded"]
+            failed += result["failed"]
+            done += result["embedded"] + result["failed"]
+            if on_shard is not None:
+                on_shard(done, plan.rows)
+    finally:
+        framing_threads(threads_before)
+    return embedded, failed
 
 
 def prepare(catalog_dir: str | Path, out_dir: str | Path, extractor, shard_rows: int, strict: bool = False):
@@ -114,21 +160,16 @@ def prepare(catalog_dir: str | Path, out_dir: str | Path, extractor, shard_rows:
     """
     catalog_dir = Path(catalog_dir)
     rows, problems = read_catalog(catalog_dir)
-    for p in problems:
-        log.warning("skipped %s", p)
-    if strict and problems:
-        raise CatalogError(f"{len(problems)} bad catalog row(s) and --strict; first: {problems[0]}")
+    report_problems(problems, strict)
     if not rows:
         raise CatalogError(f"{catalog_dir}: no usable rows ({len(problems)} bad row(s)); fix the rows above")
     out_dir = Path(out_dir)
-    found = sh.read_manifest(out_dir) if out_dir.is_dir() else None
-    if found is not None and found.get("shard_rows") != shard_rows:
-        log.info("%s: resuming with its own shards of %s rows", out_dir, found.get("shard_rows"))
-        shard_rows = int(found.get("shard_rows") or shard_rows)
+    found = sh.ShardsManifest.read(out_dir) if out_dir.is_dir() else None
+    if found is not None and found.shard_rows != shard_rows:
+        log.info("%s: resuming with its own shards of %s rows", out_dir, found.shard_rows)
+        shard_rows = found.shard_rows
     plan = sh.Plan.from_rows(catalog_dir, rows, shard_rows)
-    model = {"name": extractor.name, "sha256": extractor.sha256, "dim": extractor.dim}
-    want = sh.header(plan, model, sh.catalog_framing(extractor.size))
-    return plan, sh.ShardWriter(out_dir, want, plan), problems
+    return plan, sh.ShardWriter(out_dir, sh.model_header(plan, extractor), plan), problems
 
 
 def embed_local(catalog_dir: str | Path, out_dir: str | Path, extractor, *,
@@ -141,18 +182,12 @@ def embed_local(catalog_dir: str | Path, out_dir: str | Path, extractor, *,
     report = EmbedReport(Path(out_dir), "local", plan.rows, plan.shards, resumed=writer.done_rows,
                          skipped=problems)
     bar = Progress(plan.rows, writer.done_rows, progress)
-    threads_before = framing_threads(extractor.num_threads)
     try:
-        for k in writer.pending:
-            done = embed_work(extractor, plan.work(k), writer.dir)
-            report.embedded += done["embedded"]
-            report.failed += done["failed"]
-            bar.update(done["embedded"] + done["failed"])
+        report.embedded, report.failed = embed_pending(extractor, plan, writer, bar)
         report.manifest = writer.finish("local")
     finally:
-        framing_threads(threads_before)
         bar.close()
         writer.close()
-    report.failed = report.manifest["failed"]
+    report.failed = report.manifest.failed
     report.seconds = time.perf_counter() - t0
     return report

@@ -29,8 +29,8 @@ from ..errors import PiSearchError
 from ..model.extractor import Extractor
 from . import reaper
 from . import shards as sh
-from .build import Progress
 from .local import EmbedReport, embed_work, framing_threads, prepare, read_bytes
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,6 @@ def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, addres
             ray.shutdown()
         reaper.stop(watcher)
         quiet.__exit__(None, None, None)
-    report.failed = report.manifest["failed"]
+    report.failed = report.manifest.failed
     report.seconds = time.perf_counter() - t0
     return report

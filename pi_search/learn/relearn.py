@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import images
 from ..bundle import Bundle, Item, bundle_lock, normalise, recover, write_bundle
-from ..embed.build import Progress
+from ..embed.progress import Progress
 from ..errors import BundleError, ImageError
 from ..live.compact import _options
 from . import catalog as learning

@@ -19,7 +19,7 @@ KEY_FILE = "demo-bundle.key"
 
 def demo_data() -> Path:
     """The demo catalog shipped with the package: ``catalog.csv``, ``images/`` and camera ``frames/``."""
-    root = Path(__file__).resolve().parent / "data" / "demo"
+    root = Path(__file__).resolve().parents[1] / "data" / "demo"
     if not (root / "catalog.csv").is_file() or not (root / "frames").is_dir():
         raise CatalogError(f"{root}: the demo catalog is missing; reinstall pi-search from a full checkout")
     return root

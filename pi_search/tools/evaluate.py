@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import images
 from ..bundle import BuildOptions, Bundle
-from ..embed.build import build_bundle
+from ..embed.build import FromVectors, build_bundle
 from ..embed.catalog import read_catalog
 from ..errors import CatalogError, PiSearchError
 from ..model import look as looking
@@ -189,8 +189,9 @@ def _bundle_ranks(catalog_dir: Path, ids: list[str], cat_vecs: np.ndarray, q_vec
     """
     np.save(work / "emb.npy", cat_vecs)
     (work / "ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    build_bundle(catalog_dir, work / "bundle", extractor, embeddings=work / "emb.npy", ids=work / "ids.txt",
-                 options=BuildOptions(search="ann"), progress=False, learn=learn)
+    build_bundle(catalog_dir, work / "bundle", extractor,
+                 source=FromVectors(work / "emb.npy", work / "ids.txt"), options=BuildOptions(search="ann"),
+                 progress=False, learn=learn)
     bundle = Bundle.open(work / "bundle", extractor=extractor)
     ranks, tops, s_ranks, s_tops, secs = [], [], [], [], []
 
