@@ -23,6 +23,7 @@ from ..bundle import (
     bundle_lock,
     check_out_dir,
     counts,
+    get_backend,
     read_manifest,
     write_bundle,
 )
@@ -169,9 +170,10 @@ class _Build:
     @property
     def learning(self) -> _Learning:
         s = self.settings
-        # the ivfpq backend projects the stored rows by PCA again: its learning keeps every axis
-        return _Learning(self.extractor, s.views if s.learn else 0, s.progress,
-                         None if s.index_options().backend == "ivfpq" else learning.DIMS)
+        # a backend that stores PCA coordinates projects the rows again: its learning keeps every axis
+        pca = get_backend(s.index_options().backend).store_space == "pca"
+        dims = None if pca else learning.DIMS
+        return _Learning(self.extractor, s.views if s.learn else 0, s.progress, dims)
 
     def write(self, folded: Folded, items, key: str | None) -> tuple[Manifest, list[Problem]]:
         """Learn the projection from the kept rows, then write the bundle (see ``_write_kept``)."""
