@@ -10,18 +10,17 @@ from flask import Blueprint, jsonify, render_template, request
 from ..barcodes.codes import keys, tidy, with_barcode
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
-from ..errors import BundleError, CatalogError, ImageError
+from ..errors import BadInput, BundleError, ImageError, NothingFound, Unavailable
 from ..images import decode, encode_jpeg
 from ..learn.relearn import keep_scene
 from ..live.changes import MAX_SHOTS
 from ..live.teach import embed_background, embed_shots
 from .auth import page as _page
-from .context import ext as _ext
-from .errors import error as _error
+from .context import appliance as _appliance
+from .context import config as _config
 from .errors import no_catalog as _no_catalog
 from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
-from .relearn_job import RelearnJob
 from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
 
 _embedding = threading.BoundedSemaphore(1)   # one teaching request embeds at a time (shares the model)
-_relearning = RelearnJob()                   # one relearn at a time, in a process of its own
 
 
 @bp.before_request
@@ -38,16 +36,15 @@ def _locked():
     (Host, Origin and token checks ran before, in ``auth``). A change needs a served catalog: 503 saying so
     before any photo is read or embedded."""
     if request.endpoint == "pi_search_items.page":
-        return None
-    refused = refuse_if_locked()
-    if refused is None and request.method != "GET" and not _catalog().serving:
-        return _no_catalog(_catalog().problem)
-    return refused
+        return
+    refuse_if_locked()
+    if request.method != "GET" and not _catalog().serving:
+        raise _no_catalog(_catalog().problem)
 
 
 def _catalog():
-    """The worker's live catalog (bundle plus taught items)."""
-    return _ext()["service"].catalog
+    """The live catalog teaching changes (bundle plus taught items)."""
+    return _appliance().teaching.catalog
 
 
 def _shots() -> list:
@@ -58,7 +55,7 @@ def _shots() -> list:
     if len(files) > MAX_SHOTS:
         raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
     out = []
-    with _ext()["service"].upload_slot():  # like a search upload: two photos decoded at a time at most
+    with _appliance().upload_slot():  # like a search upload: two photos decoded at a time at most
         for n, f in enumerate(files):
             kind = kinds[n] if n < len(kinds) else "photo"
             out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
@@ -81,13 +78,13 @@ def _barcode() -> str | None:
 
 def _embed(cat, shots):
     with _embedding:
-        return embed_shots(_ext()["service"].extractor, shots, background=cat.background)
+        return embed_shots(_appliance().teaching.extractor, shots, background=cat.background)
 
 
 @bp.get("/teach")
 @_page
 def page():
-    return render_template("teach.html", page=_ext()["config"].page, teach=teaching_state())
+    return render_template("teach.html", page=_config().page, teach=teaching_state())
 
 
 @bp.get("/api/items")
@@ -114,21 +111,19 @@ def list_items():
 def add_item():
     """Teach an item: multipart ``title``, ``price``, ``id`` (optional) and one or more ``image`` shots."""
     cat = _catalog()
+    shots = _shots()   # bad input (400), an id taken (409): raised by type, answered by web/errors.py
+    if not shots:
+        raise BadInput("no shots: capture or upload at least one photo of the item")
+    barcode = _barcode()
     try:
-        shots = _shots()
-        if not shots:
-            return _error(400, "no shots: capture or upload at least one photo of the item")
-        barcode = _barcode()
         vecs, thumb = _embed(cat, shots)
         item_id = cat.add(request.form.get("title", ""), request.form.get("price") or None, vecs,
                           item_id=request.form.get("id") or None, thumb=thumb,
                           extra={"barcode": barcode} if barcode else None)
-    except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
-        return _error(exc.status, str(exc))
-    except BundleError:
+    except BundleError as exc:
         if cat.serving:
             raise
-        return _no_catalog(cat.problem)  # the bundle went away while the shots were embedded
+        raise _no_catalog(cat.problem) from exc  # the bundle went away while the shots were embedded
     log.info("item %s taught from the page (%d shot(s))", item_id, len(shots))
     resp = jsonify({"item": _item_json(cat, item_id)})
     resp.status_code = 201
@@ -140,17 +135,14 @@ def edit_item(item_id: str):
     """Edit an item: any of ``title``, ``price`` (empty clears it), ``barcode`` (empty clears it) and
     further ``image`` shots."""
     cat = _catalog()
-    try:
-        barcode, extra = _barcode(), None
-        if barcode is not None:
-            extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
-        shots = _shots()
-        vecs = _embed(cat, shots)[0] if shots else None
-        price = request.form.get("price")
-        cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
-                 clear_price=price == "", extra=extra)
-    except (CatalogError, ImageError) as exc:  # 400 bad input, 404 no such item
-        return _error(exc.status, str(exc))
+    barcode, extra = _barcode(), None   # bad input (400), no such item (404): raised by type
+    if barcode is not None:
+        extra = with_barcode((cat.item(item_id) or {}).get("extra"), barcode)
+    shots = _shots()
+    vecs = _embed(cat, shots)[0] if shots else None
+    price = request.form.get("price")
+    cat.edit(item_id, title=request.form.get("title") or None, price=price or None, vectors=vecs,
+             clear_price=price == "", extra=extra)
     return jsonify({"item": _item_json(cat, item_id)})
 
 
@@ -161,18 +153,18 @@ def scan():
     names, or null); 422 when no code is found, saying how to hold it."""
     cat = _catalog()
     upload = request.files.get("image")
-    service = _ext()["service"]
-    with service.upload_slot():   # a read takes a fraction of a second of CPU, like an upload
+    port = _appliance()
+    with port.upload_slot():   # a read takes a fraction of a second of CPU, like an upload
         if upload is not None:
             grey = grey_for_codes(upload.read(), upload.filename or "image")
         else:
-            latest = service.latest()
+            latest = port.latest()
             if latest is None:
-                return _error(503, "no camera frame yet; try again in a moment")
+                raise Unavailable("no camera frame yet; try again in a moment")
             grey = grey_for_codes(latest.jpeg, "the current frame")
         codes = read_codes(grey) if grey is not None else []
     if not codes:
-        return _error(422, "no barcode found: hold the code flat and close to the camera, in good light, "
+        raise NothingFound("no barcode found: hold the code flat and close to the camera, in good light, "
                            "and press Scan again (or type the number)")
     named = cat.code_items([k for c in codes for k in keys(c.text)])
     found = [{"code": c.text, "format": c.format,
@@ -183,10 +175,7 @@ def scan():
 @bp.delete("/api/items/<path:item_id>")
 def remove_item(item_id: str):
     cat = _catalog()
-    try:
-        cat.remove(item_id)
-    except CatalogError as exc:  # 404 no such item, 409 already removed
-        return _error(exc.status, str(exc))
+    cat.remove(item_id)   # no such item (404), already removed (409): raised by type
     return jsonify({"removed": item_id, "catalog_items": len(cat)})
 
 
@@ -196,19 +185,16 @@ def set_background():
     every camera shot taught afterwards, so items taught at the counter do not match each other's counter."""
     cat = _catalog()
     upload = request.files.get("image")
-    try:
-        if upload is not None:
-            with _ext()["service"].upload_slot():
-                rgb = decode_upload(upload.read(), name=upload.filename or "background")
-        else:
-            latest = _ext()["service"].latest()
-            if latest is None:
-                return _error(503, "no camera frame yet; try again in a moment")
-            rgb = decode(latest.jpeg, name="the current frame")
-        with _embedding:
-            cat.set_background(embed_background(_ext()["service"].extractor, rgb))
-    except ImageError as exc:
-        return _error(exc.status, str(exc))
+    if upload is not None:
+        with _appliance().upload_slot():
+            rgb = decode_upload(upload.read(), name=upload.filename or "background")
+    else:
+        latest = _appliance().latest()
+        if latest is None:
+            raise Unavailable("no camera frame yet; try again in a moment")
+        rgb = decode(latest.jpeg, name="the current frame")
+    with _embedding:
+        cat.set_background(embed_background(_appliance().teaching.extractor, rgb))
     try:   # kept for pi-search index relearn: the views learn on this counter too
         keep_scene(cat.directory, encode_jpeg(rgb, 90))
     except OSError as exc:
@@ -229,16 +215,16 @@ def relearn():
     """Start learning the bundle's projection again on the captured empty scenes (``pi-search index
     relearn`` in a process of its own); GET /api/relearn says how far it is. The old bundle serves until the
     new generation is swapped in and reloaded."""
-    cat = _catalog()
-    started = _relearning.start(cat.directory, on_done=cat.reload)
-    resp = jsonify({"started": started, **_relearning.status()})
+    port = _appliance()
+    started = port.relearn()
+    resp = jsonify({"started": started, **port.relearn_status()})
     resp.status_code = 202
     return resp
 
 
 @bp.get("/api/relearn")
 def relearn_status():
-    return jsonify(_relearning.status())
+    return jsonify(_appliance().relearn_status())
 
 
 @bp.post("/api/compact")
