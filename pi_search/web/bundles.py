@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from ..app import Appliance
 from ..errors import BadInput, Conflict, NoSpace, PiSearchError, Refused
 from .context import appliance as _appliance
 from .context import config as _config
@@ -122,7 +123,7 @@ def install_state():
         return jsonify(dict(_job))
 
 
-def _install(port, stage: Path, allow_downgrade: bool) -> None:
+def _install(port: Appliance, stage: Path, allow_downgrade: bool) -> None:
     """The install itself (``port.install_bundle``), in a thread that always records how it ended."""
     try:
         report = port.install_bundle(stage, allow_downgrade)

@@ -8,6 +8,7 @@ import time
 
 from flask import Blueprint, Response, jsonify, render_template, request
 
+from ..app import Appliance
 from ..barcodes.pictures import codes_in_photo
 from ..barcodes.search import codes_first
 from ..errors import BadInput, Busy, NoCatalog, NotFound, Unavailable
@@ -78,7 +79,7 @@ def results():
     return resp
 
 
-def _wait_for_result(port, after, wait: float):
+def _wait_for_result(port: Appliance, after, wait: float):
     """``port.wait_for_result`` in slices of at most ``CHECK_S``: a client that left frees its thread."""
     gone = request.environ.get("waitress.client_disconnected")
     deadline = time.monotonic() + wait
@@ -205,7 +206,7 @@ class _Preview:
     once it is done, never a queue of old ones.
     """
 
-    def __init__(self, port, viewers, environ):
+    def __init__(self, port: Appliance, viewers, environ):
         self.port, self.viewers = port, viewers
         self._gone = environ.get("waitress.client_disconnected") or (lambda: False)
         self._backlog = environ.get("pi_search.backlog") or (lambda: 0)
