@@ -15,7 +15,7 @@ from ..bundle.trust import Trust
 from ..errors import BundleError, BundleRefused, Busy, NoCatalog
 from ..model import look as looking
 from ..model.extractor import Extractor
-from ..updates.install import install_bundle
+from ..updates import install as updates
 from . import health
 from .port import FrameLoop, Teaching
 from .relearn import RelearnJob
@@ -116,8 +116,9 @@ class Kiosk:
         config = self.config
         trust = Trust.from_paths(config.index.trusted_keys)
         extractor = Extractor(config.model.path or None, num_threads=1, runtime=config.model.runtime or None)
-        return install_bundle(staged, Path(config.index.bundle), trusted=trust.keys if trust else None,
-                              allow_downgrade=allow_downgrade, extractor=extractor)
+        trusted = trust.keys if trust else None
+        return updates.install_bundle(staged, Path(config.index.bundle), trusted=trusted,
+                                      allow_downgrade=allow_downgrade, extractor=extractor)
 
     def relearn(self) -> bool:
         cat = self._catalog

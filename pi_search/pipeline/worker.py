@@ -84,7 +84,7 @@ class Worker:
         self._last_frame_time = 0.0
         self._frame_times: deque[float] = deque(maxlen=60)
         self._keepalive = keepalive
-        self._watchdog_s = keepalive_s if keepalive is not None else None
+        self._keepalive_s = keepalive_s if keepalive is not None else None
         self._last_ping = 0.0
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
@@ -186,7 +186,7 @@ class Worker:
                           "the daemon", len(self._hung))
             return
         self._wedged_logged = False
-        if self._watchdog_s and time.monotonic() - self._last_ping >= self._watchdog_s / 3:
+        if self._keepalive_s and time.monotonic() - self._last_ping >= self._keepalive_s / 3:
             self._last_ping = time.monotonic()
             self._keepalive()
 
