@@ -1,27 +1,31 @@
-"""The one composition root: builds the source, extractor, live catalog, worker and app from a config."""
+"""The one composition root: builds the source, extractor, live catalog, worker, port and app from a config;
+serves them with the signals (SIGTERM/SIGINT stop, SIGHUP reloads) and systemd notifications wired here."""
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
 
+from .app import Appliance, Kiosk
 from .bundle.trust import Trust
 from .camera import open_source
 from .config import Config, check_bind
-from .errors import ConfigError
+from .errors import BundleRefused, ConfigError, PiSearchError
 from .live import leases
 from .live.catalog import LiveCatalog
 from .model.extractor import Extractor
-from .ops import limits
+from .ops import limits, notify
 from .pipeline.worker import Worker
 from .web import create_app
-from .web.server import run
+from .web import server as http_server
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,13 @@ def open_catalog(config: Config, extractor: Extractor) -> LiveCatalog:
                             trust=trust).watch()
 
 
+def frame_loop(source_factory: Callable, extractor, catalog, config: Config, *,
+               source_name: str = "") -> Worker:
+    """The frame loop, its keep-alive going to systemd's watchdog (when the unit has one, WATCHDOG_USEC)."""
+    return Worker(source_factory, extractor, catalog, config, source_name=source_name,
+                  keepalive=notify.watchdog, keepalive_s=notify.watchdog_interval())
+
+
 @dataclass
 class Daemon:
     """The wired appliance: serve it with ``run``; ``close`` releases the catalog."""
@@ -65,6 +76,7 @@ class Daemon:
     extractor: Extractor
     catalog: LiveCatalog
     worker: Worker
+    appliance: Kiosk
     app: Flask
 
     def run(self, on_serving: Callable[[str], None] | None = None) -> None:
@@ -72,13 +84,70 @@ class Daemon:
         server = self.config.server
         try:
             with limits.out_of_memory_as_error("starting the server"):
-                run(self.app, self.worker, host=server.host, port=server.port, max_viewers=server.max_viewers,
-                    on_serving=on_serving)
+                serve(self.app, self.worker, self.appliance, host=server.host, port=server.port,
+                      max_viewers=server.max_viewers, on_serving=on_serving)
         finally:
             self.close()
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def serve(app, worker: Worker, appliance: Appliance, *, host: str, port: int, max_viewers: int,
+          on_serving: Callable[[str], None] | None = None) -> None:
+    """Serve ``app`` on host:port in this (the main) thread until SIGTERM or SIGINT; then stop ``worker``
+    (closing the camera). SIGHUP reloads the bundle (``appliance.reload_bundle``) meanwhile.
+
+    Tells systemd READY=1 once the socket is bound, then starts the worker (its watchdog pings follow READY,
+    never precede it), and STOPPING=1 on the way out; ``on_serving(url)`` is called once serving. A busy port
+    raises PiSearchError (one line, no traceback) before any signal handler or thread is set up.
+    """
+    server = http_server.listen(app, host=host, port=port, max_viewers=max_viewers)
+    stopping = threading.Event()
+
+    def _on_signal(signum, _frame):
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("%s: stopping", signal.Signals(signum).name)
+        worker.request_stop()  # open previews and long polls end now, so the server threads finish at once
+        raise SystemExit(0)
+
+    def _on_hangup(_signum, _frame):
+        threading.Thread(target=_reload, args=(appliance,), name="pi-search-reload", daemon=True).start()
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
+    try:
+        url = http_server.url_of(server, host)
+        notify.ready(f"serving on {url}")
+        worker.start()
+        if on_serving is not None:
+            on_serving(url)
+        http_server.serve(server, url)
+    except SystemExit:
+        pass
+    finally:
+        stopping.set()
+        notify.stopping("closing the camera")
+        worker.stop(timeout=2.5)
+        http_server.close(server)
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.info("stopped")
+
+
+def _reload(appliance: Appliance) -> None:
+    """SIGHUP: map the bundle rebuilt in place; a broken one is logged and the old one keeps serving."""
+    try:
+        info = appliance.reload_bundle()
+        log.warning("SIGHUP: bundle reloaded, %d items (built %s)", info["items"], info["created"])
+    except BundleRefused as exc:
+        log.error("SIGHUP: keeping the bundle in use: %s", exc.__cause__ or exc)
+    except PiSearchError as exc:   # "no bundle could be loaded, so there is still no catalog: ..."
+        log.error("SIGHUP: %s", exc)
+    except Exception:  # a reload must never take the daemon down
+        log.exception("SIGHUP: reloading the bundle failed; keeping the bundle in use")
 
 
 def build_daemon(config: Config) -> Daemon:
@@ -109,5 +178,6 @@ def _wire(config: Config) -> Daemon:
                           runtime=config.model.runtime or None)
     single_threaded_blas()
     catalog = open_catalog(config, extractor)
-    worker = Worker(source, extractor, catalog, config, source_name=cam.source)
-    return Daemon(config, extractor, catalog, worker, create_app(worker, config))
+    worker = frame_loop(source, extractor, catalog, config, source_name=cam.source)
+    appliance = Kiosk(worker, catalog, extractor, config)
+    return Daemon(config, extractor, catalog, worker, appliance, create_app(appliance, config))

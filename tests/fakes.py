@@ -3,7 +3,6 @@ cue, and the worker as the web app sees it (``FakeWorker``)."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import types
@@ -12,7 +11,7 @@ import numpy as np
 
 from pi_search import images
 from pi_search.camera import BaseSource, Frame
-from pi_search.errors import Busy, SourceError
+from pi_search.errors import SourceError
 from pi_search.model.framing import embed_query_image
 from pi_search.pipeline.result import LatestResult
 from pi_search.pipeline.stats import STAGES, Stats
@@ -313,12 +312,13 @@ def multipart(fields: list[tuple[str, str | tuple[str, bytes]]],
 
 
 class FakeWorker:
-    """The worker as the web app sees it, driven by the test: no thread, no camera, no frame loop.
+    """The frame loop as the appliance sees it (``app.FrameLoop``), driven by the test: no thread, no camera.
 
     ``publish(rgb)`` does what one inferred frame does for the page (the real model and the real live
     catalog give the matches; the JPEG, timings and counters are published); ``start``/``stop`` only move the
-    camera state. Everything the app reads (``latest``, ``recent``, ``wait_for_result``, ``health``,
-    ``search_image``, ``stats``...) behaves like ``pipeline.worker.Worker``'s read side.
+    camera state. Everything the appliance reads (``latest``, ``recent``, ``wait_for_result``,
+    ``camera_state``, ``stats``...) behaves like ``pipeline.worker.Worker``'s read side. ``kiosk(loop)``
+    wraps it in the real port for ``create_app``.
     """
 
     def __init__(self, catalog, extractor, config, source_name: str = "fake"):
@@ -328,8 +328,8 @@ class FakeWorker:
         self._results: list = []
         self._camera = (False, "not started")
         self._stopped = threading.Event()
-        self._slots = threading.BoundedSemaphore(2)
         self._frames = 0
+        self.last_frame_time = 0.0
 
     # -------------------------------------------------------------- driven by the test
     def start(self) -> FakeWorker:
@@ -351,22 +351,27 @@ class FakeWorker:
                               images.encode_jpeg(rgb), w, h)
         self._frames += 1
         self._camera = (True, "ok")
+        self.last_frame_time = time.time()
         with self._cond:
             self._results = (self._results + [result])[-8:]
             self._cond.notify_all()
         return result
 
-    # -------------------------------------------------------------- what the app reads
+    # -------------------------------------------------------------- what the appliance reads
     @property
     def running(self) -> bool:
         return not self._stopped.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self.running
 
     def request_stop(self) -> None:
         self._stopped.set()
         with self._cond:
             self._cond.notify_all()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         self.request_stop()
         self._camera = (False, "stopped")
 
@@ -389,40 +394,19 @@ class FakeWorker:
     def camera_state(self) -> tuple[bool, str]:
         return self._camera
 
-    def health(self) -> dict:
-        up, reason = self._camera
-        cat = self.catalog
-        reasons = ([] if up else [f"camera: {reason}"]) + ([] if cat.serving else [f"index: {cat.problem}"])
-        return {"ok": not reasons, "reasons": reasons,
-                "camera": {"up": up, "reason": reason, "source": self.source_name, "last_frame_age_s": None,
-                           "fps": self.fps()},
-                "model": {"up": True, "name": self.extractor.name, "threads": self.extractor.num_threads},
-                "index": {"up": cat.serving, "items": len(cat), "problem": cat.problem, "last_fault": None},
-                "worker": {"alive": self.running}}
+    def wedged(self) -> int:
+        return 0
 
-    def reload_bundle(self) -> dict:
-        self.catalog.reload(strict=True)
-        return {"items": len(self.catalog), "created": self.catalog.manifest.created}
+    def driver_wedged(self) -> bool:
+        return False
 
-    @contextlib.contextmanager
-    def upload_slot(self, wait: float = 10.0):
 
-        if not self._slots.acquire(timeout=wait):
-            raise Busy("the appliance is busy with other uploads; try again in a moment")
-        try:
-            yield
-        finally:
-            self._slots.release()
+def kiosk(loop):
+    """The real port (``app.Kiosk``) over ``loop`` (a ``Worker`` or a ``FakeWorker``), with its catalog,
+    extractor and config: what ``create_app`` serves."""
+    from pi_search.app import Kiosk
 
-    def search_image(self, image, k: int | None = None):
-
-        with self.upload_slot():
-            rgb = image() if callable(image) else image
-            t0 = time.perf_counter()
-            vec = embed_query_image(self.extractor, rgb)
-            matches = self.catalog.search(vec, k or self.config.index.top_k)
-        self.stats.add("uploads")
-        return matches, {"decode": 0.0, "embed": (time.perf_counter() - t0) * 1000.0, "search": 0.0}
+    return Kiosk(loop, loop.catalog, loop.extractor, loop.config)
 
 
 def signed_kiosk(tmp_path, bundle_dir, extractor) -> tuple[dict, object, dict, object]:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import ListSource, SourceFactory, kiosk, wait_until
 
 from pi_search import images
 from pi_search.config import check_bind, load_config, token_problem
@@ -37,7 +37,7 @@ def make(tmp_path, bundle_dir, extractor):
         if start:
             svc.start()
             assert wait_until(lambda: svc.latest() is not None)
-        return svc, cat, create_app(svc, config).test_client()
+        return svc, cat, create_app(kiosk(svc), config).test_client()
 
     yield _make
     for svc, cat in made:

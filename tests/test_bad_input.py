@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import camera_view, load_photo
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import ListSource, SourceFactory, kiosk, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,7 +83,7 @@ def app_client(extractor, catalog, coffee):
                   source_name="test")
     svc.start()
     assert wait_until(lambda: svc.latest() is not None)
-    app = create_app(svc, config)
+    app = create_app(kiosk(svc), config)
     yield svc, app, app.test_client()
     svc.stop()
 
@@ -350,7 +350,7 @@ def test_fuzzed_uploads_never_crash_or_leak(app_client, samples):
     assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0  # both paths were exercised
     assert after < before * 1.10 + 10e6, (before, after)
     assert client.get("/healthz").status_code == 200
-    assert svc.health()["ok"]
+    assert kiosk(svc).health()["ok"]
 
 
 CSV_ALPHABET = st.sampled_from(list("id,title,price,image\n\r\"\x00 ./é\\")

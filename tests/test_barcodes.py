@@ -177,7 +177,7 @@ def test_the_camera_loop_reads_codes_once_the_scene_is_still(barcode_bundle, ext
 def test_an_upload_with_a_code_answers_the_item_first_and_lists_the_codes(barcode_bundle, extractor):
     import io
 
-    from fakes import FakeWorker
+    from fakes import FakeWorker, kiosk
 
     from pi_search.config import load_config
     from pi_search.web import create_app
@@ -187,7 +187,7 @@ def test_an_upload_with_a_code_answers_the_item_first_and_lists_the_codes(barcod
                              corpus.barcode(EAN), 0.25, at=(0.7, 0.8))
     config = load_config(None, {})
     with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
-        client = create_app(FakeWorker(cat, extractor, config), config).test_client()
+        client = create_app(kiosk(FakeWorker(cat, extractor, config)), config).test_client()
         upload = (io.BytesIO(corpus.jpeg_bytes(photo, 85)), "p.jpg")
         r = client.post("/api/search?k=3", data={"image": upload}, content_type="multipart/form-data")
     assert r.status_code == 200, r.get_json()
@@ -202,7 +202,7 @@ def test_staff_scan_a_code_into_a_taught_item_and_edit_it(barcode_bundle, extrac
     import io
     import shutil
 
-    from fakes import FakeWorker
+    from fakes import FakeWorker, kiosk
 
     from pi_search.config import load_config
     from pi_search.web import create_app
@@ -214,7 +214,7 @@ def test_staff_scan_a_code_into_a_taught_item_and_edit_it(barcode_bundle, extrac
     config = load_config(None, {})
     with LiveCatalog.open(directory, extractor=extractor) as cat:
         svc = FakeWorker(cat, extractor, config).start()
-        client = create_app(svc, config).test_client()
+        client = create_app(kiosk(svc), config).test_client()
         svc.publish(tin)
         r = client.post("/api/scan")
         assert r.status_code == 422 and "no barcode found" in r.get_json()["error"]
@@ -239,7 +239,7 @@ def test_staff_scan_a_code_into_a_taught_item_and_edit_it(barcode_bundle, extrac
 
 
 def test_scanning_needs_the_same_staff_unlock_as_teaching(barcode_bundle, extractor):
-    from fakes import FakeWorker
+    from fakes import FakeWorker, kiosk
 
     from pi_search.config import load_config
     from pi_search.web import create_app
@@ -248,7 +248,7 @@ def test_scanning_needs_the_same_staff_unlock_as_teaching(barcode_bundle, extrac
     with LiveCatalog.open(barcode_bundle, extractor=extractor, readonly=True) as cat:
         svc = FakeWorker(cat, extractor, config).start()
         svc.publish(corpus.with_code(np.full((480, 640, 3), 200, np.uint8), corpus.barcode(EAN), 0.5))
-        client = create_app(svc, config).test_client()
+        client = create_app(kiosk(svc), config).test_client()
         assert client.post("/api/scan").status_code == 403
         assert client.post("/api/unlock", data={"pin": "4321"}).status_code == 200
         assert client.post("/api/scan").get_json()["barcode"] == EAN

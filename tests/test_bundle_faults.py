@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
+from fakes import kiosk
+
 from pi_search.config import load_config
 from pi_search.live.catalog import LiveCatalog
 from pi_search.pipeline.worker import Worker
@@ -18,7 +20,7 @@ def test_an_unreadable_row_fails_that_request_only_and_shows_in_healthz(tmp_path
     cat = LiveCatalog.open(live, extractor=extractor)
     try:
         config = load_config(None, {})
-        client = create_app(Worker(lambda: None, extractor, cat, config), config).test_client()
+        client = create_app(kiosk(Worker(lambda: None, extractor, cat, config)), config).test_client()
         assert client.get("/thumbs/coffee").status_code == 200
         path = live / "items.sqlite"
         fd = os.open(path, os.O_WRONLY)      # damage on the disk under the served bundle

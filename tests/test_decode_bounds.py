@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import ListSource, SourceFactory, kiosk, wait_until
 from PIL import Image
 
 from pi_search import images
@@ -115,7 +115,7 @@ def test_a_40_mp_16_bit_upload_is_refused_at_once(tmp_path, extractor, bundle_di
     svc = Worker(SourceFactory(lambda n: ListSource([coffee], fps=30.0)), extractor, catalog, config,
                  source_name="test")
     try:
-        client = create_app(svc, config).test_client()
+        client = create_app(kiosk(svc), config).test_client()
         data = MAKERS["png16-rgba"](W40, H40)
         t0 = time.perf_counter()
         r = client.post("/api/search", data={"image": (io.BytesIO(data), "big.png")},

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import ListSource, SourceFactory
+from fakes import ListSource, SourceFactory, kiosk
 
 from pi_search import errors, images
 from pi_search.config import load_config
@@ -20,7 +20,7 @@ from pi_search.web import create_app
 
 @pytest.fixture
 def app_for(tmp_path, bundle_dir, extractor):
-    """Builds (service, catalog, app) over a private, teachable copy of the bundle (no worker started)."""
+    """Builds (appliance, catalog, app) over a private, teachable copy of the bundle (no worker started)."""
     made = []
 
     def _make(**overrides):
@@ -31,7 +31,8 @@ def app_for(tmp_path, bundle_dir, extractor):
         frame = camera_view(load_photo("skimage:coffee"))
         svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=20.0)), extractor, cat, config)
         made.append((svc, cat))
-        return svc, cat, create_app(svc, config)
+        port = kiosk(svc)
+        return port, cat, create_app(port, config)
 
     yield _make
     for svc, cat in made:
@@ -95,18 +96,27 @@ def test_an_unhandled_fault_is_a_json_500_without_internals_and_the_traceback_is
                                          (errors.Unsupported, 415), (errors.Busy, 503),
                                          (errors.ImageError, 400), (errors.CatalogError, 400),
                                          (errors.NoSuchItem, 404), (errors.ItemConflict, 409),
-                                         (errors.BundleError, 500)])
-def test_error_classes_carry_their_status(app_for, monkeypatch, cls, status):
-    svc, _, app = app_for()
+                                         (errors.BundleError, 500), (errors.BundleRefused, 409),
+                                         (errors.NoCatalog, 503), (errors.Unavailable, 503),
+                                         (errors.NeedsToken, 401), (errors.Refused, 403),
+                                         (errors.Locked, 403), (errors.TooManyTries, 429),
+                                         (errors.NothingFound, 422),
+                                         (errors.NoSpace, 507)])
+def test_error_classes_map_to_their_status(app_for, monkeypatch, cls, status):
+    from pi_search.web.errors import status_of
+
+    port, _, app = app_for()
 
     def failing():
         raise cls("what went wrong, and what to do")
 
-    monkeypatch.setattr(svc, "health", failing)
+    monkeypatch.setattr(port, "health", failing)
     r = app.test_client().get("/healthz")
-    assert _json_error(r, status) == "what went wrong, and what to do"
-    assert cls.status == status and issubclass(cls, errors.PiSearchError)
-    assert (r.headers.get("Retry-After") == "1") == (status == 503)
+    assert r.status_code == status and r.get_json()["error"] == "what went wrong, and what to do"
+    assert set(r.get_json()) == ({"error", "locked"} if cls is errors.Locked else {"error"})  # the PIN pad
+    assert status_of(cls("x")) == status and issubclass(cls, errors.PiSearchError)
+    wait = "5" if cls is errors.NoCatalog else "1" if status == 503 else None
+    assert r.headers.get("Retry-After") == wait
 
 
 def test_catalog_errors_keep_their_class_for_the_command_line():
@@ -134,7 +144,7 @@ def test_item_statuses_come_from_the_error_class(app_for):
 
 
 def test_a_full_upload_slot_is_503(app_for):
-    svc, _, app = app_for()
+    port, _, app = app_for()
 
     class Taken:
         """Both upload slots held by other requests: acquiring gives up (as after the 10 s wait)."""
@@ -145,7 +155,7 @@ def test_a_full_upload_slot_is_503(app_for):
         def release(self):
             raise AssertionError("released a slot that was never taken")
 
-    svc._upload_slots = Taken()
+    port._upload_slots = Taken()
     r = app.test_client().post("/api/search", data={"image": (io.BytesIO(photo()), "q.jpg")})
     assert "busy with other uploads" in _json_error(r, 503) and r.headers["Retry-After"] == "1"
-    assert svc.stats.uploads == 0
+    assert port.stats.uploads == 0

@@ -6,10 +6,11 @@ import socket
 import threading
 
 import pytest
-from fakes import FaultyCamera, wait_until
+from fakes import FaultyCamera, kiosk, wait_until
 
+from pi_search.bootstrap import frame_loop
 from pi_search.config import load_config
-from pi_search.pipeline.worker import MAX_HUNG_READS, Worker
+from pi_search.pipeline.worker import MAX_HUNG_READS
 from pi_search.web import create_app
 
 pytestmark = pytest.mark.slow   # a real worker against cameras that fail on cue, timed by the watchdog
@@ -55,8 +56,8 @@ def drain(sock) -> None:
 
 def make(extractor, catalog, cam, **overrides):
     config = load_config(None, {"camera.timeout_s": 0.3, "gate.enabled": False, **overrides})
-    svc = Worker(cam, extractor, catalog, config, source_name="faulty")
-    return svc, create_app(svc, config).test_client()
+    svc = frame_loop(cam, extractor, catalog, config, source_name="faulty")   # pings systemd's watchdog
+    return svc, create_app(kiosk(svc), config).test_client()
 
 
 @pytest.mark.parametrize("fault, reason", [

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import wait_until
+from fakes import kiosk, wait_until
 
 from pi_search import images
 from pi_search.camera import files
@@ -115,22 +115,22 @@ def test_worker_shows_the_camera_down_once_and_back_for_removed_and_emptied(tmp_
     svc = Worker(lambda: FolderSource(d, fps=15.0), extractor, Dummy(), config, source_name=f"folder:{d}")
     svc.start()
     try:
-        assert wait_until(lambda: svc.health()["camera"]["up"], 60)
+        assert wait_until(lambda: kiosk(svc).health()["camera"]["up"], 60)
         for change, message in ((shutil.rmtree, "no such folder"), (empty, "no images")):
             caplog.clear()
             errors_before = svc.stats.source_errors
             with caplog.at_level(logging.INFO, logger="pi_search"):
                 change(d)
                 # (on a busy machine a slow frame may first show as "no frame for N s": wait for the reason)
-                assert wait_until(lambda m=message: m in svc.health()["camera"]["reason"], 30)
-                h = svc.health()
+                assert wait_until(lambda m=message: m in kiosk(svc).health()["camera"]["reason"], 30)
+                h = kiosk(svc).health()
                 assert not h["ok"] and not h["camera"]["up"]
                 # it keeps trying to reopen (three more attempts) and says nothing more about it
                 assert wait_until(lambda n=errors_before: svc.stats.source_errors >= n + 3, 30)
                 loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
                 assert len(loud) == 1 and message in loud[0], loud
                 fill(d)
-                assert wait_until(lambda: svc.health()["camera"]["up"], 30)
+                assert wait_until(lambda: kiosk(svc).health()["camera"]["up"], 30)
             frames = svc.stats.frames
             assert wait_until(lambda n=frames: svc.stats.frames > n + 5, 30)  # frames flow again
     finally:

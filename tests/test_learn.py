@@ -168,6 +168,8 @@ def test_learning_from_the_catalog_raises_recall_on_a_generated_hard_set(tmp_pat
 
 @pytest.mark.slow
 def test_one_look_camera_upload_and_query_agree(tmp_path, bundle_dir, extractor):
+    from fakes import kiosk
+
     from pi_search.camera.files import FolderSource
     from pi_search.config import load_config
     from pi_search.pipeline.worker import Worker
@@ -188,7 +190,7 @@ def test_one_look_camera_upload_and_query_agree(tmp_path, bundle_dir, extractor)
                     break
         camera = svc.latest()
         assert camera.settle_ms is not None
-        r = create_app(svc, config).test_client().post(
+        r = create_app(kiosk(svc), config).test_client().post(
             "/api/search?k=5", data={"image": (io.BytesIO(jpeg), "shot.jpg")})
         assert r.status_code == 200, r.get_data(as_text=True)
         upload = r.get_json()["matches"]

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import CATALOG_PHOTOS, camera_view, load_photo, write_catalog
-from fakes import wait_until
+from fakes import kiosk, wait_until
 
 from pi_search import images
 from pi_search.config import load_config
@@ -101,7 +101,7 @@ def live(tmp_path, bundle_dir, extractor):
         config = load_config(None, {})
         svc = Worker(lambda: None, extractor, cat, config)
         made.append(cat)
-        return d, cat, svc, create_app(svc, config).test_client()
+        return d, cat, svc, create_app(kiosk(svc), config).test_client()
 
     made = []
     yield _make
@@ -183,7 +183,7 @@ def test_reload_from_another_site_or_without_token_is_refused(live, tmp_path):
     r = client.post("/api/reload", headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
     config = load_config(None, {"server.host": "0.0.0.0", "server.token": "5a0f9c3e7b2d8e14a6c9"})
-    open_client = create_app(svc, config).test_client()
+    open_client = create_app(kiosk(svc), config).test_client()
     assert open_client.post("/api/reload").status_code == 401
     r = open_client.post("/api/reload", headers={"Authorization": "Bearer " + "5a0f9c3e7b2d8e14a6c9"})
     assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
@@ -195,7 +195,7 @@ def test_reload_swaps_in_the_rebuilt_bundle(tmp_path, bundle_dir, small_catalog,
     shutil.copytree(bundle_dir, d)
     cat = LiveCatalog.open(d, extractor=extractor)   # no watcher: only reload_bundle swaps
     old = cat.bundle
-    svc = Worker(lambda: None, extractor, cat, load_config(None, {}))
+    svc = kiosk(Worker(lambda: None, extractor, cat, load_config(None, {})))
     assert svc.catalog.search(vectors[2], 1)[0].id == "orange"
     build_bundle(small_catalog, d, extractor, progress=False)
     assert cat.bundle is old and svc.catalog.search(vectors[2], 1)[0].id == "orange"  # no swap by a search

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import camera_view, load_photo
-from fakes import ListSource, SourceFactory
+from fakes import ListSource, SourceFactory, kiosk
 
 from pi_search import images
 from pi_search.config import load_config
@@ -36,7 +36,7 @@ def make(tmp_path, bundle_dir, extractor):
         svc = Worker(SourceFactory(lambda n: ListSource([], fps=1.0)), extractor, cat, config,
                       source_name="test")
         made.append(cat)
-        return create_app(svc, config).test_client(), cat
+        return create_app(kiosk(svc), config).test_client(), cat
 
     yield _make
     for cat in made:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fakes import ListSource, SourceFactory, serve_command, wait_until
+from fakes import ListSource, SourceFactory, kiosk, serve_command, wait_until
 from fakes import free_port as _free_port
 
 from pi_search import images
@@ -37,7 +37,7 @@ def make(extractor, catalog, coffee):
         made.append(svc)
         svc.start()
         assert wait_until(lambda: svc.latest() is not None)
-        return svc, create_app(svc, config).test_client()
+        return svc, create_app(kiosk(svc), config).test_client()
 
     yield _make
     for s in made:

@@ -110,7 +110,7 @@ def test_compaction_keeps_every_photo(photos_bundle, extractor, tmp_path):
 
 
 def test_the_page_shows_the_thumbnail_of_the_photo_that_matched(photos_bundle, extractor):
-    from fakes import FakeWorker
+    from fakes import FakeWorker, kiosk
 
     from pi_search.config import load_config
     from pi_search.web import create_app
@@ -118,7 +118,7 @@ def test_the_page_shows_the_thumbnail_of_the_photo_that_matched(photos_bundle, e
     config = load_config(None, {})
     with LiveCatalog.open(photos_bundle, extractor=extractor, readonly=True) as cat:
         svc = FakeWorker(cat, extractor, config)
-        client = create_app(svc, config).test_client()
+        client = create_app(kiosk(svc), config).test_client()
         svc.start().publish(_query(SOURCES["rocket"]))
         top = client.get("/api/results").get_json()["matches"][0]
         assert (top["id"], top["photo"], top["via"]) == ("pair", 1, "image")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import server_daemon
-from fakes import ListSource, SourceFactory, free_port
+from fakes import ListSource, SourceFactory, free_port, kiosk
 
 from pi_search.errors import PiSearchError
 
@@ -58,27 +58,29 @@ def test_demo_on_a_busy_port_fails_before_building(busy_port, tmp_path):
 
 
 def test_port_taken_after_the_check_is_the_same_one_line_error(busy_port, extractor, catalog):
-    """The race between the early check and the bind: run() raises the same error, and starts nothing."""
+    """The race between the early check and the bind: serve() raises the same error, and starts nothing."""
+    from pi_search.bootstrap import serve
     from pi_search.config import load_config
     from pi_search.pipeline.worker import Worker
     from pi_search.web import create_app
-    from pi_search.web.server import run
 
     config = load_config(None, {})
     service = Worker(SourceFactory(lambda n: ListSource([])), extractor, catalog, config)
     before, handler = threading.active_count(), signal.getsignal(signal.SIGTERM)
     with pytest.raises(PiSearchError, match=f"127.0.0.1:{busy_port} is already in use"):
-        run(create_app(service, config), service, host="127.0.0.1", port=busy_port, max_viewers=2)
+        appliance = kiosk(service)
+        serve(create_app(appliance, config), service, appliance, host="127.0.0.1", port=busy_port,
+              max_viewers=2)
     assert threading.active_count() == before  # no server threads, no worker
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
 def test_address_printed_once_the_page_is_served(extractor, catalog, coffee):
     """``on_serving(url)`` runs once the socket listens: the page at that address answers."""
+    from pi_search.bootstrap import serve
     from pi_search.config import load_config
     from pi_search.pipeline.worker import Worker
     from pi_search.web import create_app
-    from pi_search.web.server import run
 
     config = load_config(None, {"camera.fps": 5.0})
     service = Worker(SourceFactory(lambda n: ListSource([coffee], fps=5.0)), extractor, catalog, config)
@@ -90,12 +92,14 @@ def test_address_printed_once_the_page_is_served(extractor, catalog, coffee):
                 with urllib.request.urlopen(url, timeout=60) as r:
                     seen["status"], seen["page"] = r.status, r.read()
             finally:
-                os.kill(os.getpid(), signal.SIGTERM)  # stops run() in the main thread
+                os.kill(os.getpid(), signal.SIGTERM)  # stops serve() in the main thread
 
         seen["url"] = url
         threading.Thread(target=fetch, daemon=True).start()
 
-    run(create_app(service, config), service, host="127.0.0.1", port=0, max_viewers=2, on_serving=on_serving)
+    appliance = kiosk(service)
+    serve(create_app(appliance, config), service, appliance, host="127.0.0.1", port=0, max_viewers=2,
+          on_serving=on_serving)
     assert seen["url"].startswith("http://127.0.0.1:") and not seen["url"].endswith(":0/")
     assert seen["status"] == 200 and b"<html" in seen["page"].lower()
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import camera_view, load_photo
-from fakes import ListSource, SourceFactory, wait_until
+from fakes import ListSource, SourceFactory, kiosk, wait_until
 
 from pi_search.config import load_config
 from pi_search.pipeline.gate import Gate
@@ -128,7 +128,7 @@ def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, catalog, sh
     svc = make_service(extractor, catalog, factory).start()
     try:
         assert wait_until(lambda: len(factory.made) >= 2 and factory.made[1].reads > 3)
-        assert svc.health()["worker"]["alive"]
+        assert kiosk(svc).health()["worker"]["alive"]
     finally:
         svc.stop()
     assert svc.stats.source_errors == 1
@@ -138,12 +138,12 @@ def test_read_errors_and_driver_crashes_reopen_the_camera(extractor, catalog, sh
 def test_health_reports_the_camera_reason(extractor, catalog, shots):
     factory = SourceFactory(lambda n: ListSource([shots["coffee"]], loop=False), failing_starts=99)
     svc = make_service(extractor, catalog, factory)
-    h = svc.health()
+    h = kiosk(svc).health()
     assert h["ok"] is False and h["camera"]["reason"] == "not started"
     svc.start()
     try:
-        assert wait_until(lambda: "not found" in svc.health()["camera"]["reason"])
-        h = svc.health()
+        assert wait_until(lambda: "not found" in kiosk(svc).health()["camera"]["reason"])
+        h = kiosk(svc).health()
         assert h["ok"] is False and h["reasons"][0].startswith("camera: camera")
         update = h["index"].pop("update")
         assert update["slot"] is None and update["signatures_required"] is False   # a plain bundle folder
@@ -168,7 +168,7 @@ def test_camera_without_frames_for_timeout_counts_as_down(extractor, catalog, sh
         assert wait_until(lambda: svc.stats.frames >= 2)
         assert wait_until(lambda: not svc.camera_state()[0])
         assert "took over 0.3 s" in svc.camera_state()[1] or svc.camera_state()[1].startswith("no frame for")
-        assert svc.health()["ok"] is False
+        assert kiosk(svc).health()["ok"] is False
     finally:
         blocked.set()
         svc.stop()
@@ -187,7 +187,7 @@ def test_stop_closes_the_camera_and_wakes_waiters(extractor, catalog, shots):
     assert not waiter.is_alive() and got == [None]
     assert src.stopped == 1 and not src.running
     assert svc.camera_state() == (False, "stopped")
-    assert not svc.health()["worker"]["alive"]
+    assert not kiosk(svc).health()["worker"]["alive"]
 
 
 def test_wait_for_result_returns_the_next_one(extractor, catalog, shots):
@@ -204,7 +204,7 @@ def test_wait_for_result_returns_the_next_one(extractor, catalog, shots):
 
 def test_upload_search_uses_the_model_without_the_camera(extractor, catalog, shots):
     svc = make_service(extractor, catalog, None)
-    matches, timings = svc.search_image(shots["rocket"], 3)
+    matches, timings = kiosk(svc).search_image(shots["rocket"], 3)
     assert [m.id for m in matches][0] == "rocket" and len(matches) == 3
     assert timings["embed"] > 0
     assert svc.stats.uploads == 1 and svc.stats.frames == 0

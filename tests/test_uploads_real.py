@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from corpus import ALPHA_ITEM, PHONE_ITEM, PHOTO_ITEMS, jpeg_bytes, wallpaper, wallpapers, write_photo_catalog
-from fakes import ListSource, SourceFactory
+from fakes import ListSource, SourceFactory, kiosk
 
 from pi_search import images
 from pi_search.bundle.reader import Bundle
@@ -38,7 +38,7 @@ SAME_LEARNED = 0.02  # two decodings of one photo through a bundle's learned pro
 
 @pytest.fixture
 def make(tmp_path, photo_bundle_dir, extractor):
-    """(service, client) over a private, teachable copy of the photo bundle; the worker is not started
+    """(appliance, client) over a private, teachable copy of the photo bundle; the worker is not started
     (uploads never need the camera)."""
     made = []
 
@@ -51,7 +51,8 @@ def make(tmp_path, photo_bundle_dir, extractor):
         svc = Worker(SourceFactory(lambda n: ListSource([frame], fps=5.0)), extractor, cat, config,
                       source_name="test")
         made.append(cat)
-        return svc, create_app(svc, config).test_client()
+        port = kiosk(svc)   # the appliance the app serves: uploads go through it, never through the loop
+        return port, create_app(port, config).test_client()
 
     yield _make
     for cat in made:

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from fakes import FakeWorker
+from fakes import FakeWorker, kiosk
 
 from pi_search import images
 from pi_search.config import load_config
@@ -26,7 +26,7 @@ def make(extractor, catalog, coffee):
         svc = FakeWorker(catalog, extractor, config, source_name="list")
         if start:
             svc.start().publish(coffee)
-        return svc, create_app(svc, config).test_client()
+        return svc, create_app(kiosk(svc), config).test_client()
 
     return _make
 

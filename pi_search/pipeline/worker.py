@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -13,13 +12,11 @@ from dataclasses import replace
 import numpy as np
 
 from .. import images
-from ..bundle import served_status as update_of
 from ..camera.guard import GuardedSource
-from ..errors import Busy, PiSearchError, SourceError
+from ..errors import PiSearchError, SourceError
 from ..model import framing
 from ..model import look as looking
 from ..model import settle as settling
-from ..ops import notify
 from .codes import StillCodes
 from .gate import Gate
 from .result import LatestResult
@@ -30,7 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_HUNG_READS = 3  # abandoned camera reads still blocked after which the watchdog pings stop
 WEDGED_RESTART_S = 60.0  # a camera read blocked this long stops the watchdog pings too
-FAULT_SHOWN_S = 60.0  # a failed read of the bundle shows in /healthz this long
 RECENT_FRAMES = 8  # published results whose JPEGs stay reachable by frame id (/frame.jpg?id=N)
 
 
@@ -56,15 +52,17 @@ class Worker:
 
     ``source_factory()`` returns a fresh, unstarted FrameSource (called again after a failure, with backoff);
     ``extractor`` has ``.embed`` (RGB uint8 [size, size, 3] -> float32 [dim]); ``catalog`` is the live
-    catalog (``live.catalog.LiveCatalog``: ``search(vector, k)``, ``serving``, ``problem``, ``fault``,
-    ``reload``). Request handlers only call the read-side methods (``latest``, ``wait_for_result``,
-    ``health``, ``search_image``); only the worker thread touches the source.
+    catalog (``live.catalog.LiveCatalog``: ``search(vector, k)``, ``manifest``). ``keepalive()`` is called
+    from the loop at least every ``keepalive_s / 3`` seconds while frames or camera retries go on (the
+    systemd watchdog; ``bootstrap`` wires it). Request threads only call the read side (``latest``,
+    ``recent``, ``wait_for_result``, ``camera_state``, ``fps``); only the worker thread touches the source.
     """
 
     settle_enabled = True  # the settled look at the whole frame once the scene is still (``settle``)
 
     def __init__(self, source_factory: Callable, extractor, catalog, config, *, source_name: str = "",
-                 embed_query: Callable | None = None):
+                 embed_query: Callable | None = None, keepalive: Callable[[], object] | None = None,
+                 keepalive_s: float | None = None):
         self.config = config
         self.source_factory = source_factory
         self.source_name = source_name
@@ -85,9 +83,8 @@ class Worker:
         self._camera_reason = "not started"
         self._last_frame_time = 0.0
         self._frame_times: deque[float] = deque(maxlen=60)
-        self._upload_slots = threading.BoundedSemaphore(2)
-        self._reload_lock = threading.Lock()
-        self._watchdog_s = notify.watchdog_interval()
+        self._keepalive = keepalive
+        self._keepalive_s = keepalive_s if keepalive is not None else None
         self._last_ping = 0.0
         self._hung: list = []  # GuardedSources whose reader thread is still blocked in the driver
         self._wedged_logged = False
@@ -132,6 +129,17 @@ class Worker:
     def running(self) -> bool:
         return not self._stop.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """The loop's thread runs."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    @property
+    def last_frame_time(self) -> float:
+        """``time.time()`` of the last camera frame; 0.0 before the first."""
+        return self._last_frame_time
+
     def _close_source(self) -> None:
         src, self._source = self._source, None
         if src is not None:
@@ -166,7 +174,7 @@ class Worker:
         return n >= MAX_HUNG_READS or (oldest is not None and time.monotonic() - oldest > WEDGED_RESTART_S)
 
     def _ping(self) -> None:
-        """systemd watchdog keep-alive from the worker loop.
+        """Keep-alive (the systemd watchdog) from the worker loop.
 
         A stuck frame loop stops the pings, and so does a wedged camera driver (``driver_wedged``): systemd
         then restarts the daemon.
@@ -178,9 +186,9 @@ class Worker:
                           "the daemon", len(self._hung))
             return
         self._wedged_logged = False
-        if self._watchdog_s and time.monotonic() - self._last_ping >= self._watchdog_s / 3:
+        if self._keepalive_s and time.monotonic() - self._last_ping >= self._keepalive_s / 3:
             self._last_ping = time.monotonic()
-            notify.watchdog()
+            self._keepalive()
 
     def _run(self) -> None:
         backoff = 0.5
@@ -429,89 +437,3 @@ class Worker:
             if age > self.config.camera.timeout_s:
                 return False, f"no frame for {age:.1f} s"
         return up, reason
-
-    def health(self) -> dict:
-        """Health of the camera, model and index; ``ok`` is False with reasons when any is down."""
-        cam_up, cam_reason = self.camera_state()
-        model_up = self.extractor is not None
-        cat = self.catalog
-        index_up = cat.serving
-        problem = cat.problem
-        fault = cat.fault
-        fault_age = time.time() - fault[0] if fault else None
-        alive = self._thread is not None and self._thread.is_alive()
-        reasons = []
-        if not cam_up:
-            reasons.append(f"camera: {cam_reason}")
-        if not alive and self.running:
-            reasons.append("worker: not running")
-        if self.driver_wedged():
-            reasons.append(f"camera: {len(self._hung)} read(s) never returned (driver wedged); "
-                           "the daemon restarts under systemd")
-        if not model_up:
-            reasons.append("model: not loaded")
-        if not index_up:
-            reasons.append(f"index: {problem or 'not loaded'}")
-        elif fault_age is not None and fault_age < FAULT_SHOWN_S:
-            reasons.append(f"index: a read failed {fault_age:.0f} s ago: {fault[1]}")
-        return {
-            "ok": not reasons,
-            "reasons": reasons,
-            "camera": {"up": cam_up, "reason": cam_reason, "source": self.source_name,
-                       "last_frame_age_s": round(time.time() - self._last_frame_time, 3)
-                       if self._last_frame_time else None, "fps": round(self.fps(), 2)},
-            "model": {"up": model_up, "name": getattr(self.extractor, "name", None),
-                      "threads": getattr(self.extractor, "num_threads", None)},
-            "index": {"up": index_up, "items": len(cat) if index_up else 0, "problem": problem,
-                      "refused": getattr(cat, "refused", None) if index_up else None,
-                      "update": update_of(cat),
-                      "last_fault": None if fault is None else {"age_s": round(fault_age, 1),
-                                                                "error": fault[1]}},
-            "worker": {"alive": alive},
-        }
-
-    def reload_bundle(self) -> dict:
-        """Map the bundle now in the bundle's directory (after a rebuild); keep the old one if it is broken.
-
-        The live catalog opens and checks the new bundle against the model first: a half-written or
-        mismatched one raises BundleError and the bundle in use keeps serving. Searches already running finish
-        on the old bundle (it is unmapped once the last of them drops it). Returns ``{"items", "created"}``.
-        """
-        with self._reload_lock:
-            cat = self.catalog
-            cat.reload(strict=True)   # BundleError: the bundle in use keeps serving
-            created = cat.manifest.created if cat.manifest is not None else None
-            log.info("bundle %s reloaded: %d items, built %s", cat.directory, len(cat), created)
-            return {"items": len(cat), "created": created}
-
-    @contextlib.contextmanager
-    def upload_slot(self, wait: float = 10.0):
-        """Hold one of the two upload slots while a photo is decoded and embedded (bounds the memory and
-        CPU that uploads take); ``Busy`` (HTTP 503) when none frees up within ``wait`` seconds."""
-        if not self._upload_slots.acquire(timeout=wait):
-            raise Busy("the appliance is busy with other uploads; try again in a moment")
-        try:
-            yield
-        finally:
-            self._upload_slots.release()
-
-    def search_image(self, image: np.ndarray | Callable[[], np.ndarray], k: int | None = None
-                     ) -> tuple[list, dict]:
-        """Matches for an uploaded photo and timings in ms; never touches the camera.
-
-        ``image`` is RGB uint8 [H, W, 3], or a function returning one (it decodes the upload): it is called
-        only once an upload slot is held, so no more than two photos are ever decoded at once. Shares the
-        extractor with the worker (its lock serialises the model); others wait up to 10 s for a slot and
-        then get ``Busy`` (HTTP 503).
-        """
-        with self.upload_slot():
-            t0 = time.perf_counter()
-            rgb = image() if callable(image) else image
-            t1 = time.perf_counter()
-            seen = looking.look(self.extractor, rgb, self.embed_query)   # as a still camera frame
-            t2 = time.perf_counter()
-            matches = looking.search(self.catalog, seen, k or self.config.index.top_k)[0]
-            t3 = time.perf_counter()
-        self.stats.add("uploads")
-        return matches, {"decode": (t1 - t0) * 1000.0, "embed": (t2 - t1) * 1000.0,
-                         "search": (t3 - t2) * 1000.0}

@@ -1,9 +1,11 @@
-"""The local web page and JSON API: an app factory over the running worker (no camera access here)."""
+"""The local web page and JSON API: an app factory over the appliance's port (no camera access here)."""
 
 from __future__ import annotations
 
 import logging
 
+from ..app import Appliance
+from ..config import Config
 from . import auth, errors
 from .bundles import bp as bundles_bp
 from .items import bp as items_bp
@@ -17,12 +19,11 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def create_app(service, config):
-    """A Flask app serving ``service`` (a ``pipeline.worker.Worker``, or anything with its read side) with
-    settings from ``config``.
+def create_app(port: Appliance, config: Config):
+    """A Flask app serving ``port`` (the running appliance, ``app.Appliance``) with settings from ``config``.
 
-    The app never captures or infers on its own: it reads the worker's latest result, and uploads go
-    through ``service.search_image``.
+    The app never captures or infers on its own: it reads the frame loop's latest result through the port,
+    and uploads go through ``port.search_image``.
     """
     from flask import Flask
 
@@ -34,8 +35,8 @@ def create_app(service, config):
     # against its whole parse buffer (a 64 KB read plus what is left of the last one, file data included),
     # so it must stay well above 64 KB or any file part over about 64 KB is refused.
     app.config["MAX_FORM_MEMORY_SIZE"] = 512 * 1024
-    app.extensions["pi_search"] = {"service": service, "config": config,
-                                   "registry": make_registry(service), "viewers": _Viewers()}
+    app.extensions["pi_search"] = {"appliance": port, "config": config,
+                                   "registry": make_registry(port), "viewers": _Viewers()}
     auth.register(app)    # Host, Origin and token checks before every request (docs/security.md)
     errors.register(app)  # every error answers JSON {"error": ...}
     app.register_blueprint(bp)

@@ -1,9 +1,9 @@
 """Who may ask what: the Host check (DNS rebinding), the Origin check (cross-site requests) and the token.
 
-One ``before_request`` hook runs ``CHECKS`` in order for every request; the first that answers refuses it.
-docs/security.md explains what each check defends against. A further check (e.g. a PIN for teaching) is one
-more function of the same shape, ``check(config) -> Response | None`` (``config``: the daemon's ``Config``),
-added to ``CHECKS``.
+One ``before_request`` hook runs ``CHECKS`` in order for every request; the first that raises refuses it
+(``pi_search.errors`` types, answered by ``web.errors``). docs/security.md explains what each check defends
+against. A further check (e.g. a PIN for teaching) is one more function of the same shape, ``check(config)``
+(``config``: the daemon's ``Config``; returns nothing, raises to refuse), added to ``CHECKS``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from flask import current_app, g, request
 
 from ..config import is_loopback
-from .errors import error
+from ..errors import BadInput, NeedsToken, Refused
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,15 @@ def check_host(config):
     server = config.server
     value = request.headers.get("Host")
     if value is None:
-        return None  # HTTP/1.0 without Host: no browser sends that
+        return  # HTTP/1.0 without Host: no browser sends that
     parsed = split_host(value)
     if parsed is not None and host_allowed(parsed[0], server):
-        return None
+        return
     shown = value[:80].encode("ascii", "backslashreplace").decode()
     log.info("refused %s %s for host %r", request.method, request.path, shown)
-    return error(400, f"this appliance does not answer to the host name {shown!r}: open it by its address "
-                      f"(http://127.0.0.1:{server.port}/ on the Pi) or add the name to [server] "
-                      "allowed_hosts")
+    raise BadInput(f"this appliance does not answer to the host name {shown!r}: open it by its address "
+                   f"(http://127.0.0.1:{server.port}/ on the Pi) or add the name to [server] "
+                   "allowed_hosts")
 
 
 def _same_origin(origin: str) -> bool:
@@ -155,7 +155,7 @@ def check_origin(config):
         if site in OTHER_SITES and request.headers.get("Sec-Fetch-Mode", "").lower() != "navigate":
             message = f"{request.path} may not be loaded by another site's page"
         else:
-            return None
+            return
     elif origin is not None and origin.strip().lower() == "null":
         message = ("a change from a page without an origin (a sandboxed frame or a local file) was refused; "
                    "use the page served by this appliance")
@@ -164,10 +164,10 @@ def check_origin(config):
     elif site in OTHER_SITES:
         message = "a change sent by another site's page was refused; use the page served by this appliance"
     else:
-        return None
+        return
     log.info("refused %s %s from another site (Origin %r, Sec-Fetch-Site %r)", request.method, request.path,
              shown or None, site or None)
-    return error(403, message)
+    raise Refused(message)
 
 
 def check_token(config):
@@ -176,17 +176,17 @@ def check_token(config):
     server = config.server
     if not server.token:
         if request.method not in SAFE_METHODS and not is_loopback(server.host):
-            return error(403, f"the daemon listens on {server.host} without a token, so it takes no changes; "
-                              "set [server] token in the config and restart")
-        return None
+            raise Refused(f"the daemon listens on {server.host} without a token, so it takes no changes; "
+                          "set [server] token in the config and restart")
+        return
     if _is_static() or _view_flag("pi_search_public"):
-        return None
+        return
     given, source = given_token()
     if token_matches(given, server.token):
         g.pi_search_set_token_cookie = source == "query"
-        return None
-    return error(401, "a token is required: open the page once as /?token=TOKEN, or send 'Authorization: "
-                      "Bearer TOKEN'")
+        return
+    raise NeedsToken("a token is required: open the page once as /?token=TOKEN, or send 'Authorization: "
+                     "Bearer TOKEN'")
 
 
 CHECKS = [check_host, check_origin, check_token]
@@ -195,10 +195,7 @@ CHECKS = [check_host, check_origin, check_token]
 def _guard():
     config = current_app.extensions["pi_search"]["config"]
     for check in CHECKS:
-        refused = check(config)
-        if refused is not None:
-            return refused
-    return None
+        check(config)   # raises to refuse
 
 
 def _remember_token(resp):

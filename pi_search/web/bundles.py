@@ -10,12 +10,10 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from ..bundle import Trust
-from ..errors import PiSearchError
-from ..model.extractor import Extractor
-from ..updates.install import install_bundle
-from .context import ext as _ext
-from .errors import error as _error
+from ..app import Appliance
+from ..errors import BadInput, Conflict, NoSpace, PiSearchError, Refused
+from .context import appliance as _appliance
+from .context import config as _config
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +32,50 @@ def staging(config) -> Path:
     return target.parent / f".{target.name}.push"
 
 
+class WrongOffset(Conflict):
+    """A piece sent from another offset than the bytes already here; ``X-Have-Bytes`` says how many."""
+
+    def __init__(self, name: str, have: int):
+        super().__init__(f"{name}: {have} bytes are here; send from offset {have}")
+        self.headers = {"X-Have-Bytes": str(have)}
+
+
+def _not_while_installing() -> None:
+    """Conflict (409) while an install runs; call with ``_lock`` held."""
+    if _job["state"] == "running":
+        raise Conflict("an install is running; wait for it")
+
+
 @bp.before_request
 def _needs_token():
-    config = _ext()["config"]
+    config = _config()
     if not config.server.token:
-        return _error(403, "this daemon takes bundles over HTTP only with a [server] token set; set one, or "
+        raise Refused("this daemon takes bundles over HTTP only with a [server] token set; set one, or "
                            "install with pi-search index install on the kiosk")
     if not config.index.bundle:
-        return _error(409, "no [index] bundle is configured")
-    return None
+        raise Conflict("no [index] bundle is configured")
 
 
 @bp.route("/api/bundle/files/<name>", methods=["PUT"])
 def put_file(name: str):
     """Append the body to the staged file ``name`` at ``?offset=N`` (its current size: 409 says it)."""
     if not NAME.match(name) or name.startswith("."):
-        return _error(400, f"{name!r}: not a bundle file name")
-    stage = staging(_ext()["config"])
+        raise BadInput(f"{name!r}: not a bundle file name")
+    stage = staging(_config())
     stage.mkdir(exist_ok=True)
     path = stage / name
     have = path.stat().st_size if path.exists() else 0
     try:
         offset = int(request.args.get("offset", "0"))
     except ValueError:
-        return _error(400, "offset: give a number of bytes")
+        raise BadInput("offset: give a number of bytes") from None
     if offset == 0 and have:
         path.unlink()
         have = 0
     if offset != have:
-        resp = _error(409, f"{name}: {have} bytes are here; send from offset {have}")
-        resp.headers["X-Have-Bytes"] = str(have)
-        return resp
+        raise WrongOffset(name, have)
     with _lock:
-        if _job["state"] == "running":
-            return _error(409, "an install is running; wait for it")
+        _not_while_installing()
     written = 0
     try:
         with open(path, "ab") as f:
@@ -79,8 +87,8 @@ def put_file(name: str):
                 written += len(block)
     except OSError as exc:
         path.unlink(missing_ok=True)
-        return _error(507, f"{name}: cannot store it beside the bundle ({exc.strerror or exc}); free some "
-                           "space on the kiosk and push again")
+        raise NoSpace(f"{name}: cannot store it beside the bundle ({exc.strerror or exc}); free some "
+                      "space on the kiosk and push again") from exc
     return jsonify({"name": name, "bytes": have + written})
 
 
@@ -88,26 +96,23 @@ def put_file(name: str):
 def clear_files():
     """Forget files uploaded before (a push starts with this)."""
     with _lock:
-        if _job["state"] == "running":
-            return _error(409, "an install is running; wait for it")
-        shutil.rmtree(staging(_ext()["config"]), ignore_errors=True)
+        _not_while_installing()
+        shutil.rmtree(staging(_config()), ignore_errors=True)
     return jsonify({"cleared": True})
 
 
 @bp.route("/api/bundle/install", methods=["POST"])
 def start_install():
     """Install the staged files as a bundle in a background thread; 202 at once, then poll GET."""
-    config = _ext()["config"]
-    stage = staging(config)
+    stage = staging(_config())
     if not (stage / "manifest.json").is_file():
-        return _error(409, "no manifest.json uploaded; upload the bundle's files first")
+        raise Conflict("no manifest.json uploaded; upload the bundle's files first")
     allow_downgrade = request.args.get("allow_downgrade") == "1"
     with _lock:
-        if _job["state"] == "running":
-            return _error(409, "an install is running; wait for it")
+        _not_while_installing()
         _job.clear()
         _job["state"] = "running"
-    threading.Thread(target=_install, args=(config, stage, allow_downgrade), name="pi-search-push",
+    threading.Thread(target=_install, args=(_appliance(), stage, allow_downgrade), name="pi-search-push",
                      daemon=True).start()
     return jsonify({"state": "running"}), 202
 
@@ -118,13 +123,10 @@ def install_state():
         return jsonify(dict(_job))
 
 
-def _install(config, stage: Path, allow_downgrade: bool) -> None:
-    """The install itself, with a model of its own for the self-check (the worker's is busy with frames)."""
+def _install(port: Appliance, stage: Path, allow_downgrade: bool) -> None:
+    """The install itself (``port.install_bundle``), in a thread that always records how it ended."""
     try:
-        trust = Trust.from_paths(config.index.trusted_keys)
-        extractor = Extractor(config.model.path or None, num_threads=1, runtime=config.model.runtime or None)
-        report = install_bundle(stage, Path(config.index.bundle), trusted=trust.keys if trust else None,
-                                allow_downgrade=allow_downgrade, extractor=extractor)
+        report = port.install_bundle(stage, allow_downgrade)
         shutil.rmtree(stage, ignore_errors=True)
         result = {"state": "done", "report": report}
     except (PiSearchError, OSError) as exc:

@@ -1,4 +1,4 @@
-"""Every error the app answers is JSON ``{"error": "..."}`` with the status the failure carries."""
+"""Every error the app answers is JSON ``{"error": "..."}``; ``STATUS`` maps each error type to its status."""
 
 from __future__ import annotations
 
@@ -8,9 +8,34 @@ import math
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .. import errors as e
 from ..errors import PiSearchError
 
 log = logging.getLogger(__name__)
+
+
+class ClientGone(PiSearchError):
+    """The client closed its connection while its request waited: the work for it is dropped."""
+
+
+# The HTTP status of each error type: the first of its classes (most derived first) found here. The rest
+# of the web only raises errors by type.
+STATUS: dict[type, int] = {
+    e.BadInput: 400, e.NeedsToken: 401, e.Refused: 403, e.NotFound: 404, e.Conflict: 409,
+    e.TooLarge: 413, e.Unsupported: 415, e.NothingFound: 422, e.TooManyTries: 429,
+    e.Unavailable: 503, e.Busy: 503, e.NoSpace: 507, ClientGone: 499,   # 499: nobody is left to read it
+}
+# Seconds a client should wait before asking again, sent as Retry-After.
+RETRY_AFTER: dict[type, int] = {e.NoCatalog: 5, e.Unavailable: 1, e.Busy: 1}
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for ``exc``: its nearest class in ``STATUS``, else 500."""
+    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+
+
+def _retry_after(exc: BaseException) -> int | None:
+    return next((RETRY_AFTER[c] for c in type(exc).__mro__ if c in RETRY_AFTER), None)
 
 
 def error(status: int, message: str, headers: dict | None = None):
@@ -51,9 +76,9 @@ def no_catalog_message(problem: str | None) -> str:
     return f"there is no catalog yet ({why}); {BUILD_OR_INSTALL}; the appliance picks it up by itself"
 
 
-def no_catalog(problem: str | None):
-    """503 for a request that needs the catalog while no bundle is served: says what to do."""
-    return error(503, no_catalog_message(problem), {"Retry-After": "5"})
+def no_catalog(problem: str | None) -> e.NoCatalog:
+    """The error for a request that needs the catalog while no bundle is served: says what to do (503)."""
+    return e.NoCatalog(no_catalog_message(problem))
 
 
 def _http(exc: HTTPException):
@@ -68,7 +93,7 @@ def _http(exc: HTTPException):
         return error(405, f"{request.method} is not allowed on {request.path}"
                           + (f" (use {allowed})" if allowed else ""), {"Allow": allowed} if allowed else None)
     if code == 413:
-        return error(413, _too_large_message())
+        return _known(e.TooLarge(_too_large_message()))
     return error(code, exc.description or exc.name)
 
 
@@ -82,12 +107,21 @@ def _too_large_message() -> str:
 
 
 def _known(exc: PiSearchError):
-    """A failure the user can act on: its message, with the status its class carries."""
-    status = int(getattr(exc, "status", 500) or 500)
+    """A failure the user can act on: its message, with the status ``STATUS`` maps its type to."""
+    status = status_of(exc)
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.path, exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return error(status, str(exc), headers)
+    body = {"error": str(exc)}
+    if isinstance(exc, e.Locked):   # the page shows its PIN pad
+        body["locked"] = True
+    resp = jsonify(body)
+    resp.status_code = status
+    wait = _retry_after(exc)
+    if wait is not None:
+        resp.headers["Retry-After"] = str(wait)
+    for k, v in getattr(exc, "headers", {}).items():   # e.g. how many bytes of a pushed file are here
+        resp.headers[k] = v
+    return resp
 
 
 def _unhandled(exc: Exception):

@@ -9,24 +9,21 @@ from flask import Blueprint, jsonify, render_template, request
 from ..barcodes.codes import keys, tidy
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
-from ..errors import BundleError, CatalogError, ImageError
+from ..errors import BundleError, ImageError, NothingFound, Unavailable
 from ..images import decode, encode_jpeg
 from ..learn.relearn import keep_scene
 from ..live.changes import MAX_SHOTS
 from .auth import page as _page
-from .context import ext as _ext
-from .errors import error as _error
+from .context import appliance as _appliance
+from .context import config as _config
 from .errors import no_catalog as _no_catalog
 from .errors import no_catalog_message
 from .lock import refuse_if_locked, teaching_state
-from .relearn_job import RelearnJob
 from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("pi_search_items", __name__, template_folder="templates")
-
-_relearning = RelearnJob()                   # one relearn at a time, in a process of its own
 
 
 @bp.before_request
@@ -35,21 +32,20 @@ def _locked():
     (Host, Origin and token checks ran before, in ``auth``). A change needs a served catalog: 503 saying so
     before any photo is read or embedded."""
     if request.endpoint == "pi_search_items.page":
-        return None
-    refused = refuse_if_locked()
-    if refused is None and request.method != "GET" and not _catalog().serving:
-        return _no_catalog(_catalog().problem)
-    return refused
+        return
+    refuse_if_locked()
+    if request.method != "GET" and not _catalog().serving:
+        raise _no_catalog(_catalog().problem)
 
 
 def _catalog():
-    """The worker's live catalog (bundle plus taught items)."""
-    return _ext()["service"].catalog
+    """The live catalog teaching changes (bundle plus taught items)."""
+    return _teaching().catalog
 
 
 def _teaching():
-    """The teaching service of the worker's live catalog (``live.teaching.Teaching``)."""
-    return _catalog().teaching
+    """The teaching service (``live.teaching.Teaching``) the appliance offers."""
+    return _appliance().teaching
 
 
 def _shots() -> list:
@@ -60,7 +56,7 @@ def _shots() -> list:
     if len(files) > MAX_SHOTS:
         raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
     out = []
-    with _ext()["service"].upload_slot():  # like a search upload: two photos decoded at a time at most
+    with _appliance().upload_slot():  # like a search upload: two photos decoded at a time at most
         for n, f in enumerate(files):
             kind = kinds[n] if n < len(kinds) else "photo"
             out.append((decode_upload(f.read(), name=f.filename or f"shot {n + 1}"), kind))
@@ -84,7 +80,7 @@ def _barcode() -> str | None:
 @bp.get("/teach")
 @_page
 def page():
-    return render_template("teach.html", page=_ext()["config"].page, teach=teaching_state())
+    return render_template("teach.html", page=_config().page, teach=teaching_state())
 
 
 @bp.get("/api/items")
@@ -118,12 +114,10 @@ def add_item():
         barcode = _barcode() or None   # a wrong check digit is told before any photo is read
         taught = _teaching().add(request.form.get("title", ""), request.form.get("price") or None, _shots(),
                                  item_id=request.form.get("id") or None, barcode=barcode)
-    except (CatalogError, ImageError) as exc:  # 400 bad input, 409 id taken (the class carries it)
-        return _error(exc.status, str(exc))
-    except BundleError:
+    except BundleError as exc:   # bad input (400), an id taken (409): raised by type (web/errors.py)
         if cat.serving:
             raise
-        return _no_catalog(cat.problem)  # the bundle went away while the shots were embedded
+        raise _no_catalog(cat.problem) from exc  # the bundle went away while the shots were embedded
     log.info("item %s taught from the page (%d shot(s))", taught.id, taught.shots)
     resp = jsonify({"item": _item_json(taught)})
     resp.status_code = 201
@@ -134,12 +128,9 @@ def add_item():
 def edit_item(item_id: str):
     """Edit an item: any of ``title``, ``price`` (empty clears it), ``barcode`` (empty clears it) and
     further ``image`` shots."""
-    try:
-        barcode = _barcode()   # a wrong check digit is told before any photo is read
-        taught = _teaching().edit(item_id, title=request.form.get("title") or None,
-                                  price=request.form.get("price"), barcode=barcode, shots=_shots())
-    except (CatalogError, ImageError) as exc:  # 400 bad input, 404 no such item
-        return _error(exc.status, str(exc))
+    barcode = _barcode()   # a wrong check digit is told before any photo is read
+    taught = _teaching().edit(item_id, title=request.form.get("title") or None,   # 400, 404: by type
+                              price=request.form.get("price"), barcode=barcode, shots=_shots())
     return jsonify({"item": _item_json(taught)})
 
 
@@ -150,18 +141,18 @@ def scan():
     names, or null); 422 when no code is found, saying how to hold it."""
     cat = _catalog()
     upload = request.files.get("image")
-    service = _ext()["service"]
-    with service.upload_slot():   # a read takes a fraction of a second of CPU, like an upload
+    port = _appliance()
+    with port.upload_slot():   # a read takes a fraction of a second of CPU, like an upload
         if upload is not None:
             grey = grey_for_codes(upload.read(), upload.filename or "image")
         else:
-            latest = service.latest()
+            latest = port.latest()
             if latest is None:
-                return _error(503, "no camera frame yet; try again in a moment")
+                raise Unavailable("no camera frame yet; try again in a moment")
             grey = grey_for_codes(latest.jpeg, "the current frame")
         codes = read_codes(grey) if grey is not None else []
     if not codes:
-        return _error(422, "no barcode found: hold the code flat and close to the camera, in good light, "
+        raise NothingFound("no barcode found: hold the code flat and close to the camera, in good light, "
                            "and press Scan again (or type the number)")
     named = cat.code_items([k for c in codes for k in keys(c.text)])
     found = [{"code": c.text, "format": c.format,
@@ -171,10 +162,7 @@ def scan():
 
 @bp.delete("/api/items/<path:item_id>")
 def remove_item(item_id: str):
-    try:
-        left = _teaching().remove(item_id)
-    except CatalogError as exc:  # 404 no such item, 409 already removed
-        return _error(exc.status, str(exc))
+    left = _teaching().remove(item_id)   # no such item (404), already removed (409): raised by type
     return jsonify({"removed": item_id, "catalog_items": left})
 
 
@@ -184,18 +172,15 @@ def set_background():
     every camera shot taught afterwards, so items taught at the counter do not match each other's counter."""
     cat = _catalog()
     upload = request.files.get("image")
-    try:
-        if upload is not None:
-            with _ext()["service"].upload_slot():
-                rgb = decode_upload(upload.read(), name=upload.filename or "background")
-        else:
-            latest = _ext()["service"].latest()
-            if latest is None:
-                return _error(503, "no camera frame yet; try again in a moment")
-            rgb = decode(latest.jpeg, name="the current frame")
-        _teaching().set_scene(rgb)
-    except ImageError as exc:
-        return _error(exc.status, str(exc))
+    if upload is not None:
+        with _appliance().upload_slot():
+            rgb = decode_upload(upload.read(), name=upload.filename or "background")
+    else:
+        latest = _appliance().latest()
+        if latest is None:
+            raise Unavailable("no camera frame yet; try again in a moment")
+        rgb = decode(latest.jpeg, name="the current frame")
+    _teaching().set_scene(rgb)   # an unreadable photo (400): raised by type
     try:   # kept for pi-search index relearn: the views learn on this counter too
         keep_scene(cat.directory, encode_jpeg(rgb, 90))
     except OSError as exc:
@@ -215,16 +200,16 @@ def relearn():
     """Start learning the bundle's projection again on the captured empty scenes (``pi-search index
     relearn`` in a process of its own); GET /api/relearn says how far it is. The old bundle serves until the
     new generation is swapped in and reloaded."""
-    cat = _catalog()
-    started = _relearning.start(cat.directory, on_done=cat.reload)
-    resp = jsonify({"started": started, **_relearning.status()})
+    port = _appliance()
+    started = port.relearn()
+    resp = jsonify({"started": started, **port.relearn_status()})
     resp.status_code = 202
     return resp
 
 
 @bp.get("/api/relearn")
 def relearn_status():
-    return jsonify(_relearning.status())
+    return jsonify(_appliance().relearn_status())
 
 
 @bp.post("/api/compact")

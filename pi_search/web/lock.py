@@ -11,8 +11,8 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ..errors import Locked, Refused, TooManyTries
 from .auth import given_token
-from .errors import error as _error
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,13 @@ def teaching_state() -> str:
 
 
 def refuse_if_locked():
-    """A 403 JSON response when teaching is locked for this request, else None (call it in a route guard)."""
+    """Locked (403, the body says ``"locked": true``) when teaching is locked for this request (call it in a
+    route guard)."""
     if teaching_state() != "locked":
-        return None
+        return
     pin = current_app.extensions["pi_search"]["config"].page.pin
     how = "tap Staff and enter the PIN" if pin else "open /teach?token=TOKEN"
-    resp = jsonify({"error": f"teaching is locked on this screen; {how} to unlock it", "locked": True})
-    resp.status_code = 403
-    return resp
+    raise Locked(f"teaching is locked on this screen; {how} to unlock it")
 
 
 @bp.post("/api/unlock")
@@ -92,18 +91,18 @@ def unlock():
     if not page.lock_teaching:
         return jsonify({"teach": "open"})
     if not page.pin:
-        return _error(403, "no PIN is set for this screen: open /teach?token=TOKEN to teach items")
+        raise Refused("no PIN is set for this screen: open /teach?token=TOKEN to teach items")
     state = _state()
     with state.lock:
         wait = state.paused_until - time.monotonic()
         if wait > 0:
-            return _error(429, f"too many wrong PINs; try again in {wait:.0f} s")
+            raise TooManyTries(f"too many wrong PINs; try again in {wait:.0f} s")
         if not _same(request.form.get("pin", "").strip(), page.pin):
             state.wrong += 1
             if state.wrong >= MAX_TRIES:
                 state.wrong, state.paused_until = 0, time.monotonic() + PAUSE_S
                 log.warning("%d wrong teaching PINs: unlocking paused for %.0f s", MAX_TRIES, PAUSE_S)
-            return _error(403, "wrong PIN; ask the person who set up the appliance")
+            raise Refused("wrong PIN; ask the person who set up the appliance")
         state.wrong = 0
     resp = jsonify({"teach": "unlocked"})
     expires = int(time.time() + UNLOCK_S)

@@ -1,16 +1,12 @@
-"""Runs the app under waitress in the main thread; SIGTERM/SIGINT stop it, SIGHUP reloads the bundle."""
+"""Runs the app under waitress: bind, serve in the calling thread, close (bootstrap owns the signals)."""
 
 from __future__ import annotations
 
 import errno
 import logging
-import signal
 import socket
-import threading
-from collections.abc import Callable
 
 from ..errors import PiSearchError
-from ..ops import notify
 from .errors import FORM_BYTES
 from .http import adjustments, make_server
 
@@ -52,58 +48,36 @@ def check_address(host: str, port: int) -> None:
         raise bind_error(host, port, exc) from None
 
 
-def run(app, service, *, host: str, port: int, max_viewers: int,
-        on_serving: Callable[[str], None] | None = None) -> None:
-    """Serve ``app`` on host:port until SIGTERM or SIGINT; then stop ``service`` (closing the camera).
-
-    Tells systemd READY=1 once the socket is bound and the worker runs, STOPPING=1 on the way out;
-    ``on_serving(url)`` is called then too. A busy port raises PiSearchError (one line, no traceback).
-    """
+def listen(app, *, host: str, port: int, max_viewers: int):
+    """A waitress server for ``app`` bound to host:port, not serving yet; a busy port raises PiSearchError
+    (one line, no traceback) before anything starts."""
     try:
-        server = make_server(app, host=host, port=port, max_viewers=max_viewers,
-                             max_body_bytes=max_body_bytes(app))
+        return make_server(app, host=host, port=port, max_viewers=max_viewers,
+                           max_body_bytes=max_body_bytes(app))
     except OSError as exc:
         raise bind_error(host, port, exc) from None
-    stopping = threading.Event()
 
-    def _on_signal(signum, _frame):
-        if stopping.is_set():
-            return
-        stopping.set()
-        log.info("%s: stopping", signal.Signals(signum).name)
-        service.request_stop()  # open previews and long polls end now, so the server threads finish at once
-        raise SystemExit(0)
 
-    def _on_hangup(_signum, _frame):
-        threading.Thread(target=_reload, args=(service,), name="pi-search-reload", daemon=True).start()
+def url_of(server, host: str) -> str:
+    """The page's address on ``server`` (the port it really bound, for ``port=0``)."""
+    return f"http://{_url_host(host)}:{server.effective_port}/"
 
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
-    # READY=1 first: the socket is bound and the model and the bundle are loaded; the worker's watchdog pings
-    # then follow it, never precede it.
-    url = f"http://{_url_host(host)}:{server.effective_port}/"
-    notify.ready(f"serving on {url}")
-    service.start()
+
+def serve(server, url: str) -> None:
+    """Answer requests in this thread until the server is closed or an exception (a signal handler's
+    SystemExit) ends the loop."""
     log.info("serving on %s (%s threads per lane, at most %d connections)", url,
              server.task_dispatcher.sizes(), server.max_connections)
-    if on_serving is not None:
-        on_serving(url)
+    server.run()
+
+
+def close(server) -> None:
+    """Stop the request threads (open previews end once the frame loop stops) and the listening socket."""
     try:
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        stopping.set()
-        notify.stopping("closing the camera")
-        service.stop(timeout=2.5)
-        try:
-            server.task_dispatcher.shutdown(timeout=1.0)  # viewers end once the service stops
-            server.close()
-        except Exception as exc:  # closing on shutdown must not mask the exit
-            log.warning("closing the server: %s", exc)
-        for s, h in old.items():
-            signal.signal(s, h)
-        log.info("stopped")
+        server.task_dispatcher.shutdown(timeout=1.0)
+        server.close()
+    except Exception as exc:  # closing on shutdown must not mask the exit
+        log.warning("closing the server: %s", exc)
 
 
 def _url_host(host: str) -> str:
@@ -142,14 +116,3 @@ def page_urls(url: str) -> list[str]:
     if parts.hostname not in ("0.0.0.0", "::", ""):
         return [url]
     return [f"http://{host}:{parts.port}/" for host in ("127.0.0.1", *machine_addresses())]
-
-
-def _reload(service) -> None:
-    """SIGHUP: map the bundle rebuilt in place; a broken one is logged and the old one keeps serving."""
-    try:
-        info = service.reload_bundle()
-        log.warning("SIGHUP: bundle reloaded, %d items (built %s)", info["items"], info["created"])
-    except PiSearchError as exc:
-        log.error("SIGHUP: keeping the bundle in use: %s", exc)
-    except Exception:  # a reload must never take the daemon down
-        log.exception("SIGHUP: reloading the bundle failed; keeping the bundle in use")

@@ -8,20 +8,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import Busy, ImageError
+from ..errors import BadInput, Busy, ImageError, Unsupported
 from ..images import decode
+from .errors import ClientGone
 
 log = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class UploadError(ImageError):
-    """A refused upload: ``status`` is the HTTP status to answer with (4xx)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def kind_of(data: bytes) -> str | None:
@@ -49,25 +42,19 @@ def truncated(data: bytes, kind: str) -> bool:
 
 
 def check_form(request, field: str = "image", max_files: int = 1):
-    """The uploaded files of ``field`` in a multipart request; UploadError (4xx) for any other shape."""
+    """The uploaded files of ``field`` in a multipart request; Unsupported (not a form) or BadInput (no file,
+    too many) for any other shape."""
     if request.mimetype != "multipart/form-data":
-        raise UploadError(415, f"send the photo as multipart/form-data field '{field}' "
+        raise Unsupported(f"send the photo as multipart/form-data field '{field}' "
                                f"(got {request.mimetype or 'no content type'})")
     files = request.files.getlist(field)
     if not files:
-        raise UploadError(400, f"send the photo as multipart/form-data field '{field}'")
+        raise BadInput(f"send the photo as multipart/form-data field '{field}'")
     total = sum(len(request.files.getlist(k)) for k in request.files)
     if total > max_files:
-        raise UploadError(400, f"{total} files in one request: send at most {max_files} "
+        raise BadInput(f"{total} files in one request: send at most {max_files} "
                                f"photo{'s' if max_files > 1 else ''} as field '{field}'")
     return files
-
-
-class ClientGone(UploadError):
-    """The client closed its connection while its upload waited: the work for it is dropped."""
-
-    def __init__(self, name: str):
-        super().__init__(499, f"{name}: the client closed the connection; the photo was not searched")
 
 
 def client_gone() -> Callable[[], bool]:
@@ -81,7 +68,8 @@ def client_gone() -> Callable[[], bool]:
 
 
 def decode_upload(data: bytes, name: str = "upload", gone: Callable[[], bool] | None = None) -> np.ndarray:
-    """Bytes of an uploaded photo to RGB uint8 [H, W, 3]; UploadError (4xx) with the reason otherwise.
+    """Bytes of an uploaded photo to RGB uint8 [H, W, 3]; otherwise ImageError (unreadable) or Unsupported
+    (another file type) with the reason.
 
     Only JPEG, PNG and WebP are decoded (other codecs are refused before any decoder sees them); a file cut
     short is refused rather than shown half grey; huge dimensions, or a decode that would take more memory
@@ -91,24 +79,22 @@ def decode_upload(data: bytes, name: str = "upload", gone: Callable[[], bool] | 
     """
     gone = gone or client_gone()
     if gone():
-        raise ClientGone(name)
+        raise ClientGone(f"{name}: the client closed the connection; the photo was not searched")
     if not data:
-        raise UploadError(400, f"{name}: empty file (0 bytes)")
+        raise ImageError(f"{name}: empty file (0 bytes)")
     kind = kind_of(data)
     if kind is None:
-        raise UploadError(415, f"{name}: not a JPEG, PNG or WebP photo")
+        raise Unsupported(f"{name}: not a JPEG, PNG or WebP photo")
     if truncated(data, kind):
-        raise UploadError(400, f"{name}: the {kind.upper()} file is truncated (cut off before its end); "
-                               "send the whole file")
+        raise ImageError(f"{name}: the {kind.upper()} file is truncated (cut off before its end); "
+                         "send the whole file")
     try:
         rgb = decode(data, name=name)
-    except ImageError as exc:
-        raise UploadError(400, str(exc)) from None
-    except Busy:  # other photos hold the decoding memory: 503, try again
+    except (ImageError, Busy):  # unreadable (400); other photos hold the decoding memory (503, try again)
         raise
     except Exception as exc:  # a decoder error on hostile bytes is a bad upload, not a server fault
         log.info("%s: decoder refused it: %s", name, exc)
-        raise UploadError(400, f"{name}: not a readable image ({type(exc).__name__})") from None
+        raise ImageError(f"{name}: not a readable image ({type(exc).__name__})") from None
     if gone():
-        raise ClientGone(name)
+        raise ClientGone(f"{name}: the client closed the connection; the photo was not searched")
     return rgb
