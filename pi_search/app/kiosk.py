@@ -15,6 +15,7 @@ from ..bundle.trust import Trust
 from ..errors import BundleError, BundleRefused, Busy, NoCatalog
 from ..live.teaching import Teaching
 from ..model import look as looking
+from ..model import settle as settling
 from ..model.extractor import Extractor
 from ..updates import install as updates
 from . import health
@@ -88,6 +89,9 @@ class Kiosk:
 
     def health(self) -> dict:
         return health.report(self.loop, self.extractor, self._catalog)
+
+    def likeness(self) -> list[float]:
+        return settling.likeness(getattr(self._catalog, "manifest", None))
 
     def reload_bundle(self) -> dict:
         """Map the bundle now in the bundle's directory (after a rebuild); keep the old one if it is broken.

@@ -88,6 +88,11 @@ class Appliance(Protocol):
         """Camera, model and index health (/healthz)."""
         ...
 
+    def likeness(self) -> list[float]:
+        """The score scale the page's words and bar use: the served bundle's own (a learned projection
+        calibrates one) or the model's."""
+        ...
+
     def reload_bundle(self) -> dict:
         """Map the bundle now in place: ``{"items", "created"}``; BundleRefused (the one in use keeps
         serving) or NoCatalog (none could be loaded)."""

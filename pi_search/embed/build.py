@@ -29,11 +29,11 @@ from ..bundle import (
 )
 from ..errors import BundleError, CatalogError, ImageError
 from ..learn import catalog as learning
+from ..progress import Progress
 from . import shards as sh
 from .catalog import Problem, Row, read_catalog, report_problems
 from .fold import Folded, RowItems, ShardItems, fold
 from .local import embed_pending
-from .progress import Progress
 from .shards import catalog_framing
 from .sources import FromPhotos, FromShards, FromVectors, Source, source_of
 

@@ -14,8 +14,8 @@ from .. import images
 from ..bundle import Item, RowNames
 from ..errors import ImageError
 from ..images import thumbnail
+from ..progress import Progress
 from .catalog import Problem, Row
-from .progress import Progress
 from .shards import Shard, read_shard, shard_files
 
 log = logging.getLogger(__name__)

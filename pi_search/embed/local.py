@@ -14,9 +14,9 @@ from .. import images
 from ..errors import CatalogError, ImageError
 from ..images import thumbnail
 from ..model.framing import embed_catalog_image
+from ..progress import Progress
 from . import shards as sh
 from .catalog import Problem, read_catalog, report_problems
-from .progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from ..errors import PiSearchError
 from ..model.extractor import Extractor
+from ..progress import Progress
 from . import reaper
 from . import shards as sh
 from .local import EmbedReport, embed_work, framing_threads, prepare, read_bytes
-from .progress import Progress
 
 log = logging.getLogger(__name__)
 

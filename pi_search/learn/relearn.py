@@ -12,9 +12,9 @@ import numpy as np
 
 from .. import images
 from ..bundle import Bundle, Item, bundle_lock, normalise, recover, write_bundle
-from ..embed.progress import Progress
 from ..errors import BundleError, ImageError
 from ..live.compact import _options
+from ..progress import Progress
 from . import catalog as learning
 from . import views as synth
 from .whiten import SHRINK, Learned, PairStats

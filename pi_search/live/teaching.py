@@ -10,7 +10,9 @@ import numpy as np
 
 from ..barcodes.codes import with_barcode
 from ..errors import CatalogError
-from .changes import TaughtItem
+from ..images import encode_jpeg
+from ..learn.relearn import keep_scene
+from .changes import MAX_SHOTS, TaughtItem
 from .teach import embed_background, embed_shots
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Teaching:
     an unknown item NoSuchItem (404), a taken id ItemConflict (409), no bundle served BundleError. One change
     embeds at a time (the model is shared with the frame loop).
     """
+
+    max_shots = MAX_SHOTS   # shots one request may carry
 
     def __init__(self, catalog, extractor=None):
         self.catalog = catalog
@@ -103,6 +107,10 @@ class Teaching:
         so items taught at one counter do not match each other's counter."""
         with self._embedding:
             self.catalog.set_background(embed_background(self.extractor, rgb))
+        try:   # kept for pi-search index relearn: the views learn on this counter too
+            keep_scene(self.catalog.directory, encode_jpeg(rgb, 90))
+        except OSError as exc:
+            log.warning("the empty scene was not kept for relearning (%s)", exc)
 
     def clear_scene(self) -> None:
         """Forget the empty scene."""

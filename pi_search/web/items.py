@@ -10,9 +10,7 @@ from ..barcodes.codes import keys, tidy
 from ..barcodes.decode import read_codes
 from ..barcodes.pictures import grey_for_codes
 from ..errors import BundleError, ImageError, NothingFound, Unavailable
-from ..images import decode, encode_jpeg
-from ..learn.relearn import keep_scene
-from ..live.changes import MAX_SHOTS
+from ..images import decode
 from .auth import page as _page
 from .context import appliance as _appliance
 from .context import config as _config
@@ -53,8 +51,9 @@ def _shots() -> list:
     ``camera`` or ``photo``; default photo)."""
     files = request.files.getlist("image")
     kinds = request.form.getlist("kind")
-    if len(files) > MAX_SHOTS:
-        raise ImageError(f"{len(files)} shots: send at most {MAX_SHOTS}")
+    most = _teaching().max_shots
+    if len(files) > most:
+        raise ImageError(f"{len(files)} shots: send at most {most}")
     out = []
     with _appliance().upload_slot():  # like a search upload: two photos decoded at a time at most
         for n, f in enumerate(files):
@@ -170,7 +169,6 @@ def remove_item(item_id: str):
 def set_background():
     """Remember the empty scene (multipart ``image``, else the camera's current frame): it is taken out of
     every camera shot taught afterwards, so items taught at the counter do not match each other's counter."""
-    cat = _catalog()
     upload = request.files.get("image")
     if upload is not None:
         with _appliance().upload_slot():
@@ -180,11 +178,7 @@ def set_background():
         if latest is None:
             raise Unavailable("no camera frame yet; try again in a moment")
         rgb = decode(latest.jpeg, name="the current frame")
-    _teaching().set_scene(rgb)   # an unreadable photo (400): raised by type
-    try:   # kept for pi-search index relearn: the views learn on this counter too
-        keep_scene(cat.directory, encode_jpeg(rgb, 90))
-    except OSError as exc:
-        log.warning("the empty scene was not kept for relearning (%s)", exc)
+    _teaching().set_scene(rgb)   # also kept for pi-search index relearn; an unreadable photo: 400 by type
     log.info("empty scene captured for teaching")
     return jsonify({"background": True})
 

@@ -13,7 +13,6 @@ from ..barcodes.pictures import codes_in_photo
 from ..barcodes.search import codes_first
 from ..errors import BadInput, Busy, NoCatalog, NotFound, Unavailable
 from ..images import photo_size
-from ..model import settle as settling
 from .auth import page as _page
 from .auth import public as _public
 from .context import appliance as _appliance
@@ -50,7 +49,7 @@ def status() -> dict:
         "extract_ms": round(latest.timings_ms.get("extract", 0.0), 2) if latest else None,
         "search_ms": round(latest.timings_ms.get("search", 0.0), 2) if latest else None,
         "teach": teaching_state(),  # the page locks itself when this screen's unlock runs out
-        "likeness": settling.likeness(getattr(port.catalog, "manifest", None)),  # the bundle's score scale
+        "likeness": port.likeness(),  # the served bundle's score scale
     }
 
 
