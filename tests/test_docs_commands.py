@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pi_search.cli import main
-from pi_search.tools.command_docs import BEGIN, DOC, END, reference, with_reference
+from pi_search.cli.reference import BEGIN, DOC, END, reference, with_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def test_commands_md_matches_the_help():
     text = DOC.read_text()
     assert BEGIN in text and END in text
     assert with_reference(text, reference()) == text, \
-        "docs/commands.md differs from --help: run python -m pi_search.tools.command_docs --write"
+        "docs/commands.md differs from --help: run python -m pi_search.cli.reference --write"
 
 
 def test_the_reference_has_every_command_and_option_as_help_prints_it():
@@ -42,7 +42,7 @@ def test_the_reference_has_every_command_and_option_as_help_prints_it():
 
 
 def test_check_mode_says_when_the_doc_is_stale(tmp_path, monkeypatch):
-    from pi_search.tools import command_docs
+    from pi_search.cli import reference as command_docs
 
     stale = tmp_path / "commands.md"
     stale.write_text(DOC.read_text().replace("### `pi-search serve`", "### `pi-search serve-old`"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from ..cli import main as cli_main
+from . import main as cli_main
 
-BEGIN = "<!-- made by python -m pi_search.tools.command_docs --write: edit the commands' help, not this -->"
+BEGIN = "<!-- made by python -m pi_search.cli.reference --write: edit the commands' help, not this -->"
 END = "<!-- /generated -->"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         if new != text:
-            print(f"{DOC}: differs from the commands' help: python -m pi_search.tools.command_docs --write",
+            print(f"{DOC}: differs from the commands' help: python -m pi_search.cli.reference --write",
                   file=sys.stderr)
             return 1
         return 0
