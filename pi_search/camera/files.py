@@ -42,6 +42,14 @@ class FolderSource(BaseSource):
     log line) and comes back when the folder does. Files added or removed are picked up on the next frame.
     """
 
+    kind = "folder"
+    specs = (("folder:DIR", "images"),)
+    rank = 2
+
+    @classmethod
+    def from_spec(cls, arg, *, width, height, fps, loop):
+        return cls(arg, width=width, height=height, fps=fps, loop=loop) if arg else None
+
     def __init__(self, directory, *, width: int = 640, height: int = 480, fps: float = 15.0,
                  loop: bool = True):
         super().__init__(fps)

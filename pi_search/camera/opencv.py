@@ -18,6 +18,14 @@ class OpenCVSource(BaseSource):
     Frames: RGB uint8 [H, W, 3] (OpenCV delivers B,G,R; converted once here).
     """
 
+    kind = "opencv"
+    specs = (("opencv:N", "webcam"), ("opencv:PATH", "video file"))
+    rank = 1
+
+    @classmethod
+    def from_spec(cls, arg, *, width, height, fps, loop):
+        return cls(arg, width=width, height=height, fps=fps, loop=loop) if arg else None
+
     def __init__(self, target: str, *, width: int = 640, height: int = 480, fps: float = 15.0,
                  loop: bool = True):
         super().__init__(fps)

@@ -21,6 +21,14 @@ class PicameraSource(BaseSource):
 
     FORMAT = "BGR888"
 
+    kind = "picamera2"
+    specs = (("picamera2", ""),)   # the Pi camera
+    rank = 0
+
+    @classmethod
+    def from_spec(cls, arg, *, width, height, fps, loop):
+        return cls(width=width, height=height, fps=fps)
+
     def __init__(self, *, width: int = 640, height: int = 480, fps: float = 15.0, buffer_count: int = 3):
         super().__init__(fps)
         self.width, self.height, self.buffer_count = int(width), int(height), int(buffer_count)

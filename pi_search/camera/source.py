@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,10 +45,31 @@ class FrameSource(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
+SOURCES: dict[str, type[BaseSource]] = {}   # spec kind -> source class, in the order they were defined
+
+
 class BaseSource:
-    """Shared plumbing: context manager, frame counter, pacing to a frame rate, read-only frames."""
+    """Shared plumbing: context manager, frame counter, pacing to a frame rate, read-only frames.
+
+    A subclass with a ``kind`` registers itself: ``open_source("KIND:ARG")`` builds it with ``from_spec``;
+    ``specs`` lists how its specs are written and what they are (``(("opencv:N", "webcam"), ...)``);
+    ``rank`` orders the kinds where they are listed.
+    """
 
     name = "source"
+    kind: ClassVar[str] = ""
+    specs: ClassVar[tuple[tuple[str, str], ...]] = ()
+    rank: ClassVar[int] = 100
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            SOURCES[cls.kind] = cls
+
+    @classmethod
+    def from_spec(cls, arg: str, *, width: int, height: int, fps: float, loop: bool) -> BaseSource | None:
+        """The source for ``KIND:arg`` (not yet started), or None when ``arg`` does not fit this kind."""
+        raise NotImplementedError
 
     def __init__(self, fps: float = 15.0):
         self.fps = float(fps)

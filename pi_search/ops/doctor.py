@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..bundle import Bundle, load_trusted, machine_fit, needs
-from ..camera import open_source
+from ..camera import SOURCES, known_specs, open_source
 from ..config import check_bind, load_config
 from ..errors import PiSearchError, SourceError
 from ..model.extractor import RUNTIMES, Extractor, load_runtime
@@ -211,7 +211,7 @@ def raspberry_pi_model(model_files=None) -> str | None:
 
 
 def _opens(source: str, ctx: _Context) -> tuple[str | None, str]:
-    """Open an OpenCV source and read one frame: ``(None, "WxH frames")``, or ``(the error, "")``."""
+    """Open a source and read one frame: ``(None, "WxH frames")``, or ``(the error, "")``."""
     cam = ctx.config.camera
     src = open_source(source, width=cam.width, height=cam.height, fps=cam.fps, loop=False)
     try:
@@ -299,8 +299,12 @@ def check_camera(ctx: _Context) -> Check:
                          "connect the camera cable with the Pi off; check: rpicam-hello --list-cameras")
         models = ", ".join(str(c.get("Model", "?")) for c in cameras)
         return Check("camera", OK, f"picamera2: {models} ({board})")
-    return Check("camera", FAIL, f"{source}: unknown source",
-                 "use picamera2, opencv:N, opencv:PATH or folder:DIR in [camera] source")
+    if kind in SOURCES:   # a source registered by a module of camera/ that has no check of its own here
+        error, got = _opens(source, ctx)
+        if error:
+            return Check("camera", FAIL, f"{source}: {error}", "check the source's device or files")
+        return Check("camera", OK, f"{source}: opens, {got}")
+    return Check("camera", FAIL, f"{source}: unknown source", f"use {known_specs()} in [camera] source")
 
 
 def check_disk(ctx: _Context) -> Check:
