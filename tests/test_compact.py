@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fakes import wait_until
 
-from pi_search.bundle.ids import VIEW_SEP
+from pi_search.bundle.ids import ROW_SEP
 from pi_search.bundle.manifest import read_manifest
 from pi_search.errors import CatalogError
 from pi_search.live import compact as compact_mod
@@ -76,7 +76,7 @@ def test_compaction_keeps_every_result_and_empties_the_store(live_dir):
     cat.close()
     again = LiveCatalog.open(live_dir, refresh_s=0.0)  # a fresh process sees the same catalog
     assert results(again, queries) == before and len(again) == n
-    assert all(VIEW_SEP not in m.id for m in again.search(queries["lamp"], 16))
+    assert all(ROW_SEP not in m.id for m in again.search(queries["lamp"], 16))
     again.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,72 @@ def test_importing_the_package_and_the_daemon_loads_no_optional_extra():
     out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ layers
+# The table of rooms in docs/development.md ("Where things are") is the rule: each row names its room(s) and,
+# in its last column, the rooms it may import. A room always may import itself.
+DOC = PKG.parent / "docs" / "development.md"
+BASE = ("errors", "config", "images", "progress")
+
+
+def _layers() -> dict[str, set[str]]:
+    """room -> rooms it may import, read from the doc's table."""
+    text = DOC.read_text()
+    section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rules: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`pi_search/"):
+            continue
+        rooms = [r.removeprefix("pi_search/").strip("/").removesuffix(".py")
+                 for r in re.findall(r"`(pi_search/[\w./]+)`", cells[0])]
+        may = set()
+        for word in re.findall(r"[\w.]+", cells[-1]):
+            may.update(BASE if word == "base" else (word.removesuffix(".py"),))
+        for room in rooms:
+            rules[room] = may
+    return rules
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_room_imports_only_what_the_layer_table_allows():
+    rules = _layers()
+    rooms = {_room(m) for m in _modules()} - {""}
+    assert rooms <= set(rules), f"rooms missing from the table in docs/development.md: {rooms - set(rules)}"
+    bad = []
+    for module, deps in _imports().items():
+        here = _room(module)
+        for target, _, line in deps:
+            there = _room(target)
+            if there and there != here and there not in rules[here]:
+                allowed = ", ".join(sorted(rules[here]))
+                bad.append(f"{module}:{line} imports {target} ({here} may import: {allowed})")
+    assert bad == []
+
+
+def test_the_layer_table_has_no_cycle_so_no_import_runs_back_up():
+    rules = _layers()
+    seen: dict[str, int] = {}
+
+    def visit(room: str, path: tuple[str, ...]) -> None:
+        assert room not in path, f"the layer table allows a cycle: {' -> '.join(path + (room,))}"
+        if seen.get(room):
+            return
+        for other in rules.get(room, ()):
+            if other != room:
+                visit(other, path + (room,))
+        seen[room] = 1
+
+    for room in rules:
+        visit(room, ())
+
+
+def test_the_bundle_format_imports_no_room_above_it():
+    """The bundle is opened by tools that never load a daemon: its room stays at the bottom."""
+    deps = {_room(t) for m, ds in _imports().items() if _room(m) == "bundle" for t, _, _ in ds}
+    assert deps <= {"bundle", "errors", "config", "images", "barcodes", "progress"}, deps

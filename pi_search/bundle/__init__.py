@@ -12,7 +12,7 @@ from .backends import Backend, get_backend
 from .backends import flags as backend_flags
 from .backends import names as backend_names
 from .files import bundle_lock, fingerprint, fsync_dir, recover, swap_into_place, write_atomic
-from .ids import VIEW_SEP, check_id, id_problem, item_of
+from .ids import ROW_SEP, check_id, id_problem, item_of
 from .items import Item, ItemsFile
 from .learned import Learned
 from .manifest import MANIFEST, Manifest, check_model, read_manifest, write_manifest
@@ -27,7 +27,7 @@ from .trust import Trust, served_status
 from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 
 __all__ = [
-    "DAEMON_BYTES", "DEFAULT_WHITEN", "MANIFEST", "MAX_PHOTOS", "SIGNATURE", "VIEW_SEP", "Backend", "Bundle",
+    "DAEMON_BYTES", "DEFAULT_WHITEN", "MANIFEST", "MAX_PHOTOS", "SIGNATURE", "ROW_SEP", "Backend", "Bundle",
     "BuildOptions", "Item", "ItemsFile", "Learned", "Manifest", "Match", "Projection", "RowNames", "Trust",
     "VectorStore", "backend_flags", "backend_names", "bundle_lock", "check_id", "check_model",
     "check_out_dir", "counts", "fingerprint", "fsync_dir", "get_backend", "id_problem", "item_of", "keygen",

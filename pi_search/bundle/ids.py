@@ -8,7 +8,7 @@ from ..errors import CatalogError
 
 MAX_ID = 200
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
-VIEW_SEP = "\x1f"   # bundle rows holding further shots of one item are named "<id>\x1f<n>" (never in an id)
+ROW_SEP = "\x1f"   # bundle rows holding further shots of one item are named "<id>\x1f<n>" (never in an id)
 RULE = f"at most {MAX_ID} characters, no slashes, backslashes or control characters"
 
 
@@ -32,4 +32,4 @@ def check_id(item_id: str) -> str:
 
 def item_of(row_id: str) -> str:
     """The item id of a bundle row id (a row holding an extra shot is named ``<id>\\x1f<n>``)."""
-    return row_id.split(VIEW_SEP, 1)[0]
+    return row_id.split(ROW_SEP, 1)[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..barcodes.codes import keys, split_codes
 from ..errors import BundleError
-from .ids import VIEW_SEP
+from .ids import ROW_SEP
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def write_items(path: Path, items: Iterable[Item]) -> None:
 
     def rows():
         for i, it in enumerate(items):
-            if VIEW_SEP not in it.id:
+            if ROW_SEP not in it.id:
                 for code in split_codes(it.extra.get("barcode")):
                     for key in keys(code):
                         owner = codes.setdefault(key, it.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .ids import VIEW_SEP
+from .ids import ROW_SEP
 
 MAX_PHOTOS = 16     # photos kept per catalog item (as many as a taught item keeps shots)
 DEPTH = 4           # rows asked of the index per wanted item, at first, when items have several photos
@@ -10,12 +10,12 @@ DEPTH = 4           # rows asked of the index per wanted item, at first, when it
 
 def row_id(item_id: str, photo: int) -> str:
     """The bundle row id of an item's photo: the item id for its first photo (0), ``<id>\\x1f<n>`` after."""
-    return item_id if photo == 0 else f"{item_id}{VIEW_SEP}{int(photo)}"
+    return item_id if photo == 0 else f"{item_id}{ROW_SEP}{int(photo)}"
 
 
 def split(rid: str) -> tuple[str, int]:
     """``(item id, photo number)`` of a bundle row id (the inverse of ``row_id``)."""
-    item_id, sep, n = rid.partition(VIEW_SEP)
+    item_id, sep, n = rid.partition(ROW_SEP)
     if not sep:
         return item_id, 0
     try:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
+from .files import write_atomic
 from .manifest import MANIFEST, Manifest
 from .verify import check_file
 
@@ -184,11 +185,7 @@ def sign(bundle_dir: str | Path, key_path: str | Path, *, version: int | None = 
     signature = secret.sign(statement.encode())
     body = json.dumps({"statement": statement, "signature": base64.b64encode(signature).decode()},
                       indent=1) + "\n"
-    tmp = bundle_dir / f".{SIGNATURE}.tmp-{os.getpid()}"
-    tmp.write_text(body)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, bundle_dir / SIGNATURE)
+    write_atomic(bundle_dir / SIGNATURE, lambda f: f.write(body.encode()))
     return parse(bundle_dir, None, raw_manifest)
 
 

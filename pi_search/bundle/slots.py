@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import BundleError
-from .files import _exchange, bundle_lock, fsync_dir, fsync_tree, swap_into_place
+from .files import _exchange, bundle_lock, fsync_dir, fsync_tree, swap_into_place, write_atomic
 from .manifest import MANIFEST
 from .signing import parse
 from .verify import copy_checked
@@ -54,13 +54,8 @@ def read_state(target: str | Path) -> dict:
 
 
 def _write_state(target: Path, state: dict) -> None:
-    path = state_path(target)
-    tmp = path.with_name(f".{STATE}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    body = (json.dumps(state, indent=1, sort_keys=True) + "\n").encode()
+    write_atomic(state_path(target), lambda f: f.write(body))
 
 
 def active(target: str | Path) -> str | None:

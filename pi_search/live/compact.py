@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import (
-    VIEW_SEP,
+    ROW_SEP,
     BuildOptions,
     Item,
     ItemsFile,
@@ -63,7 +63,7 @@ class _Plan:
                     extra = json.dumps(it.extra, ensure_ascii=False)
             if rid != iid:
                 self.views += 1
-                n = int(rid.split(VIEW_SEP, 1)[1])
+                n = int(rid.split(ROW_SEP, 1)[1])
                 have[iid] = max(have.get(iid, 1), n + 1)
             else:
                 have.setdefault(iid, 1)
@@ -74,7 +74,7 @@ class _Plan:
             if it is None or it.deleted:
                 continue
             if owner in have:
-                rid = f"{owner}{VIEW_SEP}{have[owner]}"
+                rid = f"{owner}{ROW_SEP}{have[owner]}"
                 have[owner] += 1
                 self.views += 1
                 extra = json.dumps({"view_of": owner})
@@ -194,7 +194,7 @@ class _CompactedItems:
     def __iter__(self):
         for rid, title, price, extra, _source, _ref in self.meta:
             thumb = None
-            if VIEW_SEP not in rid:
+            if ROW_SEP not in rid:
                 thumb = self.taught_thumbs.get(rid) or self.old.thumbnail(rid)
             elif _source == "bundle":   # a catalog item's further photo keeps its own thumbnail
                 thumb = self.old.thumbnail(rid)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..barcodes.codes import keys as code_keys
 from ..barcodes.codes import split_codes
-from ..bundle import VIEW_SEP, Bundle, Match, Projection, item_of
+from ..bundle import ROW_SEP, Bundle, Match, Projection, item_of
 from ..errors import BundleError
 from .changes import MAX_SHOTS, Snapshot, TaughtItem
 
@@ -223,7 +223,7 @@ def folded(view: View, limit: int) -> list[dict]:
     out = []
     for rid, title, price, extra in rows:
         extra = json.loads(extra or "{}")
-        if VIEW_SEP in rid or rid in view.items or "taught_at" not in extra:
+        if ROW_SEP in rid or rid in view.items or "taught_at" not in extra:
             continue
         out.append({"id": rid, "title": title, "price": price, "extra": extra,
                     "taught_at": float(extra["taught_at"])})
