@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 
 from pi_search.embed.build import build_bundle  # noqa: E402
 from pi_search.learn import catalog as learning  # noqa: E402
-from pi_search.learn.relearn import STEP_SHRINK, relearn  # noqa: E402
 from pi_search.learn.whiten import SHRINK  # noqa: E402
+from pi_search.live.relearn import STEP_SHRINK, relearn  # noqa: E402
 from pi_search.model.extractor import Extractor  # noqa: E402
 from pi_search.model.shipped import SHIPPED_INT8, shipped_model  # noqa: E402
 from pi_search.tools.evaluate import read_truth  # noqa: E402

@@ -146,7 +146,7 @@ def test_the_empty_scene_is_captured_and_taken_out_of_camera_shots(make, ostrich
     room = np.full((240, 320, 3), (182, 160, 120), np.uint8)   # the counter with nothing on it
     r = client.post("/api/background", data={"image": (jpeg(room), "empty.jpg")})
     assert r.status_code == 200 and client.get("/api/items").get_json()["background"] is True
-    from pi_search.learn.relearn import scenes_dir
+    from pi_search.live.relearn import scenes_dir
 
     kept = sorted(scenes_dir(svc.catalog.directory).glob("*.jpg"))   # kept for pi-search index relearn
     assert len(kept) == 1
@@ -259,7 +259,7 @@ def test_staff_relearn_runs_aside_and_the_new_generation_is_served(make, ostrich
     import time
 
     from pi_search.bundle.manifest import read_manifest
-    from pi_search.learn.relearn import keep_scene
+    from pi_search.live.relearn import keep_scene
 
     svc, client = make()
     live = svc.catalog.directory

@@ -241,7 +241,7 @@ def _relearn_cmd(bundle: Path, *more: str) -> list[str]:
 def test_relearn_on_the_kiosks_scenes_writes_a_new_verifiable_generation(bundle_dir, catalog_dir, extractor,
                                                                           tmp_path):
     from pi_search.bundle.verify import check_file
-    from pi_search.learn.relearn import keep_scene, scenes_dir
+    from pi_search.live.relearn import keep_scene, scenes_dir
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle_dir, copy)

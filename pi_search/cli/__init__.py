@@ -18,9 +18,9 @@ from ..embed.build import BuildSettings, build_bundle, interrupted_note, source_
 from ..embed.local import embed_local
 from ..embed.ray_engine import embed_ray
 from ..errors import PiSearchError
-from ..learn.relearn import read_backgrounds, relearn, scenes_dir
 from ..live.catalog import LiveCatalog
 from ..live.compact import compact_path
+from ..live.relearn import read_backgrounds, relearn, scenes_dir
 from ..model.extractor import Extractor, default_model_path, file_sha256
 from ..model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from ..ops import doctor

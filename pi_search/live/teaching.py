@@ -11,8 +11,8 @@ import numpy as np
 from ..barcodes.codes import with_barcode
 from ..errors import CatalogError
 from ..images import encode_jpeg
-from ..learn.relearn import keep_scene
 from .changes import MAX_SHOTS, TaughtItem
+from .relearn import keep_scene
 from .teach import embed_background, embed_shots
 
 log = logging.getLogger(__name__)

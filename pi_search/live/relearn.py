@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import images
-from ..bundle import Bundle, Item, bundle_lock, normalise, recover, write_bundle
+from ..bundle import BuildOptions, Bundle, Item, bundle_lock, normalise, recover, write_bundle
 from ..errors import BundleError, ImageError
-from ..live.compact import _options
+from ..learn import catalog as learning
+from ..learn import views as synth
+from ..learn.whiten import SHRINK, Learned, PairStats
 from ..progress import Progress
-from . import catalog as learning
-from . import views as synth
-from .whiten import SHRINK, Learned, PairStats
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +194,8 @@ def relearn(bundle_dir: str | Path, extractor, *, backgrounds: list[np.ndarray] 
                                  "times": int((m.learned or {}).get("relearned", {}).get("times", 0)) + 1}
             model = {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim}
             extra = {"catalog": m.catalog, **({"changes": m.changes} if m.changes else {})}
-            manifest = write_bundle(bundle_dir, rows, _Items(found, n), model=model, options=_options(m),
+            options = BuildOptions.from_manifest(m)   # searched like the bundle it replaces
+            manifest = write_bundle(bundle_dir, rows, _Items(found, n), model=model, options=options,
                                     extra_manifest=extra, locked=True, learned=new, learned_info=info,
                                     learned_applied=True)
     report = {"bundle": str(bundle_dir), "items": manifest.items, **info["relearned"],
