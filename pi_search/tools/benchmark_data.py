@@ -318,12 +318,13 @@ def _warp(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> np.ndarray:
 
 
 def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
-           size: tuple[int, int] = (640, 480), others: tuple = ()) -> np.ndarray:
+           size: tuple[int, int] = (640, 480), others: tuple = (), noise=None) -> np.ndarray:
     """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
 
     The object is warped (scale, rotation, perspective) onto a crop of a room photo (after ``others``, pairs
     of (RGBA stamp, Shot) lying in the same scene: only their geometry is used); then the whole frame gets
     white balance, brightness, gamma, a side light, optical and motion blur, sensor noise and JPEG.
+    ``noise(rng, sigma, shape)``: the sensor noise, float32 of ``shape`` (default: drawn afresh, normal).
     """
     import cv2
 
@@ -349,7 +350,10 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
         rm = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
         kernel = cv2.warpAffine(kernel, rm, (k, k))
         frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
-    frame += rng.normal(0, shot.noise, frame.shape).astype(np.float32)
+    if noise is None:
+        frame += rng.normal(0, shot.noise, frame.shape).astype(np.float32)
+    else:
+        frame += noise(rng, shot.noise, frame.shape)
     out = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, shot.jpeg])
