@@ -9,7 +9,8 @@ Usage (after ``python -m pi_search.tools.benchmark_data benchmark``)::
 Times, at 1 interpreter thread and 1 BLAS thread, on the benchmark's first queries: the kept framing alone
 (one model pass: each live camera frame), the whole look (kept framing + windows: a still frame, an upload, a
 query), the learned projection of one and of eight vectors, and a search of the learned bundle with the kept
-vector and with the look; ``--builds`` also builds the benchmark's catalog with and without learning,
+vector and with the look; ``--builds`` also times a view (made and embedded, its sensor noise drawn afresh
+and drawn once) and builds the benchmark's catalog with and without learning,
 alternately, and (``--items N``) a timing catalog of N items: the benchmark's catalog photos as they are,
 mirrored, upside down and both, in turn (distinct photos of the same kind, for timing only: the generator
 makes no larger catalog). Prints the figures and writes JSON. Measures only.
@@ -72,23 +73,51 @@ def timing_catalog(catalog: Path, out: Path, n: int) -> Path:
 
 def side_by_side(catalog: Path, tmp: Path, ex, rounds: int) -> dict:
     """Builds of ``catalog`` without and with learning, alternately (a busy spell on the shared machine
-    hits both): seconds of each run, their means, items/s and the ratio."""
+    hits both): seconds of each run (and the CPU seconds of this process's threads), their means, items/s
+    and the ratio."""
     times: dict = {"plain": [], "learned": []}
+    cpu: dict = {"plain": [], "learned": []}
     order = [False, True] * max(1, rounds)
     items = 0
     for n, learn in enumerate(order):
         out = tmp / f"b{int(learn)}"
         shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         items = build_bundle(catalog, out, ex, progress=False, learn=learn).items
         kind = "learned" if learn else "plain"
         times[kind].append(round(time.perf_counter() - t0, 2))
-        print(f"{catalog.name}: build {n + 1}/{len(order)} ({kind}): {times[kind][-1]} s", file=sys.stderr,
-              flush=True)
+        cpu[kind].append(round(time.process_time() - c0, 2))
+        print(f"{catalog.name}: build {n + 1}/{len(order)} ({kind}): {times[kind][-1]} s, "
+              f"{cpu[kind][-1]} s of CPU", file=sys.stderr, flush=True)
     builds = {k: round(statistics.fmean(v), 2) for k, v in times.items()}
+    cpus = {k: round(statistics.fmean(v), 2) for k, v in cpu.items()}
     return {"items": items, "build_runs_s": times, "build_s": builds,
             "items_s": {k: round(items / v, 1) for k, v in builds.items()},
-            "build_ratio": round(builds["learned"] / builds["plain"], 2)}
+            "build_ratio": round(builds["learned"] / builds["plain"], 2),
+            "cpu_s": cpus, "cpu_ratio": round(cpus["learned"] / cpus["plain"], 2)}
+
+
+def view_cost(catalog: Path, ex, items: int = 30, rounds: int = 2) -> dict:
+    """ms to make and embed one view (``learn.catalog.item_views``, 6 an item, over the catalog's first
+    ``items`` photos), with the sensor noise drawn afresh and drawn once, alternately; ``cpu``: the CPU ms
+    of this process's threads (the rendering threads' and the model's) a view."""
+    from pi_search.embed.catalog import read_catalog
+    from pi_search.learn import catalog as learning
+
+    rows, _ = read_catalog(catalog)
+    photos = [(r.id, images.read(r.image)) for r in rows[:items]]
+    times: dict = {"fresh": [], "once": []}
+    cpu: dict = {"fresh": [], "once": []}
+    for _ in range(max(1, rounds)):
+        for kind in times:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in learning.item_views(ex, photos, 6, noise_once=kind == "once"):
+                pass
+            times[kind].append(1000 * (time.perf_counter() - t0) / len(photos) / 6)
+            cpu[kind].append(1000 * (time.process_time() - c0) / len(photos) / 6)
+    out = {k: round(statistics.fmean(v), 2) for k, v in times.items()}
+    out["cpu"] = {k: round(statistics.fmean(v), 2) for k, v in cpu.items()}
+    return out
 
 
 def main(argv=None) -> int:
@@ -107,6 +136,8 @@ def main(argv=None) -> int:
     result: dict = {"queries": len(frames)}
     with tempfile.TemporaryDirectory(prefix="look-cost-") as tmp, threadpool_limits(1):
         if args.builds:
+            result["view_ms"] = view_cost(args.benchmark / "catalog", ex)
+            print(f"view_ms {result['view_ms']}", file=sys.stderr, flush=True)
             result.update({k: v for k, v in side_by_side(args.benchmark / "catalog", Path(tmp), ex,
                                                          args.rounds).items() if k != "items"})
             if args.items:
