@@ -30,9 +30,9 @@ def embedded_photos(monkeypatch):
     seen = []
     real = build_mod.embed_catalog_image
 
-    def counting(extractor, rgb):
+    def counting(extractor, rgb, *framings):
         seen.append(rgb.shape)
-        return real(extractor, rgb)
+        return real(extractor, rgb, *framings)
 
     monkeypatch.setattr(build_mod, "embed_catalog_image", counting)
     return seen
