@@ -82,9 +82,8 @@ def item_rng(item_id: str, salt: int = 0) -> np.random.Generator:
 class SensorNoise:
     """The views' sensor noise, drawn once (``noise`` of ``benchmark_data.render``): ``NOISE_FIELDS`` fields
     of N(0, 1), float32 [size + NOISE_MARGIN, size + NOISE_MARGIN, 3]; a view's noise is a window of one of
-    them, at a place its own random numbers pick, times its sigma. Drawing 150,000 normal numbers afresh was
-    a third of a view's rendering (docs/quality.md); this is one multiplication. Read only: the render threads
-    share it."""
+    them, at a place its own random numbers pick, times its sigma: one multiplication instead of 150,000
+    normal numbers drawn afresh for each view (docs/quality.md). Read only: the render threads share it."""
 
     def __init__(self, size: int = VIEW_SIZE, n: int = NOISE_FIELDS, margin: int = NOISE_MARGIN):
         rng = np.random.default_rng([SEED, n, margin])
