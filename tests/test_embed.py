@@ -57,15 +57,10 @@ def test_local_shards_hold_the_vectors_index_build_computes(shards, catalog_dir,
         assert abs(float(np.linalg.norm(table[row.id])) - 1) < 1e-5
 
 
-def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, plain_bundle_dir, extractor,
+def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bundle_dir, extractor,
                                                          tmp_path):
-    """The same bundle, byte for byte, without learning. A learning build from the catalog frames each photo
-    fewer times (``framing.LEARNED_FRAMINGS``) than the shards do; from shards it learns on theirs."""
-    bundle_dir = plain_bundle_dir
     out, _ = shards
-    learned = build_bundle(catalog_dir, tmp_path / "l", extractor, embeddings=out, progress=False)
-    assert learned.items == 16 and learned.embedded == 0 and learned.manifest.learned["items"] == 16
-    report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False, learn=False)
+    report = build_bundle(catalog_dir, tmp_path / "b", extractor, embeddings=out, progress=False)
     assert report.items == 16 and report.embedded == 0
     assert np.array_equal(np.load(tmp_path / "b" / "vectors.npy"), np.load(bundle_dir / "vectors.npy"))
     assert (tmp_path / "b" / "index.ann").read_bytes() == (bundle_dir / "index.ann").read_bytes()

@@ -18,7 +18,7 @@ from pi_search.bundle.projection import fit_pca
 from pi_search.bundle.reader import Bundle
 from pi_search.bundle.write import DEFAULT_TREES, BuildOptions, write_bundle
 from pi_search.errors import BundleError, CatalogError
-from pi_search.model.framing import LEARNED_FRAMINGS, embed_catalog_image, embed_query_image
+from pi_search.model.framing import embed_catalog_image, embed_query_image
 from pi_search.updates.install import info
 
 
@@ -39,9 +39,8 @@ def test_small_catalog_uses_exact_search_and_writes_every_file(bundle_dir):
 def test_catalog_photo_finds_itself_with_cosine_one(bundle, extractor, catalog_dir):
     from pi_search import images
 
-    for item_id in ("apple", "rocket", "strawberry"):   # framed as a learning index build frames it
-        vec = embed_catalog_image(extractor, images.read(catalog_dir / "images" / f"{item_id}.jpg"),
-                                  LEARNED_FRAMINGS)
+    for item_id in ("apple", "rocket", "strawberry"):
+        vec = embed_catalog_image(extractor, images.read(catalog_dir / "images" / f"{item_id}.jpg"))
         matches = bundle.search(vec, k=5)
         assert matches[0].id == item_id
         assert matches[0].score == pytest.approx(1.0, abs=1e-4)
