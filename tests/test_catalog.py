@@ -30,9 +30,9 @@ def embedded_photos(monkeypatch):
     seen = []
     real = build_mod.embed_catalog_image
 
-    def counting(extractor, rgb, *framings):
+    def counting(extractor, rgb):
         seen.append(rgb.shape)
-        return real(extractor, rgb, *framings)
+        return real(extractor, rgb)
 
     monkeypatch.setattr(build_mod, "embed_catalog_image", counting)
     return seen

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pi_search import images
 from pi_search.model.extractor import Extractor
 from pi_search.model.framing import (
-    CATALOG_FRAMINGS,
     CATALOG_TINT,
-    LEARNED_FRAMINGS,
     QUERY_CROP,
     catalog_inputs,
     embed_catalog_image,
@@ -54,17 +51,6 @@ def test_catalog_views_are_model_inputs_and_differ():
     assert all(v.shape == (224, 224, 3) and v.dtype == np.uint8 for v in inputs)
     assert len({v.tobytes() for v in inputs}) == 5
     np.testing.assert_array_equal(inputs[0], to_model_input(pad_to_square(photo), 224))
-
-
-def test_catalog_framings_are_picked_by_name_in_the_order_given():
-    photo = _demo("images/hammer.jpg")
-    every = dict(zip(CATALOG_FRAMINGS, catalog_inputs(photo), strict=True))
-    few = catalog_inputs(photo, framings=LEARNED_FRAMINGS)
-    assert len(few) == len(LEARNED_FRAMINGS) < len(CATALOG_FRAMINGS)
-    for name, x in zip(LEARNED_FRAMINGS, few, strict=True):
-        np.testing.assert_array_equal(x, every[name])
-    with pytest.raises(ValueError, match="catalog framing 'sideways'"):
-        catalog_inputs(photo, framings=("whole", "sideways"))
 
 
 def test_dimmer_warmer_view_is_the_tint_formula_to_the_byte():

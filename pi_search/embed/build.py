@@ -26,7 +26,7 @@ from ..bundle.write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bu
 from ..errors import BundleError, CatalogError, ImageError
 from ..images import thumbnail
 from ..learn import catalog as learning
-from ..model.framing import CATALOG_FRAMINGS, LEARNED_FRAMINGS, embed_catalog_image
+from ..model.framing import embed_catalog_image
 from .catalog import Problem, Row, read_catalog
 from .shards import catalog_framing, shards_for_build
 
@@ -310,12 +310,11 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                                f"has several photos (catalog.csv line {several.line}); embed the catalog "
                                "with pi-search index embed and build from its shards instead")
         given = _load_vectors(Path(embeddings), Path(ids), extractor.dim)
-    framings = LEARNED_FRAMINGS if teach.views else CATALOG_FRAMINGS
     if embeddings is not None:
         st = Path(embeddings).stat()
         source = f"embeddings:{Path(embeddings).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    else:   # the catalog photos' framings: fewer when the build learns (framing.LEARNED_FRAMINGS)
-        source = "extractor" if framings == CATALOG_FRAMINGS else f"extractor:{'+'.join(framings)}"
+    else:
+        source = "extractor"
     keys = [row_key(r) for r in rows]
     built_from = build_key(extractor, source, rows, keys, opts, thumbnails, problems, teach.views)
     done = _already_built(out_dir, built_from)
@@ -349,7 +348,7 @@ def build_bundle(catalog_dir: str | Path, out_dir: str | Path, extractor, *, dim
                     if given is not None:
                         vec = given[row.id]
                     else:
-                        vec = embed_catalog_image(extractor, rgb, framings)
+                        vec = embed_catalog_image(extractor, rgb)
                         embedded += 1
                 except ImageError as exc:
                     late.append(Problem(row.line, rel, f"unreadable image: {str(exc).split(': ', 1)[-1]}"))

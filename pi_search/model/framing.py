@@ -56,36 +56,20 @@ PLAIN_SHARE = 0.99
 CATALOG_ZOOM = 0.8
 CATALOG_TILT = 15.0
 CATALOG_TINT = (0.8, 0.72, 0.6)
-CATALOG_FRAMINGS = ("whole", "zoom", "tilt-", "tilt+", "tint")
-# A build that learns its projection (index build's default) shows the model synthetic camera views of each
-# photo, which teach what the zoom and the tilts taught: there the photo takes two framings, three model
-# passes fewer (docs/quality.md, "What it costs").
-LEARNED_FRAMINGS = ("whole", "tint")
 
 
-def catalog_inputs(rgb: np.ndarray, size: int = 224,
-                   framings: tuple[str, ...] = CATALOG_FRAMINGS) -> list[np.ndarray]:
-    """Model inputs (RGB uint8 [size, size, 3] each) for one catalog photo: padded white, one per framing
-    (names of ``CATALOG_FRAMINGS``, in the order given)."""
+def catalog_inputs(rgb: np.ndarray, size: int = 224) -> list[np.ndarray]:
+    """Model inputs (RGB uint8 [size, size, 3] each) for one catalog photo: padded white, five views."""
     import cv2
 
     sq = pad_to_square(rgb)
     side = sq.shape[0]
-    views = []
-    for name in framings:
-        if name == "whole":
-            views.append(to_model_input(sq, size))
-        elif name == "zoom":
-            views.append(to_model_input(sq, size, CATALOG_ZOOM))
-        elif name in ("tilt-", "tilt+"):
-            angle = -CATALOG_TILT if name == "tilt-" else CATALOG_TILT
-            m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
-            tilted = cv2.warpAffine(sq, m, (side, side), flags=cv2.INTER_LINEAR, borderValue=(255, 255, 255))
-            views.append(to_model_input(tilted, size))
-        elif name == "tint":
-            views.append(to_model_input(cv2.LUT(sq, _tint_table()), size))
-        else:
-            raise ValueError(f"catalog framing {name!r}: use one of {', '.join(CATALOG_FRAMINGS)}")
+    views = [to_model_input(sq, size), to_model_input(sq, size, CATALOG_ZOOM)]
+    for angle in (-CATALOG_TILT, CATALOG_TILT):
+        m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
+        tilted = cv2.warpAffine(sq, m, (side, side), flags=cv2.INTER_LINEAR, borderValue=(255, 255, 255))
+        views.append(to_model_input(tilted, size))
+    views.append(to_model_input(cv2.LUT(sq, _tint_table()), size))
     return views
 
 
@@ -129,10 +113,9 @@ def embed(extractor, inputs: list[np.ndarray]) -> np.ndarray:
     return (v / n if n > 0 else v).astype(np.float32)
 
 
-def embed_catalog_image(extractor, rgb: np.ndarray, framings: tuple[str, ...] = CATALOG_FRAMINGS
-                        ) -> np.ndarray:
-    """Catalog photo RGB uint8 [H, W, 3] -> float32 [dim], L2-normalised: the mean of its ``framings``."""
-    return embed(extractor, catalog_inputs(rgb, extractor.size, framings))
+def embed_catalog_image(extractor, rgb: np.ndarray) -> np.ndarray:
+    """Catalog photo RGB uint8 [H, W, 3] -> float32 [dim], L2-normalised."""
+    return embed(extractor, catalog_inputs(rgb, extractor.size))
 
 
 def embed_query_image(extractor, rgb: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..errors import CatalogError, PiSearchError
 from ..model import look as looking
 from ..model import settle as settling
 from ..model.extractor import Extractor
-from ..model.framing import LEARNED_FRAMINGS, embed_catalog_image, embed_query_image
+from ..model.framing import embed_catalog_image, embed_query_image
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
     ``settle`` (default: with ``annoy``; the look every way in uses, ``model.look``) adds
     a "settled" run per model: the daemon's settled look at the whole frame through the same bundle; its
     ms/frame is the kept framing's plus the settled look's. ``learn``: the bundle learns its projection
-    from its catalog's photos, as ``index build`` does by default, its rows framed as ``index build`` frames
-    them then (``framing.LEARNED_FRAMINGS``; the exact run never learns: the model's embeddings as they come).
+    from its catalog's photos, as ``index build`` does by default (the exact run never does: the model's
+    embeddings as they come).
 
     Returns ``{"catalog", "items", "queries", "runs": [metrics...], "curves", "misses"}``; ``misses`` lists
     the worst queries of the first run with what came back, for the report.
@@ -262,13 +262,9 @@ def evaluate(catalog_dir: str | Path, truth_csv: str | Path, models: Sequence[st
                                                                                           strict=True)]
         runs.append(Run(ex.name, "exact", ranks, ms, top))
         if annoy:
-            bundle_vecs = cat_vecs
-            if learn and catalog_fn is embed_catalog_image:   # framed as index build does when it learns
-                bundle_vecs, _ = embed_files(ex, cat_paths,
-                                             lambda e, rgb: embed_catalog_image(e, rgb, LEARNED_FRAMINGS))
             with tempfile.TemporaryDirectory(prefix="pi-search-eval-") as tmp:
                 franks, ftops, sranks, stops, s_secs = _bundle_ranks(
-                    catalog_dir, ids, bundle_vecs, q_vecs, truth, ex, Path(tmp), settle, learn)
+                    catalog_dir, ids, cat_vecs, q_vecs, truth, ex, Path(tmp), settle, learn)
             runs.append(Run(ex.name, "annoy", franks, ms, [[(i, float("nan")) for i in f] for f in ftops]))
             if settle:
                 runs.append(Run(ex.name, "settled", sranks, ms + 1000 * s_secs, stops))
