@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import math
@@ -317,6 +318,14 @@ def _warp(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> np.ndarray:
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every pixel of an h x w frame, float32 [h, w] each (read only, kept per size)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
            size: tuple[int, int] = (640, 480), others: tuple = (), noise=None) -> np.ndarray:
     """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
@@ -334,12 +343,13 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
         frame = cv2.GaussianBlur(frame, (0, 0), shot.bg_blur)
     for o_rgba, o_shot in (*others, (rgba, shot)):
         obj = _warp(o_rgba, o_shot, size)
-        a = obj[:, :, 3:4] / 255.0
+        a = cv2.merge([obj[:, :, 3] / 255.0] * 3)   # per channel: numpy's broadcast of [h, w, 1] is slower
         frame = obj[:, :, :3] * a + frame * (1.0 - a)
     # Light: side light gradient, brightness, white balance, gamma.
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = _grid(h, w)
     d = (np.cos(shot.light[0]) * (xx / w - 0.5) + np.sin(shot.light[0]) * (yy / h - 0.5)) * 2
-    frame *= (1.0 + shot.light[1] * d)[:, :, None] * shot.brightness * np.array(shot.gains, np.float32)
+    lit = (1.0 + shot.light[1] * d) * shot.brightness
+    frame *= cv2.merge([lit * g for g in np.array(shot.gains, np.float32)])
     frame = 255.0 * (np.clip(frame, 0, 255) / 255.0) ** shot.gamma
     if shot.blur > 0.3:
         frame = cv2.GaussianBlur(frame, (0, 0), shot.blur)
