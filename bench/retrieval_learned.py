@@ -28,6 +28,7 @@ from retrieval_hard import _topk  # noqa: E402  (this folder: scores as a bundle
 
 from pi_search import images  # noqa: E402
 from pi_search.learn import catalog as learning  # noqa: E402
+from pi_search.learn import views as synth  # noqa: E402
 from pi_search.learn.whiten import fit  # noqa: E402
 from pi_search.model import (
     framing,  # noqa: E402
@@ -42,7 +43,9 @@ MAX_VIEWS = 8
 SALTS = (1, 2)   # other samples of 6 views an item, to see how far recall moves with the sample alone
 
 
-ONCE = "whitening, 6 views, shrinkage 0.2, 384 dims, sensor noise drawn once"   # what index build learns
+ONCE = "whitening, 6 views, shrinkage 0.2, 384 dims, noise drawn once"   # what index build learns
+FRAMINGS = ("whole", "zoom", "tilt-", "tilt+", "tint")   # framing.catalog_inputs, in order
+FEW = (0, 4)   # whole+tint: the two framings with the best standard recall, tried on other samples too
 
 
 def _norm(v):
@@ -62,6 +65,22 @@ def embed_looks(ex, truth, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     kept, wins = np.stack(kept).astype(np.float32), np.stack(wins).astype(np.float32)
     np.savez(cache, kept=kept, windows=wins)
     return kept, wins
+
+
+def mirrored_views(ex, ids, rgbs) -> np.ndarray:
+    """Half the rendering: 3 views an item (``views.views``, noise drawn once), each embedded as it is and
+    mirrored: float32 [6 n, dim], L2-normalised, an item's six rows together."""
+    from collections import deque
+
+    rooms, noise = synth.room_backgrounds(), synth.SensorNoise(ex.size)
+    others: deque = deque(maxlen=synth.OTHERS_KEPT)
+    out = []
+    for item_id, rgb in zip(ids, rgbs, strict=True):
+        rgba = synth.cut_out(rgb)
+        for v in synth.views(rgba, list(others), rooms, synth.item_rng(item_id), 3, ex.size, noise):
+            out += [ex.embed(v), ex.embed(np.ascontiguousarray(v[:, ::-1]))]
+        others.append(synth.shrink(rgba))
+    return _norm(np.stack(out))
 
 
 def fused(kept_s: np.ndarray, win_s: np.ndarray, d: int = settle.SETTLE_DEPTH) -> np.ndarray:
@@ -124,6 +143,7 @@ def main(argv=None) -> int:
         salted = {f"{kind}{salt}": learning.view_vectors(ex, zip(ids, rgbs, strict=True), 6,
                                                          noise_once=kind == "once", salt=salt)[0]
                   for salt in SALTS for kind in ("fresh", "once")}
+        salted["mirrored"] = mirrored_views(ex, ids, rgbs)
         np.savez(seeds_file, **salted)
     uploads = np.load(up_file)
     slot = np.tile(np.arange(MAX_VIEWS), len(ids))
@@ -184,21 +204,32 @@ def main(argv=None) -> int:
     lw = fit(views_once[sel], cat[owners[sel]], cat, shrink=0.2, dims=384)
     rows.append(attempt(ONCE, lw.apply, f"{1000 * once_s:.1f} ms a view against {1000 * view_s:.1f}"))
     rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=True)
-    six = np.repeat(np.arange(len(ids)), 6)
-    for salt in SALTS:
-        for kind in ("fresh", "once"):
-            lw = fit(salted[f"{kind}{salt}"], cat[six], cat, shrink=0.2, dims=384)
-            what = "sensor noise drawn once" if kind == "once" else "sensor noise drawn afresh"
-            rows.append(attempt(f"as kept, {what}, another sample of views ({salt})", lw.apply))
-            rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=kind == "once", salt=salt)
-    names = ("whole", "zoom", "tilt-", "tilt+", "tint")   # framing.catalog_inputs, in order
+    names = FRAMINGS
     for keep in ((0,), (0, 1), (0, 4), (0, 1, 4), (0, 2, 3)):
         few = _norm(framed[:, list(keep)].mean(axis=1))
         lw = fit(views_once[sel], few[owners[sel]], few, shrink=0.2, dims=384)
         label = "+".join(names[k] for k in keep)
-        rows.append(attempt(f"as kept, the catalog photo {label} ({len(keep)} of 5 passes)", lw.apply,
-                            cat=few))
+        rows.append(attempt(f"{ONCE}, catalog photo {label}", lw.apply, cat=few))
         rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=True, catalog_framings=len(keep))
+    few = _norm(framed[:, list(FEW)].mean(axis=1))
+    few_label = "+".join(names[k] for k in FEW)
+    six = np.repeat(np.arange(len(ids)), 6)
+    lw = fit(salted["mirrored"], cat[six], cat, shrink=0.2, dims=384)
+    rows.append(attempt(f"{ONCE}, 3 rendered and 3 their mirror images", lw.apply, "half the rendering"))
+    rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=True, mirrored=True)
+    for salt in SALTS:   # how far recall moves with the sample of views alone: before, and as kept
+        lw = fit(salted[f"fresh{salt}"], cat[six], cat, shrink=0.2, dims=384)
+        rows.append(attempt(f"whitening, 6 views, shrinkage 0.2, 384 dims, another sample of views ({salt})",
+                            lw.apply))
+        rows[-1].update(views=6, shrinkage=0.2, dims=384, salt=salt)
+        lw = fit(salted[f"once{salt}"], cat[six], cat, shrink=0.2, dims=384)
+        rows.append(attempt(f"{ONCE}, another sample of views ({salt})", lw.apply))
+        rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=True, salt=salt)
+        lw = fit(salted[f"once{salt}"], few[six], few, shrink=0.2, dims=384)
+        rows.append(attempt(f"{ONCE}, catalog photo {few_label}, another sample of views ({salt})", lw.apply,
+                            cat=few))
+        rows[-1].update(views=6, shrinkage=0.2, dims=384, noise_once=True, salt=salt,
+                        catalog_framings=len(FEW))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"items": len(ids), "view_ms": round(1000 * view_s, 2),
                                     "view_once_ms": round(1000 * once_s, 2),
