@@ -67,6 +67,29 @@ def test_views_come_from_the_item_id_and_are_model_inputs():
     assert not any(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_sensor_noise_drawn_once_is_normal_differs_per_view_and_follows_the_item_id():
+    noise = synth.SensorNoise(64)
+    a = [noise(synth.item_rng("coffee"), 5.0, (64, 64, 3)) for _ in range(2)]
+    b = noise(synth.item_rng("tea"), 5.0, (64, 64, 3))
+    assert a[0].dtype == np.float32 and a[0].shape == (64, 64, 3)
+    np.testing.assert_array_equal(a[0], a[1])                      # the same random numbers: the same noise
+    assert not np.array_equal(a[0], b)
+    rng = synth.item_rng("coffee")
+    many = np.stack([noise(rng, 5.0, (64, 64, 3)) for _ in range(200)])
+    assert abs(float(many.mean())) < 0.1 and abs(float(many.std()) - 5.0) < 0.1
+    assert len({m.tobytes() for m in many}) == 200                  # a window of its own for each view
+    big = noise(rng, 2.0, (400, 400, 3))                              # larger than the fields: drawn afresh
+    assert big.shape == (400, 400, 3) and big.dtype == np.float32 and abs(float(big.std()) - 2.0) < 0.05
+    rgba = synth.cut_out(np.ascontiguousarray(load_photo("skimage:coffee")))
+    rooms = [np.full((240, 320, 3), v, np.uint8) for v in (60, 160)]
+    once = synth.views(rgba, [], rooms, synth.item_rng("coffee"), 2, noise=synth.SensorNoise())
+    fresh = synth.views(rgba, [], rooms, synth.item_rng("coffee"), 2)
+    assert all(v.shape == (224, 224, 3) and v.dtype == np.uint8 for v in once)
+    x, y = once[0].astype(np.float32), fresh[0].astype(np.float32)   # the first view: only its noise differs
+    assert not np.array_equal(x, y)
+    assert abs(float(x.mean() - y.mean())) < 1 and float(np.abs(x - y).mean()) < 12
+
+
 def test_whitening_pulls_views_to_their_photo():
     rng = np.random.default_rng(3)
     dim, n = 64, 40

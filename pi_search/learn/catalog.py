@@ -59,17 +59,20 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
 
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
                threads: int = RENDER_THREADS, held_every: int = 0,
-               backgrounds: list[np.ndarray] | None = None):
+               backgrounds: list[np.ndarray] | None = None, noise_once: bool = True, salt: int = 0):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
     items, small, to put beside the next ones. The views of the next ``threads`` items are rendered in other
     threads while this item's are embedded: the same views, in the same order, as one thread makes.
     ``held_every``: every so many items (the first, then every ``held_every``-th) get one view more, the
     last row (a view the fit never sees, to calibrate with). ``backgrounds``: the rooms (RGB uint8), by
-    default the packaged ones (``views.room_backgrounds``)."""
+    default the packaged ones (``views.room_backgrounds``). ``noise_once``: the views' sensor noise drawn once
+    (``views.SensorNoise``), else afresh for each view. ``salt``: another sample of views (``views.item_rng``;
+    0, the build's)."""
     from concurrent.futures import ThreadPoolExecutor
 
     backgrounds = synth.room_backgrounds() if backgrounds is None else backgrounds
+    noise = synth.SensorNoise(extractor.size) if noise_once else None
     others: deque = deque(maxlen=synth.OTHERS_KEPT)
 
     def embedded(made: list) -> np.ndarray:
@@ -82,7 +85,7 @@ def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int
             rgba = synth.cut_out(rgb)
             extra = 1 if held_every and n % held_every == 0 else 0
             pending.append(pool.submit(synth.views, rgba, list(others), backgrounds,
-                                       synth.item_rng(item_id), n_views + extra, extractor.size))
+                                       synth.item_rng(item_id, salt), n_views + extra, extractor.size, noise))
             others.append(synth.shrink(rgba))
             if len(pending) > max(1, threads):
                 yield embedded(pending.popleft().result())
@@ -90,11 +93,11 @@ def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int
             yield embedded(pending.popleft().result())
 
 
-def view_vectors(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def view_vectors(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
+                 noise_once: bool = True, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``item_views`` gathered: (float32 [m, dim], int64 [m]: the position of each view's photo)."""
     vecs, owners = [], []
-    for n, v in enumerate(item_views(extractor, photos, n_views)):
+    for n, v in enumerate(item_views(extractor, photos, n_views, noise_once=noise_once, salt=salt)):
         vecs.append(v)
         owners += [n] * len(v)
     out = np.concatenate(vecs) if vecs else np.empty((0, int(extractor.dim)), np.float32)

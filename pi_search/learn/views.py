@@ -24,6 +24,8 @@ ITEM_SIDE = 256            # the cut-out item's long side (a view is at most 224
 OTHER_SIDE = 128           # the long side of the items kept for "beside another item"
 OTHERS_KEPT = 32           # how many of those are kept (the most recent items of the catalog)
 LARGE_SCALE = (0.5, 1.1)   # long side of a held item / view side, as the kept framing sees it
+NOISE_FIELDS = 4           # sensor noise drawn once: fields of N(0, 1) a view takes a window of
+NOISE_MARGIN = 96          # how much larger than a view a field is each way (the window's offsets)
 
 
 def cut_out(rgb: np.ndarray, side: int = ITEM_SIDE) -> np.ndarray:
@@ -77,13 +79,34 @@ def item_rng(item_id: str, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([SEED, zlib.crc32(str(item_id).encode("utf-8")), salt])
 
 
+class SensorNoise:
+    """The views' sensor noise, drawn once (``noise`` of ``benchmark_data.render``): ``NOISE_FIELDS`` fields
+    of N(0, 1), float32 [size + NOISE_MARGIN, size + NOISE_MARGIN, 3]; a view's noise is a window of one of
+    them, at a place its own random numbers pick, times its sigma: one multiplication instead of 150,000
+    normal numbers drawn afresh for each view (docs/quality.md). Read only: the render threads share it."""
+
+    def __init__(self, size: int = VIEW_SIZE, n: int = NOISE_FIELDS, margin: int = NOISE_MARGIN):
+        rng = np.random.default_rng([SEED, n, margin])
+        self.fields = rng.standard_normal((n, size + margin, size + margin, 3), dtype=np.float32)
+
+    def __call__(self, rng: np.random.Generator, sigma: float, shape: tuple) -> np.ndarray:
+        n, fh, fw, _ = self.fields.shape
+        h, w = shape[:2]
+        if h > fh or w > fw or tuple(shape[2:]) != (3,):   # larger than the fields: drawn afresh
+            return rng.normal(0, sigma, shape).astype(np.float32)
+        k, y, x = int(rng.integers(n)), int(rng.integers(fh - h + 1)), int(rng.integers(fw - w + 1))
+        return self.fields[k, y:y + h, x:x + w] * np.float32(sigma)
+
+
 def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarray], rng: np.random.Generator,
-          n: int, size: int = VIEW_SIZE) -> list[np.ndarray]:
+          n: int, size: int = VIEW_SIZE, noise: SensorNoise | None = None) -> list[np.ndarray]:
     """``n`` camera views of one cut-out item (``cut_out``): RGB uint8 [size, size, 3] each, model inputs.
 
     Every other view is a hard scene (``benchmark_data.random_hard_scene``: small, anywhere, dim in 40%,
     another item beside it in 70% when ``others`` has any), the rest a held item as the kept framing sees it
     (large, near the centre, cut by the frame at times); all get the benchmark's light, blur, noise and JPEG.
+    ``noise``: the sensor noise drawn once (``SensorNoise``; None: drawn afresh for each view, as the
+    benchmark's shots are).
     """
     from ..tools import benchmark_data as bd
 
@@ -100,7 +123,7 @@ def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarr
         else:
             shot = bd.random_shot(rng, len(backgrounds), LARGE_SCALE)
             shot = replace(shot, centre=(float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))))
-        out.append(bd.render(rgba, backgrounds, shot, rng, frame, others=extra))
+        out.append(bd.render(rgba, backgrounds, shot, rng, frame, others=extra, noise=noise))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import math
@@ -317,13 +318,22 @@ def _warp(rgba: np.ndarray, shot: Shot, size: tuple[int, int]) -> np.ndarray:
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every pixel of an h x w frame, float32 [h, w] each (read only, kept per size)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.random.Generator,
-           size: tuple[int, int] = (640, 480), others: tuple = ()) -> np.ndarray:
+           size: tuple[int, int] = (640, 480), others: tuple = (), noise=None) -> np.ndarray:
     """One simulated camera frame: RGB uint8 [size[1], size[0], 3] after a JPEG round trip.
 
     The object is warped (scale, rotation, perspective) onto a crop of a room photo (after ``others``, pairs
     of (RGBA stamp, Shot) lying in the same scene: only their geometry is used); then the whole frame gets
     white balance, brightness, gamma, a side light, optical and motion blur, sensor noise and JPEG.
+    ``noise(rng, sigma, shape)``: the sensor noise, float32 of ``shape`` (default: drawn afresh, normal).
     """
     import cv2
 
@@ -333,12 +343,13 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
         frame = cv2.GaussianBlur(frame, (0, 0), shot.bg_blur)
     for o_rgba, o_shot in (*others, (rgba, shot)):
         obj = _warp(o_rgba, o_shot, size)
-        a = obj[:, :, 3:4] / 255.0
+        a = cv2.merge([obj[:, :, 3] / 255.0] * 3)   # per channel: numpy's broadcast of [h, w, 1] is slower
         frame = obj[:, :, :3] * a + frame * (1.0 - a)
     # Light: side light gradient, brightness, white balance, gamma.
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = _grid(h, w)
     d = (np.cos(shot.light[0]) * (xx / w - 0.5) + np.sin(shot.light[0]) * (yy / h - 0.5)) * 2
-    frame *= (1.0 + shot.light[1] * d)[:, :, None] * shot.brightness * np.array(shot.gains, np.float32)
+    lit = (1.0 + shot.light[1] * d) * shot.brightness
+    frame *= cv2.merge([lit * g for g in np.array(shot.gains, np.float32)])
     frame = 255.0 * (np.clip(frame, 0, 255) / 255.0) ** shot.gamma
     if shot.blur > 0.3:
         frame = cv2.GaussianBlur(frame, (0, 0), shot.blur)
@@ -349,7 +360,10 @@ def render(rgba: np.ndarray, backgrounds: list[np.ndarray], shot: Shot, rng: np.
         rm = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
         kernel = cv2.warpAffine(kernel, rm, (k, k))
         frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
-    frame += rng.normal(0, shot.noise, frame.shape).astype(np.float32)
+    if noise is None:
+        frame += rng.normal(0, shot.noise, frame.shape).astype(np.float32)
+    else:
+        frame += noise(rng, shot.noise, frame.shape)
     out = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, shot.jpeg])
