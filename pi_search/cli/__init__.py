@@ -21,18 +21,16 @@ from ..errors import PiSearchError
 from ..live.catalog import LiveCatalog
 from ..live.compact import compact_path
 from ..live.relearn import read_backgrounds, relearn, scenes_dir
-from ..model.extractor import Extractor, default_model_path, file_sha256
+from ..model.extractor import Extractor
 from ..model.shipped import SHIPPED_FLOAT, SHIPPED_INT8, shipped_model
 from ..ops import doctor
 from ..ops.demo import demo_bundle, demo_data
-from ..ops.doctor import default_config_path
 from ..ops.shutdown import terminate_as_exit
 from ..pipeline.photos import query_images
-from ..updates import confirm
-from ..updates.install import info, install_bundle
+from ..updates.install import info
 from ..web.server import check_address, page_urls
 from .updates import COMMANDS as SIGNED_COMMANDS
-from .updates import fleet_group, trusted_from
+from .updates import fleet_group
 
 log = logging.getLogger(__name__)
 
@@ -312,49 +310,6 @@ def index_info(directory: Path, as_json: bool) -> None:
     for name, size in data["files"].items():
         click.echo(f"  {name:<22} {_fmt_bytes(size):>10}")
     click.echo(f"  {'total':<22} {_fmt_bytes(data['total_bytes']):>10}")
-
-
-@index.command("install")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--to", "target", type=click.Path(path_type=Path), default=None,
-              help="Bundle directory to replace [index.bundle of the config].")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config naming the bundle and model [default: /etc/pi-search/config.toml if it exists].")
-@click.option("--allow-downgrade", is_flag=True,
-              help="Install a signed bundle older than the one served (going back on purpose).")
-@click.option("--wait-healthy", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
-              help="Seconds to wait for a daemon serving the bundle ([server] host and port) to serve the "
-                   "new one; if it does not, switch back. 0: do not wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def index_install(source: Path, target: Path | None, config_file: Path | None, allow_downgrade: bool,
-                  wait_s: float, as_json: bool) -> None:
-    """Put a bundle built elsewhere in place in one atomic step; a running daemon maps it within seconds.
-
-    Copy the bundle to the Pi anywhere first (scp, rsync, a USB stick), then install it over the served one.
-    It is written into the slot not served, self-checked with the model, then switched in; with [index]
-    trusted_keys set it must be signed by one of them and not older than the bundle served.
-    """
-    config = load_config(config_file or default_config_path())
-    target = target or (Path(config.index.bundle) if config.index.bundle else None)
-    if target is None:
-        raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
-    model = Path(config.model.path) if config.model.path else default_model_path()
-    extractor = Extractor(model, num_threads=config.model.threads) if model.is_file() else None
-    url = confirm.healthz_url(config.server.host, config.server.port)
-    before = confirm.health(url) if wait_s > 0 else None
-    report = install_bundle(source, target, model_sha256=file_sha256(model) if model.is_file() else None,
-                            trusted=trusted_from(config), allow_downgrade=allow_downgrade,
-                            extractor=extractor)
-    if confirm.serves(before, target):   # the local daemon serves this bundle: it must take the new one
-        confirm.await_served(target, url, report["slot"], wait_s, confirm.refused(before))
-        report["daemon"] = "serving it"
-    if as_json:
-        emit_json(report)
-        return
-    signed = f", version {report['version']} signed by {report['signer']}" if report.get("signer") else ""
-    click.echo(f"{target}: {report['items']} items installed from {source} into slot {report['slot']}"
-               f"{signed} in {report['seconds']:.1f} s; a running daemon serves them within a few seconds",
-               err=True)
 
 
 for _command in SIGNED_COMMANDS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from ..errors import BundleError
 from ..model.extractor import Extractor, default_model_path, file_sha256
 from ..ops.doctor import default_config_path
 from ..updates import confirm, fleet
+from ..updates.install import install_bundle
 from ..updates.pull import pull
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,76 @@ def trusted_from(config) -> dict | None:
 
     paths = config.index.trusted_keys
     return load_trusted(paths) if paths else None
+
+
+@dataclass
+class _Kiosk:
+    """What installing a bundle on this kiosk takes: the bundle directory to replace, the running model
+    (its extractor for the self-check, None without a model file), the trusted keys and the daemon's health
+    before the switch."""
+
+    target: Path
+    extractor: Extractor | None
+    model_sha256: str | None
+    trusted: dict | None
+    healthz: str
+    before: dict | None
+
+    @classmethod
+    def of(cls, config_file: Path | None, target: Path | None, wait_s: float) -> _Kiosk:
+        config = load_config(config_file or default_config_path())
+        target = target or (Path(config.index.bundle) if config.index.bundle else None)
+        if target is None:
+            raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
+        model = Path(config.model.path) if config.model.path else default_model_path()
+        present = model.is_file()
+        healthz = confirm.healthz_url(config.server.host, config.server.port)
+        return cls(target, Extractor(model, num_threads=config.model.threads) if present else None,
+                   file_sha256(model) if present else None, trusted_from(config), healthz,
+                   confirm.health(healthz) if wait_s > 0 else None)
+
+    def await_served(self, report: dict, wait_s: float) -> bool:
+        """When the local daemon served the replaced bundle, wait until it serves the new slot (else switch
+        back and raise); True when it did."""
+        if not confirm.serves(self.before, self.target):
+            return False
+        confirm.await_served(self.target, self.healthz, report["slot"], wait_s, confirm.refused(self.before))
+        return True
+
+
+@click.command("install")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory to replace [index.bundle of the config].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config naming the bundle and model [default: /etc/pi-search/config.toml if it exists].")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Install a signed bundle older than the one served (going back on purpose).")
+@click.option("--wait-healthy", "wait_s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a daemon serving the bundle ([server] host and port) to serve the "
+                   "new one; if it does not, switch back. 0: do not wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def index_install(source: Path, target: Path | None, config_file: Path | None, allow_downgrade: bool,
+                  wait_s: float, as_json: bool) -> None:
+    """Put a bundle built elsewhere in place in one atomic step; a running daemon maps it within seconds.
+
+    Copy the bundle to the Pi anywhere first (scp, rsync, a USB stick), then install it over the served one.
+    It is written into the slot not served, self-checked with the model, then switched in; with [index]
+    trusted_keys set it must be signed by one of them and not older than the bundle served.
+    """
+    kiosk = _Kiosk.of(config_file, target, wait_s)
+    report = install_bundle(source, kiosk.target, model_sha256=kiosk.model_sha256, trusted=kiosk.trusted,
+                            allow_downgrade=allow_downgrade, extractor=kiosk.extractor)
+    if kiosk.await_served(report, wait_s):   # the local daemon serves this bundle: it took the new one
+        report["daemon"] = "serving it"
+    target = kiosk.target
+    if as_json:
+        _emit(report)
+        return
+    signed = f", version {report['version']} signed by {report['signer']}" if report.get("signer") else ""
+    click.echo(f"{target}: {report['items']} items installed from {source} into slot {report['slot']}"
+               f"{signed} in {report['seconds']:.1f} s; a running daemon serves them within a few seconds",
+               err=True)
 
 
 @click.command("keygen")
@@ -154,18 +226,11 @@ def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_down
     """Download a bundle published as a folder over HTTP (manifest.json, manifest.sig and its files) and
     install it like index install. A cut download goes on where it stopped the next time (HTTP Range);
     with [index] trusted_keys the signature is checked before the large files are fetched."""
-    config = load_config(config_file or default_config_path())
-    target = target or (Path(config.index.bundle) if config.index.bundle else None)
-    if target is None:
-        raise click.UsageError("give the bundle directory to replace: --to DIR (or set [index] bundle)")
-    model = Path(config.model.path) if config.model.path else default_model_path()
-    extractor = Extractor(model, num_threads=config.model.threads) if model.is_file() else None
-    health = confirm.healthz_url(config.server.host, config.server.port)
-    before = confirm.health(health) if wait_s > 0 else None
-    report = pull(url, target, trusted=trusted_from(config), allow_downgrade=allow_downgrade,
-                  extractor=extractor, model_sha256=file_sha256(model) if model.is_file() else None)
-    if confirm.serves(before, target):
-        confirm.await_served(target, health, report["slot"], wait_s, confirm.refused(before))
+    kiosk = _Kiosk.of(config_file, target, wait_s)
+    report = pull(url, kiosk.target, trusted=kiosk.trusted, allow_downgrade=allow_downgrade,
+                  extractor=kiosk.extractor, model_sha256=kiosk.model_sha256)
+    kiosk.await_served(report, wait_s)
+    target = kiosk.target
     if as_json:
         _emit(report)
         return
@@ -173,7 +238,7 @@ def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_down
                f"downloaded) into slot {report['slot']}, version {report.get('version')}", err=True)
 
 
-COMMANDS = (keygen_cmd, sign_cmd, verify_cmd, rollback_cmd, pull_cmd)
+COMMANDS = (index_install, keygen_cmd, sign_cmd, verify_cmd, rollback_cmd, pull_cmd)
 
 
 # ---------------------------------------------------------------- fleet
