@@ -15,7 +15,7 @@ from .files import bundle_lock, fingerprint, fsync_dir, recover, swap_into_place
 from .ids import ROW_SEP, check_id, id_problem, item_of
 from .items import Item, ItemsFile
 from .learned import Learned
-from .manifest import MANIFEST, Manifest, check_model, read_manifest, write_manifest
+from .manifest import MANIFEST, Manifest, ModelRef, check_model, read_manifest, write_manifest
 from .memory import DAEMON_BYTES, machine_fit, meminfo, needs
 from .photos import MAX_PHOTOS, RowNames, counts
 from .projection import Projection, normalise
@@ -28,8 +28,8 @@ from .write import DEFAULT_WHITEN, BuildOptions, check_out_dir, write_bundle
 
 __all__ = [
     "DAEMON_BYTES", "DEFAULT_WHITEN", "MANIFEST", "MAX_PHOTOS", "SIGNATURE", "ROW_SEP", "Backend", "Bundle",
-    "BuildOptions", "Item", "ItemsFile", "Learned", "Manifest", "Match", "Projection", "RowNames", "Trust",
-    "VectorStore", "backend_flags", "backend_names", "bundle_lock", "check_id", "check_model",
+    "BuildOptions", "Item", "ItemsFile", "Learned", "Manifest", "Match", "ModelRef", "Projection", "RowNames",
+    "Trust", "VectorStore", "backend_flags", "backend_names", "bundle_lock", "check_id", "check_model",
     "check_out_dir", "counts", "fingerprint", "fsync_dir", "get_backend", "id_problem", "item_of", "keygen",
     "load_public", "load_trusted", "machine_fit", "meminfo", "needs", "normalise", "photos", "read_manifest",
     "recover", "rollback", "served_status", "sign", "signing", "slots", "swap_into_place", "verify",

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import write_atomic
+from ..bundle import ModelRef, write_atomic  # ModelRef: the model the vectors were made with
 from ..errors import CatalogError
 from ..model.framing import CATALOG_TILT, CATALOG_TINT, CATALOG_ZOOM
 from .catalog import Row
@@ -123,15 +123,6 @@ class Plan:
         if self.thumbnails:
             work["thumbnails"] = True
         return work
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """The model the vectors were made with."""
-
-    name: str
-    sha256: str
-    dim: int
 
 
 @dataclass(frozen=True)
