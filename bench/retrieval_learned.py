@@ -43,7 +43,7 @@ MAX_VIEWS = 8
 SALTS = (1, 2)   # other samples of 6 views an item, to see how far recall moves with the sample alone
 
 
-ONCE = "whitening, 6 views, shrinkage 0.2, 384 dims, noise drawn once"   # what index build learns
+ONCE = "whitening, 6 views, shrinkage 0.2, 384 dims, noise drawn once"   # cheaper views, not kept
 FRAMINGS = ("whole", "zoom", "tilt-", "tilt+", "tint")   # framing.catalog_inputs, in order
 FEW = (0, 4)   # whole+tint: the two framings with the best standard recall, tried on other samples too
 

@@ -59,7 +59,7 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
 
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
                threads: int = RENDER_THREADS, held_every: int = 0,
-               backgrounds: list[np.ndarray] | None = None, noise_once: bool = True, salt: int = 0):
+               backgrounds: list[np.ndarray] | None = None, noise_once: bool = False, salt: int = 0):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
     items, small, to put beside the next ones. The views of the next ``threads`` items are rendered in other
@@ -94,7 +94,7 @@ def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int
 
 
 def view_vectors(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
-                 noise_once: bool = True, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 noise_once: bool = False, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``item_views`` gathered: (float32 [m, dim], int64 [m]: the position of each view's photo)."""
     vecs, owners = [], []
     for n, v in enumerate(item_views(extractor, photos, n_views, noise_once=noise_once, salt=salt)):
