@@ -1,6 +1,6 @@
 """The smallest memory each bundle layout starts in: the start check's estimates; the demo bundle measured.
 
-Estimates (pi_search/ops/limits.py over index/memory.py's figures): resident memory the daemon needs (what a
+Estimates (pi_search/ops/limits.py over bundle/memory.py's figures): resident memory the daemon needs (what a
 MemoryMax= must allow) and address space (what ulimit -v must allow) for the demo bundle, the default layout
 at 10k, 100k and 1M items (bench/results/scale*.json) and the ten-million layout (bench/results/big-10m.json).
 Measured on the demo bundle: resident memory at rest and after searches, and the smallest ulimit -v the

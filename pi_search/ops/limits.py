@@ -222,7 +222,7 @@ def _mb(n: int) -> str:
 
 
 def fit(memory: dict | None, where: Room | None = None) -> Fit:
-    """Whether the daemon serving a bundle whose needs are ``memory`` (index/memory.py's ``needs``; None:
+    """Whether the daemon serving a bundle whose needs are ``memory`` (bundle/memory.py's ``needs``; None:
     no bundle yet) starts within ``where`` (default: this process's limits).
 
     Resident: DAEMON_BYTES plus the files read whole. The cgroup limit and the data rlimit refuse; memory
@@ -263,7 +263,7 @@ def fit(memory: dict | None, where: Room | None = None) -> Fit:
 
 
 def bundle_memory(bundle: str | Path) -> dict | None:
-    """What the bundle in ``bundle`` needs in memory (index/memory.py), from its manifest alone; None when
+    """What the bundle in ``bundle`` needs in memory (bundle/memory.py), from its manifest alone; None when
     there is no readable bundle there yet (the daemon then waits for one)."""
     try:
         manifest = json.loads((Path(bundle) / "manifest.json").read_text())
