@@ -41,7 +41,7 @@ UNCHECKED = ("import sys; from pi_search import limits; limits.DAEMON_ADDRESS_BY
 
 
 def layout_memory(files_mb: dict) -> dict:
-    """index/memory.py's split of a bundle's files (MB each) into read whole and mapped."""
+    """bundle/memory.py's split of a bundle's files (MB each) into read whole and mapped."""
     in_ram = sum(v for k, v in files_mb.items() if k in _READ_INTO_RAM) * MB
     mapped = sum(v for k, v in files_mb.items() if k not in _READ_INTO_RAM and k != "manifest.json") * MB
     return {"in_ram_bytes": int(in_ram), "mapped_bytes": int(mapped)}
