@@ -198,7 +198,9 @@ def live_server(app_client):
     from pi_search.web.server import server_options
 
     _, app, _ = app_client
-    server = create_server(app, host="127.0.0.1", port=0, threads=4, **server_options(app))
+    # a short poll: close() below ends the loop at its next wake-up, not a second later
+    server = create_server(app, host="127.0.0.1", port=0, threads=4,
+                           **{**server_options(app), "asyncore_loop_timeout": 0.05})
 
     def serve():
         with contextlib.suppress(OSError):  # close() from the test thread ends the select loop with EBADF

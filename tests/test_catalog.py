@@ -53,6 +53,7 @@ def _catalog_with_rows(catalog_dir, tmp_path, extra_rows, keep=6):
     return root
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extractor, tmp_path, caplog):
     root = _catalog_with_rows(catalog_dir, tmp_path, [
         ["ghost", "Ghost", "1", "images/ghost.jpg", ""],          # line 8: missing file
@@ -85,6 +86,7 @@ def test_bad_rows_are_reported_with_row_and_file_and_skipped(catalog_dir, extrac
         assert b.item("coffee")["title"] == "Cup of coffee"
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_one_id_rule_for_the_catalog_and_the_taught_items(catalog_dir, extractor, tmp_path):
     """An id the change store could not take is refused at build (with the id and the rule); every id that is
     built can then be edited and removed."""
@@ -111,6 +113,7 @@ def test_one_id_rule_for_the_catalog_and_the_taught_items(catalog_dir, extractor
             cat.add("Red shoes", None, np.ones((1, extractor.dim), np.float32), item_id="shoes/red")
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_strict_makes_a_bad_row_fatal_and_writes_nothing(catalog_dir, extractor, tmp_path):
     root = _catalog_with_rows(catalog_dir, tmp_path, [["", "No id", "1", "images/apple.jpg", ""]])
     with pytest.raises(CatalogError, match=r"--strict; first: catalog.csv line 8: images/apple.jpg: empty"):
@@ -240,6 +243,7 @@ def test_any_bytes_in_catalog_csv_give_rows_problems_or_a_catalog_error(tmp_path
     assert all(r.image.is_file() for r in rows)
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bundle_dir, tmp_path,
                                                     embedded_photos):
     out = tmp_path / "out"
@@ -265,6 +269,7 @@ def test_interrupted_build_resumes_where_it_stopped(catalog_dir, extractor, bund
         assert b.thumbnail("astronaut")[:2] == b"\xff\xd8"  # thumbnails of resumed items are kept too
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_checkpoints_of_an_older_kind_are_discarded(catalog_dir, extractor, tmp_path, embedded_photos):
     out = tmp_path / "out"
     part = partial_dir(out)
@@ -316,6 +321,7 @@ def test_a_photo_changed_while_stopped_is_embedded_again_with_its_shard_only(cat
     assert report.items == 16 and not partial_dir(out).exists()
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_failed_build_leaves_the_previous_bundle_untouched(catalog_dir, extractor, tmp_path, monkeypatch):
     small = _catalog_with_rows(catalog_dir, tmp_path, [], keep=5)
     out = tmp_path / "live"

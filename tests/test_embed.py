@@ -58,6 +58,7 @@ def test_local_shards_hold_the_vectors_index_build_computes(shards, catalog_dir,
         assert abs(float(np.linalg.norm(table[row.id])) - 1) < 1e-5
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_build_from_shards_is_the_build_from_the_catalog(shards, catalog_dir, bundle_dir, extractor,
                                                          tmp_path):
     out, _ = shards
@@ -247,6 +248,7 @@ def test_one_writer_at_a_time(shards, catalog_dir, extractor, tmp_path):
     assert embed_local(catalog_dir, out, extractor, shard_rows=5, progress=False).resumed == 16
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_cli_embed_then_build(catalog_dir, tmp_path):
     from pi_search.cli import main
 

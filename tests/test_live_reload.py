@@ -109,6 +109,7 @@ def live(tmp_path, bundle_dir, extractor):
         c.close()
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 @pytest.mark.parametrize("how", ["manifest", "api"])
 def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extractor, queries, how):
     vectors, shots = queries
@@ -138,6 +139,7 @@ def test_rebuilt_bundle_is_picked_up_while_queries_run(live, small_catalog, extr
     assert cat.search(vectors[0], 1)[0].id == "coffee"
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_a_failed_build_leaves_the_old_bundle_serving(live, small_catalog, extractor, queries, monkeypatch):
     import pi_search.bundle.write as index
 
@@ -189,6 +191,7 @@ def test_reload_from_another_site_or_without_token_is_refused(live, tmp_path):
     assert r.status_code == 200 and r.get_json()["items"] == len(CATALOG_PHOTOS)
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_reload_swaps_in_the_rebuilt_bundle(tmp_path, bundle_dir, small_catalog, extractor, queries):
     vectors, _ = queries
     d = tmp_path / "bundle"

@@ -56,6 +56,7 @@ def _query(source):
     return camera_view(load_photo(source))
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 @pytest.mark.parametrize("mode", ["exact", "ann"])
 def test_an_item_is_found_by_any_of_its_photos_once_and_says_which(photos_bundle, extractor, tmp_path, mode):
     directory = photos_bundle

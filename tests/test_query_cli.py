@@ -83,6 +83,7 @@ def test_mismatched_bundle_is_refused_with_one_line(run, bundle_dir, query_photo
     assert f"pi-search index build CATALOG --out {d}" in err[0]
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_build_reports_bad_rows_and_strict_fails(run, catalog_dir, tmp_path, caplog):
     root = tmp_path / "cat"
     shutil.copytree(catalog_dir, root)

@@ -316,6 +316,7 @@ def test_a_kill_at_any_step_of_install_leaves_a_complete_bundle_served(tmp_path,
     assert sorted(p.name for p in slots.slots_dir(live).iterdir()) == ["a", "b", "state.json"]
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_a_build_into_the_slot_link_is_converted_again(tmp_path, signed_pair, keys, extractor):
     from conftest import CATALOG_PHOTOS, write_catalog
 

@@ -119,6 +119,7 @@ def test_refusal_in_a_real_process_prints_no_traceback(tmp_path, bundle_dir):
 
 
 # ---------------------------------------------------------------- SIGTERM during a build
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
 def test_sigterm_while_the_bundle_is_written_removes_it(tmp_path, catalog_dir, bundle_dir, extractor,
                                                         monkeypatch):
     """SIGTERM arrives in the middle of writing the new bundle: nothing half-written stays, the old serves."""
