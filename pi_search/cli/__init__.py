@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -29,15 +28,11 @@ from ..ops.shutdown import terminate_as_exit
 from ..pipeline.photos import query_images
 from ..updates.install import info
 from ..web.server import check_address, page_urls
+from .output import emit_json
 from .updates import COMMANDS as SIGNED_COMMANDS
 from .updates import fleet_group
 
 log = logging.getLogger(__name__)
-
-
-def emit_json(obj) -> None:
-    """Machine-readable output goes to stdout; logs go to stderr."""
-    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 class _Group(click.Group):

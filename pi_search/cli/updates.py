@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,9 @@ from ..ops.doctor import default_config_path
 from ..updates import confirm, fleet
 from ..updates.install import install_bundle
 from ..updates.pull import pull
+from .output import emit_json
 
 log = logging.getLogger(__name__)
-
-
-def _emit(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 def trusted_from(config) -> dict | None:
@@ -95,7 +91,7 @@ def index_install(source: Path, target: Path | None, config_file: Path | None, a
         report["daemon"] = "serving it"
     target = kiosk.target
     if as_json:
-        _emit(report)
+        emit_json(report)
         return
     signed = f", version {report['version']} signed by {report['signer']}" if report.get("signer") else ""
     click.echo(f"{target}: {report['items']} items installed from {source} into slot {report['slot']}"
@@ -118,7 +114,7 @@ def keygen_cmd(directory: Path, name: str, as_json: bool) -> None:
     key, pub = keygen(directory, name)
     k = load_public(pub)
     if as_json:
-        _emit({"key": str(key), "pub": str(pub), "key_id": k.key_id, "name": k.name})
+        emit_json({"key": str(key), "pub": str(pub), "key_id": k.key_id, "name": k.name})
         return
     click.echo(f"{key}: secret key (keep it private); {pub}: public key {k.key_id} (add it to [index] "
                "trusted_keys on each kiosk)", err=True)
@@ -139,7 +135,7 @@ def sign_cmd(bundle: Path, key: Path, version: int | None, signer: str | None, a
 
     signed = sign(bundle, key, version=version, signer=signer)
     if as_json:
-        _emit({"bundle": str(bundle), **signed.as_dict()})
+        emit_json({"bundle": str(bundle), **signed.as_dict()})
         return
     click.echo(f"{bundle}: signed by {signed.signer} (key {signed.key_id}), version {signed.version}",
                err=True)
@@ -166,8 +162,8 @@ def verify_cmd(bundle: Path, trusted: tuple[Path, ...], config_file: Path | None
                                    "trusted_keys)")
     signed, problems = verify_lines(bundle, keys)
     if as_json:
-        _emit({"bundle": str(bundle), "ok": not problems, "signature": signed.as_dict() if signed else None,
-               "problems": problems})
+        emit_json({"bundle": str(bundle), "ok": not problems,
+                   "signature": signed.as_dict() if signed else None, "problems": problems})
     else:
         for line in problems:
             click.echo(line)
@@ -205,7 +201,7 @@ def rollback_cmd(target: Path | None, config_file: Path | None, as_json: bool) -
     except OSError as exc:
         raise BundleError(f"{target}: cannot roll back ({exc.strerror or exc})") from None
     if as_json:
-        _emit(report)
+        emit_json(report)
         return
     click.echo(f"{target}: back to slot {report['slot']} (version {report.get('version')}, signer "
                f"{report.get('signer')}); a running daemon serves it within a few seconds", err=True)
@@ -232,7 +228,7 @@ def pull_cmd(url: str, target: Path | None, config_file: Path | None, allow_down
     kiosk.await_served(report, wait_s)
     target = kiosk.target
     if as_json:
-        _emit(report)
+        emit_json(report)
         return
     click.echo(f"{target}: {report['items']} items pulled from {url} ({report['downloaded_bytes']} bytes "
                f"downloaded) into slot {report['slot']}, version {report.get('version')}", err=True)
@@ -260,7 +256,7 @@ def fleet_status_cmd(hosts: tuple[str, ...], token: str | None, as_json: bool) -
     exit status 1 when any is down or unhealthy."""
     rows = [fleet.status(h, token) for h in hosts]
     if as_json:
-        _emit({"kiosks": rows})
+        emit_json({"kiosks": rows})
     else:
         for r in rows:
             click.echo(f"{r['host']:<24} {'ok' if r['ok'] else 'DOWN':<5} slot {r['slot'] or '-'}  version "
@@ -287,5 +283,5 @@ def fleet_push_cmd(bundle: Path, hosts: tuple[str, ...], token: str | None, allo
     done = fleet.push(bundle, list(hosts), token, allow_downgrade=allow_downgrade, wait_s=wait_s,
                       say=lambda line: click.echo(line, err=True))
     if as_json:
-        _emit({"kiosks": done})
+        emit_json({"kiosks": done})
 
