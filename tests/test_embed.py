@@ -3,6 +3,7 @@ index build --embeddings turns them into the same bundle, refusing shards of ano
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -94,6 +95,55 @@ def test_build_from_shards_without_thumbnails_reads_no_photo(shards, catalog_dir
         assert db.execute("SELECT COUNT(*), COUNT(thumb) FROM items").fetchone() == (16, 0)
     assert not list(tmp_path.glob(".b.*"))   # the gathered vectors' temporary file is gone
     assert "interrupted build" not in caplog.text   # and was never taken for a leftover
+
+
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
+def test_build_learns_from_the_views_in_the_shards_without_reading_a_photo(shards, catalog_dir, bundle_dir,
+                                                                          extractor, tmp_path, monkeypatch):
+    """The path for millions of items with learning: index embed made the views with the vectors, so the
+    build reads no photo and learns what a build from the photos learns."""
+    out, report = shards
+    assert report.views == 16 * 6 + 4 and sh.ShardsManifest.read(out).learning == {
+        "views": 6, "sampled": 16, "held_every": 4, "others": 32}
+
+    def no_photos(*args, **kwargs):
+        raise AssertionError("a photo was read")
+
+    monkeypatch.setattr(images, "read", no_photos)
+    built = build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(out), progress=False,
+                         thumbnails=False)
+    assert built.manifest.learned["items"] == 16 and built.manifest.learned["views_made_by"] == \
+        "index embed (local)"
+    for name in ("learned_matrix.npy", "learned_mean.npy", "vectors.npy"):
+        assert np.array_equal(np.load(tmp_path / "b" / name), np.load(bundle_dir / name)), name
+
+
+def test_a_big_catalog_makes_views_of_its_sample_only(catalog_dir, extractor, tmp_path, monkeypatch):
+    """Above the sample's size, only an even sample of the items gets views, each with the sampled items
+    before it (in earlier shards too) to show beside it; the shards of another sample are not resumed."""
+    from pi_search.learn import catalog as learning
+
+    real = learning.sample_rows
+    monkeypatch.setattr(learning, "sample_rows", lambda n: real(n, 6))
+    rows, _ = read_catalog(catalog_dir)
+    plan = sh.Plan.from_rows(catalog_dir, rows, 5, views=2)
+    assert plan.learn.sample == (0, 3, 6, 9, 12, 15)
+    work = json.loads(plan.work(2)["learn"])   # rows 10..14: the sampled row 12, the 5th of the sample
+    assert (work["rows"], work["first"], work["views"]) == ([12], 4, 2)
+    assert work["before"] == [str(catalog_dir / rows[r].image.relative_to(catalog_dir)) for r in (0, 3, 6, 9)]
+    report = embed_local(catalog_dir, tmp_path / "s", extractor, shard_rows=5, progress=False, views=2)
+    held = {}
+    for _, path in sorted(sh.shard_files(tmp_path / "s").items()):
+        v_rows, vecs, v_held = sh.read_views(path, 1280)
+        for r in np.unique(v_rows):
+            held[int(r)] = v_held[v_rows == r].tolist()
+    # 2 views each, and one held out for the 1st and 5th of the sample (rows 0 and 12)
+    assert held == {0: [False, False, True], 3: [False, False], 6: [False, False], 9: [False, False],
+                    12: [False, False, True], 15: [False, False]}
+    assert report.views == 14
+    with pytest.raises(CatalogError, match="made with 2 views of each of 6 sampled items to learn from, not "
+                                           "with 6 views"):
+        embed_local(catalog_dir, tmp_path / "s", extractor, shard_rows=5, progress=False)
 
 
 def test_opencv_keeps_to_the_interpreters_threads_during_a_run(catalog_dir, extractor, tmp_path):
@@ -236,7 +286,7 @@ def test_one_writer_at_a_time(shards, catalog_dir, extractor, tmp_path):
     out = tmp_path / "s"
     shutil.copytree(shards[0], out)
     rows, _ = read_catalog(catalog_dir)
-    plan = sh.Plan.from_rows(catalog_dir, rows, 5)
+    plan = sh.Plan.from_rows(catalog_dir, rows, 5, views=6)
     want = sh.header(plan, {"name": extractor.name, "sha256": extractor.sha256, "dim": 1280},
                      sh.catalog_framing(224))
     first = sh.ShardWriter(out, want, plan)

@@ -119,9 +119,22 @@ def assert_each_row_once(out: Path, reference: dict[str, np.ndarray]) -> None:
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_ray_engine_gives_the_local_engines_vectors(catalog_dir, extractor, tmp_path):
+def views_by_row(out: Path) -> dict[int, np.ndarray]:
+    """Every shard's views to learn from, by catalog row: float32 [views, 1280]."""
+    table = {}
+    for _, path in sorted(sh.shard_files(out).items()):
+        rows, vecs, _ = sh.read_views(path, 1280)
+        for r in np.unique(rows):
+            table[int(r)] = vecs[rows == r]
+    return table
+
+
+def test_ray_engine_gives_the_local_engines_vectors(catalog_dir, bundle_dir, extractor, tmp_path):
+    """The vectors, and the views the build learns from (made and embedded by the actors), are the local
+    engine's; a bundle built from the Ray shards learned the projection a build from the photos learns."""
     import ray
 
+    from pi_search.embed.build import FromShards, build_bundle
     from pi_search.embed.local import embed_local
     from pi_search.embed.ray_engine import embed_ray
 
@@ -136,6 +149,20 @@ def test_ray_engine_gives_the_local_engines_vectors(catalog_dir, extractor, tmp_
     for i in a:
         assert float(np.dot(a[i], b[i])) >= 0.9999, i
     assert not [c for c in descendants(os.getpid()).values() if "raylet" in c or "gcs_server" in c]
+    # 6 views of each of the 16 items, one more for every 4th (held out to calibrate with)
+    assert report.views == local.views == 16 * 6 + 4
+    va, vb = views_by_row(tmp_path / "local"), views_by_row(tmp_path / "ray")
+    assert sorted(va) == sorted(vb) == list(range(16))
+    for r in va:
+        assert va[r].shape == vb[r].shape and va[r].shape[0] in (6, 7)
+        assert float(np.min(np.sum(va[r] * vb[r], axis=1))) >= 0.9999, r
+    built = build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(tmp_path / "ray"),
+                         progress=False)
+    assert built.manifest.learned["views_made_by"] == "index embed (ray)"
+    assert built.manifest.learned["pairs"] == 16 * 6
+    mine, theirs = (np.load(d / "learned_matrix.npy") for d in (tmp_path / "b", bundle_dir))
+    assert mine.shape == theirs.shape == (384, 1280)
+    assert np.allclose(mine, theirs, rtol=1e-3, atol=1e-3 * float(np.abs(theirs).max()))
 
 
 def test_a_killed_worker_is_replaced_and_every_row_is_embedded_once(tmp_path, demo_reference):

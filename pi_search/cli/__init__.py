@@ -235,9 +235,15 @@ def index_build(catalog: Path, out_dir: Path, model_path: Path | None, dims: str
 @click.option("--threads", default=1, show_default=True,
               help="Threads of the interpreter and of OpenCV's framing (per actor).")
 @click.option("--strict", is_flag=True, help="Fail on any bad catalog row instead of skipping it.")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Also make and embed synthetic camera views of the learning sample (every item, or an "
+                   "even 20,000 of a bigger catalog), so index build learns the projection from them.")
+@click.option("--views", default=6, show_default=True, type=click.IntRange(1, 64),
+              help="Synthetic camera views per sampled item for --learn.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def index_embed(catalog: Path, out_dir: Path, engine: str, address: str | None, actors: int | None,
-                shard_rows: int, model_path: Path | None, threads: int, strict: bool, as_json: bool) -> None:
+                shard_rows: int, model_path: Path | None, threads: int, strict: bool, learn: bool, views: int,
+                as_json: bool) -> None:
     """Embed a catalog's photos into shards, here or on a Ray cluster; build with --embeddings OUT.
 
     A stopped run resumes where it was when started again with the same arguments.
@@ -247,15 +253,17 @@ def index_embed(catalog: Path, out_dir: Path, engine: str, address: str | None, 
     extractor = Extractor(model_path, num_threads=threads)
     if engine == "ray":
         report = embed_ray(catalog, out_dir, extractor, address=address, actors=actors, threads=threads,
-                           shard_rows=shard_rows, strict=strict)
+                           shard_rows=shard_rows, strict=strict, views=views if learn else 0)
     else:
-        report = embed_local(catalog, out_dir, extractor, shard_rows=shard_rows, strict=strict)
+        report = embed_local(catalog, out_dir, extractor, shard_rows=shard_rows, strict=strict,
+                             views=views if learn else 0)
     if as_json:
         emit_json(report.as_dict())
         return
     click.echo(f"{out_dir}: {report.rows} rows in {report.shards} shard(s): {report.embedded} embedded now, "
                f"{report.resumed} done before, {report.failed} failed, {len(report.skipped)} bad row(s) "
-               f"skipped, {report.seconds:.1f} s; next: pi-search index build {catalog} --embeddings "
+               f"skipped, {report.views} views to learn from, {report.seconds:.1f} s; next: pi-search index "
+               f"build {catalog} --embeddings "
                f"{out_dir} --out BUNDLE", err=True)
 
 

@@ -175,10 +175,19 @@ class _Build:
         dims = None if pca else learning.DIMS
         return _Learning(self.extractor, s.views if s.learn else 0, s.progress, dims)
 
-    def write(self, folded: Folded, items, key: str | None) -> tuple[Manifest, list[Problem]]:
-        """Learn the projection from the kept rows, then write the bundle (see ``_write_kept``)."""
-        kept_rows = [self.rows[i] for i in folded.kept]
-        learned = self.learning.run(kept_rows, folded.vectors)
+    def write(self, folded: Folded, items, key: str | None, shards: Path | None = None,
+              embedded_by: str | None = None) -> tuple[Manifest, list[Problem]]:
+        """Learn the projection from the kept rows (from the views in ``shards`` when they hold some), then
+        write the bundle (see ``_write_kept``). ``embedded_by``: the command that made the shards, when not
+        this build."""
+        found = sh.ShardsManifest.read(shards) if shards is not None else None
+        if found is not None and found.learning and self.learning.views:
+            learned = self.learning.from_shards(shards, found.learning, folded, embedded_by)
+        else:
+            if shards is not None and self.learning.views:
+                log.info("%s holds no views to learn from (made with --no-learn); making them here", shards)
+            kept_rows = [self.rows[i] for i in folded.kept]
+            learned = self.learning.run(kept_rows, folded.vectors)
         return _write_kept(self.catalog_dir, self.out_dir, self.extractor, self.settings.index_options(),
                            folded.vectors, items, len(self.rows), self.problems, folded.late,
                            self.settings.strict, key, learned)
@@ -209,7 +218,9 @@ def _from_shards(job: _Build, source: FromShards) -> BuildReport:
         folded = fold(shards, job.rows, job.catalog_dir, job.out_dir, job.extractor.dim, bar)
         bar.close()   # before the bundle's own log lines
         items = RowItems(job.rows, folded.kept, job.settings.thumbnails)
-        manifest, problems = job.write(folded, items, None)
+        found = sh.ShardsManifest.read(source.directory)
+        manifest, problems = job.write(folded, items, None, source.directory,
+                                       f"index embed ({found.engine if found else 'local'})")
     finally:
         bar.close()
     if items.no_thumb:
@@ -219,8 +230,9 @@ def _from_shards(job: _Build, source: FromShards) -> BuildReport:
 
 def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport:
     """Embed the catalog's photos (or take the given vectors) into shards in ``OUT.partial`` with the local
-    engine, resuming from the shards there, then write the bundle from them and delete them. A rerun of an
-    unchanged build keeps the bundle and does nothing."""
+    engine, with the views of the learning sample (as ``index embed`` makes them), resuming from the shards
+    there, then learn from them, write the bundle and delete them. A rerun of an unchanged build keeps the
+    bundle and does nothing."""
     s, rows, extractor = job.settings, job.rows, job.extractor
     given = _given_vectors(source, rows, extractor.dim)
     keys = [row_key(r) for r in rows]
@@ -235,7 +247,8 @@ def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport
                  job.out_dir, len(rows))
         return BuildReport(job.out_dir, done, done.items, job.problems, 0, done.items,
                            time.perf_counter() - job.t0)
-    plan = sh.Plan.from_rows(job.catalog_dir, rows, s.chunk, keys=keys, thumbnails=s.thumbnails)
+    learn = job.learning.views if len(rows) >= learning.MIN_ITEMS else 0
+    plan = sh.Plan.from_rows(job.catalog_dir, rows, s.chunk, keys=keys, thumbnails=s.thumbnails, views=learn)
     want = sh.model_header(plan, extractor, stamp)
     writer = sh.ShardWriter(partial, want, plan, discard=True)
     try:
@@ -244,7 +257,7 @@ def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport
         bar = Progress(len(rows), writer.done_rows, s.progress)
         try:
             vectors_of = None if given is None else _unit_vectors(given, source, extractor.dim)
-            embedded, _ = embed_pending(extractor, plan, writer, bar, s.on_chunk, vectors_of)
+            embedded, _, _ = embed_pending(extractor, plan, writer, bar, s.on_chunk, vectors_of)
         finally:
             bar.close()
         writer.finish("local")
@@ -257,7 +270,7 @@ def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport
                         source.ids, sorted(unused)[0])
     folded = fold(sh.checked_shards(partial, plan, want), rows, job.catalog_dir, job.out_dir, extractor.dim)
     items = ShardItems(rows, folded.kept, partial) if s.thumbnails else RowItems(rows, folded.kept, False)
-    manifest, problems = job.write(folded, items, built_from)
+    manifest, problems = job.write(folded, items, built_from, partial)
     shutil.rmtree(partial, ignore_errors=True)
     return job.report(manifest, len(folded.kept), problems, 0 if given is not None else embedded,
                       writer.done_kept)
@@ -359,6 +372,37 @@ class _Learning:
                                   on_item=bar.update)
         finally:
             bar.close()
+
+    def from_shards(self, shards: Path, made: dict, folded: Folded, made_by: str | None = None) -> tuple:
+        """(``Learned`` or None, manifest info) from the views made in ``shards`` (``made``: its manifest's
+        ``learning``; ``made_by``: the command that made them, when not this build), each paired with its
+        row's vector as indexed (``folded``)."""
+        n_views = int(made["views"])
+        if n_views != self.views:
+            log.info("learning from the %d views per item made by index embed in %s (not --views %d)",
+                     n_views, shards, self.views)
+        kept = np.asarray(folded.kept, np.int64)
+        bar = Progress(int(made.get("sampled", 0)), 0, self.progress, "learning from views of",
+                       "learned from")
+
+        def pairs():
+            for rows, vecs, _ in sh.shard_views(shards, int(self.extractor.dim)):
+                if not len(rows):
+                    continue
+                cuts = np.flatnonzero(np.diff(rows)) + 1
+                for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+                    i = int(np.searchsorted(kept, rows[a]))
+                    if i < len(kept) and kept[i] == rows[a]:   # a row whose photo failed has no vector
+                        yield np.asarray(folded.vectors[i], np.float32), vecs[a:b]
+
+        try:
+            learned, info = learning.fit_views(int(self.extractor.dim), pairs(), n_views=n_views,
+                                               dims=self.dims, on_item=bar.update)
+        finally:
+            bar.close()
+        if info and made_by:   # the seconds are the fit's: the views were made with the catalog's vectors
+            info["views_made_by"] = made_by
+        return learned, info
 
 
 def _write_kept(catalog_dir: Path, out_dir: Path, extractor, opts: BuildOptions, vectors, items,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PiSearchError
+from ..learn.catalog import VIEWS
 from ..model.extractor import Extractor
 from ..progress import Progress
 from . import reaper
@@ -62,7 +63,7 @@ def read_photos(work: dict) -> dict:
 class ShardEmbedder:
     """One actor: one interpreter (made once, here), called with batches of shards (numpy batch format:
     columns of equal length, one entry per shard); writes each shard, returns ``shard``, ``embedded``,
-    ``failed`` (int64 [batch]) and ``pid`` (the actor's process, for logs and fault tests)."""
+    ``failed``, ``views`` (int64 [batch]) and ``pid`` (the actor's process, for logs and fault tests)."""
 
     def __init__(self, model_path: str | None, threads: int, out_dir: str):
         self.extractor = Extractor(model_path, num_threads=threads)
@@ -70,12 +71,12 @@ class ShardEmbedder:
         framing_threads(threads)   # for the actor's life: its process embeds and nothing else
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"shard": [], "embedded": [], "failed": [], "pid": []}
+        out = {"shard": [], "embedded": [], "failed": [], "views": [], "pid": []}
         for n in range(len(batch["shard"])):
             work = {key: batch[key][n] for key in batch}
             work["errors"] = [e or None for e in work["errors"]]
             done = embed_work(self.extractor, work, self.out_dir)
-            for key in ("shard", "embedded", "failed"):
+            for key in ("shard", "embedded", "failed", "views"):
                 out[key].append(done[key])
             out["pid"].append(os.getpid())
         return {key: np.asarray(val, np.int64) for key, val in out.items()}
@@ -107,14 +108,15 @@ def _init(ray, address: str | None, num_cpus: float | None) -> bool:
 def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, address: str | None = None,
               actors: int | None = None, actor_cpus: float | None = None, threads: int = 1,
               shard_rows: int = sh.DEFAULT_SHARD_ROWS, strict: bool = False, progress: bool = True,
-              num_cpus: float | None = None) -> EmbedReport:
+              num_cpus: float | None = None, views: int = VIEWS) -> EmbedReport:
     """Embed every usable row of ``catalog_dir`` into shards in ``out_dir`` on a Ray cluster.
 
     ``address``: the cluster to join (None: start Ray on this machine with ``num_cpus``). ``actors``:
     embedding actors (default: one per CPU of the cluster, less room for the read tasks); ``actor_cpus``:
     CPUs reserved per actor (default: what leaves ``READ_CPUS`` per actor free for the read stage).
     ``extractor`` (the driver's) gives the model file and the manifest's model fields; each actor loads
-    the same file. Shards already in ``out_dir`` are skipped.
+    the same file. ``views``: synthetic camera views of each item of the learning sample, made and embedded
+    by the actors with the photos of their shards (0: none). Shards already in ``out_dir`` are skipped.
     """
     ray = import_ray()
     t0 = time.perf_counter()
@@ -128,7 +130,7 @@ def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, addres
         if not address and not ray.is_initialized():   # Ray started here: it ends with this run, however
             watcher = reaper.watch()
         started = _init(ray, address, num_cpus)    # first: a wrong --address fails before any work
-        plan, writer, problems = prepare(catalog_dir, out_dir, extractor, shard_rows, strict)
+        plan, writer, problems = prepare(catalog_dir, out_dir, extractor, shard_rows, strict, views)
         report = EmbedReport(Path(out_dir), "ray", plan.rows, plan.shards, resumed=writer.done_rows,
                              skipped=problems)
         if writer.pending:
@@ -152,6 +154,7 @@ def embed_ray(catalog_dir: str | Path, out_dir: str | Path, extractor, *, addres
             for row in ds.iter_rows():
                 report.embedded += int(row["embedded"])
                 report.failed += int(row["failed"])
+                report.views += int(row["views"])
                 bar.update(int(row["embedded"]) + int(row["failed"]))
         report.manifest = writer.finish("ray")
     finally:

@@ -14,7 +14,11 @@ A shards directory ``SHARDS/`` holds:
   and ``failed_rows``. A build's own shards (``OUT.partial``) also hold ``keys`` str [n + m] (each planned
   row's ``row_key``, in row order: a shard whose photos changed is embedded again) and, with thumbnails,
   ``thumbs`` uint8 [bytes] with ``thumb_ends`` int64 [n] (row i's JPEG is ``thumbs[ends[i-1]:ends[i]]``;
-  empty: none).
+  empty: none). Shards made to learn from (``index embed``'s default; ``learning`` in the manifest) also
+  hold the views of the catalog's learning sample among their rows: ``view_rows`` int64 [v] (the row
+  each view is of, in row order), ``views`` float32 [v, dim] (L2-normalised embeddings of synthetic camera
+  views, ``learn/catalog.item_views``) and ``view_held`` bool [v] (a view kept out of the fit, to calibrate
+  with); empty in a shard with no sampled row.
 
 A shard file is written to a temporary name, synced and renamed into place, so it exists whole or not at all:
 a run that is killed loses only shards in flight, and the next run skips every shard already there.
@@ -22,6 +26,7 @@ a run that is killed loses only shards in flight, and the next run skips every s
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import json
@@ -39,6 +44,7 @@ import numpy as np
 
 from ..bundle import ModelRef, write_atomic  # ModelRef: the model the vectors were made with
 from ..errors import CatalogError
+from ..learn import catalog as learning
 from ..model.framing import CATALOG_TILT, CATALOG_TINT, CATALOG_ZOOM
 from .catalog import Row
 
@@ -78,16 +84,22 @@ class Plan:
     shard_rows: int
     keys: tuple[str, ...] | None = None
     thumbnails: bool = False
+    learn: Learning | None = None
 
     @classmethod
     def from_rows(cls, catalog: str | Path, rows: list[Row], shard_rows: int = DEFAULT_SHARD_ROWS, *,
-                  keys: list[str] | None = None, thumbnails: bool = False) -> Plan:
+                  keys: list[str] | None = None, thumbnails: bool = False, views: int = 0) -> Plan:
+        """``views``: the views of each item of the learning sample to make with the vectors (0: none)."""
         catalog = Path(catalog)
         if shard_rows < 1:
             raise CatalogError(f"--shard-rows {shard_rows}: give 1 or more rows per shard")
+        learn = None
+        if views > 0:
+            learn = Learning(int(views), tuple(learning.sample_rows(len(rows)).tolist()), learning.HELD_EVERY,
+                             learning.synth.OTHERS_KEPT)
         return cls(catalog, tuple(r.id for r in rows),
                    tuple(r.image.relative_to(catalog).as_posix() for r in rows), int(shard_rows),
-                   None if keys is None else tuple(keys), bool(thumbnails))
+                   None if keys is None else tuple(keys), bool(thumbnails), learn)
 
     @property
     def rows(self) -> int:
@@ -122,7 +134,34 @@ class Plan:
             work["keys"] = list(self.keys[span.start:span.stop])
         if self.thumbnails:
             work["thumbnails"] = True
+        if self.learn is not None:
+            work["learn"] = json.dumps(self.learn.work(span, [str(self.catalog / i) for i in self.images]))
         return work
+
+
+@dataclass(frozen=True)
+class Learning:
+    """The views a plan makes to learn from: ``views`` per item of the learning ``sample`` (sorted row
+    numbers, ``learn.catalog.sample_rows``), one more every ``held_every``-th item of the sample (held out),
+    and for "beside another item" the ``others`` items of the sample before each one."""
+
+    views: int
+    sample: tuple[int, ...]
+    held_every: int
+    others: int
+
+    def work(self, span: range, paths: list[str]) -> dict:
+        """A shard's part: ``views``, ``held_every``, ``rows`` (its sampled rows), ``first`` (the place
+        in the sample of the first of them) and ``before`` (the paths of the items of the sample before
+        them, at most ``others``; shown beside them)."""
+        a, b = bisect.bisect_left(self.sample, span.start), bisect.bisect_left(self.sample, span.stop)
+        return {"views": self.views, "held_every": self.held_every, "rows": list(self.sample[a:b]),
+                "first": a, "before": [paths[r] for r in self.sample[max(0, a - self.others):a]]}
+
+    def describe(self) -> dict:
+        """The manifest's ``learning`` entry."""
+        return {"views": self.views, "sampled": len(self.sample), "held_every": self.held_every,
+                "others": self.others}
 
 
 @dataclass(frozen=True)
@@ -161,13 +200,14 @@ class ShardsManifest:
     engine: str | None = None       # local or ray, once complete
     finished: str | None = None     # UTC time, once complete
     source: str | None = None       # where the vectors came from when not the model (a build's .npy)
+    learning: dict | None = None    # the views made to learn from (``Learning.describe``), if any
     vectors: dict = field(default_factory=lambda: {"dtype": "float32", "norm": "l2"})
 
     def to_dict(self) -> dict:
         data = {"format": FORMAT, "version": VERSION, "model": asdict(self.model), "framing": self.framing,
                 "vectors": dict(self.vectors), "catalog": asdict(self.catalog), "shard_rows": self.shard_rows,
                 "shards": self.shards, "complete": self.complete}
-        for key in ("count", "failed", "engine", "finished", "source"):
+        for key in ("count", "failed", "engine", "finished", "source", "learning"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         return data
@@ -193,6 +233,7 @@ class ShardsManifest:
                    complete=bool(get(data, "complete", bool, True)), count=get(data, "count", int, True),
                    failed=get(data, "failed", int, True), engine=get(data, "engine", str, True),
                    finished=get(data, "finished", str, True), source=get(data, "source", str, True),
+                   learning=get(data, "learning", dict, True),
                    vectors=get(data, "vectors", dict, True) or {"dtype": "float32", "norm": "l2"})
 
     @classmethod
@@ -231,15 +272,25 @@ class ShardsManifest:
             return "made from a catalog with other ids or images (same number of rows)"
         if self.shard_rows != want.shard_rows:
             return f"cut in shards of {self.shard_rows} rows, not {want.shard_rows}"
+        if self.learning != want.learning:
+            return (f"made with {_views_words(self.learning)} to learn from, not with "
+                    f"{_views_words(want.learning)} (--views, --no-learn)")
         return None
+
+
+def _views_words(learning: dict | None) -> str:
+    if not learning:
+        return "no views"
+    return f"{learning.get('views')} views of each of {learning.get('sampled')} sampled items"
 
 
 def header(plan: Plan, model: dict, framing: str, source: str | None = None) -> ShardsManifest:
     """The manifest fields that must match for shards to be resumed or used (``model``: name, sha256, dim;
-    ``source``: where the vectors come from when not the model)."""
+    ``source``: where the vectors come from when not the model; the plan's views to learn from)."""
     return ShardsManifest(model=ModelRef(str(model["name"]), str(model["sha256"]), int(model["dim"])),
                           framing=framing, catalog=CatalogRef(plan.catalog.name, plan.rows, plan.digest),
-                          shard_rows=plan.shard_rows, shards=plan.shards, source=source)
+                          shard_rows=plan.shard_rows, shards=plan.shards, source=source,
+                          learning=plan.learn.describe() if plan.learn is not None else None)
 
 
 def model_header(plan: Plan, extractor, source: str | None = None) -> ShardsManifest:
@@ -250,12 +301,15 @@ def model_header(plan: Plan, extractor, source: str | None = None) -> ShardsMani
 
 def write_shard(out_dir: str | Path, k: int, rows: np.ndarray, ids: list[str], images: list[str],
                 vectors: np.ndarray, failed_rows: np.ndarray, failed_reasons: list[str], *,
-                keys: list[str] | None = None, thumbs: list[bytes | None] | None = None) -> Path:
+                keys: list[str] | None = None, thumbs: list[bytes | None] | None = None,
+                views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Path:
     """Write shard ``k`` atomically (see the module docstring for the arrays); returns its path.
 
     ``vectors``: float32 [len(rows), dim], L2-normalised. ``keys``: the row keys of every planned row (kept
-    and failed, in row order); ``thumbs``: a JPEG (or None) per kept row. Writing the same shard twice (a
-    retried task) replaces it with the same content: a shard is never half there and never there twice.
+    and failed, in row order); ``thumbs``: a JPEG (or None) per kept row; ``views``: the views to learn
+    from (``view_rows`` int64 [v], ``views`` float32 [v, dim], ``view_held`` bool [v]). Writing the same
+    shard twice (a retried task) replaces it with the same content: a shard is never half there and never
+    there twice.
     """
     path = Path(out_dir) / shard_name(k)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -276,6 +330,13 @@ def write_shard(out_dir: str | Path, k: int, rows: np.ndarray, ids: list[str], i
             raise ValueError(f"shard {k}: {len(thumbs)} thumbnails for {n} rows")
         arrays["thumbs"] = np.frombuffer(b"".join(t or b"" for t in thumbs), np.uint8)
         arrays["thumb_ends"] = np.cumsum([len(t or b"") for t in thumbs], dtype=np.int64)
+    if views is not None:
+        v_rows, v_vecs, v_held = views
+        v_vecs = np.asarray(v_vecs, np.float32).reshape(len(v_rows), vectors.shape[1])
+        if len(v_held) != len(v_rows):
+            raise ValueError(f"shard {k}: {len(v_rows)} view rows, {len(v_held)} held flags")
+        arrays.update(view_rows=np.asarray(v_rows, np.int64), views=v_vecs,
+                      view_held=np.asarray(v_held, bool))
     for key in ("ids", "images", "failed_reasons", "keys"):  # an empty list has no string dtype of its own
         if key in arrays and arrays[key].size == 0:
             arrays[key] = arrays[key].astype("<U1")
@@ -298,6 +359,7 @@ class Shard:
     keys: list[str] | None = None
     has_thumbs: bool = False
     thumbs: list[bytes | None] | None = None
+    has_views: bool = False
 
 
 def read_shard(path: Path, dim: int | None = None, *, vectors: bool = True, thumbs: bool = False) -> Shard:
@@ -312,6 +374,7 @@ def read_shard(path: Path, dim: int | None = None, *, vectors: bool = True, thum
             vecs = z["vectors"] if vectors else np.empty((len(rows), 0), np.float32)
             keys = z["keys"].tolist() if "keys" in z.files else None
             has_thumbs = "thumb_ends" in z.files
+            has_views = {"view_rows", "views", "view_held"} <= set(z.files)
             blobs = None
             if thumbs and has_thumbs:
                 data, ends = z["thumbs"].tobytes(), z["thumb_ends"].tolist()
@@ -334,7 +397,25 @@ def read_shard(path: Path, dim: int | None = None, *, vectors: bool = True, thum
             raise ValueError(f"vectors of {vecs.shape[1]} dims, expected {dim}")
         if not np.isfinite(vecs).all():
             raise ValueError("vectors hold NaN or infinite values")
-    return Shard(k, rows, ids, images, vecs, failed, reasons, keys, has_thumbs, blobs)
+    return Shard(k, rows, ids, images, vecs, failed, reasons, keys, has_thumbs, blobs, has_views)
+
+
+def read_views(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shard's views to learn from: ``view_rows`` int64 [v], ``views`` float32 [v, dim], ``view_held``
+    bool [v] (empty when it has none); ValueError when they are damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "views" not in z.files:
+                return np.empty(0, np.int64), np.empty((0, dim), np.float32), np.empty(0, bool)
+            rows, vecs, held = z["view_rows"], z["views"], z["view_held"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if rows.dtype != np.int64 or held.dtype != bool or vecs.dtype != np.float32 or vecs.ndim != 2 \
+            or vecs.shape != (len(rows), dim) or len(held) != len(rows):
+        raise ValueError(f"views {vecs.dtype} {vecs.shape} for {len(rows)} view rows of {dim} dims")
+    if not np.isfinite(vecs).all():
+        raise ValueError("views hold NaN or infinite values")
+    return rows, vecs, held
 
 
 def shard_files(out_dir: Path) -> dict[int, Path]:
@@ -349,7 +430,7 @@ def shard_files(out_dir: Path) -> dict[int, Path]:
 
 def covers(shard: Shard, plan: Plan) -> bool:
     """True when ``shard`` holds exactly the rows the plan gives it (each once, with the planned ids; with
-    the planned row keys and thumbnails when the plan has them)."""
+    the planned row keys, thumbnails and views to learn from when the plan has them)."""
     span = plan.span(shard.k)
     got = np.concatenate([shard.rows, shard.failed_rows])
     if len(got) != len(span) or not np.array_equal(np.sort(got), np.arange(span.start, span.stop)):
@@ -357,6 +438,8 @@ def covers(shard: Shard, plan: Plan) -> bool:
     if plan.keys is not None and shard.keys != list(plan.keys[span.start:span.stop]):
         return False
     if plan.thumbnails and not shard.has_thumbs:
+        return False
+    if plan.learn is not None and not shard.has_views:
         return False
     return all(plan.ids[r] == i for r, i in zip(shard.rows.tolist(), shard.ids, strict=True))
 
@@ -472,7 +555,8 @@ def checked_shards(shards_dir: str | Path, plan: Plan, want: ShardsManifest, *,
     if found is None:
         raise CatalogError(f"{shards_dir}: no {MANIFEST}; make it with: pi-search index embed CATALOG --out "
                            f"{shards_dir}")
-    why = found.mismatch(replace(want, shard_rows=found.shard_rows, shards=found.shards))
+    why = found.mismatch(replace(want, shard_rows=found.shard_rows, shards=found.shards,
+                                 learning=found.learning))
     if why:
         raise CatalogError(f"{shards_dir}: these embeddings were {why}; embed this catalog with this model "
                            "again: pi-search index embed CATALOG --out NEW_DIR")
@@ -501,3 +585,15 @@ def shards_for_build(shards_dir: Path, catalog_dir: Path, rows: list[Row], extra
     """``checked_shards`` for the usable ``rows`` of ``catalog_dir`` and the model of ``extractor``."""
     plan = Plan.from_rows(catalog_dir, rows, 1)
     return checked_shards(shards_dir, plan, model_header(plan, extractor))
+
+
+def shard_views(shards_dir: str | Path, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The views to learn from of a complete shards directory (``checked_shards`` checked it), shard by
+    shard in catalog order (``read_views``); CatalogError when a shard's views are damaged."""
+    files = shard_files(Path(shards_dir))
+    for k in sorted(files):
+        try:
+            yield read_views(files[k], dim)
+        except ValueError as exc:
+            raise CatalogError(f"{files[k]}: damaged views ({exc}); delete it and run pi-search index embed "
+                               f"CATALOG --out {shards_dir} again") from exc

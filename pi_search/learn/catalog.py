@@ -59,34 +59,43 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
 
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
                threads: int = RENDER_THREADS, held_every: int = 0,
-               backgrounds: list[np.ndarray] | None = None, noise_once: bool = False, salt: int = 0):
+               backgrounds: list[np.ndarray] | None = None, noise_once: bool = False, salt: int = 0, *,
+               positions: Iterable[int] | None = None, others: Iterable = ()):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
-    items, small, to put beside the next ones. The views of the next ``threads`` items are rendered in other
-    threads while this item's are embedded: the same views, in the same order, as one thread makes.
-    ``held_every``: every so many items (the first, then every ``held_every``-th) get one view more, the
-    last row (a view the fit never sees, to calibrate with). ``backgrounds``: the rooms (RGB uint8), by
-    default the packaged ones (``views.room_backgrounds``). ``noise_once``: the views' sensor noise drawn once
-    (``views.SensorNoise``), else afresh for each view. ``salt``: another sample of views (``views.item_rng``;
-    0, the build's)."""
+    items, small, to put beside the next ones (``others``: the items before the first photo, cut out and
+    shrunk or as ``views.Stamp``s; a photo given as None is an item that failed: it yields nothing but
+    keeps its place among them, as ``views.Stamp.missing``). The views of the next ``threads`` items are
+    rendered in other threads while this item's are embedded: the same views, in the same order, as one
+    thread makes.
+    ``held_every``: every so many items (by their place in the learning sample, ``positions``, by default
+    0, 1, 2...: the first, then every ``held_every``-th) get one view more, the last row (a view the fit
+    never sees, to calibrate with). ``backgrounds``: the rooms (RGB uint8), by default the packaged ones
+    (``views.rooms``). ``noise_once``: the views' sensor noise drawn once (``views.SensorNoise``), else
+    afresh for each view. ``salt``: another sample of views (``views.item_rng``; 0, the build's)."""
     from concurrent.futures import ThreadPoolExecutor
+    from itertools import count
 
-    backgrounds = synth.room_backgrounds() if backgrounds is None else backgrounds
+    backgrounds = list(synth.rooms()) if backgrounds is None else backgrounds
     noise = synth.SensorNoise(extractor.size) if noise_once else None
-    others: deque = deque(maxlen=synth.OTHERS_KEPT)
+    pool: deque = deque(others, maxlen=synth.OTHERS_KEPT)
+    places = iter(positions) if positions is not None else count()
 
     def embedded(made: list) -> np.ndarray:
         vecs = np.stack([extractor.embed(v) for v in made])
         return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="views") as pool:
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="views") as ex:
         pending: deque = deque()
-        for n, (item_id, rgb) in enumerate(photos):
+        for (item_id, rgb), place in zip(photos, places, strict=False):   # places: as many or more
+            if rgb is None:   # an item whose photo failed: no views, but it keeps its place among the others
+                pool.append(synth.Stamp.missing())
+                continue
             rgba = synth.cut_out(rgb)
-            extra = 1 if held_every and n % held_every == 0 else 0
-            pending.append(pool.submit(synth.views, rgba, list(others), backgrounds,
-                                       synth.item_rng(item_id, salt), n_views + extra, extractor.size, noise))
-            others.append(synth.shrink(rgba))
+            extra = 1 if held_every and place % held_every == 0 else 0
+            pending.append(ex.submit(synth.views, rgba, list(pool), backgrounds,
+                                     synth.item_rng(item_id, salt), n_views + extra, extractor.size, noise))
+            pool.append(synth.shrink(rgba))
             if len(pending) > max(1, threads):
                 yield embedded(pending.popleft().result())
         while pending:
@@ -110,20 +119,32 @@ def learn(extractor, items: Iterable[tuple[str, np.ndarray, np.ndarray]], *, n_v
     """The learned projection of a catalog: ``items`` yields (item id, RGB uint8 [H, W, 3] photo, float32
     [dim] its embedding as indexed). Returns it (None with fewer than ``MIN_ITEMS`` items) and what the
     manifest records of it. Memory: the running sums (``PairStats``), whatever the catalog's size."""
-    t0 = time.perf_counter()
-    stats = PairStats(int(extractor.dim))
     photos: deque = deque()   # the photos' embeddings, taken in order as their views come back
 
     def pictures():
         for item_id, rgb, vec in items:
-            v = np.asarray(vec, np.float64)
-            photos.append(v / max(float(np.linalg.norm(v)), 1e-12))
+            photos.append(vec)
             yield item_id, rgb
 
+    pairs = ((photos.popleft(), views)
+             for views in item_views(extractor, pictures(), n_views, held_every=HELD_EVERY))
+    return fit_views(int(extractor.dim), pairs, n_views=n_views, shrink=shrink, dims=dims, on_item=on_item)
+
+
+def fit_views(dim: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, n_views: int = VIEWS,
+              shrink: float = SHRINK, dims: int | None = None,
+              on_item: Callable[[], None] | None = None) -> tuple[Learned | None, dict]:
+    """The learned projection from the views of the learning sample, in its order: ``pairs`` yields (float32
+    [dim] an item's photo embedding as indexed, float32 [n_views (+1), dim] its views, the last row held out
+    when there is one more: see ``item_views``). Returns it (None with fewer than ``MIN_ITEMS`` items) and
+    the manifest's record."""
+    t0 = time.perf_counter()
+    stats = PairStats(dim)
     n = 0
     held: list[tuple[np.ndarray, np.ndarray]] = []   # (photo, a view the fit never sees), for the guide
-    for views in item_views(extractor, pictures(), n_views, held_every=HELD_EVERY):
-        photo = photos.popleft()
+    for vec, views in pairs:
+        v = np.asarray(vec, np.float64)
+        photo = v / max(float(np.linalg.norm(v)), 1e-12)
         stats.add(photo, views[:n_views])
         if len(views) > n_views and len(held) < CALIBRATION_PAIRS:
             held.append((photo.astype(np.float32), views[n_views:]))
@@ -134,8 +155,8 @@ def learn(extractor, items: Iterable[tuple[str, np.ndarray, np.ndarray]], *, n_v
         return None, {}
     learned = stats.fit(shrink=shrink, dims=dims)
     info = {"type": "whitening", "items": stats.items, "views_per_item": int(n_views),
-            "pairs": stats.pairs, "shrinkage": float(shrink), "seconds": round(time.perf_counter() - t0, 2),
-            **calibrate(learned, held)}
+            "pairs": stats.pairs, "shrinkage": float(shrink),
+            "seconds": round(time.perf_counter() - t0, 2), **calibrate(learned, held)}
     log.info("learned a %d-d projection from %d views of %d items in %.1f s", learned.dims, stats.pairs,
              stats.items, info["seconds"])
     return learned, info

@@ -4,6 +4,7 @@ small or large, off-centre, tilted, dim and noisy, blurred, beside another catal
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from dataclasses import replace
@@ -72,6 +73,12 @@ def room_backgrounds(long_side: int = 480) -> list[np.ndarray]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def rooms() -> tuple[np.ndarray, ...]:
+    """``room_backgrounds()`` read once per process (an engine renders views shard after shard)."""
+    return tuple(room_backgrounds())
+
+
 def item_rng(item_id: str, salt: int = 0) -> np.random.Generator:
     """The random numbers of one item's views: from the item's id, so a resumed or sharded build makes the
     same views."""
@@ -97,7 +104,52 @@ class SensorNoise:
         return self.fields[k, y:y + h, x:x + w] * np.float32(sigma)
 
 
-def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarray], rng: np.random.Generator,
+class Stamp:
+    """Another catalog item for "beside another item", read only when a view puts it there: a cut-out item
+    (``shrink(cut_out(...))``) of the photo at ``path``, the same array an item taken in order gives. An
+    unreadable photo stands for nothing: the item itself is shown beside it instead."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._rgba: np.ndarray | None = None
+        self._failed = path is None
+
+    @classmethod
+    def missing(cls) -> Stamp:
+        """An item of the sample whose photo could not be read: it keeps its place among the others."""
+        return cls(None)
+
+    def get(self, own: np.ndarray) -> np.ndarray:
+        if self._rgba is None and not self._failed:
+            from .. import images
+            from ..errors import ImageError
+
+            try:
+                self._rgba = shrink(cut_out(images.read(self.path, min_side=ITEM_SIDE)))
+            except (ImageError, OSError) as exc:
+                self._failed = True
+                log.info("%s: not shown beside other items in the views (%s)", self.path, exc)
+        return shrink(own) if self._rgba is None else self._rgba
+
+
+class _Pool:
+    """The item and the others a hard scene may put beside it (``scenes.random_hard_scene``'s ``stamps``):
+    others given as arrays or as ``Stamp``s, read when picked."""
+
+    def __init__(self, rgba: np.ndarray, others: list):
+        self.rgba, self.others = rgba, others
+
+    def __len__(self) -> int:
+        return 1 + len(self.others)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        if j == 0:
+            return self.rgba
+        other = self.others[j - 1]
+        return other.get(self.rgba) if isinstance(other, Stamp) else other
+
+
+def views(rgba: np.ndarray, others: list, backgrounds: list[np.ndarray], rng: np.random.Generator,
           n: int, size: int = VIEW_SIZE, noise: SensorNoise | None = None) -> list[np.ndarray]:
     """``n`` camera views of one cut-out item (``cut_out``): RGB uint8 [size, size, 3] each, model inputs.
 
@@ -105,7 +157,7 @@ def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarr
     another item beside it in 70% when ``others`` has any), the rest a held item as the kept framing sees it
     (large, near the centre, cut by the frame at times); all get the benchmark's light, blur, noise and JPEG.
     ``noise``: the sensor noise drawn once (``SensorNoise``; None: drawn afresh for each view, as the
-    benchmark's shots are).
+    benchmark's shots are). ``others``: cut-out items (``shrink``) or ``Stamp``s.
     """
 
     frame = (size, size)
@@ -113,7 +165,7 @@ def views(rgba: np.ndarray, others: list[np.ndarray], backgrounds: list[np.ndarr
     for i in range(n):
         extra = ()
         if i % 2 == 1:
-            pool = [rgba, *others]
+            pool = _Pool(rgba, others)
             scene = scenes.random_hard_scene(rng, rgba, len(backgrounds), pool, 0, frame)
             shot = scene.shot
             if scene.second is not None and others:
