@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import PiSearchError
+from .. import images
+from ..errors import ImageError, PiSearchError
 from . import scenes
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,6 @@ class Stamp:
 
     def get(self, own: np.ndarray) -> np.ndarray:
         if self._rgba is None and not self._failed:
-            from .. import images
-            from ..errors import ImageError
-
             try:
                 self._rgba = shrink(cut_out(images.read(self.path, min_side=ITEM_SIDE)))
             except (ImageError, OSError) as exc:
