@@ -1058,6 +1058,9 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "look.build_plain_items_s": lambda r: num(r["look-cost"]["items"] / r["look-cost"]["build_s"]["plain"],
                                               1),
     "look.learn_10m_min": lambda r: num(learning_sample_s(r) / 60, 0),
+    # the sample's views beside the CPU seconds of embedding ten million photos at Ray's steady rate per core
+    "look.learn_10m_share": lambda r: num(100 * learning_sample_s(r) * r["embed-scaling"][
+        "projection_items_per_s_per_core"] / 10_000_000, 2) + "%",
     "look.search_kept_ms": lambda r: num(r["look-cost"]["search_kept_ms"], 2),
     "look.search_ms": lambda r: num(r["look-cost"]["search_look_ms"], 2),
     "look.build_plain_s": lambda r: num(r["look-cost"]["build_s"]["plain"], 1),
@@ -1068,6 +1071,13 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "look.cpu_ratio": lambda r: num(r["look-cost"]["cpu_ratio"], 2),
     "look.timing.cpu_ratio": lambda r: num(r["look-cost"]["timing"]["cpu_ratio"], 2),
     "look.before.ratio": lambda r: num(r["look-cost-before"]["build_ratio"], 2),
+    # the views made in the embedding engine (look-cost.json) against the code before, in the same hour
+    "look.shards.timing.ratio": lambda r: num(r["look-cost"]["timing"]["build_ratio"], 2),
+    "look.shards.timing.cpu_ratio": lambda r: num(r["look-cost"]["timing"]["cpu_ratio"], 2),
+    "look.shards.before.timing.ratio": lambda r: num(
+        r["look-cost-shards-before"]["timing"]["build_ratio"], 2),
+    "look.shards.before.timing.cpu_ratio": lambda r: num(
+        r["look-cost-shards-before"]["timing"]["cpu_ratio"], 2),
     "look.two.timing.ratio": lambda r: num(r["look-cost-two-framings"]["timing"]["build_ratio"], 2),
     "look.two.timing.cpu_ratio": lambda r: num(r["look-cost-two-framings"]["timing"]["cpu_ratio"], 2),
     "look.before.timing.ratio": lambda r: num(r["look-cost-before"]["timing"]["build_ratio"], 2),

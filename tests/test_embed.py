@@ -118,6 +118,23 @@ def test_build_learns_from_the_views_in_the_shards_without_reading_a_photo(shard
         assert np.array_equal(np.load(tmp_path / "b" / name), np.load(bundle_dir / name)), name
 
 
+@pytest.mark.slow   # builds a real bundle: over 1.5 s
+def test_shards_without_views_leave_the_views_to_the_build(catalog_dir, bundle_dir, extractor, tmp_path,
+                                                           caplog):
+    """index embed --no-learn: no views in the shards; the build makes them from the photos itself and
+    learns the same projection."""
+    report = embed_local(catalog_dir, tmp_path / "s", extractor, shard_rows=5, progress=False, views=0)
+    assert report.views == 0 and sh.ShardsManifest.read(tmp_path / "s").learning is None
+    assert not any(sh.read_shard(p, vectors=False).has_views for p in sh.shard_files(tmp_path / "s").values())
+    with caplog.at_level("INFO"):
+        built = build_bundle(catalog_dir, tmp_path / "b", extractor, source=FromShards(tmp_path / "s"),
+                             progress=False)
+    assert "holds no views to learn from" in caplog.text
+    assert built.manifest.learned["items"] == 16 and "views_made_by" not in built.manifest.learned
+    name = "learned_matrix.npy"
+    assert np.array_equal(np.load(tmp_path / "b" / name), np.load(bundle_dir / name))
+
+
 def test_a_big_catalog_makes_views_of_its_sample_only(catalog_dir, extractor, tmp_path, monkeypatch):
     """Above the sample's size, only an even sample of the items gets views, each with the sampled items
     before it (in earlier shards too) to show beside it; the shards of another sample are not resumed."""
