@@ -5,6 +5,13 @@ the bundle build reads them, and the exact full-dimension ground truth rides alo
 pass (batched matrix products per block). Every bundle is then probed in a fresh process (page cache
 dropped, one thread): cold and warm latency, resident memory after 1,000 queries, recall@10.
 
+``--learned``: the bundle is built with a learned projection, as ``index build`` learns one for ivfpq (every
+axis of a whitening, ``pi_search.learn.whiten.PairStats``), folded by the writer into its PCA. The synthetic
+items have no photos, so it learns from their own "views": for ``LEARN_ITEMS`` items, ``LEARN_VIEWS``
+perturbations each drawn like the camera-like queries (``bench_scale.make_queries``) from a seed stream of
+their own (never the queries'). The ground truth is then exact search in the learned space (the full
+projection, every dim, normalised), computed alongside block by block.
+
     nice -n 10 python bench/bench_big.py --sizes 1000000,3000000,10000000 --work /tmp/big/w
 """
 
@@ -30,6 +37,9 @@ from support.synth_stream import CHUNK, StreamedTopK, Synth  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 K = 10
 THREADS = 1     # threads the build may use (--threads); queries always run on one
+LEARN_ITEMS = 20_000   # --learned: items whose views the whitening learns from
+LEARN_VIEWS = 4        # ... views an item
+LEARN_SEED = 7         # ... their own seed stream (the queries use 1)
 
 
 class SyntheticItems(Sequence):
@@ -67,15 +77,68 @@ def queries(x: Synth, nq: int, seed: int = 1) -> np.ndarray:
     return bench_scale.make_queries(pool, nq, seed=seed)
 
 
-def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Path, dict]:
-    """Stream ``n`` vectors into an ivfpq bundle (and the queries' exact top 10 alongside)."""
+def learn(x: Synth, items: int = LEARN_ITEMS, views: int = LEARN_VIEWS, seed: int = LEARN_SEED) -> tuple:
+    """A whitening learned from the catalog's own camera-like views (``PairStats``, every axis kept, as
+    ``index build`` learns one for ivfpq): ``(Learned, manifest info)``.
+
+    ``items`` items from blocks spread over the catalog (up to 100 blocks, chosen from the seed stream
+    ``seed``); each item's ``views`` views are the item plus half the offset of another sampled item from
+    the sample's mean plus a little jitter, normalised: ``bench_scale.make_queries``'s draw, from seeds of
+    their own.
+    """
+    from pi_search.learn.whiten import SHRINK, PairStats
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([seed, 0])
+    blocks = np.sort(rng.choice(x.blocks, min(100, x.blocks), replace=False))
+    each = -(-items // len(blocks))
+    pool = np.concatenate([x.block(int(j))[np.sort(rng.choice(min(CHUNK, x.n - int(j) * CHUNK),
+                                                              min(each, CHUNK), replace=False))]
+                           for j in blocks])[:items]
+    centre = pool.mean(axis=0)
+    stats = PairStats(pool.shape[1])
+    for i in range(len(pool)):
+        vr = np.random.default_rng([seed, 1, i])
+        other = pool[vr.integers(0, len(pool), views)]
+        v = pool[i] + (other - centre) * 0.5 + 0.02 * vr.standard_normal(other.shape).astype(np.float32)
+        stats.add(pool[i], v / np.linalg.norm(v, axis=1, keepdims=True))
+    learned = stats.fit(dims=None)
+    info = {"type": "whitening", "items": stats.items, "views_per_item": views, "pairs": stats.pairs,
+            "shrinkage": SHRINK, "seconds": round(time.perf_counter() - t0, 2),
+            "from": "synthetic camera-like views of the catalog's own items"}
+    print(f"  learned a {learned.dims}-d whitening from {stats.pairs} views of {stats.items} items in "
+          f"{info['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return learned, info
+
+
+class LearnedTopK:
+    """``StreamedTopK`` in a learned space: each block (counted once) goes through ``learned`` first."""
+
+    def __init__(self, gt: StreamedTopK, learned):
+        self.gt, self.learned = gt, learned
+        self.seconds = 0.0
+
+    def __call__(self, start: int, block: np.ndarray) -> None:
+        if start in self.gt.seen:
+            return
+        t0 = time.perf_counter()
+        z = self.learned.apply(block)
+        self.seconds += time.perf_counter() - t0
+        self.gt(start, z)
+
+
+def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int,
+          learned: bool = False) -> tuple[Path, dict]:
+    """Stream ``n`` vectors into an ivfpq bundle (and the queries' exact top 10 alongside); ``learned``:
+    with a projection learned from the catalog's own views, folded into the PCA, and the ground truth in
+    its space."""
     from threadpoolctl import threadpool_limits
 
     from pi_search.bundle.write import BuildOptions, write_bundle
 
-    tag = f"{n}"
-    out = work / f"ivfpq-{n}"
-    info_path = work / f"build-{n}.json"
+    tag = f"{n}-learned" if learned else f"{n}"
+    out = work / f"ivfpq-{tag}"
+    info_path = work / f"build-{tag}.json"
     if (out / "manifest.json").is_file() and info_path.is_file():
         return out, json.loads(info_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
@@ -86,13 +149,22 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
         t0 = time.perf_counter()
         x = Synth(n, real)
         q = queries(x, nq)
-        gt = StreamedTopK(q, n)
-        x.observers.append(gt)
+        proj, learned_info, learn_s = None, None, 0.0
+        if learned:
+            proj, learned_info = learn(x)
+            learn_s = learned_info["seconds"]
+            gt = StreamedTopK(proj.apply(q), n)
+            x.observers.append(LearnedTopK(gt, proj))
+        else:
+            gt = StreamedTopK(q, n)
+            x.observers.append(gt)
+        made = x.seconds   # blocks made for the queries and the learning: not the build's
         setup_s = time.perf_counter() - t0
         print(f"  {n}: generator and queries ready in {setup_s:.0f} s", file=sys.stderr, flush=True)
         model = {"name": "synthetic", "sha256": "0" * 64, "dim": 1280}
         m = write_bundle(out, x, SyntheticItems(n), model=model,
-                         options=BuildOptions.parse(backend="ivfpq", **opts)).to_dict()
+                         options=BuildOptions.parse(backend="ivfpq", **opts), learned=proj,
+                         learned_info=learned_info).to_dict()
         if not gt.complete:   # not expected: the store pass reads every block
             for j in range(x.blocks):
                 if j * CHUNK not in gt.seen:
@@ -101,13 +173,17 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int) -> tuple[Pa
     np.save(work / f"q-{tag}.npy", q)
     np.save(work / f"truth-{tag}.npy", truth)
     build_s = float(m["build_seconds"])
-    info = {"build_s": round(build_s, 1), "generate_s": round(x.seconds, 1), "truth_s": round(gt.seconds, 1),
-            "build_net_s": round(build_s - x.seconds - gt.seconds, 1), "blocks_made": x.blocks_made,
+    truth_s = gt.seconds + (x.observers[0].seconds if learned else 0.0)
+    gen_s = x.seconds - made   # making the vectors while the writer read them
+    info = {"build_s": round(build_s, 1), "generate_s": round(gen_s, 1), "truth_s": round(truth_s, 1),
+            "build_net_s": round(build_s - gen_s - truth_s, 1), "blocks_made": x.blocks_made,
             "files_mb": bench_scale._sizes(out), "memory": m["memory"], "index": m["index"],
             "projection": m["projection"], "setup_s": round(setup_s, 1), "threads": THREADS}
+    if learned:
+        info.update(learned=m["learned"], learn_s=round(learn_s, 1), load=os.getloadavg())
     info_path.write_text(json.dumps(info, indent=1))
-    print(f"  {n}: built in {build_s:.0f} s (making vectors {x.seconds:.0f} s, ground truth "
-          f"{gt.seconds:.0f} s)", file=sys.stderr, flush=True)
+    print(f"  {n}: built in {build_s:.0f} s (making vectors {gen_s:.0f} s, ground truth "
+          f"{truth_s:.0f} s)", file=sys.stderr, flush=True)
     return out, info
 
 
@@ -187,25 +263,29 @@ class _Coordinates:
         return self._r.store[sl].astype(np.float32) * self._r.scale[sl][:, None]
 
 
-def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes: list[dict], nq: int) -> list:
+def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes: list[dict], nq: int,
+               tag: str = "") -> list:
     rows = []
     for search in probes:
-        r = bench_scale.run_probe(bundle, work, f"{n}", search, nq)
+        r = bench_scale.run_probe(bundle, work, tag or f"{n}", search, nq)
         ix = info["index"]
         w = "w" if info["projection"]["whiten"] else ""
         pq = f"PQ{ix['pq_m']}x{ix['pq_bits']}fs" if ix.get("fast_scan") else f"PQ{ix['pq_bytes']}"
         name = (f"ivfpq IVF{ix['nlist']},{pq} on pca{ix['dim']}{w} nprobe{search['nprobe']} "
                 f"+rerank{search['candidates']} int8 pca{opts['dims']}")
+        if info.get("learned"):
+            name += " learned (folded)"
         row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r}
         rows.append(row)
         print(f"  {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
     return rows
 
 
-def run_size(n: int, real: np.ndarray, work: Path, opts: dict, probes: list[dict], nq: int) -> list[dict]:
-    print(f"== {n} items", file=sys.stderr, flush=True)
-    bundle, info = build(n, real, work, opts, nq)
-    return probe_rows(n, bundle, work, info, opts, probes, nq)
+def run_size(n: int, real: np.ndarray, work: Path, opts: dict, probes: list[dict], nq: int,
+             learned: bool = False) -> list[dict]:
+    print(f"== {n} items" + (" (learned projection)" if learned else ""), file=sys.stderr, flush=True)
+    bundle, info = build(n, real, work, opts, nq, learned)
+    return probe_rows(n, bundle, work, info, opts, probes, nq, f"{n}-learned" if learned else "")
 
 
 def caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[dict]:
@@ -279,6 +359,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads for building (queries use one)")
     ap.add_argument("--keep", action="store_true", help="keep the bundles (they take GBs)")
     ap.add_argument("--no-whiten", action="store_true", help="lists over the plain PCA (default: whitened)")
+    ap.add_argument("--learned", action="store_true",
+                    help="learn a whitening from the catalog's own views and fold it into the PCA; exact "
+                         "search in its space is the ground truth")
     ap.add_argument("--caps", type=int, default=0, metavar="N",
                     help="only measure the PCA re-rank ceiling at N items (bench/results/big-caps.json)")
     ap.add_argument("--cap-dims", default="128,256,384,512")
@@ -313,14 +396,14 @@ def main() -> None:
             info = derive_whitened(a.work / f"ivfpq-{n}", out, opts)
             rows = probe_rows(n, out, a.work, info, opts, probes, a.queries)
         else:
-            rows = run_size(n, real, a.work, opts, probes, a.queries)
+            rows = run_size(n, real, a.work, opts, probes, a.queries, a.learned)
         names = {(r["n"], r["name"]) for r in rows}
         old = [r for r in old if (r["n"], r["name"]) not in names] + rows
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"machine": {**bench_scale._machine(), "load": os.getloadavg()},
                                      "rows": sorted(old, key=lambda r: r["n"])}, indent=1))
         if not a.keep:
-            shutil.rmtree(a.work / f"ivfpq-{n}", ignore_errors=True)
+            shutil.rmtree(a.work / f"ivfpq-{n}{'-learned' if a.learned else ''}", ignore_errors=True)
     print(bench_scale.table(old))
     print(f"JSON: {a.out}", file=sys.stderr)
 
