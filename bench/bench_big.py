@@ -344,6 +344,75 @@ def caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[
     return rows
 
 
+def learned_caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[dict]:
+    """Recall@10 of exact search over ``n`` items with a learned whitening (``learn``), against exact search
+    in its space, scoring every item in a PCA of ``d`` dims of that space five ways:
+
+    - "folded, int8 store": the product's own path (``fold_learned``, ``pca_store.write`` and its
+      ``Scorer``): the cosine of the PCA reconstructions, every row counted with the mean length outside;
+    - "folded, float32": the same score without the int8 rounding;
+    - "exact row lengths": the same with each row's own length (what folding saves computing);
+    - "reconstruction only": the rows' part outside the kept axes left out;
+    - "two-step": the unfolded path, the PCA of the normalised learned rows and the store's estimate there.
+    """
+    import tempfile
+
+    from threadpoolctl import threadpool_limits
+
+    from pi_search.bundle import pca_store
+    from pi_search.bundle.projection import fit_pca, fold_learned, outside
+
+    rows = []
+    with threadpool_limits(THREADS):
+        x = Synth(n, real)
+        q = queries(x, nq)
+        learned, _ = learn(x)
+        xs = x[0:n]
+        z = (xs - learned.mean) @ learned.matrix.T
+        zn = np.linalg.norm(z, axis=1)
+        zq = (q - learned.mean) @ learned.matrix.T
+        exact = (z / zn[:, None]) @ (zq / np.linalg.norm(zq, axis=1, keepdims=True)).T    # [n, nq]
+        truth = np.argsort(-exact, axis=0)[:K].T
+        del exact
+
+        def recall(scores: np.ndarray) -> float:
+            pred = np.argpartition(-scores, K, axis=0)[:K].T
+            return round(bench_scale.recall(list(pred), truth), 4)
+
+        sample = z[::max(1, n // 262_144)]
+        for d in sorted(dims):
+            pca = fit_pca(sample, d, whiten=True)
+            u = pca.components / np.linalg.norm(pca.components, axis=1, keepdims=True)
+            y, yq = (z - pca.mean) @ u.T, (zq - pca.mean) @ u.T
+            a, mu2, rest = u @ pca.mean, float(pca.mean @ pca.mean), outside(sample, pca)
+            num = y @ yq.T + (y @ a)[:, None] + (yq @ a)[None, :] + mu2
+            recon = (y * y).sum(axis=1) + 2 * (y @ a) + mu2
+            folded = fold_learned(pca, learned, rest)
+            with tempfile.TemporaryDirectory() as tmp:
+                pca_store.write(Path(tmp), xs, folded.mean, folded.components, fold=folded.fold)
+                scorer = pca_store.Scorer(np.load(Path(tmp) / pca_store.STORE_FILE),
+                                          np.load(Path(tmp) / pca_store.SCALE_FILE),
+                                          np.load(Path(tmp) / pca_store.OFFSET_FILE), folded.mean,
+                                          folded.components, folded.fold)
+                every = np.arange(n)
+                int8 = np.stack([scorer.scores(every, v) for v in q], axis=1)
+            zu = z / zn[:, None]
+            two = fit_pca(zu[::max(1, n // 262_144)], d, whiten=True)
+            u2 = two.components / np.linalg.norm(two.components, axis=1, keepdims=True)
+            qn = zq / np.linalg.norm(zq, axis=1, keepdims=True)
+            two_step = ((zu - two.mean) @ u2.T) @ ((qn - two.mean) @ u2.T).T + (zu @ two.mean)[:, None]
+            kinds = (("folded, int8 store", int8), ("folded, float32", num / np.sqrt(recon + rest)[:, None]),
+                     ("exact row lengths", num / zn[:, None]),
+                     ("reconstruction only", num / np.sqrt(recon)[:, None]), ("two-step", two_step))
+            for kind, sc in kinds:
+                rows.append({"n": n, "dims": d, "score": kind, "recall10": recall(sc)})
+                print(f"  learned cap {d} dims, {kind}: {rows[-1]['recall10']}", file=sys.stderr, flush=True)
+            del y, num, int8, two_step, zu
+    out.write_text(json.dumps({"machine": {**bench_scale._machine(), "load": os.getloadavg()}, "rows": rows,
+                               "queries": nq, "learn_items": LEARN_ITEMS}, indent=1))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,3000000,10000000")
@@ -365,6 +434,9 @@ def main() -> None:
     ap.add_argument("--caps", type=int, default=0, metavar="N",
                     help="only measure the PCA re-rank ceiling at N items (bench/results/big-caps.json)")
     ap.add_argument("--cap-dims", default="128,256,384,512")
+    ap.add_argument("--learned-caps", type=int, default=0, metavar="N",
+                    help="only measure how a folded learned projection scores against the two-step path at "
+                         "N items, exact search (bench/results/big-learned-caps.json; --cap-dims)")
     ap.add_argument("--relist", type=int, default=0, metavar="N",
                     help="new inverted lists (this code, --nlist) for the kept bundle of N items; probe them")
     ap.add_argument("--derive-whitened", type=int, default=0, metavar="N",
@@ -376,6 +448,10 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     a.work.mkdir(parents=True, exist_ok=True)
     real = bench_scale.real_embeddings(a.work, 3000)
+    if a.learned_caps:
+        learned_caps(a.learned_caps, real, [int(d) for d in a.cap_dims.split(",")], a.queries,
+                     a.out.with_name("big-learned-caps.json"))
+        return
     if a.caps:
         caps(a.caps, real, [int(d) for d in a.cap_dims.split(",")], a.queries,
              a.out.with_name("big-caps.json"))
