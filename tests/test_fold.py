@@ -201,6 +201,7 @@ def test_a_folded_bundle_holds_one_projection_and_a_query_pays_one_product(folde
     assert {PCA_FOLD_FILE, "pca_mean.npy", "pca_components.npy"} <= set(m.files)
     assert m.learned == {"type": "whitening", "items": 600, "pairs": 1800, "dims": DIM, "folded": "pca"}
     assert m.projection.fold == PCA_FOLD_FILE and m.stored_dim == DIM
+    assert PCA_FOLD_FILE not in m.extra["memory"]["mapped_files"]    # read whole, as the PCA is
     with Bundle.open(folded_dir) as b:
         assert b.learned is None
         q = data[5] * 3.0
