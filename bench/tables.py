@@ -348,6 +348,45 @@ def t_big(r: Results) -> str:
     return md(header, rows) + source(*names)
 
 
+LEARNED_BIG = ("big-learned", "big-10m-learned")   # bench_big.py --learned: 200k and 10M items
+
+
+def t_big_learned(r: Results) -> str:
+    """The ivfpq rows built with a learned projection folded into the PCA (recall against exact search in
+    the learned space), beside the plain 10M rows with the same lists and probes."""
+    names = [n for n in LEARNED_BIG if (r.folder / f"{n}.json").is_file()]
+    learned = sorted((row for n in names for row in r[n]["rows"] if "error" not in row),
+                     key=lambda row: row["n"])
+    plain = [row for row in big_rows(r) if row["n"] == 10_000_000 and row["index"]["nlist"] == 131_072
+             and "error" not in row]
+    rows = []
+    for row in learned + plain:
+        mem = row["memory"]
+        rows.append([f"{row['n']:,}", row["name"], "learned" if row.get("learned") else "plain",
+                     num(row["learn_s"], 0) if row.get("learn_s") else "-",
+                     f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})"
+                     + (f" + {num(row['derived_s'], 0)} lists" if row.get("derived_s") else ""),
+                     num(sum(row["files_mb"].values()) / 1000, 2), num(mem["in_ram_bytes"] / 1e6, 0),
+                     f"{num(row['rss_after_mb']['RssAnon'], 0)}+{num(row['rss_after_mb']['RssFile'], 0)}",
+                     num(row["p50_ms"], 1), num(row["warm_p50_ms"], 1), num(row["warm_p99_ms"], 1),
+                     num(row["recall10"], 3)])
+    header = ["items", "layout and query", "space", "learning s",
+              "build s (making vectors + ground truth) + lists rebuilt",
+              "files GB", "in RAM MB", "RSS MB after 1k queries", "cold p50 ms", "warm p50 ms",
+              "warm p99 ms", "R@10"]
+    return md(header, rows) + source(*names, "big-10m")
+
+
+def t_big_learned_caps(r: Results) -> str:
+    rep = r["big-learned-caps"]
+    kinds = list(dict.fromkeys(row["score"] for row in rep["rows"]))
+    dims = sorted({row["dims"] for row in rep["rows"]})
+    got = {(row["dims"], row["score"]): row["recall10"] for row in rep["rows"]}
+    body = [[kind, *[num(got[(d, kind)], 3) for d in dims]] for kind in kinds]
+    n = rep["rows"][0]["n"]
+    return md([f"score ({n:,} items)", *[f"PCA {d} dims" for d in dims]], body) + source("big-learned-caps")
+
+
 def t_big_caps(r: Results) -> str:
     rows = {}
     for row in r["big-caps"]["rows"]:
@@ -930,6 +969,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "embed-projection": t_embed_projection,
     "big": t_big,
     "big-caps": t_big_caps,
+    "big-learned": t_big_learned,
+    "big-learned-caps": t_big_learned_caps,
     "big-lists": t_big_lists,
     "big-store": t_big_store,
     "taught-latency": t_taught_latency,
