@@ -40,6 +40,7 @@ THREADS = 1     # threads the build may use (--threads); queries always run on o
 LEARN_ITEMS = 20_000   # --learned: items whose views the whitening learns from
 LEARN_VIEWS = 4        # ... views an item
 LEARN_SEED = 7         # ... their own seed stream (the queries use 1)
+DROP_AFTER_OPEN = False   # --drop-after-open: the probes evict the bundle from the page cache once it is open
 
 
 class SyntheticItems(Sequence):
@@ -267,7 +268,7 @@ def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes:
                tag: str = "") -> list:
     rows = []
     for search in probes:
-        r = bench_scale.run_probe(bundle, work, tag or f"{n}", search, nq)
+        r = bench_scale.run_probe(bundle, work, tag or f"{n}", search, nq, DROP_AFTER_OPEN)
         ix = info["index"]
         w = "w" if info["projection"]["whiten"] else ""
         pq = f"PQ{ix['pq_m']}x{ix['pq_bits']}fs" if ix.get("fast_scan") else f"PQ{ix['pq_bytes']}"
@@ -275,7 +276,10 @@ def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes:
                 f"+rerank{search['candidates']} int8 pca{opts['dims']}")
         if info.get("learned"):
             name += " learned (folded)"
-        row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r}
+        if DROP_AFTER_OPEN:
+            name += ", cache dropped after the open's check"
+        row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r,
+               **({"drop_after_open": True} if DROP_AFTER_OPEN else {})}
         rows.append(row)
         print(f"  {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
     return rows
@@ -428,6 +432,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads for building (queries use one)")
     ap.add_argument("--keep", action="store_true", help="keep the bundles (they take GBs)")
     ap.add_argument("--no-whiten", action="store_true", help="lists over the plain PCA (default: whitened)")
+    ap.add_argument("--drop-after-open", action="store_true",
+                    help="probes evict the bundle from the page cache again once it is open (opening checks "
+                         "every byte, which leaves it cached): the first queries start cold")
     ap.add_argument("--learned", action="store_true",
                     help="learn a whitening from the catalog's own views and fold it into the PCA; exact "
                          "search in its space is the ground truth")
@@ -442,8 +449,9 @@ def main() -> None:
     ap.add_argument("--derive-whitened", type=int, default=0, metavar="N",
                     help="whiten the kept plain-PCA bundle of N items (new lists only) and probe it")
     a = ap.parse_args()
-    global THREADS
+    global THREADS, DROP_AFTER_OPEN
     THREADS = max(1, a.threads)
+    DROP_AFTER_OPEN = a.drop_after_open
     # the fresh probe processes import this checkout's pi_search, whatever the venv points at
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     a.work.mkdir(parents=True, exist_ok=True)
