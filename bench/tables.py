@@ -351,6 +351,15 @@ def t_big(r: Results) -> str:
 LEARNED_BIG = ("big-learned", "big-10m-learned")   # bench_big.py --learned: 200k and 10M items
 
 
+def big_learned_row(r: Results, nprobe: int, candidates: int, dropped: bool = False) -> dict:
+    """A 10M row of big-10m-learned.json by its probe (``dropped``: the cache evicted after the open)."""
+    for row in r["big-10m-learned"]["rows"]:
+        if (row["search"]["nprobe"], row["search"]["candidates"]) == (nprobe, candidates) and \
+                bool(row.get("drop_after_open")) == dropped:
+            return row
+    raise KeyError(("big-10m-learned", nprobe, candidates, dropped))
+
+
 def t_big_learned(r: Results) -> str:
     """The ivfpq rows built with a learned projection folded into the PCA (recall against exact search in
     the learned space), beside the plain 10M rows with the same lists and probes."""
@@ -1028,6 +1037,26 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "hash.soft": lambda r: f"{r['hash']['mb_per_s']['no_sha_instructions']:,.0f}",
     "hash.1m.mb": lambda r: f"{r['hash']['bundles']['1M']['mb']:,.0f}",
     "hash.10m.gb": lambda r: num(r["hash"]["bundles"]["10M"]["mb"] / 1000, 1),
+    # ten million items with a learned projection folded in (docs/scale.md)
+    "big10m.learned.r10": lambda r: num(big_learned_row(r, 4096, 500)["recall10"], 3),
+    "big10m.learned.r10.300": lambda r: num(big_learned_row(r, 4096, 300)["recall10"], 3),
+    "big10m.learned.r10.2048": lambda r: num(big_learned_row(r, 2048, 500)["recall10"], 3),
+    "big10m.learned.warm": lambda r: num(big_learned_row(r, 4096, 500)["warm_p50_ms"], 1),
+    "big10m.learned.warm99": lambda r: num(big_learned_row(r, 4096, 500)["warm_p99_ms"], 1),
+    "big10m.learned.cold": lambda r: num(big_learned_row(r, 4096, 500, True)["p50_ms"], 1),
+    "big10m.learned.load": lambda r: num(big_learned_row(r, 4096, 500)["load_ms"] / 1000, 0),
+    "big10m.learned.anon": lambda r: num(big_learned_row(r, 4096, 500)["rss_after_mb"]["RssAnon"] / 1000, 2),
+    "big10m.learned.rss": lambda r: num(big_learned_row(r, 4096, 500)["rss_after_mb"]["VmRSS"] / 1000, 1),
+    "big10m.learned.rss.dropped": lambda r: num(
+        big_learned_row(r, 4096, 500, True)["rss_after_mb"]["VmRSS"] / 1000, 1),
+    "big10m.learned.file.dropped": lambda r: num(
+        big_learned_row(r, 4096, 500, True)["rss_after_mb"]["RssFile"] / 1000, 1),
+    "big10m.learned.net": lambda r: num(big_learned_row(r, 4096, 500)["build_net_s"] / 60, 0),
+    "big10m.learned.net.s": lambda r: num(big_learned_row(r, 4096, 500)["build_net_s"], 0),
+    "big10m.learned.gen": lambda r: num(big_learned_row(r, 4096, 500)["generate_s"], 0),
+    "big10m.learned.truth": lambda r: num(big_learned_row(r, 4096, 500)["truth_s"], 0),
+    "big10m.learned.learn": lambda r: num(big_learned_row(r, 4096, 500)["learn_s"], 0),
+    "big10m.learned.files": lambda r: num(sum(big_learned_row(r, 4096, 500)["files_mb"].values()) / 1000, 1),
     "hash.1m.cold": lambda r: num(r["hash"]["seconds"]["1M"]["cold"], 1),
     "hash.10m.cold": lambda r: num(r["hash"]["seconds"]["10M"]["cold"], 1),
     "hash.1m.copy": lambda r: num(r["hash"]["seconds"]["1M"]["copy"], 1),
