@@ -258,7 +258,7 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
             projection=None if projection is None else ProjectionEntry(
                 projection.dims, projection.whiten, round(projection.explained, 4),
                 fold=None if projection.fold is None else PCA_FOLD_FILE,
-                    fold_rest=0.0 if projection.fold is None else projection.fold.rest,
+                fold_rest=0.0 if projection.fold is None else projection.fold.rest,
                 fold_residual=0.0 if projection.fold is None else projection.fold.residual),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             catalog=extra.pop("catalog", None), changes=extra.pop("changes", None) or {}, extra=extra)
