@@ -289,3 +289,13 @@ def test_taught_items_are_found_on_a_folded_bundle_and_compaction_still_refuses(
         assert read_manifest(out).items == 2500
     finally:
         cat.close()
+
+
+@pytest.mark.slow
+def test_relearning_a_folded_bundle_is_refused_in_one_line(folded_dir):
+    from pi_search.live.relearn import relearn
+
+    before = read_manifest(folded_dir).files
+    with pytest.raises(BundleError, match="relearn works on bundles with a full store: rebuild it") as err:
+        relearn(folded_dir, None, progress=False)
+    assert "\n" not in str(err.value) and read_manifest(folded_dir).files == before
