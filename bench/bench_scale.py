@@ -226,8 +226,13 @@ def _rss() -> dict:
     return out
 
 
-def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int) -> dict:
-    """Runs in a fresh process: open the bundle, answer ``nq`` queries one by one, measure everything."""
+def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int,
+          drop_after_open: bool = False) -> dict:
+    """Runs in a fresh process: open the bundle, answer ``nq`` queries one by one, measure everything.
+
+    ``drop_after_open``: evict the bundle's files from the page cache again once it is open (opening reads
+    every byte to check it, which leaves the files cached), so the first queries start cold after all.
+    """
     from pi_search.bundle.reader import Bundle
 
     q = np.load(queries)[:nq]
@@ -236,6 +241,8 @@ def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int) -> di
     t0 = time.perf_counter()
     b = Bundle.open(bundle, search=search or None)
     load_ms = (time.perf_counter() - t0) * 1e3
+    if drop_after_open:
+        drop_cache(bundle)
     rss_load = _rss()
     lat, pred = [], []
     for v in q:
@@ -260,12 +267,13 @@ def probe(bundle: Path, queries: Path, truth: Path, search: dict, nq: int) -> di
             "recall10": round(recall(pred, t), 4), "queries": len(q)}
 
 
-def run_probe(bundle: Path, work: Path, tag: str, search: dict | None, nq: int) -> dict:
+def run_probe(bundle: Path, work: Path, tag: str, search: dict | None, nq: int,
+              drop_after_open: bool = False) -> dict:
     drop_cache(bundle)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--probe", str(bundle), "--probe-queries", str(work / f"q-{tag}.npy"),
            "--probe-truth", str(work / f"truth-{tag}.npy"), "--probe-search", json.dumps(search or {}),
-           "--queries", str(nq)]
+           "--queries", str(nq)] + (["--probe-drop-after-open"] if drop_after_open else [])
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         err = res.stderr.strip()
@@ -408,12 +416,14 @@ def main() -> None:
     ap.add_argument("--probe-queries", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--probe-truth", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--probe-search", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-drop-after-open", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only", default="", help="comma-separated name fragments of the layouts to measure")
     a = ap.parse_args()
     ONLY.extend(o for o in a.only.split(",") if o)
     if a.probe:
         search = json.loads(a.probe_search)
-        print(json.dumps(probe(a.probe, a.probe_queries, a.probe_truth, search, a.queries)))
+        print(json.dumps(probe(a.probe, a.probe_queries, a.probe_truth, search, a.queries,
+                               a.probe_drop_after_open)))
         return
     a.work.mkdir(parents=True, exist_ok=True)
     rows = []

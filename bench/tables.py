@@ -348,6 +348,54 @@ def t_big(r: Results) -> str:
     return md(header, rows) + source(*names)
 
 
+LEARNED_BIG = ("big-learned", "big-10m-learned")   # bench_big.py --learned: 200k and 10M items
+
+
+def big_learned_row(r: Results, nprobe: int, candidates: int, dropped: bool = False) -> dict:
+    """A 10M row of big-10m-learned.json by its probe (``dropped``: the cache evicted after the open)."""
+    for row in r["big-10m-learned"]["rows"]:
+        if (row["search"]["nprobe"], row["search"]["candidates"]) == (nprobe, candidates) and \
+                bool(row.get("drop_after_open")) == dropped:
+            return row
+    raise KeyError(("big-10m-learned", nprobe, candidates, dropped))
+
+
+def t_big_learned(r: Results) -> str:
+    """The ivfpq rows built with a learned projection folded into the PCA (recall against exact search in
+    the learned space), beside the plain 10M rows with the same lists and probes."""
+    names = [n for n in LEARNED_BIG if (r.folder / f"{n}.json").is_file()]
+    learned = sorted((row for n in names for row in r[n]["rows"] if "error" not in row),
+                     key=lambda row: row["n"])
+    plain = [row for row in big_rows(r) if row["n"] == 10_000_000 and row["index"]["nlist"] == 131_072
+             and "error" not in row]
+    rows = []
+    for row in learned + plain:
+        mem = row["memory"]
+        rows.append([f"{row['n']:,}", row["name"], "learned" if row.get("learned") else "plain",
+                     num(row["learn_s"], 0) if row.get("learn_s") else "-",
+                     f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})"
+                     + (f" + {num(row['derived_s'], 0)} lists" if row.get("derived_s") else ""),
+                     num(sum(row["files_mb"].values()) / 1000, 2), num(mem["in_ram_bytes"] / 1e6, 0),
+                     f"{num(row['rss_after_mb']['RssAnon'], 0)}+{num(row['rss_after_mb']['RssFile'], 0)}",
+                     num(row["p50_ms"], 1), num(row["warm_p50_ms"], 1), num(row["warm_p99_ms"], 1),
+                     num(row["recall10"], 3)])
+    header = ["items", "layout and query", "space", "learning s",
+              "build s (making vectors + ground truth) + lists rebuilt",
+              "files GB", "in RAM MB", "RSS MB after 1k queries", "cold p50 ms", "warm p50 ms",
+              "warm p99 ms", "R@10"]
+    return md(header, rows) + source(*names, "big-10m")
+
+
+def t_big_learned_caps(r: Results) -> str:
+    rep = r["big-learned-caps"]
+    kinds = list(dict.fromkeys(row["score"] for row in rep["rows"]))
+    dims = sorted({row["dims"] for row in rep["rows"]})
+    got = {(row["dims"], row["score"]): row["recall10"] for row in rep["rows"]}
+    body = [[kind, *[num(got[(d, kind)], 3) for d in dims]] for kind in kinds]
+    n = rep["rows"][0]["n"]
+    return md([f"score ({n:,} items)", *[f"PCA {d} dims" for d in dims]], body) + source("big-learned-caps")
+
+
 def t_big_caps(r: Results) -> str:
     rows = {}
     for row in r["big-caps"]["rows"]:
@@ -930,6 +978,8 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "embed-projection": t_embed_projection,
     "big": t_big,
     "big-caps": t_big_caps,
+    "big-learned": t_big_learned,
+    "big-learned-caps": t_big_learned_caps,
     "big-lists": t_big_lists,
     "big-store": t_big_store,
     "taught-latency": t_taught_latency,
@@ -987,6 +1037,26 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "hash.soft": lambda r: f"{r['hash']['mb_per_s']['no_sha_instructions']:,.0f}",
     "hash.1m.mb": lambda r: f"{r['hash']['bundles']['1M']['mb']:,.0f}",
     "hash.10m.gb": lambda r: num(r["hash"]["bundles"]["10M"]["mb"] / 1000, 1),
+    # ten million items with a learned projection folded in (docs/scale.md)
+    "big10m.learned.r10": lambda r: num(big_learned_row(r, 4096, 500)["recall10"], 3),
+    "big10m.learned.r10.300": lambda r: num(big_learned_row(r, 4096, 300)["recall10"], 3),
+    "big10m.learned.r10.2048": lambda r: num(big_learned_row(r, 2048, 500)["recall10"], 3),
+    "big10m.learned.warm": lambda r: num(big_learned_row(r, 4096, 500)["warm_p50_ms"], 1),
+    "big10m.learned.warm99": lambda r: num(big_learned_row(r, 4096, 500)["warm_p99_ms"], 1),
+    "big10m.learned.cold": lambda r: num(big_learned_row(r, 4096, 500, True)["p50_ms"], 1),
+    "big10m.learned.load": lambda r: num(big_learned_row(r, 4096, 500)["load_ms"] / 1000, 0),
+    "big10m.learned.anon": lambda r: num(big_learned_row(r, 4096, 500)["rss_after_mb"]["RssAnon"] / 1000, 2),
+    "big10m.learned.rss": lambda r: num(big_learned_row(r, 4096, 500)["rss_after_mb"]["VmRSS"] / 1000, 1),
+    "big10m.learned.rss.dropped": lambda r: num(
+        big_learned_row(r, 4096, 500, True)["rss_after_mb"]["VmRSS"] / 1000, 1),
+    "big10m.learned.file.dropped": lambda r: num(
+        big_learned_row(r, 4096, 500, True)["rss_after_mb"]["RssFile"] / 1000, 1),
+    "big10m.learned.net": lambda r: num(big_learned_row(r, 4096, 500)["build_net_s"] / 60, 0),
+    "big10m.learned.net.s": lambda r: num(big_learned_row(r, 4096, 500)["build_net_s"], 0),
+    "big10m.learned.gen": lambda r: num(big_learned_row(r, 4096, 500)["generate_s"], 0),
+    "big10m.learned.truth": lambda r: num(big_learned_row(r, 4096, 500)["truth_s"], 0),
+    "big10m.learned.learn": lambda r: num(big_learned_row(r, 4096, 500)["learn_s"], 0),
+    "big10m.learned.files": lambda r: num(sum(big_learned_row(r, 4096, 500)["files_mb"].values()) / 1000, 1),
     "hash.1m.cold": lambda r: num(r["hash"]["seconds"]["1M"]["cold"], 1),
     "hash.10m.cold": lambda r: num(r["hash"]["seconds"]["10M"]["cold"], 1),
     "hash.1m.copy": lambda r: num(r["hash"]["seconds"]["1M"]["copy"], 1),

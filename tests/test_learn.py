@@ -232,7 +232,7 @@ def test_one_look_camera_upload_and_query_agree(tmp_path, bundle_dir, extractor)
             assert abs(cam[item] - other[item]) < 0.01, (item, cam, other)
 
 
-def test_an_ivfpq_bundle_builds_its_pca_on_the_learned_rows(tmp_path):
+def test_an_ivfpq_bundle_folds_the_learned_projection_into_its_pca(tmp_path):
     pytest.importorskip("faiss")
     from pi_search.bundle.items import Item
     from pi_search.bundle.write import BuildOptions, write_bundle
@@ -249,8 +249,9 @@ def test_an_ivfpq_bundle_builds_its_pca_on_the_learned_rows(tmp_path):
                  options=BuildOptions(backend="ivfpq", dims=16), learned=learned, learned_info={"items": 200})
     m = read_manifest(out)
     assert m.backend == "ivfpq" and m.learned["dims"] == dim and m.learned["items"] == 200
+    assert m.learned["folded"] == "pca" and m.projection.fold   # one projection: learned, then the PCA
     with Bundle.open(out) as b:
-        assert b.learned is not None
+        assert b.learned is None and b.projection.fold is not None
         hits = sum(b.search(x[i], 1)[0].id == f"id{i}" for i in range(0, n, 100))
     assert hits >= 27   # of 30: each item's own vector, projected like the rows, finds it
 

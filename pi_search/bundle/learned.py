@@ -43,6 +43,10 @@ class Learned:
         return cls(mean.astype(np.float32), np.ascontiguousarray(matrix, np.float32))
 
 
-def manifest_entry(learned: Learned, info: dict | None = None) -> dict:
-    """The manifest's ``learned`` entry for ``learned`` written beside it (``info``: how it was learned)."""
+def manifest_entry(learned: Learned, info: dict | None = None, *, folded: bool = False) -> dict:
+    """The manifest's ``learned`` entry for ``learned`` written beside it (``info``: how it was learned);
+    ``folded``: it is part of the PCA (``projection.fold_learned``) and has no files of its own."""
+    if folded:
+        kept = {k: v for k, v in (info or {}).items() if k not in ("mean", "matrix")}
+        return {**kept, "dims": learned.dims, "folded": "pca"}
     return {**(info or {}), "dims": learned.dims, "mean": LEARNED_MEAN_FILE, "matrix": LEARNED_MATRIX_FILE}

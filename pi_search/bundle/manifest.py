@@ -16,6 +16,7 @@ STORE_FILE = "vectors.npy"
 STORE_SCALE_FILE = "vectors_scale.npy"
 PCA_MEAN_FILE = "pca_mean.npy"
 PCA_COMPONENTS_FILE = "pca_components.npy"
+PCA_FOLD_FILE = "pca_fold.npy"                # a learned projection folded into the PCA (projection.Fold)
 LEARNED_MEAN_FILE = "learned_mean.npy"        # the projection learned from the catalog (pi_search.learn)
 LEARNED_MATRIX_FILE = "learned_matrix.npy"
 SEARCH_KEYS = ("mode", "candidates", "search_k", "nprobe")
@@ -48,13 +49,19 @@ class StoreEntry:
 
 @dataclass(frozen=True)
 class ProjectionEntry:
-    """The PCA the index was built on (the store keeps full vectors)."""
+    """The PCA the index was built on (the store keeps full vectors). ``fold``: the file of what the PCA
+    keeps of the learned projection folded into it (``projection.Fold``), with ``fold_rest`` and
+    ``fold_residual``; None when the
+    bundle's PCA was fitted on the stored rows themselves."""
 
     dims: int
     whiten: bool
     explained_variance: float
     mean: str = PCA_MEAN_FILE
     components: str = PCA_COMPONENTS_FILE
+    fold: str | None = None
+    fold_rest: float = 0.0
+    fold_residual: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,16 +107,20 @@ class Manifest:
     def learned(self) -> dict | None:
         """The ``learned`` entry: the projection learned from the catalog's own photos at build time
         (``type``, ``dims``, ``mean`` and ``matrix`` files, how it was learned), or None. Stored vectors are
-        in its space; a query is projected the same way before it is searched."""
+        in its space; a query is projected the same way before it is searched. With ``"folded": "pca"`` the
+        projection is part of the PCA (ivfpq: ``projection.fold_learned``) and has no files of its own."""
         entry = self.extra.get("learned")
         return dict(entry) if isinstance(entry, dict) else None
 
     @property
     def stored_dim(self) -> int:
-        """Dims of the stored rows: the learned projection's output when the bundle has one, else the
-        model's (``model.dim`` is what a query embedding has before it is projected)."""
+        """Dims of the stored rows: the learned projection's output when the bundle has one (and it is not
+        folded into the PCA), else the model's (``model.dim`` is what a query embedding has before it is
+        projected)."""
         entry = self.learned
-        return int(entry.get("dims") or self.model.dim) if entry else int(self.model.dim)
+        if not entry or entry.get("folded"):   # folded into the PCA: rows and queries start as embeddings
+            return int(self.model.dim)
+        return int(entry.get("dims") or self.model.dim)
 
     @property
     def folded_seq(self) -> int:
@@ -126,7 +137,7 @@ class Manifest:
             backend = BACKENDS.get(self.backend)
             names += [self.index.get(key) for key in (backend.file_keys if backend else ("file",))]
         if self.projection is not None:
-            names += [self.projection.mean, self.projection.components]
+            names += [self.projection.mean, self.projection.components, self.projection.fold]
         return [Path(n).name for n in dict.fromkeys(names) if n]
 
     def with_search(self, overrides: dict) -> Manifest:
@@ -150,7 +161,10 @@ class Manifest:
             "projection": None if self.projection is None else {
                 "type": "pca", "dims": self.projection.dims, "whiten": self.projection.whiten,
                 "explained_variance": self.projection.explained_variance, "mean": self.projection.mean,
-                "components": self.projection.components},
+                "components": self.projection.components,
+                **({"fold": {"file": self.projection.fold, "rest": self.projection.fold_rest,
+                             "residual": self.projection.fold_residual}}
+                   if self.projection.fold else {})},
             "store": {"file": self.store.file, "dtype": self.store.dtype, "scale": self.store.scale,
                       **({"space": self.store.space, "dims": self.store.dims, "offset": self.store.offset}
                          if self.store.space else {})},
@@ -202,7 +216,10 @@ class Manifest:
                                       int(se.get("search_k", 10_000)), int(se.get("nprobe") or 0)),
                 projection=None if not pr else ProjectionEntry(
                     int(pr["dims"]), bool(pr.get("whiten")), float(pr.get("explained_variance", 0.0)),
-                    str(pr.get("mean", PCA_MEAN_FILE)), str(pr.get("components", PCA_COMPONENTS_FILE))),
+                    str(pr.get("mean", PCA_MEAN_FILE)), str(pr.get("components", PCA_COMPONENTS_FILE)),
+                    str(pr["fold"]["file"]) if pr.get("fold") else None,
+                    float(pr["fold"]["rest"]) if pr.get("fold") else 0.0,
+                    float(pr["fold"].get("residual", 0.0)) if pr.get("fold") else 0.0),
                 items_file=str(d.get("items_file") or ITEMS_FILE), created=d.get("created"),
                 build_seconds=d.get("build_seconds"), catalog=d.get("catalog"),
                 changes=dict(d.get("changes") or {}), files=dict(d.get("files") or {}),

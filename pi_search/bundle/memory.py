@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 from .backends import BACKENDS, Backend
-from .manifest import PCA_COMPONENTS_FILE, PCA_MEAN_FILE
+from .manifest import PCA_COMPONENTS_FILE, PCA_FOLD_FILE, PCA_MEAN_FILE
 
 log = logging.getLogger(__name__)
 
 # Files read whole into the process besides the index's own (the rest is memory-mapped, paged in on demand).
-_READ_INTO_RAM = {PCA_MEAN_FILE, PCA_COMPONENTS_FILE}
+_READ_INTO_RAM = {PCA_MEAN_FILE, PCA_COMPONENTS_FILE, PCA_FOLD_FILE}
 # Memory the daemon needs besides the bundle: interpreter, model, camera frames, web server (measured on the
 # daemon: about 200 MB resident, docs/performance.md).
 DAEMON_BYTES = 250_000_000

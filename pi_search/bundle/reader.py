@@ -106,7 +106,7 @@ class Bundle:
         for name in (m.store.file, m.store.scale, m.store.offset):
             if name:
                 self._file(name)
-        if m.learned is not None:
+        if m.learned is not None and not m.learned.get("folded"):   # folded: the PCA does it (ivfpq)
             self.learned = Learned.load(self._file(m.learned["mean"]), self._file(m.learned["matrix"]),
                                         m.model.dim)
         ann = m.search.mode == "ann"
@@ -196,7 +196,8 @@ class Bundle:
 
     def to_learned(self, vector: np.ndarray) -> np.ndarray:
         """An embedding (float32 [..., dim]) in the space of the stored rows: through the learned projection
-        when the bundle has one (L2-normalised either way)."""
+        when the bundle has one (L2-normalised either way); a projection folded into the PCA (ivfpq) is
+        applied by the PCA itself, so the embedding stays as it is."""
         q = normalise(np.asarray(vector, dtype=np.float32))
         return self.learned.apply(q) if self.learned is not None else q
 
@@ -212,10 +213,16 @@ class Bundle:
         store = self.store
         if self.manifest.search.mode == "exact":
             return store.top(q, k)
-        cand = np.unique(self.candidates(q, max(k, self.manifest.search.candidates)))
+        want = max(k, self.manifest.search.candidates)
+        if isinstance(store, PcaStore):   # one product a query: its PCA coordinates serve lists and re-rank
+            qy = store.coordinates(q)
+            cand = np.unique(self._searcher.candidates(store.projected(qy), want))
+        else:
+            qy = None
+            cand = np.unique(self.candidates(q, want))
         if cand.size == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        s = store.scores(cand, q)
+        s = store.scores(cand, q) if qy is None else store.scores(cand, q, qy)
         order = np.argsort(-s, kind="stable")[:k]
         return cand[order], s[order]
 

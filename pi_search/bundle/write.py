@@ -28,6 +28,7 @@ from .manifest import (
     LEARNED_MEAN_FILE,
     MANIFEST,
     PCA_COMPONENTS_FILE,
+    PCA_FOLD_FILE,
     PCA_MEAN_FILE,
     STORE_FILE,
     Manifest,
@@ -40,7 +41,7 @@ from .manifest import (
 from .memory import needs
 from .pca_store import ProjectedRows
 from .pca_store import write as write_pca_store
-from .projection import ProjectedView, fit_pca, normalise
+from .projection import ProjectedView, fit_pca, fold_learned, normalise, outside, save_fold
 from .store import STORE_DTYPES, write_store
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,9 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     projection learned from the catalog, written beside the store (``learned_mean.npy``,
     ``learned_matrix.npy``, the manifest's ``learned`` entry with ``learned_info``); the store and index hold
     the projected rows (``learned_applied``: ``vectors`` are projected already, as a compaction's are).
+    A backend that stores PCA coordinates (ivfpq) gets it folded into its PCA instead: the PCA is fitted on
+    the learned rows before their normalisation and composed with the projection (``fold_learned``), so the
+    build and every query pay one PCA product; no learned files, ``"folded": "pca"`` in the entry.
     Returns the manifest.
     """
     out_dir = Path(out_dir)
@@ -169,7 +173,13 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
         raise BundleError(f"no items to index for {out_dir}: every catalog row was skipped")
     dim = int(vectors.shape[1])
     stored = dim   # the stored rows' dims: the learned projection's output when it has one
-    if learned is not None:
+    fold = (learned is not None and not learned_applied
+            and get_backend((options or BuildOptions()).backend).store_space == "pca")
+    if fold:
+        if dim != int(learned.mean.shape[0]):
+            raise BundleError(f"embeddings have {dim} dims; the learned projection takes "
+                              f"{learned.mean.shape[0]}")
+    elif learned is not None:
         stored = learned.dims
         if learned_applied and dim != learned.dims:
             raise BundleError(f"projected rows have {dim} dims; the learned projection gives {learned.dims}")
@@ -183,16 +193,29 @@ def write_bundle(out_dir: str | Path, vectors: np.ndarray, items: Sequence[Item]
     with lock:
         recover(out_dir, locked=True)
         if learned is not None:
-            extra_manifest = {**(extra_manifest or {}), "learned": manifest_entry(learned, learned_info)}
-            if not learned_applied:
+            extra_manifest = {**(extra_manifest or {}),
+                              "learned": manifest_entry(learned, learned_info, folded=fold)}
+            if not learned_applied and not fold:
                 vectors = LearnedRows(vectors, learned)
-        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest, learned)
+        return _write_bundle(out_dir, vectors, items, n, dim, model, opts, extra_manifest,
+                             None if fold else learned, learned if fold else None)
 
 
+class WhitenedRows:
+    """Rows of [n, dim] embeddings through a learned projection without the final normalisation: slicing
+    yields float32 [rows, dims] ``W (x - m)`` of the normalised rows (what a folded PCA is fitted on)."""
+
+    def __init__(self, vectors, learned):
+        self._v, self._l = vectors, learned
+        self.shape = (int(vectors.shape[0]), learned.dims)
+
+    def __getitem__(self, sl):
+        x = normalise(np.asarray(self._v[sl], dtype=np.float32))
+        return ((x - self._l.mean) @ self._l.matrix.T).astype(np.float32)
 
 
 def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, opts: BuildOptions,
-                  extra_manifest: dict | None, learned=None) -> Manifest:
+                  extra_manifest: dict | None, learned=None, fold=None) -> Manifest:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     t0 = time.perf_counter()
@@ -202,12 +225,20 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
             learned.save(tmp / LEARNED_MEAN_FILE, tmp / LEARNED_MATRIX_FILE)
         projection = None
         if opts.dims:
-            projection = fit_pca(backend.pca_rows(vectors), opts.dims, whiten=opts.whiten)
+            if fold is None:
+                projection = fit_pca(backend.pca_rows(vectors), opts.dims, whiten=opts.whiten)
+            else:   # fitted on the learned rows (a sample of them), then one projection doing both
+                rows = backend.pca_rows(WhitenedRows(vectors, fold))
+                pca = fit_pca(rows, opts.dims, whiten=opts.whiten)
+                projection = fold_learned(pca, fold, outside(rows, pca))
+                del rows
+                save_fold(tmp / PCA_FOLD_FILE, projection.fold)
             np.save(tmp / PCA_MEAN_FILE, projection.mean)
             np.save(tmp / PCA_COMPONENTS_FILE, projection.components)
         if backend.store_space == "pca":   # an int8 store of the PCA vectors; the index is built from it
-            store = write_pca_store(tmp, vectors, projection.mean, projection.components)
-            indexed = ProjectedRows(tmp, projection.components)
+            store = write_pca_store(tmp, vectors, projection.mean, projection.components,
+                                    fold=projection.fold)
+            indexed = ProjectedRows(tmp, projection.components, projection.lengths)
         else:
             store = write_store(tmp, vectors, opts.store_dtype)
             if projection is not None:
@@ -225,7 +256,10 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
             search=SearchSettings(opts.search, opts.candidates,
                                   **backend.search_settings(opts.backend_options)),
             projection=None if projection is None else ProjectionEntry(
-                projection.dims, projection.whiten, round(projection.explained, 4)),
+                projection.dims, projection.whiten, round(projection.explained, 4),
+                fold=None if projection.fold is None else PCA_FOLD_FILE,
+                fold_rest=0.0 if projection.fold is None else projection.fold.rest,
+                fold_residual=0.0 if projection.fold is None else projection.fold.residual),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             catalog=extra.pop("catalog", None), changes=extra.pop("changes", None) or {}, extra=extra)
         files = {p.name: fingerprint(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -295,7 +295,9 @@ def index_info(directory: Path, as_json: bool) -> None:
     learned = data.get("learned")
     click.echo("learned     " + (f"{learned.get('type', 'projection')} {learned['dims']}-d from "
                                  f"{learned.get('pairs', '?')} synthetic views of "
-                                 f"{learned.get('items', '?')} catalog photos" if learned else "none"))
+                                 f"{learned.get('items', '?')} catalog photos"
+                                 + (", folded into the PCA" if learned.get("folded") else "")
+                                 if learned else "none"))
     click.echo(f"index       {ix['backend']} {ix['metric']} {ix['dim']}-d"
                + (f", {ix['n_trees']} trees" if ix.get("n_trees") else "")
                + (f", {ix['nlist']} lists, {ix['pq_bytes']} bytes an item" if ix.get("nlist") else ""))

@@ -126,6 +126,8 @@ def check_bundle(ctx: _Context) -> Check:
     checked = "matches the model" if ctx.extractor is not None else "model not checked"
     fit = machine_fit(memory)
     taught = f", projection learned from {learned.get('pairs', '?')} views" if learned else ""
+    if learned and learned.get("folded"):
+        taught += " (folded into the PCA)"
     detail = (f"{bundle}: {n} items, built with {name} ({checked}{taught}); {memory['layout']}: "
               f"{memory['in_ram_bytes'] / 1e6:.0f} MB in RAM + {memory['mapped_bytes'] / 1e6:.0f} MB mapped; "
               f"this machine: {fit['verdict']}")
