@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,11 +149,10 @@ def learning_views(extractor, learn: dict, rows: np.ndarray, ids: list[str], pat
     another); each photo is read again, reduced (a shard's photos are not kept in memory)."""
     where = {int(r): n for n, r in enumerate(rows.tolist())}
     n_views = int(learn["views"])
-    places: deque = deque()
     read: list[int] = []
 
-    def photos():
-        for place, r in enumerate(learn["rows"], start=int(learn["first"])):
+    def photos():   # every sampled row, in order: None where it has no photo to make views of
+        for r in learn["rows"]:
             rgb = None
             if r in embedded:
                 try:
@@ -162,17 +160,12 @@ def learning_views(extractor, learn: dict, rows: np.ndarray, ids: list[str], pat
                     read.append(r)
                 except (ImageError, OSError) as exc:   # changed since it was embedded a moment ago
                     log.warning("%s: left out of the learning (%s)", paths[where[r]], exc)
-            places.append(place)
             yield ids[where[r]], rgb
 
     others = [learning.synth.Stamp(p) for p in learn["before"]]
     out_rows, out_vecs, out_held = [], [], []
-    def positions():   # each photo's place in the sample, put there as photos() yields it
-        while True:
-            yield places.popleft()
-
     made = learning.item_views(extractor, photos(), n_views, held_every=int(learn["held_every"]),
-                               positions=positions(), others=others)
+                               first=int(learn["first"]), others=others)
     for i, v in enumerate(made):   # in photo order: the i-th views are of read[i]
         out_rows += [read[i]] * len(v)
         out_vecs.append(v)

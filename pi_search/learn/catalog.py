@@ -60,7 +60,7 @@ def calibrate(learned: Learned, pairs: list[tuple[np.ndarray, np.ndarray]]) -> d
 def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int = VIEWS,
                threads: int = RENDER_THREADS, held_every: int = 0,
                backgrounds: list[np.ndarray] | None = None, noise_once: bool = False, salt: int = 0, *,
-               positions: Iterable[int] | None = None, others: Iterable = ()):
+               first: int = 0, others: Iterable = ()):
     """Per photo (``photos``: (item id, RGB uint8 [H, W, 3]) in order), the embeddings of ``n_views``
     synthetic views: yields float32 [n_views, dim], L2-normalised. Keeps the last ``views.OTHERS_KEPT``
     items, small, to put beside the next ones (``others``: the items before the first photo, cut out and
@@ -68,18 +68,16 @@ def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int
     keeps its place among them, as ``views.Stamp.missing``). The views of the next ``threads`` items are
     rendered in other threads while this item's are embedded: the same views, in the same order, as one
     thread makes.
-    ``held_every``: every so many items (by their place in the learning sample, ``positions``, by default
-    0, 1, 2...: the first, then every ``held_every``-th) get one view more, the last row (a view the fit
-    never sees, to calibrate with). ``backgrounds``: the rooms (RGB uint8), by default the packaged ones
+    ``held_every``: every so many items (by their place in the learning sample, counted from ``first``:
+    the first, then every ``held_every``-th) get one view more, the last row (a view the fit never sees,
+    to calibrate with). ``backgrounds``: the rooms (RGB uint8), by default the packaged ones
     (``views.rooms``). ``noise_once``: the views' sensor noise drawn once (``views.SensorNoise``), else
     afresh for each view. ``salt``: another sample of views (``views.item_rng``; 0, the build's)."""
     from concurrent.futures import ThreadPoolExecutor
-    from itertools import count
 
     backgrounds = list(synth.rooms()) if backgrounds is None else backgrounds
     noise = synth.SensorNoise(extractor.size) if noise_once else None
     pool: deque = deque(others, maxlen=synth.OTHERS_KEPT)
-    places = iter(positions) if positions is not None else count()
 
     def embedded(made: list) -> np.ndarray:
         vecs = np.stack([extractor.embed(v) for v in made])
@@ -87,7 +85,7 @@ def item_views(extractor, photos: Iterable[tuple[str, np.ndarray]], n_views: int
 
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="views") as ex:
         pending: deque = deque()
-        for (item_id, rgb), place in zip(photos, places, strict=False):   # places: as many or more
+        for place, (item_id, rgb) in enumerate(photos, start=first):
             if rgb is None:   # an item whose photo failed: no views, but it keeps its place among the others
                 pool.append(synth.Stamp.missing())
                 continue
