@@ -171,3 +171,25 @@ def photo_bundle_dir(tmp_path_factory, extractor) -> Path:
     out = tmp_path_factory.mktemp("photo-bundles") / "bundle"
     build_bundle(write_photo_catalog(root, CATALOG_PHOTOS), out, extractor, progress=False)
     return out
+
+
+def assert_taught_lamp_kept_beside_an_ivfpq_bundle(bundle: Path, lamp: np.ndarray, data: np.ndarray,
+                                                   items: int, again: int = 0) -> None:
+    """Teach ``lamp`` (float32 [3, dim] shots) on the ivfpq bundle ``bundle`` of ``items`` rows of ``data``:
+    it is found first, the bundle's own items still are, compaction refuses (one line) and keeps it taught,
+    found again by its shot ``again``."""
+    from pi_search.bundle.manifest import read_manifest
+    from pi_search.errors import CatalogError
+    from pi_search.live.catalog import LiveCatalog
+
+    cat = LiveCatalog.open(bundle, refresh_s=0.0)
+    try:
+        cat.add("Desk lamp", "30.00", lamp, item_id="lamp")
+        assert cat.search(lamp[0], 3)[0].id == "lamp"
+        assert cat.search(data[17], 1)[0].id == "id17"
+        with pytest.raises(CatalogError, match="Rebuild the bundle from the catalog"):
+            cat.compact()
+        assert cat.store.pending() == 1 and cat.search(lamp[again], 1)[0].id == "lamp"
+        assert read_manifest(bundle).items == items
+    finally:
+        cat.close()

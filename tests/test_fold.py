@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_taught_lamp_kept_beside_an_ivfpq_bundle
 
 from pi_search.bundle import pca_store
 from pi_search.bundle.items import Item
@@ -269,26 +270,13 @@ def test_damage_to_the_fold_file_is_caught_like_any_other(folded_dir, tmp_path):
 
 @pytest.mark.slow
 def test_taught_items_are_found_on_a_folded_bundle_and_compaction_still_refuses(tmp_path, data, learned):
-    from pi_search.errors import CatalogError
-    from pi_search.live.catalog import LiveCatalog
-
     out = tmp_path / "b"
     write_bundle(out, data[:2500], _items(2500), model=MODEL,
                  options=BuildOptions.parse(backend="ivfpq", dims=64), learned=learned,
                  learned_info={"type": "whitening", "items": 600})
     rng = np.random.default_rng(6)
     lamp = _shots(data, np.full(3, 2900), rng, spread=0.05)
-    cat = LiveCatalog.open(out, refresh_s=0.0)
-    try:
-        cat.add("Desk lamp", "30.00", lamp, item_id="lamp")
-        assert cat.search(lamp[0], 3)[0].id == "lamp"
-        assert cat.search(data[17], 1)[0].id == "id17"
-        with pytest.raises(CatalogError, match="Rebuild the bundle from the catalog"):
-            cat.compact()
-        assert cat.store.pending() == 1 and cat.search(lamp[1], 1)[0].id == "lamp"
-        assert read_manifest(out).items == 2500
-    finally:
-        cat.close()
+    assert_taught_lamp_kept_beside_an_ivfpq_bundle(out, lamp, data, 2500, again=1)
 
 
 @pytest.mark.slow

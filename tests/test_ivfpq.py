@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_taught_lamp_kept_beside_an_ivfpq_bundle
 
 from pi_search.bundle.backends.annoy import FILE as ANNOY_FILE
 from pi_search.bundle.files import fingerprint
 from pi_search.bundle.items import Item
-from pi_search.bundle.manifest import MANIFEST, STORE_FILE, read_manifest
+from pi_search.bundle.manifest import MANIFEST, STORE_FILE
 from pi_search.bundle.reader import Bundle
 from pi_search.bundle.write import BuildOptions, write_bundle
 from pi_search.errors import BundleError
@@ -198,24 +199,11 @@ def test_query_cli_finds_real_photos_among_thousands(tmp_path, plain_bundle_dir,
 
 
 def test_taught_items_are_served_and_compaction_refuses_keeping_them(tmp_path, data):
-    from pi_search.errors import CatalogError
-    from pi_search.live.catalog import LiveCatalog
-
     b = _write(tmp_path / "b", data[:3000], backend="ivfpq", dims=64)
     rng = np.random.default_rng(4)
     lamp = data[3500:3503] + np.stack([_noise(rng, 0.05) for _ in range(3)])
     lamp /= np.linalg.norm(lamp, axis=1, keepdims=True)
-    cat = LiveCatalog.open(b, refresh_s=0.0)
-    try:
-        cat.add("Desk lamp", "30.00", lamp, item_id="lamp")
-        assert cat.search(lamp[0], 3)[0].id == "lamp"
-        assert cat.search(data[17], 1)[0].id == "id17"
-        with pytest.raises(CatalogError, match="Rebuild the bundle from the catalog"):
-            cat.compact()
-        assert cat.store.pending() == 1 and cat.search(lamp[0], 1)[0].id == "lamp"
-        assert read_manifest(b).items == 3000
-    finally:
-        cat.close()
+    assert_taught_lamp_kept_beside_an_ivfpq_bundle(b, lamp, data, 3000)
 
 
 def test_many_lists_learn_group_by_group_and_find_what_one_kmeans_finds(tmp_path, data, monkeypatch):
