@@ -256,6 +256,27 @@ def test_an_ivfpq_bundle_folds_the_learned_projection_into_its_pca(tmp_path):
     assert hits >= 27   # of 30: each item's own vector, projected like the rows, finds it
 
 
+@pytest.mark.slow
+def test_an_ivfpq_build_learns_as_many_axes_as_its_store_keeps(catalog_dir, extractor, tmp_path):
+    """``index build --backend ivfpq`` cuts the whitening to the store's dims (not every axis), so the PCA
+    it folds into keeps the whole learned space; ``--dims`` sets both."""
+    pytest.importorskip("faiss")
+    from pi_search.bundle.backends.ivfpq import DEFAULT_DIMS
+    from pi_search.bundle.write import BuildOptions
+
+    for dims, want in ((-1, DEFAULT_DIMS), (64, 64)):
+        out = tmp_path / f"b{dims}"
+        build_bundle(catalog_dir, out, extractor, progress=False, dims=dims,
+                     options=BuildOptions(backend="ivfpq"))
+        m = read_manifest(out)
+        assert m.learned["dims"] == m.projection.dims == want and m.learned["folded"] == "pca"
+        assert m.projection.explained_variance > 0.999 and m.projection.fold_residual < 1e-3
+        with Bundle.open(out, extractor=extractor) as b:
+            for item in ("cat", "coffee"):
+                photo = load_photo(str(catalog_dir / "images" / f"{item}.jpg"))
+                assert b.search(embed_catalog_image(extractor, photo), 1)[0].id == item
+
+
 def _relearn_cmd(bundle: Path, *more: str) -> list[str]:
     return [sys.executable, "-c", "from pi_search.cli import main; main()", "index", "relearn", str(bundle),
             *more]

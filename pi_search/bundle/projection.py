@@ -68,10 +68,11 @@ class Projection:
 
 
 def fit_pca(vectors: np.ndarray, dims: int, *, whiten: bool = False, chunk: int = 65_536) -> Projection:
-    """Fit PCA on float32 [n, dim] vectors (a memory map is read in chunks) keeping ``dims`` components."""
+    """Fit PCA on float32 [n, dim] vectors (a memory map is read in chunks) keeping ``dims`` components
+    (all ``dim`` of them: a rotation to the main axes, whitened or not)."""
     n, dim = vectors.shape
-    if not 0 < dims < dim:
-        raise BundleError(f"--dims {dims}: must be between 1 and {dim - 1} (the embedding has {dim} dims)")
+    if not 0 < dims <= dim:
+        raise BundleError(f"--dims {dims}: must be between 1 and {dim} (the embedding has {dim} dims)")
     total = np.zeros(dim, np.float64)
     for i in range(0, n, chunk):
         total += vectors[i:i + chunk].astype(np.float64).sum(axis=0)

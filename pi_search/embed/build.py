@@ -170,10 +170,16 @@ class _Build:
     @property
     def learning(self) -> _Learning:
         s = self.settings
-        # a backend that stores PCA coordinates projects the rows again: its learning keeps every axis
-        pca = get_backend(s.index_options().backend).store_space == "pca"
-        dims = None if pca else learning.DIMS
-        return _Learning(self.extractor, s.views if s.learn else 0, s.progress, dims)
+        return _Learning(self.extractor, s.views if s.learn else 0, s.progress, learning.DIMS)
+
+    def learned_dims(self, n: int) -> int:
+        """The learned projection's output dims for ``n`` kept rows: ``learning.DIMS``; a backend that
+        stores PCA coordinates (ivfpq) keeps as many axes as its store has dims, so its PCA turns the whole
+        learned space and the store holds all of it (docs/scale.md: ten million items with learning)."""
+        opts = self.settings.index_options()
+        if get_backend(opts.backend).store_space != "pca":
+            return learning.DIMS
+        return int(opts.resolved(n, int(self.extractor.dim)).dims)
 
     def write(self, folded: Folded, items, key: str | None, shards: Path | None = None,
               embedded_by: str | None = None) -> tuple[Manifest, list[Problem]]:
@@ -181,13 +187,15 @@ class _Build:
         write the bundle (see ``_write_kept``). ``embedded_by``: the command that made the shards, when not
         this build."""
         found = sh.ShardsManifest.read(shards) if shards is not None else None
-        if found is not None and found.learning and self.learning.views:
-            learned = self.learning.from_shards(shards, found.learning, folded, embedded_by)
+        learner = self.learning
+        learner.dims = self.learned_dims(len(folded.kept))
+        if found is not None and found.learning and learner.views:
+            learned = learner.from_shards(shards, found.learning, folded, embedded_by)
         else:
-            if shards is not None and self.learning.views:
+            if shards is not None and learner.views:
                 log.info("%s holds no views to learn from (made with --no-learn); making them here", shards)
             kept_rows = [self.rows[i] for i in folded.kept]
-            learned = self.learning.run(kept_rows, folded.vectors)
+            learned = learner.run(kept_rows, folded.vectors)
         return _write_kept(self.catalog_dir, self.out_dir, self.extractor, self.settings.index_options(),
                            folded.vectors, items, len(self.rows), self.problems, folded.late,
                            self.settings.strict, key, learned)
