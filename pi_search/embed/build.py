@@ -168,18 +168,19 @@ class _Build:
     t0: float
 
     @property
-    def learning(self) -> _Learning:
-        s = self.settings
-        return _Learning(self.extractor, s.views if s.learn else 0, s.progress, learning.DIMS)
+    def views(self) -> int:
+        """Views per item the build learns from (0: it learns nothing)."""
+        return self.settings.views if self.settings.learn else 0
 
-    def learned_dims(self, n: int) -> int:
-        """The learned projection's output dims for ``n`` kept rows: ``learning.DIMS``; a backend that
-        stores PCA coordinates (ivfpq) keeps as many axes as its store has dims, so its PCA turns the whole
-        learned space and the store holds all of it (docs/scale.md: ten million items with learning)."""
+    def learning(self, n: int) -> _Learning:
+        """What the build learns from ``n`` kept rows. The projection keeps ``learning.DIMS`` axes; with a
+        backend that stores PCA coordinates (ivfpq), as many as its store has dims, so its PCA turns the
+        whole learned space and the store holds all of it (docs/scale.md: ten million items)."""
         opts = self.settings.index_options()
-        if get_backend(opts.backend).store_space != "pca":
-            return learning.DIMS
-        return int(opts.resolved(n, int(self.extractor.dim)).dims)
+        dims = learning.DIMS
+        if get_backend(opts.backend).store_space == "pca":
+            dims = int(opts.resolved(n, int(self.extractor.dim)).dims)
+        return _Learning(self.extractor, self.views, self.settings.progress, dims)
 
     def write(self, folded: Folded, items, key: str | None, shards: Path | None = None,
               embedded_by: str | None = None) -> tuple[Manifest, list[Problem]]:
@@ -187,8 +188,7 @@ class _Build:
         write the bundle (see ``_write_kept``). ``embedded_by``: the command that made the shards, when not
         this build."""
         found = sh.ShardsManifest.read(shards) if shards is not None else None
-        learner = self.learning
-        learner.dims = self.learned_dims(len(folded.kept))
+        learner = self.learning(len(folded.kept))
         if found is not None and found.learning and learner.views:
             learned = learner.from_shards(shards, found.learning, folded, embedded_by)
         else:
@@ -246,7 +246,7 @@ def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport
     keys = [row_key(r) for r in rows]
     stamp = source.stamp if given is not None else None
     built_from = build_key(extractor, stamp or "extractor", rows, keys, s.index_options(), s.thumbnails,
-                           job.problems, job.learning.views)
+                           job.problems, job.views)
     partial = partial_dir(job.out_dir)
     done = _already_built(job.out_dir, built_from)
     if done is not None:   # e.g. a rerun after a build killed once its bundle was in place
@@ -255,7 +255,7 @@ def _embedded_here(job: _Build, source: FromPhotos | FromVectors) -> BuildReport
                  job.out_dir, len(rows))
         return BuildReport(job.out_dir, done, done.items, job.problems, 0, done.items,
                            time.perf_counter() - job.t0)
-    learn = job.learning.views if len(rows) >= learning.MIN_ITEMS else 0
+    learn = job.views if len(rows) >= learning.MIN_ITEMS else 0
     plan = sh.Plan.from_rows(job.catalog_dir, rows, s.chunk, keys=keys, thumbnails=s.thumbnails, views=learn)
     want = sh.model_header(plan, extractor, stamp)
     writer = sh.ShardWriter(partial, want, plan, discard=True)
@@ -325,10 +325,12 @@ def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: Bu
     ``row_key``, in order), the rows skipped, the options, whether it has thumbnails, the catalog framing and
     what it learns (views per item, 0: none; shrinkage). The same key means the same bundle would be written
     again."""
+    # a backend storing PCA coordinates learns as many axes as its store keeps (``_Build.learned_dims``)
+    learned_dims = "store" if get_backend(opts.backend).store_space == "pca" else learning.DIMS
     h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
                                    "options": asdict(opts), "thumbnails": bool(thumbnails),
                                    "views": int(views), "framing": catalog_framing(extractor.size),
-                                   "shrink": learning.SHRINK, "learned_dims": learning.DIMS,
+                                   "shrink": learning.SHRINK, "learned_dims": learned_dims,
                                    "skipped": [str(p) for p in problems], "partial": PARTIAL_VERSION},
                                   sort_keys=True, default=str).encode())
     for r, k in zip(rows, keys, strict=True):
