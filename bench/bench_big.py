@@ -5,12 +5,13 @@ the bundle build reads them, and the exact full-dimension ground truth rides alo
 pass (batched matrix products per block). Every bundle is then probed in a fresh process (page cache
 dropped, one thread): cold and warm latency, resident memory after 1,000 queries, recall@10.
 
-``--learned``: the bundle is built with a learned projection, as ``index build`` learns one for ivfpq (every
-axis of a whitening, ``pi_search.learn.whiten.PairStats``), folded by the writer into its PCA. The synthetic
+``--learned``: the bundle is built with a learned projection, as ``index build`` learns one for ivfpq (a
+whitening cut to as many axes as the store has dims, ``pi_search.learn.whiten.PairStats``; ``--learn-dims``
+another cut, 0 every axis), folded by the writer into its PCA. The synthetic
 items have no photos, so it learns from their own "views": for ``LEARN_ITEMS`` items, ``LEARN_VIEWS``
 perturbations each drawn like the camera-like queries (``bench_scale.make_queries``) from a seed stream of
-their own (never the queries'). The ground truth is then exact search in the learned space (the full
-projection, every dim, normalised), computed alongside block by block.
+their own (never the queries'). The ground truth is then exact search in the learned space (the whole
+projection, normalised), computed alongside block by block.
 
     nice -n 10 python bench/bench_big.py --sizes 1000000,3000000,10000000 --work /tmp/big/w
 """
@@ -40,6 +41,7 @@ THREADS = 1     # threads the build may use (--threads); queries always run on o
 LEARN_ITEMS = 20_000   # --learned: items whose views the whitening learns from
 LEARN_VIEWS = 4        # ... views an item
 LEARN_SEED = 7         # ... their own seed stream (the queries use 1)
+LEARN_DIMS = -1        # --learn-dims: the learned axes kept (-1: the store's dims, as index build; 0: all)
 DROP_AFTER_OPEN = False   # --drop-after-open: the probes evict the bundle from the page cache once it is open
 
 
@@ -78,9 +80,23 @@ def queries(x: Synth, nq: int, seed: int = 1) -> np.ndarray:
     return bench_scale.make_queries(pool, nq, seed=seed)
 
 
-def learn(x: Synth, items: int = LEARN_ITEMS, views: int = LEARN_VIEWS, seed: int = LEARN_SEED) -> tuple:
-    """A whitening learned from the catalog's own camera-like views (``PairStats``, every axis kept, as
-    ``index build`` learns one for ivfpq): ``(Learned, manifest info)``.
+def learn(x: Synth, dims: int | None, items: int = LEARN_ITEMS, views: int = LEARN_VIEWS,
+          seed: int = LEARN_SEED) -> tuple:
+    """A whitening learned from the catalog's own camera-like views, cut to ``dims`` axes (None: all), as
+    ``index build`` learns one for ivfpq: ``(Learned, manifest info)`` (``learn_stats``)."""
+    stats, info = learn_stats(x, items, views, seed)
+    t0 = time.perf_counter()
+    learned = stats.fit(dims=dims)
+    info["seconds"] = round(info["seconds"] + time.perf_counter() - t0, 2)
+    print(f"  learned a {learned.dims}-d whitening from {stats.pairs} views of {stats.items} items in "
+          f"{info['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return learned, info
+
+
+def learn_stats(x: Synth, items: int = LEARN_ITEMS, views: int = LEARN_VIEWS,
+                seed: int = LEARN_SEED) -> tuple:
+    """The sums a whitening is fitted from (``PairStats``), of the catalog's own camera-like views, and the
+    manifest's info.
 
     ``items`` items from blocks spread over the catalog (up to 100 blocks, chosen from the seed stream
     ``seed``); each item's ``views`` views are the item plus half the offset of another sampled item from
@@ -103,13 +119,15 @@ def learn(x: Synth, items: int = LEARN_ITEMS, views: int = LEARN_VIEWS, seed: in
         other = pool[vr.integers(0, len(pool), views)]
         v = pool[i] + (other - centre) * 0.5 + 0.02 * vr.standard_normal(other.shape).astype(np.float32)
         stats.add(pool[i], v / np.linalg.norm(v, axis=1, keepdims=True))
-    learned = stats.fit(dims=None)
     info = {"type": "whitening", "items": stats.items, "views_per_item": views, "pairs": stats.pairs,
             "shrinkage": SHRINK, "seconds": round(time.perf_counter() - t0, 2),
             "from": "synthetic camera-like views of the catalog's own items"}
-    print(f"  learned a {learned.dims}-d whitening from {stats.pairs} views of {stats.items} items in "
-          f"{info['seconds']:.0f} s", file=sys.stderr, flush=True)
-    return learned, info
+    return stats, info
+
+
+def learn_dims(store_dims: int) -> int | None:
+    """The learned axes kept for a store of ``store_dims`` (``LEARN_DIMS``)."""
+    return store_dims if LEARN_DIMS == -1 else (LEARN_DIMS or None)
 
 
 class LearnedTopK:
@@ -152,7 +170,7 @@ def build(n: int, real: np.ndarray, work: Path, opts: dict, nq: int,
         q = queries(x, nq)
         proj, learned_info, learn_s = None, None, 0.0
         if learned:
-            proj, learned_info = learn(x)
+            proj, learned_info = learn(x, learn_dims(int(opts["dims"])))
             learn_s = learned_info["seconds"]
             gt = StreamedTopK(proj.apply(q), n)
             x.observers.append(LearnedTopK(gt, proj))
@@ -275,7 +293,8 @@ def probe_rows(n: int, bundle: Path, work: Path, info: dict, opts: dict, probes:
         name = (f"ivfpq IVF{ix['nlist']},{pq} on pca{ix['dim']}{w} nprobe{search['nprobe']} "
                 f"+rerank{search['candidates']} int8 pca{opts['dims']}")
         if info.get("learned"):
-            name += " learned (folded)"
+            d = info["learned"]["dims"]
+            name += f" learned {d}-d (folded)" if d != 1280 else " learned (folded)"
         if DROP_AFTER_OPEN:
             name += ", cache dropped after the open's check"
         row = {"set": "synth", "n": n, "name": name, "search": search, **info, **r,
@@ -349,8 +368,9 @@ def caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[
 
 
 def learned_caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) -> list[dict]:
-    """Recall@10 of exact search over ``n`` items with a learned whitening (``learn``), against exact search
-    in its space, scoring every item in a PCA of ``d`` dims of that space five ways:
+    """Recall@10 of exact search over ``n`` items with a learned whitening (``learn``, cut to ``d`` axes by
+    default, all with ``--learn-dims 0``), against exact search in its space, scoring every item in a PCA of
+    ``d`` dims of that space five ways:
 
     - "folded, int8 store": the product's own path (``fold_learned``, ``pca_store.write`` and its
       ``Scorer``): the cosine of the PCA reconstructions, every row counted with the mean length outside;
@@ -370,21 +390,22 @@ def learned_caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) 
     with threadpool_limits(THREADS):
         x = Synth(n, real)
         q = queries(x, nq)
-        learned, _ = learn(x)
+        stats, _ = learn_stats(x)
         xs = x[0:n]
-        z = (xs - learned.mean) @ learned.matrix.T
-        zn = np.linalg.norm(z, axis=1)
-        zq = (q - learned.mean) @ learned.matrix.T
-        exact = (z / zn[:, None]) @ (zq / np.linalg.norm(zq, axis=1, keepdims=True)).T    # [n, nq]
-        truth = np.argsort(-exact, axis=0)[:K].T
-        del exact
-
-        def recall(scores: np.ndarray) -> float:
-            pred = np.argpartition(-scores, K, axis=0)[:K].T
-            return round(bench_scale.recall(list(pred), truth), 4)
-
-        sample = z[::max(1, n // 262_144)]
         for d in sorted(dims):
+            learned = stats.fit(dims=learn_dims(d))
+            z = (xs - learned.mean) @ learned.matrix.T
+            zn = np.linalg.norm(z, axis=1)
+            zq = (q - learned.mean) @ learned.matrix.T
+            exact = (z / zn[:, None]) @ (zq / np.linalg.norm(zq, axis=1, keepdims=True)).T    # [n, nq]
+            truth = np.argsort(-exact, axis=0)[:K].T
+            del exact
+
+            def recall(scores: np.ndarray, truth=truth) -> float:
+                pred = np.argpartition(-scores, K, axis=0)[:K].T
+                return round(bench_scale.recall(list(pred), truth), 4)
+
+            sample = z[::max(1, n // 262_144)]
             pca = fit_pca(sample, d, whiten=True)
             u = pca.components / np.linalg.norm(pca.components, axis=1, keepdims=True)
             y, yq = (z - pca.mean) @ u.T, (zq - pca.mean) @ u.T
@@ -409,7 +430,8 @@ def learned_caps(n: int, real: np.ndarray, dims: list[int], nq: int, out: Path) 
                      ("exact row lengths", num / zn[:, None]),
                      ("reconstruction only", num / np.sqrt(recon)[:, None]), ("two-step", two_step))
             for kind, sc in kinds:
-                rows.append({"n": n, "dims": d, "score": kind, "recall10": recall(sc)})
+                rows.append({"n": n, "dims": d, "learned_dims": learned.dims, "score": kind,
+                             "recall10": recall(sc)})
                 print(f"  learned cap {d} dims, {kind}: {rows[-1]['recall10']}", file=sys.stderr, flush=True)
             del y, num, int8, two_step, zu
     out.write_text(json.dumps({"machine": {**bench_scale._machine(), "load": os.getloadavg()}, "rows": rows,
@@ -438,6 +460,9 @@ def main() -> None:
     ap.add_argument("--learned", action="store_true",
                     help="learn a whitening from the catalog's own views and fold it into the PCA; exact "
                          "search in its space is the ground truth")
+    ap.add_argument("--learn-dims", type=int, default=-1,
+                    help="--learned: the learned axes kept (-1: as many as the store's --dims, as index "
+                         "build does; 0: every axis)")
     ap.add_argument("--caps", type=int, default=0, metavar="N",
                     help="only measure the PCA re-rank ceiling at N items (bench/results/big-caps.json)")
     ap.add_argument("--cap-dims", default="128,256,384,512")
@@ -449,16 +474,18 @@ def main() -> None:
     ap.add_argument("--derive-whitened", type=int, default=0, metavar="N",
                     help="whiten the kept plain-PCA bundle of N items (new lists only) and probe it")
     a = ap.parse_args()
-    global THREADS, DROP_AFTER_OPEN
+    global THREADS, DROP_AFTER_OPEN, LEARN_DIMS
     THREADS = max(1, a.threads)
+    LEARN_DIMS = a.learn_dims
     DROP_AFTER_OPEN = a.drop_after_open
     # the fresh probe processes import this checkout's pi_search, whatever the venv points at
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     a.work.mkdir(parents=True, exist_ok=True)
     real = bench_scale.real_embeddings(a.work, 3000)
     if a.learned_caps:
+        name = "big-learned-caps.json" if LEARN_DIMS == 0 else "big-learned-caps-cut.json"
         learned_caps(a.learned_caps, real, [int(d) for d in a.cap_dims.split(",")], a.queries,
-                     a.out.with_name("big-learned-caps.json"))
+                     a.out.with_name(name))
         return
     if a.caps:
         caps(a.caps, real, [int(d) for d in a.cap_dims.split(",")], a.queries,
