@@ -351,13 +351,22 @@ def t_big(r: Results) -> str:
 LEARNED_BIG = ("big-learned", "big-10m-learned")   # bench_big.py --learned: 200k and 10M items
 
 
-def big_learned_row(r: Results, nprobe: int, candidates: int, dropped: bool = False) -> dict:
-    """A 10M row of big-10m-learned.json by its probe (``dropped``: the cache evicted after the open)."""
+def learned_axes(row: dict) -> str:
+    """What a learned row's whitening keeps: all its axes, or as many as the store's dims (index build)."""
+    d = row["learned"]["dims"]
+    return "learned, all 1,280 axes" if d == 1280 else f"learned, {d} axes"
+
+
+def big_learned_row(r: Results, nprobe: int, candidates: int, dropped: bool = False,
+                    every_axis: bool = False) -> dict:
+    """A 10M row of big-10m-learned.json by its probe (``dropped``: the cache evicted after the open;
+    ``every_axis``: the whitening kept whole, not cut to the store's dims as ``index build`` cuts it)."""
     for row in r["big-10m-learned"]["rows"]:
         if (row["search"]["nprobe"], row["search"]["candidates"]) == (nprobe, candidates) and \
-                bool(row.get("drop_after_open")) == dropped:
+                bool(row.get("drop_after_open")) == dropped and \
+                (row["learned"]["dims"] == 1280) == every_axis:
             return row
-    raise KeyError(("big-10m-learned", nprobe, candidates, dropped))
+    raise KeyError(("big-10m-learned", nprobe, candidates, dropped, every_axis))
 
 
 def t_big_learned(r: Results) -> str:
@@ -371,7 +380,7 @@ def t_big_learned(r: Results) -> str:
     rows = []
     for row in learned + plain:
         mem = row["memory"]
-        rows.append([f"{row['n']:,}", row["name"], "learned" if row.get("learned") else "plain",
+        rows.append([f"{row['n']:,}", row["name"], learned_axes(row) if row.get("learned") else "plain",
                      num(row["learn_s"], 0) if row.get("learn_s") else "-",
                      f"{num(row['build_s'], 0)} ({num(row['generate_s'], 0)} + {num(row['truth_s'], 0)})"
                      + (f" + {num(row['derived_s'], 0)} lists" if row.get("derived_s") else ""),
@@ -386,14 +395,17 @@ def t_big_learned(r: Results) -> str:
     return md(header, rows) + source(*names, "big-10m")
 
 
-def t_big_learned_caps(r: Results) -> str:
-    rep = r["big-learned-caps"]
+def t_big_learned_caps(r: Results, name: str = "big-learned-caps") -> str:
+    """Exact search over a PCA store of a learned space, scored several ways (``bench_big.py
+    --learned-caps``): ``big-learned-caps`` with every axis learned, ``big-learned-caps-cut`` with the
+    whitening cut to the store's dims."""
+    rep = r[name]
     kinds = list(dict.fromkeys(row["score"] for row in rep["rows"]))
     dims = sorted({row["dims"] for row in rep["rows"]})
     got = {(row["dims"], row["score"]): row["recall10"] for row in rep["rows"]}
     body = [[kind, *[num(got[(d, kind)], 3) for d in dims]] for kind in kinds]
     n = rep["rows"][0]["n"]
-    return md([f"score ({n:,} items)", *[f"PCA {d} dims" for d in dims]], body) + source("big-learned-caps")
+    return md([f"score ({n:,} items)", *[f"PCA {d} dims" for d in dims]], body) + source(name)
 
 
 def t_big_caps(r: Results) -> str:
@@ -980,6 +992,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "big-caps": t_big_caps,
     "big-learned": t_big_learned,
     "big-learned-caps": t_big_learned_caps,
+    "big-learned-caps-cut": lambda r: t_big_learned_caps(r, "big-learned-caps-cut"),
     "big-lists": t_big_lists,
     "big-store": t_big_store,
     "taught-latency": t_taught_latency,
@@ -1057,6 +1070,15 @@ VALUES: dict[str, Callable[[Results], str]] = {
     "big10m.learned.truth": lambda r: num(big_learned_row(r, 4096, 500)["truth_s"], 0),
     "big10m.learned.learn": lambda r: num(big_learned_row(r, 4096, 500)["learn_s"], 0),
     "big10m.learned.files": lambda r: num(sum(big_learned_row(r, 4096, 500)["files_mb"].values()) / 1000, 1),
+    "big10m.learned.warm.300": lambda r: num(big_learned_row(r, 4096, 300)["warm_p50_ms"], 1),
+    "big10m.learned.warm99.300": lambda r: num(big_learned_row(r, 4096, 300)["warm_p99_ms"], 1),
+    "big10m.learned.warm.dropped": lambda r: num(big_learned_row(r, 4096, 500, True)["warm_p50_ms"], 1),
+    "big10m.learned.warm99.dropped": lambda r: num(big_learned_row(r, 4096, 500, True)["warm_p99_ms"], 1),
+    "big10m.learned.rss.dropped.300": lambda r: num(
+        big_learned_row(r, 4096, 300, True)["rss_after_mb"]["VmRSS"] / 1000, 1),
+    "big10m.learned.all.r10": lambda r: num(big_learned_row(r, 4096, 500, every_axis=True)["recall10"], 3),
+    "big10m.learned.all.r10.2048": lambda r: num(
+        big_learned_row(r, 2048, 500, every_axis=True)["recall10"], 3),
     "hash.1m.cold": lambda r: num(r["hash"]["seconds"]["1M"]["cold"], 1),
     "hash.10m.cold": lambda r: num(r["hash"]["seconds"]["10M"]["cold"], 1),
     "hash.1m.copy": lambda r: num(r["hash"]["seconds"]["1M"]["copy"], 1),
