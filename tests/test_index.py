@@ -241,6 +241,33 @@ def test_usearch_backend_behind_the_same_interface(tmp_path):
     assert hits / 400 >= 0.9
 
 
+def test_a_waiter_names_a_holder_that_has_only_just_taken_the_lock(tmp_path, caplog):
+    """Another process takes the lock and writes its name a moment later: the waiter still says whom it
+    waits for (it used to read the empty file and say "another build")."""
+    import fcntl
+    import logging
+    import os
+    import threading
+    import time
+
+    from pi_search.bundle.files import lock_path
+
+    out = tmp_path / "b"
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def holder():
+        time.sleep(0.1)
+        os.pwrite(fd, b"pi-search demo build (pid 7)", 0)
+        time.sleep(0.2)
+        os.close(fd)                        # releases the lock
+
+    threading.Thread(target=holder, daemon=True).start()
+    with caplog.at_level(logging.WARNING, logger="pi_search.bundle.files"), bundle_lock(out):
+        pass
+    assert "waiting for another pi-search demo build (pid 7) to finish" in caplog.text
+
+
 def test_leftovers_of_a_killed_build_are_removed(tmp_path):
     """Builds hold the bundle's lock: what a killed one left is removed by the next, at once; a running one's
     files are left alone while it holds the lock."""

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,7 +105,7 @@ def bundle_lock(out_dir: str | Path, *, wait: bool = True, what: str = "build") 
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if not _flock(fd, blocking=False):
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "build"
+                holder = _holder(fd)
                 if not wait:
                     raise CatalogError(f"{out_dir}: another {holder} is running; try again later")
                 if not said:
@@ -127,6 +128,20 @@ def bundle_lock(out_dir: str | Path, *, wait: bool = True, what: str = "build") 
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
+
+
+HOLDER_GRACE_S = 0.5   # how long a waiter gives a lock's new holder to write its name in
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock on ``fd``, as it wrote itself in right after taking it (e.g. "pi-search demo build
+    (pid 12)"); a holder that took it a moment ago gets ``HOLDER_GRACE_S`` to do so, else "build"."""
+    end = time.monotonic() + HOLDER_GRACE_S
+    while True:
+        name = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if name or time.monotonic() >= end:
+            return name or "build"
+        time.sleep(0.01)
 
 
 def _flock(fd: int, *, blocking: bool) -> bool:
