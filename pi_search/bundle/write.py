@@ -228,7 +228,7 @@ def _write_bundle(out_dir: Path, vectors, items, n: int, dim: int, model: dict, 
             if fold is None:
                 projection = fit_pca(backend.pca_rows(vectors), opts.dims, whiten=opts.whiten)
             else:   # fitted on the learned rows (a sample of them), then one projection doing both; a
-                # learned space of the store's dims is turned whole (``_Build.learned_dims``)
+                # learned space of the store's dims is turned whole (``embed.build._Build.learning``)
                 rows = backend.pca_rows(WhitenedRows(vectors, fold))
                 pca = fit_pca(rows, min(opts.dims, fold.dims), whiten=opts.whiten)
                 projection = fold_learned(pca, fold, outside(rows, pca))

@@ -183,14 +183,15 @@ class _Build:
         return _Learning(self.extractor, self.views, self.settings.progress, dims)
 
     def write(self, folded: Folded, items, key: str | None, shards: Path | None = None,
-              embedded_by: str | None = None) -> tuple[Manifest, list[Problem]]:
+              by_embed: bool = False) -> tuple[Manifest, list[Problem]]:
         """Learn the projection from the kept rows (from the views in ``shards`` when they hold some), then
-        write the bundle (see ``_write_kept``). ``embedded_by``: the command that made the shards, when not
-        this build."""
+        write the bundle (see ``_write_kept``). ``by_embed``: ``index embed`` made the shards, not this
+        build."""
         found = sh.ShardsManifest.read(shards) if shards is not None else None
         learner = self.learning(len(folded.kept))
         if found is not None and found.learning and learner.views:
-            learned = learner.from_shards(shards, found.learning, folded, embedded_by)
+            made_by = f"index embed ({found.engine})" if by_embed else None
+            learned = learner.from_shards(shards, found.learning, folded, made_by)
         else:
             if shards is not None and learner.views:
                 log.info("%s holds no views to learn from (made with --no-learn); making them here", shards)
@@ -226,9 +227,7 @@ def _from_shards(job: _Build, source: FromShards) -> BuildReport:
         folded = fold(shards, job.rows, job.catalog_dir, job.out_dir, job.extractor.dim, bar)
         bar.close()   # before the bundle's own log lines
         items = RowItems(job.rows, folded.kept, job.settings.thumbnails)
-        found = sh.ShardsManifest.read(source.directory)
-        manifest, problems = job.write(folded, items, None, source.directory,
-                                       f"index embed ({found.engine if found else 'local'})")
+        manifest, problems = job.write(folded, items, None, source.directory, by_embed=True)
     finally:
         bar.close()
     if items.no_thumb:
@@ -325,7 +324,7 @@ def build_key(extractor, source: str, rows: list[Row], keys: list[str], opts: Bu
     ``row_key``, in order), the rows skipped, the options, whether it has thumbnails, the catalog framing and
     what it learns (views per item, 0: none; shrinkage). The same key means the same bundle would be written
     again."""
-    # a backend storing PCA coordinates learns as many axes as its store keeps (``_Build.learned_dims``)
+    # a backend storing PCA coordinates learns as many axes as its store keeps (``_Build.learning``)
     learned_dims = "store" if get_backend(opts.backend).store_space == "pca" else learning.DIMS
     h = hashlib.sha256(json.dumps({"model": extractor.sha256, "dim": int(extractor.dim), "source": source,
                                    "options": asdict(opts), "thumbnails": bool(thumbnails),
