@@ -292,3 +292,34 @@ def test_items_with_several_photos_come_back_once_through_ivfpq(tmp_path, data):
             ids = [m.id for m in found]
             assert len(ids) == 10 and len(set(ids)) == 10 and "\x1f" not in "".join(ids)
             assert ids[0] == f"item{item}" and found[0].photo == photo
+
+
+@pytest.mark.slow
+def test_an_ivfpq_bundle_copied_to_the_pi_installs_and_finds_its_items(tmp_path, catalog_dir, extractor):
+    """The documented path (docs/scale.md): build with --backend ivfpq, copy the folder, `pi-search index
+    install` it. The install's self-check probes the bundle with its own stored rows: an ivfpq store keeps
+    only PCA coordinates (no full vector to give back), so it is probed with those."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import load_photo
+
+    from pi_search.embed.build import build_bundle
+    from pi_search.model.framing import embed_catalog_image
+
+    built = tmp_path / "built"
+    build_bundle(catalog_dir, built, extractor, progress=False, options=BuildOptions(backend="ivfpq"))
+    copy = tmp_path / "newbundle"
+    shutil.copytree(built, copy)                               # rsync -a built/ pi:/tmp/newbundle/
+    live = tmp_path / "live"
+    exe = Path(sys.executable).with_name("pi-search")
+    p = subprocess.run([str(exe), "index", "install", str(copy), "--to", str(live), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["items"] == 16
+    with Bundle.open(live, extractor=extractor) as b:
+        assert b.manifest.backend == "ivfpq"
+        photo = load_photo(str(catalog_dir / "images" / "coffee.jpg"))
+        assert b.search(embed_catalog_image(extractor, photo), 1)[0].id == "coffee"

@@ -103,10 +103,25 @@ class Scorer:
             qy = self.coordinates(q)
         if self.fold is not None:
             return self._folded(rows, qy)
+        return self._plain(rows, qy, float(self.mean @ q))
+
+    def stored(self, row: int) -> np.ndarray:
+        """Stored row ``row``'s coordinates (float32 [dims]), as a query's up to the int8 rounding."""
+        return self.store[row].astype(np.float32) * np.float32(self.scale[row])
+
+    def scores_of_row(self, rows: np.ndarray, row: int) -> np.ndarray:
+        """``scores`` of ``rows`` with stored row ``row`` as the query (its full vector is not kept: its
+        coordinates, and ``m . x`` from its offset)."""
+        qy = self.stored(row)
+        if self.fold is not None:
+            return self._folded(rows, qy)
+        return self._plain(rows, qy, float(self.offset[row]))
+
+    def _plain(self, rows: np.ndarray, qy: np.ndarray, mq: float) -> np.ndarray:
         s = self.store[rows].astype(np.float32) @ qy
         s *= self.scale[rows]
         s += self.offset[rows]
-        s += float(self.mean @ q) - self.mm
+        s += mq - self.mm
         return s
 
     def _folded(self, rows: np.ndarray, qy: np.ndarray) -> np.ndarray:
@@ -190,6 +205,14 @@ class PcaStore:
         """Estimated cosine of ``q`` (float32 [dim], unit length) with rows ``rows`` (int64); ``qy``: its
         ``coordinates`` when known."""
         return self._scorer.scores(rows, q, qy)
+
+    def stored(self, row: int) -> np.ndarray:
+        """Stored row ``row``'s PCA coordinates (float32 [dims]): the query ``coordinates`` gives for it."""
+        return self._scorer.stored(row)
+
+    def scores_of_row(self, rows: np.ndarray, row: int) -> np.ndarray:
+        """``scores`` of ``rows`` with the item stored at ``row`` as the query."""
+        return self._scorer.scores_of_row(rows, row)
 
     def full(self, rows: np.ndarray) -> np.ndarray:
         raise BundleError(f"{self.path.parent}: its store keeps PCA vectors only (--backend ivfpq); the full "

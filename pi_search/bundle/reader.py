@@ -226,6 +226,20 @@ class Bundle:
         order = np.argsort(-s, kind="stable")[:k]
         return cand[order], s[order]
 
+    def search_stored(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``search_indices`` with the item stored at ``row`` as the query (the bundle's own check that its
+        index and store agree): its stored vector, or the PCA coordinates of a store that keeps no other."""
+        store = self.store
+        if not isinstance(store, PcaStore):
+            vector = np.asarray(store.full(np.array([row])), np.float32)[0]
+            return self.search_indices(vector, k, learned=True)   # stored rows are in the bundle's space
+        qy = store.stored(row)
+        want = max(k, self.manifest.search.candidates)
+        cand = np.unique(self._searcher.candidates(store.projected(qy), want))
+        s = store.scores_of_row(cand, row)
+        order = np.argsort(-s, kind="stable")[:k]
+        return cand[order], s[order]
+
     def search(self, vector: np.ndarray, k: int = 5, *, learned: bool = False) -> list[Match]:
         """Top-k items for an embedding (float32 [dim], L2-normalised), best first, each item once at the
         score of its best photo (``Match.photo`` says which). With several photos per item, the index is

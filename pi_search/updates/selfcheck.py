@@ -39,21 +39,22 @@ def run(directory: str | Path, extractor=None, *, probes: int = PROBES,
         if n <= 0:
             raise _fail(directory, "its catalog has 0 items")
         rows = np.unique(np.linspace(0, n - 1, min(probes, n)).round().astype(np.int64))
-        stored = np.asarray(bundle.store.full(rows), dtype=np.float32)
         meta = bundle.items.rows(rows.tolist())
         worst = 0.0
-        for row, vec in zip(rows.tolist(), stored, strict=True):
+        for row in rows.tolist():
             t0 = time.perf_counter()
-            matches = bundle.search(vec, 3, learned=True)   # stored rows are in the bundle's own space
+            idx, scores = bundle.search_stored(row, 3)   # an ivfpq store keeps no full vector: its own row
             worst = max(worst, (time.perf_counter() - t0) * 1000)
             own = meta.get(row)
-            if own is None or not matches:
+            if own is None or not idx.size:
                 raise _fail(directory, f"item row {row} has no metadata or finds nothing")
             item_id, photo = photos.split(own[1])   # a further photo's row names its item
-            best = matches[0].score
-            if not any(m.id == item_id and m.score >= best - 1e-4 for m in matches):
+            found = bundle.items.rows(idx.tolist())
+            ids = [photos.split(found[i][1])[0] if i in found else None for i in idx.tolist()]
+            if not any(i == item_id and s >= scores[0] - 1e-4 for i, s in zip(ids, scores.tolist(),
+                                                                                 strict=True)):
                 raise _fail(directory, f"item {item_id} does not find itself from its stored vector (found "
-                                       f"{matches[0].id}): the index and the items disagree")
+                                       f"{ids[0]}): the index and the items disagree")
             if extractor is not None:
                 thumb = bundle.thumbnail(item_id, photo)
                 if thumb:
